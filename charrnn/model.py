@@ -1,0 +1,317 @@
+"""The language model: embedding -> stacked recurrent layers -> linear head -> softmax.
+
+Parameters live in one flat dict `name -> ndarray` with PyTorch's names and
+layouts (see `param_shapes`), so a state dict loads into torch.nn.Embedding,
+torch.nn.LSTM / GRU / RNN(batch_first=True) and torch.nn.Linear unchanged.
+
+Shape legend: B batch, T time steps, V vocabulary, E embedding, H hidden,
+L layers, G gates per cell (1 rnn, 3 gru, 4 lstm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import cells
+from .errors import ConfigError
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int                    # V: number of token ids, specials included
+    cell: str = "lstm"                 # "rnn" (tanh), "lstm" or "gru"
+    layers: int = 2                    # L: stacked recurrent layers
+    hidden: int = 256                  # H: hidden units per layer
+    embed: int = 64                    # E: embedding width
+    dropout: float = 0.0               # inverted dropout between layers, training only
+    dtype: str = "float32"             # "float32" (fast) or "float64" (gradient checks)
+    forget_bias: float | None = None   # LSTM: set b_ih's forget slice to this (b_hh's to 0); None keeps the uniform init
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
+        for name in ("vocab_size", "layers", "hidden", "embed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("model config must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"bad model config: {exc}") from None
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in PyTorch's naming and layout."""
+    V, E, H, G = config.vocab_size, config.embed, config.hidden, config.gates
+    shapes = {"embedding.weight": (V, E)}
+    for k in range(config.layers):
+        n_in = E if k == 0 else H
+        shapes[f"rnn.weight_ih_l{k}"] = (G * H, n_in)
+        shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
+        shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
+        shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
+    shapes["head.weight"] = (V, H)
+    shapes["head.bias"] = (V,)
+    return shapes
+
+
+def init_params(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fresh parameters, drawn from `rng`, in `config.dtype`.
+
+    Recurrent weights and biases and the head are uniform(-1/sqrt(H), 1/sqrt(H))
+    (the seed article's rule and PyTorch's); the embedding is N(0, 1) as in
+    torch.nn.Embedding.
+    """
+    dtype = np.dtype(config.dtype)
+    bound = 1.0 / np.sqrt(config.hidden)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name == "embedding.weight":
+            params[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            params[name] = rng.uniform(-bound, bound, shape).astype(dtype)
+    if config.cell == "lstm" and config.forget_bias is not None:
+        H = config.hidden
+        for k in range(config.layers):
+            params[f"rnn.bias_ih_l{k}"][H : 2 * H] = config.forget_bias
+            params[f"rnn.bias_hh_l{k}"][H : 2 * H] = 0.0
+    return params
+
+
+def zero_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, ...]:
+    """The all-zero state: (h,) or (h, c) for lstm, each of shape (L, B, H)."""
+    n = 2 if config.cell == "lstm" else 1
+    return tuple(np.zeros((config.layers, batch, config.hidden), dtype=config.dtype) for _ in range(n))
+
+
+def _check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    if tokens.dtype.kind not in "iu":
+        raise ConfigError(f"token ids must be integers, got dtype {tokens.dtype}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ConfigError(f"token ids must lie in [0, {vocab_size}), got range [{tokens.min()}, {tokens.max()}]")
+    return tokens
+
+
+def _input_projection(params, config, tokens_tm):
+    """Layer 0's W_ih x + b_ih for time-major token ids (T, B) -> (T, B, G*H).
+
+    When the vocabulary is small, project the whole embedding table once (V, G*H)
+    and gather rows: far cheaper than a (T*B, E) @ (E, G*H) product.
+    """
+    emb, W, b = params["embedding.weight"], params["rnn.weight_ih_l0"], params["rnn.bias_ih_l0"]
+    if config.vocab_size <= tokens_tm.size:
+        table = emb @ W.T  # (V, G*H)
+        table += b
+        return table[tokens_tm]  # (T, B, G*H)
+    xp = emb[tokens_tm] @ W.T  # (T, B, G*H)
+    xp += b
+    return xp
+
+
+def _dropout_mask(shape, p, rng, dtype):
+    """Inverted dropout: keep with probability 1-p and scale by 1/(1-p)."""
+    keep = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32) >= p
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+
+
+def forward(params, config, inputs, targets=None, mask=None, state=None, *,
+            dropout_rng=None, want_logits=False):
+    """Run the model over a batch of token ids.
+
+    - params: parameter dict (see param_shapes)
+    - inputs: token ids, of shape (B, T)
+    - targets: next-token ids, of shape (B, T), or None to skip the loss
+    - mask: (B, T), nonzero where a position is scored, or None to score all
+    - state: initial state, tuple of (L, B, H) arrays, or None for zeros
+    - dropout_rng: a Generator to train with dropout (config.dropout > 0); None evaluates
+    - want_logits: also return the logits
+    Returns (loss, state, cache):
+    - loss: mean negative log-likelihood per scored token in nats (0.0 when nothing is scored or no targets)
+    - state: final state, tuple of (L, B, H) arrays
+    - cache: what `backward` needs; cache["logits"] (B, T, V) when want_logits;
+      cache["nll_sum"] and cache["count"]: total NLL and the number of scored tokens
+    """
+    inputs = _check_tokens(inputs, config.vocab_size)
+    if inputs.ndim != 2:
+        raise ConfigError(f"inputs must have shape (B, T), got {inputs.shape}")
+    B, T = inputs.shape
+    dtype = np.dtype(config.dtype)
+    if state is None:
+        state = zero_state(config, B)
+    p = config.dropout if dropout_rng is not None else 0.0
+    tokens_tm = inputs.T  # (T, B)
+
+    x = None
+    layers, dropouts, final = [], [], [[] for _ in state]
+    for k in range(config.layers):
+        if k == 0:
+            xp = _input_projection(params, config, tokens_tm)  # (T, B, G*H)
+        else:
+            xp = x @ params[f"rnn.weight_ih_l{k}"].T  # (T, B, G*H)
+            xp += params[f"rnn.bias_ih_l{k}"]
+        hs, layer_state, layer_cache = cells.forward(
+            config.cell, xp, tuple(s[k] for s in state),
+            params[f"rnn.weight_hh_l{k}"], params[f"rnn.bias_hh_l{k}"])
+        layer_cache["x"] = x  # input to this layer (None for layer 0)
+        layers.append(layer_cache)
+        for acc, s in zip(final, layer_state):
+            acc.append(s)
+        if p > 0.0:
+            drop = _dropout_mask(hs.shape, p, dropout_rng, dtype)
+            x = hs * drop  # (T, B, H)
+        else:
+            drop = None
+            x = hs
+        dropouts.append(drop)
+    final_state = tuple(np.stack(acc) for acc in final)
+
+    top = x.reshape(T * B, config.hidden)
+    logits = top @ params["head.weight"].T  # (T*B, V)
+    logits += params["head.bias"]
+    cache = {"inputs": inputs, "layers": layers, "dropouts": dropouts, "top": top,
+             "B": B, "T": T, "nll_sum": 0.0, "count": 0}
+    if want_logits:
+        cache["logits"] = logits.reshape(T, B, -1).transpose(1, 0, 2).copy()  # (B, T, V)
+    if targets is None:
+        return 0.0, final_state, cache
+
+    targets = _check_tokens(targets, config.vocab_size)
+    if targets.shape != inputs.shape:
+        raise ConfigError(f"targets shape {targets.shape} differs from inputs shape {inputs.shape}")
+    tgt = targets.T.reshape(-1)  # (T*B,)
+    weight = None
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != inputs.shape:
+            raise ConfigError(f"mask shape {mask.shape} differs from inputs shape {inputs.shape}")
+        weight = (mask.T.reshape(-1) != 0).astype(dtype)  # (T*B,)
+    # log-softmax with the row maximum subtracted; `probs` is reused as d logits in backward
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)  # (T*B, V)
+    sums = probs.sum(axis=1)  # (T*B,)
+    nll = np.log(sums) - logits[np.arange(T * B), tgt]  # (T*B,)
+    probs /= sums[:, None]
+    if weight is None:
+        count = T * B
+        nll_sum = float(nll.sum(dtype=np.float64))
+    else:
+        count = int(weight.sum())
+        nll_sum = float((nll * weight).sum(dtype=np.float64))
+    loss = nll_sum / count if count else 0.0
+    cache.update(probs=probs, tgt=tgt, weight=weight, nll_sum=nll_sum, count=count)
+    return loss, final_state, cache
+
+
+def backward(params, config, cache, d_state=None):
+    """Gradients of the mean loss from `forward`.
+
+    - params, config: as given to forward
+    - cache: from forward (with targets)
+    - d_state: gradient w.r.t. the final state, tuple of (L, B, H) arrays, or None (truncated BPTT)
+    Returns (grads, d_state0):
+    - grads: dict with the same keys and shapes as params
+    - d_state0: gradient w.r.t. the initial state, tuple of (L, B, H) arrays
+    """
+    B, T, H = cache["B"], cache["T"], config.hidden
+    count, weight, tgt = cache["count"], cache["weight"], cache["tgt"]
+    dtype = np.dtype(config.dtype)
+    grads = {}
+
+    # softmax cross-entropy: d logits = (softmax - onehot) / count on scored rows
+    d_logits = cache.pop("probs")  # (T*B, V), reused in place
+    d_logits[np.arange(T * B), tgt] -= 1.0
+    if weight is not None:
+        d_logits *= weight[:, None]
+    d_logits *= dtype.type(1.0 / count) if count else dtype.type(0.0)
+    grads["head.weight"] = d_logits.T @ cache["top"]  # (V, H)
+    grads["head.bias"] = d_logits.sum(axis=0)  # (V,)
+    d_x = (d_logits @ params["head.weight"]).reshape(T, B, H)  # (T, B, H)
+
+    d_state0 = [[None] * config.layers for _ in range(2 if config.cell == "lstm" else 1)]
+    for k in range(config.layers - 1, -1, -1):
+        layer = cache["layers"][k]
+        if cache["dropouts"][k] is not None:
+            d_x *= cache["dropouts"][k]
+        d_layer_state = None if d_state is None else tuple(s[k] for s in d_state)
+        d_xp, d_s0, g = cells.backward(d_x, d_layer_state, layer)  # d_xp (T, B, G*H)
+        grads[f"rnn.weight_hh_l{k}"] = g["W_hh"]
+        grads[f"rnn.bias_hh_l{k}"] = g["b_hh"]
+        for acc, s in zip(d_state0, d_s0):
+            acc[k] = s
+        d_xp_flat = d_xp.reshape(T * B, -1)  # (T*B, G*H)
+        grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0)
+        W_ih = params[f"rnn.weight_ih_l{k}"]
+        if k > 0:
+            grads[f"rnn.weight_ih_l{k}"] = d_xp_flat.T @ layer["x"].reshape(T * B, H)  # (G*H, H)
+            d_x = (d_xp_flat @ W_ih).reshape(T, B, H)  # (T, B, H)
+        else:
+            tokens = cache["inputs"].T.reshape(-1)  # (T*B,)
+            emb = params["embedding.weight"]
+            grads["rnn.weight_ih_l0"] = d_xp_flat.T @ emb[tokens]  # (G*H, E)
+            d_emb_rows = d_xp_flat @ W_ih  # (T*B, E)
+            d_emb = np.zeros_like(emb)
+            np.add.at(d_emb, tokens, d_emb_rows)
+            grads["embedding.weight"] = d_emb
+    ordered = {name: grads[name].astype(dtype, copy=False) for name in params}
+    return ordered, tuple(np.stack(acc) for acc in d_state0)
+
+
+def step(params, config, tokens, state):
+    """One time step for sampling, through the same cell code as `forward`.
+
+    - tokens: token ids, of shape (B,)
+    - state: tuple of (L, B, H) arrays
+    Returns (logits, state): logits of shape (B, V); the new state, tuple of (L, B, H) arrays.
+    """
+    tokens = _check_tokens(tokens, config.vocab_size)
+    x = None
+    new = [[] for _ in state]
+    for k in range(config.layers):
+        if k == 0:
+            xp = params["embedding.weight"][tokens] @ params["rnn.weight_ih_l0"].T  # (B, G*H)
+        else:
+            xp = x @ params[f"rnn.weight_ih_l{k}"].T  # (B, G*H)
+        xp += params[f"rnn.bias_ih_l{k}"]
+        layer_state = cells.step(config.cell, xp, tuple(s[k] for s in state),
+                                 params[f"rnn.weight_hh_l{k}"], params[f"rnn.bias_hh_l{k}"])
+        for acc, s in zip(new, layer_state):
+            acc.append(s)
+        x = layer_state[0]
+    logits = x @ params["head.weight"].T  # (B, V)
+    logits += params["head.bias"]
+    return logits, tuple(np.stack(acc) for acc in new)
+
+
+def loss_and_grads(params, config, inputs, targets, mask=None, state=None, dropout_rng=None):
+    """forward + backward for one chunk: returns (loss, grads, final_state)."""
+    loss, final_state, cache = forward(params, config, inputs, targets, mask, state,
+                                       dropout_rng=dropout_rng)
+    grads, _ = backward(params, config, cache)
+    return loss, grads, final_state

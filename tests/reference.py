@@ -1,0 +1,67 @@
+"""Independent references for the tests: a naive per-gate, per-step model in NumPy.
+
+Written from the cell equations alone (one matrix per gate, an explicit loop over
+time, no fused buffers), so that agreeing with it means the fused core is right.
+"""
+
+import numpy as np
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def naive_forward(params, config, inputs, state=None, gru_reset_before_product=False):
+    """Returns (logits (B, T, V), final state tuple of (L, B, H))."""
+    B, T = inputs.shape
+    H, L = config.hidden, config.layers
+    h = [np.zeros((B, H)) if state is None else state[0][k].copy() for k in range(L)]
+    c = [np.zeros((B, H)) if state is None or config.cell != "lstm" else state[1][k].copy() for k in range(L)]
+    logits = np.zeros((B, T, config.vocab_size))
+    for t in range(T):
+        x = params["embedding.weight"][inputs[:, t]]
+        for k in range(L):
+            W_ih, W_hh = params[f"rnn.weight_ih_l{k}"], params[f"rnn.weight_hh_l{k}"]
+            b_ih, b_hh = params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"]
+
+            def part(j, W=W_ih, b=b_ih, v=x):  # gate j's input-side pre-activation
+                return v @ W[j * H:(j + 1) * H].T + b[j * H:(j + 1) * H]
+
+            def hpart(j, W=W_hh, b=b_hh, v=h[k]):
+                return v @ W[j * H:(j + 1) * H].T + b[j * H:(j + 1) * H]
+
+            if config.cell == "rnn":
+                h[k] = np.tanh(part(0) + hpart(0))
+            elif config.cell == "lstm":
+                i = sigmoid(part(0) + hpart(0))
+                f = sigmoid(part(1) + hpart(1))
+                g = np.tanh(part(2) + hpart(2))
+                o = sigmoid(part(3) + hpart(3))
+                c[k] = f * c[k] + i * g
+                h[k] = o * np.tanh(c[k])
+            else:
+                r = sigmoid(part(0) + hpart(0))
+                z = sigmoid(part(1) + hpart(1))
+                if gru_reset_before_product:  # the variant PyTorch does not compute
+                    n = np.tanh(part(2) + hpart(2, v=r * h[k]))
+                else:
+                    n = np.tanh(part(2) + r * hpart(2))
+                h[k] = (1 - z) * n + z * h[k]
+            x = h[k]
+        logits[:, t] = x @ params["head.weight"].T + params["head.bias"]
+    final = (np.stack(h), np.stack(c)) if config.cell == "lstm" else (np.stack(h),)
+    return logits, final
+
+
+def naive_loss(logits, targets, mask=None):
+    """Mean NLL per scored token, one position at a time."""
+    total, count = 0.0, 0
+    B, T, _ = logits.shape
+    for b in range(B):
+        for t in range(T):
+            if mask is not None and not mask[b, t]:
+                continue
+            row = logits[b, t]
+            total += np.log(np.exp(row - row.max()).sum()) + row.max() - row[targets[b, t]]
+            count += 1
+    return total / count

@@ -1,0 +1,238 @@
+"""The recurrent core: gradients against finite differences, the fused code
+against a naive loop, chunking and stepping against the sequence function."""
+
+import numpy as np
+import pytest
+
+from charrnn import model
+from charrnn.model import ModelConfig
+from reference import naive_forward, naive_loss
+
+CELLS = ["rnn", "lstm", "gru"]
+
+
+def small(cell, layers=1, dtype="float64", **kw):
+    cfg = dict(vocab_size=6, cell=cell, layers=layers, hidden=4, embed=3, dtype=dtype)
+    cfg.update(kw)
+    return ModelConfig(**cfg)
+
+
+def batch(config, B=3, T=5, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, config.vocab_size, (B, T))
+    y = rng.integers(0, config.vocab_size, (B, T))
+    return x, y
+
+
+def random_state(config, B, rng):
+    return tuple(rng.standard_normal(s.shape) * 0.5 for s in model.zero_state(config, B))
+
+
+def objective(params, config, x, y, mask, state, proj, dropout_seed=None):
+    """Loss plus a random projection of the final state, so the state's gradient path is checked too."""
+    rng = None if dropout_seed is None else np.random.default_rng(dropout_seed)
+    loss, final, cache = model.forward(params, config, x, y, mask, state, dropout_rng=rng)
+    return loss + sum(float((p * s).sum()) for p, s in zip(proj, final)), cache
+
+
+def numeric_grad(f, array):
+    """Central differences of f() w.r.t. every entry of `array` (perturbed in place)."""
+    eps = 1e-6
+    grad = np.zeros_like(array)
+    flat, gflat = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = f()
+        flat[i] = old - eps
+        minus = f()
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def rel_error(analytic, numeric):
+    scale = max(np.abs(analytic).max(), np.abs(numeric).max(), 1e-12)
+    return np.abs(analytic - numeric).max() / scale
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradients_match_finite_differences(cell, layers, masked):
+    config = small(cell, layers)
+    rng = np.random.default_rng(layers)
+    params = model.init_params(config, rng)
+    x, y = batch(config)
+    mask = (rng.random(x.shape) > 0.4) if masked else None
+    state = random_state(config, x.shape[0], rng)
+    proj = random_state(config, x.shape[0], rng)
+
+    _, cache = objective(params, config, x, y, mask, state, proj)
+    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
+
+    for name, value in params.items():
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], value)
+        assert rel_error(grads[name], numeric) < 1e-6, name
+    for j, s in enumerate(state):
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
+        assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_with_dropout(cell):
+    config = small(cell, layers=2, dropout=0.3)
+    rng = np.random.default_rng(5)
+    params = model.init_params(config, rng)
+    x, y = batch(config)
+    state = model.zero_state(config, x.shape[0])
+    proj = tuple(np.zeros_like(s) for s in state)
+    _, cache = objective(params, config, x, y, None, state, proj, dropout_seed=9)
+    grads, _ = model.backward(params, config, cache)
+    for name in ("rnn.weight_hh_l0", "rnn.weight_ih_l1", "head.weight", "embedding.weight"):
+        numeric = numeric_grad(lambda: objective(params, config, x, y, None, state, proj, 9)[0], params[name])
+        assert rel_error(grads[name], numeric) < 1e-6, name
+    # dropout is really applied, and only when a generator is given
+    plain, _, _ = model.forward(params, config, x, y)
+    dropped, _, _ = model.forward(params, config, x, y, dropout_rng=np.random.default_rng(9))
+    assert plain != dropped
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_fused_equals_naive_per_gate_loop(cell, layers):
+    config = small(cell, layers, hidden=7)
+    rng = np.random.default_rng(2)
+    params = model.init_params(config, rng)
+    x, y = batch(config, B=4, T=6)
+    state = random_state(config, 4, rng)
+    loss, final, cache = model.forward(params, config, x, y, state=state, want_logits=True)
+    ref_logits, ref_final = naive_forward(params, config, x, state)
+    np.testing.assert_allclose(cache["logits"], ref_logits, rtol=1e-12, atol=1e-12)
+    for a, b in zip(final, ref_final):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert loss == pytest.approx(naive_loss(ref_logits, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_chunks_equal_one(cell):
+    config = small(cell, layers=2)
+    params = model.init_params(config, np.random.default_rng(3))
+    x, y = batch(config, B=2, T=8)
+    loss, final, cache = model.forward(params, config, x, y, want_logits=True)
+    l1, s1, c1 = model.forward(params, config, x[:, :4], y[:, :4], want_logits=True)
+    l2, s2, c2 = model.forward(params, config, x[:, 4:], y[:, 4:], state=s1, want_logits=True)
+    np.testing.assert_allclose(np.concatenate([c1["logits"], c2["logits"]], axis=1), cache["logits"], rtol=1e-12)
+    assert loss == pytest.approx((l1 + l2) / 2, rel=1e-12)
+    for a, b in zip(final, s2):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_equals_sequence(cell):
+    config = small(cell, layers=2)
+    params = model.init_params(config, np.random.default_rng(4))
+    x, _ = batch(config, B=3, T=6)
+    _, final, cache = model.forward(params, config, x, want_logits=True)
+    state = model.zero_state(config, 3)
+    for t in range(x.shape[1]):
+        logits, state = model.step(params, config, x[:, t], state)
+        np.testing.assert_allclose(logits, cache["logits"][:, t], rtol=1e-12, atol=1e-12)
+    for a, b in zip(state, final):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_head_scores_log_v(cell):
+    config = small(cell, layers=2, vocab_size=11)
+    params = model.init_params(config, np.random.default_rng(0))
+    params["head.weight"][:] = 0.0
+    params["head.bias"][:] = 0.0
+    x, y = batch(config)
+    loss, _, _ = model.forward(params, config, x, y)
+    assert loss == pytest.approx(np.log(11), abs=1e-15)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_masked_positions_contribute_nothing(cell):
+    config = small(cell, layers=2)
+    params = model.init_params(config, np.random.default_rng(6))
+    x, y = batch(config, B=3, T=6)
+    mask = np.ones_like(x, dtype=bool)
+    mask[0, 3:] = False
+    mask[2, 1:] = False
+    y2 = y.copy()
+    y2[~mask] = (y2[~mask] + 1) % config.vocab_size  # change only unscored targets
+    l1, _, c1 = model.forward(params, config, x, y, mask)
+    l2, _, c2 = model.forward(params, config, x, y2, mask)
+    g1, _ = model.backward(params, config, c1)
+    g2, _ = model.backward(params, config, c2)
+    assert l1 == l2
+    for name in params:
+        np.testing.assert_array_equal(g1[name], g2[name])
+    # nothing scored: zero loss and exactly zero gradients
+    l0, _, c0 = model.forward(params, config, x, y, np.zeros_like(mask))
+    g0, _ = model.backward(params, config, c0)
+    assert l0 == 0.0
+    assert all(not g.any() for g in g0.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_dtypes_end_to_end(cell, dtype):
+    config = small(cell, layers=2, dtype=dtype)
+    params = model.init_params(config, np.random.default_rng(0))
+    assert all(p.dtype == np.dtype(dtype) for p in params.values())
+    x, y = batch(config)
+    loss, state, cache = model.forward(params, config, x, y)
+    grads, d_state = model.backward(params, config, cache)
+    assert all(g.dtype == np.dtype(dtype) for g in grads.values())
+    assert all(s.dtype == np.dtype(dtype) for s in state + d_state)
+    logits, s = model.step(params, config, x[:, 0], state)
+    assert logits.dtype == np.dtype(dtype)
+
+
+def test_forget_bias_option():
+    config = small("lstm", layers=2, forget_bias=1.0)
+    params = model.init_params(config, np.random.default_rng(0))
+    H = config.hidden
+    for k in range(2):
+        assert (params[f"rnn.bias_ih_l{k}"][H:2 * H] == 1.0).all()
+        assert (params[f"rnn.bias_hh_l{k}"][H:2 * H] == 0.0).all()
+
+
+def test_init_is_uniform_in_pytorch_bound_and_seeded():
+    config = ModelConfig(vocab_size=20, hidden=64, embed=8, layers=2)
+    a = model.init_params(config, np.random.default_rng(7))
+    b = model.init_params(config, np.random.default_rng(7))
+    bound = 1 / np.sqrt(64)
+    for name, value in a.items():
+        np.testing.assert_array_equal(value, b[name])
+        if name != "embedding.weight":
+            assert np.abs(value).max() <= bound
+            assert np.abs(value).max() > 0.9 * bound
+
+
+def test_adagrad_overfits_a_short_string():
+    text = "hello world, hello charrnn"
+    chars = sorted(set(text))
+    ids = np.array([chars.index(ch) for ch in text])
+    config = ModelConfig(vocab_size=len(chars), cell="lstm", layers=1, hidden=32, embed=8, dtype="float64")
+    params = model.init_params(config, np.random.default_rng(0))
+    memory = {k: np.zeros_like(v) for k, v in params.items()}
+    x, y = ids[None, :-1], ids[None, 1:]
+    for _ in range(300):
+        loss, grads, _ = model.loss_and_grads(params, config, x, y)
+        for k in params:  # plain Adagrad, as in min-char-rnn
+            np.clip(grads[k], -5, 5, out=grads[k])
+            memory[k] += grads[k] ** 2
+            params[k] -= 0.1 * grads[k] / np.sqrt(memory[k] + 1e-8)
+    assert loss < 0.05
+
+
+def test_bad_token_ids_are_refused():
+    from charrnn.errors import ConfigError
+    config = small("rnn")
+    params = model.init_params(config, np.random.default_rng(0))
+    with pytest.raises(ConfigError):
+        model.forward(params, config, np.array([[0, 6]]), np.array([[0, 1]]))
