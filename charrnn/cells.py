@@ -25,6 +25,8 @@ State is a tuple of arrays of shape (B, H): (h,) for rnn and gru, (h, c) for lst
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -51,20 +53,44 @@ def _rnn_step(xp_t, h_prev, W_hh, h_out):
     np.tanh(h_out, out=h_out)
 
 
-def _lstm_step(xp_t, h_prev, c_prev, W_hh, gates, c_out, tanh_c, h_out):
-    """gates (B, 4H) receives the activated i, f, g, o; tanh_c (B, H) receives tanh(c')."""
+def _lstm_step(xp_t, h_prev, c_prev, W_hh, gates, c_out, tanh_c, h_out, consts):
+    """gates (B, 4H) receives the activated i, f, g, o; tanh_c (B, H) receives tanh(c').
+
+    All four gate nonlinearities are one tanh over the contiguous (B, 4H) block,
+    using sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: the per-column vectors in
+    `consts` halve i, f, o going in and map them back coming out, and leave g
+    alone. Strided gate slices cost several times a contiguous pass.
+    """
     H = h_prev.shape[1]
+    pre, post, shift, _ = consts
     np.matmul(h_prev, W_hh.T, out=gates)  # (B, 4H)
     gates += xp_t
-    i_f, g, o = gates[:, : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-    _sigmoid(i_f, i_f)
-    np.tanh(g, out=g)
-    _sigmoid(o, o)
+    gates *= pre
+    np.tanh(gates, out=gates)
+    gates *= post
+    gates += shift
     np.multiply(gates[:, H : 2 * H], c_prev, out=c_out)  # f * c
-    np.multiply(gates[:, :H], g, out=tanh_c)  # i * g, tanh_c used as scratch
+    np.multiply(gates[:, :H], gates[:, 2 * H : 3 * H], out=tanh_c)  # i * g, tanh_c as scratch
     c_out += tanh_c
     np.tanh(c_out, out=tanh_c)
-    np.multiply(o, tanh_c, out=h_out)
+    np.multiply(gates[:, 3 * H :], tanh_c, out=h_out)
+
+
+@functools.lru_cache(maxsize=16)
+def lstm_constants(H, dtype):
+    """Per-column vectors (4H,) for the fused LSTM nonlinearity.
+
+    Returns (pre, post, shift, tanh_mask): a = tanh(x * pre) * post + shift is
+    sigmoid on i, f, o and tanh on g; the derivative is (1 - a) * (a + tanh_mask).
+    """
+    sig = np.ones(4 * H, dtype=bool)
+    sig[2 * H : 3 * H] = False
+    pre = np.where(sig, 0.5, 1.0).astype(dtype)
+    shift = np.where(sig, 0.5, 0.0).astype(dtype)
+    tanh_mask = np.where(sig, 0.0, 1.0).astype(dtype)
+    for v in (pre, shift, tanh_mask):
+        v.setflags(write=False)
+    return pre, pre, shift, tanh_mask
 
 
 def _gru_step(xp_t, h_prev, W_hh, b_hn, rzn, hn, h_out):
@@ -132,8 +158,9 @@ def forward(cell, xp, state0, W_hh, b_hh):
         cs = np.empty((T + 1, B, H), dtype=xp.dtype)
         tanh_cs = np.empty((T, B, H), dtype=xp.dtype)
         cs[0] = state0[1]
+        consts = lstm_constants(H, xp.dtype)
         for t in range(T):
-            _lstm_step(xp[t], hs[t], cs[t], W_hh, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1])
+            _lstm_step(xp[t], hs[t], cs[t], W_hh, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1], consts)
         cache.update(gates=gates, cs=cs, tanh_cs=tanh_cs)
         state = (hs[T].copy(), cs[T].copy())
     else:
@@ -162,7 +189,8 @@ def step(cell, xp_t, state, W_hh, b_hh):
         return (h,)
     if cell == "lstm":
         c = np.empty_like(h)
-        _lstm_step(xp_t, state[0], state[1], W_hh, np.empty_like(xp_t), c, np.empty_like(h), h)
+        _lstm_step(xp_t, state[0], state[1], W_hh, np.empty_like(xp_t), c, np.empty_like(h), h,
+                   lstm_constants(H, xp_t.dtype))
         return (h, c)
     _gru_step(xp_t, state[0], W_hh, b_hn, np.empty_like(xp_t), np.empty_like(h), h)
     return (h,)
@@ -202,9 +230,11 @@ def backward(d_hs, d_state, cache):
 
     if cell == "lstm":
         gates, cs, tanh_cs = cache["gates"], cache["cs"], cache["tanh_cs"]
+        tanh_mask = lstm_constants(H, dtype)[3]
         dc = np.zeros((B, H), dtype=dtype) if d_state is None else d_state[1].astype(dtype, copy=True)
         d_xp = np.empty((T, B, 4 * H), dtype=dtype)
-        scratch = np.empty((B, 2 * H), dtype=dtype)
+        deriv = np.empty((B, 4 * H), dtype=dtype)
+        scratch = np.empty((B, 4 * H), dtype=dtype)
         for t in range(T - 1, -1, -1):
             dh += d_hs[t]
             a = gates[t]
@@ -224,12 +254,11 @@ def backward(d_hs, d_state, cache):
             np.multiply(dc, cs[t], out=df)
             np.multiply(dc, i, out=dg)
             dc *= f  # now the gradient w.r.t. c, carried to step t-1
-            # through the nonlinearities: sigmoid' = s(1-s), tanh' = 1-g^2
-            _sigmoid_grad_inplace(da[:, : 2 * H], a[:, : 2 * H], scratch)
-            _sigmoid_grad_inplace(do, o, scratch[:, :H])
-            np.multiply(g, g, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            dg *= tmp
+            # through the nonlinearities in one pass: s(1-s) on i, f, o and 1-g^2 on g
+            np.subtract(1.0, a, out=deriv)
+            np.add(a, tanh_mask, out=scratch)
+            deriv *= scratch
+            da *= deriv
             np.matmul(da, W_hh, out=dh)  # (B, H)
         d_xp_flat = d_xp.reshape(T * B, 4 * H)
         grads = {"W_hh": d_xp_flat.T @ h_prev_all, "b_hh": d_xp_flat.sum(axis=0)}
