@@ -1,0 +1,190 @@
+"""Corpus text: read and validate files, the built-in default corpus, splits, compact id arrays on disk.
+
+Text is UTF-8 with "\\n" line ends: a leading byte order mark is dropped and
+"\\r\\n" / lone "\\r" become "\\n", whichever way the text arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, CorpusError
+from .vocab import Vocab
+
+_BOM = b"\xef\xbb\xbf"
+# Like git and grep: a NUL byte this early means the file is not text.
+_BINARY_SNIFF = 8000
+
+
+def normalize_newlines(text: str) -> str:
+    """Text with "\\r\\n" and lone "\\r" replaced by "\\n"."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(path, errors: str = "strict") -> str:
+    """Read a UTF-8 text file as training text.
+
+    - path: str or Path of the file
+    - errors: "strict" (invalid UTF-8 is an error) or "replace" (it becomes U+FFFD)
+    - returns: the text, BOM removed, newlines normalized to "\\n"
+    Raises CorpusError for a missing, unreadable, empty, binary or badly encoded file.
+    """
+    if errors not in ("strict", "replace"):
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path}: is a directory, not a text file") from None
+    except PermissionError:
+        raise CorpusError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+    if path.is_dir():  # some platforms open directories without an error
+        raise CorpusError(f"{path}: is a directory, not a text file")
+
+    start = len(_BOM) if data.startswith(_BOM) else 0
+    if len(data) == start:
+        raise CorpusError(f"{path}: the file is empty")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CorpusError(f"{path}: looks like UTF-16 text; convert it to UTF-8")
+    if b"\0" in data[:_BINARY_SNIFF]:
+        raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+    try:
+        # str() decodes the memoryview in place: no copy of a large file just to drop the BOM.
+        text = str(memoryview(data)[start:], "utf-8", errors)
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path}: invalid UTF-8 at byte offset {start + e.start}; "
+            "re-run with --errors replace to substitute U+FFFD for bad bytes"
+        ) from None
+    return normalize_newlines(text)
+
+
+def default_corpus() -> str:
+    """The built-in corpus: the Python language reference text that CPython ships.
+
+    - returns: the pydoc_data topics in sorted key order, a blank line between them
+    Raises CorpusError when this Python lacks the pydoc_data module.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise CorpusError(
+            "the built-in corpus needs the pydoc_data module, which this Python does not have; "
+            "pass a text file to train on"
+        ) from None
+    parts = [topics[k].strip("\n") for k in sorted(topics)]
+    return normalize_newlines("\n\n".join(p for p in parts if p) + "\n")
+
+
+def split_text(text: str, val_frac: float) -> tuple[str, str]:
+    """Split text into training and validation parts, validation last.
+
+    - text: the whole text
+    - val_frac: fraction of characters held out, in [0, 1)
+    - returns: (train, val); val is the last floor(len(text) * val_frac) characters
+    """
+    try:
+        frac = float(val_frac)
+    except (TypeError, ValueError):
+        raise ConfigError(f"validation fraction must be a number, got {val_frac!r}") from None
+    if not 0.0 <= frac < 1.0:  # also rejects NaN
+        raise ConfigError(f"validation fraction must be at least 0 and below 1, got {val_frac!r}")
+    cut = len(text) - int(len(text) * frac)
+    return text[:cut], text[cut:]
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of text for lines mode, without their "\\n"; whitespace-only lines are dropped.
+
+    - text: the text ("\\n" line ends)
+    - returns: list of lines, each with at least one non-whitespace character
+    """
+    return [line for line in text.split("\n") if line and not line.isspace()]
+
+
+def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encode lines into one flat id array plus offsets.
+
+    - vocab: the vocabulary
+    - lines: list of n_lines strings
+    - returns ids: (total_tokens,) dtype vocab.dtype, the lines' ids back to back
+    - returns offsets: (n_lines + 1,) int64; line i is ids[offsets[i]:offsets[i + 1]]
+    """
+    offsets = np.zeros(len(lines) + 1, dtype=np.int64)
+    if vocab.level == "char":
+        # One token per character: encode all lines in one vectorized call.
+        offsets[1:] = np.cumsum([len(line) for line in lines])
+        return vocab.encode("".join(lines)), offsets
+    encoded = [vocab.encode(line) for line in lines]
+    offsets[1:] = np.cumsum([e.size for e in encoded])
+    ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=vocab.dtype)
+    return ids.astype(vocab.dtype, copy=False), offsets
+
+
+def save_ids(path, ids: np.ndarray) -> None:
+    """Write a 1-D id array as a .npy file, atomically (a reader sees the old file or the new one).
+
+    - path: str or Path of the destination
+    - ids: (N,) integer array
+    """
+    path = Path(path)
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise CorpusError(f"{path}: token ids must be a 1-D integer array, got shape {arr.shape} {arr.dtype}")
+    tmp = None
+    try:
+        # Same directory as the target so os.replace is a rename, never a copy.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot write token ids: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def load_ids(path, mmap: bool = True) -> np.ndarray:
+    """Read an id array written by save_ids.
+
+    - path: str or Path of the .npy file
+    - mmap: map the file read-only instead of reading it, so memory does not grow with its length
+    - returns: (N,) integer array (a read-only np.memmap when mmap is true)
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read token ids: {e.strerror or e}") from None
+    except ValueError as e:
+        # np.load reports a malformed .npy header, or a zero-length array it cannot map, as ValueError.
+        if mmap:
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                raise CorpusError(f"{path}: not a valid token id file ({e})") from None
+        else:
+            raise CorpusError(f"{path}: not a valid token id file ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise CorpusError(f"{path}: not a token id file (expected a 1-D integer array)")
+    return arr

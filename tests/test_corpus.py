@@ -1,0 +1,182 @@
+import os
+
+import numpy as np
+import pytest
+
+from charrnn.corpus import (
+    default_corpus,
+    encode_lines,
+    load_ids,
+    read_text,
+    save_ids,
+    split_lines,
+    split_text,
+)
+from charrnn.errors import ConfigError, CorpusError
+from charrnn.vocab import build_vocab
+
+
+def write(tmp_path, data: bytes, name="c.txt"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_plain_utf8(tmp_path):
+    assert read_text(write(tmp_path, "héllo\nwörld\n".encode())) == "héllo\nwörld\n"
+
+
+def test_bom_removed(tmp_path):
+    assert read_text(write(tmp_path, b"\xef\xbb\xbfabc")) == "abc"
+
+
+def test_newlines_normalized(tmp_path):
+    assert read_text(write(tmp_path, b"a\r\nb\rc\n\r\n")) == "a\nb\nc\n\n"
+
+
+def test_invalid_utf8_names_offset(tmp_path):
+    p = write(tmp_path, b"abc\xffdef")
+    with pytest.raises(CorpusError) as e:
+        read_text(p)
+    msg = str(e.value)
+    assert "byte offset 3" in msg and "--errors replace" in msg and str(p) in msg
+    assert "\n" not in msg
+
+
+def test_invalid_utf8_offset_counts_bom(tmp_path):
+    with pytest.raises(CorpusError, match="byte offset 4"):
+        read_text(write(tmp_path, b"\xef\xbb\xbfa\xc3("))
+
+
+def test_replace(tmp_path):
+    assert read_text(write(tmp_path, b"abc\xffdef"), errors="replace") == "abc\ufffddef"
+
+
+def test_bad_errors_option(tmp_path):
+    with pytest.raises(ConfigError):
+        read_text(write(tmp_path, b"abc"), errors="ignore")
+
+
+def test_binary_refused(tmp_path):
+    with pytest.raises(CorpusError, match="looks like a binary file"):
+        read_text(write(tmp_path, b"abc\x00def"))
+    # A NUL beyond the sniffed prefix is text, as far as reading goes.
+    assert read_text(write(tmp_path, b"a" * 9000 + b"\x00")).endswith("\x00")
+
+
+def test_utf16_refused(tmp_path):
+    with pytest.raises(CorpusError, match="UTF-16"):
+        read_text(write(tmp_path, "hello".encode("utf-16")))
+
+
+@pytest.mark.parametrize("data", [b"", b"\xef\xbb\xbf"])
+def test_empty(tmp_path, data):
+    with pytest.raises(CorpusError, match="empty"):
+        read_text(write(tmp_path, data))
+
+
+def test_missing(tmp_path):
+    with pytest.raises(CorpusError, match="no such file") as e:
+        read_text(tmp_path / "nope.txt")
+    assert "nope.txt" in str(e.value)
+
+
+def test_directory(tmp_path):
+    with pytest.raises(CorpusError, match="directory"):
+        read_text(tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
+def test_unreadable(tmp_path):
+    p = write(tmp_path, b"abc")
+    p.chmod(0)
+    try:
+        with pytest.raises(CorpusError, match="permission denied"):
+            read_text(p)
+    finally:
+        p.chmod(0o644)
+
+
+def test_default_corpus():
+    text = default_corpus()
+    assert len(text) > 100_000
+    assert "\r" not in text and "\n\n" in text
+    assert text == default_corpus()
+    assert len(build_vocab(text).tokens) > 60
+
+
+def test_split_fractions():
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    train, val = split_text(text, 0.1)
+    assert (len(train), len(val)) == (900, 100)
+    assert train + val == text
+    assert split_text(text, 0.0) == (text, "")
+    train, val = split_text("abc", 0.5)
+    assert (train, val) == ("ab", "c")
+    for bad in (-0.1, 1.0, 2, float("nan"), "x"):
+        with pytest.raises(ConfigError):
+            split_text(text, bad)
+
+
+def test_split_lines():
+    assert split_lines("a\n\n  \nb c \n\t\nd") == ["a", "b c ", "d"]
+    assert split_lines("") == []
+    assert split_lines("\n\n") == []
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_encode_lines_offsets(level):
+    lines = ["ab c", "d", "ccc a"]
+    v = build_vocab("\n".join(lines), level=level)
+    ids, offsets = encode_lines(v, lines)
+    assert offsets.dtype == np.int64 and offsets.shape == (4,)
+    assert offsets[0] == 0 and offsets[-1] == ids.size
+    assert ids.dtype == v.dtype
+    for i, line in enumerate(lines):
+        assert v.decode(ids[offsets[i] : offsets[i + 1]]) == line
+
+
+def test_encode_no_lines():
+    ids, offsets = encode_lines(build_vocab("ab"), [])
+    assert ids.size == 0 and list(offsets) == [0]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_save_load_round_trip(tmp_path, dtype):
+    ids = (np.arange(1000) % 200).astype(dtype)
+    p = tmp_path / "ids.npy"
+    save_ids(p, ids)
+    assert sorted(os.listdir(tmp_path)) == ["ids.npy"]  # no temporary left behind
+    m = load_ids(p)
+    assert isinstance(m, np.memmap) and m.dtype == dtype
+    np.testing.assert_array_equal(m, ids)
+    with pytest.raises(ValueError):
+        m[0] = 1  # read-only map
+    plain = load_ids(p, mmap=False)
+    assert not isinstance(plain, np.memmap)
+    np.testing.assert_array_equal(plain, ids)
+
+
+def test_save_replaces_existing(tmp_path):
+    p = tmp_path / "ids.npy"
+    save_ids(p, np.arange(5, dtype=np.uint8))
+    save_ids(p, np.arange(3, dtype=np.uint8))
+    np.testing.assert_array_equal(load_ids(p), [0, 1, 2])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        load_ids(tmp_path / "missing.npy")
+    bad = write(tmp_path, b"not numpy", "bad.npy")
+    with pytest.raises(CorpusError):
+        load_ids(bad)
+    np.save(tmp_path / "f.npy", np.zeros(3, dtype=np.float32))
+    with pytest.raises(CorpusError):
+        load_ids(tmp_path / "f.npy")
+
+
+def test_save_errors(tmp_path):
+    with pytest.raises(CorpusError):
+        save_ids(tmp_path / "no_dir" / "ids.npy", np.arange(3))
+    with pytest.raises(CorpusError):
+        save_ids(tmp_path / "x.npy", np.zeros((2, 2), dtype=np.int64))
