@@ -1,0 +1,482 @@
+"""The `charrnn` command line: train, sample, eval, info.
+
+The only module that prints, exits or draws progress bars. Generated text goes
+to stdout; progress, logs and errors go to stderr. Every library error becomes
+one line, `Error: ...`, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+import click
+import numpy as np
+
+from . import __version__, checkpoint, corpus, evaluate, sampling, train as training
+from .errors import CharRNNError, CheckpointError, ConfigError
+from .vocab import Vocab
+
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------- help text in groups
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists options under headings (data, model, ...)."""
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                sections.setdefault(getattr(param, "group", None) or "Other options", []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class GroupedOption(click.Option):
+    def __init__(self, *args, group: str | None = None, **kwargs):
+        kwargs.setdefault("show_default", True)
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+def option(*args, **kwargs):
+    return click.option(*args, cls=GroupedOption, **kwargs)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '1.5h', '2d' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 10m or 1h", param_hint="--max-time")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def info(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+# ---------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="charrnn")
+def cli():
+    """Character-level language models (RNN, LSTM, GRU) on a NumPy core.
+
+    \b
+    charrnn train corpus.txt      train; progress bar, validation loss, checkpoints
+    charrnn sample --temp 0.8     new text from the latest run
+    charrnn eval                  perplexity and bits per character
+    charrnn info                  what a checkpoint holds
+
+    Run `charrnn COMMAND --help` for a command's options.
+    """
+
+
+# ---------------------------------------------------------------- train
+
+DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output"
+
+
+@cli.command(cls=GroupedCommand)
+@click.argument("corpus_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=str))
+@option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
+        help="Validation text file (default: hold out the last --val-frac of the corpus).")
+@option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
+@option("--mode", type=click.Choice(training.MODES), default="stream", group=DATA,
+        help="stream: one long text; lines: every non-empty line is one example (names, titles).")
+@option("--level", type=click.Choice(["char", "word"]), default="char", group=DATA, help="Token unit.")
+@option("--min-count", type=int, default=1, group=DATA, help="Tokens seen fewer times become UNK.")
+@option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.")
+@option("--errors", type=click.Choice(["strict", "replace"]), default="strict", group=DATA,
+        help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
+@option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", group=MODEL, help="Recurrent cell.")
+@option("--layers", type=int, default=2, group=MODEL, help="Stacked recurrent layers.")
+@option("--hidden", type=int, default=256, group=MODEL, help="Hidden units per layer.")
+@option("--embed", type=int, default=64, group=MODEL, help="Embedding width.")
+@option("--dropout", type=float, default=0.0, group=MODEL, help="Dropout on each layer's output (training only).")
+@option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", group=MODEL,
+        help="Floating-point precision.")
+@option("--optim", type=click.Choice(["adam", "adagrad", "rmsprop", "sgd"]), default="adam", group=OPTIM,
+        help="Optimizer.")
+@option("--lr", type=float, default=2e-3, group=OPTIM, help="Peak learning rate.")
+@option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
+@option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")
+@option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
+@option("--clip-value", type=float, default=None, group=OPTIM,
+        help="Elementwise gradient limit, as min-char-rnn's 5 (default: off).")
+@option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", group=OPTIM,
+        help="Learning-rate schedule (cosine decays to a tenth of --lr by the end of the budget).")
+@option("--warmup", type=int, default=0, group=OPTIM, help="Steps of linear learning-rate warm-up.")
+@option("--batch-size", type=int, default=64, group=OPTIM, help="Parallel streams (or lines) per step.")
+@option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
+@option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
+@option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.")
+@option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.")
+@option("--max-time", type=str, default=None, group=OUTPUT,
+        help="Stop after this much wall time, such as 90s, 10m, 1h.  [default: 5m when no budget is given]")
+@option("--eval-every", type=int, default=200, group=OUTPUT, help="Evaluate and save every N steps.")
+@option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
+        help="Validation tokens scored per evaluation (charrnn eval scores them all).")
+@option("--log-every", type=int, default=10, group=OUTPUT, help="Write a log.jsonl line every N steps.")
+@option("--on-nonfinite", type=click.Choice(["stop", "skip"]), default="stop", group=OUTPUT,
+        help="What to do when the loss or a gradient is not finite.")
+@option("--out", type=click.Path(file_okay=False), default=None, group=OUTPUT,
+        help="Run directory.  [default: checkpoints/<corpus name>]")
+@option("--resume", type=click.Path(file_okay=False), default=None, group=OUTPUT,
+        help="Continue the run in this directory exactly where it stopped.")
+@option("-q", "--quiet", is_flag=True, default=False, group=OUTPUT, help="Print nothing but errors.")
+@click.pass_context
+def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
+    """Train a model on CORPUS_FILE (UTF-8 text).
+
+    Without CORPUS_FILE it trains on a built-in corpus: the language reference
+    that ships with your Python, about 465 thousand characters of English.
+
+    \b
+    Examples:
+      charrnn train                                  # built-in corpus, 5 minutes
+      charrnn train shakespeare.txt --max-time 10m
+      charrnn train names.txt --mode lines --max-epochs 20
+      charrnn train --resume checkpoints/shakespeare --max-time 20m
+    """
+    max_time = parse_duration(options.pop("max_time"))
+    explicit = {name for name in ctx.params
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    model_keys = ("cell", "layers", "hidden", "embed", "dropout", "dtype")
+    model_options = {k: options.pop(k) for k in model_keys}
+    if options["clip"] == 0:
+        options["clip"] = None
+    options["max_time"] = max_time
+
+    if resume:
+        fixed = sorted((explicit & (set(model_keys) | set(options) | {"val_file", "errors"}))
+                       - set(training.RESUMABLE))
+        if corpus_file or fixed:
+            what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
+            raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
+                              f"(only budgets and cadence can change)")
+        overrides = {k: options[k] for k in training.RESUMABLE if k in explicit or k == "max_time" and max_time}
+        run = training.resume_run(resume, overrides)
+        info(f"Resuming {resume} at step {run.step}", quiet)
+    else:
+        tconfig = training.TrainConfig(**options)
+        no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
+        if no_budget:
+            tconfig.max_time = 300.0
+        tconfig.check()
+        if corpus_file is None:
+            text, name = corpus.default_corpus(), "python-reference"
+            info("No corpus given: training on the Python language reference bundled with your Python.", quiet)
+        else:
+            text, name = corpus.read_text(corpus_file, errors), os.path.splitext(os.path.basename(corpus_file))[0]
+        val_text = corpus.read_text(val_file, errors) if val_file else None
+        if no_budget:
+            info("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).", quiet)
+        directory = out or _fresh_run_dir(name)
+        run = training.start_run(directory, text, val_text, model_options, tconfig)
+        del text, val_text  # training reads only the memory-mapped ids from here on
+    _run_training(run, quiet)
+
+
+def _fresh_run_dir(name: str) -> str:
+    """checkpoints/<name>, or <name>-2, -3, ... when that already holds a run."""
+    name = re.sub(r"[^\w.-]+", "_", name) or "run"
+    base = os.path.join(CHECKPOINTS, name)
+    candidate, n = base, 1
+    while training.holds_run(candidate):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step and save.
+
+    Further signals while stopping are ignored, so a second Ctrl-C cannot
+    interrupt the save (the writes are atomic in any case).
+    """
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is None:
+            self.signal = signum
+            click.echo("\nStopping after this step and saving (signals are ignored until then)...", err=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+def _run_training(run, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    show_bar = not quiet and sys.stderr.isatty()
+    tc = run.tconfig
+    bar = None
+    last_val = None
+    with StopRequest() as stop:
+        for event in training.train(run, should_stop=stop):
+            kind = event["event"]
+            if kind == "start":
+                info(f"Run directory: {run.directory}\n"
+                     f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}, "
+                     f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
+                     f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
+                if show_bar:
+                    total = event["total_steps"]
+                    bar = tqdm(total=total if total else (tc.max_time or None), initial=0 if not total else
+                               min(run.step, total), unit="step" if total else "s", file=sys.stderr,
+                               dynamic_ncols=True, leave=True,
+                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+                    if not total:
+                        bar.n = run.elapsed
+                    step_mode = bool(total)
+            elif kind == "step" and bar is not None:
+                if step_mode:
+                    bar.update(1)
+                else:
+                    bar.n = min(event["elapsed"], bar.total)
+                postfix = {"loss": f"{event['loss']:.3f}", "chars/s": f"{event['chars_per_sec']:,.0f}"}
+                if last_val is not None:
+                    postfix["val"] = f"{last_val:.3f}"
+                bar.set_postfix(postfix, refresh=True)
+            elif kind == "eval":
+                last_val = event["val_loss"]
+                if not show_bar and not quiet and last_val is not None and math.isfinite(last_val):
+                    info(f"step {event['step']}: val loss {last_val:.4f} nats ({event['val_bits']:.3f} bits)"
+                         f"{'  (best)' if event['best'] else ''}")
+            elif kind == "end":
+                if bar is not None:
+                    bar.close()
+                _summary(event, quiet)
+    if stop.signal is not None:
+        sys.exit(128 + stop.signal)
+
+
+def _summary(event: dict, quiet: bool) -> None:
+    best = event["best_val"]
+    best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/token)" if best is not None else \
+        "no validation data"
+    why = {"max_steps": "step budget", "max_epochs": "epoch budget", "max_time": "time budget",
+           "interrupted": "interrupted"}[event["reason"]]
+    skipped = f", {event['skipped']} non-finite steps skipped" if event["skipped"] else ""
+    info(f"Done ({why}): {event['step']} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
+         f"saved {event['model']}", quiet)
+
+
+# ---------------------------------------------------------------- loading a model
+
+
+def find_checkpoint(path: str | None) -> str:
+    """The model file to use: PATH (a file, or a run directory), else the newest run under checkpoints/."""
+    if path is None:
+        candidates = []
+        if os.path.isdir(CHECKPOINTS):
+            for entry in os.scandir(CHECKPOINTS):
+                model_file = os.path.join(entry.path, training.MODEL_FILE)
+                if entry.is_dir() and os.path.isfile(model_file):
+                    candidates.append((os.path.getmtime(model_file), entry.path))
+        if not candidates:
+            raise CheckpointError(f"no trained model under {CHECKPOINTS}/; train one with `charrnn train` "
+                                  f"or pass --checkpoint")
+        path = max(candidates)[1]
+    if os.path.isdir(path):
+        for name in (training.BEST_FILE, training.MODEL_FILE):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CheckpointError(f"{path} holds no {training.MODEL_FILE}")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no such checkpoint: {path}")
+    return path
+
+
+def load(path: str | None):
+    """(params, config, vocab, meta, model_file) from a checkpoint path or the latest run."""
+    model_file = find_checkpoint(path)
+    params, config, meta = checkpoint.load_model(model_file)
+    try:
+        vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
+                                 "special": meta["special"]})
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{model_file}: missing vocabulary entry {exc}") from None
+    except CharRNNError as exc:
+        raise CheckpointError(f"{model_file}: bad vocabulary: {exc}") from None
+    if vocab.size != config.vocab_size:
+        raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
+    return params, config, vocab, meta, model_file
+
+
+def _checkpoint_option(f):
+    return click.option("--checkpoint", "-c", "checkpoint_path", type=click.Path(), default=None,
+                        help="A run directory or a model file.  [default: the newest run under checkpoints/]")(f)
+
+
+# ---------------------------------------------------------------- sample
+
+
+@cli.command()
+@_checkpoint_option
+@click.option("--temp", "temperature", type=float, default=1.0, show_default=True,
+              help="Sampling temperature; 0 always takes the most likely token.")
+@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
+@click.option("--top-p", type=float, default=None, help="Sample only among the most likely tokens that cover P.")
+@click.option("--prime", default="", help="Text to start from; the model continues it.")
+@click.option("--no-prime-echo", is_flag=True, help="Do not print the prime before the continuation.")
+@click.option("--length", type=int, default=500, show_default=True, help="Most tokens per sample.")
+@click.option("-n", "--num-samples", type=int, default=1, show_default=True,
+              help="Samples to generate (together, as one batch).")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.  [default: random]")
+def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed):
+    """Generate text from a trained model, streamed to stdout.
+
+    Each sample stops at the end-of-sequence token or after --length tokens.
+    In lines mode each sample is one line; otherwise samples are separated by
+    a blank line. A prime with characters the model never saw is an error.
+
+    \b
+    Examples:
+      charrnn sample --temp 0.8
+      charrnn sample --prime "ROMEO:" --length 300 --seed 1
+      charrnn sample -c checkpoints/names -n 20 --temp 0.7
+    """
+    params, config, vocab, meta, _ = load(checkpoint_path)
+    lines = meta.get("data", {}).get("mode") == "lines"
+    rng = np.random.default_rng(seed)
+    pieces = [[] for _ in range(num_samples)]
+    echo = "" if no_prime_echo else prime
+    generator = sampling.generate(params, config, vocab, rng=rng, num_samples=num_samples, length=length,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, prime=prime, lines=lines)
+    out = sys.stdout
+    separator = "\n" if lines else "\n\n"
+    try:
+        out.write(echo)
+        for tokens, alive in generator:
+            for i in np.flatnonzero(alive & (tokens != vocab.eos)):
+                pieces[i].append(int(tokens[i]))
+            if alive[0] and tokens[0] != vocab.eos:  # the first sample streams as it is made
+                out.write(vocab.decode([int(tokens[0])]))
+                out.flush()
+        for i in range(1, num_samples):
+            out.write(separator + echo + vocab.decode(pieces[i]))
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        # the reader went away (`charrnn sample | head`): that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# ---------------------------------------------------------------- eval
+
+
+@cli.command("eval")
+@click.argument("text_file", required=False, type=click.Path(dir_okay=False))
+@_checkpoint_option
+@click.option("--errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+              help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def eval_(text_file, checkpoint_path, errors, as_json):
+    """Score TEXT_FILE, or the run's held-out split, with a trained model.
+
+    Reports the mean negative log-likelihood per token (nats), perplexity,
+    bits per token, and how many tokens were scored and unknown. Without
+    TEXT_FILE it scores the validation ids stored in the run directory.
+
+    \b
+    Examples:
+      charrnn eval
+      charrnn eval held_out.txt --json
+    """
+    params, config, vocab, meta, model_file = load(checkpoint_path)
+    lines = meta.get("data", {}).get("mode") == "lines"
+    if text_file is None:
+        data_dir = os.path.join(os.path.dirname(model_file), "data")
+        try:
+            ids = corpus.load_ids(os.path.join(data_dir, "val.npy"))
+            offsets = corpus.load_ids(os.path.join(data_dir, "val_offsets.npy")) if lines else None
+        except CharRNNError:
+            raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
+        source = "held-out split"
+    else:
+        text = corpus.read_text(text_file, errors)
+        if lines:
+            ids, offsets = corpus.encode_lines(vocab, corpus.split_lines(text))
+        else:
+            ids = vocab.encode(text)
+        source = text_file
+    if lines:
+        score = evaluate.score_lines(params, config, ids, offsets, vocab.bos, vocab.eos, unk=vocab.unk)
+    else:
+        score = evaluate.score_stream(params, config, ids, unk=vocab.unk)
+    if score.tokens == 0:
+        raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
+    result = score.as_dict()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    unit = "char" if vocab.level == "char" else "token"
+    click.echo(f"{source}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
+               f"loss        {result['loss']:.4f} nats/{unit}\n"
+               f"perplexity  {result['perplexity']:.3f}\n"
+               f"bits        {result['bits_per_token']:.4f} bits/{unit}")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv=None) -> None:
+    """Console entry point: library errors become one line on stderr and exit 1."""
+    try:
+        cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except CharRNNError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("Error: out of memory; try a smaller --batch-size, --hidden or --seq-len", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)

@@ -1,0 +1,495 @@
+"""The training loop: prepare a run directory, take steps, evaluate, checkpoint.
+
+`start_run` (a new run) and `resume_run` (continue one) return a `Run`;
+`train(run)` is a generator of event dicts that the CLI renders. Nothing here
+prints. A run directory holds:
+
+    model.safetensors   latest weights + config + vocabulary (self-contained)
+    best.safetensors    the weights with the lowest validation loss so far
+    state.safetensors   everything needed to resume exactly (weights too)
+    log.jsonl           one JSON object per logging step, appended to on resume
+    data/               the encoded training and validation ids (memory-mapped)
+
+Exact resume needs no RNG state: batches are fixed by the step number (and
+for lines mode, a permutation seeded by (seed, epoch)), and dropout masks are
+drawn from a generator seeded by (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from . import __version__, batches, checkpoint, corpus, evaluate, model, optim
+from .errors import CheckpointError, ConfigError, TrainingError
+from .model import ModelConfig
+from .vocab import Vocab, build_vocab
+
+MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+STATE_FILE = "state.safetensors"
+LOG_FILE = "log.jsonl"
+MODES = ("stream", "lines")
+NONFINITE = ("stop", "skip")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    mode: str = "stream"               # "stream": one long text; "lines": each non-empty line is an example
+    level: str = "char"                # "char" or "word" tokens
+    min_count: int = 1                 # rarer tokens become UNK
+    max_vocab: int | None = None       # keep at most this many regular tokens (the rest UNK)
+    val_frac: float = 0.1              # held-out share when no separate validation file is given
+    batch_size: int = 64               # B: parallel streams (stream) or lines per batch (lines)
+    seq_len: int = 100                 # T: truncated-BPTT window
+    # optimization
+    optim: str = "adam"                # adam, adagrad, rmsprop or sgd
+    lr: float = 2e-3                   # peak learning rate
+    momentum: float = 0.9              # sgd only
+    weight_decay: float = 0.0          # adam only (decoupled)
+    clip: float | None = 5.0           # global gradient-norm limit (None: off)
+    clip_value: float | None = None    # elementwise gradient limit (None: off)
+    schedule: str = "constant"         # "constant" or "cosine" (decay to lr * min_lr_ratio)
+    warmup: int = 0                    # steps of linear warm-up
+    min_lr_ratio: float = 0.1          # cosine floor as a fraction of lr
+    # budgets: training stops at the first one reached (they count the whole run, resumes included)
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_time: float | None = None      # seconds of wall time
+    # cadence and reproducibility
+    eval_every: int = 200              # evaluate and save the latest checkpoint every N steps
+    eval_tokens: int | None = 200_000  # validation tokens scored per evaluation (None: all)
+    log_every: int = 10                # one log.jsonl line per N steps
+    seed: int = 0
+    on_nonfinite: str = "stop"         # "stop" or "skip" a step whose loss or gradient is not finite
+
+    def check(self) -> None:
+        """Raise ConfigError for values no run could use."""
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
+        if self.on_nonfinite not in NONFINITE:
+            raise ConfigError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+        for name in ("max_steps", "max_epochs", "max_time", "eval_tokens", "max_vocab"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+        if not 0.0 <= self.val_frac < 1.0:
+            raise ConfigError(f"val-frac must be in [0, 1), got {self.val_frac}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        optim.make_optimizer(self.optim, None, **self.optimizer_options())
+        optim.learning_rate(0, self.lr, self.schedule, self.warmup, 1, self.min_lr_ratio)
+
+    def optimizer_options(self) -> dict:
+        if self.optim == "sgd":
+            return {"momentum": self.momentum}
+        if self.optim == "adam":
+            return {"weight_decay": self.weight_decay}
+        return {}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Options that may change when a run is resumed; the rest define the run.
+RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite")
+
+
+@dataclass
+class Run:
+    """Everything the loop needs; mutable, owned by one training process."""
+    directory: str
+    config: ModelConfig
+    tconfig: TrainConfig
+    vocab: Vocab
+    params: dict
+    optimizer: optim.Optimizer
+    train_ids: np.ndarray              # (N,) encoded training text (memory-mapped)
+    val_ids: np.ndarray                # (M,) encoded validation text (memory-mapped)
+    train_offsets: np.ndarray | None   # lines mode: (n_lines + 1,) line boundaries
+    val_offsets: np.ndarray | None
+    step: int = 0                      # optimizer updates taken so far
+    carry: tuple | None = None         # stream mode: hidden state carried into the next window
+    best_val: float = math.inf
+    elapsed: float = 0.0               # wall seconds spent training, over all sessions
+    schedule_steps: int | None = None  # total steps the cosine schedule spans
+    skipped: int = 0                   # non-finite steps skipped
+    log_sum: float = 0.0               # loss summed since the last log line
+    log_count: int = 0
+    extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order, the last evaluation
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.tconfig.mode == "stream":
+            return batches.stream_windows(len(self.train_ids), self.tconfig.batch_size, self.tconfig.seq_len)
+        return math.ceil((len(self.train_offsets) - 1) / self.tconfig.batch_size)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+
+# ---------------------------------------------------------------- preparing a run
+
+
+def _data_path(directory, name):
+    return os.path.join(directory, "data", name)
+
+
+def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig) -> Vocab:
+    """Build the vocabulary from the training text and store encoded ids under directory/data.
+
+    - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
+    Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
+    """
+    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    if tconfig.mode == "stream":
+        if val_text is None:
+            train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
+        vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+        corpus.save_ids(_data_path(directory, "train.npy"), vocab.encode(train_text))
+        corpus.save_ids(_data_path(directory, "val.npy"), vocab.encode(val_text))
+        return vocab
+    lines = corpus.split_lines(train_text)
+    if val_text is None:
+        # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
+        order = np.random.default_rng(tconfig.seed).permutation(len(lines))
+        n_val = int(len(lines) * tconfig.val_frac)
+        val_lines = [lines[i] for i in np.sort(order[:n_val])]
+        lines = [lines[i] for i in np.sort(order[n_val:])]
+    else:
+        val_lines = corpus.split_lines(val_text)
+    if not lines:
+        raise ConfigError("lines mode needs at least one non-empty training line")
+    vocab = build_vocab("\n".join(lines), tconfig.level, tconfig.min_count, tconfig.max_vocab)
+    for name, part in (("train", lines), ("val", val_lines)):
+        ids, offsets = corpus.encode_lines(vocab, part)
+        corpus.save_ids(_data_path(directory, f"{name}.npy"), ids)
+        corpus.save_ids(_data_path(directory, f"{name}_offsets.npy"), offsets)
+    return vocab
+
+
+def _load_data(directory, mode):
+    def load(name):
+        return corpus.load_ids(_data_path(directory, name))
+    try:
+        if mode == "stream":
+            return load("train.npy"), load("val.npy"), None, None
+        return load("train.npy"), load("val.npy"), load("train_offsets.npy"), load("val_offsets.npy")
+    except Exception as exc:  # the data folder is part of the run: any failure is a broken run
+        raise CheckpointError(f"cannot read the run's data in {directory}/data: {exc}") from None
+
+
+def holds_run(directory) -> bool:
+    return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
+
+
+def start_run(directory, train_text: str, val_text: str | None, config_options: dict,
+              tconfig: TrainConfig) -> Run:
+    """Create a new run directory and initialize the model.
+
+    - config_options: ModelConfig fields except vocab_size (taken from the vocabulary)
+    Refuses a directory that already holds a run, so nothing is overwritten.
+    """
+    tconfig.check()
+    if holds_run(directory):
+        raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
+                          f"or choose another --out")
+    ModelConfig(vocab_size=4, **config_options)  # fail on bad options before any file is written
+    vocab = prepare_data(directory, train_text, val_text, tconfig)
+    config = ModelConfig(vocab_size=vocab.size, **config_options)
+    params = model.init_params(config, np.random.default_rng(tconfig.seed))
+    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    run = Run(directory, config, tconfig, vocab, params,
+              optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()),
+              train_ids, val_ids, train_off, val_off)
+    run.steps_per_epoch  # raises CorpusError now when the text is too short for one batch
+    if tconfig.mode == "lines" and len(train_off) - 1 < 1:
+        raise ConfigError("lines mode needs at least one non-empty training line")
+    return run
+
+
+def resume_run(directory, overrides: dict | None = None) -> Run:
+    """Load a run for continuing exactly where it stopped.
+
+    - overrides: new values for options in RESUMABLE (budgets and cadence)
+    """
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"cannot resume: {directory} is not a run directory")
+    checkpoint.cleanup_temp_files(directory)
+    if not os.path.exists(os.path.join(directory, STATE_FILE)):
+        raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
+    arrays, meta = checkpoint.load_state(os.path.join(directory, STATE_FILE))
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+        tconfig = TrainConfig.from_dict(meta["train"])
+        vocab = Vocab.from_dict(meta["vocab"])
+        progress = meta["progress"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{directory}/{STATE_FILE}: missing or malformed entry {exc}") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if key not in RESUMABLE:
+            raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming a run")
+        setattr(tconfig, key, value)
+    tconfig.check()
+
+    params = {name: arrays.pop(f"param/{name}", None) for name in model.param_shapes(config)}
+    missing = [name for name, value in params.items() if value is None]
+    if missing:
+        raise CheckpointError(f"{directory}/{STATE_FILE}: missing parameters {', '.join(missing)}")
+    carry = tuple(arrays.pop(f"carry/{i}") for i in range(2) if f"carry/{i}" in arrays) or None
+    optimizer = optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options())
+    try:
+        optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
+              carry=carry)
+    for key in ("step", "best_val", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count"):
+        setattr(run, key, progress[key])
+    run.best_val = math.inf if run.best_val is None else run.best_val
+    return run
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def model_meta(run: Run) -> dict:
+    """What sample and eval need beside the weights: vocabulary, data options, training summary."""
+    return {
+        "tokens": list(run.vocab.tokens),
+        "special": run.vocab.special,
+        "level": run.vocab.level,
+        "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len},
+        "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
+                     "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
+                     "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
+    }
+
+
+def save_checkpoint(run: Run) -> str:
+    """Write the state file, then the latest model file. Returns the model file's path.
+
+    The state is written first: if the process dies between the two writes,
+    resuming is still exact and only the exported model lags one save behind.
+    """
+    arrays = {f"param/{k}": v for k, v in run.params.items()}
+    arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_arrays().items()})
+    if run.carry is not None:
+        arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
+    progress = {key: getattr(run, key) for key in
+                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count")}
+    progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
+    meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
+            "progress": progress}
+    checkpoint.save_state(run.path(STATE_FILE), arrays, meta)
+    checkpoint.save_model(run.path(MODEL_FILE), run.params, run.config, model_meta(run))
+    return run.path(MODEL_FILE)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def validation_loss(run: Run) -> float:
+    """Mean NLL per token on (the first eval_tokens of) the held-out data."""
+    limit = run.tconfig.eval_tokens
+    if run.tconfig.mode == "stream":
+        ids = run.val_ids if limit is None else run.val_ids[: limit + 1]
+        if len(ids) < 2:
+            return math.nan
+        return evaluate.score_stream(run.params, run.config, ids).loss
+    offsets = run.val_offsets
+    if len(offsets) < 2:
+        return math.nan
+    if limit is not None:  # whole lines, up to the token limit
+        n_lines = max(1, int(np.searchsorted(offsets, limit, side="right")) - 1)
+        offsets = offsets[: n_lines + 1]
+    return evaluate.score_lines(run.params, run.config, run.val_ids, offsets,
+                                run.vocab.bos, run.vocab.eos).loss
+
+
+def _batch(run: Run, step: int):
+    """The batch for one step: (x, y, mask or None, reset) where reset starts from a zero state."""
+    tc = run.tconfig
+    epoch, index = divmod(step, run.steps_per_epoch)
+    if tc.mode == "stream":
+        x, y = batches.stream_batch(run.train_ids, tc.batch_size, tc.seq_len, index)
+        return x, y, None, index == 0
+    cached_epoch, order = run.extra.get("order", (None, None))
+    if cached_epoch != epoch:  # one permutation per epoch, fixed by (seed, epoch)
+        order = batches.line_batches(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
+        run.extra["order"] = (epoch, order)
+    x, y, mask = batches.line_batch(run.train_ids, run.train_offsets, order[index],
+                                    run.vocab.bos, run.vocab.eos)
+    return x, y, mask, True
+
+
+def _loss_and_grads(run: Run, x, y, mask, state, rng):
+    """Loss and gradients of one batch, in seq_len chunks with the state carried (truncated BPTT).
+
+    Returns (loss, grads, final_state, tokens): the mean NLL over scored tokens.
+    """
+    T = run.tconfig.seq_len
+    if x.shape[1] <= T:
+        loss, final, cache = model.forward(run.params, run.config, x, y, mask, state, dropout_rng=rng)
+        grads, _ = model.backward(run.params, run.config, cache)
+        return loss, grads, final, cache["count"]
+    total = int(np.count_nonzero(mask)) if mask is not None else y.size
+    grads, nll = None, 0.0
+    for t0 in range(0, x.shape[1], T):
+        sl = slice(t0, t0 + T)
+        _, state, cache = model.forward(run.params, run.config, x[:, sl], y[:, sl],
+                                        None if mask is None else mask[:, sl], state, dropout_rng=rng)
+        if cache["count"] == 0:
+            continue
+        g, _ = model.backward(run.params, run.config, cache)
+        share = cache["count"] / total  # weight each chunk's mean by its share of scored tokens
+        nll += cache["nll_sum"]
+        if grads is None:
+            grads = {k: v * share for k, v in g.items()}
+        else:
+            for k, v in g.items():
+                grads[k] += v * share
+    return nll / total, grads, state, total
+
+
+def _budget_reached(run: Run, session_start: float, prior_elapsed: float):
+    tc = run.tconfig
+    if tc.max_steps is not None and run.step >= tc.max_steps:
+        return "max_steps"
+    if tc.max_epochs is not None and run.step >= tc.max_epochs * run.steps_per_epoch:
+        return "max_epochs"
+    if tc.max_time is not None and prior_elapsed + time.monotonic() - session_start >= tc.max_time:
+        return "max_time"
+    return None
+
+
+def _schedule_steps(run: Run, steps_per_sec: float | None) -> int | None:
+    """Total steps of the cosine schedule: from the step budgets, or estimated from the time budget."""
+    tc = run.tconfig
+    candidates = []
+    if tc.max_steps is not None:
+        candidates.append(tc.max_steps)
+    if tc.max_epochs is not None:
+        candidates.append(math.ceil(tc.max_epochs * run.steps_per_epoch))
+    if tc.max_time is not None and steps_per_sec:
+        candidates.append(run.step + int((tc.max_time - run.elapsed) * steps_per_sec))
+    return max(1, min(candidates)) if candidates else None
+
+
+def _append_log(run: Run, record: dict) -> None:
+    with open(run.path(LOG_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(run: Run, should_stop=lambda: False):
+    """Train until a budget is reached or should_stop() turns true; yields event dicts.
+
+    Events: {"event": "start" | "step" | "eval" | "save" | "end", ...}. The
+    latest checkpoint is saved at every evaluation, at the end, and on a stop
+    request; the best whenever validation loss improves. A non-finite loss or
+    gradient raises TrainingError (on_nonfinite="stop") before anything is
+    saved, or skips the step (on_nonfinite="skip").
+    """
+    tc = run.tconfig
+    if tc.max_steps is None and tc.max_epochs is None and tc.max_time is None:
+        raise ConfigError("no budget: give --max-steps, --max-epochs or --max-time")
+    B = tc.batch_size
+    tokens_per_step = B * tc.seq_len if tc.mode == "stream" else None
+    session_start = time.monotonic()
+    prior_elapsed = run.elapsed
+    yield {"event": "start", "step": run.step, "steps_per_epoch": run.steps_per_epoch,
+           "params": sum(p.size for p in run.params.values()), "vocab": run.vocab.size,
+           "train_tokens": len(run.train_ids), "val_tokens": len(run.val_ids),
+           "total_steps": _schedule_steps(run, None)}
+
+    if tc.schedule == "cosine" and run.schedule_steps is None:
+        run.schedule_steps = _schedule_steps(run, None)
+    timing_steps, timing_start = 0, None
+    reason = None
+    while True:
+        reason = _budget_reached(run, session_start, prior_elapsed) or ("interrupted" if should_stop() else None)
+        if reason:
+            break
+        step_start = time.monotonic()
+        x, y, mask, reset = _batch(run, run.step)
+        state = None if reset or run.carry is None else run.carry
+        rng = np.random.default_rng([tc.seed, run.step]) if run.config.dropout > 0 else None
+        loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rng)
+        grad_norm = optim.clip_grad_norm(grads, tc.clip)
+        optim.clip_grad_value(grads, tc.clip_value)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            if tc.on_nonfinite == "stop":
+                raise TrainingError(
+                    f"the loss became non-finite at step {run.step + 1} (loss {loss}, gradient norm {grad_norm}); "
+                    f"the last saved checkpoint is unchanged. Try a lower --lr or --clip, or --on-nonfinite skip")
+            run.skipped += 1
+            run.step += 1
+            _append_log(run, {"step": run.step, "skipped_nonfinite": run.skipped,
+                              "elapsed": prior_elapsed + time.monotonic() - session_start})
+            continue
+        if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
+            # a time budget alone: fix the schedule's length from the measured speed, once
+            run.schedule_steps = _schedule_steps(run, timing_steps / (time.monotonic() - timing_start))
+        lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
+                                 run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
+        run.optimizer.step(run.params, grads, lr)
+        run.carry = final if tc.mode == "stream" else None
+        run.step += 1
+        now = time.monotonic()
+        if timing_start is None:
+            timing_start = now  # the first step warms caches; time from the second
+        else:
+            timing_steps += 1
+        run.elapsed = prior_elapsed + now - session_start
+        chars_per_sec = (tokens_per_step or n_tokens) / max(now - step_start, 1e-9)
+        run.log_sum += loss
+        run.log_count += 1
+        event = {"event": "step", "step": run.step, "epoch": run.step / run.steps_per_epoch, "loss": loss,
+                 "lr": lr, "grad_norm": grad_norm, "chars_per_sec": chars_per_sec, "elapsed": run.elapsed}
+        evaluating = run.step % tc.eval_every == 0
+        if run.step % tc.log_every == 0 or evaluating:
+            record = dict(event, loss=run.log_sum / run.log_count)
+            del record["event"]
+            if evaluating:
+                record["val_loss"] = yield from _evaluate_and_save(run)
+            _append_log(run, record)
+            run.log_sum, run.log_count = 0.0, 0
+        yield event
+
+    final_val = run.extra.get("last_eval")
+    if run.extra.get("last_eval_step") != run.step and not (reason == "interrupted" and run.step == 0):
+        final_val = yield from _evaluate_and_save(run)
+    yield {"event": "end", "reason": reason, "step": run.step, "elapsed": run.elapsed,
+           "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,
+           "model": run.path(MODEL_FILE), "best": run.path(BEST_FILE), "skipped": run.skipped}
+
+
+def _evaluate_and_save(run: Run):
+    """Evaluate, save latest (and best when improved); yields events, returns the val loss."""
+    val = validation_loss(run)
+    run.extra["last_eval_step"], run.extra["last_eval"] = run.step, (None if math.isnan(val) else val)
+    improved = math.isfinite(val) and val < run.best_val
+    if improved:
+        run.best_val = val
+    yield {"event": "eval", "step": run.step, "val_loss": val, "val_bits": val / math.log(2),
+           "best": improved}
+    path = save_checkpoint(run)
+    yield {"event": "save", "path": path, "kind": "latest"}
+    if improved or (not os.path.exists(run.path(BEST_FILE)) and not math.isfinite(val)):
+        checkpoint.save_model(run.path(BEST_FILE), run.params, run.config, model_meta(run))
+        yield {"event": "save", "path": run.path(BEST_FILE), "kind": "best"}
+    return None if math.isnan(val) else val
