@@ -44,7 +44,7 @@ def _sigmoid(x, out):
 # ---------------------------------------------------------------- one step
 # Each step function writes into the buffers it is handed and allocates
 # nothing, so the sequence loop and single-step sampling share one copy of the
-# equations. `xp_t` already holds W_ih x + b_ih, and for rnn/lstm also b_hh.
+# equations. `xp_t` already holds W_ih x + input_bias(...) (see there).
 
 
 def _rnn_step(xp_t, h_prev, W_hh, h_out):
@@ -115,27 +115,28 @@ def _gru_step(xp_t, h_prev, W_hh, b_hn, rzn, hn, h_out):
 # ---------------------------------------------------------------- sequence
 
 
-def fold_hidden_bias(cell, xp, b_hh):
-    """Add the part of b_hh that sits outside any product to xp, in place.
+def input_bias(cell, b_ih, b_hh):
+    """The bias that belongs with the input projection: (G*H,).
 
-    - xp: input projection W_ih x + b_ih, of shape (T, B, G*H) or (B, G*H)
-    - returns b_hn: the bias that stays inside the GRU's r*(...), shape (H,), or None
-    For rnn and lstm all of b_hh adds straight to the gates; for gru only the
-    r and z slices do.
+    For rnn and lstm, b_hh adds straight to the gates, so it joins b_ih and the
+    sequence loop never adds it; for gru only b_hh's r and z slices do (its n
+    slice sits inside r * (W_hn h + b_hn)).
     """
     if cell == "gru":
         H = b_hh.shape[0] // 3
-        xp[..., : 2 * H] += b_hh[: 2 * H]
-        return b_hh[2 * H :]
-    xp += b_hh
-    return None
+        return np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]])
+    return b_ih + b_hh
+
+
+def _b_hn(cell, b_hh):
+    return b_hh[2 * b_hh.shape[0] // 3 :] if cell == "gru" else None
 
 
 def forward(cell, xp, state0, W_hh, b_hh):
     """Run one layer's recurrence over a chunk.
 
     - cell: "rnn", "lstm" or "gru"
-    - xp: input projection W_ih x + b_ih, of shape (T, B, G*H); consumed (modified in place)
+    - xp: input projection W_ih x + input_bias(cell, b_ih, b_hh), of shape (T, B, G*H); consumed
     - state0: initial state, tuple of (B, H) arrays
     - W_hh: recurrent weights, of shape (G*H, H); b_hh: recurrent bias, of shape (G*H,)
     Returns (hs, state, cache):
@@ -145,7 +146,7 @@ def forward(cell, xp, state0, W_hh, b_hh):
     """
     T, B, GH = xp.shape
     H = W_hh.shape[1]
-    b_hn = fold_hidden_bias(cell, xp, b_hh)
+    b_hn = _b_hn(cell, b_hh)
     hs = np.empty((T + 1, B, H), dtype=xp.dtype)  # hs[0] is h0, so step t reads hs[t]
     hs[0] = state0[0]
     cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
@@ -176,13 +177,13 @@ def forward(cell, xp, state0, W_hh, b_hh):
 def step(cell, xp_t, state, W_hh, b_hh):
     """Advance one time step (for sampling); the same equations as `forward`.
 
-    - xp_t: input projection W_ih x + b_ih, of shape (B, G*H); consumed
+    - xp_t: input projection W_ih x + input_bias(cell, b_ih, b_hh), of shape (B, G*H); consumed
     - state: tuple of (B, H) arrays; W_hh (G*H, H); b_hh (G*H,)
     Returns the new state, a tuple of (B, H) arrays (h first).
     """
     B, GH = xp_t.shape
     H = W_hh.shape[1]
-    b_hn = fold_hidden_bias(cell, xp_t, b_hh)
+    b_hn = _b_hn(cell, b_hh)
     h = np.empty((B, H), dtype=xp_t.dtype)
     if cell == "rnn":
         _rnn_step(xp_t, state[0], W_hh, h)

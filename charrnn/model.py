@@ -119,20 +119,48 @@ def _check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return tokens
 
 
+def _uses_table(config, n_tokens: int) -> bool:
+    """Whether layer 0 projects through a (V, G*H) table: when V is small next to the batch."""
+    return config.vocab_size <= n_tokens
+
+
 def _input_projection(params, config, tokens_tm):
-    """Layer 0's W_ih x + b_ih for time-major token ids (T, B) -> (T, B, G*H).
+    """Layer 0's W_ih x + bias for time-major token ids (T, B) -> (T, B, G*H).
 
     When the vocabulary is small, project the whole embedding table once (V, G*H)
     and gather rows: far cheaper than a (T*B, E) @ (E, G*H) product.
     """
-    emb, W, b = params["embedding.weight"], params["rnn.weight_ih_l0"], params["rnn.bias_ih_l0"]
-    if config.vocab_size <= tokens_tm.size:
+    emb, W = params["embedding.weight"], params["rnn.weight_ih_l0"]
+    b = cells.input_bias(config.cell, params["rnn.bias_ih_l0"], params["rnn.bias_hh_l0"])
+    if _uses_table(config, tokens_tm.size):
         table = emb @ W.T  # (V, G*H)
         table += b
         return table[tokens_tm]  # (T, B, G*H)
-    xp = emb[tokens_tm] @ W.T  # (T, B, G*H)
+    T, B = tokens_tm.shape
+    xp = emb[tokens_tm.reshape(-1)] @ W.T  # (T*B, G*H)
     xp += b
-    return xp
+    return xp.reshape(T, B, -1)
+
+
+def _embedding_backward(params, config, tokens, d_xp_flat):
+    """Gradients of layer 0's input side from d xp (T*B, G*H): (d W_ih_l0, d embedding).
+
+    - tokens: (T*B,) time-major token ids
+    With the table path, d table (V, G*H) is the scatter-add of d xp's rows by
+    token, done as one product with the (V, T*B) selection matrix: a BLAS
+    product beats np.add.at on 6400 x 1024 rows several times over. The two
+    small products then give both gradients.
+    """
+    emb, W = params["embedding.weight"], params["rnn.weight_ih_l0"]
+    if _uses_table(config, tokens.size):
+        select = np.zeros((config.vocab_size, tokens.size), dtype=d_xp_flat.dtype)  # (V, T*B)
+        select[tokens, np.arange(tokens.size)] = 1.0
+        d_table = select @ d_xp_flat  # (V, G*H)
+        return d_table.T @ emb, d_table @ W  # (G*H, E), (V, E)
+    d_W = d_xp_flat.T @ emb[tokens]  # (G*H, E)
+    d_emb = np.zeros_like(emb)
+    np.add.at(d_emb, tokens, d_xp_flat @ W)  # rows (T*B, E) added to their tokens
+    return d_W, d_emb
 
 
 def _dropout_mask(shape, p, rng, dtype):
@@ -174,8 +202,9 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
         if k == 0:
             xp = _input_projection(params, config, tokens_tm)  # (T, B, G*H)
         else:
-            xp = x @ params[f"rnn.weight_ih_l{k}"].T  # (T, B, G*H)
-            xp += params[f"rnn.bias_ih_l{k}"]
+            xp = x.reshape(T * B, -1) @ params[f"rnn.weight_ih_l{k}"].T  # (T*B, G*H): one product
+            xp += cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
+            xp = xp.reshape(T, B, -1)
         hs, layer_state, layer_cache = cells.forward(
             config.cell, xp, tuple(s[k] for s in state),
             params[f"rnn.weight_hh_l{k}"], params[f"rnn.bias_hh_l{k}"])
@@ -266,19 +295,16 @@ def backward(params, config, cache, d_state=None):
         for acc, s in zip(d_state0, d_s0):
             acc[k] = s
         d_xp_flat = d_xp.reshape(T * B, -1)  # (T*B, G*H)
-        grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0)
+        # rnn/lstm: b_ih and b_hh enter the same sum, so their gradients are equal
+        grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0) if config.cell == "gru" else g["b_hh"].copy()
         W_ih = params[f"rnn.weight_ih_l{k}"]
         if k > 0:
             grads[f"rnn.weight_ih_l{k}"] = d_xp_flat.T @ layer["x"].reshape(T * B, H)  # (G*H, H)
             d_x = (d_xp_flat @ W_ih).reshape(T, B, H)  # (T, B, H)
         else:
             tokens = cache["inputs"].T.reshape(-1)  # (T*B,)
-            emb = params["embedding.weight"]
-            grads["rnn.weight_ih_l0"] = d_xp_flat.T @ emb[tokens]  # (G*H, E)
-            d_emb_rows = d_xp_flat @ W_ih  # (T*B, E)
-            d_emb = np.zeros_like(emb)
-            np.add.at(d_emb, tokens, d_emb_rows)
-            grads["embedding.weight"] = d_emb
+            grads["rnn.weight_ih_l0"], grads["embedding.weight"] = _embedding_backward(
+                params, config, tokens, d_xp_flat)
     ordered = {name: grads[name].astype(dtype, copy=False) for name in params}
     return ordered, tuple(np.stack(acc) for acc in d_state0)
 
@@ -298,7 +324,7 @@ def step(params, config, tokens, state):
             xp = params["embedding.weight"][tokens] @ params["rnn.weight_ih_l0"].T  # (B, G*H)
         else:
             xp = x @ params[f"rnn.weight_ih_l{k}"].T  # (B, G*H)
-        xp += params[f"rnn.bias_ih_l{k}"]
+        xp += cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
         layer_state = cells.step(config.cell, xp, tuple(s[k] for s in state),
                                  params[f"rnn.weight_hh_l{k}"], params[f"rnn.bias_hh_l{k}"])
         for acc, s in zip(new, layer_state):
