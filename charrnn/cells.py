@@ -44,16 +44,17 @@ def _sigmoid(x, out):
 # ---------------------------------------------------------------- one step
 # Each step function writes into the buffers it is handed and allocates
 # nothing, so the sequence loop and single-step sampling share one copy of the
-# equations. `xp_t` already holds W_ih x + input_bias(...) (see there).
+# equations. W_hh_t is W_hh transposed, (H, G*H): the sequence loop passes a
+# contiguous copy, which BLAS multiplies about a fifth faster than the view. `xp_t` already holds W_ih x + input_bias(...) (see there).
 
 
-def _rnn_step(xp_t, h_prev, W_hh, h_out):
-    np.matmul(h_prev, W_hh.T, out=h_out)  # (B, H)
+def _rnn_step(xp_t, h_prev, W_hh_t, h_out):
+    np.matmul(h_prev, W_hh_t, out=h_out)  # (B, H)
     h_out += xp_t
     np.tanh(h_out, out=h_out)
 
 
-def _lstm_step(xp_t, h_prev, c_prev, W_hh, gates, c_out, tanh_c, h_out, consts):
+def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts):
     """gates (B, 4H) receives the activated i, f, g, o; tanh_c (B, H) receives tanh(c').
 
     All four gate nonlinearities are one tanh over the contiguous (B, 4H) block,
@@ -63,7 +64,7 @@ def _lstm_step(xp_t, h_prev, c_prev, W_hh, gates, c_out, tanh_c, h_out, consts):
     """
     H = h_prev.shape[1]
     pre, post, shift, _ = consts
-    np.matmul(h_prev, W_hh.T, out=gates)  # (B, 4H)
+    np.matmul(h_prev, W_hh_t, out=gates)  # (B, 4H)
     gates += xp_t
     gates *= pre
     np.tanh(gates, out=gates)
@@ -93,11 +94,11 @@ def lstm_constants(H, dtype):
     return pre, pre, shift, tanh_mask
 
 
-def _gru_step(xp_t, h_prev, W_hh, b_hn, rzn, hn, h_out):
+def _gru_step(xp_t, h_prev, W_hh_t, b_hn, rzn, hn, h_out):
     """rzn (B, 3H) receives activated r, z, n; hn (B, H) receives W_hn h + b_hn."""
     H = h_prev.shape[1]
     hh = rzn  # first holds W_hh h, then is overwritten gate by gate
-    np.matmul(h_prev, W_hh.T, out=hh)  # (B, 3H)
+    np.matmul(h_prev, W_hh_t, out=hh)  # (B, 3H)
     np.add(hh[:, 2 * H :], b_hn, out=hn)
     rz = hh[:, : 2 * H]
     rz += xp_t[:, : 2 * H]
@@ -150,9 +151,10 @@ def forward(cell, xp, state0, W_hh, b_hh):
     hs = np.empty((T + 1, B, H), dtype=xp.dtype)  # hs[0] is h0, so step t reads hs[t]
     hs[0] = state0[0]
     cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
+    W_hh_t = np.ascontiguousarray(W_hh.T)  # (H, G*H)
     if cell == "rnn":
         for t in range(T):
-            _rnn_step(xp[t], hs[t], W_hh, hs[t + 1])
+            _rnn_step(xp[t], hs[t], W_hh_t, hs[t + 1])
         state = (hs[T].copy(),)
     elif cell == "lstm":
         gates = np.empty((T, B, GH), dtype=xp.dtype)
@@ -161,14 +163,14 @@ def forward(cell, xp, state0, W_hh, b_hh):
         cs[0] = state0[1]
         consts = lstm_constants(H, xp.dtype)
         for t in range(T):
-            _lstm_step(xp[t], hs[t], cs[t], W_hh, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1], consts)
+            _lstm_step(xp[t], hs[t], cs[t], W_hh_t, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1], consts)
         cache.update(gates=gates, cs=cs, tanh_cs=tanh_cs)
         state = (hs[T].copy(), cs[T].copy())
     else:
         rzn = np.empty((T, B, GH), dtype=xp.dtype)
         hns = np.empty((T, B, H), dtype=xp.dtype)
         for t in range(T):
-            _gru_step(xp[t], hs[t], W_hh, b_hn, rzn[t], hns[t], hs[t + 1])
+            _gru_step(xp[t], hs[t], W_hh_t, b_hn, rzn[t], hns[t], hs[t + 1])
         cache.update(rzn=rzn, hns=hns)
         state = (hs[T].copy(),)
     return hs[1:], state, cache
@@ -186,14 +188,14 @@ def step(cell, xp_t, state, W_hh, b_hh):
     b_hn = _b_hn(cell, b_hh)
     h = np.empty((B, H), dtype=xp_t.dtype)
     if cell == "rnn":
-        _rnn_step(xp_t, state[0], W_hh, h)
+        _rnn_step(xp_t, state[0], W_hh.T, h)
         return (h,)
     if cell == "lstm":
         c = np.empty_like(h)
-        _lstm_step(xp_t, state[0], state[1], W_hh, np.empty_like(xp_t), c, np.empty_like(h), h,
+        _lstm_step(xp_t, state[0], state[1], W_hh.T, np.empty_like(xp_t), c, np.empty_like(h), h,
                    lstm_constants(H, xp_t.dtype))
         return (h, c)
-    _gru_step(xp_t, state[0], W_hh, b_hn, np.empty_like(xp_t), np.empty_like(h), h)
+    _gru_step(xp_t, state[0], W_hh.T, b_hn, np.empty_like(xp_t), np.empty_like(h), h)
     return (h,)
 
 

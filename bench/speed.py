@@ -1,0 +1,158 @@
+"""Training-step throughput of charrnn next to PyTorch (CPU), measured side by side.
+
+A benchmark, not a test. For each configuration both frameworks train the same
+model on the same batches with the same optimizer (Adam, global-norm clip 5,
+float32), alternating one step each after a warm-up, and the script prints the
+median characters per second of each, their ratio, and the model FLOPs
+utilization: the model's matrix FLOPs per second over the float32 GEMM peak
+measured by this script in the same run.
+
+    python bench/speed.py            # reference model, cells, sizes, and the sweep
+    python bench/speed.py --quick    # without the H x B sweep
+
+Needs the `torch` extra (pip install -e ".[torch]"). PyTorch is limited to 2
+threads, as NumPy's BLAS uses the machine's 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from charrnn import model, optim
+from charrnn.model import ModelConfig
+from charrnn.runtime import keep_freed_memory
+
+V = 65  # tinyshakespeare's character count
+
+
+def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 GEMM FLOP/s of this machine's NumPy BLAS (best of a few n^3 products)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)
+    best = min(_timed(lambda: np.matmul(a, a, out=out)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
+    """Matrix FLOPs of one training step (forward + backward = 3x forward), by the architecture."""
+    G, H, E = cfg.gates, cfg.hidden, cfg.embed
+    per_token = 0
+    for k in range(cfg.layers):
+        n_in = E if k == 0 else H
+        per_token += 2 * G * H * (n_in + H)
+    per_token += 2 * H * V
+    return 3 * per_token * B * T
+
+
+class NumpyTrainer:
+    def __init__(self, cfg, params):
+        self.cfg, self.params = cfg, {k: v.copy() for k, v in params.items()}
+        self.opt = optim.make_optimizer("adam", self.params)
+
+    def step(self, x, y):
+        loss, grads, _ = model.loss_and_grads(self.params, self.cfg, x, y)
+        optim.clip_grad_norm(grads, 5.0)
+        self.opt.step(self.params, grads, 2e-3)
+        return loss
+
+
+class TorchTrainer:
+    def __init__(self, cfg, params):
+        import torch
+
+        class LM(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embedding = torch.nn.Embedding(cfg.vocab_size, cfg.embed)
+                rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
+                self.rnn = rnn(cfg.embed, cfg.hidden, cfg.layers, batch_first=True)
+                self.head = torch.nn.Linear(cfg.hidden, cfg.vocab_size)
+
+            def forward(self, x):
+                return self.head(self.rnn(self.embedding(x))[0])
+
+        self.torch = torch
+        self.net = LM()
+        self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
+
+    def step(self, x, y):
+        torch = self.torch
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.net(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+        self.opt.step()
+        return loss.item()
+
+
+def compare(cell, layers, H, B, T=100, E=64, reps=7, warmup=2, peak=None):
+    """Median chars/s of each framework over `reps` alternated steps; returns a result row."""
+    cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=H, embed=E)
+    params = model.init_params(cfg, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, V, (reps + warmup, B, T + 1))
+    trainers = {"charrnn": NumpyTrainer(cfg, params), "torch": TorchTrainer(cfg, params)}
+    times = {name: [] for name in trainers}
+    for i in range(reps + warmup):
+        x, y = data[i, :, :-1], data[i, :, 1:]
+        for name, trainer in trainers.items():
+            elapsed = _timed(lambda: trainer.step(x, y))
+            if i >= warmup:
+                times[name].append(elapsed)
+    ours, theirs = (B * T / statistics.median(times[n]) for n in ("charrnn", "torch"))
+    row = {"config": f"{cell} {layers}x{H} B{B}", "charrnn": ours, "torch": theirs, "ratio": ours / theirs}
+    if peak:
+        row["mfu"] = model_flops(cfg, B, T) * ours / (B * T) / peak
+    return row
+
+
+def print_table(rows, title):
+    print(f"\n{title}")
+    print(f"| {'config':<20} | {'charrnn chars/s':>15} | {'torch chars/s':>13} | {'ratio':>5} | {'MFU':>5} |")
+    print(f"|{'-' * 22}|{'-' * 17}|{'-' * 15}|{'-' * 7}|{'-' * 7}|")
+    for r in rows:
+        mfu = f"{r['mfu']:.0%}" if "mfu" in r else ""
+        print(f"| {r['config']:<20} | {r['charrnn']:>15,.0f} | {r['torch']:>13,.0f} | {r['ratio']:>5.2f} | {mfu:>5} |",
+              flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the H x B sweep")
+    parser.add_argument("--reps", type=int, default=7, help="timed steps per framework and configuration")
+    args = parser.parse_args()
+
+    import torch
+    torch.set_num_threads(2)
+    keep_freed_memory()  # what the charrnn command does at start-up
+    peak = gemm_peak()
+    print(f"float32 GEMM peak (NumPy BLAS, 2048^3): {peak / 1e9:.0f} GFLOP/s; torch {torch.__version__}, "
+          f"numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5")
+    rows = [compare("lstm", 2, 256, 64, reps=args.reps, peak=peak),
+            compare("gru", 2, 256, 64, reps=args.reps, peak=peak),
+            compare("rnn", 2, 256, 64, reps=args.reps, peak=peak),
+            compare("lstm", 2, 512, 64, reps=args.reps, peak=peak),
+            compare("lstm", 1, 128, 64, reps=args.reps, peak=peak)]
+    print_table(rows, "Training step (forward, backward, clip, Adam): median chars/s")
+    if not args.quick:
+        sweep = [compare("lstm", 2, H, B, reps=3, warmup=1, peak=peak)
+                 for H in (128, 256, 512, 1024) for B in (16, 64, 256)]
+        print_table(sweep, "LSTM 2 layers: how cost grows with H and B")
+
+
+if __name__ == "__main__":
+    main()
