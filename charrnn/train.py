@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import __version__, batches, checkpoint, corpus, evaluate, model, optim
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, CorpusError, TrainingError
 from .model import ModelConfig
 from .vocab import Vocab, build_vocab
 
@@ -86,6 +86,10 @@ class TrainConfig:
             raise ConfigError(f"val-frac must be in [0, 1), got {self.val_frac}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        for name in ("clip", "clip_value"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and not math.isnan(value)):
+                raise ConfigError(f"{name.replace('_', '-')} must be positive (or 0 for off), got {value}")
         optim.make_optimizer(self.optim, None, **self.optimizer_options())
         optim.learning_rate(0, self.lr, self.schedule, self.warmup, 1, self.min_lr_ratio)
 
@@ -127,7 +131,7 @@ class Run:
     skipped: int = 0                   # non-finite steps skipped
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
-    extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order, the last evaluation
+    extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
 
     @property
     def steps_per_epoch(self) -> int:
@@ -151,32 +155,51 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
 
     - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
     Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
+    Everything is encoded and checked before the first file is written, so a corpus
+    that cannot train leaves no files behind.
     """
-    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    arrays = {}
     if tconfig.mode == "stream":
         if val_text is None:
             train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
         vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
-        corpus.save_ids(_data_path(directory, "train.npy"), vocab.encode(train_text))
-        corpus.save_ids(_data_path(directory, "val.npy"), vocab.encode(val_text))
-        return vocab
-    lines = corpus.split_lines(train_text)
-    if val_text is None:
-        # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
-        order = np.random.default_rng(tconfig.seed).permutation(len(lines))
-        n_val = int(len(lines) * tconfig.val_frac)
-        val_lines = [lines[i] for i in np.sort(order[:n_val])]
-        lines = [lines[i] for i in np.sort(order[n_val:])]
+        arrays["train.npy"] = vocab.encode(train_text)
+        arrays["val.npy"] = vocab.encode(val_text)
+        # raises CorpusError (with the length and what is needed) when the text is too short for one batch
+        batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
-        val_lines = corpus.split_lines(val_text)
-    if not lines:
-        raise ConfigError("lines mode needs at least one non-empty training line")
-    vocab = build_vocab("\n".join(lines), tconfig.level, tconfig.min_count, tconfig.max_vocab)
-    for name, part in (("train", lines), ("val", val_lines)):
-        ids, offsets = corpus.encode_lines(vocab, part)
-        corpus.save_ids(_data_path(directory, f"{name}.npy"), ids)
-        corpus.save_ids(_data_path(directory, f"{name}_offsets.npy"), offsets)
+        lines = corpus.split_lines(train_text)
+        if val_text is None:
+            # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
+            order = np.random.default_rng(tconfig.seed).permutation(len(lines))
+            n_val = int(len(lines) * tconfig.val_frac)
+            val_lines = [lines[i] for i in np.sort(order[:n_val])]
+            lines = [lines[i] for i in np.sort(order[n_val:])]
+        else:
+            val_lines = corpus.split_lines(val_text)
+        if not lines:
+            raise CorpusError("lines mode needs at least one non-empty training line")
+        vocab = _lines_vocab(lines, tconfig)
+        for name, part in (("train", lines), ("val", val_lines)):
+            arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
+    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    for name, ids in arrays.items():
+        corpus.save_ids(_data_path(directory, name), ids)
     return vocab
+
+
+def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
+    """The vocabulary of lines mode: the lines' tokens only.
+
+    No "\n" token: lines hold none, and a sampler that could emit one would
+    break the one-line-per-sample output. At word level the lines are joined
+    with "\n" (so words of neighbouring lines do not merge) and that token is
+    dropped afterwards, which may leave one token fewer than --max-vocab.
+    """
+    if tconfig.level == "char":
+        return build_vocab("".join(lines), "char", tconfig.min_count, tconfig.max_vocab)
+    vocab = build_vocab("\n".join(lines), "word", tconfig.min_count, tconfig.max_vocab)
+    return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
 
 
 def _load_data(directory, mode):
@@ -213,9 +236,6 @@ def start_run(directory, train_text: str, val_text: str | None, config_options: 
     run = Run(directory, config, tconfig, vocab, params,
               optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()),
               train_ids, val_ids, train_off, val_off)
-    run.steps_per_epoch  # raises CorpusError now when the text is too short for one batch
-    if tconfig.mode == "lines" and len(train_off) - 1 < 1:
-        raise ConfigError("lines mode needs at least one non-empty training line")
     return run
 
 
@@ -239,11 +259,13 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
         raise CheckpointError(f"{directory}/{STATE_FILE}: missing or malformed entry {exc}") from None
     except ConfigError as exc:
         raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    budget_before = (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE:
             raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming a run")
         setattr(tconfig, key, value)
     tconfig.check()
+    budget_changed = budget_before != (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
 
     params = {name: arrays.pop(f"param/{name}", None) for name in model.param_shapes(config)}
     missing = [name for name, value in params.items() if value is None]
@@ -261,6 +283,9 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     for key in ("step", "best_val", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count"):
         setattr(run, key, progress[key])
     run.best_val = math.inf if run.best_val is None else run.best_val
+    if budget_changed:
+        # the cosine schedule spans the whole run's budget: a new budget moves its end
+        run.schedule_steps = None
     return run
 
 
@@ -366,13 +391,14 @@ def _loss_and_grads(run: Run, x, y, mask, state, rng):
     return nll / total, grads, state, total
 
 
-def _budget_reached(run: Run, session_start: float, prior_elapsed: float):
+def _budget_reached(run: Run):
+    """The first budget the run has reached (by run.elapsed, as logged and saved), or None."""
     tc = run.tconfig
     if tc.max_steps is not None and run.step >= tc.max_steps:
         return "max_steps"
     if tc.max_epochs is not None and run.step >= tc.max_epochs * run.steps_per_epoch:
         return "max_epochs"
-    if tc.max_time is not None and prior_elapsed + time.monotonic() - session_start >= tc.max_time:
+    if tc.max_time is not None and run.elapsed >= tc.max_time:
         return "max_time"
     return None
 
@@ -400,9 +426,10 @@ def train(run: Run, should_stop=lambda: False):
 
     Events: {"event": "start" | "step" | "eval" | "save" | "end", ...}. The
     latest checkpoint is saved at every evaluation, at the end, and on a stop
-    request; the best whenever validation loss improves. A non-finite loss or
-    gradient raises TrainingError (on_nonfinite="stop") before anything is
-    saved, or skips the step (on_nonfinite="skip").
+    request; the best whenever validation loss improves. The last step of a
+    session is always evaluated and logged. A non-finite loss or gradient
+    raises TrainingError (on_nonfinite="stop") before anything is saved, or
+    skips the step (on_nonfinite="skip").
     """
     tc = run.tconfig
     if tc.max_steps is None and tc.max_epochs is None and tc.max_time is None:
@@ -419,11 +446,14 @@ def train(run: Run, should_stop=lambda: False):
     if tc.schedule == "cosine" and run.schedule_steps is None:
         run.schedule_steps = _schedule_steps(run, None)
     timing_steps, timing_start = 0, None
-    reason = None
-    while True:
-        reason = _budget_reached(run, session_start, prior_elapsed) or ("interrupted" if should_stop() else None)
-        if reason:
-            break
+    final_val = None
+
+    def stop_reason():
+        return _budget_reached(run) or ("interrupted" if should_stop() else None)
+
+    # a resumed run may already be at its budget: then nothing changes and nothing is written
+    reason = stop_reason()
+    while reason is None:
         step_start = time.monotonic()
         x, y, mask, reset = _batch(run, run.step)
         state = None if reset or run.carry is None else run.carry
@@ -431,23 +461,21 @@ def train(run: Run, should_stop=lambda: False):
         loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rng)
         grad_norm = optim.clip_grad_norm(grads, tc.clip)
         optim.clip_grad_value(grads, tc.clip_value)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            if tc.on_nonfinite == "stop":
-                raise TrainingError(
-                    f"the loss became non-finite at step {run.step + 1} (loss {loss}, gradient norm {grad_norm}); "
-                    f"the last saved checkpoint is unchanged. Try a lower --lr or --clip, or --on-nonfinite skip")
-            run.skipped += 1
-            run.step += 1
-            _append_log(run, {"step": run.step, "skipped_nonfinite": run.skipped,
-                              "elapsed": prior_elapsed + time.monotonic() - session_start})
-            continue
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if not finite and tc.on_nonfinite == "stop":
+            raise TrainingError(
+                f"the loss became non-finite at step {run.step + 1} (loss {loss}, gradient norm {grad_norm}); "
+                f"the last saved checkpoint is unchanged. Try a lower --lr or --clip, or --on-nonfinite skip")
         if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
             # a time budget alone: fix the schedule's length from the measured speed, once
             run.schedule_steps = _schedule_steps(run, timing_steps / (time.monotonic() - timing_start))
         lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
                                  run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
-        run.optimizer.step(run.params, grads, lr)
-        run.carry = final if tc.mode == "stream" else None
+        if finite:
+            run.optimizer.step(run.params, grads, lr)
+            run.carry = final if tc.mode == "stream" else None
+        else:
+            run.skipped += 1
         run.step += 1
         now = time.monotonic()
         if timing_start is None:
@@ -455,24 +483,34 @@ def train(run: Run, should_stop=lambda: False):
         else:
             timing_steps += 1
         run.elapsed = prior_elapsed + now - session_start
-        chars_per_sec = (tokens_per_step or n_tokens) / max(now - step_start, 1e-9)
-        run.log_sum += loss
-        run.log_count += 1
-        event = {"event": "step", "step": run.step, "epoch": run.step / run.steps_per_epoch, "loss": loss,
-                 "lr": lr, "grad_norm": grad_norm, "chars_per_sec": chars_per_sec, "elapsed": run.elapsed}
-        evaluating = run.step % tc.eval_every == 0
-        if run.step % tc.log_every == 0 or evaluating:
-            record = dict(event, loss=run.log_sum / run.log_count)
-            del record["event"]
-            if evaluating:
-                record["val_loss"] = yield from _evaluate_and_save(run)
-            _append_log(run, record)
-            run.log_sum, run.log_count = 0.0, 0
+        epoch = run.step / run.steps_per_epoch
+        reason = stop_reason()
+        evaluating = run.step % tc.eval_every == 0 or reason is not None
+        logging = run.step % tc.log_every == 0 or evaluating
+        if finite:
+            chars_per_sec = (tokens_per_step or n_tokens) / max(now - step_start, 1e-9)
+            run.log_sum += loss
+            run.log_count += 1
+            event = {"event": "step", "step": run.step, "epoch": epoch, "loss": loss, "lr": lr,
+                     "grad_norm": grad_norm, "chars_per_sec": chars_per_sec, "elapsed": run.elapsed}
+        else:
+            event = {"event": "skip", "step": run.step, "epoch": epoch, "lr": lr, "skipped": run.skipped,
+                     "elapsed": run.elapsed}
         yield event
+        if not finite or logging:
+            record = {k: v for k, v in event.items() if k != "event"}
+            if finite:
+                record["loss"] = run.log_sum / run.log_count  # mean over the steps since the last line
+                # reset before saving, so a resumed run never counts these losses again
+                run.log_sum, run.log_count = 0.0, 0
+            else:
+                record["skipped_nonfinite"] = record.pop("skipped")
+            if evaluating:
+                final_val = yield from _evaluate_and_save(run)
+                if final_val is not None:  # None: no validation data
+                    record["val_loss"] = final_val
+            _append_log(run, record)
 
-    final_val = run.extra.get("last_eval")
-    if run.extra.get("last_eval_step") != run.step and not (reason == "interrupted" and run.step == 0):
-        final_val = yield from _evaluate_and_save(run)
     yield {"event": "end", "reason": reason, "step": run.step, "elapsed": run.elapsed,
            "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,
            "model": run.path(MODEL_FILE), "best": run.path(BEST_FILE), "skipped": run.skipped}
@@ -481,7 +519,6 @@ def train(run: Run, should_stop=lambda: False):
 def _evaluate_and_save(run: Run):
     """Evaluate, save latest (and best when improved); yields events, returns the val loss."""
     val = validation_loss(run)
-    run.extra["last_eval_step"], run.extra["last_eval"] = run.step, (None if math.isnan(val) else val)
     improved = math.isfinite(val) and val < run.best_val
     if improved:
         run.best_val = val
