@@ -18,7 +18,7 @@ import time
 import click
 import numpy as np
 
-from . import __version__, checkpoint, corpus, evaluate, sampling, train as training
+from . import __version__, checkpoint, corpus, evaluate, report, runtime, sampling, train as training
 from .errors import CharRNNError, CheckpointError, ConfigError
 from .vocab import Vocab
 
@@ -34,9 +34,13 @@ class GroupedCommand(click.Command):
     def format_options(self, ctx, formatter):
         sections: dict[str, list] = {}
         for param in self.get_params(ctx):
+            if isinstance(param, click.Argument):  # the usage line and docstring describe arguments
+                continue
             record = param.get_help_record(ctx)
             if record:
                 sections.setdefault(getattr(param, "group", None) or "Other options", []).append(record)
+        if "Other options" in sections:  # --help last, after the named groups
+            sections["Other options"] = sections.pop("Other options")
         for title, rows in sections.items():
             with formatter.section(title):
                 formatter.write_dl(rows)
@@ -133,7 +137,7 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
 @option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.")
 @option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.")
-@option("--max-time", type=str, default=None, group=OUTPUT,
+@option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
         help="Stop after this much wall time, such as 90s, 10m, 1h.  [default: 5m when no budget is given]")
 @option("--eval-every", type=int, default=200, group=OUTPUT, help="Evaluate and save every N steps.")
 @option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
@@ -144,7 +148,8 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--out", type=click.Path(file_okay=False), default=None, group=OUTPUT,
         help="Run directory.  [default: checkpoints/<corpus name>]")
 @option("--resume", type=click.Path(file_okay=False), default=None, group=OUTPUT,
-        help="Continue the run in this directory exactly where it stopped.")
+        help="Continue the run in this directory exactly where it stopped. Budgets given now replace the "
+             "run's budgets and count the whole run.")
 @option("-q", "--quiet", is_flag=True, default=False, group=OUTPUT, help="Print nothing but errors.")
 @click.pass_context
 def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
@@ -172,11 +177,17 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
     if resume:
         fixed = sorted((explicit & (set(model_keys) | set(options) | {"val_file", "errors"}))
                        - set(training.RESUMABLE))
+        if "out" in explicit:
+            fixed.insert(0, "out")
         if corpus_file or fixed:
             what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
             raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
                               f"(only budgets and cadence can change)")
-        overrides = {k: options[k] for k in training.RESUMABLE if k in explicit or k == "max_time" and max_time}
+        overrides = {k: options[k] for k in training.RESUMABLE if k in explicit}
+        budgets = ("max_steps", "max_epochs", "max_time")
+        if any(k in explicit for k in budgets):
+            # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
+            overrides.update({k: options[k] for k in budgets})
         run = training.resume_run(resume, overrides)
         info(f"Resuming {resume} at step {run.step}", quiet)
     else:
@@ -246,10 +257,12 @@ def _run_training(run, quiet: bool) -> None:
     tc = run.tconfig
     bar = None
     last_val = None
+    postfix: dict = {}
     with StopRequest() as stop:
         for event in training.train(run, should_stop=stop):
             kind = event["event"]
             if kind == "start":
+                start_step = event["step"]
                 info(f"Run directory: {run.directory}\n"
                      f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}, "
                      f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
@@ -263,6 +276,8 @@ def _run_training(run, quiet: bool) -> None:
                     if not total:
                         bar.n = run.elapsed
                     step_mode = bool(total)
+            elif kind == "skip" and bar is not None and step_mode:
+                bar.update(1)
             elif kind == "step" and bar is not None:
                 if step_mode:
                     bar.update(1)
@@ -274,26 +289,33 @@ def _run_training(run, quiet: bool) -> None:
                 bar.set_postfix(postfix, refresh=True)
             elif kind == "eval":
                 last_val = event["val_loss"]
+                if bar is not None and last_val is not None and postfix:
+                    postfix["val"] = f"{last_val:.3f}"
+                    bar.set_postfix(postfix, refresh=True)
                 if not show_bar and not quiet and last_val is not None and math.isfinite(last_val):
                     info(f"step {event['step']}: val loss {last_val:.4f} nats ({event['val_bits']:.3f} bits)"
                          f"{'  (best)' if event['best'] else ''}")
             elif kind == "end":
                 if bar is not None:
                     bar.close()
-                _summary(event, quiet)
+                if event["reason"] != "interrupted" and event["step"] == start_step:
+                    info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
+                         "or --max-time to train further.", quiet)
+                _summary(event, quiet, "char" if run.vocab.level == "char" else "token")
     if stop.signal is not None:
         sys.exit(128 + stop.signal)
 
 
-def _summary(event: dict, quiet: bool) -> None:
+def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
     best = event["best_val"]
-    best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/token)" if best is not None else \
+    best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/{unit})" if best is not None else \
         "no validation data"
     why = {"max_steps": "step budget", "max_epochs": "epoch budget", "max_time": "time budget",
            "interrupted": "interrupted"}[event["reason"]]
     skipped = f", {event['skipped']} non-finite steps skipped" if event["skipped"] else ""
+    saved = f"saved {event['model']}" if os.path.exists(event["model"]) else "nothing saved"
     info(f"Done ({why}): {event['step']} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
-         f"saved {event['model']}", quiet)
+         f"{saved}", quiet)
 
 
 # ---------------------------------------------------------------- loading a model
@@ -373,27 +395,38 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
     """
     params, config, vocab, meta, _ = load(checkpoint_path)
     lines = meta.get("data", {}).get("mode") == "lines"
-    rng = np.random.default_rng(seed)
-    pieces = [[] for _ in range(num_samples)]
+    # generate checks the options and the prime now, before anything is written
+    steps = sampling.generate(params, config, vocab, rng=np.random.default_rng(seed), num_samples=num_samples,
+                              length=length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
+                              lines=lines)
     echo = "" if no_prime_echo else prime
-    generator = sampling.generate(params, config, vocab, rng=rng, num_samples=num_samples, length=length,
-                                  temperature=temperature, top_k=top_k, top_p=top_p, prime=prime, lines=lines)
-    out = sys.stdout
     separator = "\n" if lines else "\n\n"
+    eos = vocab.eos
+    texts = {}  # token id -> its text, decoded once
+    later = []  # every step's tokens, (n,) each, for the samples after the first
+    out = sys.stdout
     try:
         out.write(echo)
-        for tokens, alive in generator:
-            for i in np.flatnonzero(alive & (tokens != vocab.eos)):
-                pieces[i].append(int(tokens[i]))
-            if alive[0] and tokens[0] != vocab.eos:  # the first sample streams as it is made
-                out.write(vocab.decode([int(tokens[0])]))
+        for tokens, alive in steps:
+            token = int(tokens[0])
+            if alive[0] and token != eos:  # the first sample streams as it is made
+                text = texts.get(token)
+                if text is None:
+                    text = texts[token] = vocab.decode([token])
+                out.write(text)
                 out.flush()
-        for i in range(1, num_samples):
-            out.write(separator + echo + vocab.decode(pieces[i]))
+            if num_samples > 1:
+                later.append(tokens)
+        if num_samples > 1:
+            grid = np.stack(later)  # (steps, n)
+            for i in range(1, num_samples):
+                ends = np.flatnonzero(grid[:, i] == eos)  # a sample's tokens after its EOS are not its text
+                out.write(separator + echo + vocab.decode(grid[: ends[0] if ends.size else len(grid), i]))
         out.write("\n")
         out.flush()
     except BrokenPipeError:
-        # the reader went away (`charrnn sample | head`): that is not an error
+        # the reader went away (`charrnn sample | head`): not an error. Point
+        # stdout at /dev/null so the flush at exit cannot raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
@@ -427,7 +460,7 @@ def eval_(text_file, checkpoint_path, errors, as_json):
             offsets = corpus.load_ids(os.path.join(data_dir, "val_offsets.npy")) if lines else None
         except CharRNNError:
             raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
-        source = "held-out split"
+        source = f"held-out split ({data_dir})"
     else:
         text = corpus.read_text(text_file, errors)
         if lines:
@@ -443,7 +476,9 @@ def eval_(text_file, checkpoint_path, errors, as_json):
         raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
     result = score.as_dict()
     if as_json:
-        click.echo(json.dumps(result))
+        # NaN is not JSON: a broken model's non-finite figures become null
+        click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                               for k, v in result.items()}))
         return
     unit = "char" if vocab.level == "char" else "token"
     click.echo(f"{source}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
@@ -452,11 +487,80 @@ def eval_(text_file, checkpoint_path, errors, as_json):
                f"bits        {result['bits_per_token']:.4f} bits/{unit}")
 
 
+# ---------------------------------------------------------------- info and plot
+
+
+@cli.command("info")
+@click.argument("checkpoint_path", required=False, type=click.Path())
+def info_(checkpoint_path):
+    """Describe a trained model: architecture, vocabulary, training, files.
+
+    CHECKPOINT_PATH is a run directory or a model file (default: the newest
+    run under checkpoints/).
+
+    \b
+    Example:
+      charrnn info checkpoints/shakespeare
+    """
+    params, config, vocab, meta, model_file = load(checkpoint_path)
+    n_params = sum(p.size for p in params.values())
+    data = meta.get("data", {})
+    trained = meta.get("training", {})
+    regular = [t for t in vocab.tokens[3:]]
+    preview = "".join(regular[:60]) if vocab.level == "char" else " ".join(regular[:20])
+    rows = [
+        ("model", f"{config.cell} {config.layers} x {config.hidden}, embedding {config.embed}, "
+                  f"dropout {config.dropout}, {config.dtype}"),
+        ("parameters", f"{n_params:,}"),
+        ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
+        ("tokens", preview.replace("\n", "\\n").replace("\t", "\\t") + (" ..." if len(regular) > 60 else "")),
+        ("data", f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
+    ]
+    if trained:
+        best = trained.get("best_val_loss")
+        best_text = f"{best:.4f} nats ({best / math.log(2):.3f} bits) per token" if best is not None else "none"
+        rows += [
+            ("training", f"{trained.get('step', 0):,} steps, {trained.get('epoch', 0):.2f} epochs, "
+                         f"{format_duration(trained.get('elapsed', 0))}, {trained.get('optimizer', '?')} "
+                         f"lr {trained.get('lr', '?')}"),
+            ("best val loss", best_text),
+        ]
+    run_dir = os.path.dirname(os.path.abspath(model_file))
+    files = [name for name in (training.MODEL_FILE, training.BEST_FILE, training.STATE_FILE, training.LOG_FILE)
+             if os.path.exists(os.path.join(run_dir, name))]
+    rows += [("file", model_file), ("run directory", f"{run_dir} ({', '.join(files)})")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG file to write.  [default: RUN_DIR/loss.png]")
+def plot(run_dir, out_path):
+    """Plot a run's training and validation loss curves to a PNG.
+
+    Needs matplotlib (pip install 'charrnn[plot]').
+
+    \b
+    Example:
+      charrnn plot checkpoints/shakespeare
+    """
+    if run_dir is None:
+        run_dir = os.path.dirname(find_checkpoint(None))
+    records = report.read_log(os.path.join(run_dir, training.LOG_FILE))
+    out_path = out_path or os.path.join(run_dir, "loss.png")
+    report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
+    info(f"Wrote {out_path}")
+
+
 # ---------------------------------------------------------------- entry point
 
 
 def main(argv=None) -> None:
     """Console entry point: library errors become one line on stderr and exit 1."""
+    runtime.keep_freed_memory()
     try:
         cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
     except click.exceptions.Abort:
