@@ -115,10 +115,11 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--errors", type=click.Choice(["strict", "replace"]), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", group=MODEL, help="Recurrent cell.")
-@option("--layers", type=int, default=2, group=MODEL, help="Stacked recurrent layers.")
-@option("--hidden", type=int, default=256, group=MODEL, help="Hidden units per layer.")
-@option("--embed", type=int, default=64, group=MODEL, help="Embedding width.")
-@option("--dropout", type=float, default=0.0, group=MODEL, help="Dropout on each layer's output (training only).")
+@option("--layers", type=int, default=None, group=MODEL, help="Stacked recurrent layers.  [default: auto, from the corpus size and budget]")
+@option("--hidden", type=int, default=None, group=MODEL, help="Hidden units per layer.  [default: auto, from the corpus size and budget]")
+@option("--embed", type=int, default=None, group=MODEL, help="Embedding width.  [default: auto, from the corpus size and budget]")
+@option("--dropout", type=float, default=None, group=MODEL,
+        help="Dropout on each layer's output (training only).  [default: auto, from the corpus size and budget]")
 @option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", group=MODEL,
         help="Floating-point precision.")
 @option("--optim", type=click.Choice(["adam", "adagrad", "rmsprop", "sgd"]), default="adam", group=OPTIM,
@@ -129,9 +130,9 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
 @option("--clip-value", type=float, default=None, group=OPTIM,
         help="Elementwise gradient limit, as min-char-rnn's 5 (default: off).")
-@option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", group=OPTIM,
-        help="Learning-rate schedule (cosine decays to a tenth of --lr by the end of the budget).")
-@option("--warmup", type=int, default=0, group=OPTIM, help="Steps of linear learning-rate warm-up.")
+@option("--schedule", type=click.Choice(["constant", "cosine"]), default=None, group=OPTIM,
+        help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget.  [default: auto, from the corpus size and budget]")
+@option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up.  [default: auto, from the corpus size and budget]")
 @option("--batch-size", type=int, default=64, group=OPTIM, help="Parallel streams (or lines) per step.")
 @option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
@@ -195,7 +196,7 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
         no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
         if no_budget:
             tconfig.max_time = 300.0
-        tconfig.check()
+        tconfig.check(partial=True)
         if corpus_file is None:
             text, name = corpus.default_corpus(), "python-reference"
             info("No corpus given: training on the Python language reference bundled with your Python.", quiet)
@@ -204,10 +205,31 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
         val_text = corpus.read_text(val_file, errors) if val_file else None
         if no_budget:
             info("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).", quiet)
+        chosen = _fill_auto_settings(text, val_text, tconfig, model_options)
         directory = out or _fresh_run_dir(name)
         run = training.start_run(directory, text, val_text, model_options, tconfig)
+        if chosen:
+            info(chosen, quiet)
         del text, val_text  # training reads only the memory-mapped ids from here on
     _run_training(run, quiet)
+
+
+def _fill_auto_settings(text, val_text, tconfig, model_options) -> str | None:
+    """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
+    open_keys = [k for k in training.AUTO_KEYS
+                 if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
+    if not open_keys:
+        return None
+    n_tokens = len(text) if val_text is not None else int(len(text) * (1 - tconfig.val_frac))
+    auto = training.auto_settings(n_tokens, tconfig, tconfig.level)
+    for key in open_keys:
+        if key in model_options:
+            model_options[key] = auto[key]
+        else:
+            setattr(tconfig, key, auto[key])
+    chosen = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}" for k in open_keys)
+    return (f"Settings for {n_tokens:,} characters and about {auto['passes']:.1f} passes over them: {chosen} "
+            f"(set them to override)")
 
 
 def _fresh_run_dir(name: str) -> str:

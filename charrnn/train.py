@@ -69,8 +69,13 @@ class TrainConfig:
     seed: int = 0
     on_nonfinite: str = "stop"         # "stop" or "skip" a step whose loss or gradient is not finite
 
-    def check(self) -> None:
-        """Raise ConfigError for values no run could use."""
+    def check(self, partial: bool = False) -> None:
+        """Raise ConfigError for values no run could use.
+
+        - partial: allow schedule and warmup to be None (still to be chosen by auto_settings)
+        """
+        if not partial and (self.schedule is None or self.warmup is None):
+            raise ConfigError("the learning-rate schedule and warm-up must be set")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
         if self.on_nonfinite not in NONFINITE:
@@ -91,7 +96,7 @@ class TrainConfig:
             if value is not None and not (value >= 0 and not math.isnan(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be positive (or 0 for off), got {value}")
         optim.make_optimizer(self.optim, None, **self.optimizer_options())
-        optim.learning_rate(0, self.lr, self.schedule, self.warmup, 1, self.min_lr_ratio)
+        optim.learning_rate(0, self.lr, self.schedule or "constant", self.warmup or 0, 1, self.min_lr_ratio)
 
     def optimizer_options(self) -> dict:
         if self.optim == "sgd":
@@ -141,6 +146,39 @@ class Run:
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
+
+
+# ---------------------------------------------------------------- defaults that fit the data
+
+# Training speed of a 2-layer LSTM (B 64, T 100) by hidden size, in characters
+# per second on the 2-core reference machine (bench/speed.py). Only used to
+# estimate how many passes over the data a time budget buys.
+NOMINAL_CHARS_PER_SEC = {128: 60_000, 256: 20_000, 512: 5_000}
+AUTO_KEYS = ("layers", "hidden", "embed", "dropout", "schedule", "warmup")
+
+
+def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char") -> dict:
+    """Model size, dropout and schedule for a corpus of n_tokens and the run's budget.
+
+    - hidden: 128 below 200 thousand tokens, 256 below 5 million, else 512 (2 layers)
+    - dropout: by the passes over the data the budget buys: none under 2,
+      0.1 under 5, else 0.2 (small data seen many times needs it most)
+    - schedule: cosine decay over the budget with a short linear warm-up
+    Returns a dict with the keys of AUTO_KEYS and "passes" (the estimate used).
+    """
+    hidden = 128 if n_tokens < 200_000 else 256 if n_tokens < 5_000_000 else 512
+    budgets = []
+    if tconfig.max_time is not None:
+        budgets.append(NOMINAL_CHARS_PER_SEC[hidden] * tconfig.max_time / max(n_tokens, 1))
+    if tconfig.max_epochs is not None:
+        budgets.append(tconfig.max_epochs)
+    if tconfig.max_steps is not None:
+        budgets.append(tconfig.max_steps * tconfig.batch_size * tconfig.seq_len / max(n_tokens, 1))
+    passes = min(budgets) if budgets else 1.0
+    dropout = 0.0 if passes < 2 else 0.1 if passes < 5 else 0.2
+    warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
+    return {"layers": 2, "hidden": hidden, "embed": 64 if level == "char" else 128, "dropout": dropout,
+            "schedule": "cosine", "warmup": warmup, "passes": passes}
 
 
 # ---------------------------------------------------------------- preparing a run

@@ -104,8 +104,8 @@ def test_help_lists_grouped_options_with_defaults():
         assert option in model_section
     assert "--lr" in text[positions[2]:positions[3]] and "--max-steps" in text[positions[3]:positions[4]]
     flat = " ".join(text.split())
-    for fragment in ("[default: 256]", "[default: lstm]", "[default: 0.002]", "[default: 5.0]",
-                     "[default: 100]", "--max-time DURATION", "90s, 10m, 1h"):
+    for fragment in ("[default: auto, from the corpus size and budget]", "[default: lstm]", "[default: 0.002]",
+                     "[default: 5.0]", "[default: 100]", "--max-time DURATION", "90s, 10m, 1h"):
         assert fragment in flat
     assert "[CORPUS_FILE]\n" not in text[positions[0]:]  # the argument is not listed as an option
 
@@ -308,7 +308,9 @@ def test_a_second_train_into_a_run_directory_is_refused(tmp_path, corpus_file):
 @pytest.mark.parametrize("mode", ["stream", "lines"])
 def test_steps_in_one_go_equal_steps_then_resume(tmp_path, corpus_file, names_file, mode):
     source = corpus_file if mode == "stream" else names_file
-    common = [source, "--mode", mode, "--layers", "2", "--dropout", "0.2", "--eval-every", 4, "-q"]
+    # a constant schedule: a cosine one spans the budget, and the split run's first budget differs
+    common = [source, "--mode", mode, "--layers", "2", "--dropout", "0.2", "--schedule", "constant",
+              "--eval-every", 4, "-q"]
     train_ok(*common, "--max-steps", 14, "--out", tmp_path / "whole")
     train_ok(*common, "--max-steps", 6, "--out", tmp_path / "split")
     resume_ok(tmp_path / "split", "--max-steps", 14, "-q")
