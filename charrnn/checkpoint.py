@@ -140,7 +140,50 @@ def save_tensors(path, tensors: dict, meta: dict) -> None:
     Raises CheckpointError (nothing written) for bad input, and CheckpointError
     (previous file untouched, temp file removed) when the OS refuses the write.
     """
-    path = os.fspath(path)
+    save_files([(path, tensors, meta)])
+
+
+def save_files(files: list) -> None:
+    """Write several safetensors files so that a failed write changes none of them.
+
+    - files: list of (path, tensors, meta) as save_tensors takes them
+    Every file is first written in full to a temp file beside its target and
+    fsynced; only then are the temp files renamed over their targets, in list
+    order, and the directories fsynced. A failure while writing (such as a full
+    disk) removes the temp files and leaves every target as it was. A crash
+    between two renames leaves the earlier targets new and the later ones old,
+    each of them whole.
+    """
+    staged = []  # (temp path, target path)
+    try:
+        for path, tensors, meta in files:
+            path = os.fspath(path)
+            staged.append((_write_temp(path, tensors, meta), path))
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(exc)}") from None
+        staged = []
+        for directory in sorted({os.path.dirname(os.path.abspath(path)) for path, _, _ in files}):
+            try:
+                _fsync_directory(directory)
+            except OSError as exc:
+                raise CheckpointError(f"cannot write checkpoint in {directory}: {_os_reason(exc)}") from None
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def _write_temp(path: str, tensors: dict, meta: dict) -> str:
+    """Write the file for path to a new hidden temp file beside it, fsynced; returns the temp path.
+
+    Removes the temp file and raises CheckpointError when the input is bad or the OS refuses.
+    """
     items = _prepare(tensors)
     header = _encode_header(items, meta)
     directory = os.path.dirname(os.path.abspath(path))
@@ -164,17 +207,14 @@ def save_tensors(path, tensors: dict, meta: dict) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_directory(directory)
+        return tmp
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(exc)}") from None
-    finally:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+        raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(exc)}") from None
 
 
 # ---------------------------------------------------------------- reading
@@ -343,6 +383,12 @@ def _check_kind(meta: dict, kind: str, path: str) -> None:
         raise CheckpointError(f"{path} is not a charrnn {kind} file (kind {meta.get('kind')!r})")
 
 
+def check_params(params: dict, config: ModelConfig, where: str) -> None:
+    """CheckpointError, its message starting with `where`, unless params are exactly param_shapes(config)
+    in config.dtype."""
+    _check_params(params, config, where)
+
+
 def _check_params(params: dict, config: ModelConfig, where: str) -> None:
     """Exactly param_shapes(config), each with config.dtype; CheckpointError naming what differs."""
     shapes = param_shapes(config)
@@ -374,13 +420,18 @@ def save_model(path, params: dict, config: ModelConfig, extra_meta: dict | None 
     - config: the ModelConfig, stored as meta["model"]
     - extra_meta: more JSON metadata (tokens, specials, data, ...); may not use "kind" or "model"
     """
+    save_files([model_file(path, params, config, extra_meta)])
+
+
+def model_file(path, params: dict, config: ModelConfig, extra_meta: dict | None = None) -> tuple:
+    """Check a model file's contents (as save_model takes them); returns (path, tensors, meta) for save_files."""
     path = os.fspath(path)
     extra_meta = dict(extra_meta or {})
     clash = sorted(set(extra_meta) & {"kind", "model", *RESERVED_META})
     if clash:
         raise CheckpointError(f"cannot save {path}: metadata keys {', '.join(clash)} are reserved")
     _check_params(params, config, f"cannot save {path}")
-    save_tensors(path, params, {"kind": "model", "model": config.to_dict(), **extra_meta})
+    return path, params, {"kind": "model", "model": config.to_dict(), **extra_meta}
 
 
 def load_model(path) -> tuple[dict, ModelConfig, dict]:
@@ -409,9 +460,14 @@ def save_state(path, arrays: dict, meta: dict) -> None:
     - arrays: dict name -> ndarray (optimizer state, counters, ...)
     - meta: JSON metadata (RNG state, data position, ...); "kind" is set to "state"
     """
+    save_files([state_file(path, arrays, meta)])
+
+
+def state_file(path, arrays: dict, meta: dict) -> tuple:
+    """Check a training-state file's metadata (as save_state takes it); returns (path, tensors, meta) for save_files."""
     if not isinstance(meta, dict):
         raise CheckpointError("checkpoint metadata must be a dict")
-    save_tensors(path, arrays, {**meta, "kind": "state"})
+    return os.fspath(path), arrays, {**meta, "kind": "state"}
 
 
 def load_state(path) -> tuple[dict, dict]:

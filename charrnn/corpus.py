@@ -7,7 +7,7 @@ Text is UTF-8 with "\\n" line ends: a leading byte order mark is dropped and
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -94,14 +94,19 @@ def split_text(text: str, val_frac: float) -> tuple[str, str]:
     - val_frac: fraction of characters held out, in [0, 1)
     - returns: (train, val); val is the last floor(len(text) * val_frac) characters
     """
+    cut = split_index(len(text), val_frac)
+    return text[:cut], text[cut:]
+
+
+def split_index(length: int, val_frac: float) -> int:
+    """Where split_text cuts a text of `length` characters: length - floor(length * val_frac)."""
     try:
         frac = float(val_frac)
     except (TypeError, ValueError):
         raise ConfigError(f"validation fraction must be a number, got {val_frac!r}") from None
     if not 0.0 <= frac < 1.0:  # also rejects NaN
         raise ConfigError(f"validation fraction must be at least 0 and below 1, got {val_frac!r}")
-    cut = len(text) - int(len(text) * frac)
-    return text[:cut], text[cut:]
+    return length - int(length * frac)
 
 
 def split_lines(text: str) -> list[str]:
@@ -132,6 +137,19 @@ def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray
     return ids.astype(vocab.dtype, copy=False), offsets
 
 
+def check_offsets(offsets: np.ndarray, n_ids: int, name: str = "offsets", min_lines: int = 0) -> None:
+    """CorpusError unless offsets divide n_ids ids into lines (as encode_lines makes them).
+
+    - offsets: (n_lines + 1,) integers, from 0 to n_ids, never decreasing
+    - n_ids: length of the id array they index
+    - name: what to call them in the message
+    - min_lines: fewest lines allowed
+    """
+    if len(offsets) < min_lines + 1 or offsets[0] != 0 or offsets[-1] != n_ids or \
+            (len(offsets) > 1 and np.diff(offsets).min() < 0):
+        raise CorpusError(f"{name} do not divide the {n_ids} token ids into lines; the file is damaged")
+
+
 def save_ids(path, ids: np.ndarray) -> None:
     """Write a 1-D id array as a .npy file, atomically (a reader sees the old file or the new one).
 
@@ -144,8 +162,15 @@ def save_ids(path, ids: np.ndarray) -> None:
         raise CorpusError(f"{path}: token ids must be a 1-D integer array, got shape {arr.shape} {arr.dtype}")
     tmp = None
     try:
-        # Same directory as the target so os.replace is a rename, never a copy.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Same directory as the target so os.replace is a rename, never a copy. Mode 0o666
+        # lets the umask decide (0644 under 022), where mkstemp would make it 0600.
+        while tmp is None:
+            candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+                tmp = candidate
+            except FileExistsError:
+                continue
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr, allow_pickle=False)
             f.flush()

@@ -33,3 +33,21 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _done
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the OS once (glibc's malloc_trim). Returns whether it applied.
+
+    keep_freed_memory keeps everything freed; after preparing a corpus that is
+    the text and its copies, which training never touches again. Returning it
+    once, before the first step, keeps the training process's memory to the
+    model, its buffers and the memory-mapped ids.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    return bool(malloc_trim(0))

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import __version__, batches, checkpoint, corpus, evaluate, model, optim
-from .errors import CheckpointError, ConfigError, CorpusError, TrainingError
+from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError, TrainingError
 from .model import ModelConfig
 from .vocab import Vocab, build_vocab
 
@@ -35,6 +35,10 @@ BEST_FILE = "best.safetensors"
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
 MODES = ("stream", "lines")
+# Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
+MAX_LINE_CHARS = 10_000
+# Overflow and NaN in a step are detected and reported explicitly; NumPy's warnings about them are noise.
+QUIET_FP = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
 NONFINITE = ("stop", "skip")
 
 
@@ -80,6 +84,21 @@ class TrainConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
         if self.on_nonfinite not in NONFINITE:
             raise ConfigError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        # types and magnitudes first (a resumed run reads these from a file), so the checks below
+        # cannot fail otherwise; every value must also be storable as JSON in the state file
+        for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
+                     "max_steps", "eval_tokens", "max_vocab"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value, integer=True) and abs(value) < 2**63):
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {value!r:.40}")
+        for name in ("val_frac", "lr", "momentum", "weight_decay", "clip", "clip_value", "min_lr_ratio",
+                     "max_epochs", "max_time"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value):
+                label = "learning rate" if name == "lr" else name.replace("_", "-")
+                raise ConfigError(f"{label} must be a finite number, got {value!r:.40}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
@@ -111,6 +130,16 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _is_number(value, integer: bool = False) -> bool:
+    """A finite int (or float, unless integer), not a bool; True for ints too large for a float only when integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer) if integer else (int, float, np.number)):
+        return False
+    try:
+        return integer or math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite")
 
@@ -136,6 +165,7 @@ class Run:
     skipped: int = 0                   # non-finite steps skipped
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
+    log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
     extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
 
     @property
@@ -198,15 +228,24 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
     """
     arrays = {}
     if tconfig.mode == "stream":
-        if val_text is None:
-            train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
-        vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
-        arrays["train.npy"] = vocab.encode(train_text)
-        arrays["val.npy"] = vocab.encode(val_text)
+        if val_text is None and tconfig.level == "char":
+            # one token per character: encode the whole text once and split the ids, so that no
+            # copy of the text is held beside it (peak memory: the text plus its ids)
+            cut = corpus.split_index(len(train_text), tconfig.val_frac)
+            vocab = build_vocab(train_text[:cut], "char", tconfig.min_count, tconfig.max_vocab)
+            ids = vocab.encode(train_text)
+            arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
+        else:
+            if val_text is None:
+                train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
+            vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+            arrays["train.npy"] = vocab.encode(train_text)
+            arrays["val.npy"] = vocab.encode(val_text)
         # raises CorpusError (with the length and what is needed) when the text is too short for one batch
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
         lines = corpus.split_lines(train_text)
+        _check_line_lengths(lines)
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
             order = np.random.default_rng(tconfig.seed).permutation(len(lines))
@@ -215,15 +254,25 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
             lines = [lines[i] for i in np.sort(order[n_val:])]
         else:
             val_lines = corpus.split_lines(val_text)
+            _check_line_lengths(val_lines, "validation ")
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
         vocab = _lines_vocab(lines, tconfig)
         for name, part in (("train", lines), ("val", val_lines)):
             arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    checkpoint.cleanup_temp_files(os.path.join(directory, "data"))  # left by a start that was killed
     for name, ids in arrays.items():
         corpus.save_ids(_data_path(directory, name), ids)
     return vocab
+
+
+def _check_line_lengths(lines: list[str], which: str = "") -> None:
+    """CorpusError when a line is too long to be one example of lines mode."""
+    longest = max(map(len, lines), default=0)
+    if longest > MAX_LINE_CHARS:
+        raise CorpusError(f"a {which}line is {longest:,} characters long, but lines mode takes each line as one "
+                          f"example of at most {MAX_LINE_CHARS:,}; train on long text with --mode stream")
 
 
 def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
@@ -246,9 +295,16 @@ def _load_data(directory, mode):
     try:
         if mode == "stream":
             return load("train.npy"), load("val.npy"), None, None
-        return load("train.npy"), load("val.npy"), load("train_offsets.npy"), load("val_offsets.npy")
+        train_ids, val_ids = load("train.npy"), load("val.npy")
+        train_off, val_off = load("train_offsets.npy"), load("val_offsets.npy")
     except Exception as exc:  # the data folder is part of the run: any failure is a broken run
         raise CheckpointError(f"cannot read the run's data in {directory}/data: {exc}") from None
+    try:
+        corpus.check_offsets(train_off, len(train_ids), "train_offsets.npy", min_lines=1)
+        corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
+    except CorpusError as exc:
+        raise CheckpointError(f"the run's data in {directory}/data is damaged: {exc}") from None
+    return train_ids, val_ids, train_off, val_off
 
 
 def holds_run(directory) -> bool:
@@ -287,16 +343,23 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     checkpoint.cleanup_temp_files(directory)
     if not os.path.exists(os.path.join(directory, STATE_FILE)):
         raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
-    arrays, meta = checkpoint.load_state(os.path.join(directory, STATE_FILE))
+    where = os.path.join(directory, STATE_FILE)
+    arrays, meta = checkpoint.load_state(where)
+    # everything in the file is checked before use: a hostile state file gets a CheckpointError
     try:
         config = ModelConfig.from_dict(meta["model"])
         tconfig = TrainConfig.from_dict(meta["train"])
+        tconfig.check()
         vocab = Vocab.from_dict(meta["vocab"])
-        progress = meta["progress"]
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{directory}/{STATE_FILE}: missing or malformed entry {exc}") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"{where}: missing or malformed entry {exc}") from None
+    except CheckpointError:
+        raise
+    except CharRNNError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    progress = _checked_progress(meta.get("progress"), where)
+    if vocab.size != config.vocab_size:
+        raise CheckpointError(f"{where}: {vocab.size} tokens in the vocabulary, but the model has {config.vocab_size}")
     budget_before = (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE:
@@ -305,11 +368,15 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     tconfig.check()
     budget_changed = budget_before != (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
 
-    params = {name: arrays.pop(f"param/{name}", None) for name in model.param_shapes(config)}
-    missing = [name for name, value in params.items() if value is None]
-    if missing:
-        raise CheckpointError(f"{directory}/{STATE_FILE}: missing parameters {', '.join(missing)}")
-    carry = tuple(arrays.pop(f"carry/{i}") for i in range(2) if f"carry/{i}" in arrays) or None
+    # in param_shapes order, as a new run has them: sums over the parameters (the gradient norm) then
+    # add in the same order, bit for bit; any others are kept for check_params to name
+    params = {name: arrays.pop(f"param/{name}") for name in model.param_shapes(config) if f"param/{name}" in arrays}
+    params.update({k[len("param/"):]: arrays.pop(k) for k in [k for k in arrays if k.startswith("param/")]})
+    checkpoint.check_params(params, config, where)
+    carry = _checked_carry(arrays, config, tconfig, where)
+    unknown = sorted(k for k in arrays if not k.startswith("optim/"))
+    if unknown:
+        raise CheckpointError(f"{where}: unexpected tensors {', '.join(unknown[:5])}")
     optimizer = optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options())
     try:
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
@@ -318,13 +385,67 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
     run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
               carry=carry)
-    for key in ("step", "best_val", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count"):
-        setattr(run, key, progress[key])
+    for key, value in progress.items():
+        setattr(run, key, value)
     run.best_val = math.inf if run.best_val is None else run.best_val
+    _cut_log(run)
     if budget_changed:
         # the cosine schedule spans the whole run's budget: a new budget moves its end
         run.schedule_steps = None
     return run
+
+
+# progress counters of a state file: name -> (kind, whether it may be null)
+_PROGRESS = {"step": ("count", False), "skipped": ("count", False), "log_count": ("count", False),
+             "log_bytes": ("count", False), "schedule_steps": ("count", True),
+             "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True)}
+
+
+def _checked_progress(progress, where: str) -> dict:
+    """The progress counters of a state file, each checked; CheckpointError names the first bad one."""
+    if not isinstance(progress, dict):
+        raise CheckpointError(f"{where}: 'progress' is missing or not a JSON object")
+    out = {}
+    for key, (kind, nullable) in _PROGRESS.items():
+        value = progress.get(key, 0 if key == "log_bytes" else ...)  # log_bytes: absent in older files
+        if value is None and nullable:
+            out[key] = None
+            continue
+        if not (_is_number(value, integer=True) and 0 <= value < 2**63 if kind == "count" else _is_number(value)):
+            what = "a non-negative integer" if kind == "count" else "a finite number"
+            shown = "missing" if value is ... else f"{value!r:.40}"
+            raise CheckpointError(f"{where}: progress {key} is {shown}, expected {what}"
+                                  f"{' or null' if nullable else ''}")
+        out[key] = value
+    return out
+
+
+def _checked_carry(arrays: dict, config: ModelConfig, tconfig: TrainConfig, where: str):
+    """Pop the carried hidden state from a state file's arrays: None, or (h,) / (h, c), each (L, B, H)."""
+    keys = sorted(k for k in arrays if k.startswith("carry/"))
+    if not keys:
+        return None
+    wanted = [f"carry/{i}" for i in range(2 if config.cell == "lstm" else 1)]
+    if tconfig.mode != "stream" or keys != wanted:
+        raise CheckpointError(f"{where}: carried state {', '.join(keys)} does not fit a {config.cell} "
+                              f"model in {tconfig.mode} mode")
+    shape = (config.layers, tconfig.batch_size, config.hidden)
+    for key in keys:
+        arr = arrays[key]
+        if arr.shape != shape or arr.dtype != np.dtype(config.dtype):
+            raise CheckpointError(f"{where}: {key} is {arr.shape} {arr.dtype}, expected {shape} {config.dtype}")
+    return tuple(arrays.pop(key) for key in keys)
+
+
+def _cut_log(run: Run) -> None:
+    """Drop log lines written after the checkpoint was saved (by a process killed before its next save).
+
+    The resumed run takes those steps again and logs them again, so the log reads as if
+    the run had never stopped; a line cut short by the crash goes too.
+    """
+    path = run.path(LOG_FILE)
+    if run.log_bytes and os.path.exists(path) and os.path.getsize(path) > run.log_bytes:
+        os.truncate(path, run.log_bytes)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -343,10 +464,37 @@ def model_meta(run: Run) -> dict:
     }
 
 
-def save_checkpoint(run: Run) -> str:
-    """Write the state file, then the latest model file. Returns the model file's path.
+def check_model_meta(meta: dict, where: str) -> None:
+    """CheckpointError unless the "data" and "training" entries of a model file's metadata (as model_meta
+    writes them, read by sample, eval and info) are well-formed where present."""
+    def number(value, integer=False):
+        return _is_number(value, integer) and (not integer or abs(value) < 2**63)
+    data, training = meta.get("data", {}), meta.get("training", {})
+    problem = None
+    if not isinstance(data, dict) or not isinstance(training, dict):
+        problem = "'data' and 'training' must be JSON objects"
+    elif data.get("mode", "stream") not in MODES:
+        problem = f"unknown data mode {data.get('mode')!r}"
+    elif not number(data.get("seq_len", 1), integer=True):
+        problem = f"bad data seq_len {data.get('seq_len')!r}"
+    else:
+        for key in ("step", "epoch", "elapsed", "best_val_loss", "lr"):
+            value = training.get(key, 0)
+            if not (number(value, integer=key == "step") or (key == "best_val_loss" and value is None)):
+                problem = f"bad training {key} {value!r:.40}"
+                break
+        if problem is None and not isinstance(training.get("optimizer", ""), str):
+            problem = f"bad training optimizer {training.get('optimizer')!r}"
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
 
-    The state is written first: if the process dies between the two writes,
+
+def save_checkpoint(run: Run, best: bool = False) -> str:
+    """Write the state file, the latest model file and (when best) the best model. Returns the model file's path.
+
+    All files are written in full before any replaces its predecessor, so a
+    failed write (a full disk) leaves every previous file as it was. The state
+    is renamed into place first: if the process dies between the renames,
     resuming is still exact and only the exported model lags one save behind.
     """
     arrays = {f"param/{k}": v for k, v in run.params.items()}
@@ -354,12 +502,15 @@ def save_checkpoint(run: Run) -> str:
     if run.carry is not None:
         arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
     progress = {key: getattr(run, key) for key in
-                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count")}
+                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
             "progress": progress}
-    checkpoint.save_state(run.path(STATE_FILE), arrays, meta)
-    checkpoint.save_model(run.path(MODEL_FILE), run.params, run.config, model_meta(run))
+    files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
+             checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
+    if best:
+        files.append(checkpoint.model_file(run.path(BEST_FILE), run.params, run.config, model_meta(run)))
+    checkpoint.save_files(files)
     return run.path(MODEL_FILE)
 
 
@@ -454,9 +605,14 @@ def _schedule_steps(run: Run, steps_per_sec: float | None) -> int | None:
     return max(1, min(candidates)) if candidates else None
 
 
-def _append_log(run: Run, record: dict) -> None:
+def _append_log(run: Run, record: dict, sync: bool = False) -> None:
+    """Append one line; sync: fsync it, as a checkpoint that counts it is about to be saved."""
     with open(run.path(LOG_FILE), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+        run.log_bytes = f.tell()
 
 
 def train(run: Run, should_stop=lambda: False):
@@ -496,9 +652,10 @@ def train(run: Run, should_stop=lambda: False):
         x, y, mask, reset = _batch(run, run.step)
         state = None if reset or run.carry is None else run.carry
         rng = np.random.default_rng([tc.seed, run.step]) if run.config.dropout > 0 else None
-        loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rng)
-        grad_norm = optim.clip_grad_norm(grads, tc.clip)
-        optim.clip_grad_value(grads, tc.clip_value)
+        with np.errstate(**QUIET_FP):
+            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rng)
+            grad_norm = optim.clip_grad_norm(grads, tc.clip)
+            optim.clip_grad_value(grads, tc.clip_value)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if not finite and tc.on_nonfinite == "stop":
             raise TrainingError(
@@ -510,7 +667,13 @@ def train(run: Run, should_stop=lambda: False):
         lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
                                  run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
         if finite:
-            run.optimizer.step(run.params, grads, lr)
+            with np.errstate(**QUIET_FP):
+                run.optimizer.step(run.params, grads, lr)
+            if not all(np.isfinite(p).all() for p in run.params.values()):
+                # finite gradients, yet an update overflowed: no later step can undo that, so even skip stops
+                raise TrainingError(
+                    f"the weights became non-finite at step {run.step + 1} (an update overflowed at learning "
+                    f"rate {lr:g}); the last saved checkpoint is unchanged. Try a lower --lr")
             run.carry = final if tc.mode == "stream" else None
         else:
             run.skipped += 1
@@ -544,27 +707,35 @@ def train(run: Run, should_stop=lambda: False):
             else:
                 record["skipped_nonfinite"] = record.pop("skipped")
             if evaluating:
-                final_val = yield from _evaluate_and_save(run)
+                final_val, improved = yield from _evaluate(run)
                 if final_val is not None:  # None: no validation data
                     record["val_loss"] = final_val
-            _append_log(run, record)
+            # the line goes in before the save, so that the checkpoint counts it (run.log_bytes)
+            _append_log(run, record, sync=evaluating)
+            if evaluating:
+                yield from _save(run, improved, final_val is not None and math.isfinite(final_val))
 
     yield {"event": "end", "reason": reason, "step": run.step, "elapsed": run.elapsed,
            "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,
            "model": run.path(MODEL_FILE), "best": run.path(BEST_FILE), "skipped": run.skipped}
 
 
-def _evaluate_and_save(run: Run):
-    """Evaluate, save latest (and best when improved); yields events, returns the val loss."""
-    val = validation_loss(run)
+def _evaluate(run: Run):
+    """Evaluate; yields the eval event, returns (val loss or None, whether it is the best so far)."""
+    with np.errstate(**QUIET_FP):
+        val = validation_loss(run)
     improved = math.isfinite(val) and val < run.best_val
     if improved:
         run.best_val = val
     yield {"event": "eval", "step": run.step, "val_loss": val, "val_bits": val / math.log(2),
            "best": improved}
-    path = save_checkpoint(run)
+    return (None if math.isnan(val) else val), improved
+
+
+def _save(run: Run, improved: bool, val_finite: bool):
+    """Save latest (and best when improved, or when there is none yet and no validation); yields save events."""
+    best = improved or (not os.path.exists(run.path(BEST_FILE)) and not val_finite)
+    path = save_checkpoint(run, best=best)
     yield {"event": "save", "path": path, "kind": "latest"}
-    if improved or (not os.path.exists(run.path(BEST_FILE)) and not math.isfinite(val)):
-        checkpoint.save_model(run.path(BEST_FILE), run.params, run.config, model_meta(run))
+    if best:
         yield {"event": "save", "path": run.path(BEST_FILE), "kind": "best"}
-    return None if math.isnan(val) else val
