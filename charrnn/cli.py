@@ -211,6 +211,7 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
         if chosen:
             info(chosen, quiet)
         del text, val_text  # training reads only the memory-mapped ids from here on
+        runtime.release_freed_memory()
     _run_training(run, quiet)
 
 
@@ -266,7 +267,9 @@ class StopRequest:
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            # once stopping, the process only exits: more signals on the way out are ignored too,
+            # so they cannot turn into a KeyboardInterrupt traceback after the save
+            signal.signal(sig, signal.SIG_IGN if self.signal is not None else handler)
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -379,6 +382,7 @@ def load(path: str | None):
         raise CheckpointError(f"{model_file}: bad vocabulary: {exc}") from None
     if vocab.size != config.vocab_size:
         raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
+    training.check_model_meta(meta, model_file)
     return params, config, vocab, meta, model_file
 
 
@@ -482,6 +486,8 @@ def eval_(text_file, checkpoint_path, errors, as_json):
             offsets = corpus.load_ids(os.path.join(data_dir, "val_offsets.npy")) if lines else None
         except CharRNNError:
             raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
+        if lines:
+            corpus.check_offsets(offsets, len(ids), os.path.join(data_dir, "val_offsets.npy"))
         source = f"held-out split ({data_dir})"
     else:
         text = corpus.read_text(text_file, errors)

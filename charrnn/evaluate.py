@@ -2,9 +2,11 @@
 
 Scoring is forward-only, in chunks of `chunk` steps with the state carried, so
 the result does not depend on the chunk size and memory stays bounded for
-long files. Stream text is cut into `streams` contiguous pieces scored side by
-side (each piece starts from a zero state, as in training); every token after
-the first is scored exactly once.
+long files. Stream text is cut into at most `streams` contiguous pieces, each
+at least MIN_STREAM tokens long, scored side by side (each piece starts from a
+zero state, as in training); every token after the first is scored exactly
+once. The model runs through `model.score_chunk`, which keeps no backward
+caches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import batches, model
+from .errors import ConfigError
+
+# The shortest piece a stream is cut into (see stream_count). Each piece starts
+# with no context: on tinyshakespeare's held-out tenth a 2 x 128 LSTM scored
+# 1.8895 nats in one piece, 1.8931 in pieces of 1000 (111 of them), 1.8980 in
+# pieces of 435 and 1.9242 in pieces of 108.
+MIN_STREAM = 1000
 
 
 @dataclass(frozen=True)
@@ -41,49 +50,76 @@ class Score:
                 "tokens": self.tokens, "unknown": self.unknown}
 
 
-def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 256, unk: int | None = None) -> Score:
+def stream_count(n_targets: int, streams: int, min_length: int = MIN_STREAM) -> int:
+    """How many side-by-side pieces to cut n_targets scored positions into.
+
+    At most `streams`, and few enough that each piece is at least `min_length`
+    long: every piece starts from a zero state and predicts its first tokens
+    with little context, so short pieces would make a short text score worse
+    than the model is. min_length 0: min(streams, n_targets). Always at least 1.
+    """
+    if min_length > 0:
+        streams = min(streams, n_targets // min_length)
+    return max(1, min(streams, n_targets))
+
+
+def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, unk: int | None = None,
+                 min_length: int = MIN_STREAM) -> Score:
     """Score a token sequence: every ids[i], i >= 1, is predicted from what precedes it in its stream.
 
+    - params, config: the model
     - ids: (N,) token ids (ndarray or memmap)
-    - streams: pieces scored side by side; chunk: time steps per forward call
+    - streams: the most pieces scored side by side (see stream_count); chunk: time steps per forward call
+    - min_length: the shortest piece (see stream_count); 0 cuts exactly min(streams, N - 1) pieces
     - unk: the UNK id, to count unknown tokens (None: not counted)
+    Returns a Score.
     """
     n_targets = len(ids) - 1
     if n_targets < 1:
         return Score(0.0, 0, 0)
-    B = min(streams, n_targets)
+    if chunk < 1 or streams < 1:
+        raise ConfigError(f"chunk and streams must be at least 1, got {chunk} and {streams}")
+    B = stream_count(n_targets, streams, min_length)
     S = math.ceil(n_targets / B)  # positions per stream; the last stream is padded and masked
     starts = np.arange(B) * S  # (B,)
+    prepared = model.prepare(params, config)
     state, nll, count, unknown = None, 0.0, 0, 0
     for t0 in range(0, S, chunk):
         pos = starts[:, None] + np.arange(t0, min(t0 + chunk, S))  # (B, t)
         valid = pos < n_targets  # (B, t)
         pos = np.where(valid, pos, 0)
-        x = np.asarray(ids[pos], dtype=np.int64)
-        y = np.asarray(ids[pos + 1], dtype=np.int64)
-        _, state, cache = model.forward(params, config, x, y, valid, state)
-        nll += cache["nll_sum"]
-        count += cache["count"]
+        x = np.asarray(ids[pos], dtype=np.int64)  # (B, t)
+        y = np.asarray(ids[pos + 1], dtype=np.int64)  # (B, t)
+        chunk_nll, chunk_count, state = model.score_chunk(prepared, x, y, None if valid.all() else valid, state)
+        nll += chunk_nll
+        count += chunk_count
         if unk is not None:
             unknown += int(np.count_nonzero((y == unk) & valid))
     return Score(nll, count, unknown)
 
 
-def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int = 128, chunk: int = 256,
+def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int = 128, chunk: int = 32,
                 unk: int | None = None) -> Score:
     """Score lines: each from a start token through its EOS, as training in lines mode does.
 
+    - params, config: the model
     - ids: (n,) concatenated line ids; offsets: (n_lines + 1,) boundaries
+    - bos, eos: the special ids; batch: lines scored side by side; chunk: time steps per forward call
+    - unk: the UNK id, to count unknown tokens (None: not counted)
+    Returns a Score; each line contributes len(line) + 1 scored tokens (its EOS included).
     """
+    if chunk < 1:
+        raise ConfigError(f"chunk must be at least 1, got {chunk}")
+    prepared = model.prepare(params, config)
     nll, count, unknown = 0.0, 0, 0
     for index in batches.line_batches_in_order(len(offsets) - 1, batch):
         x, y, mask = batches.line_batch(ids, offsets, index, bos, eos)
         state = None
         for t0 in range(0, x.shape[1], chunk):
             sl = slice(t0, t0 + chunk)
-            _, state, cache = model.forward(params, config, x[:, sl], y[:, sl], mask[:, sl], state)
-            nll += cache["nll_sum"]
-            count += cache["count"]
+            chunk_nll, chunk_count, state = model.score_chunk(prepared, x[:, sl], y[:, sl], mask[:, sl], state)
+            nll += chunk_nll
+            count += chunk_count
         if unk is not None:
             unknown += int(np.count_nonzero((y == unk) & mask))
     return Score(nll, count, unknown)

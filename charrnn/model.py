@@ -341,3 +341,199 @@ def loss_and_grads(params, config, inputs, targets, mask=None, state=None, dropo
                                        dropout_rng=dropout_rng)
     grads, _ = backward(params, config, cache)
     return loss, grads, final_state
+
+
+# ---------------------------------------------------------------- prepared steps and forward-only scoring
+# Sampling and eval run the model many times with the same parameters. What
+# does not change between calls is prepared once (`prepare`): layer 0's input
+# projection as a (V, G*H) table with its bias folded in, so a step's layer-0
+# product becomes a row lookup; each layer's input bias; the LSTM constants.
+# Steps then write into preallocated buffers. The cell equations stay in
+# cells.py: these functions call its step kernels, so there is one copy of them.
+
+# Layer 0's table is used up to this size (word vocabularies can be large).
+_TABLE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `step_prepared` and `score_chunk` reuse across calls; built by `prepare`."""
+
+    config: ModelConfig
+    embedding: np.ndarray          # (V, E)
+    table: np.ndarray | None       # (V, G*H): embedding @ W_ih_l0.T + input bias, or None when too large
+    w_ih_t: tuple                  # per layer: W_ih transposed, contiguous, (E or H, G*H)
+    b_in: tuple                    # per layer: input bias (G*H,) (see cells.input_bias)
+    w_hh_t: tuple                  # per layer: W_hh transposed, contiguous, (H, G*H), as cells' kernels take it
+    b_hn: tuple                    # per layer: gru's b_hn (H,), else None
+    head_w_t: np.ndarray           # head.weight transposed, contiguous, (H, V)
+    head_b: np.ndarray             # (V,)
+    consts: tuple | None           # lstm: cells.lstm_constants(H, dtype), else None
+
+
+def prepare(params, config) -> Prepared:
+    """Precompute what every step needs from the parameters.
+
+    - params: parameter dict (see param_shapes); config: its ModelConfig
+    Returns a Prepared: copies (transposed weights, the table), so prepare again
+    after the parameters change. Contiguous transposes: BLAS multiplies them
+    faster than transposed views.
+    """
+    L, H, G, V = config.layers, config.hidden, config.gates, config.vocab_size
+    dtype = np.dtype(config.dtype)
+    b_in = tuple(cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
+                 for k in range(L))
+    table = None
+    if V * G * H * dtype.itemsize <= _TABLE_BYTES:
+        table = params["embedding.weight"] @ params["rnn.weight_ih_l0"].T  # (V, G*H)
+        table += b_in[0]
+    return Prepared(
+        config=config,
+        embedding=params["embedding.weight"],
+        table=table,
+        w_ih_t=tuple(np.ascontiguousarray(params[f"rnn.weight_ih_l{k}"].T) for k in range(L)),
+        b_in=b_in,
+        w_hh_t=tuple(np.ascontiguousarray(params[f"rnn.weight_hh_l{k}"].T) for k in range(L)),
+        b_hn=tuple(params[f"rnn.bias_hh_l{k}"][2 * H :] if config.cell == "gru" else None for k in range(L)),
+        head_w_t=np.ascontiguousarray(params["head.weight"].T),
+        head_b=params["head.bias"],
+        consts=cells.lstm_constants(H, dtype) if config.cell == "lstm" else None,
+    )
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """Preallocated buffers for `step_prepared` at one batch size B; see `step_work`."""
+
+    xp: tuple                  # per layer: (B, G*H) input projection
+    gates: np.ndarray          # (B, G*H) activated gates (scratch)
+    scratch: np.ndarray        # (B, H): lstm's tanh(c'), gru's W_hn h + b_hn
+    emb: np.ndarray | None     # (B, E) embedded tokens when there is no table
+    logits: np.ndarray         # (B, V)
+
+
+def step_work(prepared: Prepared, batch: int) -> StepWork:
+    """Buffers for steps of `batch` samples."""
+    c = prepared.config
+    GH, dtype = c.gates * c.hidden, np.dtype(c.dtype)
+    return StepWork(
+        xp=tuple(np.empty((batch, GH), dtype) for _ in range(c.layers)),
+        gates=np.empty((batch, GH), dtype),
+        scratch=np.empty((batch, c.hidden), dtype),
+        emb=None if prepared.table is not None else np.empty((batch, c.embed), dtype),
+        logits=np.empty((batch, c.vocab_size), dtype),
+    )
+
+
+def step_prepared(prepared: Prepared, tokens, state, out, work: StepWork) -> np.ndarray:
+    """One time step into preallocated buffers: the same numbers as `step`, with fewer passes.
+
+    - prepared: from `prepare`; work: from `step_work(prepared, B)`
+    - tokens: (B,) integer token ids in [0, V) (not checked: the caller draws them from the model)
+    - state: tuple of (L, B, H) arrays, read only
+    - out: tuple of (L, B, H) arrays that receive the new state; must not overlap `state`
+      (a caller alternates two such tuples)
+    Returns the logits, (B, V): work.logits, overwritten by the next call.
+    """
+    cell, L = prepared.config.cell, len(prepared.w_hh_t)
+    xp0 = work.xp[0]
+    if prepared.table is not None:
+        if len(tokens) == 1:  # one stream: the table row itself (the step kernels only read xp)
+            token = int(tokens[0])
+            xp0 = prepared.table[token : token + 1]  # (1, G*H)
+        else:
+            np.take(prepared.table, tokens, axis=0, out=xp0, mode="clip")  # (B, G*H)
+    else:
+        np.take(prepared.embedding, tokens, axis=0, out=work.emb, mode="clip")  # (B, E)
+        np.matmul(work.emb, prepared.w_ih_t[0], out=xp0)  # (B, G*H)
+        xp0 += prepared.b_in[0]
+    h_out = out[0]
+    for k in range(L):
+        xp = work.xp[k] if k else xp0
+        if k:
+            np.matmul(h_out[k - 1], prepared.w_ih_t[k], out=xp)  # (B, G*H)
+            xp += prepared.b_in[k]
+        if cell == "lstm":
+            cells._lstm_step(xp, state[0][k], state[1][k], prepared.w_hh_t[k], work.gates, out[1][k],
+                             work.scratch, h_out[k], prepared.consts)
+        elif cell == "gru":
+            cells._gru_step(xp, state[0][k], prepared.w_hh_t[k], prepared.b_hn[k], work.gates, work.scratch,
+                            h_out[k])
+        else:
+            cells._rnn_step(xp, state[0][k], prepared.w_hh_t[k], h_out[k])
+    logits = work.logits
+    np.matmul(h_out[L - 1], prepared.head_w_t, out=logits)  # (B, V)
+    logits += prepared.head_b
+    return logits
+
+
+def score_chunk(prepared: Prepared, inputs, targets, mask=None, state=None):
+    """Forward-only negative log-likelihood of a chunk, keeping nothing for a backward pass.
+
+    The same cell kernels as `forward`, with one reused gate buffer per layer
+    instead of the (T, B, G*H) caches that backward needs.
+    - prepared: from `prepare`
+    - inputs, targets: token ids, of shape (B, T)
+    - mask: (B, T), nonzero where a position is scored, or None to score all
+    - state: initial state, tuple of (L, B, H) arrays, or None for zeros
+    Returns (nll_sum, count, state): the total NLL in nats (float), the number of
+    scored tokens (int), and the final state, tuple of (L, B, H) arrays.
+    """
+    config = prepared.config
+    inputs = _check_tokens(inputs, config.vocab_size)
+    targets = _check_tokens(targets, config.vocab_size)
+    if inputs.ndim != 2 or targets.shape != inputs.shape:
+        raise ConfigError(f"inputs and targets must have one shape (B, T), got {inputs.shape} and {targets.shape}")
+    B, T = inputs.shape
+    H, GH, dtype = config.hidden, config.gates * config.hidden, np.dtype(config.dtype)
+    if state is None:
+        state = zero_state(config, B)
+    tokens_tm = np.ascontiguousarray(inputs.T)  # (T, B)
+    final = [[] for _ in state]
+    gates = np.empty((B, GH), dtype)
+    scratch = np.empty((B, H), dtype)
+    x = None  # (T, B, H): the layer below's hidden states
+    for k in range(config.layers):
+        if k == 0 and prepared.table is not None:
+            xp = np.take(prepared.table, tokens_tm, axis=0)  # (T, B, G*H)
+        else:
+            below = prepared.embedding[tokens_tm.reshape(-1)] if k == 0 else x.reshape(T * B, H)
+            xp = below @ prepared.w_ih_t[k]  # (T*B, G*H): one product for the chunk
+            xp += prepared.b_in[k]
+            xp = xp.reshape(T, B, GH)
+        hs = np.empty((T + 1, B, H), dtype)  # hs[0] is h0, so step t reads hs[t]
+        hs[0] = state[0][k]
+        W_hh_t = prepared.w_hh_t[k]
+        if config.cell == "lstm":
+            c_prev, c_next = state[1][k].astype(dtype, copy=True), np.empty((B, H), dtype)
+            for t in range(T):
+                cells._lstm_step(xp[t], hs[t], c_prev, W_hh_t, gates, c_next, scratch, hs[t + 1],
+                                 prepared.consts)
+                c_prev, c_next = c_next, c_prev
+            final[1].append(c_prev)
+        elif config.cell == "gru":
+            for t in range(T):
+                cells._gru_step(xp[t], hs[t], W_hh_t, prepared.b_hn[k], gates, scratch, hs[t + 1])
+        else:
+            for t in range(T):
+                cells._rnn_step(xp[t], hs[t], W_hh_t, hs[t + 1])
+        final[0].append(hs[T].copy())
+        x = hs[1:]
+        del xp  # free the projection before the next layer makes its own
+    logits = x.reshape(T * B, H) @ prepared.head_w_t  # (T*B, V), time-major rows
+    logits += prepared.head_b
+    tgt = targets.T.reshape(-1)  # (T*B,)
+    # log-softmax with the row maximum subtracted: nll = log(sum(exp(z))) - z[target]
+    logits -= logits.max(axis=1, keepdims=True)
+    picked = logits[np.arange(T * B), tgt]  # (T*B,)
+    np.exp(logits, out=logits)
+    nll = np.log(logits.sum(axis=1)) - picked  # (T*B,)
+    if mask is None:
+        count, nll_sum = T * B, float(nll.sum(dtype=np.float64))
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != inputs.shape:
+            raise ConfigError(f"mask shape {mask.shape} differs from inputs shape {inputs.shape}")
+        keep = mask.T.reshape(-1) != 0  # (T*B,)
+        count, nll_sum = int(keep.sum()), float(nll[keep].sum(dtype=np.float64))
+    return nll_sum, count, tuple(np.stack(acc) for acc in final)

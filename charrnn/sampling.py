@@ -1,22 +1,38 @@
 """Generating text: temperature, top-k, top-p, a prime, stop at EOS, never UNK.
 
-`generate` is a generator: each step yields the next token of every sample, so
-the caller can stream text as it is made. Randomness comes only from the
-Generator passed in: the same model, options and seed give the same text.
+`generate` returns an iterator: each step yields the next token of every
+sample, so the caller can stream text as it is made. Randomness comes only
+from the Generator passed in: the same model, options and seed give the same
+text.
+
+Three ways to turn logits into tokens, all drawing from the distribution that
+`next_token_probs` defines:
+- `next_token_probs` + `draw` spell it out on a float64 copy: the reference,
+  which tests compare with;
+- `draw_gumbel`, the loop's usual draw: Gumbel-max with the noise drawn ahead
+  in blocks, so a step costs one addition and one argmax;
+- `draw_next`, inverse CDF in place on the logits: for top-p, which needs the
+  sorted probabilities, and for temperature 0.
+In `generate`, UNK and the start token have a head bias of -inf, so no draw
+can pick them: the same distribution as rejecting and redrawing them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from . import model
-from .errors import ConfigError, VocabError
+from .errors import CheckpointError, ConfigError, VocabError
 from .vocab import Vocab, tokenize
 
 
 def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int):
-    if not temperature >= 0:
-        raise ConfigError(f"--temp must be >= 0, got {temperature}")
+    """Raise ConfigError for option values no sampling could use."""
+    if not 0 <= temperature < math.inf:
+        raise ConfigError(f"--temp must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -28,7 +44,7 @@ def check_options(temperature: float, top_k: int | None, top_p: float | None, le
 
 
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
-    """The prime's token ids; VocabError naming any token the model has never seen."""
+    """The prime's token ids, (n,) int64; VocabError naming any token the model has never seen."""
     known = set(vocab.tokens[3:])
     unknown = sorted({tok for tok in tokenize(prime, vocab.level) if tok not in known})
     if unknown:
@@ -37,12 +53,17 @@ def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     return vocab.encode(prime).astype(np.int64)
 
 
+# ---------------------------------------------------------------- the reference: probabilities, then a draw
+
+
 def next_token_probs(logits, temperature: float, top_k: int | None, top_p: float | None, banned):
-    """Turn logits (n, V) into the sampling distribution (n, V), float64, rows summing to 1.
+    """The sampling distribution: logits (n, V) -> probabilities (n, V), float64, rows summing to 1.
 
     - banned: token ids never to emit (UNK, the start token): their probability is zero,
       which is exactly the distribution of drawing and redrawing until none is drawn
     - temperature 0 puts all mass on the argmax
+    - top_k keeps the k largest logits (ties at the k-th are all kept); top_p keeps the
+      smallest set of most likely tokens whose mass reaches p (the most likely always)
     """
     logits = np.array(logits, dtype=np.float64)  # (n, V)
     logits[:, banned] = -np.inf
@@ -51,23 +72,31 @@ def next_token_probs(logits, temperature: float, top_k: int | None, top_p: float
         probs = np.zeros_like(logits)
         probs[np.arange(n), logits.argmax(axis=1)] = 1.0
         return probs
-    logits /= temperature
     if top_k is not None and top_k < V:
         kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
         logits[logits < kth] = -np.inf
+    # subtract the maximum before dividing: a tiny temperature then sends the
+    # others to -inf instead of overflowing to inf - inf
     logits -= logits.max(axis=1, keepdims=True)
+    logits /= temperature
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
     if top_p is not None and top_p < 1:
-        order = np.argsort(-probs, axis=1, kind="stable")  # (n, V)
-        sorted_p = np.take_along_axis(probs, order, axis=1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always)
-        before = np.cumsum(sorted_p, axis=1) - sorted_p
-        drop = np.zeros_like(probs, dtype=bool)
-        np.put_along_axis(drop, order, before >= top_p, axis=1)
-        probs[drop] = 0.0
+        _nucleus(probs, top_p)
         probs /= probs.sum(axis=1, keepdims=True)
     return probs
+
+
+def _nucleus(weights, top_p: float) -> None:
+    """Zero, in place, the weights (n, V) outside each row's top-p nucleus (weights need not sum to 1)."""
+    order = np.argsort(-weights, axis=1, kind="stable")  # (n, V)
+    ranked = np.take_along_axis(weights, order, axis=1)  # (n, V)
+    cum = np.cumsum(ranked, axis=1, dtype=np.float64)  # (n, V)
+    # keep the smallest prefix whose mass reaches top_p: drop a token once the
+    # mass before it already does (so the first token is always kept)
+    drop = (cum - ranked) >= top_p * cum[:, -1:]  # (n, V)
+    rows = np.nonzero(drop)[0]
+    weights[rows, order[drop]] = 0
 
 
 def draw(probs, rng: np.random.Generator) -> np.ndarray:
@@ -79,16 +108,82 @@ def draw(probs, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(ids, probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1))
 
 
+# ---------------------------------------------------------------- inverse CDF in place
+
+
+def draw_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
+              top_p: float | None = None, banned=()) -> np.ndarray:
+    """One token per row of logits, from the distribution of `next_token_probs`.
+
+    - logits: (n, V) float array; OVERWRITTEN (it ends as unnormalized weights)
+    - rng: the Generator; one uniform number per row is drawn (none at temperature 0)
+    - temperature, top_k, top_p, banned: as in next_token_probs
+    Returns (n,) int64 token ids.
+    Inverse CDF: works in the logits' own dtype (float32 for float32 models),
+    accumulates the CDF in float64, and sorts only for top-p. generate uses it
+    for top-p and temperature 0, and `draw_gumbel` otherwise.
+    """
+    n, V = logits.shape
+    if len(banned):
+        logits[:, banned] = -np.inf
+    if temperature == 0:
+        return _checked_argmax(logits)
+    if top_k is not None and top_k < V:
+        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
+        logits[logits < kth] = -np.inf
+    logits -= logits.max(axis=1, keepdims=True)
+    if temperature != 1:
+        scale = 1.0 / temperature
+        if not scale < np.finfo(logits.dtype).max:
+            # so cold that every other token's weight underflows to zero
+            return _checked_argmax(logits)
+        logits *= scale
+    np.exp(logits, out=logits)  # weights in [0, 1], each row's maximum exactly 1
+    if top_p is not None and top_p < 1:
+        _nucleus(logits, top_p)
+    cdf = np.cumsum(logits, axis=1, dtype=np.float64)  # (n, V), unnormalized
+    total = cdf[:, -1]  # (n,)
+    # NaN anywhere in a row makes its total NaN (and a row's total is >= 1 otherwise)
+    if not total.min() >= 1.0:
+        raise CheckpointError(_NOT_FINITE)
+    u = rng.random(n) * total  # (n,) each below its total: random() < 1 by at least 2**-53
+    # the first position whose cumulative weight exceeds u: a token of positive weight
+    return (cdf <= u[:, None]).sum(axis=1)
+
+
+_NOT_FINITE = "the model's scores are not finite numbers (NaN or infinity): its weights are broken"
+
+
+def _checked_argmax(scores) -> np.ndarray:
+    """Each row's argmax of scores (n, V); CheckpointError when a picked score is NaN or infinite.
+
+    argmax returns a NaN's position when a row has one, and a row that is all
+    -inf has nothing that could be drawn.
+    """
+    ids = scores.argmax(axis=1)  # (n,)
+    picked = scores[0, ids[0]] if len(ids) == 1 else scores[np.arange(len(ids)), ids].min()
+    if not -np.inf < picked < np.inf:
+        raise CheckpointError(_NOT_FINITE)
+    return ids
+
+
 def generate(params, config, vocab: Vocab, *, rng: np.random.Generator, num_samples: int = 1,
              length: int = 500, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, prime: str = "", lines: bool = False):
-    """Sample `num_samples` continuations together; yields (tokens, alive) per step.
+    """Sample `num_samples` continuations together; returns an iterator of (tokens, alive) per step.
 
+    - params, config: the model; vocab: its vocabulary
+    - rng: the only source of randomness
+    - length: the most tokens per sample; temperature, top_k, top_p: see next_token_probs
+    - prime: text the state is conditioned on (not yielded); lines: the model was trained on lines
+    Yields per step:
     - tokens: (n,) int64, this step's token of each sample (EOS where a sample just ended)
     - alive: (n,) bool, which samples were still generating at this step
-    A sample ends at EOS (not part of its text) or after `length` tokens.
-    In lines mode generation starts from the start token, as training did; in
-    stream mode from a newline when the vocabulary has one.
+    A sample ends at EOS (not part of its text) or after `length` tokens. UNK and
+    the start token are never drawn. In lines mode generation starts from the
+    start token, as training did; in stream mode from a newline when the
+    vocabulary has one. Options and the prime are checked before this returns,
+    so a bad one raises here, before anything is generated.
     """
     check_options(temperature, top_k, top_p, length, num_samples)
     start = encode_prime(vocab, prime)
@@ -97,15 +192,84 @@ def generate(params, config, vocab: Vocab, *, rng: np.random.Generator, num_samp
     elif start.size == 0:
         newline = vocab.encode("\n") if "\n" in vocab.tokens else np.array([vocab.eos])
         start = newline[-1:].astype(np.int64)
-    banned = [vocab.unk, vocab.bos]
-    state = model.zero_state(config, num_samples)
+    return _steps(params, config, vocab, rng, num_samples, length, temperature, top_k, top_p, start)
+
+
+def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, start):
+    prepared = model.prepare(params, config)
+    # UNK and the start token are never drawn: a head bias of -inf gives them
+    # zero weight at every step, with no pass over the logits to ban them
+    head_b = prepared.head_b.copy()
+    head_b[[vocab.unk, vocab.bos]] = -np.inf
+    prepared = dataclasses.replace(prepared, head_b=head_b)
+    work = model.step_work(prepared, n)
+    # two state buffers, alternated: each step reads one and writes the other
+    state, spare = model.zero_state(config, n), model.zero_state(config, n)
     for token in start:
-        logits, state = model.step(params, config, np.full(num_samples, token), state)
-    alive = np.ones(num_samples, dtype=bool)
+        logits = model.step_prepared(prepared, np.full(n, token), state, spare, work)
+        state, spare = spare, state
+    noise = None
+    if temperature > 0 and (top_p is None or top_p >= 1):
+        noise = gumbel_noise(rng, (n, config.vocab_size), temperature, np.dtype(config.dtype))
+    alive = np.ones(n, dtype=bool)
+    eos = vocab.eos
     for _ in range(length):
-        tokens = draw(next_token_probs(logits, temperature, top_k, top_p, banned), rng)
-        yield tokens, alive.copy()
-        alive &= tokens != vocab.eos
-        if not alive.any():
-            return
-        logits, state = model.step(params, config, tokens, state)
+        if noise is not None:
+            tokens = draw_gumbel(logits, next(noise), top_k)
+        else:
+            tokens = draw_next(logits, rng, temperature, top_k, top_p)
+        yield tokens, alive
+        if n == 1:  # one stream: a scalar test; `alive` stays all true while it runs
+            if tokens[0] == eos:
+                return
+        else:
+            alive = alive & (tokens != eos)  # a new array: the one yielded keeps its values
+            if not alive.any():
+                return
+        logits = model.step_prepared(prepared, tokens, state, spare, work)
+        state, spare = spare, state
+
+
+# ---------------------------------------------------------------- Gumbel-max: the loop's usual draw
+# argmax(z / T + G) with G independent standard Gumbel variables is a draw
+# from softmax(z / T); so is argmax(z + T * G). With the noise drawn ahead in
+# blocks, a step's draw is one addition and one argmax: no exponentials, no
+# cumulative sums, and no overflow at any temperature.
+
+_NOISE_BLOCK = 1 << 16  # numbers drawn per block (at least one step's worth)
+
+
+def gumbel_noise(rng: np.random.Generator, shape, temperature: float, dtype):
+    """Endless iterator of (n, V) arrays of temperature * standard Gumbel noise, in `dtype`.
+
+    - rng: the Generator (the noise is all the randomness a Gumbel draw uses)
+    - shape: (n, V); temperature > 0
+    Blocks have a fixed number of steps for a given shape, so a sample's first
+    tokens do not depend on how long it is allowed to run.
+    """
+    n, V = shape
+    steps = max(1, _NOISE_BLOCK // (n * V))
+    while True:
+        # G = -log(E) for E standard exponential; E = 0 (a chance of about 2**-53)
+        # is raised to the smallest double, so the log stays finite
+        block = rng.standard_exponential((steps, n, V))  # (steps, n, V)
+        np.maximum(block, np.finfo(np.float64).tiny, out=block)
+        np.log(block, out=block)
+        block *= -temperature
+        yield from block.astype(dtype, copy=False)
+
+
+def draw_gumbel(logits, noise, top_k: int | None = None) -> np.ndarray:
+    """One token per row of logits by Gumbel-max: the distribution of next_token_probs without top-p.
+
+    - logits: (n, V); OVERWRITTEN. Banned tokens must already be -inf (generate sets their bias so)
+    - noise: (n, V) temperature * standard Gumbel noise (see gumbel_noise)
+    - top_k: keep the k largest logits (ties at the k-th all kept), or None
+    Returns (n,) int64 token ids.
+    """
+    n, V = logits.shape
+    if top_k is not None and top_k < V:
+        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
+        logits[logits < kth] = -np.inf
+    logits += noise
+    return _checked_argmax(logits)
