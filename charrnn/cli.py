@@ -124,7 +124,7 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
         help="Floating-point precision.")
 @option("--optim", type=click.Choice(["adam", "adagrad", "rmsprop", "sgd"]), default="adam", group=OPTIM,
         help="Optimizer.")
-@option("--lr", type=float, default=2e-3, group=OPTIM, help="Peak learning rate.")
+@option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate.  [default: auto, from the corpus size and budget]")
 @option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
 @option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")
 @option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
@@ -133,7 +133,7 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--schedule", type=click.Choice(["constant", "cosine"]), default=None, group=OPTIM,
         help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget.  [default: auto, from the corpus size and budget]")
 @option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up.  [default: auto, from the corpus size and budget]")
-@option("--batch-size", type=int, default=64, group=OPTIM, help="Parallel streams (or lines) per step.")
+@option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step.  [default: auto, from the corpus size and budget]")
 @option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
 @option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.")

@@ -76,10 +76,14 @@ class TrainConfig:
     def check(self, partial: bool = False) -> None:
         """Raise ConfigError for values no run could use.
 
-        - partial: allow schedule and warmup to be None (still to be chosen by auto_settings)
+        - partial: allow the AUTO_TRAIN_KEYS to be None (still to be chosen by auto_settings)
         """
-        if not partial and (self.schedule is None or self.warmup is None):
-            raise ConfigError("the learning-rate schedule and warm-up must be set")
+        if any(getattr(self, k) is None for k in AUTO_TRAIN_KEYS):
+            if not partial:
+                raise ConfigError(f"{', '.join(AUTO_TRAIN_KEYS)} must be set")
+            # check the rest as if the open ones held their plain defaults
+            filled = {k: getattr(TrainConfig, k) for k in AUTO_TRAIN_KEYS if getattr(self, k) is None}
+            return TrainConfig(**{**asdict(self), **filled}).check()
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
         if self.on_nonfinite not in NONFINITE:
@@ -180,35 +184,44 @@ class Run:
 
 # ---------------------------------------------------------------- defaults that fit the data
 
-# Training speed of a 2-layer LSTM (B 64, T 100) by hidden size, in characters
-# per second on the 2-core reference machine (bench/speed.py). Only used to
-# estimate how many passes over the data a time budget buys.
-NOMINAL_CHARS_PER_SEC = {128: 60_000, 256: 20_000, 512: 5_000}
-AUTO_KEYS = ("layers", "hidden", "embed", "dropout", "schedule", "warmup")
+# Training speed of a 2-layer LSTM (B 16, T 100) by hidden size, in characters
+# per second on the 2-core reference machine. Only used to estimate how many
+# passes over the data a time budget buys.
+NOMINAL_CHARS_PER_SEC = {128: 40_000, 256: 13_000, 512: 4_000}
+# A starting learning rate per optimizer, for batches of 16 to 32 streams.
+AUTO_LR = {"adam": 5e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}
+AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
+AUTO_TRAIN_KEYS = ("batch_size", "lr", "schedule", "warmup")
+AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
 
 
 def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char") -> dict:
-    """Model size, dropout and schedule for a corpus of n_tokens and the run's budget.
+    """Model size, batch, learning rate, dropout and schedule for n_tokens and the run's budget.
 
+    Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
+    (bench/quality.py): small batches take more steps per second of data.
     - hidden: 128 below 200 thousand tokens, 256 below 5 million, else 512 (2 layers)
-    - dropout: by the passes over the data the budget buys: none under 2,
-      0.1 under 5, else 0.2 (small data seen many times needs it most)
-    - schedule: cosine decay over the budget with a short linear warm-up
+    - batch: 16 streams below 5 million tokens, else 32; Adam at 5e-3 (AUTO_LR)
+    - dropout: by the passes over the data the budget buys: none under 3,
+      0.1 under 8, else 0.2 (small data seen many times needs it most)
+    - schedule: cosine decay over the budget after a 50-step linear warm-up
     Returns a dict with the keys of AUTO_KEYS and "passes" (the estimate used).
     """
     hidden = 128 if n_tokens < 200_000 else 256 if n_tokens < 5_000_000 else 512
+    batch = tconfig.batch_size or (16 if n_tokens < 5_000_000 else 32)
     budgets = []
     if tconfig.max_time is not None:
         budgets.append(NOMINAL_CHARS_PER_SEC[hidden] * tconfig.max_time / max(n_tokens, 1))
     if tconfig.max_epochs is not None:
         budgets.append(tconfig.max_epochs)
     if tconfig.max_steps is not None:
-        budgets.append(tconfig.max_steps * tconfig.batch_size * tconfig.seq_len / max(n_tokens, 1))
+        budgets.append(tconfig.max_steps * batch * tconfig.seq_len / max(n_tokens, 1))
     passes = min(budgets) if budgets else 1.0
-    dropout = 0.0 if passes < 2 else 0.1 if passes < 5 else 0.2
+    dropout = 0.0 if passes < 3 else 0.1 if passes < 8 else 0.2
     warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
     return {"layers": 2, "hidden": hidden, "embed": 64 if level == "char" else 128, "dropout": dropout,
-            "schedule": "cosine", "warmup": warmup, "passes": passes}
+            "batch_size": batch, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
+            "warmup": warmup, "passes": passes}
 
 
 # ---------------------------------------------------------------- preparing a run

@@ -104,7 +104,7 @@ def test_help_lists_grouped_options_with_defaults():
         assert option in model_section
     assert "--lr" in text[positions[2]:positions[3]] and "--max-steps" in text[positions[3]:positions[4]]
     flat = " ".join(text.split())
-    for fragment in ("[default: auto, from the corpus size and budget]", "[default: lstm]", "[default: 0.002]",
+    for fragment in ("[default: auto, from the corpus size and budget]", "[default: lstm]",
                      "[default: 5.0]", "[default: 100]", "--max-time DURATION", "90s, 10m, 1h"):
         assert fragment in flat
     assert "[CORPUS_FILE]\n" not in text[positions[0]:]  # the argument is not listed as an option
