@@ -122,8 +122,8 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
         help="Dropout on each layer's output (training only).  [default: auto, from the corpus size and budget]")
 @option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", group=MODEL,
         help="Floating-point precision.")
-@option("--optim", type=click.Choice(["adam", "adagrad", "rmsprop", "sgd"]), default="adam", group=OPTIM,
-        help="Optimizer.")
+@option("--optim", type=click.Choice(["adagrad", "adam", "rmsprop", "sgd"]), default="adagrad", group=OPTIM,
+        help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate.  [default: auto, from the corpus size and budget]")
 @option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
 @option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")

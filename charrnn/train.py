@@ -53,7 +53,7 @@ class TrainConfig:
     batch_size: int = 64               # B: parallel streams (stream) or lines per batch (lines)
     seq_len: int = 100                 # T: truncated-BPTT window
     # optimization
-    optim: str = "adam"                # adam, adagrad, rmsprop or sgd
+    optim: str = "adagrad"             # adagrad, adam, rmsprop or sgd
     lr: float = 2e-3                   # peak learning rate
     momentum: float = 0.9              # sgd only
     weight_decay: float = 0.0          # adam only (decoupled)
@@ -189,7 +189,7 @@ class Run:
 # passes over the data a time budget buys.
 NOMINAL_CHARS_PER_SEC = {128: 40_000, 256: 13_000, 512: 4_000}
 # A starting learning rate per optimizer, for batches of 16 to 32 streams.
-AUTO_LR = {"adam": 5e-3, "rmsprop": 2e-3, "adagrad": 0.1, "sgd": 0.5}
+AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
 AUTO_TRAIN_KEYS = ("batch_size", "lr", "schedule", "warmup")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
@@ -201,7 +201,7 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char") -> d
     Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
     (bench/quality.py): small batches take more steps per second of data.
     - hidden: 128 below 200 thousand tokens, 256 below 5 million, else 512 (2 layers)
-    - batch: 16 streams below 5 million tokens, else 32; Adam at 5e-3 (AUTO_LR)
+    - batch: 16 streams below 5 million tokens, else 32; lr by optimizer (AUTO_LR)
     - dropout: by the passes over the data the budget buys: none under 3,
       0.1 under 8, else 0.2 (small data seen many times needs it most)
     - schedule: cosine decay over the budget after a 50-step linear warm-up

@@ -180,7 +180,7 @@ def test_best_checkpoint_holds_the_lowest_validation_loss(tmp_path):
 
 def test_validation_loss_falls_on_a_learnable_corpus(tmp_path):
     run = tr.start_run(tmp_path / "r", "abc" * 300, None, model_options(),
-                       tconfig(batch_size=4, seq_len=12, max_steps=100, eval_every=20, log_every=20, lr=1e-2))
+                       tconfig(batch_size=4, seq_len=12, max_steps=100, eval_every=20, log_every=20, lr=0.1))
     initial = tr.validation_loss(run)
     assert initial == pytest.approx(math.log(run.vocab.size), abs=0.5)
     vals = [e["val_loss"] for e in run_all(run) if e["event"] == "eval"]
