@@ -7,8 +7,11 @@ median characters per second of each, their ratio, and the model FLOPs
 utilization: the model's matrix FLOPs per second over the float32 GEMM peak
 measured by this script in the same run.
 
-    python bench/speed.py            # reference model, cells, sizes, and the sweep
-    python bench/speed.py --quick    # without the H x B sweep
+    python bench/speed.py            # reference model, cells, sizes, the sweep, sampling and eval
+    python bench/speed.py --quick    # without the H x B sweep, and 3 rounds of sampling and eval
+
+Sampling (one stream, 64 streams) and eval throughput next to PyTorch's come
+last, from bench/sample_speed.py run as a subprocess.
 
 Needs the `torch` extra (pip install -e ".[torch]"). PyTorch is limited to 2
 threads, as NumPy's BLAS uses the machine's 2 cores.
@@ -17,7 +20,10 @@ threads, as NumPy's BLAS uses the machine's 2 cores.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -152,6 +158,9 @@ def main():
         sweep = [compare("lstm", 2, H, B, reps=3, warmup=1, peak=peak)
                  for H in (128, 256, 512, 1024) for B in (16, 64, 256)]
         print_table(sweep, "LSTM 2 layers: how cost grows with H and B")
+    print("\nSampling and eval (bench/sample_speed.py)", flush=True)
+    sample_speed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_speed.py")
+    subprocess.run([sys.executable, sample_speed, "--rounds", "3" if args.quick else "5"], check=True)
 
 
 if __name__ == "__main__":
