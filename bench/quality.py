@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,8 +33,7 @@ DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "tinyshakes
 def run_charrnn(corpus, minutes, out_dir, extra):
     """Train with the CLI; returns (config dict, [(elapsed s, val loss)])."""
     run_dir = os.path.join(out_dir, "charrnn-run")
-    if os.path.exists(run_dir):
-        subprocess.run(["rm", "-rf", run_dir], check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--max-time", f"{minutes}m", "--out", run_dir, *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
