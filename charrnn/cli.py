@@ -1,4 +1,4 @@
-"""The `charrnn` command line: train, sample, eval, info.
+"""The `charrnn` command line: train, sample, eval, info, plot.
 
 The only module that prints, exits or draws progress bars. Generated text goes
 to stdout; progress, logs and errors go to stderr. Every library error becomes
@@ -92,6 +92,7 @@ def cli():
     charrnn sample --temp 0.8     new text from the latest run
     charrnn eval                  perplexity and bits per character
     charrnn info                  what a checkpoint holds
+    charrnn plot                  a run's loss curves as a PNG
 
     Run `charrnn COMMAND --help` for a command's options.
     """
@@ -111,7 +112,7 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
 @option("--level", type=click.Choice(["char", "word"]), default="char", group=DATA, help="Token unit.")
 @option("--min-count", type=int, default=1, group=DATA, help="Tokens seen fewer times become UNK.")
-@option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.")
+@option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
 @option("--errors", type=click.Choice(["strict", "replace"]), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", group=MODEL, help="Recurrent cell.")
@@ -136,8 +137,8 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step.  [default: auto, from the corpus size and budget]")
 @option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
-@option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.")
-@option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.")
+@option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
+@option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
 @option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
         help="Stop after this much wall time, such as 90s, 10m, 1h.  [default: 5m when no budget is given]")
 @option("--eval-every", type=int, default=200, group=OUTPUT, help="Evaluate and save every N steps.")
@@ -398,9 +399,9 @@ def _checkpoint_option(f):
 @_checkpoint_option
 @click.option("--temp", "temperature", type=float, default=1.0, show_default=True,
               help="Sampling temperature; 0 always takes the most likely token.")
-@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.")
-@click.option("--top-p", type=float, default=None, help="Sample only among the most likely tokens that cover P.")
-@click.option("--prime", default="", help="Text to start from; the model continues it.")
+@click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.  [default: off]")
+@click.option("--top-p", type=float, default=None, help="Sample only among the most likely tokens that cover P.  [default: off]")
+@click.option("--prime", default="", help="Text to start from; the model continues it.  [default: none]")
 @click.option("--no-prime-echo", is_flag=True, help="Do not print the prime before the continuation.")
 @click.option("--length", type=int, default=500, show_default=True, help="Most tokens per sample.")
 @click.option("-n", "--num-samples", type=int, default=1, show_default=True,
