@@ -6,6 +6,7 @@ Text is UTF-8 with "\\n" line ends: a leading byte order mark is dropped and
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 import secrets
 from pathlib import Path
@@ -185,6 +186,20 @@ def save_ids(path, ids: np.ndarray) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def release_pages(ids: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped id array that this process has read; a no-op otherwise.
+
+    Reading a mapped file maps its pages into the process, and the kernel maps
+    whole page-cache folios at a time (up to 2 MB each: one read per stream per
+    step maps megabytes). Left alone, the mapped part grows as training walks
+    the streams, towards the whole file. The pages stay in the page cache, so
+    the next read costs a minor fault, not disk I/O.
+    """
+    mapping = getattr(ids, "_mmap", None)  # np.memmap's mmap object
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap_module, "MADV_DONTNEED"):
+        mapping.madvise(mmap_module.MADV_DONTNEED)
 
 
 def load_ids(path, mmap: bool = True) -> np.ndarray:

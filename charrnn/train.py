@@ -727,6 +727,9 @@ def train(run: Run, should_stop=lambda: False):
             _append_log(run, record, sync=evaluating)
             if evaluating:
                 yield from _save(run, improved, final_val is not None and math.isfinite(final_val))
+                # so that the corpus read so far does not stay mapped into memory (see there)
+                corpus.release_pages(run.train_ids)
+                corpus.release_pages(run.val_ids)
 
     yield {"event": "end", "reason": reason, "step": run.step, "elapsed": run.elapsed,
            "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,

@@ -8,6 +8,7 @@ from charrnn.corpus import (
     encode_lines,
     load_ids,
     read_text,
+    release_pages,
     save_ids,
     split_lines,
     split_text,
@@ -180,3 +181,22 @@ def test_save_errors(tmp_path):
         save_ids(tmp_path / "no_dir" / "ids.npy", np.arange(3))
     with pytest.raises(CorpusError):
         save_ids(tmp_path / "x.npy", np.zeros((2, 2), dtype=np.int64))
+
+
+def _resident_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS (Linux)")
+def test_release_pages_unmaps_what_reading_mapped(tmp_path):
+    path = tmp_path / "ids.npy"
+    save_ids(path, np.arange(32 << 20, dtype=np.uint32) % 251)  # 128 MB
+    ids = load_ids(path)
+    before = _resident_mb()
+    assert int(ids[::1024].astype(np.int64).sum()) > 0  # one read in every 4 KB page
+    assert _resident_mb() > before + 64  # the pages read are mapped into the process
+    release_pages(ids)
+    assert _resident_mb() < before + 16
+    assert int(ids[::1024].astype(np.int64).sum()) > 0  # and still readable
+    release_pages(np.zeros(3))  # an in-memory array: nothing to do
