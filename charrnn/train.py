@@ -54,7 +54,7 @@ class TrainConfig:
     seq_len: int = 100                 # T: truncated-BPTT window
     # optimization
     optim: str = "adagrad"             # adagrad, adam, rmsprop or sgd
-    lr: float = 2e-3                   # peak learning rate
+    lr: float = 0.1                    # peak learning rate (the default optimizer's, as AUTO_LR)
     momentum: float = 0.9              # sgd only
     weight_decay: float = 0.0          # adam only (decoupled)
     clip: float | None = 5.0           # global gradient-norm limit (None: off)
