@@ -54,24 +54,39 @@ def _rnn_step(xp_t, h_prev, W_hh_t, h_out):
     np.tanh(h_out, out=h_out)
 
 
-def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts):
+def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts, g=None):
     """gates (B, 4H) receives the activated i, f, g, o; tanh_c (B, H) receives tanh(c').
 
     All four gate nonlinearities are one tanh over the contiguous (B, 4H) block,
-    using sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: the per-column vectors in
-    `consts` halve i, f, o going in and map them back coming out, and leave g
-    alone. Strided gate slices cost several times a contiguous pass.
+    using sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: `pre` (consts[0], per column)
+    halves i, f, o going in; coming out, g is set aside and the whole block gets
+    0.5 * t + 0.5 as two scalar passes. Strided gate slices and per-column
+    vectors cost several times a contiguous scalar pass.
+    - pre may be None: then xp_t and W_hh_t already carry that factor in their
+      columns (see model.prepare). Scaling by a power of two is exact, so the
+      gates come out bit for bit the same, one pass cheaper.
+    - g: None to leave the tanh gate in `gates` (backward reads it there), or a
+      (B, H) buffer to receive it instead, one pass cheaper; `gates`' g columns
+      then hold 0.5 * g + 0.5.
     """
     H = h_prev.shape[1]
-    pre, post, shift, _ = consts
+    pre = consts[0]
     np.matmul(h_prev, W_hh_t, out=gates)  # (B, 4H)
     gates += xp_t
-    gates *= pre
+    if pre is not None:
+        gates *= pre
     np.tanh(gates, out=gates)
-    gates *= post
-    gates += shift
+    g_cols = gates[:, 2 * H : 3 * H]
+    keep = g is None
+    if keep:
+        g = tanh_c  # scratch until tanh(c') is computed
+    np.copyto(g, g_cols)
+    gates *= 0.5
+    gates += 0.5  # sigmoid on i, f, o (and a placeholder on g)
+    if keep:
+        np.copyto(g_cols, g)
     np.multiply(gates[:, H : 2 * H], c_prev, out=c_out)  # f * c
-    np.multiply(gates[:, :H], gates[:, 2 * H : 3 * H], out=tanh_c)  # i * g, tanh_c as scratch
+    np.multiply(gates[:, :H], g, out=tanh_c)  # i * g, tanh_c as scratch
     c_out += tanh_c
     np.tanh(c_out, out=tanh_c)
     np.multiply(gates[:, 3 * H :], tanh_c, out=h_out)
@@ -81,17 +96,16 @@ def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts
 def lstm_constants(H, dtype):
     """Per-column vectors (4H,) for the fused LSTM nonlinearity.
 
-    Returns (pre, post, shift, tanh_mask): a = tanh(x * pre) * post + shift is
-    sigmoid on i, f, o and tanh on g; the derivative is (1 - a) * (a + tanh_mask).
+    Returns (pre, tanh_mask): a = tanh(x * pre) mapped by 0.5 * a + 0.5 on i, f, o
+    is sigmoid there and tanh on g; the derivative is (1 - a) * (a + tanh_mask).
     """
     sig = np.ones(4 * H, dtype=bool)
     sig[2 * H : 3 * H] = False
     pre = np.where(sig, 0.5, 1.0).astype(dtype)
-    shift = np.where(sig, 0.5, 0.0).astype(dtype)
     tanh_mask = np.where(sig, 0.0, 1.0).astype(dtype)
-    for v in (pre, shift, tanh_mask):
+    for v in (pre, tanh_mask):
         v.setflags(write=False)
-    return pre, pre, shift, tanh_mask
+    return pre, tanh_mask
 
 
 def _gru_step(xp_t, h_prev, W_hh_t, b_hn, rzn, hn, h_out):
@@ -233,7 +247,7 @@ def backward(d_hs, d_state, cache):
 
     if cell == "lstm":
         gates, cs, tanh_cs = cache["gates"], cache["cs"], cache["tanh_cs"]
-        tanh_mask = lstm_constants(H, dtype)[3]
+        tanh_mask = lstm_constants(H, dtype)[1]
         dc = np.zeros((B, H), dtype=dtype) if d_state is None else d_state[1].astype(dtype, copy=True)
         d_xp = np.empty((T, B, 4 * H), dtype=dtype)
         deriv = np.empty((B, 4 * H), dtype=dtype)

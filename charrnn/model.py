@@ -351,7 +351,8 @@ def loss_and_grads(params, config, inputs, targets, mask=None, state=None, dropo
 # Sampling and eval run the model many times with the same parameters. What
 # does not change between calls is prepared once (`prepare`): layer 0's input
 # projection as a (V, G*H) table with its bias folded in, so a step's layer-0
-# product becomes a row lookup; each layer's input bias; the LSTM constants.
+# product becomes a row lookup; each layer's input bias; the LSTM constants,
+# whose input scaling is folded into the LSTM's weights, biases and table.
 # Steps then write into preallocated buffers. The cell equations stay in
 # cells.py: these functions call its step kernels, so there is one copy of them.
 
@@ -372,7 +373,9 @@ class Prepared:
     b_hn: tuple                    # per layer: gru's b_hn (H,), else None
     head_w_t: np.ndarray           # head.weight transposed, contiguous, (H, V)
     head_b: np.ndarray             # (V,)
-    consts: tuple | None           # lstm: cells.lstm_constants(H, dtype), else None
+    consts: tuple | None           # lstm: cells.lstm_constants(H, dtype) with `pre` None, else None
+    # For the LSTM, table, w_ih_t, b_in and w_hh_t are scaled column-wise by
+    # lstm_constants' `pre` (0.5 on i, f, o): the step then skips that pass.
 
 
 def prepare(params, config) -> Prepared:
@@ -385,23 +388,29 @@ def prepare(params, config) -> Prepared:
     """
     L, H, G, V = config.layers, config.hidden, config.gates, config.vocab_size
     dtype = np.dtype(config.dtype)
-    b_in = tuple(cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
+    consts = None
+    scale = np.ones(G * H, dtype)  # (G*H,) per gate column
+    if config.cell == "lstm":
+        scale, tanh_mask = cells.lstm_constants(H, dtype)
+        consts = (None, tanh_mask)
+    b_in = tuple(scale * cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
                  for k in range(L))
+    w_ih_t = tuple(np.multiply(params[f"rnn.weight_ih_l{k}"].T, scale, order="C") for k in range(L))
     table = None
     if V * G * H * dtype.itemsize <= _TABLE_BYTES:
-        table = params["embedding.weight"] @ params["rnn.weight_ih_l0"].T  # (V, G*H)
+        table = params["embedding.weight"] @ w_ih_t[0]  # (V, G*H)
         table += b_in[0]
     return Prepared(
         config=config,
         embedding=params["embedding.weight"],
         table=table,
-        w_ih_t=tuple(np.ascontiguousarray(params[f"rnn.weight_ih_l{k}"].T) for k in range(L)),
+        w_ih_t=w_ih_t,
         b_in=b_in,
-        w_hh_t=tuple(np.ascontiguousarray(params[f"rnn.weight_hh_l{k}"].T) for k in range(L)),
+        w_hh_t=tuple(np.multiply(params[f"rnn.weight_hh_l{k}"].T, scale, order="C") for k in range(L)),
         b_hn=tuple(params[f"rnn.bias_hh_l{k}"][2 * H :] if config.cell == "gru" else None for k in range(L)),
         head_w_t=np.ascontiguousarray(params["head.weight"].T),
         head_b=params["head.bias"],
-        consts=cells.lstm_constants(H, dtype) if config.cell == "lstm" else None,
+        consts=consts,
     )
 
 
@@ -412,6 +421,7 @@ class StepWork:
     xp: tuple                  # per layer: (B, G*H) input projection
     gates: np.ndarray          # (B, G*H) activated gates (scratch)
     scratch: np.ndarray        # (B, H): lstm's tanh(c'), gru's W_hn h + b_hn
+    g: np.ndarray              # (B, H): lstm's tanh gate (scratch)
     emb: np.ndarray | None     # (B, E) embedded tokens when there is no table
     logits: np.ndarray         # (B, V)
 
@@ -424,6 +434,7 @@ def step_work(prepared: Prepared, batch: int) -> StepWork:
         xp=tuple(np.empty((batch, GH), dtype) for _ in range(c.layers)),
         gates=np.empty((batch, GH), dtype),
         scratch=np.empty((batch, c.hidden), dtype),
+        g=np.empty((batch, c.hidden), dtype),
         emb=None if prepared.table is not None else np.empty((batch, c.embed), dtype),
         logits=np.empty((batch, c.vocab_size), dtype),
     )
@@ -459,7 +470,7 @@ def step_prepared(prepared: Prepared, tokens, state, out, work: StepWork) -> np.
             xp += prepared.b_in[k]
         if cell == "lstm":
             cells._lstm_step(xp, state[0][k], state[1][k], prepared.w_hh_t[k], work.gates, out[1][k],
-                             work.scratch, h_out[k], prepared.consts)
+                             work.scratch, h_out[k], prepared.consts, work.g)
         elif cell == "gru":
             cells._gru_step(xp, state[0][k], prepared.w_hh_t[k], prepared.b_hn[k], work.gates, work.scratch,
                             h_out[k])
@@ -495,7 +506,7 @@ def score_chunk(prepared: Prepared, inputs, targets, mask=None, state=None):
     tokens_tm = np.ascontiguousarray(inputs.T)  # (T, B)
     final = [[] for _ in state]
     gates = np.empty((B, GH), dtype)
-    scratch = np.empty((B, H), dtype)
+    scratch, g = np.empty((B, H), dtype), np.empty((B, H), dtype)
     x = None  # (T, B, H): the layer below's hidden states
     for k in range(config.layers):
         if k == 0 and prepared.table is not None:
@@ -512,7 +523,7 @@ def score_chunk(prepared: Prepared, inputs, targets, mask=None, state=None):
             c_prev, c_next = state[1][k].astype(dtype, copy=True), np.empty((B, H), dtype)
             for t in range(T):
                 cells._lstm_step(xp[t], hs[t], c_prev, W_hh_t, gates, c_next, scratch, hs[t + 1],
-                                 prepared.consts)
+                                 prepared.consts, g)
                 c_prev, c_next = c_next, c_prev
             final[1].append(c_prev)
         elif config.cell == "gru":

@@ -1,5 +1,6 @@
 """charrnn sample and the sampling library: distribution, options, stopping, the CLI contract."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, model, sampling
+from charrnn import cells, cli, model, sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.vocab import BOS, EOS, UNK
 from tiny_runs import invoke, make_run
@@ -124,6 +125,27 @@ def test_step_prepared_matches_model_step(cell, dtype, tol, table, B, monkeypatc
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     if table is not None:  # one stream reads its table rows in place: the kernels must leave them alone
         np.testing.assert_array_equal(prepared.table, table)
+
+
+def test_folding_the_lstm_gate_scale_into_the_weights_is_exact():
+    # prepare multiplies the i, f, o columns by 0.5 ahead of time instead of
+    # the gates at every step: a power of two, so nothing may change, not a bit
+    config = model.ModelConfig(vocab_size=13, cell="lstm", layers=2, hidden=12, embed=5, dtype="float32")
+    params = {k: 3 * v for k, v in model.init_params(config, np.random.default_rng(0)).items()}
+    folded = model.prepare(params, config)
+    pre, tanh_mask = cells.lstm_constants(12, np.dtype("float32"))
+    unfold = lambda a: np.ascontiguousarray(a / pre)  # exact: a division by 0.5
+    unfolded = dataclasses.replace(folded, table=unfold(folded.table), b_in=tuple(map(unfold, folded.b_in)),
+                                   w_ih_t=tuple(map(unfold, folded.w_ih_t)), w_hh_t=tuple(map(unfold, folded.w_hh_t)),
+                                   consts=(pre, tanh_mask))
+    assert not np.array_equal(unfolded.w_hh_t[0], folded.w_hh_t[0])
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 13, (4, 9)), rng.integers(0, 13, (4, 9))
+    nll_a, _, state_a = model.score_chunk(folded, x, y)
+    nll_b, _, state_b = model.score_chunk(unfolded, x, y)
+    assert nll_a == nll_b
+    for a, b in zip(state_a, state_b):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------- the distribution
