@@ -56,10 +56,15 @@ def stream_count(n_targets: int, streams: int, min_length: int = MIN_STREAM) -> 
     At most `streams`, and few enough that each piece is at least `min_length`
     long: every piece starts from a zero state and predicts its first tokens
     with little context, so short pieces would make a short text score worse
-    than the model is. min_length 0: min(streams, n_targets). Always at least 1.
+    than the model is. Above 16 the count is rounded down to a multiple of 16
+    (longer pieces still): BLAS multiplies such row counts faster, for the
+    reference LSTM 96 rows in 136 us against 111 in 172. min_length 0:
+    exactly min(streams, n_targets). Always at least 1.
     """
     if min_length > 0:
         streams = min(streams, n_targets // min_length)
+        if streams > 16:
+            streams -= streams % 16
     return max(1, min(streams, n_targets))
 
 
