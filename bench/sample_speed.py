@@ -10,7 +10,8 @@ V = 65, float32. Each round times, one after another:
 - eval: `evaluate.score_stream` with its defaults (what `charrnn eval` runs)
   over the held-out tenth of tinyshakespeare (random ids when the corpus is
   absent), PyTorch scoring the same streams, and a charrnn training step
-  (forward, backward, clip, Adam; B 64, T 100) to compare per character.
+  (forward, backward, clip, Adam; B 64, T 100; 8 steps a round) to compare
+  per character.
 
 With --before DIR, the sampling.py and evaluate.py found in DIR (say, the
 files of an older commit: `git show REV:charrnn/sampling.py > DIR/sampling.py`)
@@ -83,6 +84,24 @@ def load_before(directory: str):
     return modules
 
 
+def blas_kernel() -> str:
+    """Which OpenBLAS kernels NumPy runs, as far as can be told, and whether the environment chose them.
+
+    OPENBLAS_CORETYPE overrides OpenBLAS's own choice; some machines set it
+    (with OPENBLAS_L2_SIZE) for older builds, and it can halve a current
+    NumPy's GEMM speed. Unset both in the benchmark's command to measure what
+    users get: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/...`.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+        found = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    except ImportError:
+        found = []
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    name = found[0] if found else "unknown kernels (pip install threadpoolctl to see them)"
+    return f"BLAS: {name}" + (f" (forced by OPENBLAS_CORETYPE={forced})" if forced else "")
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -138,18 +157,20 @@ def charrnn_sample(sampling_module, params, config, vocab, n: int, length: int, 
     return made
 
 
-def charrnn_train_step_fn(params, config):
+def charrnn_train_steps_fn(params, config, steps: int):
+    """(fn, chars): fn runs `steps` reference training steps (B 64, T 100, Adam, clip 5); chars they train on."""
     params = {k: v.copy() for k, v in params.items()}
     opt = optim.make_optimizer("adam", params)
     data = np.random.default_rng(3).integers(3, config.vocab_size, (64, 101))
     x, y = data[:, :-1], data[:, 1:]
 
-    def step():
-        _, grads, _ = model.loss_and_grads(params, config, x, y)
-        optim.clip_grad_norm(grads, 5.0)
-        opt.step(params, grads, 2e-3)
+    def run():
+        for _ in range(steps):
+            _, grads, _ = model.loss_and_grads(params, config, x, y)
+            optim.clip_grad_norm(grads, 5.0)
+            opt.step(params, grads, 2e-3)
 
-    return step, x.size
+    return run, steps * x.size
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -220,6 +241,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
     parser.add_argument("--length1", type=int, default=3000, help="tokens sampled by charrnn's single stream")
     parser.add_argument("--length64", type=int, default=400, help="tokens sampled by each of 64 streams")
+    parser.add_argument("--train-steps", type=int, default=8, help="training steps timed per round")
     parser.add_argument("--before", metavar="DIR", help="also time the sampling.py and evaluate.py in DIR")
     args = parser.parse_args()
 
@@ -230,7 +252,8 @@ def main():
     tlm = TorchLM(params, config)
     ids = held_out_ids(vocab)
     start = int(vocab.encode("\n")[0])
-    train_step, train_chars = charrnn_train_step_fn(params, config)
+    # several steps, so that the training figure, like eval's, times about a second of work
+    train_steps, train_chars = charrnn_train_steps_fn(params, config, args.train_steps)
     impls = {"now": (sampling, evaluate)}
     if args.before:
         impls["before"] = tuple(load_before(args.before))
@@ -239,7 +262,7 @@ def main():
     streams = evaluate.stream_count(n_targets, 128) if hasattr(evaluate, "stream_count") else min(128, n_targets)
     losses = {name: ev.score_stream(params, config, ids).loss for name, (_, ev) in impls.items()}
     print(f"charrnn {charrnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
-          f"LSTM 2x256, E 64, V {config.vocab_size}, float32")
+          f"LSTM 2x256, E 64, V {config.vocab_size}, float32; {blas_kernel()}")
     print(f"eval: {len(ids):,} tokens; loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()) +
           f", torch ({streams} streams) {tlm.score_stream(ids, streams, 256) / n_targets:.6f}")
 
@@ -252,7 +275,7 @@ def main():
     jobs["sample1/torch"] = lambda: tlm.sample(1, args.length1 // 8, 0, start)
     jobs["sample64/torch"] = lambda: tlm.sample(64, args.length64, 0, start)
     jobs["eval/torch"] = lambda: (tlm.score_stream(ids, streams, 256), n_targets)[1]
-    jobs["train/now"] = lambda: (train_step(), train_chars)[1]
+    jobs["train/now"] = lambda: (train_steps(), train_chars)[1]
 
     rates = {k: [] for k in jobs}
     foreign = []

@@ -31,6 +31,7 @@ import numpy as np
 from charrnn import model, optim
 from charrnn.model import ModelConfig
 from charrnn.runtime import keep_freed_memory
+from sample_speed import blas_kernel  # this directory is on sys.path when the script runs
 
 V = 65  # tinyshakespeare's character count
 
@@ -146,8 +147,8 @@ def main():
     torch.set_num_threads(2)
     keep_freed_memory()  # what the charrnn command does at start-up
     peak = gemm_peak()
-    print(f"float32 GEMM peak (NumPy BLAS, 2048^3): {peak / 1e9:.0f} GFLOP/s; torch {torch.__version__}, "
-          f"numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5")
+    print(f"float32 GEMM peak (NumPy BLAS, 2048^3): {peak / 1e9:.0f} GFLOP/s; {blas_kernel()}; "
+          f"torch {torch.__version__}, numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5")
     rows = [compare("lstm", 2, 256, 64, reps=args.reps, peak=peak),
             compare("gru", 2, 256, 64, reps=args.reps, peak=peak),
             compare("rnn", 2, 256, 64, reps=args.reps, peak=peak),
