@@ -63,8 +63,8 @@ def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts
     0.5 * t + 0.5 as two scalar passes. Strided gate slices and per-column
     vectors cost several times a contiguous scalar pass.
     - pre may be None: then xp_t and W_hh_t already carry that factor in their
-      columns (see model.prepare). Scaling by a power of two is exact, so the
-      gates come out bit for bit the same, one pass cheaper.
+      columns (see model.prepare). Scaling by a power of two is exact (short of
+      underflow), so the gates come out bit for bit the same, one pass cheaper.
     - g: None to leave the tanh gate in `gates` (backward reads it there), or a
       (B, H) buffer to receive it instead, one pass cheaper; `gates`' g columns
       then hold 0.5 * g + 0.5.
