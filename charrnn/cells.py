@@ -54,12 +54,12 @@ def _rnn_step(xp_t, h_prev, W_hh_t, h_out):
     np.tanh(h_out, out=h_out)
 
 
-def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts, g=None):
+def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, pre, g=None):
     """gates (B, 4H) receives the activated i, f, g, o; tanh_c (B, H) receives tanh(c').
 
     All four gate nonlinearities are one tanh over the contiguous (B, 4H) block,
-    using sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: `pre` (consts[0], per column)
-    halves i, f, o going in; coming out, g is set aside and the whole block gets
+    using sigmoid(x) = 0.5 * tanh(x / 2) + 0.5: `pre` (lstm_constants' per-column
+    vector) halves i, f, o going in; coming out, g is set aside and the whole block gets
     0.5 * t + 0.5 as two scalar passes. Strided gate slices and per-column
     vectors cost several times a contiguous scalar pass.
     - pre may be None: then xp_t and W_hh_t already carry that factor in their
@@ -70,7 +70,6 @@ def _lstm_step(xp_t, h_prev, c_prev, W_hh_t, gates, c_out, tanh_c, h_out, consts
       then hold 0.5 * g + 0.5.
     """
     H = h_prev.shape[1]
-    pre = consts[0]
     np.matmul(h_prev, W_hh_t, out=gates)  # (B, 4H)
     gates += xp_t
     if pre is not None:
@@ -175,9 +174,9 @@ def forward(cell, xp, state0, W_hh, b_hh):
         cs = np.empty((T + 1, B, H), dtype=xp.dtype)
         tanh_cs = np.empty((T, B, H), dtype=xp.dtype)
         cs[0] = state0[1]
-        consts = lstm_constants(H, xp.dtype)
+        pre = lstm_constants(H, xp.dtype)[0]
         for t in range(T):
-            _lstm_step(xp[t], hs[t], cs[t], W_hh_t, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1], consts)
+            _lstm_step(xp[t], hs[t], cs[t], W_hh_t, gates[t], cs[t + 1], tanh_cs[t], hs[t + 1], pre)
         cache.update(gates=gates, cs=cs, tanh_cs=tanh_cs)
         state = (hs[T].copy(), cs[T].copy())
     else:
@@ -207,7 +206,7 @@ def step(cell, xp_t, state, W_hh, b_hh):
     if cell == "lstm":
         c = np.empty_like(h)
         _lstm_step(xp_t, state[0], state[1], W_hh.T, np.empty_like(xp_t), c, np.empty_like(h), h,
-                   lstm_constants(H, xp_t.dtype))
+                   lstm_constants(H, xp_t.dtype)[0])
         return (h, c)
     _gru_step(xp_t, state[0], W_hh.T, b_hn, np.empty_like(xp_t), np.empty_like(h), h)
     return (h,)

@@ -373,9 +373,8 @@ class Prepared:
     b_hn: tuple                    # per layer: gru's b_hn (H,), else None
     head_w_t: np.ndarray           # head.weight transposed, contiguous, (H, V)
     head_b: np.ndarray             # (V,)
-    consts: tuple | None           # lstm: cells.lstm_constants(H, dtype) with `pre` None, else None
     # For the LSTM, table, w_ih_t, b_in and w_hh_t are scaled column-wise by
-    # lstm_constants' `pre` (0.5 on i, f, o): the step then skips that pass.
+    # lstm_constants' `pre` (0.5 on i, f, o), so its steps take pre=None.
 
 
 def prepare(params, config) -> Prepared:
@@ -388,11 +387,8 @@ def prepare(params, config) -> Prepared:
     """
     L, H, G, V = config.layers, config.hidden, config.gates, config.vocab_size
     dtype = np.dtype(config.dtype)
-    consts = None
-    scale = np.ones(G * H, dtype)  # (G*H,) per gate column
-    if config.cell == "lstm":
-        scale, tanh_mask = cells.lstm_constants(H, dtype)
-        consts = (None, tanh_mask)
+    # (G*H,) per gate column: the LSTM's fused nonlinearity halves i, f, o first
+    scale = cells.lstm_constants(H, dtype)[0] if config.cell == "lstm" else np.ones(G * H, dtype)
     b_in = tuple(scale * cells.input_bias(config.cell, params[f"rnn.bias_ih_l{k}"], params[f"rnn.bias_hh_l{k}"])
                  for k in range(L))
     w_ih_t = tuple(np.multiply(params[f"rnn.weight_ih_l{k}"].T, scale, order="C") for k in range(L))
@@ -410,7 +406,6 @@ def prepare(params, config) -> Prepared:
         b_hn=tuple(params[f"rnn.bias_hh_l{k}"][2 * H :] if config.cell == "gru" else None for k in range(L)),
         head_w_t=np.ascontiguousarray(params["head.weight"].T),
         head_b=params["head.bias"],
-        consts=consts,
     )
 
 
@@ -470,7 +465,7 @@ def step_prepared(prepared: Prepared, tokens, state, out, work: StepWork) -> np.
             xp += prepared.b_in[k]
         if cell == "lstm":
             cells._lstm_step(xp, state[0][k], state[1][k], prepared.w_hh_t[k], work.gates, out[1][k],
-                             work.scratch, h_out[k], prepared.consts, work.g)
+                             work.scratch, h_out[k], None, work.g)
         elif cell == "gru":
             cells._gru_step(xp, state[0][k], prepared.w_hh_t[k], prepared.b_hn[k], work.gates, work.scratch,
                             h_out[k])
@@ -523,7 +518,7 @@ def score_chunk(prepared: Prepared, inputs, targets, mask=None, state=None):
             c_prev, c_next = state[1][k].astype(dtype, copy=True), np.empty((B, H), dtype)
             for t in range(T):
                 cells._lstm_step(xp[t], hs[t], c_prev, W_hh_t, gates, c_next, scratch, hs[t + 1],
-                                 prepared.consts, g)
+                                 None, g)
                 c_prev, c_next = c_next, c_prev
             final[1].append(c_prev)
         elif config.cell == "gru":

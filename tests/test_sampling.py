@@ -1,6 +1,5 @@
 """charrnn sample and the sampling library: distribution, options, stopping, the CLI contract."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -130,22 +129,27 @@ def test_step_prepared_matches_model_step(cell, dtype, tol, table, B, monkeypatc
 def test_folding_the_lstm_gate_scale_into_the_weights_is_exact():
     # prepare multiplies the i, f, o columns by 0.5 ahead of time instead of
     # the gates at every step: a power of two, so nothing may change, not a bit
-    config = model.ModelConfig(vocab_size=13, cell="lstm", layers=2, hidden=12, embed=5, dtype="float32")
+    B, H = 4, 12
+    config = model.ModelConfig(vocab_size=13, cell="lstm", layers=2, hidden=H, embed=5, dtype="float32")
     params = {k: 3 * v for k, v in model.init_params(config, np.random.default_rng(0)).items()}
-    folded = model.prepare(params, config)
-    pre, tanh_mask = cells.lstm_constants(12, np.dtype("float32"))
-    unfold = lambda a: np.ascontiguousarray(a / pre)  # exact: a division by 0.5
-    unfolded = dataclasses.replace(folded, table=unfold(folded.table), b_in=tuple(map(unfold, folded.b_in)),
-                                   w_ih_t=tuple(map(unfold, folded.w_ih_t)), w_hh_t=tuple(map(unfold, folded.w_hh_t)),
-                                   consts=(pre, tanh_mask))
-    assert not np.array_equal(unfolded.w_hh_t[0], folded.w_hh_t[0])
+    prepared = model.prepare(params, config)
+    pre = cells.lstm_constants(H, np.dtype("float32"))[0]
+    for k in range(2):
+        np.testing.assert_array_equal(prepared.w_hh_t[k], params[f"rnn.weight_hh_l{k}"].T * pre)
+        np.testing.assert_array_equal(prepared.w_ih_t[k], params[f"rnn.weight_ih_l{k}"].T * pre)
+    # the kernel on unscaled inputs with pre, against scaled inputs without it
+    # (and with g set aside in its own buffer, as sampling and eval run it)
     rng = np.random.default_rng(1)
-    x, y = rng.integers(0, 13, (4, 9)), rng.integers(0, 13, (4, 9))
-    nll_a, _, state_a = model.score_chunk(folded, x, y)
-    nll_b, _, state_b = model.score_chunk(unfolded, x, y)
-    assert nll_a == nll_b
-    for a, b in zip(state_a, state_b):
+    xp = (3 * rng.standard_normal((B, 4 * H))).astype(np.float32)
+    h, c = (rng.standard_normal((2, B, H))).astype(np.float32)
+    W_t = params["rnn.weight_hh_l0"].T.copy()
+    out = [[np.empty((B, 4 * H), np.float32)] + [np.empty((B, H), np.float32) for _ in range(3)] for _ in range(2)]
+    cells._lstm_step(xp, h, c, W_t, *out[0], pre)  # gates, c', tanh(c'), h'
+    cells._lstm_step(xp * pre, h, c, W_t * pre, *out[1], None, np.empty((B, H), np.float32))
+    for a, b in zip(out[0][1:], out[1][1:]):  # c', tanh(c'), h'
         np.testing.assert_array_equal(a, b)
+    sig = np.r_[0 : 2 * H, 3 * H : 4 * H]  # i, f, o: the g columns differ by design
+    np.testing.assert_array_equal(out[0][0][:, sig], out[1][0][:, sig])
 
 
 # ---------------------------------------------------------------- the distribution
