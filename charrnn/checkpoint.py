@@ -30,11 +30,10 @@ import numpy as np
 
 from . import __version__
 from .errors import CheckpointError, ConfigError
+from .layout import MODEL_FILE, STATE_FILE  # what load_model and load_state read when given a run directory
 from .model import ModelConfig, param_shapes
 
 FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"   # what load_model reads when given a run directory
-STATE_FILE = "state.safetensors"   # what load_state reads when given a run directory
 MAX_HEADER_BYTES = 100_000_000     # the same limit as the safetensors library
 RESERVED_META = ("format_version", "charrnn_version", "kind")
 

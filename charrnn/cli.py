@@ -13,16 +13,16 @@ import os
 import re
 import signal
 import sys
-import time
 
 import click
 import numpy as np
 
-from . import __version__, checkpoint, corpus, evaluate, report, runtime, sampling, train as training
-from .errors import CharRNNError, CheckpointError, ConfigError
-from .vocab import Vocab
-
-CHECKPOINTS = "checkpoints"
+from . import __version__, corpus, evaluate, layout, optim, report, rundir, runtime, sampling
+from . import train as training
+from .config import MODES, NONFINITE, RESUMABLE, TrainConfig, fill_auto_settings
+from .errors import CharRNNError, ConfigError
+from .model import CELLS, DTYPES
+from .vocab import LEVELS
 
 
 # ---------------------------------------------------------------- help text in groups
@@ -101,6 +101,7 @@ def cli():
 # ---------------------------------------------------------------- train
 
 DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output"
+AUTO = "  [default: auto, from the corpus size and budget]"
 
 
 @cli.command(cls=GroupedCommand)
@@ -108,33 +109,33 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
 @option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
-@option("--mode", type=click.Choice(training.MODES), default="stream", group=DATA,
+@option("--mode", type=click.Choice(MODES), default="stream", group=DATA,
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
-@option("--level", type=click.Choice(["char", "word"]), default="char", group=DATA, help="Token unit.")
+@option("--level", type=click.Choice(LEVELS), default="char", group=DATA, help="Token unit.")
 @option("--min-count", type=int, default=1, group=DATA, help="Tokens seen fewer times become UNK.")
 @option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
-@option("--errors", type=click.Choice(["strict", "replace"]), default="strict", group=DATA,
+@option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
-@option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm", group=MODEL, help="Recurrent cell.")
-@option("--layers", type=int, default=None, group=MODEL, help="Stacked recurrent layers.  [default: auto, from the corpus size and budget]")
-@option("--hidden", type=int, default=None, group=MODEL, help="Hidden units per layer.  [default: auto, from the corpus size and budget]")
-@option("--embed", type=int, default=None, group=MODEL, help="Embedding width.  [default: auto, from the corpus size and budget]")
+@option("--cell", type=click.Choice(CELLS), default="lstm", group=MODEL, help="Recurrent cell.")
+@option("--layers", type=int, default=None, group=MODEL, help="Stacked recurrent layers." + AUTO)
+@option("--hidden", type=int, default=None, group=MODEL, help="Hidden units per layer." + AUTO)
+@option("--embed", type=int, default=None, group=MODEL, help="Embedding width." + AUTO)
 @option("--dropout", type=float, default=None, group=MODEL,
-        help="Dropout on each layer's output (training only).  [default: auto, from the corpus size and budget]")
-@option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", group=MODEL,
+        help="Dropout on each layer's output (training only)." + AUTO)
+@option("--dtype", type=click.Choice(DTYPES), default="float32", group=MODEL,
         help="Floating-point precision.")
-@option("--optim", type=click.Choice(["adagrad", "adam", "rmsprop", "sgd"]), default="adagrad", group=OPTIM,
+@option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
-@option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate.  [default: auto, from the corpus size and budget]")
+@option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
 @option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
 @option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")
 @option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
 @option("--clip-value", type=float, default=None, group=OPTIM,
         help="Elementwise gradient limit, as min-char-rnn's 5 (default: off).")
-@option("--schedule", type=click.Choice(["constant", "cosine"]), default=None, group=OPTIM,
-        help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget.  [default: auto, from the corpus size and budget]")
-@option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up.  [default: auto, from the corpus size and budget]")
-@option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step.  [default: auto, from the corpus size and budget]")
+@option("--schedule", type=click.Choice(optim.SCHEDULES), default=None, group=OPTIM,
+        help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget." + AUTO)
+@option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up." + AUTO)
+@option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
 @option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
 @option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
@@ -145,7 +146,7 @@ DATA, MODEL, OPTIM, OUTPUT = "Data", "Model", "Optimization", "Budget and output
 @option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
         help="Validation tokens scored per evaluation (charrnn eval scores them all).")
 @option("--log-every", type=int, default=10, group=OUTPUT, help="Write a log.jsonl line every N steps.")
-@option("--on-nonfinite", type=click.Choice(["stop", "skip"]), default="stop", group=OUTPUT,
+@option("--on-nonfinite", type=click.Choice(NONFINITE), default="stop", group=OUTPUT,
         help="What to do when the loss or a gradient is not finite.")
 @option("--out", type=click.Path(file_okay=False), default=None, group=OUTPUT,
         help="Run directory.  [default: checkpoints/<corpus name>]")
@@ -178,22 +179,22 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
 
     if resume:
         fixed = sorted((explicit & (set(model_keys) | set(options) | {"val_file", "errors"}))
-                       - set(training.RESUMABLE))
+                       - set(RESUMABLE))
         if "out" in explicit:
             fixed.insert(0, "out")
         if corpus_file or fixed:
             what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
             raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
                               f"(only budgets and cadence can change)")
-        overrides = {k: options[k] for k in training.RESUMABLE if k in explicit}
+        overrides = {k: options[k] for k in RESUMABLE if k in explicit}
         budgets = ("max_steps", "max_epochs", "max_time")
         if any(k in explicit for k in budgets):
             # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
             overrides.update({k: options[k] for k in budgets})
-        run = training.resume_run(resume, overrides)
+        run = rundir.resume_run(resume, overrides)
         info(f"Resuming {resume} at step {run.step}", quiet)
     else:
-        tconfig = training.TrainConfig(**options)
+        tconfig = TrainConfig(**options)
         no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
         if no_budget:
             tconfig.max_time = 300.0
@@ -207,8 +208,8 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
         if no_budget:
             info("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).", quiet)
         chosen = _fill_auto_settings(text, val_text, tconfig, model_options)
-        directory = out or _fresh_run_dir(name)
-        run = training.start_run(directory, text, val_text, model_options, tconfig)
+        directory = out or rundir.fresh_run_dir(name)
+        run = rundir.start_run(directory, text, val_text, model_options, tconfig)
         if chosen:
             info(chosen, quiet)
         del text, val_text  # training reads only the memory-mapped ids from here on
@@ -218,31 +219,13 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
 
 def _fill_auto_settings(text, val_text, tconfig, model_options) -> str | None:
     """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
-    open_keys = [k for k in training.AUTO_KEYS
-                 if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
-    if not open_keys:
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options)
+    if chosen is None:
         return None
-    n_tokens = len(text) if val_text is not None else int(len(text) * (1 - tconfig.val_frac))
-    auto = training.auto_settings(n_tokens, tconfig, tconfig.level)
-    for key in open_keys:
-        if key in model_options:
-            model_options[key] = auto[key]
-        else:
-            setattr(tconfig, key, auto[key])
-    chosen = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}" for k in open_keys)
-    return (f"Settings for {n_tokens:,} characters and about {auto['passes']:.1f} passes over them: {chosen} "
-            f"(set them to override)")
-
-
-def _fresh_run_dir(name: str) -> str:
-    """checkpoints/<name>, or <name>-2, -3, ... when that already holds a run."""
-    name = re.sub(r"[^\w.-]+", "_", name) or "run"
-    base = os.path.join(CHECKPOINTS, name)
-    candidate, n = base, 1
-    while training.holds_run(candidate):
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
+                       for k in chosen["keys"])
+    return (f"Settings for {chosen['n_tokens']:,} characters and about {chosen['passes']:.1f} passes over them: "
+            f"{values} (set them to override)")
 
 
 class StopRequest:
@@ -347,46 +330,6 @@ def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
 # ---------------------------------------------------------------- loading a model
 
 
-def find_checkpoint(path: str | None) -> str:
-    """The model file to use: PATH (a file, or a run directory), else the newest run under checkpoints/."""
-    if path is None:
-        candidates = []
-        if os.path.isdir(CHECKPOINTS):
-            for entry in os.scandir(CHECKPOINTS):
-                model_file = os.path.join(entry.path, training.MODEL_FILE)
-                if entry.is_dir() and os.path.isfile(model_file):
-                    candidates.append((os.path.getmtime(model_file), entry.path))
-        if not candidates:
-            raise CheckpointError(f"no trained model under {CHECKPOINTS}/; train one with `charrnn train` "
-                                  f"or pass --checkpoint")
-        path = max(candidates)[1]
-    if os.path.isdir(path):
-        for name in (training.BEST_FILE, training.MODEL_FILE):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise CheckpointError(f"{path} holds no {training.MODEL_FILE}")
-    if not os.path.exists(path):
-        raise CheckpointError(f"no such checkpoint: {path}")
-    return path
-
-
-def load(path: str | None):
-    """(params, config, vocab, meta, model_file) from a checkpoint path or the latest run."""
-    model_file = find_checkpoint(path)
-    params, config, meta = checkpoint.load_model(model_file)
-    try:
-        vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
-                                 "special": meta["special"]})
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{model_file}: missing vocabulary entry {exc}") from None
-    except CharRNNError as exc:
-        raise CheckpointError(f"{model_file}: bad vocabulary: {exc}") from None
-    if vocab.size != config.vocab_size:
-        raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
-    training.check_model_meta(meta, model_file)
-    return params, config, vocab, meta, model_file
-
-
 def _checkpoint_option(f):
     return click.option("--checkpoint", "-c", "checkpoint_path", type=click.Path(), default=None,
                         help="A run directory or a model file.  [default: the newest run under checkpoints/]")(f)
@@ -420,7 +363,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
       charrnn sample --prime "ROMEO:" --length 300 --seed 1
       charrnn sample -c checkpoints/names -n 20 --temp 0.7
     """
-    params, config, vocab, meta, _ = load(checkpoint_path)
+    params, config, vocab, meta, _ = rundir.load_checkpoint(checkpoint_path)
     lines = meta.get("data", {}).get("mode") == "lines"
     # generate checks the options and the prime now, before anything is written
     steps = sampling.generate(params, config, vocab, rng=np.random.default_rng(seed), num_samples=num_samples,
@@ -463,7 +406,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
 @cli.command("eval")
 @click.argument("text_file", required=False, type=click.Path(dir_okay=False))
 @_checkpoint_option
-@click.option("--errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def eval_(text_file, checkpoint_path, errors, as_json):
@@ -478,29 +421,15 @@ def eval_(text_file, checkpoint_path, errors, as_json):
       charrnn eval
       charrnn eval held_out.txt --json
     """
-    params, config, vocab, meta, model_file = load(checkpoint_path)
+    params, config, vocab, meta, model_file = rundir.load_checkpoint(checkpoint_path)
     lines = meta.get("data", {}).get("mode") == "lines"
     if text_file is None:
-        data_dir = os.path.join(os.path.dirname(model_file), "data")
-        try:
-            ids = corpus.load_ids(os.path.join(data_dir, "val.npy"))
-            offsets = corpus.load_ids(os.path.join(data_dir, "val_offsets.npy")) if lines else None
-        except CharRNNError:
-            raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
-        if lines:
-            corpus.check_offsets(offsets, len(ids), os.path.join(data_dir, "val_offsets.npy"))
-        source = f"held-out split ({data_dir})"
+        ids, offsets = rundir.load_heldout(model_file, lines)
+        score = evaluate.score_ids(params, config, vocab, ids, offsets)
+        source = f"held-out split ({rundir.data_dir(os.path.dirname(model_file))})"
     else:
-        text = corpus.read_text(text_file, errors)
-        if lines:
-            ids, offsets = corpus.encode_lines(vocab, corpus.split_lines(text))
-        else:
-            ids = vocab.encode(text)
+        score = evaluate.score_text(params, config, vocab, corpus.read_text(text_file, errors), lines)
         source = text_file
-    if lines:
-        score = evaluate.score_lines(params, config, ids, offsets, vocab.bos, vocab.eos, unk=vocab.unk)
-    else:
-        score = evaluate.score_stream(params, config, ids, unk=vocab.unk)
     if score.tokens == 0:
         raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
     result = score.as_dict()
@@ -531,7 +460,7 @@ def info_(checkpoint_path):
     Example:
       charrnn info checkpoints/shakespeare
     """
-    params, config, vocab, meta, model_file = load(checkpoint_path)
+    params, config, vocab, meta, model_file = rundir.load_checkpoint(checkpoint_path)
     n_params = sum(p.size for p in params.values())
     data = meta.get("data", {})
     trained = meta.get("training", {})
@@ -555,7 +484,7 @@ def info_(checkpoint_path):
             ("best val loss", best_text),
         ]
     run_dir = os.path.dirname(os.path.abspath(model_file))
-    files = [name for name in (training.MODEL_FILE, training.BEST_FILE, training.STATE_FILE, training.LOG_FILE)
+    files = [name for name in (layout.MODEL_FILE, layout.BEST_FILE, layout.STATE_FILE, layout.LOG_FILE)
              if os.path.exists(os.path.join(run_dir, name))]
     rows += [("file", model_file), ("run directory", f"{run_dir} ({', '.join(files)})")]
     width = max(len(k) for k, _ in rows)
@@ -577,9 +506,9 @@ def plot(run_dir, out_path):
       charrnn plot checkpoints/shakespeare
     """
     if run_dir is None:
-        run_dir = os.path.dirname(find_checkpoint(None))
-    records = report.read_log(os.path.join(run_dir, training.LOG_FILE))
-    out_path = out_path or os.path.join(run_dir, "loss.png")
+        run_dir = os.path.dirname(rundir.find_checkpoint(None))
+    records = report.read_log(os.path.join(run_dir, layout.LOG_FILE))
+    out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
     report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
     info(f"Wrote {out_path}")
 

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import ConfigError, CorpusError
 from .vocab import Vocab
 
+TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
 _BOM = b"\xef\xbb\xbf"
 # Like git and grep: a NUL byte this early means the file is not text.
 _BINARY_SNIFF = 8000
@@ -36,7 +37,7 @@ def read_text(path, errors: str = "strict") -> str:
     - returns: the text, BOM removed, newlines normalized to "\\n"
     Raises CorpusError for a missing, unreadable, empty, binary or badly encoded file.
     """
-    if errors not in ("strict", "replace"):
+    if errors not in TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     path = Path(path)
     try:

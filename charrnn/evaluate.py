@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import batches, model
+from . import batches, corpus, model
 from .errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
@@ -128,3 +128,17 @@ def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int 
         if unk is not None:
             unknown += int(np.count_nonzero((y == unk) & mask))
     return Score(nll, count, unknown)
+
+
+def score_ids(params, config, vocab, ids, offsets=None) -> Score:
+    """Score encoded ids with the vocabulary's specials: as lines when offsets are given, else as one stream."""
+    if offsets is not None:
+        return score_lines(params, config, ids, offsets, vocab.bos, vocab.eos, unk=vocab.unk)
+    return score_stream(params, config, ids, unk=vocab.unk)
+
+
+def score_text(params, config, vocab, text: str, lines: bool) -> Score:
+    """Score a text: each non-empty line as one example (lines), or the whole text as one stream."""
+    if lines:
+        return score_ids(params, config, vocab, *corpus.encode_lines(vocab, corpus.split_lines(text)))
+    return score_ids(params, config, vocab, vocab.encode(text))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import checkpoint, model, optim, train as training
+from charrnn import checkpoint, model, optim, rundir
 from charrnn.cli import cli, parse_duration
 from charrnn.errors import ConfigError
 
@@ -189,7 +189,7 @@ def test_without_a_file_it_trains_on_the_built_in_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = train_ok("--max-steps", 2, "--eval-tokens", 2000)
     assert "language reference" in result.stderr
-    run = training.resume_run("checkpoints/python-reference")
+    run = rundir.resume_run("checkpoints/python-reference")
     assert len(run.train_ids) + len(run.val_ids) > 100_000
 
 
@@ -198,7 +198,7 @@ def test_validation_file_and_vocabulary_options(tmp_path, corpus_file):
     val_file.write_text("the lazy dog sleeps, zzz\n", encoding="utf-8")
     out = tmp_path / "run"
     train_ok(corpus_file, "--val", val_file, "--max-vocab", 6, "--max-steps", 2, "--out", out, "-q")
-    run = training.resume_run(out)
+    run = rundir.resume_run(out)
     assert len(run.val_ids) == len(val_file.read_text())  # the whole file, nothing held out of the corpus
     assert len(run.train_ids) == len(corpus_file.read_text())
     assert len(run.vocab.tokens) == 3 + 6
@@ -234,7 +234,7 @@ def test_max_time_is_stored_in_seconds(tmp_path, corpus_file):
 
 def test_max_epochs_stops_at_the_epoch_budget(tmp_path, corpus_file):
     result = train_ok(corpus_file, "--max-epochs", 0.5, "--out", tmp_path / "run")
-    run = training.resume_run(tmp_path / "run")
+    run = rundir.resume_run(tmp_path / "run")
     assert run.step == math.ceil(0.5 * run.steps_per_epoch)
     assert "Done (epoch budget)" in result.stderr
 
@@ -266,7 +266,7 @@ def test_resume_at_a_reached_budget_says_so_and_changes_nothing(tmp_path, corpus
 def test_budgets_given_on_resume_replace_the_runs_budgets(tmp_path, corpus_file):
     out = tmp_path / "run"
     train_ok(corpus_file, "--max-epochs", 0.2, "--out", out, "-q")
-    step = training.resume_run(out).step
+    step = rundir.resume_run(out).step
     resume_ok(out, "--max-steps", step + 3, "-q")  # the old epoch budget no longer applies
     _, meta = checkpoint.load_state(out / "state.safetensors")
     assert meta["progress"]["step"] == step + 3
@@ -494,7 +494,7 @@ def test_clip_value_bounds_every_update(tmp_path, corpus_file):
     out = tmp_path / "run"
     train_ok(corpus_file, "--optim", "sgd", "--momentum", 0, "--lr", 1, "--clip", 0, "--clip-value", 1e-3,
              "--dtype", "float64", "--max-steps", 1, "--out", out, "-q")
-    run = training.resume_run(out)
+    run = rundir.resume_run(out)
     trained = run.params
     initial = model.init_params(run.config, np.random.default_rng(0))
     biggest = max(float(np.max(np.abs(trained[k] - initial[k]))) for k in trained)

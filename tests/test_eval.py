@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, evaluate, model
+from charrnn import cli, evaluate, model, rundir
 from charrnn.vocab import BOS, EOS, UNK
 from reference import naive_forward
 from tiny_runs import invoke, make_run
@@ -164,7 +164,7 @@ def test_eval_counts_unknown_tokens(run_dir, tmp_path):
 
 def test_eval_without_file_scores_the_stored_held_out_split(run_dir):
     result = eval_json(["-c", run_dir])
-    params, config, vocab, _, _ = cli.load(str(run_dir))
+    params, config, vocab, _, _ = rundir.load_checkpoint(str(run_dir))
     expected = evaluate.score_stream(params, config, vocab.encode(TEXT), unk=UNK)
     assert result["tokens"] == len(TEXT) - 1
     assert result["loss"] == pytest.approx(expected.loss, rel=1e-12)

@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, cli, corpus, train as tr
+from charrnn import checkpoint, cli, corpus, layout, rundir, train as tr
+from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
@@ -84,7 +85,7 @@ def assert_one_line_error(code, out, err, *fragments, exit_code=1):
 
 
 def read_log(directory):
-    with open(os.path.join(directory, tr.LOG_FILE), encoding="utf-8") as f:
+    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
@@ -114,7 +115,7 @@ def wait_for(condition, proc, timeout=30.0):
 
 
 def model_step(directory):
-    return checkpoint.load_model(os.path.join(directory, tr.MODEL_FILE))[2]["training"]["step"]
+    return checkpoint.load_model(os.path.join(directory, layout.MODEL_FILE))[2]["training"]["step"]
 
 
 # Runs charrnn's main() with every checkpoint write going out in 512-byte pieces with a pause
@@ -157,13 +158,13 @@ def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path, corpus_file
     torn = 0
     for trial in range(25):
         leftovers = temp_files(run)
-        log_size = os.path.getsize(run / tr.LOG_FILE)
+        log_size = os.path.getsize(run / layout.LOG_FILE)
         proc = popen(["train", "--resume", run, "--max-steps", 10**6, "--eval-every", 1, "--quiet"], SLOW_SAVES)
         try:
             if trial % 5 == 4:  # now and then, at any moment from the start: importing, resuming, training
                 time.sleep(rng.uniform(0.0, 0.4))
             else:  # once training is under way, during a step or (mostly) a save
-                wait_for(lambda: os.path.getsize(run / tr.LOG_FILE) > log_size, proc)
+                wait_for(lambda: os.path.getsize(run / layout.LOG_FILE) > log_size, proc)
                 time.sleep(rng.uniform(0.0, 0.03))
             assert proc.poll() is None
             proc.send_signal(signal.SIGKILL)
@@ -172,13 +173,13 @@ def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path, corpus_file
             proc.communicate()
         assert proc.returncode == -signal.SIGKILL
 
-        if os.path.getsize(run / tr.LOG_FILE) != log_size:  # it got as far as resuming
+        if os.path.getsize(run / layout.LOG_FILE) != log_size:  # it got as far as resuming
             assert not set(leftovers) & set(temp_files(run)), "resume did not remove the leftover temp files"
         torn += bool(temp_files(run))
         _, meta = checkpoint.load_state(run)  # never torn: it loads, and everything in it is valid
         step = meta["progress"]["step"]
         assert model_step(run) in (step - 1, step)  # the state is written first, the model right after
-        checkpoint.load_model(run / tr.BEST_FILE)
+        checkpoint.load_model(run / layout.BEST_FILE)
         logged = [r["step"] for r in read_log(run)]
         assert logged in (list(range(1, step + 1)), list(range(1, step + 2))), (step, logged[-3:])
     assert torn >= 5, "too few kills landed inside a save to test it"
@@ -210,7 +211,7 @@ def test_a_signal_finishes_the_step_saves_says_where_and_exits_128_plus_n(tmp_pa
     proc = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 10**6, "--log-every", 1,
                   "--out", run])
     try:
-        wait_for(lambda: (run / tr.LOG_FILE).exists(), proc)
+        wait_for(lambda: (run / layout.LOG_FILE).exists(), proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -218,7 +219,7 @@ def test_a_signal_finishes_the_step_saves_says_where_and_exits_128_plus_n(tmp_pa
     assert proc.returncode == 128 + sig == (130 if sig == signal.SIGINT else 143)
     assert out == "" and "Traceback" not in err
     assert "Stopping after this step" in err
-    assert "Done (interrupted)" in err and f"saved {run / tr.MODEL_FILE}" in err
+    assert "Done (interrupted)" in err and f"saved {run / layout.MODEL_FILE}" in err
     _, meta = checkpoint.load_state(run)
     step = meta["progress"]["step"]
     assert step >= 1 and model_step(run) == step
@@ -236,7 +237,7 @@ def test_more_signals_during_the_save_do_not_damage_it(tmp_path, corpus_file):
     proc = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 10**6, "--log-every", 1,
                   "--out", run], SLOW_SAVES, CHARRNN_TEST_SAVING=str(saving), CHARRNN_TEST_PAUSE="0.005")
     try:
-        wait_for(lambda: (run / tr.LOG_FILE).exists(), proc)
+        wait_for(lambda: (run / layout.LOG_FILE).exists(), proc)
         assert not saving.exists()
         proc.send_signal(signal.SIGINT)
         wait_for(saving.exists, proc)
@@ -265,9 +266,9 @@ def test_more_signals_during_the_save_do_not_damage_it(tmp_path, corpus_file):
 
 def tiny_run(directory, **kw):
     options = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 8}
-    tconfig = tr.TrainConfig(**{"batch_size": 2, "seq_len": 8, "eval_every": 2, "log_every": 1,
+    tconfig = TrainConfig(**{"batch_size": 2, "seq_len": 8, "eval_every": 2, "log_every": 1,
                                 "max_steps": 6, **kw})
-    return tr.start_run(directory, words(), None, options, tconfig)
+    return rundir.start_run(directory, words(), None, options, tconfig)
 
 
 class DiskFull:
@@ -296,7 +297,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_byte_identical
         if event["event"] == "step" and event["step"] == 3:
             break
     # the save at step 2 wrote the state, the latest and the best model: count its writes
-    saved = digests(tmp_path / "run", skip=(tr.LOG_FILE,))
+    saved = digests(tmp_path / "run", skip=(layout.LOG_FILE,))
     writes_per_save = disk.calls
     assert writes_per_save > 6
     disk.calls = 0
@@ -306,11 +307,11 @@ def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_byte_identical
             pass
     message = str(info.value)
     assert "No space left on device" in message and "\n" not in message
-    assert digests(tmp_path / "run", skip=(tr.LOG_FILE,)) == saved
+    assert digests(tmp_path / "run", skip=(layout.LOG_FILE,)) == saved
     assert temp_files(tmp_path / "run") == []
     # resuming continues from step 2 and ends exactly where a run without the full disk ends
     monkeypatch.undo()
-    resumed = tr.resume_run(tmp_path / "run")
+    resumed = rundir.resume_run(tmp_path / "run")
     assert resumed.step == 2
     for _ in tr.train(resumed):
         pass
@@ -338,13 +339,13 @@ def test_a_full_disk_through_the_cli_is_one_line_and_exit_1(tmp_path, corpus_fil
     run = tmp_path / "run"
     code, _, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--eval-every", 1, "-q", "--out", run])
     assert code == 0, err
-    saved = digests(run, skip=(tr.LOG_FILE,))
+    saved = digests(run, skip=(layout.LOG_FILE,))
     disk = DiskFull(monkeypatch)
     disk.fail_at = 3
     code, out, err = invoke(["train", "--resume", run, "--max-steps", 4, "-q"])
     line = assert_one_line_error(code, out, err, "cannot write checkpoint", "No space left on device")
     assert str(run) in line
-    assert digests(run, skip=(tr.LOG_FILE,)) == saved and temp_files(run) == []
+    assert digests(run, skip=(layout.LOG_FILE,)) == saved and temp_files(run) == []
 
 
 def test_run_files_are_created_0644_under_umask_022(tmp_path):
@@ -355,7 +356,7 @@ def test_run_files_are_created_0644_under_umask_022(tmp_path):
     finally:
         os.umask(old)
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {tr.MODEL_FILE, tr.BEST_FILE, tr.STATE_FILE, tr.LOG_FILE, "train.npy", "val.npy"}
+    assert {p.name for p in files} >= {layout.MODEL_FILE, layout.BEST_FILE, layout.STATE_FILE, layout.LOG_FILE, "train.npy", "val.npy"}
     for path in files:
         assert path.stat().st_mode & 0o777 == 0o644, path.name
 
@@ -365,7 +366,7 @@ def test_run_files_are_created_0644_under_umask_022(tmp_path):
 
 def no_nonfinite_values(directory):
     """Every checkpoint in the run loads, which checks that every tensor is finite."""
-    for name in (tr.MODEL_FILE, tr.BEST_FILE):
+    for name in (layout.MODEL_FILE, layout.BEST_FILE):
         params, _, _ = checkpoint.load_model(os.path.join(directory, name))
         assert all(np.isfinite(p).all() for p in params.values())
     arrays, _ = checkpoint.load_state(directory)
@@ -380,12 +381,12 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     run = tmp_path / "run"
     code, _, err = charrnn_run("train", corpus_file, *TINY, *DIVERGING, "--max-steps", 1, "-q", "--out", run)
     assert code == 0, err
-    saved = digests(run, skip=(tr.LOG_FILE,))
+    saved = digests(run, skip=(layout.LOG_FILE,))
     code, out, err = charrnn_run("train", "--resume", run, "--max-steps", 100, "--eval-every", 1000, "-q")
     line = assert_one_line_error(code, out, err, "non-finite at step ")
     bad_step = int(line.split("at step ")[1].split()[0])
     assert bad_step >= 2
-    assert digests(run, skip=(tr.LOG_FILE,)) == saved, "the last good checkpoint changed"
+    assert digests(run, skip=(layout.LOG_FILE,)) == saved, "the last good checkpoint changed"
     assert temp_files(run) == []
 
     # with a save after every step, each checkpoint written is finite and the last is the step before
@@ -402,7 +403,7 @@ def test_an_update_that_overflows_the_weights_stops_before_anything_is_saved(tmp
     code, out, err = charrnn_run("train", corpus_file, *TINY, "--optim", "adam", "--lr", "1e38", "--max-steps", 5,
                                  "--eval-every", 1, "-q", "--out", run)
     assert_one_line_error(code, out, err, "weights became non-finite at step 1", "--lr")
-    assert not (run / tr.STATE_FILE).exists() and not (run / tr.MODEL_FILE).exists()
+    assert not (run / layout.STATE_FILE).exists() and not (run / layout.MODEL_FILE).exists()
     assert temp_files(run) == []
 
 
@@ -452,8 +453,8 @@ def saved_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("saved")
     for name, mode, cell, text in (("stream", "stream", "lstm", words()),
                                    ("lines", "lines", "gru", "\n".join(words(60).split()) + "\n")):
-        tconfig = tr.TrainConfig(mode=mode, batch_size=2, seq_len=8, eval_every=3, log_every=1, max_steps=3)
-        run = tr.start_run(root / name, text, None, {"cell": cell, "layers": 1, "hidden": 8, "embed": 8}, tconfig)
+        tconfig = TrainConfig(mode=mode, batch_size=2, seq_len=8, eval_every=3, log_every=1, max_steps=3)
+        run = rundir.start_run(root / name, text, None, {"cell": cell, "layers": 1, "hidden": 8, "embed": 8}, tconfig)
         for _ in tr.train(run):
             pass
     return root
@@ -483,7 +484,7 @@ def edited_state(source, target, edit):
     edit(arrays, meta)
     for key in ("format_version", "charrnn_version", "kind"):
         meta.pop(key)
-    checkpoint.save_state(target / tr.STATE_FILE, arrays, meta)
+    checkpoint.save_state(target / layout.STATE_FILE, arrays, meta)
     return target
 
 
@@ -535,7 +536,7 @@ def test_a_state_file_whose_contents_lie_is_refused_before_use(saved_runs, tmp_p
     run = edited_state(saved_runs / "stream", tmp_path / "run", HOSTILE_STATES[what])
     before = digests(run)
     with pytest.raises(CheckpointError) as info:
-        tr.resume_run(run, {"max_steps": 6})
+        rundir.resume_run(run, {"max_steps": 6})
     assert "\n" not in str(info.value)
     assert digests(run) == before
 
@@ -552,7 +553,7 @@ def test_non_finite_options_are_refused_before_they_reach_a_checkpoint(tmp_path,
 def test_a_hostile_state_file_through_the_cli_is_one_line(saved_runs, tmp_path):
     run = edited_state(saved_runs / "stream", tmp_path / "run", HOSTILE_STATES["carried state of the wrong shape"])
     code, out, err = invoke(["train", "--resume", run, "--max-steps", 6])
-    assert_one_line_error(code, out, err, str(run / tr.STATE_FILE), "carry/0")
+    assert_one_line_error(code, out, err, str(run / layout.STATE_FILE), "carry/0")
 
 
 def _offsets(ids_len, offsets):
@@ -580,7 +581,7 @@ def test_tampered_line_offsets_are_refused_before_use(saved_runs, tmp_path, whic
         shutil.copytree(source, run)
         np.save(run / "data" / f"{which}_offsets.npy", bad.astype(np.int64))
         with pytest.raises(CheckpointError, match=f"{which}_offsets.npy"):
-            tr.resume_run(run, {"max_steps": 6})
+            rundir.resume_run(run, {"max_steps": 6})
 
 
 SCALARS = (st.none() | st.booleans() | st.integers(-3, 3) | st.integers(-2**70, 2**70) | st.floats(-3, 3)
@@ -600,7 +601,7 @@ def test_model_metadata_that_lies_is_one_line_for_sample_eval_and_info(saved_run
     for i, (what, edit) in enumerate(HOSTILE_MODEL_META.items()):
         run = tmp_path / f"run-{i}"
         shutil.copytree(saved_runs / "stream", run)
-        for name in (tr.MODEL_FILE, tr.BEST_FILE):
+        for name in (layout.MODEL_FILE, layout.BEST_FILE):
             params, config, meta = checkpoint.load_model(run / name)
             edit(meta)
             checkpoint.save_model(run / name, params, config,
@@ -645,7 +646,7 @@ def test_fuzz_the_state_metadata(saved_runs, tmp_path_factory, section, data):
     except CheckpointError:
         return  # not even writable (NaN, or a string the JSON encoder refuses)
     try:
-        resumed = tr.resume_run(run, {"max_steps": 5})
+        resumed = rundir.resume_run(run, {"max_steps": 5})
     except CheckpointError:
         return
     try:
@@ -755,7 +756,7 @@ def test_a_hostile_corpus_is_a_one_line_error_or_trains(corpus_outcomes, name):
         assert not run.exists(), "a refused corpus left files behind"
         return
     assert code == 0, err
-    _, config, meta = checkpoint.load_model(run / tr.MODEL_FILE)
+    _, config, meta = checkpoint.load_model(run / layout.MODEL_FILE)
     assert meta["training"]["step"] == 2
     tokens = meta["tokens"]
     assert "\r" not in tokens and "\ufeff" not in tokens  # newlines normalized, BOM dropped

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, train as tr
+from charrnn import checkpoint, layout
 
 PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = ("elapsed", "chars_per_sec")  # the only logged fields allowed to differ
@@ -51,13 +51,14 @@ EXTRA_STEPS = 3  # N = steps_per_epoch + EXTRA_STEPS: the run crosses one epoch 
 # a stop request and its save) for every k; prints {"steps_per_epoch", "n", "ks"} as JSON.
 DRIVER = r"""
 import json, sys
-from charrnn import corpus, train as tr
+from charrnn import corpus, rundir, train as tr
+from charrnn.config import TrainConfig
 spec = json.loads(sys.argv[1])
 text = corpus.read_text(spec["corpus"])
 
 def start(directory, max_steps):
-    tconfig = tr.TrainConfig(**spec["train"], max_steps=max_steps)
-    return tr.start_run(directory, text, None, spec["model"], tconfig)
+    tconfig = TrainConfig(**spec["train"], max_steps=max_steps)
+    return rundir.start_run(directory, text, None, spec["model"], tconfig)
 
 probe = start(spec["root"] + "/probe", 1)
 spe = probe.steps_per_epoch
@@ -76,9 +77,9 @@ print(json.dumps({"steps_per_epoch": spe, "n": n, "ks": ks}))
 # Resumes each run directory given, in a fresh pinned process, through the library.
 RESUMER = r"""
 import sys
-from charrnn import train as tr
+from charrnn import rundir, train as tr
 for directory in sys.argv[1:]:
-    run = tr.resume_run(directory)
+    run = rundir.resume_run(directory)
     for _ in tr.train(run):
         pass
 """
@@ -97,7 +98,7 @@ def finish(proc, timeout=120):
 
 
 def read_log(directory):
-    with open(os.path.join(directory, tr.LOG_FILE), encoding="utf-8") as f:
+    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
@@ -109,8 +110,8 @@ def differences(dir_a, dir_b) -> list[str]:
     its timing fields.
     """
     found = []
-    a, meta_a = checkpoint.load_state(os.path.join(dir_a, tr.STATE_FILE))
-    b, meta_b = checkpoint.load_state(os.path.join(dir_b, tr.STATE_FILE))
+    a, meta_a = checkpoint.load_state(os.path.join(dir_a, layout.STATE_FILE))
+    b, meta_b = checkpoint.load_state(os.path.join(dir_b, layout.STATE_FILE))
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b:
             found.append(f"state {name} missing")
@@ -125,7 +126,7 @@ def differences(dir_a, dir_b) -> list[str]:
     for key in ("model", "train", "vocab"):
         if meta_a[key] != meta_b[key]:
             found.append(f"state meta {key}")
-    for name in (tr.MODEL_FILE, tr.BEST_FILE):
+    for name in (layout.MODEL_FILE, layout.BEST_FILE):
         ma, _, meta_ma = checkpoint.load_model(os.path.join(dir_a, name))
         mb, _, meta_mb = checkpoint.load_model(os.path.join(dir_b, name))
         found += [f"{name} {k}" for k in ma if ma[k].tobytes() != mb[k].tobytes()]
@@ -237,7 +238,7 @@ def test_resume_comparison_fails_when_a_saved_component_is_lost(prepared):
             mutate(arrays, meta)
             for key in ("format_version", "charrnn_version", "kind"):
                 meta.pop(key)
-            checkpoint.save_state(target / tr.STATE_FILE, arrays, meta)
+            checkpoint.save_state(target / layout.STATE_FILE, arrays, meta)
         targets[what] = target
     assert len(mutations) == len(MUTATIONS) + 11  # and the 11 parameters of a 2-layer LSTM
     finish(python("-c", RESUMER, *targets.values()))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cells, cli, model, sampling
+from charrnn import cells, cli, model, rundir, sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.vocab import BOS, EOS, UNK
 from tiny_runs import invoke, make_run
@@ -52,7 +52,7 @@ def greedy_reference(params, config, start, length):
 
 
 def model_of(run_dir):
-    params, config, vocab, _, _ = cli.load(str(run_dir))
+    params, config, vocab, _, _ = rundir.load_checkpoint(str(run_dir))
     return params, config, vocab
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from charrnn import checkpoint, optim, train as tr
+from charrnn import checkpoint, layout, optim, rundir, train as tr
+from charrnn.config import TrainConfig
 from charrnn.errors import ConfigError, CorpusError, TrainingError
 
 NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
@@ -34,7 +35,7 @@ def model_options(**kw):
 
 def tconfig(**kw):
     base = {"batch_size": 3, "seq_len": 8, "eval_every": 4, "log_every": 2, "max_steps": 12}
-    return tr.TrainConfig(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def run_all(run, should_stop=lambda: False):
@@ -42,21 +43,21 @@ def run_all(run, should_stop=lambda: False):
 
 
 def read_log(directory):
-    with open(os.path.join(directory, tr.LOG_FILE), encoding="utf-8") as f:
+    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
 def assert_same_state(dir_a, dir_b):
-    a, meta_a = checkpoint.load_state(os.path.join(dir_a, tr.STATE_FILE))
-    b, meta_b = checkpoint.load_state(os.path.join(dir_b, tr.STATE_FILE))
+    a, meta_a = checkpoint.load_state(os.path.join(dir_a, layout.STATE_FILE))
+    b, meta_b = checkpoint.load_state(os.path.join(dir_b, layout.STATE_FILE))
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].dtype == b[name].dtype, name
         assert np.array_equal(a[name], b[name]), f"{name} differs"
     assert meta_a["progress"]["step"] == meta_b["progress"]["step"]
     assert meta_a["progress"]["best_val"] == meta_b["progress"]["best_val"]
-    pa, _, _ = checkpoint.load_model(os.path.join(dir_a, tr.MODEL_FILE))
-    pb, _, _ = checkpoint.load_model(os.path.join(dir_b, tr.MODEL_FILE))
+    pa, _, _ = checkpoint.load_model(os.path.join(dir_a, layout.MODEL_FILE))
+    pb, _, _ = checkpoint.load_model(os.path.join(dir_b, layout.MODEL_FILE))
     for name in pa:
         assert np.array_equal(pa[name], pb[name]), f"model {name} differs"
 
@@ -80,19 +81,19 @@ def resume_corpus(mode):
 @pytest.mark.parametrize("mode, model_kw, train_kw", RESUME_CASES)
 def test_interrupted_run_resumes_bit_exactly(tmp_path, mode, model_kw, train_kw):
     text = resume_corpus(mode)
-    whole = tr.start_run(tmp_path / "whole", text, None, model_options(**model_kw),
+    whole = rundir.start_run(tmp_path / "whole", text, None, model_options(**model_kw),
                          tconfig(mode=mode, max_steps=16, **train_kw))
     assert whole.steps_per_epoch < 16
     run_all(whole)
 
-    part = tr.start_run(tmp_path / "part", text, None, model_options(**model_kw),
+    part = rundir.start_run(tmp_path / "part", text, None, model_options(**model_kw),
                         tconfig(mode=mode, max_steps=16, **train_kw))
     events = run_all(part, should_stop=lambda: part.step >= 5)
     assert events[-1]["event"] == "end" and events[-1]["reason"] == "interrupted"
-    _, meta = checkpoint.load_state(tmp_path / "part" / tr.STATE_FILE)
+    _, meta = checkpoint.load_state(tmp_path / "part" / layout.STATE_FILE)
     assert meta["progress"]["step"] == 5
 
-    resumed = tr.resume_run(tmp_path / "part")
+    resumed = rundir.resume_run(tmp_path / "part")
     assert resumed.step == 5
     events = run_all(resumed)
     assert events[-1]["reason"] == "max_steps" and events[-1]["step"] == 16
@@ -104,16 +105,16 @@ def test_resume_from_a_periodic_save_after_a_crash_is_exact(tmp_path, mode):
     """A process killed between saves resumes from the last --eval-every save, exactly."""
     text = resume_corpus(mode)
     kw = dict(mode=mode, max_steps=14, optim="adam", schedule="cosine", warmup=2)
-    whole = tr.start_run(tmp_path / "whole", text, None, model_options(), tconfig(**kw))
+    whole = rundir.start_run(tmp_path / "whole", text, None, model_options(), tconfig(**kw))
     run_all(whole)
 
-    crashed = tr.start_run(tmp_path / "crashed", text, None, model_options(), tconfig(**kw))
+    crashed = rundir.start_run(tmp_path / "crashed", text, None, model_options(), tconfig(**kw))
     events = tr.train(crashed)
     for event in events:  # abandon the generator after step 6: the last save is step 4's
         if event["event"] == "step" and event["step"] == 6:
             break
     events.close()
-    resumed = tr.resume_run(tmp_path / "crashed")
+    resumed = rundir.resume_run(tmp_path / "crashed")
     assert resumed.step == 4
     run_all(resumed)
     assert_same_state(tmp_path / "whole", tmp_path / "crashed")
@@ -122,9 +123,9 @@ def test_resume_from_a_periodic_save_after_a_crash_is_exact(tmp_path, mode):
 def test_log_lines_after_resume_match_an_uninterrupted_run(tmp_path):
     """Losses already written to the log are not averaged into the next line again after a resume."""
     text = stream_text()
-    run_all(tr.start_run(tmp_path / "a", text, None, model_options(), tconfig(max_steps=12)))
-    run_all(tr.start_run(tmp_path / "b", text, None, model_options(), tconfig(max_steps=4)))
-    run_all(tr.resume_run(tmp_path / "b", {"max_steps": 12}))
+    run_all(rundir.start_run(tmp_path / "a", text, None, model_options(), tconfig(max_steps=12)))
+    run_all(rundir.start_run(tmp_path / "b", text, None, model_options(), tconfig(max_steps=4)))
+    run_all(rundir.resume_run(tmp_path / "b", {"max_steps": 12}))
 
     def comparable(records):
         return [{k: v for k, v in r.items() if k not in ("elapsed", "chars_per_sec")} for r in records]
@@ -134,7 +135,7 @@ def test_log_lines_after_resume_match_an_uninterrupted_run(tmp_path):
 
 
 def test_log_records_and_final_evaluation(tmp_path):
-    run = tr.start_run(tmp_path / "r", stream_text(), None, model_options(),
+    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(),
                        tconfig(max_steps=11, eval_every=4, log_every=3))
     events = run_all(run)
     log = read_log(tmp_path / "r")
@@ -161,25 +162,25 @@ def test_log_records_and_final_evaluation(tmp_path):
 
 
 def test_best_checkpoint_holds_the_lowest_validation_loss(tmp_path):
-    run = tr.start_run(tmp_path / "r", "abc" * 200, None, model_options(),
+    run = rundir.start_run(tmp_path / "r", "abc" * 200, None, model_options(),
                        tconfig(max_steps=30, eval_every=5, lr=0.02))
     run_all(run)
     vals = [r["val_loss"] for r in read_log(tmp_path / "r") if "val_loss" in r]
-    best_params, config, meta = checkpoint.load_model(tmp_path / "r" / tr.BEST_FILE)
+    best_params, config, meta = checkpoint.load_model(tmp_path / "r" / layout.BEST_FILE)
     assert meta["training"]["best_val_loss"] == min(vals)
     run.params = best_params
     assert tr.validation_loss(run) == pytest.approx(min(vals), rel=1e-6)
     # the latest model is self-contained: plain safetensors, PyTorch names, vocabulary in the metadata
-    tensors = safetensors.numpy.load_file(tmp_path / "r" / tr.MODEL_FILE)
+    tensors = safetensors.numpy.load_file(tmp_path / "r" / layout.MODEL_FILE)
     assert {"embedding.weight", "rnn.weight_ih_l0", "head.weight", "head.bias"} <= set(tensors)
-    _, config, meta = checkpoint.load_model(tmp_path / "r" / tr.MODEL_FILE)
+    _, config, meta = checkpoint.load_model(tmp_path / "r" / layout.MODEL_FILE)
     assert meta["tokens"][3:] == ["a", "b", "c"]
     assert meta["data"]["mode"] == "stream" and meta["level"] == "char"
     assert config.vocab_size == len(meta["tokens"])
 
 
 def test_validation_loss_falls_on_a_learnable_corpus(tmp_path):
-    run = tr.start_run(tmp_path / "r", "abc" * 300, None, model_options(),
+    run = rundir.start_run(tmp_path / "r", "abc" * 300, None, model_options(),
                        tconfig(batch_size=4, seq_len=12, max_steps=100, eval_every=20, log_every=20, lr=0.1))
     initial = tr.validation_loss(run)
     assert initial == pytest.approx(math.log(run.vocab.size), abs=0.5)
@@ -191,30 +192,30 @@ def test_validation_loss_falls_on_a_learnable_corpus(tmp_path):
 
 def test_budgets_count_the_whole_run(tmp_path):
     text = stream_text()
-    run = tr.start_run(tmp_path / "r", text, None, model_options(), tconfig(max_steps=5))
+    run = rundir.start_run(tmp_path / "r", text, None, model_options(), tconfig(max_steps=5))
     assert run_all(run)[-1]["step"] == 5
-    run = tr.resume_run(tmp_path / "r", {"max_steps": 9})
+    run = rundir.resume_run(tmp_path / "r", {"max_steps": 9})
     events = run_all(run)
     assert sum(e["event"] == "step" for e in events) == 4
     assert events[-1]["step"] == 9
 
-    run = tr.start_run(tmp_path / "e", text, None, model_options(), tconfig(max_steps=None, max_epochs=1.5))
+    run = rundir.start_run(tmp_path / "e", text, None, model_options(), tconfig(max_steps=None, max_epochs=1.5))
     events = run_all(run)
     assert events[-1]["reason"] == "max_epochs"
     assert events[-1]["step"] == math.ceil(1.5 * run.steps_per_epoch)
 
-    run = tr.start_run(tmp_path / "t", text, None, model_options(), tconfig(max_steps=None, max_time=0.3))
+    run = rundir.start_run(tmp_path / "t", text, None, model_options(), tconfig(max_steps=None, max_time=0.3))
     events = run_all(run)
     assert events[-1]["reason"] == "max_time"
     assert events[-1]["elapsed"] >= 0.3
-    _, meta = checkpoint.load_state(tmp_path / "t" / tr.STATE_FILE)
+    _, meta = checkpoint.load_state(tmp_path / "t" / layout.STATE_FILE)
     assert meta["progress"]["elapsed"] == events[-1]["elapsed"]
 
 
 def test_resume_at_a_reached_budget_writes_nothing(tmp_path):
-    run_all(tr.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=6)))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=6)))
     before = {name: (tmp_path / "r" / name).read_bytes() for name in os.listdir(tmp_path / "r") if name != "data"}
-    events = run_all(tr.resume_run(tmp_path / "r", {"max_steps": 6}))
+    events = run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 6}))
     assert [e["event"] for e in events] == ["start", "end"]
     assert events[-1]["step"] == 6
     after = {name: (tmp_path / "r" / name).read_bytes() for name in os.listdir(tmp_path / "r") if name != "data"}
@@ -223,8 +224,8 @@ def test_resume_at_a_reached_budget_writes_nothing(tmp_path):
 
 def test_cosine_schedule_spans_a_budget_extended_on_resume(tmp_path):
     kw = dict(schedule="cosine", warmup=2, lr=0.01, log_every=1, eval_every=100)
-    run_all(tr.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=8, **kw)))
-    run_all(tr.resume_run(tmp_path / "r", {"max_steps": 16}))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=8, **kw)))
+    run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 16}))
     lrs = [r["lr"] for r in read_log(tmp_path / "r")]
     assert len(lrs) == 16
     assert lrs[0] < lrs[1] == pytest.approx(0.01)
@@ -236,12 +237,12 @@ def test_cosine_schedule_spans_a_budget_extended_on_resume(tmp_path):
 
 
 def test_resume_refuses_options_that_define_the_run(tmp_path):
-    run_all(tr.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2)))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2)))
     for key, value in (("batch_size", 5), ("lr", 0.1), ("mode", "lines"), ("seed", 3)):
         with pytest.raises(ConfigError, match=key.replace("_", "-")):
-            tr.resume_run(tmp_path / "r", {key: value})
+            rundir.resume_run(tmp_path / "r", {key: value})
     with pytest.raises(ConfigError, match="max-steps"):
-        tr.resume_run(tmp_path / "r", {"max_steps": 0})
+        rundir.resume_run(tmp_path / "r", {"max_steps": 0})
 
 
 def poison_steps(monkeypatch, bad_steps):
@@ -256,23 +257,23 @@ def poison_steps(monkeypatch, bad_steps):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     poison_steps(monkeypatch, {3})
-    run = tr.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(eval_every=2, log_every=1))
+    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(eval_every=2, log_every=1))
     events = tr.train(run)
     with pytest.raises(TrainingError, match="non-finite at step 3"):
         for _ in events:
             pass
-    saved = {name: (tmp_path / "r" / name).read_bytes() for name in (tr.STATE_FILE, tr.MODEL_FILE)}
-    _, meta = checkpoint.load_state(tmp_path / "r" / tr.STATE_FILE)
+    saved = {name: (tmp_path / "r" / name).read_bytes() for name in (layout.STATE_FILE, layout.MODEL_FILE)}
+    _, meta = checkpoint.load_state(tmp_path / "r" / layout.STATE_FILE)
     assert meta["progress"]["step"] == 2
     assert [r["step"] for r in read_log(tmp_path / "r")] == [1, 2]
     monkeypatch.undo()
-    run = tr.resume_run(tmp_path / "r")
+    run = rundir.resume_run(tmp_path / "r")
     assert run.step == 2 and saved == {name: (tmp_path / "r" / name).read_bytes() for name in saved}
 
 
 def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
     poison_steps(monkeypatch, {2, 3})
-    run = tr.start_run(tmp_path / "r", stream_text(), None, model_options(),
+    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(),
                        tconfig(max_steps=6, log_every=2, on_nonfinite="skip"))
     events = run_all(run)
     assert events[-1]["step"] == 6 and events[-1]["skipped"] == 2
@@ -289,10 +290,10 @@ def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
 def test_a_corpus_too_short_for_one_window_leaves_no_files(tmp_path):
     out = tmp_path / "r"
     with pytest.raises(CorpusError, match=r"19 tokens long .* needs at least 25"):
-        tr.start_run(out, "x" * 21, None, model_options(), tconfig(batch_size=3, seq_len=8))
+        rundir.start_run(out, "x" * 21, None, model_options(), tconfig(batch_size=3, seq_len=8))
     assert not out.exists()
     with pytest.raises(CorpusError, match="at least one non-empty"):
-        tr.start_run(out, "\n  \n\n", None, model_options(), tconfig(mode="lines"))
+        rundir.start_run(out, "\n  \n\n", None, model_options(), tconfig(mode="lines"))
     assert not out.exists()
 
 
@@ -303,37 +304,37 @@ def test_invalid_options_are_refused_before_any_file_is_written(tmp_path):
                  dict(max_steps=0)]
     for kw in bad_train:
         with pytest.raises(ConfigError):
-            tr.start_run(out, stream_text(), None, model_options(), tconfig(**kw))
+            rundir.start_run(out, stream_text(), None, model_options(), tconfig(**kw))
     for kw in (dict(hidden=-4), dict(dropout=1.5), dict(cell="transformer"), dict(dtype="float16")):
         with pytest.raises(ConfigError):
-            tr.start_run(out, stream_text(), None, model_options(**kw), tconfig())
+            rundir.start_run(out, stream_text(), None, model_options(**kw), tconfig())
     assert not out.exists()
 
 
 def test_lines_mode_holds_out_whole_lines_and_scores_them(tmp_path):
-    run = tr.start_run(tmp_path / "r", lines_text(), None, model_options(), tconfig(mode="lines", val_frac=0.2))
+    run = rundir.start_run(tmp_path / "r", lines_text(), None, model_options(), tconfig(mode="lines", val_frac=0.2))
     n_lines = len(NAMES) + 14
     n_val = int(n_lines * 0.2)
     assert len(run.train_offsets) - 1 == n_lines - n_val
     assert len(run.val_offsets) - 1 == n_val
     events = run_all(run)
     assert math.isfinite(events[-1]["val_loss"])
-    _, _, meta = checkpoint.load_model(tmp_path / "r" / tr.MODEL_FILE)
+    _, _, meta = checkpoint.load_model(tmp_path / "r" / layout.MODEL_FILE)
     assert meta["data"]["mode"] == "lines"
 
 
 def test_lines_vocabulary_holds_only_the_lines_tokens(tmp_path):
     text = "anna bob\ncarl\ndave emma\n" * 6
     for level, expected in (("char", set("anna bob carl dave emma")), ("word", {"anna", "bob", "carl", "dave", "emma", " "})):
-        run = tr.start_run(tmp_path / level, text, None, model_options(), tconfig(mode="lines", level=level))
+        run = rundir.start_run(tmp_path / level, text, None, model_options(), tconfig(mode="lines", level=level))
         assert set(run.vocab.tokens[3:]) == expected  # no "\n", no words merged across lines
         assert run_all(run)[-1]["step"] == 12
 
 
 def test_training_reads_compact_memory_mapped_ids(tmp_path):
-    run = tr.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2))
+    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2))
     assert isinstance(run.train_ids, np.memmap) and run.train_ids.dtype == np.uint8
     run_all(run)
-    resumed = tr.resume_run(tmp_path / "r")
+    resumed = rundir.resume_run(tmp_path / "r")
     assert isinstance(resumed.train_ids, np.memmap) and resumed.train_ids.dtype == np.uint8
     assert np.array_equal(resumed.train_ids, run.vocab.encode(stream_text()[: len(run.train_ids)]))

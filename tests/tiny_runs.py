@@ -1,6 +1,6 @@
 """Tiny run directories for the sample and eval tests, written the way the trainer writes them.
 
-`make_run` saves random weights with the metadata `train.model_meta` produces
+`make_run` saves random weights with the metadata `rundir.model_meta` produces
 (tokens, special ids, level, data mode), plus the held-out ids under data/, so
 sample and eval see exactly what they see after `charrnn train`. `invoke` runs
 the real console entry point (`cli.main`, which turns library errors into one
@@ -14,7 +14,7 @@ import os
 import numpy as np
 from click.testing import CliRunner
 
-from charrnn import checkpoint, cli, corpus, model, train
+from charrnn import checkpoint, cli, corpus, layout, model
 from charrnn.model import ModelConfig
 from charrnn.vocab import SPECIAL_TOKENS, Vocab
 
@@ -37,7 +37,7 @@ def make_run(directory, chars: str, *, mode: str = "stream", cell: str = "lstm",
     meta = {"tokens": list(vocab.tokens), "special": vocab.special, "level": vocab.level,
             "data": {"mode": mode, "level": vocab.level, "seq_len": 16}}
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
-    model_file = os.path.join(directory, train.MODEL_FILE)
+    model_file = os.path.join(directory, layout.MODEL_FILE)
     checkpoint.save_model(model_file, params, config, meta)
     if val_text is not None:
         if mode == "lines":

@@ -1,0 +1,13 @@
+"""The names of the files in a run directory, and where runs live by default.
+
+A leaf: it imports nothing, so both the checkpoint format (which opens a run
+directory's model or state file) and the run directory code can share it.
+"""
+
+CHECKPOINTS = "checkpoints"         # runs live in checkpoints/<name> unless --out says otherwise
+MODEL_FILE = "model.safetensors"    # latest weights + config + vocabulary (self-contained)
+BEST_FILE = "best.safetensors"      # the weights with the lowest validation loss so far
+STATE_FILE = "state.safetensors"    # everything needed to resume exactly (weights too)
+LOG_FILE = "log.jsonl"              # one JSON object per logging step, appended to on resume
+PLOT_FILE = "loss.png"              # what `charrnn plot` writes by default
+DATA_DIR = "data"                   # the encoded training and validation ids (memory-mapped)

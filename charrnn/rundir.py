@@ -1,0 +1,461 @@
+"""A run directory: preparing, starting, resuming and saving a run; finding and loading its model.
+
+`start_run` (a new run) and `resume_run` (continue one) return a `Run`, which
+the loop in train.py advances and `save_checkpoint` writes. A run directory
+holds the files named in layout.py:
+
+    model.safetensors   latest weights + config + vocabulary (self-contained)
+    best.safetensors    the weights with the lowest validation loss so far
+    state.safetensors   everything needed to resume exactly (weights too)
+    log.jsonl           one JSON object per logging step, appended to on resume
+    data/               the encoded training and validation ids (memory-mapped)
+
+Exact resume needs no RNG state: batches are fixed by the step number (and
+for lines mode, a permutation seeded by (seed, epoch)), and dropout masks are
+drawn from a generator seeded by (seed, step). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import batches, checkpoint, corpus, model, optim
+from .config import MODES, RESUMABLE, TrainConfig, is_number
+from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
+from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LOG_FILE, MODEL_FILE, STATE_FILE
+from .model import ModelConfig
+from .vocab import Vocab, build_vocab
+
+# Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
+MAX_LINE_CHARS = 10_000
+
+
+@dataclass
+class Run:
+    """Everything the loop needs; mutable, owned by one training process."""
+    directory: str
+    config: ModelConfig
+    tconfig: TrainConfig
+    vocab: Vocab
+    params: dict
+    optimizer: optim.Optimizer
+    train_ids: np.ndarray              # (N,) encoded training text (memory-mapped)
+    val_ids: np.ndarray                # (M,) encoded validation text (memory-mapped)
+    train_offsets: np.ndarray | None   # lines mode: (n_lines + 1,) line boundaries
+    val_offsets: np.ndarray | None
+    step: int = 0                      # optimizer updates taken so far
+    carry: tuple | None = None         # stream mode: hidden state carried into the next window
+    best_val: float = math.inf
+    elapsed: float = 0.0               # wall seconds spent training, over all sessions
+    schedule_steps: int | None = None  # total steps the cosine schedule spans
+    skipped: int = 0                   # non-finite steps skipped
+    log_sum: float = 0.0               # loss summed since the last log line
+    log_count: int = 0
+    log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
+    extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.tconfig.mode == "stream":
+            return batches.stream_windows(len(self.train_ids), self.tconfig.batch_size, self.tconfig.seq_len)
+        return math.ceil((len(self.train_offsets) - 1) / self.tconfig.batch_size)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+
+
+# ---------------------------------------------------------------- preparing a run
+
+
+def data_dir(directory) -> str:
+    """Where a run keeps its encoded ids."""
+    return os.path.join(directory, DATA_DIR)
+
+
+def _data_path(directory, name):
+    return os.path.join(directory, DATA_DIR, name)
+
+
+def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig) -> Vocab:
+    """Build the vocabulary from the training text and store encoded ids under directory/data.
+
+    - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
+    Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
+    Everything is encoded and checked before the first file is written, so a corpus
+    that cannot train leaves no files behind.
+    """
+    arrays = {}
+    if tconfig.mode == "stream":
+        if val_text is None and tconfig.level == "char":
+            # one token per character: encode the whole text once and split the ids, so that no
+            # copy of the text is held beside it (peak memory: the text plus its ids)
+            cut = corpus.split_index(len(train_text), tconfig.val_frac)
+            vocab = build_vocab(train_text[:cut], "char", tconfig.min_count, tconfig.max_vocab)
+            ids = vocab.encode(train_text)
+            arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
+        else:
+            if val_text is None:
+                train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
+            vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+            arrays["train.npy"] = vocab.encode(train_text)
+            arrays["val.npy"] = vocab.encode(val_text)
+        # raises CorpusError (with the length and what is needed) when the text is too short for one batch
+        batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
+    else:
+        lines = corpus.split_lines(train_text)
+        _check_line_lengths(lines)
+        if val_text is None:
+            # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
+            order = np.random.default_rng(tconfig.seed).permutation(len(lines))
+            n_val = int(len(lines) * tconfig.val_frac)
+            val_lines = [lines[i] for i in np.sort(order[:n_val])]
+            lines = [lines[i] for i in np.sort(order[n_val:])]
+        else:
+            val_lines = corpus.split_lines(val_text)
+            _check_line_lengths(val_lines, "validation ")
+        if not lines:
+            raise CorpusError("lines mode needs at least one non-empty training line")
+        vocab = _lines_vocab(lines, tconfig)
+        for name, part in (("train", lines), ("val", val_lines)):
+            arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
+    os.makedirs(data_dir(directory), exist_ok=True)
+    checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
+    for name, ids in arrays.items():
+        corpus.save_ids(_data_path(directory, name), ids)
+    return vocab
+
+
+def _check_line_lengths(lines: list[str], which: str = "") -> None:
+    """CorpusError when a line is too long to be one example of lines mode."""
+    longest = max(map(len, lines), default=0)
+    if longest > MAX_LINE_CHARS:
+        raise CorpusError(f"a {which}line is {longest:,} characters long, but lines mode takes each line as one "
+                          f"example of at most {MAX_LINE_CHARS:,}; train on long text with --mode stream")
+
+
+def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
+    """The vocabulary of lines mode: the lines' tokens only.
+
+    No "\n" token: lines hold none, and a sampler that could emit one would
+    break the one-line-per-sample output. At word level the lines are joined
+    with "\n" (so words of neighbouring lines do not merge) and that token is
+    dropped afterwards, which may leave one token fewer than --max-vocab.
+    """
+    if tconfig.level == "char":
+        return build_vocab("".join(lines), "char", tconfig.min_count, tconfig.max_vocab)
+    vocab = build_vocab("\n".join(lines), "word", tconfig.min_count, tconfig.max_vocab)
+    return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
+
+
+def _read_split(directory, split: str, lines: bool):
+    """(ids, offsets or None) of a stored split ("train" or "val"); offsets only in lines mode, unchecked."""
+    ids = corpus.load_ids(_data_path(directory, f"{split}.npy"))
+    return ids, corpus.load_ids(_data_path(directory, f"{split}_offsets.npy")) if lines else None
+
+
+def _load_data(directory, mode):
+    lines = mode == "lines"
+    try:
+        (train_ids, train_off), (val_ids, val_off) = (_read_split(directory, s, lines) for s in ("train", "val"))
+    except Exception as exc:  # the data folder is part of the run: any failure is a broken run
+        raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
+    if lines:
+        try:
+            corpus.check_offsets(train_off, len(train_ids), "train_offsets.npy", min_lines=1)
+            corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
+        except CorpusError as exc:
+            raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {exc}") from None
+    return train_ids, val_ids, train_off, val_off
+
+
+def load_heldout(model_file: str, lines: bool):
+    """(ids, offsets or None) of the validation split stored in the run beside model_file, for scoring.
+
+    ConfigError when there is none (a model file copied out of its run); CorpusError for damaged offsets.
+    """
+    directory = os.path.dirname(model_file)
+    try:
+        ids, offsets = _read_split(directory, "val", lines)
+    except CharRNNError:
+        raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
+    if lines:
+        corpus.check_offsets(offsets, len(ids), _data_path(directory, "val_offsets.npy"))
+    return ids, offsets
+
+
+def holds_run(directory) -> bool:
+    return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
+
+
+def start_run(directory, train_text: str, val_text: str | None, config_options: dict,
+              tconfig: TrainConfig) -> Run:
+    """Create a new run directory and initialize the model.
+
+    - config_options: ModelConfig fields except vocab_size (taken from the vocabulary)
+    Refuses a directory that already holds a run, so nothing is overwritten.
+    """
+    tconfig.check()
+    if holds_run(directory):
+        raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
+                          f"or choose another --out")
+    ModelConfig(vocab_size=4, **config_options)  # fail on bad options before any file is written
+    vocab = prepare_data(directory, train_text, val_text, tconfig)
+    config = ModelConfig(vocab_size=vocab.size, **config_options)
+    params = model.init_params(config, np.random.default_rng(tconfig.seed))
+    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    run = Run(directory, config, tconfig, vocab, params,
+              optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()),
+              train_ids, val_ids, train_off, val_off)
+    return run
+
+
+def resume_run(directory, overrides: dict | None = None) -> Run:
+    """Load a run for continuing exactly where it stopped.
+
+    - overrides: new values for options in RESUMABLE (budgets and cadence)
+    """
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"cannot resume: {directory} is not a run directory")
+    checkpoint.cleanup_temp_files(directory)
+    if not os.path.exists(os.path.join(directory, STATE_FILE)):
+        raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
+    where = os.path.join(directory, STATE_FILE)
+    arrays, meta = checkpoint.load_state(where)
+    # everything in the file is checked before use: a hostile state file gets a CheckpointError
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+        tconfig = TrainConfig.from_dict(meta["train"])
+        tconfig.check()
+        vocab = Vocab.from_dict(meta["vocab"])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"{where}: missing or malformed entry {exc}") from None
+    except CheckpointError:
+        raise
+    except CharRNNError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    progress = _checked_progress(meta.get("progress"), where)
+    if vocab.size != config.vocab_size:
+        raise CheckpointError(f"{where}: {vocab.size} tokens in the vocabulary, but the model has {config.vocab_size}")
+    budget_before = (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
+    for key, value in (overrides or {}).items():
+        if key not in RESUMABLE:
+            raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming a run")
+        setattr(tconfig, key, value)
+    tconfig.check()
+    budget_changed = budget_before != (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
+
+    # in param_shapes order, as a new run has them: sums over the parameters (the gradient norm) then
+    # add in the same order, bit for bit; any others are kept for check_params to name
+    params = {name: arrays.pop(f"param/{name}") for name in model.param_shapes(config) if f"param/{name}" in arrays}
+    params.update({k[len("param/"):]: arrays.pop(k) for k in [k for k in arrays if k.startswith("param/")]})
+    checkpoint.check_params(params, config, where)
+    carry = _checked_carry(arrays, config, tconfig, where)
+    unknown = sorted(k for k in arrays if not k.startswith("optim/"))
+    if unknown:
+        raise CheckpointError(f"{where}: unexpected tensors {', '.join(unknown[:5])}")
+    optimizer = optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options())
+    try:
+        optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
+              carry=carry)
+    for key, value in progress.items():
+        setattr(run, key, value)
+    run.best_val = math.inf if run.best_val is None else run.best_val
+    _cut_log(run)
+    if budget_changed:
+        # the cosine schedule spans the whole run's budget: a new budget moves its end
+        run.schedule_steps = None
+    return run
+
+
+# progress counters of a state file: name -> (kind, whether it may be null)
+_PROGRESS = {"step": ("count", False), "skipped": ("count", False), "log_count": ("count", False),
+             "log_bytes": ("count", False), "schedule_steps": ("count", True),
+             "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True)}
+
+
+def _checked_progress(progress, where: str) -> dict:
+    """The progress counters of a state file, each checked; CheckpointError names the first bad one."""
+    if not isinstance(progress, dict):
+        raise CheckpointError(f"{where}: 'progress' is missing or not a JSON object")
+    out = {}
+    for key, (kind, nullable) in _PROGRESS.items():
+        value = progress.get(key, 0 if key == "log_bytes" else ...)  # log_bytes: absent in older files
+        if value is None and nullable:
+            out[key] = None
+            continue
+        if not (is_number(value, integer=True) and 0 <= value < 2**63 if kind == "count" else is_number(value)):
+            what = "a non-negative integer" if kind == "count" else "a finite number"
+            shown = "missing" if value is ... else f"{value!r:.40}"
+            raise CheckpointError(f"{where}: progress {key} is {shown}, expected {what}"
+                                  f"{' or null' if nullable else ''}")
+        out[key] = value
+    return out
+
+
+def _checked_carry(arrays: dict, config: ModelConfig, tconfig: TrainConfig, where: str):
+    """Pop the carried hidden state from a state file's arrays: None, or (h,) / (h, c), each (L, B, H)."""
+    keys = sorted(k for k in arrays if k.startswith("carry/"))
+    if not keys:
+        return None
+    wanted = [f"carry/{i}" for i in range(2 if config.cell == "lstm" else 1)]
+    if tconfig.mode != "stream" or keys != wanted:
+        raise CheckpointError(f"{where}: carried state {', '.join(keys)} does not fit a {config.cell} "
+                              f"model in {tconfig.mode} mode")
+    shape = (config.layers, tconfig.batch_size, config.hidden)
+    for key in keys:
+        arr = arrays[key]
+        if arr.shape != shape or arr.dtype != np.dtype(config.dtype):
+            raise CheckpointError(f"{where}: {key} is {arr.shape} {arr.dtype}, expected {shape} {config.dtype}")
+    return tuple(arrays.pop(key) for key in keys)
+
+
+def _cut_log(run: Run) -> None:
+    """Drop log lines written after the checkpoint was saved (by a process killed before its next save).
+
+    The resumed run takes those steps again and logs them again, so the log reads as if
+    the run had never stopped; a line cut short by the crash goes too.
+    """
+    path = run.path(LOG_FILE)
+    if run.log_bytes and os.path.exists(path) and os.path.getsize(path) > run.log_bytes:
+        os.truncate(path, run.log_bytes)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def model_meta(run: Run) -> dict:
+    """What sample and eval need beside the weights: vocabulary, data options, training summary."""
+    return {
+        "tokens": list(run.vocab.tokens),
+        "special": run.vocab.special,
+        "level": run.vocab.level,
+        "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len},
+        "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
+                     "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
+                     "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
+    }
+
+
+def check_model_meta(meta: dict, where: str) -> None:
+    """CheckpointError unless the "data" and "training" entries of a model file's metadata (as model_meta
+    writes them, read by sample, eval and info) are well-formed where present."""
+    def number(value, integer=False):
+        return is_number(value, integer) and (not integer or abs(value) < 2**63)
+    data, training = meta.get("data", {}), meta.get("training", {})
+    problem = None
+    if not isinstance(data, dict) or not isinstance(training, dict):
+        problem = "'data' and 'training' must be JSON objects"
+    elif data.get("mode", "stream") not in MODES:
+        problem = f"unknown data mode {data.get('mode')!r}"
+    elif not number(data.get("seq_len", 1), integer=True):
+        problem = f"bad data seq_len {data.get('seq_len')!r}"
+    else:
+        for key in ("step", "epoch", "elapsed", "best_val_loss", "lr"):
+            value = training.get(key, 0)
+            if not (number(value, integer=key == "step") or (key == "best_val_loss" and value is None)):
+                problem = f"bad training {key} {value!r:.40}"
+                break
+        if problem is None and not isinstance(training.get("optimizer", ""), str):
+            problem = f"bad training optimizer {training.get('optimizer')!r}"
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
+
+
+def save_checkpoint(run: Run, best: bool = False) -> str:
+    """Write the state file, the latest model file and (when best) the best model. Returns the model file's path.
+
+    All files are written in full before any replaces its predecessor, so a
+    failed write (a full disk) leaves every previous file as it was. The state
+    is renamed into place first: if the process dies between the renames,
+    resuming is still exact and only the exported model lags one save behind.
+    """
+    arrays = {f"param/{k}": v for k, v in run.params.items()}
+    arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_arrays().items()})
+    if run.carry is not None:
+        arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
+    progress = {key: getattr(run, key) for key in
+                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes")}
+    progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
+    meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
+            "progress": progress}
+    files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
+             checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
+    if best:
+        files.append(checkpoint.model_file(run.path(BEST_FILE), run.params, run.config, model_meta(run)))
+    checkpoint.save_files(files)
+    return run.path(MODEL_FILE)
+
+
+def append_log(run: Run, record: dict, sync: bool = False) -> None:
+    """Append one line to the run's log; sync: fsync it, as a checkpoint that counts it is about to be saved."""
+    with open(run.path(LOG_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+        run.log_bytes = f.tell()
+
+
+# ---------------------------------------------------------------- finding and loading a model
+
+
+def fresh_run_dir(name: str) -> str:
+    """checkpoints/<name>, or <name>-2, -3, ... when that already holds a run."""
+    name = re.sub(r"[^\w.-]+", "_", name) or "run"
+    base = os.path.join(CHECKPOINTS, name)
+    candidate, n = base, 1
+    while holds_run(candidate):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def find_checkpoint(path: str | None) -> str:
+    """The model file to use: PATH (a file, or a run directory), else the newest run under checkpoints/."""
+    if path is None:
+        candidates = []
+        if os.path.isdir(CHECKPOINTS):
+            for entry in os.scandir(CHECKPOINTS):
+                model_file = os.path.join(entry.path, MODEL_FILE)
+                if entry.is_dir() and os.path.isfile(model_file):
+                    candidates.append((os.path.getmtime(model_file), entry.path))
+        if not candidates:
+            raise CheckpointError(f"no trained model under {CHECKPOINTS}/; train one with `charrnn train` "
+                                  f"or pass --checkpoint")
+        path = max(candidates)[1]
+    if os.path.isdir(path):
+        for name in (BEST_FILE, MODEL_FILE):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CheckpointError(f"{path} holds no {MODEL_FILE}")
+    if not os.path.exists(path):
+        raise CheckpointError(f"no such checkpoint: {path}")
+    return path
+
+
+def load_checkpoint(path: str | None):
+    """(params, config, vocab, meta, model_file) from a checkpoint path or the latest run (see find_checkpoint)."""
+    model_file = find_checkpoint(path)
+    params, config, meta = checkpoint.load_model(model_file)
+    try:
+        vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
+                                 "special": meta["special"]})
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{model_file}: missing vocabulary entry {exc}") from None
+    except CharRNNError as exc:
+        raise CheckpointError(f"{model_file}: bad vocabulary: {exc}") from None
+    if vocab.size != config.vocab_size:
+        raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
+    check_model_meta(meta, model_file)
+    return params, config, vocab, meta, model_file
