@@ -27,3 +27,11 @@ class CheckpointError(CharRNNError):
 
 class TrainingError(CharRNNError):
     """Training cannot continue (for example, the loss became non-finite)."""
+
+
+class LockError(CharRNNError):
+    """A run directory cannot be locked for writing."""
+
+
+class RunLockedError(LockError):
+    """Another process is writing the run directory (it holds the run's lock)."""

@@ -11,3 +11,4 @@ STATE_FILE = "state.safetensors"    # everything needed to resume exactly (weigh
 LOG_FILE = "log.jsonl"              # one JSON object per logging step, appended to on resume
 PLOT_FILE = "loss.png"              # what `charrnn plot` writes by default
 DATA_DIR = "data"                   # the encoded training and validation ids (memory-mapped)
+LOCK_FILE = "train.lock"            # held (fcntl.flock) by the one trainer writing the run; see runlock.py
