@@ -153,9 +153,12 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--resume", type=click.Path(file_okay=False), default=None, group=OUTPUT,
         help="Continue the run in this directory exactly where it stopped. Budgets given now replace the "
              "run's budgets and count the whole run.")
+@option("--no-lock", is_flag=True, default=False, group=OUTPUT,
+        help="Train without the run directory's lock, on a filesystem that cannot lock; then make sure no "
+             "other trainer writes the same run.")
 @option("-q", "--quiet", is_flag=True, default=False, group=OUTPUT, help="Print nothing but errors.")
 @click.pass_context
-def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
+def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **options):
     """Train a model on CORPUS_FILE (UTF-8 text).
 
     Without CORPUS_FILE it trains on a built-in corpus: the language reference
@@ -191,8 +194,10 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
         if any(k in explicit for k in budgets):
             # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
             overrides.update({k: options[k] for k in budgets})
-        run = rundir.resume_run(resume, overrides)
-        info(f"Resuming {resume} at step {run.step}", quiet)
+        with rundir.writing(resume, create=False, lock=not no_lock):
+            run = rundir.resume_run(resume, overrides)
+            info(f"Resuming {resume} at step {run.step}", quiet)
+            _run_training(run, quiet)
     else:
         tconfig = TrainConfig(**options)
         no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
@@ -209,12 +214,13 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, **options):
             info("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).", quiet)
         chosen = _fill_auto_settings(text, val_text, tconfig, model_options)
         directory = out or rundir.fresh_run_dir(name)
-        run = rundir.start_run(directory, text, val_text, model_options, tconfig)
-        if chosen:
-            info(chosen, quiet)
-        del text, val_text  # training reads only the memory-mapped ids from here on
-        runtime.release_freed_memory()
-    _run_training(run, quiet)
+        with rundir.writing(directory, create=True, made=out is None, lock=not no_lock):
+            run = rundir.start_run(directory, text, val_text, model_options, tconfig)
+            if chosen:
+                info(chosen, quiet)
+            del text, val_text  # training reads only the memory-mapped ids from here on
+            runtime.release_freed_memory()
+            _run_training(run, quiet)
 
 
 def _fill_auto_settings(text, val_text, tconfig, model_options) -> str | None:

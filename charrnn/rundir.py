@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
 from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LOG_FILE, MODEL_FILE, STATE_FILE
 from .model import ModelConfig
+from .runlock import RunLock
 from .vocab import Vocab, build_vocab
 
 # Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
@@ -411,14 +413,53 @@ def append_log(run: Run, record: dict, sync: bool = False) -> None:
 
 
 def fresh_run_dir(name: str) -> str:
-    """checkpoints/<name>, or <name>-2, -3, ... when that already holds a run."""
+    """Make and return a new directory checkpoints/<name>, or <name>-2, -3, ... when that exists.
+
+    The exclusive mkdir is the claim, so two trainers started together on one
+    corpus get two directories; an existing directory is never reused.
+    """
     name = re.sub(r"[^\w.-]+", "_", name) or "run"
+    os.makedirs(CHECKPOINTS, exist_ok=True)
     base = os.path.join(CHECKPOINTS, name)
     candidate, n = base, 1
-    while holds_run(candidate):
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{base}-{n}"
+
+
+@contextmanager
+def writing(directory, *, create: bool, lock: bool = True, made: bool = False):
+    """Be the one process writing a run directory while the body runs (see runlock.RunLock).
+
+    - create: make the directory when it does not exist (a fresh run); made: the caller just made it
+    - lock: take the run's lock (False: --no-lock, or a process that is not the lock holder under MPI)
+    The lock is taken before anything is written, so a second trainer fails before it touches the run.
+    A directory made for the run is removed again if it is empty at the end (a start that failed).
+    """
+    directory = os.fspath(directory)
+    if create:
+        try:
+            os.makedirs(directory)
+            made = True
+        except FileExistsError:  # it is there already (or another trainer just made it): lock it below
+            pass
+    held = None
+    try:
+        if lock and os.path.isdir(directory):  # a missing run to resume is resume_run's error to report
+            held = RunLock(directory).acquire()
+        yield
+    finally:
+        if held is not None:
+            held.release()
+        if made:
+            try:
+                os.rmdir(directory)  # only when empty
+            except OSError:
+                pass
 
 
 def find_checkpoint(path: str | None) -> str:

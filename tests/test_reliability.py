@@ -1,5 +1,5 @@
-"""Reliability (issue 6): kill -9 at random moments, Ctrl-C and SIGTERM, a full disk,
-divergence, run files whose contents lie (state, model metadata, line offsets),
+"""Reliability (issue 6): kill -9 at random moments, Ctrl-C and SIGTERM, one writer per run
+(issue 19), a full disk, divergence, run files whose contents lie (state, model metadata, line offsets),
 no pickle anywhere, and hostile corpora. Exact resume across processes is in
 test_resume.py; checkpoint files with broken bytes are in test_checkpoint.py.
 
@@ -9,16 +9,19 @@ one thread, so that every process computes the same numbers.
 
 import ast
 import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -30,9 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, cli, corpus, layout, rundir, train as tr
+from charrnn import checkpoint, cli, corpus, layout, report, rundir, train as tr
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
+from charrnn.runlock import RunLock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
 
@@ -259,6 +263,146 @@ def test_more_signals_during_the_save_do_not_damage_it(tmp_path, corpus_file):
     assert temp_files(run) == []
     code, _, err = charrnn_run("train", "--resume", run, "--max-steps", step + 1, "--quiet")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------- one writer per run
+
+
+def stop(proc):
+    """Ctrl-C a trainer and wait for it: it saves and exits 130."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def busy_error(directory, pid):
+    return (rf"Error: {re.escape(str(directory))} is being trained by process {pid} \(started \d\d:\d\d:\d\d\); "
+            rf"wait for it, or train into another --out")
+
+
+@pytest.mark.parametrize("second", ["fresh", "resume"])
+def test_a_second_trainer_on_a_run_fails_at_once_and_the_first_trains_on(tmp_path, corpus_file, second):
+    """Two trainers on one run directory: the second fails with one line naming the first, while the first
+    trains on, and the first's log then holds every step once, in order."""
+    run = tmp_path / "run"
+    first = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 2, "--log-every", 1,
+                   "--quiet", "--out", run])
+    try:
+        wait_for(lambda: (run / layout.STATE_FILE).exists(), first)
+        args = ([corpus_file, *TINY, "--out", run] if second == "fresh" else ["--resume", run]) + ["--max-steps", 3]
+        code, out, err = charrnn_run("train", *args)
+        assert first.poll() is None, "the first trainer stopped: the second did not fail at once"
+        line = assert_one_line_error(code, out, err)
+        assert re.fullmatch(busy_error(run, first.pid), line), line
+    finally:
+        stop(first)
+    steps = [r["step"] for r in read_log(run)]
+    assert len(steps) >= 2 and steps == list(range(1, len(steps) + 1))
+    assert checkpoint.load_state(run)[1]["progress"]["step"] == steps[-1]
+    assert not (run / layout.LOCK_FILE).exists()  # released on the way out
+
+
+def test_a_trainer_refused_by_the_lock_writes_nothing_into_the_run(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    code, _, err = charrnn_run("train", corpus_file, *TINY, "--max-steps", 2, "--quiet", "--out", run)
+    assert code == 0, err
+    (run / ".model.safetensors.1234.tmp").write_bytes(b"left by a crash")  # what a resume would clean up
+    with RunLock(run):  # this process holds the run
+        before = digests(run)
+        for args in ([corpus_file, *TINY, "--max-steps", 4, "--out", run], ["--resume", run, "--max-steps", 4]):
+            code, out, err = charrnn_run("train", *args)
+            assert re.fullmatch(busy_error(run, os.getpid()), assert_one_line_error(code, out, err))
+            assert digests(run) == before
+    assert not (run / layout.LOCK_FILE).exists()
+    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", 4, "--quiet")  # free again
+    assert code == 0, err
+    assert temp_files(run) == [] and model_step(run) == 4
+
+
+def test_a_killed_trainer_leaves_no_lock_behind(tmp_path, corpus_file):
+    """kill -9 skips every cleanup, and the lock goes with the process all the same."""
+    run = tmp_path / "run"
+    proc = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 1, "--quiet", "--out", run])
+    try:
+        wait_for(lambda: (run / layout.STATE_FILE).exists(), proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (run / layout.LOCK_FILE).exists()  # the file stays, the lock does not
+    with RunLock(run):
+        pass
+
+
+def test_two_fresh_runs_of_one_corpus_started_together_get_two_directories(tmp_path, corpus_file):
+    procs = [subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus_file), *TINY, "--max-steps", "3",
+                               "--log-every", "1", "--quiet"], cwd=tmp_path, env=PINNED,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["corpus", "corpus-2"]
+    for name in ("corpus", "corpus-2"):
+        run = tmp_path / "checkpoints" / name
+        assert [r["step"] for r in read_log(run)] == [1, 2, 3] and model_step(run) == 3
+
+
+def test_fresh_run_names_are_claimed_atomically(tmp_path, monkeypatch):
+    """Sixteen claims of one name at the same moment: sixteen directories, made by the claims themselves."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints" / "x").mkdir(parents=True)  # an existing directory is never reused, even empty
+    barrier, claimed = threading.Barrier(16), []
+
+    def claim():
+        barrier.wait()
+        claimed.append(rundir.fresh_run_dir("x"))
+    threads = [threading.Thread(target=claim) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(os.path.join("checkpoints", f"x-{n}") for n in range(2, 18))
+    assert all(os.path.isdir(path) for path in claimed)
+
+
+def test_readers_need_no_lock_and_always_see_a_complete_file(tmp_path, corpus_file):
+    """sample, eval and info, and the log as plot reads it, while the trainer saves after every step."""
+    run = tmp_path / "run"
+    proc = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 1, "--log-every", 1,
+                  "--quiet", "--out", run])
+    seen, reads = set(), 0
+    try:
+        wait_for(lambda: (run / layout.MODEL_FILE).exists(), proc)
+        while len(seen) < 5 or reads < 60:
+            assert proc.poll() is None and reads < 3000, (reads, seen)
+            for args in (["sample", "-c", run, "--length", 5, "--seed", 0], ["eval", "-c", run, "--json"],
+                         ["info", run]):
+                code, out, err = invoke(args)
+                assert code == 0 and err == "", err
+                reads += 1
+            seen.add(rundir.load_checkpoint(run)[3]["training"]["step"])
+            steps = [r["step"] for r in report.read_log(run / layout.LOG_FILE)]
+            assert steps == list(range(1, len(steps) + 1))
+    finally:
+        stop(proc)
+
+
+def test_a_filesystem_that_cannot_lock_is_refused_unless_no_lock(tmp_path, corpus_file, monkeypatch):
+    def cannot_lock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", cannot_lock)
+    run = tmp_path / "run"
+    code, out, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--out", run])
+    line = assert_one_line_error(code, out, err, f"cannot lock {run}", "No locks available", "--no-lock")
+    assert not run.exists(), line  # nothing left behind
+    code, _, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "-q", "--no-lock", "--out", run])
+    assert code == 0, err
+    code, _, err = invoke(["train", "--resume", run, "--max-steps", 3, "-q", "--no-lock"])
+    assert code == 0, err
+    assert model_step(run) == 3 and not (run / layout.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------- a full disk

@@ -12,8 +12,10 @@ same in all of them. The first part of each split run stops at step k through
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -246,3 +248,35 @@ def test_resume_comparison_fails_when_a_saved_component_is_lost(prepared):
     assert differences(whole, targets.pop("control")) == []
     for what, target in targets.items():
         assert differences(whole, target), f"losing the {what} went unnoticed"
+
+
+def test_a_trainer_killed_with_9_leaves_its_run_free_and_resuming_is_bit_exact(tmp_path):
+    """kill -9 releases the run's lock with the process (issue 19): `charrnn train --resume` takes the
+    run at once and ends exactly where a run that was never killed ends."""
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text(stream_text())
+    options = ["--cell", "lstm", "--layers", "2", "--hidden", "8", "--embed", "8", "--dropout", "0.25",
+               "--optim", "adam", "--lr", "0.01", "--schedule", "constant", "--warmup", "0", "--batch-size", "2",
+               "--seq-len", "8", "--val-frac", "0.2", "--eval-every", "2", "--log-every", "1", "--quiet"]
+    run = tmp_path / "run"
+    first = python("-m", "charrnn", "train", corpus_file, *options, "--max-steps", 10**6, "--out", run)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / layout.STATE_FILE).exists() or \
+                checkpoint.load_state(run)[1]["progress"]["step"] < 4:
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.001)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    assert (run / layout.LOCK_FILE).exists()  # the file is left, the lock went with the process
+    n = checkpoint.load_state(run)[1]["progress"]["step"] + 5
+    resumed = python("-m", "charrnn", "train", "--resume", run, "--max-steps", n, "--quiet")
+    whole = python("-m", "charrnn", "train", corpus_file, *options, "--max-steps", n, "--out", tmp_path / "whole")
+    assert finish(resumed) == "" and finish(whole) == ""
+    assert checkpoint.load_state(run)[1]["progress"]["step"] == n
+    assert differences(tmp_path / "whole", run) == []
+    assert not (run / layout.LOCK_FILE).exists()
