@@ -5,7 +5,7 @@ the result does not depend on the chunk size and memory stays bounded for
 long files. Stream text is cut into at most `streams` contiguous pieces, each
 at least MIN_STREAM tokens long, scored side by side (each piece starts from a
 zero state, as in training); every token after the first is scored exactly
-once. The model runs through `model.score_chunk`, which keeps no backward
+once. The model runs through `inference.score_chunk`, which keeps no backward
 caches.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import batches, corpus, model
+from . import batches, corpus, inference, model
 from .errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
@@ -87,7 +87,7 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
     B = stream_count(n_targets, streams, min_length)
     S = math.ceil(n_targets / B)  # positions per stream; the last stream is padded and masked
     starts = np.arange(B) * S  # (B,)
-    prepared = model.prepare(params, config)
+    weights = model.prepare(params, config)
     state, nll, count, unknown = None, 0.0, 0, 0
     for t0 in range(0, S, chunk):
         pos = starts[:, None] + np.arange(t0, min(t0 + chunk, S))  # (B, t)
@@ -95,7 +95,7 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
         pos = np.where(valid, pos, 0)
         x = np.asarray(ids[pos], dtype=np.int64)  # (B, t)
         y = np.asarray(ids[pos + 1], dtype=np.int64)  # (B, t)
-        chunk_nll, chunk_count, state = model.score_chunk(prepared, x, y, None if valid.all() else valid, state)
+        chunk_nll, chunk_count, state = inference.score_chunk(weights, x, y, None if valid.all() else valid, state)
         nll += chunk_nll
         count += chunk_count
         if unk is not None:
@@ -115,14 +115,14 @@ def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int 
     """
     if chunk < 1:
         raise ConfigError(f"chunk must be at least 1, got {chunk}")
-    prepared = model.prepare(params, config)
+    weights = model.prepare(params, config)
     nll, count, unknown = 0.0, 0, 0
     for index in batches.line_batches_in_order(len(offsets) - 1, batch):
         x, y, mask = batches.line_batch(ids, offsets, index, bos, eos)
         state = None
         for t0 in range(0, x.shape[1], chunk):
             sl = slice(t0, t0 + chunk)
-            chunk_nll, chunk_count, state = model.score_chunk(prepared, x[:, sl], y[:, sl], mask[:, sl], state)
+            chunk_nll, chunk_count, state = inference.score_chunk(weights, x[:, sl], y[:, sl], mask[:, sl], state)
             nll += chunk_nll
             count += chunk_count
         if unk is not None:

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import model
+from . import inference, model
 from .errors import CheckpointError, ConfigError, VocabError
 from .vocab import Vocab, tokenize
 
@@ -196,18 +196,15 @@ def generate(params, config, vocab: Vocab, *, rng: np.random.Generator, num_samp
 
 
 def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, start):
-    prepared = model.prepare(params, config)
+    weights = model.prepare(params, config)
     # UNK and the start token are never drawn: a head bias of -inf gives them
     # zero weight at every step, with no pass over the logits to ban them
-    head_b = prepared.head_b.copy()
+    head_b = weights.head_b.copy()
     head_b[[vocab.unk, vocab.bos]] = -np.inf
-    prepared = dataclasses.replace(prepared, head_b=head_b)
-    work = model.step_work(prepared, n)
-    # two state buffers, alternated: each step reads one and writes the other
-    state, spare = model.zero_state(config, n), model.zero_state(config, n)
+    weights = dataclasses.replace(weights, head_b=head_b)
+    state = model.zero_state(config, n)
     for token in start:
-        logits = model.step_prepared(prepared, np.full(n, token), state, spare, work)
-        state, spare = spare, state
+        logits, state = inference.step(weights, np.full(n, token), state)
     noise = None
     if temperature > 0 and (top_p is None or top_p >= 1):
         noise = gumbel_noise(rng, (n, config.vocab_size), temperature, np.dtype(config.dtype))
@@ -226,8 +223,7 @@ def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, sta
             alive = alive & (tokens != eos)  # a new array: the one yielded keeps its values
             if not alive.any():
                 return
-        logits = model.step_prepared(prepared, tokens, state, spare, work)
-        state, spare = spare, state
+        logits, state = inference.step(weights, tokens, state)
 
 
 # ---------------------------------------------------------------- Gumbel-max: the loop's usual draw

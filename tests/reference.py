@@ -53,6 +53,12 @@ def naive_forward(params, config, inputs, state=None, gru_reset_before_product=F
     return logits, final
 
 
+def naive_step(params, config, tokens, state):
+    """One step of naive_forward: (logits (B, V), state) for tokens (B,)."""
+    logits, state = naive_forward(params, config, np.asarray(tokens)[:, None], state)
+    return logits[:, 0], state
+
+
 def naive_loss(logits, targets, mask=None):
     """Mean NLL per scored token, one position at a time."""
     total, count = 0.0, 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, evaluate, model, rundir
+from charrnn import cli, evaluate, inference, model, rundir
 from charrnn.vocab import BOS, EOS, UNK
 from reference import naive_forward
 from tiny_runs import invoke, make_run
@@ -38,14 +38,14 @@ def random_model(cell, dtype="float64", V=11, seed=0):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_score_chunk_matches_the_naive_reference(cell):
+def test_score_chunk_matches_the_naive_reference(cell, backend):
     params, config = random_model(cell)
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 11, (3, 17)), rng.integers(0, 11, (3, 17))
     mask = rng.random((3, 17)) < 0.6
     state = tuple(0.3 * rng.standard_normal(s.shape) for s in model.zero_state(config, 3))
     nll, final_ref = naive_nll(params, config, x, y, state)
-    total, count, final = model.score_chunk(model.prepare(params, config), x, y, mask, state)
+    total, count, final = inference.score_chunk(model.prepare(params, config), x, y, mask, state)
     assert count == mask.sum()
     assert total == pytest.approx(nll[mask].sum(), rel=1e-12)
     for a, b in zip(final, final_ref):

@@ -1,14 +1,16 @@
-"""The recurrent core: gradients against finite differences, the fused code
-against a naive loop, chunking and stepping against the sequence function."""
+"""The recurrent core: gradients against finite differences, the model against a
+naive loop, chunking and stepping against the sequence function. Every test
+runs on both the compiled kernels and the NumPy reference (the `backend` fixture)."""
 
 import numpy as np
 import pytest
 
-from charrnn import model
+from charrnn import inference, model
 from charrnn.model import ModelConfig
 from reference import naive_forward, naive_loss
 
 CELLS = ["rnn", "lstm", "gru"]
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def small(cell, layers=1, dtype="float64", **kw):
@@ -129,17 +131,20 @@ def test_two_chunks_equal_one(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_equals_sequence(cell):
-    config = small(cell, layers=2)
+@pytest.mark.parametrize("vocab_size", [6, 40])  # with and without layer 0's table (V > B*T)
+def test_steps_equal_the_naive_loop(cell, vocab_size):
+    config = small(cell, layers=2, vocab_size=vocab_size)
     params = model.init_params(config, np.random.default_rng(4))
     x, _ = batch(config, B=3, T=6)
-    _, final, cache = model.forward(params, config, x, want_logits=True)
+    ref_logits, ref_final = naive_forward(params, config, x)
+    weights = model.prepare(params, config, table=vocab_size < 10)
+    assert (weights.table is None) == (vocab_size >= 10)
     state = model.zero_state(config, 3)
     for t in range(x.shape[1]):
-        logits, state = model.step(params, config, x[:, t], state)
-        np.testing.assert_allclose(logits, cache["logits"][:, t], rtol=1e-12, atol=1e-12)
-    for a, b in zip(state, final):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
+        logits, state = inference.step(weights, x[:, t], state)
+        np.testing.assert_allclose(logits, ref_logits[:, t], rtol=1e-12, atol=1e-12)
+    for a, b in zip(state, ref_final):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -188,8 +193,9 @@ def test_dtypes_end_to_end(cell, dtype):
     grads, d_state = model.backward(params, config, cache)
     assert all(g.dtype == np.dtype(dtype) for g in grads.values())
     assert all(s.dtype == np.dtype(dtype) for s in state + d_state)
-    logits, s = model.step(params, config, x[:, 0], state)
+    logits, s = inference.step(model.prepare(params, config), x[:, 0], state)
     assert logits.dtype == np.dtype(dtype)
+    assert all(a.dtype == np.dtype(dtype) for a in s)
 
 
 def test_forget_bias_option():

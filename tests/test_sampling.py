@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cells, cli, model, rundir, sampling
+from charrnn import cli, inference, model, rundir, sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.vocab import BOS, EOS, UNK
+from reference import naive_step
 from tiny_runs import invoke, make_run
 
 CHARS = "abcdefg "  # no newline: stream samples then hold no line breaks of their own
@@ -35,10 +36,10 @@ def softmax(z):
 
 
 def greedy_reference(params, config, start, length):
-    """Greedy decoding with model.step: argmax over all tokens but UNK and BOS, stopping at EOS."""
+    """Greedy decoding with the naive reference: argmax over all tokens but UNK and BOS, stopping at EOS."""
     state = model.zero_state(config, 1)
     for token in start:
-        logits, state = model.step(params, config, np.array([token]), state)
+        logits, state = naive_step(params, config, np.array([token]), state)
     out = []
     for _ in range(length):
         z = logits[0].astype(np.float64)
@@ -47,7 +48,7 @@ def greedy_reference(params, config, start, length):
         out.append(token)
         if token == EOS:
             break
-        logits, state = model.step(params, config, np.array([token]), state)
+        logits, state = naive_step(params, config, np.array([token]), state)
     return out
 
 
@@ -102,54 +103,25 @@ def tiny(tmp_path):
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 2e-5)])
 @pytest.mark.parametrize("table", [True, False])
 @pytest.mark.parametrize("B", [1, 4])
-def test_step_prepared_matches_model_step(cell, dtype, tol, table, B, monkeypatch):
-    if not table:  # the path for vocabularies too large for a (V, G*H) table
-        monkeypatch.setattr(model, "_TABLE_BYTES", 0)
+def test_inference_step_matches_the_naive_reference(cell, dtype, tol, table, B, backend):
     config = model.ModelConfig(vocab_size=13, cell=cell, layers=3, hidden=12, embed=5, dtype=dtype)
     params = model.init_params(config, np.random.default_rng(0))
     rng = np.random.default_rng(1)
-    prepared = model.prepare(params, config)
-    assert (prepared.table is not None) == table
-    work = model.step_work(prepared, B)
+    weights = model.prepare(params, config, table=table)
+    assert (weights.table is not None) == table
     state = tuple((0.5 * rng.standard_normal(s.shape)).astype(dtype) for s in model.zero_state(config, B))
-    fast, spare = tuple(s.copy() for s in state), model.zero_state(config, B)
-    table = None if prepared.table is None else prepared.table.copy()
+    ref = tuple(s.astype(np.float64) for s in state)
+    frozen = {k: v.copy() for k, v in params.items()}
     for tokens in [rng.integers(0, 13, B) for _ in range(4)] * 2:  # each batch of tokens twice
-        logits, state = model.step(params, config, tokens, state)
-        fast_logits = model.step_prepared(prepared, tokens, fast, spare, work)
-        fast, spare = spare, fast
-        assert fast_logits.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(fast_logits, logits, rtol=tol, atol=tol)
-        for a, b in zip(fast, state):
+        ref_logits, ref = naive_step(frozen, config, tokens, ref)
+        logits, state = inference.step(weights, tokens, state)
+        assert logits.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(logits, ref_logits, rtol=tol, atol=tol)
+        for a, b in zip(state, ref):
+            assert a.dtype == np.dtype(dtype)
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-    if table is not None:  # one stream reads its table rows in place: the kernels must leave them alone
-        np.testing.assert_array_equal(prepared.table, table)
-
-
-def test_folding_the_lstm_gate_scale_into_the_weights_is_exact():
-    # prepare multiplies the i, f, o columns by 0.5 ahead of time instead of
-    # the gates at every step: a power of two, so nothing may change, not a bit
-    B, H = 4, 12
-    config = model.ModelConfig(vocab_size=13, cell="lstm", layers=2, hidden=H, embed=5, dtype="float32")
-    params = {k: 3 * v for k, v in model.init_params(config, np.random.default_rng(0)).items()}
-    prepared = model.prepare(params, config)
-    pre = cells.lstm_constants(H, np.dtype("float32"))[0]
-    for k in range(2):
-        np.testing.assert_array_equal(prepared.w_hh_t[k], params[f"rnn.weight_hh_l{k}"].T * pre)
-        np.testing.assert_array_equal(prepared.w_ih_t[k], params[f"rnn.weight_ih_l{k}"].T * pre)
-    # the kernel on unscaled inputs with pre, against scaled inputs without it
-    # (and with g set aside in its own buffer, as sampling and eval run it)
-    rng = np.random.default_rng(1)
-    xp = (3 * rng.standard_normal((B, 4 * H))).astype(np.float32)
-    h, c = (rng.standard_normal((2, B, H))).astype(np.float32)
-    W_t = params["rnn.weight_hh_l0"].T.copy()
-    out = [[np.empty((B, 4 * H), np.float32)] + [np.empty((B, H), np.float32) for _ in range(3)] for _ in range(2)]
-    cells._lstm_step(xp, h, c, W_t, *out[0], pre)  # gates, c', tanh(c'), h'
-    cells._lstm_step(xp * pre, h, c, W_t * pre, *out[1], None, np.empty((B, H), np.float32))
-    for a, b in zip(out[0][1:], out[1][1:]):  # c', tanh(c'), h'
-        np.testing.assert_array_equal(a, b)
-    sig = np.r_[0 : 2 * H, 3 * H : 4 * H]  # i, f, o: the g columns differ by design
-    np.testing.assert_array_equal(out[0][0][:, sig], out[1][0][:, sig])
+    for name, value in params.items():  # the weights are only read
+        np.testing.assert_array_equal(value, frozen[name])
 
 
 # ---------------------------------------------------------------- the distribution
@@ -179,8 +151,8 @@ def test_first_tokens_follow_the_softmax_chi_square(tmp_path):
     n = 20_000
     tokens, _ = run_generate(params, config, vocab, rng=np.random.default_rng(123), num_samples=n,
                              length=1, prime="ab")
-    logits, _ = model.step(params, config, np.array([vocab.encode("a")[0]]), model.zero_state(config, 1))
-    logits, _ = model.step(params, config, np.array([vocab.encode("b")[0]]), _)
+    logits, state = naive_step(params, config, np.array([vocab.encode("a")[0]]), None)
+    logits, _ = naive_step(params, config, np.array([vocab.encode("b")[0]]), state)
     z = logits[0].astype(np.float64)
     z[BANNED] = -np.inf
     probs = softmax(z)

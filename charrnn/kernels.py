@@ -1,0 +1,275 @@
+"""The recurrent cells fused and compiled with numba: the fast path beside cells.py.
+
+Each time step is one BLAS product (`h @ W_hh.T`, all of the machine's BLAS
+threads) and one compiled loop that does all of the step's elementwise work
+in a single pass over the gates: where NumPy makes a dozen passes, each
+reading and writing (B, G*H) arrays, this loop reads each gate once. The
+functions here take and return what cells.sequence_forward/backward take and
+return, and tests/test_kernels.py holds them to it.
+
+Why it is shaped as it is:
+- Transcendentals. numba's np.tanh and np.exp compile to scalar libm calls,
+  slower than NumPy's vector loops. In float32 tanh is a rational function
+  (clamp to +-7.905, an odd degree-13 numerator over a degree-6 denominator,
+  the form Eigen and XLA use; largest error 3.4e-7 next to the float64 tanh)
+  that LLVM vectorizes, and sigmoid(x) = 0.5 tanh(x / 2) + 0.5. float64 keeps
+  the exact libm functions, so gradient checks and PyTorch parity hold to 1e-10.
+- NaN stays NaN: the clamp is written with comparisons (false for NaN), and no
+  fastmath flag that assumes finite numbers is set, so a diverging run is still
+  caught by the trainer's finiteness check.
+- Threads. The compiled loops run on the calling thread alone. Between the
+  step's products OpenBLAS's idle threads keep spinning for a while, and a
+  second pool of numba threads fought them for the two cores: measured on a
+  whole LSTM layer (T 100, B 64, H 256), prange on 2 threads was 10x slower
+  than one thread. Work is never split by timing, so the bits of a run do
+  not depend on the machine's core count: each output element is computed by
+  one fixed sequence of operations.
+- cache=True keeps the compiled code on disk, so only the first run on a
+  machine pays for compilation. This module imports numba, so the rest of
+  the package imports it lazily (model.recurrence), and commands that need
+  no model math (--help, info) never load it.
+
+Shapes: T steps, B batch, H hidden, G gates; a state is a tuple of (B, H) arrays.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+_JIT = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+
+# float32 tanh(x) ~ x P(x^2) / Q(x^2) on [-CLAMP, CLAMP], where tanh(CLAMP) rounds to 1.
+_CLAMP = np.float32(7.90531110763549805)
+_P = tuple(np.float32(v) for v in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+                                   5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+                                   -2.76076847742355e-16))
+_Q = tuple(np.float32(v) for v in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+                                   1.19825839466702e-06))
+
+
+def tanh(x):
+    """tanh in jitted code: the float32 rational, or libm's in float64 (see the module docstring)."""
+    return np.tanh(x)
+
+
+@overload(tanh, jit_options=_JIT)
+def _tanh_overload(x):
+    if x != types.float32:
+        return lambda x: np.tanh(x)
+    c, p0, p1, p2, p3, p4, p5, p6 = _CLAMP, *_P
+    q0, q1, q2, q3 = _Q
+
+    def rational_tanh(x):
+        # comparisons, not min/max, so that NaN passes through
+        x = c if x > c else x
+        x = -c if x < -c else x
+        x2 = x * x
+        p = ((((((p6 * x2 + p5) * x2 + p4) * x2 + p3) * x2 + p2) * x2 + p1) * x2 + p0) * x
+        q = ((q3 * x2 + q2) * x2 + q1) * x2 + q0
+        return p / q
+
+    return rational_tanh
+
+
+def sigmoid(x):
+    """The logistic function in jitted code, through tanh."""
+    return 0.5 * np.tanh(0.5 * x) + 0.5
+
+
+@overload(sigmoid, jit_options=_JIT)
+def _sigmoid_overload(x):
+    half = np.float32(0.5) if x == types.float32 else 0.5
+    return lambda x: half * tanh(half * x) + half
+
+
+# ---------------------------------------------------------------- per-step fused loops
+# Arguments: hh = h_prev @ W_hh.T (B, G*H) from BLAS; xp_t = W_ih x + b_ih (B, G*H);
+# b = b_hh (G*H,). Outputs are written into the arrays passed last.
+
+
+@numba.njit(**_JIT)
+def rnn_forward_step(hh, xp_t, b, h):
+    B, H = h.shape
+    for n in range(B):
+        for j in range(H):
+            h[n, j] = tanh(hh[n, j] + xp_t[n, j] + b[j])
+
+
+@numba.njit(**_JIT)
+def rnn_backward_step(dh_rec, dh_out, h, da):
+    """da = (dh_rec + dh_out) * (1 - h^2); the caller then takes dh_rec = da @ W_hh."""
+    one = h.dtype.type(1.0)
+    B, H = h.shape
+    for n in range(B):
+        for j in range(H):
+            y = h[n, j]
+            da[n, j] = (dh_rec[n, j] + dh_out[n, j]) * (one - y * y)
+
+
+@numba.njit(**_JIT)
+def lstm_forward_step(hh, xp_t, b, c_prev, act, c, tanh_c, h):
+    """act (B, 4H) receives i, f, g, o; c, tanh_c and h (B, H) the new cell, tanh(c) and h.
+
+    Two loops per row, because LLVM vectorizes each of them and not their
+    fusion (one loop reading four gate columns and writing seven arrays ran
+    4x slower): the first activates the contiguous (4H,) row, the g gate
+    chosen by a select, the second updates the cell.
+    """
+    one, half = h.dtype.type(1.0), h.dtype.type(0.5)
+    B, H = h.shape
+    for n in range(B):
+        for j in range(4 * H):
+            is_g = (j >= 2 * H) & (j < 3 * H)
+            t = tanh((hh[n, j] + xp_t[n, j] + b[j]) * (one if is_g else half))
+            act[n, j] = t if is_g else half * t + half  # sigmoid(x) = (tanh(x / 2) + 1) / 2
+        for j in range(H):
+            cn = act[n, H + j] * c_prev[n, j] + act[n, j] * act[n, 2 * H + j]  # f * c + i * g
+            tc = tanh(cn)
+            c[n, j] = cn
+            tanh_c[n, j] = tc
+            h[n, j] = act[n, 3 * H + j] * tc  # o * tanh(c)
+
+
+@numba.njit(**_JIT)
+def lstm_backward_step(dh_rec, dh_out, dc, act, c_prev, tanh_c, da):
+    """da (B, 4H) receives d(pre-activations); dc (B, H) is updated in place to d c_prev."""
+    one = dc.dtype.type(1.0)
+    B, H = dc.shape
+    for n in range(B):
+        for j in range(H):
+            i, f, g, o = act[n, j], act[n, H + j], act[n, 2 * H + j], act[n, 3 * H + j]
+            dh = dh_rec[n, j] + dh_out[n, j]
+            tc = tanh_c[n, j]
+            dcn = dc[n, j] + dh * o * (one - tc * tc)
+            da[n, j] = dcn * g * i * (one - i)
+            da[n, H + j] = dcn * c_prev[n, j] * f * (one - f)
+            da[n, 2 * H + j] = dcn * i * (one - g * g)
+            da[n, 3 * H + j] = dh * tc * o * (one - o)
+            dc[n, j] = dcn * f
+
+
+@numba.njit(**_JIT)
+def gru_forward_step(hh, xp_t, b, h_prev, act, hn, h):
+    """act (B, 3H) receives r, z, n; hn (B, H) receives W_hn h + b_hn; h the new state."""
+    B, H = h.shape
+    for n in range(B):
+        for j in range(H):
+            r = sigmoid(hh[n, j] + xp_t[n, j] + b[j])
+            z = sigmoid(hh[n, H + j] + xp_t[n, H + j] + b[H + j])
+            hnj = hh[n, 2 * H + j] + b[2 * H + j]
+            nn = tanh(xp_t[n, 2 * H + j] + r * hnj)
+            act[n, j], act[n, H + j], act[n, 2 * H + j] = r, z, nn
+            hn[n, j] = hnj
+            h[n, j] = nn + z * (h_prev[n, j] - nn)
+
+
+@numba.njit(**_JIT)
+def gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, hn, d_xp, d_hp):
+    """d_xp, d_hp (B, 3H) receive the input and hidden sides' gradients; dh_direct (B, H)
+    is read, then overwritten with this step's dh * z (the part of d h_prev that skips W_hh)."""
+    one = h_prev.dtype.type(1.0)
+    B, H = h_prev.shape
+    for n in range(B):
+        for j in range(H):
+            r, z, nn = act[n, j], act[n, H + j], act[n, 2 * H + j]
+            dh = dh_rec[n, j] + dh_direct[n, j] + dh_out[n, j]
+            da_n = dh * (one - z) * (one - nn * nn)
+            da_r = da_n * hn[n, j] * r * (one - r)
+            da_z = dh * (h_prev[n, j] - nn) * z * (one - z)
+            d_xp[n, j] = d_hp[n, j] = da_r
+            d_xp[n, H + j] = d_hp[n, H + j] = da_z
+            d_xp[n, 2 * H + j] = da_n
+            d_hp[n, 2 * H + j] = da_n * r
+            dh_direct[n, j] = dh * z
+
+
+# ---------------------------------------------------------------- a sequence
+
+
+def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None):
+    """Run one layer's recurrence over a chunk; the same contract as cells.sequence_forward.
+
+    - keep: False when no backward pass follows (sampling, scoring): step
+      buffers are then reused instead of kept for every step
+    - W_hh_t: W_hh transposed and contiguous (H, G*H), when the caller has it
+      (BLAS multiplies it about a fifth faster than the transposed view)
+    Returns (hs (T, B, H), state, cache); cache is None when keep is False.
+    """
+    T, B, GH = xp.shape
+    H = W_hh.shape[1]
+    dtype = xp.dtype
+    if W_hh_t is None:
+        W_hh_t = np.ascontiguousarray(W_hh.T)
+    hs = np.empty((T + 1, B, H), dtype)  # hs[0] is h0, so step t reads hs[t]
+    hs[0] = state0[0]
+    hh = np.empty((B, GH), dtype)
+    n_act = T if keep else 1
+    cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
+    if cell == "rnn":
+        for t in range(T):
+            np.matmul(hs[t], W_hh_t, out=hh)
+            rnn_forward_step(hh, xp[t], b_hh, hs[t + 1])
+        state = (hs[T].copy(),)
+    elif cell == "lstm":
+        act = np.empty((n_act, B, GH), dtype)
+        cs = np.empty((T + 1 if keep else 2, B, H), dtype)
+        tanh_cs = np.empty((n_act, B, H), dtype)
+        cs[0] = state0[1]
+        for t in range(T):
+            a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
+            np.matmul(hs[t], W_hh_t, out=hh)
+            lstm_forward_step(hh, xp[t], b_hh, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
+        state = (hs[T].copy(), cs[T if keep else T % 2].copy())
+        cache.update(act=act, cs=cs, tanh_cs=tanh_cs)
+    elif cell == "gru":
+        act = np.empty((n_act, B, GH), dtype)
+        hns = np.empty((n_act, B, H), dtype)
+        for t in range(T):
+            a = t if keep else 0
+            np.matmul(hs[t], W_hh_t, out=hh)
+            gru_forward_step(hh, xp[t], b_hh, hs[t], act[a], hns[a], hs[t + 1])
+        state = (hs[T].copy(),)
+        cache.update(act=act, hns=hns)
+    else:
+        raise ValueError(f"unknown cell {cell!r}")
+    return hs[1:], state, (cache if keep else None)
+
+
+def sequence_backward(d_hs, d_state, cache):
+    """Backpropagate through one layer's recurrence; the same contract as cells.sequence_backward."""
+    cell, hs, W_hh = cache["cell"], cache["hs"], cache["W_hh"]
+    T, B, H = d_hs.shape
+    GH = W_hh.shape[0]
+    dtype = d_hs.dtype
+    d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
+    zeros = np.zeros((B, H), dtype)
+    # dh_rec: the gradient of h_t that came back through W_hh (or from the final state)
+    dh_rec = zeros.copy() if d_state is None else np.array(d_state[0], dtype=dtype)
+    d_xp = np.empty((T, B, GH), dtype)
+    if cell == "rnn":
+        for t in range(T - 1, -1, -1):
+            rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
+            np.matmul(d_xp[t], W_hh, out=dh_rec)
+        d_hp, d_state0 = d_xp, (dh_rec,)
+    elif cell == "lstm":
+        act, cs, tanh_cs = cache["act"], cache["cs"], cache["tanh_cs"]
+        dc = zeros.copy() if d_state is None else np.array(d_state[1], dtype=dtype)
+        for t in range(T - 1, -1, -1):
+            lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
+            np.matmul(d_xp[t], W_hh, out=dh_rec)
+        d_hp, d_state0 = d_xp, (dh_rec, dc)
+    else:
+        act, hns = cache["act"], cache["hns"]
+        d_hp = np.empty((T, B, GH), dtype)
+        dh_direct = zeros
+        for t in range(T - 1, -1, -1):
+            gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
+            np.matmul(d_hp[t], W_hh, out=dh_rec)
+        dh_rec += dh_direct
+        d_state0 = (dh_rec,)
+    d_hp_flat = d_hp.reshape(T * B, GH)
+    grads = {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, H), "b_hh": d_hp_flat.sum(axis=0)}
+    return d_xp, d_state0, grads
