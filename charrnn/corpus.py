@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import mmap as mmap_module
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .errors import ConfigError, CorpusError
 from .vocab import Vocab
 
@@ -162,31 +162,10 @@ def save_ids(path, ids: np.ndarray) -> None:
     arr = np.asarray(ids)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise CorpusError(f"{path}: token ids must be a 1-D integer array, got shape {arr.shape} {arr.dtype}")
-    tmp = None
     try:
-        # Same directory as the target so os.replace is a rename, never a copy. Mode 0o666
-        # lets the umask decide (0644 under 022), where mkstemp would make it 0600.
-        while tmp is None:
-            candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-                tmp = candidate
-            except FileExistsError:
-                continue
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic.write_file(path, lambda f: np.save(f, arr, allow_pickle=False))
     except OSError as e:
         raise CorpusError(f"{path}: cannot write token ids: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def release_pages(ids: np.ndarray) -> None:

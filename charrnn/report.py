@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+from . import atomic
 from .errors import CharRNNError, ConfigError
 
 
@@ -31,7 +32,10 @@ def read_log(path) -> list[dict]:
 
 
 def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
-    """Write a PNG of training loss and validation loss (nats/token) against step."""
+    """Write a PNG of training loss and validation loss (nats/token) against step, atomically.
+
+    OSError (naming out_path) when it cannot be written; a previous file there is left as it was.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -54,11 +58,7 @@ def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_path + ".tmp.png"
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, out_path)
+        atomic.write_file(out_path, lambda f: fig.savefig(f, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
