@@ -132,12 +132,12 @@ real_write_all = checkpoint._write_all
 marker = os.environ.get("CHARRNN_TEST_SAVING")
 pause = float(os.environ.get("CHARRNN_TEST_PAUSE", "0.0002"))
 
-def slow_write_all(fd, buf):
+def slow_write_all(out, buf):
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
     view = memoryview(buf).cast("B")
     for i in range(0, view.nbytes, 512):
-        real_write_all(fd, view[i:i + 512])
+        real_write_all(out, view[i:i + 512])
         time.sleep(pause)
 
 checkpoint._write_all = slow_write_all
@@ -416,7 +416,8 @@ def tiny_run(directory, **kw):
 
 
 class DiskFull:
-    """Counts checkpoint writes; once armed, the write numbered `fail_at` (0-based) raises ENOSPC."""
+    """Writes each checkpoint file in 256-byte pieces and counts them; once armed, the piece numbered
+    `fail_at` (0-based) raises ENOSPC."""
 
     def __init__(self, monkeypatch):
         self.real = checkpoint._write_all
@@ -424,12 +425,14 @@ class DiskFull:
         self.fail_at = None
         monkeypatch.setattr(checkpoint, "_write_all", self)
 
-    def __call__(self, fd, buf):
-        if self.fail_at is not None and self.calls == self.fail_at:
+    def __call__(self, out, buf):
+        view = memoryview(buf).cast("B")
+        for i in range(0, view.nbytes, 256):
+            if self.fail_at is not None and self.calls == self.fail_at:
+                self.calls += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.calls += 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.calls += 1
-        self.real(fd, buf)
+            self.real(out, view[i:i + 256])
 
 
 @pytest.mark.parametrize("where", ["first write", "middle", "last write"])
