@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -136,11 +136,12 @@ class Optimizer:
         """Restore the state written by `state_arrays`; nothing changes unless all of it is valid.
 
         - arrays: dict as returned by `state_arrays`
-        Raises CheckpointError on missing/extra keys, wrong shapes or dtypes, a bad "t",
-        or negative values in a slot that must be non-negative (squared-gradient averages).
+        Raises ValueError, its message written for the user, on missing/extra keys, wrong
+        shapes or dtypes, a bad "t", or negative values in a slot that must be non-negative
+        (squared-gradient averages). Where the arrays come from (a checkpoint) is the caller's.
         """
         if not isinstance(arrays, dict):
-            raise CheckpointError("optimizer state must be a dict of arrays")
+            raise ValueError("optimizer state must be a dict of arrays")
         t = arrays.get("t")
         if (
             not isinstance(t, np.ndarray)
@@ -148,7 +149,7 @@ class Optimizer:
             or t.dtype.kind not in "iu"
             or int(t) < 0
         ):
-            raise CheckpointError(f"{self.name} state: 't' must be a non-negative 0-d integer array")
+            raise ValueError(f"{self.name} state: 't' must be a non-negative 0-d integer array")
         # Expected (shape, dtype) per parameter: from our own state when we have it,
         # else from the arrays themselves (they must agree across slots).
         if self._state is not None:
@@ -166,19 +167,19 @@ class Optimizer:
                 parts.append("missing " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
             if extra:
                 parts.append("unexpected " + ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
-            raise CheckpointError(f"{self.name} optimizer state does not match the model: {'; '.join(parts)}")
+            raise ValueError(f"{self.name} optimizer state does not match the model: {'; '.join(parts)}")
         for slot in self.slots:
             for key, (shape, dtype) in expected.items():
                 arr = arrays[f"{slot}/{key}"]
                 if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
                     got = f"{arr.shape} {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
-                    raise CheckpointError(
+                    raise ValueError(
                         f"{self.name} state {slot}/{key}: expected {shape} {np.dtype(dtype)}, got {got}"
                     )
                 if dtype not in (np.float32, np.float64):
-                    raise CheckpointError(f"{self.name} state {slot}/{key}: dtype {dtype} is not float32/float64")
+                    raise ValueError(f"{self.name} state {slot}/{key}: dtype {dtype} is not float32/float64")
                 if slot in self._nonnegative_slots and arr.size and not (arr >= 0).all():
-                    raise CheckpointError(f"{self.name} state {slot}/{key} has negative (or NaN) entries")
+                    raise ValueError(f"{self.name} state {slot}/{key} has negative (or NaN) entries")
         if self._state is None:
             self._state = {slot: {k: np.empty(s, d) for k, (s, d) in expected.items()} for slot in self.slots}
             self._scratch = {k: np.empty(s, d) for k, (s, d) in expected.items()}

@@ -265,8 +265,8 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     optimizer = optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options())
     try:
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
-    except ConfigError as exc:
-        raise CheckpointError(f"{directory}/{STATE_FILE}: {exc}") from None
+    except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
+        raise CheckpointError(str(exc)) from None
     train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
     run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
               carry=carry)

@@ -691,6 +691,13 @@ HOSTILE_STATES = {
 }
 
 
+def test_an_optimizer_state_that_does_not_fit_is_refused_in_the_optimizers_words(saved_runs, tmp_path):
+    """optim raises a plain ValueError; resuming makes it a CheckpointError with the same message."""
+    run = edited_state(saved_runs / "stream", tmp_path / "run", HOSTILE_STATES["a negative optimizer step"])
+    with pytest.raises(CheckpointError, match=r"^\w+ state: 't' must be a non-negative 0-d integer array$"):
+        rundir.resume_run(run, {"max_steps": 6})
+
+
 @pytest.mark.parametrize("what", HOSTILE_STATES)
 def test_a_state_file_whose_contents_lie_is_refused_before_use(saved_runs, tmp_path, what):
     run = edited_state(saved_runs / "stream", tmp_path / "run", HOSTILE_STATES[what])
