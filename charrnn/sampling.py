@@ -67,14 +67,12 @@ def next_token_probs(logits, temperature: float, top_k: int | None, top_p: float
     """
     logits = np.array(logits, dtype=np.float64)  # (n, V)
     logits[:, banned] = -np.inf
-    n, V = logits.shape
+    n = logits.shape[0]
     if temperature == 0:
         probs = np.zeros_like(logits)
         probs[np.arange(n), logits.argmax(axis=1)] = 1.0
         return probs
-    if top_k is not None and top_k < V:
-        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
-        logits[logits < kth] = -np.inf
+    _mask_top_k(logits, top_k)
     # subtract the maximum before dividing: a tiny temperature then sends the
     # others to -inf instead of overflowing to inf - inf
     logits -= logits.max(axis=1, keepdims=True)
@@ -85,6 +83,14 @@ def next_token_probs(logits, temperature: float, top_k: int | None, top_p: float
         _nucleus(probs, top_p)
         probs /= probs.sum(axis=1, keepdims=True)
     return probs
+
+
+def _mask_top_k(logits, top_k: int | None) -> None:
+    """Set, in place, every logit (n, V) below its row's k-th largest to -inf (ties at the k-th all stay)."""
+    V = logits.shape[1]
+    if top_k is not None and top_k < V:
+        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
+        logits[logits < kth] = -np.inf
 
 
 def _nucleus(weights, top_p: float) -> None:
@@ -123,14 +129,12 @@ def draw_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k:
     accumulates the CDF in float64, and sorts only for top-p. generate uses it
     for top-p and temperature 0, and `draw_gumbel` otherwise.
     """
-    n, V = logits.shape
+    n = logits.shape[0]
     if len(banned):
         logits[:, banned] = -np.inf
     if temperature == 0:
         return _checked_argmax(logits)
-    if top_k is not None and top_k < V:
-        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
-        logits[logits < kth] = -np.inf
+    _mask_top_k(logits, top_k)
     logits -= logits.max(axis=1, keepdims=True)
     if temperature != 1:
         scale = 1.0 / temperature
@@ -263,9 +267,6 @@ def draw_gumbel(logits, noise, top_k: int | None = None) -> np.ndarray:
     - top_k: keep the k largest logits (ties at the k-th all kept), or None
     Returns (n,) int64 token ids.
     """
-    n, V = logits.shape
-    if top_k is not None and top_k < V:
-        kth = np.partition(logits, V - top_k, axis=1)[:, V - top_k : V - top_k + 1]  # (n, 1)
-        logits[logits < kth] = -np.inf
+    _mask_top_k(logits, top_k)
     logits += noise
     return _checked_argmax(logits)
