@@ -21,6 +21,7 @@ from . import __version__, corpus, evaluate, layout, optim, report, rundir, runt
 from . import train as training
 from .config import MODES, NONFINITE, RESUMABLE, TrainConfig, fill_auto_settings
 from .errors import CharRNNError, ConfigError
+from .cells import TORCH_CELLS
 from .model import CELLS, DTYPES
 from .vocab import LEVELS
 
@@ -476,6 +477,7 @@ def info_(checkpoint_path):
         ("model", f"{config.cell} {config.layers} x {config.hidden}, embedding {config.embed}, "
                   f"dropout {config.dropout}, {config.dtype}"),
         ("parameters", f"{n_params:,}"),
+        ("torch.nn", torch_loadable(config.cell)),
         ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
         ("tokens", preview.replace("\n", "\\n").replace("\t", "\\t") + (" ..." if len(regular) > 60 else "")),
         ("data", f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
@@ -496,6 +498,14 @@ def info_(checkpoint_path):
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def torch_loadable(cell: str) -> str:
+    """Whether a model of this cell loads into a torch.nn module, for `info`."""
+    if cell in TORCH_CELLS:
+        return f"loads into torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[cell]} (load_state_dict, strict)"
+    what = {"peephole": "the peephole weights rnn.weight_c{i,f,o}_l*", "simple-gru": "the simplified GRU's two gates"}
+    return f"does not load: torch.nn has no {cell} cell ({what[cell]} fit no torch.nn module)"
 
 
 @cli.command()

@@ -186,18 +186,90 @@ def gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, hn, d_xp, d_hp):
             dh_direct[n, j] = dh * z
 
 
+@numba.njit(**_JIT)
+def peephole_forward_step(hh, xp_t, b, c_prev, w_ci, w_cf, w_co, act, c, tanh_c, h):
+    """The LSTM step with peepholes (cells.peephole_step_forward): act (B, 4H) receives
+    i, f, g, o; c, tanh_c and h (B, H) the new cell, tanh(c) and h. o reads the new c,
+    so one loop per row does the whole step."""
+    B, H = h.shape
+    for n in range(B):
+        for j in range(H):
+            cp = c_prev[n, j]
+            i = sigmoid(hh[n, j] + xp_t[n, j] + b[j] + w_ci[j] * cp)
+            f = sigmoid(hh[n, H + j] + xp_t[n, H + j] + b[H + j] + w_cf[j] * cp)
+            g = tanh(hh[n, 2 * H + j] + xp_t[n, 2 * H + j] + b[2 * H + j])
+            cn = f * cp + i * g
+            o = sigmoid(hh[n, 3 * H + j] + xp_t[n, 3 * H + j] + b[3 * H + j] + w_co[j] * cn)
+            tc = tanh(cn)
+            act[n, j], act[n, H + j], act[n, 2 * H + j], act[n, 3 * H + j] = i, f, g, o
+            c[n, j] = cn
+            tanh_c[n, j] = tc
+            h[n, j] = o * tc
+
+
+@numba.njit(**_JIT)
+def peephole_backward_step(dh_rec, dh_out, dc, act, c_prev, tanh_c, w_ci, w_cf, w_co, da):
+    """da (B, 4H) receives d(pre-activations); dc (B, H) is updated in place to d c_prev."""
+    one = dc.dtype.type(1.0)
+    B, H = dc.shape
+    for n in range(B):
+        for j in range(H):
+            i, f, g, o = act[n, j], act[n, H + j], act[n, 2 * H + j], act[n, 3 * H + j]
+            dh = dh_rec[n, j] + dh_out[n, j]
+            tc = tanh_c[n, j]
+            da_o = dh * tc * o * (one - o)
+            dcn = dc[n, j] + dh * o * (one - tc * tc) + da_o * w_co[j]
+            da_i = dcn * g * i * (one - i)
+            da_f = dcn * c_prev[n, j] * f * (one - f)
+            da[n, j] = da_i
+            da[n, H + j] = da_f
+            da[n, 2 * H + j] = dcn * i * (one - g * g)
+            da[n, 3 * H + j] = da_o
+            dc[n, j] = dcn * f + da_i * w_ci[j] + da_f * w_cf[j]
+
+
+@numba.njit(**_JIT)
+def simple_gru_forward_step(hh, xp_t, b, h_prev, act, h):
+    """The notes' simplified GRU step (cells.simple_gru_step_forward): act (B, 2H) receives c~, u."""
+    B, H = h.shape
+    for n in range(B):
+        for j in range(H):
+            ct = tanh(hh[n, j] + xp_t[n, j] + b[j])
+            u = sigmoid(hh[n, H + j] + xp_t[n, H + j] + b[H + j])
+            act[n, j], act[n, H + j] = ct, u
+            h[n, j] = h_prev[n, j] + u * (ct - h_prev[n, j])  # u c~ + (1 - u) c
+
+
+@numba.njit(**_JIT)
+def simple_gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, da):
+    """da (B, 2H) receives d(pre-activations); dh_direct (B, H) is read, then overwritten
+    with this step's dh * (1 - u) (the part of d h_prev that skips W_hh)."""
+    one = h_prev.dtype.type(1.0)
+    B, H = h_prev.shape
+    for n in range(B):
+        for j in range(H):
+            ct, u = act[n, j], act[n, H + j]
+            dh = dh_rec[n, j] + dh_direct[n, j] + dh_out[n, j]
+            da[n, j] = dh * u * (one - ct * ct)
+            da[n, H + j] = dh * (ct - h_prev[n, j]) * u * (one - u)
+            dh_direct[n, j] = dh * (one - u)
+
+
 # ---------------------------------------------------------------- a sequence
 
 
-def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None):
+def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
     """Run one layer's recurrence over a chunk; the same contract as cells.sequence_forward.
 
     - keep: False when no backward pass follows (sampling, scoring): step
       buffers are then reused instead of kept for every step
     - W_hh_t: W_hh transposed and contiguous (H, G*H), when the caller has it
       (BLAS multiplies it about a fifth faster than the transposed view)
+    - extra: the cell's EXTRA parameters (cells.EXTRA), a tuple of (H,) arrays
     Returns (hs (T, B, H), state, cache); cache is None when keep is False.
     """
+    if cell in _ADDED_CELLS:
+        return _ADDED_CELLS[cell][0](xp, state0, W_hh, b_hh, keep, W_hh_t, extra)
     T, B, GH = xp.shape
     H = W_hh.shape[1]
     dtype = xp.dtype
@@ -240,6 +312,8 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None):
 
 def sequence_backward(d_hs, d_state, cache):
     """Backpropagate through one layer's recurrence; the same contract as cells.sequence_backward."""
+    if cache["cell"] in _ADDED_CELLS:
+        return _ADDED_CELLS[cache["cell"]][1](d_hs, d_state, cache)
     cell, hs, W_hh = cache["cell"], cache["hs"], cache["W_hh"]
     T, B, H = d_hs.shape
     GH = W_hh.shape[0]
@@ -273,3 +347,90 @@ def sequence_backward(d_hs, d_state, cache):
     d_hp_flat = d_hp.reshape(T * B, GH)
     grads = {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, H), "b_hh": d_hp_flat.sum(axis=0)}
     return d_xp, d_state0, grads
+
+
+# ---------------------------------------------------------------- the cells torch.nn lacks: peephole, simple-gru
+# The same contract as sequence_forward/backward, one function per cell and direction.
+
+
+def _start(xp, state0, W_hh, W_hh_t, keep, cell):
+    """What every sequence starts with: (T, B, H, hs (T+1, B, H) with hs[0] = h0, hh (B, G*H), W_hh_t, cache)."""
+    T, B, GH = xp.shape
+    H = W_hh.shape[1]
+    hs = np.empty((T + 1, B, H), xp.dtype)
+    hs[0] = state0[0]
+    W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
+    return T, B, H, hs, np.empty((B, GH), xp.dtype), W_hh_t, {"cell": cell, "hs": hs, "W_hh": W_hh}
+
+
+def _peephole_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
+    T, B, H, hs, hh, W_hh_t, cache = _start(xp, state0, W_hh, W_hh_t, keep, "peephole")
+    w_ci, w_cf, w_co = extra
+    n_act = T if keep else 1
+    act = np.empty((n_act, B, 4 * H), xp.dtype)
+    cs = np.empty((T + 1 if keep else 2, B, H), xp.dtype)
+    tanh_cs = np.empty((n_act, B, H), xp.dtype)
+    cs[0] = state0[1]
+    for t in range(T):
+        a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
+        np.matmul(hs[t], W_hh_t, out=hh)
+        peephole_forward_step(hh, xp[t], b_hh, cs[c_prev], w_ci, w_cf, w_co, act[a], cs[c], tanh_cs[a], hs[t + 1])
+    state = (hs[T].copy(), cs[T if keep else T % 2].copy())
+    cache.update(act=act, cs=cs, tanh_cs=tanh_cs, extra=extra)
+    return hs[1:], state, (cache if keep else None)
+
+
+def _peephole_backward(d_hs, d_state, cache):
+    hs, W_hh, act, cs, tanh_cs = cache["hs"], cache["W_hh"], cache["act"], cache["cs"], cache["tanh_cs"]
+    w_ci, w_cf, w_co = cache["extra"]
+    T, B, H = d_hs.shape
+    dtype = d_hs.dtype
+    d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
+    dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
+    dc = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[1], dtype=dtype)
+    d_xp = np.empty((T, B, 4 * H), dtype)
+    for t in range(T - 1, -1, -1):
+        peephole_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], w_ci, w_cf, w_co, d_xp[t])
+        np.matmul(d_xp[t], W_hh, out=dh_rec)
+    grads = _recurrent_grads(d_xp, hs)
+    # each peephole's gradient: its gate's d pre-activation times the c it saw, summed over T and B
+    grads["ci"] = np.einsum("tbh,tbh->h", d_xp[:, :, :H], cs[:-1])
+    grads["cf"] = np.einsum("tbh,tbh->h", d_xp[:, :, H : 2 * H], cs[:-1])
+    grads["co"] = np.einsum("tbh,tbh->h", d_xp[:, :, 3 * H :], cs[1:])
+    return d_xp, (dh_rec, dc), grads
+
+
+def _simple_gru_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
+    T, B, H, hs, hh, W_hh_t, cache = _start(xp, state0, W_hh, W_hh_t, keep, "simple-gru")
+    act = np.empty((T if keep else 1, B, 2 * H), xp.dtype)
+    for t in range(T):
+        np.matmul(hs[t], W_hh_t, out=hh)
+        simple_gru_forward_step(hh, xp[t], b_hh, hs[t], act[t if keep else 0], hs[t + 1])
+    cache.update(act=act)
+    return hs[1:], (hs[T].copy(),), (cache if keep else None)
+
+
+def _simple_gru_backward(d_hs, d_state, cache):
+    hs, W_hh, act = cache["hs"], cache["W_hh"], cache["act"]
+    T, B, H = d_hs.shape
+    dtype = d_hs.dtype
+    d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
+    dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
+    dh_direct = np.zeros((B, H), dtype)
+    d_xp = np.empty((T, B, 2 * H), dtype)
+    for t in range(T - 1, -1, -1):
+        simple_gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], d_xp[t])
+        np.matmul(d_xp[t], W_hh, out=dh_rec)
+    dh_rec += dh_direct
+    return d_xp, (dh_rec,), _recurrent_grads(d_xp, hs)
+
+
+def _recurrent_grads(d_hp, hs):
+    """W_hh's and b_hh's gradients as one product over all steps: d_hp (T, B, G*H), hs (T+1, B, H)."""
+    T, B, GH = d_hp.shape
+    d_hp_flat = d_hp.reshape(T * B, GH)
+    return {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, -1), "b_hh": d_hp_flat.sum(axis=0)}
+
+
+_ADDED_CELLS = {"peephole": (_peephole_forward, _peephole_backward),
+                "simple-gru": (_simple_gru_forward, _simple_gru_backward)}

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import cells
-from .cells import CELLS, GATES
+from .cells import CELLS, EXTRA, GATES, STATES
 from .errors import ConfigError
 
 DTYPES = ("float32", "float64")
@@ -34,7 +34,7 @@ KERNELS = ("numba", "numpy")  # CHARRNN_KERNELS: the compiled kernels (default) 
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int                    # V: number of token ids, specials included
-    cell: str = "lstm"                 # "rnn" (tanh), "lstm" or "gru"
+    cell: str = "lstm"                 # "rnn" (tanh), "lstm", "gru", "peephole" (LSTM) or "simple-gru"
     layers: int = 2                    # L: stacked recurrent layers
     hidden: int = 256                  # H: hidden units per layer
     embed: int = 64                    # E: embedding width
@@ -85,6 +85,8 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
         shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
+        for name in EXTRA[config.cell]:  # e.g. the peepholes rnn.weight_ci_l{k}: torch.nn has no such names
+            shapes[f"rnn.weight_{name}_l{k}"] = (H,)
     shapes["head.weight"] = (V, H)
     shapes["head.bias"] = (V,)
     return shapes
@@ -105,7 +107,7 @@ def init_params(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.n
             params[name] = rng.standard_normal(shape).astype(dtype)
         else:
             params[name] = rng.uniform(-bound, bound, shape).astype(dtype)
-    if config.cell == "lstm" and config.forget_bias is not None:
+    if config.cell in ("lstm", "peephole") and config.forget_bias is not None:
         H = config.hidden
         for k in range(config.layers):
             params[f"rnn.bias_ih_l{k}"][H : 2 * H] = config.forget_bias
@@ -114,9 +116,9 @@ def init_params(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.n
 
 
 def zero_state(config: ModelConfig, batch: int) -> tuple[np.ndarray, ...]:
-    """The all-zero state: (h,) or (h, c) for lstm, each of shape (L, B, H)."""
-    n = 2 if config.cell == "lstm" else 1
-    return tuple(np.zeros((config.layers, batch, config.hidden), dtype=config.dtype) for _ in range(n))
+    """The all-zero state: (h,) or (h, c) for lstm and peephole, each of shape (L, B, H)."""
+    return tuple(np.zeros((config.layers, batch, config.hidden), dtype=config.dtype)
+                 for _ in range(STATES[config.cell]))
 
 
 
@@ -171,6 +173,7 @@ class Weights:
     b_hh: tuple                    # per layer: (G*H,)
     head_w_t: np.ndarray           # head.weight transposed, contiguous (H, V)
     head_b: np.ndarray             # (V,)
+    extra: tuple = ()              # per layer: the cell's EXTRA parameters, a tuple of (H,) arrays
 
 
 def prepare(params, config, *, table: bool = True) -> Weights:
@@ -193,7 +196,8 @@ def prepare(params, config, *, table: bool = True) -> Weights:
         config=config, embedding=params["embedding.weight"], table=lookup, w_ih=w_ih, b_ih=b_ih, w_hh=w_hh,
         w_hh_t=tuple(np.ascontiguousarray(w.T) for w in w_hh),
         b_hh=tuple(params[f"rnn.bias_hh_l{k}"] for k in range(L)),
-        head_w_t=np.ascontiguousarray(params["head.weight"].T), head_b=params["head.bias"])
+        head_w_t=np.ascontiguousarray(params["head.weight"].T), head_b=params["head.bias"],
+        extra=tuple(tuple(params[f"rnn.weight_{n}_l{k}"] for n in EXTRA[config.cell]) for k in range(L)))
 
 
 def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
@@ -224,7 +228,7 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
             xp = xp.reshape(T, B, -1)
         hs, layer_state, rec_cache = rec.sequence_forward(
             config.cell, xp, tuple(s[k] for s in state), weights.w_hh[k], weights.b_hh[k],
-            keep=keep, W_hh_t=weights.w_hh_t[k])
+            keep=keep, W_hh_t=weights.w_hh_t[k], extra=weights.extra[k])
         del xp  # free the projection before the next layer makes its own
         for acc, s in zip(final, layer_state):
             acc.append(s)
@@ -334,7 +338,7 @@ def backward(params, config, cache, d_state=None):
     grads["head.bias"] = d_logits.sum(axis=0)  # (V,)
     d_x = (d_logits @ params["head.weight"]).reshape(T, B, H)  # (T, B, H)
 
-    d_state0 = [[None] * config.layers for _ in range(2 if config.cell == "lstm" else 1)]
+    d_state0 = [[None] * config.layers for _ in range(STATES[config.cell])]
     for k in range(config.layers - 1, -1, -1):
         layer = cache["layers"][k]
         if layer["drop"] is not None:
@@ -343,10 +347,12 @@ def backward(params, config, cache, d_state=None):
         d_xp, d_s0, g = rec.sequence_backward(d_x, d_layer_state, layer["rec"])  # d_xp (T, B, G*H)
         grads[f"rnn.weight_hh_l{k}"] = g["W_hh"]
         grads[f"rnn.bias_hh_l{k}"] = g["b_hh"]
+        for name in EXTRA[config.cell]:
+            grads[f"rnn.weight_{name}_l{k}"] = g[name]
         for acc, s in zip(d_state0, d_s0):
             acc[k] = s
         d_xp_flat = d_xp.reshape(T * B, -1)  # (T*B, G*H)
-        # rnn/lstm: b_ih and b_hh enter the same sum, so their gradients are equal
+        # every cell but gru: b_ih and b_hh enter the same sum, so their gradients are equal
         grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0) if config.cell == "gru" else g["b_hh"].copy()
         W_ih = params[f"rnn.weight_ih_l{k}"]
         if k > 0:

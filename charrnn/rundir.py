@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import batches, checkpoint, corpus, model, optim
+from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
 from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LOG_FILE, MODEL_FILE, STATE_FILE
@@ -310,7 +311,7 @@ def _checked_carry(arrays: dict, config: ModelConfig, tconfig: TrainConfig, wher
     keys = sorted(k for k in arrays if k.startswith("carry/"))
     if not keys:
         return None
-    wanted = [f"carry/{i}" for i in range(2 if config.cell == "lstm" else 1)]
+    wanted = [f"carry/{i}" for i in range(STATES[config.cell])]
     if tconfig.mode != "stream" or keys != wanted:
         raise CheckpointError(f"{where}: carried state {', '.join(keys)} does not fit a {config.cell} "
                               f"model in {tconfig.mode} mode")

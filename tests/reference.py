@@ -16,7 +16,8 @@ def naive_forward(params, config, inputs, state=None, gru_reset_before_product=F
     B, T = inputs.shape
     H, L = config.hidden, config.layers
     h = [np.zeros((B, H)) if state is None else state[0][k].copy() for k in range(L)]
-    c = [np.zeros((B, H)) if state is None or config.cell != "lstm" else state[1][k].copy() for k in range(L)]
+    has_c = config.cell in ("lstm", "peephole")
+    c = [np.zeros((B, H)) if state is None or not has_c else state[1][k].copy() for k in range(L)]
     logits = np.zeros((B, T, config.vocab_size))
     for t in range(T):
         x = params["embedding.weight"][inputs[:, t]]
@@ -39,6 +40,17 @@ def naive_forward(params, config, inputs, state=None, gru_reset_before_product=F
                 o = sigmoid(part(3) + hpart(3))
                 c[k] = f * c[k] + i * g
                 h[k] = o * np.tanh(c[k])
+            elif config.cell == "peephole":  # Gers & Schmidhuber: c_prev looks into i and f, the new c into o
+                i = sigmoid(part(0) + hpart(0) + params[f"rnn.weight_ci_l{k}"] * c[k])
+                f = sigmoid(part(1) + hpart(1) + params[f"rnn.weight_cf_l{k}"] * c[k])
+                g = np.tanh(part(2) + hpart(2))
+                c[k] = f * c[k] + i * g
+                o = sigmoid(part(3) + hpart(3) + params[f"rnn.weight_co_l{k}"] * c[k])
+                h[k] = o * np.tanh(c[k])
+            elif config.cell == "simple-gru":  # the course notes: c~ = tanh(.), u = sigmoid(.)
+                c_tilde = np.tanh(part(0) + hpart(0))
+                u = sigmoid(part(1) + hpart(1))
+                h[k] = u * c_tilde + (1 - u) * h[k]
             else:
                 r = sigmoid(part(0) + hpart(0))
                 z = sigmoid(part(1) + hpart(1))
@@ -49,7 +61,7 @@ def naive_forward(params, config, inputs, state=None, gru_reset_before_product=F
                 h[k] = (1 - z) * n + z * h[k]
             x = h[k]
         logits[:, t] = x @ params["head.weight"].T + params["head.bias"]
-    final = (np.stack(h), np.stack(c)) if config.cell == "lstm" else (np.stack(h),)
+    final = (np.stack(h), np.stack(c)) if has_c else (np.stack(h),)
     return logits, final
 
 

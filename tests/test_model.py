@@ -9,7 +9,7 @@ from charrnn import inference, model
 from charrnn.model import ModelConfig
 from reference import naive_forward, naive_loss
 
-CELLS = ["rnn", "lstm", "gru"]
+CELLS = ["rnn", "lstm", "gru", "peephole", "simple-gru"]
 pytestmark = pytest.mark.usefixtures("backend")
 
 
