@@ -6,9 +6,10 @@ the peak resident set size (ru_maxrss from wait4, the child's own figure) of
 
 - prepare + train: `charrnn train big.txt --max-steps 20 --hidden 64 ...`, a
   fresh run: reading, vocabulary, encoding and writing the ids, then training;
-  and, of the same run, the largest resident set seen at the start of a
-  training step (VmRSS from /proc, sampled in the process): what training holds
-  once the corpus is prepared;
+  and, of the same run, the largest resident set seen while it trains (VmRSS
+  from /proc/PID/status, read by this script every few milliseconds from the
+  moment the run's log holds its first step until the process ends): what
+  training holds once the corpus is prepared;
 - train only: `charrnn train --resume RUN --max-steps 40`, which trains on the
   memory-mapped ids alone (what the spec bounds: no text held as a str).
 
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -42,7 +44,7 @@ WORDS = ("the of and to in a is that for it as was with be by on not he this are
          "right used take three ROMEO: JULIET: KING, Queen; (lord) 'tis! what? 1842 -- end.").split()
 
 TRAIN_ARGS = ["--hidden", "64", "--embed", "32", "--layers", "1", "--batch-size", "32", "--seq-len", "64",
-              "--eval-every", "10", "--eval-tokens", "20000", "--quiet"]
+              "--eval-every", "10", "--eval-tokens", "20000", "--log-every", "1", "--quiet"]
 
 
 def make_corpus(path: str, megabytes: int, seed: int = 0) -> int:
@@ -62,44 +64,40 @@ def make_corpus(path: str, megabytes: int, seed: int = 0) -> int:
     return written
 
 
-# charrnn's main(), with the resident set sampled at the start of every training step; the
-# largest sample (total and anonymous, KiB) goes to the file named by the first argument.
-SAMPLED = r"""
-import sys
-from charrnn import cli, train
-report, sys.argv[1:] = sys.argv[1], sys.argv[2:]
-real, largest = train._loss_and_grads, [0, 0]
-
-def sampled(*args):
-    with open("/proc/self/status") as f:
-        status = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmRSS:", "RssAnon:"))}
-    if int(status["VmRSS"]) > largest[0]:
-        largest[:] = int(status["VmRSS"]), int(status["RssAnon"])
-    return real(*args)
-
-train._loss_and_grads = sampled
-try:
-    cli.main()
-finally:
-    with open(report, "w") as f:
-        f.write(f"{largest[0]} {largest[1]}")
-"""
+def _resident_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon) of a live process in KiB; (0, 0) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("VmRSS:", "RssAnon:"))}
+    except (FileNotFoundError, ProcessLookupError):
+        return 0, 0
+    return status.get("VmRSS", 0), status.get("RssAnon", 0)
 
 
-def peak_rss_mb(args: list[str], sample_to: str | None = None) -> float:
-    """Run `python -m charrnn ARGS` and return its peak RSS in MB (Linux reports ru_maxrss in KiB).
+def peak_rss_mb(args: list[str], log: str | None = None) -> tuple[float, float, float]:
+    """Run `python -m charrnn ARGS`; returns (peak RSS, largest RSS while training, its anonymous part), MB.
 
-    - sample_to: a file to receive the largest RSS (KiB) seen at the start of a training step
+    - log: the run's log.jsonl; once it holds a line (the first step is done), the child's
+      resident set is read every 2 ms until it exits. Without it the last two figures are 0.
+    Peak RSS is the child's own ru_maxrss from wait4 (KiB on Linux).
     """
-    head = ["-m", "charrnn"] if sample_to is None else ["-c", SAMPLED, sample_to]
-    proc = subprocess.Popen([sys.executable, *head, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    largest = (0, 0)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaps it, with its rusage, once it exits
+        if pid:
+            break
+        training = log is not None and os.path.exists(log) and os.path.getsize(log) > 0
+        if training:
+            largest = max(largest, _resident_kib(proc.pid))
+        time.sleep(0.002 if training else 0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"charrnn {' '.join(args)} failed ({proc.returncode}): {err.strip()}")
-    return usage.ru_maxrss / 1024
+    return usage.ru_maxrss / 1024, largest[0] / 1024, largest[1] / 1024
 
 
 def main() -> None:
@@ -113,18 +111,16 @@ def main() -> None:
     os.makedirs(root, exist_ok=True)
     results = []
     try:
-        baseline = peak_rss_mb(["--version"])
+        baseline = peak_rss_mb(["--version"])[0]
         print(f"python + charrnn import: peak RSS {baseline:7.1f} MB")
         for mb in opts.sizes:
             corpus = os.path.join(root, f"corpus-{mb}mb.txt")
             run = os.path.join(root, f"run-{mb}mb")
             shutil.rmtree(run, ignore_errors=True)
             size = make_corpus(corpus, mb)
-            sample = os.path.join(root, "steps-rss")
-            full = peak_rss_mb(["train", corpus, "--out", run, "--max-steps", "20", *TRAIN_ARGS], sample)
-            with open(sample) as f:
-                steps, steps_anon = (int(v) / 1024 for v in f.read().split())
-            only = peak_rss_mb(["train", "--resume", run, "--max-steps", "40", "--quiet"])
+            full, steps, steps_anon = peak_rss_mb(["train", corpus, "--out", run, "--max-steps", "20", *TRAIN_ARGS],
+                                                  log=os.path.join(run, "log.jsonl"))
+            only = peak_rss_mb(["train", "--resume", run, "--max-steps", "40", "--quiet"])[0]
             ids = os.path.getsize(os.path.join(run, "data", "train.npy")) + \
                 os.path.getsize(os.path.join(run, "data", "val.npy"))
             results.append((mb, full, steps, only))

@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 
+from common import CORPUS  # this directory is on sys.path when the script runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "tinyshakespeare.txt")
 OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
 
 
@@ -38,7 +39,7 @@ def train(corpus, minutes, optim, run_dir, extra):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument("--corpus", default=CORPUS)
     parser.add_argument("--minutes", type=float, default=2)
     parser.add_argument("--optims", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     parser.add_argument("--out", default=os.path.join(HERE, "out", "optimizers"))

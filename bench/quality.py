@@ -2,9 +2,18 @@
 
 A benchmark, not a test. Trains `charrnn train CORPUS --max-time M` (charrnn's
 own defaults for a corpus of that size and budget) in a subprocess, then the
-same architecture and hyperparameters in PyTorch (CPU, 2 threads) on the same
-split for the same wall-clock budget, evaluating on the held-out split at the
-same cadence. Writes the curves as a table (stdout and quality.md) and a PNG.
+same architecture and hyperparameters in PyTorch (CPU, 2 threads) on the run's
+own encoded split, in the same batches, for the same wall-clock budget. Both
+are scored alike: PyTorch's weights, exported as a charrnn parameter dict, go
+through the very evaluation charrnn's trainer runs (evaluate.score_stream on
+the first eval_tokens of the held-out ids). Writes the curves as a table
+(stdout and quality.md) and a PNG.
+
+Like with like in the optimizer too: PyTorch's Adam, AdamW, RMSprop and SGD
+are charrnn's rules, but torch.optim.Adagrad adds eps after the square root
+(p -= lr g / (sqrt(s) + eps)), where charrnn, like min-char-rnn, adds it inside
+(p -= lr g / sqrt(s + eps)); PyTorch runs charrnn's rule here (CharrnnAdagrad).
+What still differs: each framework initializes its own weights.
 
     python bench/quality.py                     # 10 minutes each on tinyshakespeare
     python bench/quality.py --minutes 2 --only charrnn
@@ -24,83 +33,77 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from common import CORPUS, to_params, torch_lm  # this directory is on sys.path when the script runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "tinyshakespeare.txt")
 
 
 def run_charrnn(corpus, minutes, out_dir, extra):
-    """Train with the CLI; returns (config dict, [(elapsed s, val loss)])."""
+    """Train with the CLI; returns (run directory, its state file's metadata, [(elapsed s, val loss)])."""
     run_dir = os.path.join(out_dir, "charrnn-run")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--max-time", f"{minutes}m", "--out", run_dir, *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     from charrnn import checkpoint
-    _, meta = checkpoint.load_state(os.path.join(run_dir, "state.safetensors"))
+    _, meta = checkpoint.load_state(run_dir)
     curve = []
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         for line in f:
             record = json.loads(line)
             if record.get("val_loss") is not None:
                 curve.append((record["elapsed"], record["val_loss"]))
-    return meta, curve
+    return run_dir, meta, curve
 
 
-def run_torch(corpus, minutes, meta, eval_every_s):
-    """The same model, data split, batches and optimizer settings in PyTorch; [(elapsed s, val loss)]."""
+def charrnn_adagrad(params, lr: float, eps: float):
+    """A torch optimizer with charrnn's Adagrad rule: s += g*g; p -= lr * g / sqrt(s + eps)."""
     import torch
 
-    from charrnn import batches, corpus as corpus_mod
-    from charrnn.vocab import Vocab
+    class CharrnnAdagrad(torch.optim.Optimizer):
+        @torch.no_grad()
+        def step(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        s = self.state[p].setdefault("sum", torch.zeros_like(p))
+                        s.addcmul_(p.grad, p.grad)
+                        p.addcdiv_(p.grad, (s + group["eps"]).sqrt_(), value=-group["lr"])
+
+    return CharrnnAdagrad(params, {"lr": lr, "eps": eps})
+
+
+def run_torch(run_dir, minutes, meta, eval_every_s):
+    """The same model, data, batches and optimizer rule in PyTorch; [(elapsed s, val loss by charrnn's eval)]."""
+    import torch
+
+    from charrnn import batches, corpus, evaluate, optim as our_optim, rundir
+    from charrnn.model import ModelConfig
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    mc, tc = meta["model"], meta["train"]
-    vocab = Vocab.from_dict(meta["vocab"])
-    train_text, val_text = corpus_mod.split_text(corpus_mod.read_text(corpus), tc["val_frac"])
-    train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
+    config, tc = ModelConfig.from_dict(meta["model"]), meta["train"]
+    if tc["mode"] != "stream":
+        raise SystemExit("bench/quality.py compares stream-mode runs only")
+    train_ids, val_ids = (corpus.load_ids(os.path.join(rundir.data_dir(run_dir), f"{name}.npy"), mmap=False)
+                          for name in ("train", "val"))
+    # what train.validation_loss scores in stream mode
+    val_ids = val_ids if tc["eval_tokens"] is None else val_ids[: tc["eval_tokens"] + 1]
 
-    class LM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(mc["vocab_size"], mc["embed"])
-            rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[mc["cell"]]
-            self.rnn = rnn(mc["embed"], mc["hidden"], mc["layers"], batch_first=True, dropout=mc["dropout"])
-            self.drop = torch.nn.Dropout(mc["dropout"])  # charrnn also drops the top layer's output
-            self.head = torch.nn.Linear(mc["hidden"], mc["vocab_size"])
-
-        def forward(self, x, state=None):
-            out, state = self.rnn(self.embedding(x), state)
-            return self.head(self.drop(out)), state
-
-    net = LM()
-    opt = {"adam": lambda p: torch.optim.Adam(p, lr=tc["lr"]),
-           "rmsprop": lambda p: torch.optim.RMSprop(p, lr=tc["lr"]),
-           "adagrad": lambda p: torch.optim.Adagrad(p, lr=tc["lr"]),
+    net = torch_lm(config)
+    opt = {"adam": lambda p: (torch.optim.AdamW(p, lr=tc["lr"], weight_decay=tc["weight_decay"])
+                              if tc["weight_decay"] else torch.optim.Adam(p, lr=tc["lr"])),
+           "rmsprop": lambda p: torch.optim.RMSprop(p, lr=tc["lr"], alpha=our_optim.RMSprop().alpha,
+                                                    eps=our_optim.RMSprop().eps),
+           "adagrad": lambda p: charrnn_adagrad(p, lr=tc["lr"], eps=our_optim.Adagrad().eps),
            "sgd": lambda p: torch.optim.SGD(p, lr=tc["lr"], momentum=tc["momentum"])}[tc["optim"]](net.parameters())
     B, T = tc["batch_size"], tc["seq_len"]
     windows = batches.stream_windows(len(train_ids), B, T)
     budget = minutes * 60
 
     def val_loss():
-        net.eval()
-        n = len(val_ids) - 1
-        streams = min(128, n)
-        S = n // streams
-        ids = torch.from_numpy(val_ids[: streams * S + 1].astype(np.int64))
-        x = ids[:-1].reshape(streams, S)
-        y = ids[1:].reshape(streams, S)
-        total, state = 0.0, None
-        with torch.no_grad():
-            for t0 in range(0, S, 256):
-                logits, state = net(x[:, t0:t0 + 256], state)
-                total += torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), y[:, t0:t0 + 256].reshape(-1), reduction="sum").item()
-        net.train()
-        return total / (streams * S)
+        return evaluate.score_stream(to_params(net), config, val_ids).loss
 
-    from charrnn import optim as our_optim
+    val_loss()  # once before the clock starts: charrnn's kernels compile on first use
     curve, step, state, schedule_steps = [], 0, None, None
     start = time.monotonic()
     next_eval = eval_every_s
@@ -140,7 +143,7 @@ def at(curve, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument("--corpus", default=CORPUS)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--only", choices=["charrnn", "torch"], default=None)
     parser.add_argument("--out", default=os.path.join(HERE, "out", "quality"))
@@ -148,11 +151,11 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    meta, ours = run_charrnn(args.corpus, args.minutes, args.out, args.charrnn_args)
+    run_dir, meta, ours = run_charrnn(args.corpus, args.minutes, args.out, args.charrnn_args)
     curves = {"charrnn": ours}
     eval_every_s = max(ours[0][0], 10.0) if ours else 30.0
     if args.only != "charrnn":
-        curves["torch"] = run_torch(args.corpus, args.minutes, meta, eval_every_s)
+        curves["torch"] = run_torch(run_dir, args.minutes, meta, eval_every_s)
 
     mc, tc = meta["model"], meta["train"]
     lines = [f"Validation loss (nats/char) on {os.path.basename(args.corpus)}, best reached by each time; "

@@ -2,10 +2,11 @@
 
 A benchmark, not a test. For each configuration both frameworks train the same
 model on the same batches with the same optimizer (Adam, global-norm clip 5,
-float32), alternating one step each after a warm-up, and the script prints the
-median characters per second of each, their ratio, and the model FLOPs
-utilization: the model's matrix FLOPs per second over the float32 GEMM peak
-measured by this script in the same run.
+float32), alternating one step each after a warm-up; each step of the headline
+table starts when other processes leave the CPUs alone (common.measure). The
+script prints the median characters per second of each, their ratio, and the
+model FLOPs utilization: the model's matrix FLOPs per second over the float32
+GEMM peak measured by this script in the same run.
 
     python bench/speed.py            # reference model, cells, sizes, the sweep, sampling and eval
     python bench/speed.py --quick    # without the H x B sweep, and 3 rounds of sampling and eval
@@ -24,14 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 from charrnn import model, optim
 from charrnn.model import ModelConfig
 from charrnn.runtime import keep_freed_memory
-from sample_speed import blas_kernel  # this directory is on sys.path when the script runs
+from common import blas_kernel, measure, torch_lm  # this directory is on sys.path when the script runs
 
 V = 65  # tinyshakespeare's character count
 
@@ -41,14 +41,8 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     out = np.empty_like(a)
     np.matmul(a, a, out=out)
-    best = min(_timed(lambda: np.matmul(a, a, out=out)) for _ in range(repeats))
+    best = min(measure(lambda: np.matmul(a, a, out=out))[0] for _ in range(repeats))
     return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
@@ -78,27 +72,15 @@ class TorchTrainer:
     def __init__(self, cfg, params):
         import torch
 
-        class LM(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embedding = torch.nn.Embedding(cfg.vocab_size, cfg.embed)
-                rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cfg.cell]
-                self.rnn = rnn(cfg.embed, cfg.hidden, cfg.layers, batch_first=True)
-                self.head = torch.nn.Linear(cfg.hidden, cfg.vocab_size)
-
-            def forward(self, x):
-                return self.head(self.rnn(self.embedding(x))[0])
-
         self.torch = torch
-        self.net = LM()
-        self.net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+        self.net = torch_lm(cfg, params)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
 
     def step(self, x, y):
         torch = self.torch
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         self.opt.zero_grad(set_to_none=True)
-        logits = self.net(x)
+        logits, _ = self.net(x)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
@@ -106,22 +88,28 @@ class TorchTrainer:
         return loss.item()
 
 
-def compare(cell, layers, H, B, T=100, E=64, reps=7, warmup=2, peak=None):
-    """Median chars/s of each framework over `reps` alternated steps; returns a result row."""
+def compare(cell, layers, H, B, T=100, E=64, reps=7, warmup=2, peak=None, quiet=True):
+    """Median chars/s of each framework over `reps` alternated steps; returns a result row.
+
+    - quiet: start each step when other processes leave the CPUs alone (common.measure)
+    """
     cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=H, embed=E)
     params = model.init_params(cfg, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     data = rng.integers(0, V, (reps + warmup, B, T + 1))
     trainers = {"charrnn": NumpyTrainer(cfg, params), "torch": TorchTrainer(cfg, params)}
     times = {name: [] for name in trainers}
+    foreign = []
     for i in range(reps + warmup):
         x, y = data[i, :, :-1], data[i, :, 1:]
         for name, trainer in trainers.items():
-            elapsed = _timed(lambda: trainer.step(x, y))
+            elapsed, share, _ = measure(lambda: trainer.step(x, y), quiet=quiet)
             if i >= warmup:
                 times[name].append(elapsed)
+                foreign.append(share)
     ours, theirs = (B * T / statistics.median(times[n]) for n in ("charrnn", "torch"))
-    row = {"config": f"{cell} {layers}x{H} B{B}", "charrnn": ours, "torch": theirs, "ratio": ours / theirs}
+    row = {"config": f"{cell} {layers}x{H} B{B}", "charrnn": ours, "torch": theirs, "ratio": ours / theirs,
+           "foreign": max(foreign)}
     if peak:
         row["mfu"] = model_flops(cfg, B, T) * ours / (B * T) / peak
     return row
@@ -155,8 +143,10 @@ def main():
             compare("lstm", 2, 512, 64, reps=args.reps, peak=peak),
             compare("lstm", 1, 128, 64, reps=args.reps, peak=peak)]
     print_table(rows, "Training step (forward, backward, clip, Adam): median chars/s")
+    print(f"(each step started on a quiet machine; other processes then used at most "
+          f"{max(r['foreign'] for r in rows):.0%} of it during a step)")
     if not args.quick:
-        sweep = [compare("lstm", 2, H, B, reps=3, warmup=1, peak=peak)
+        sweep = [compare("lstm", 2, H, B, reps=3, warmup=1, peak=peak, quiet=False)
                  for H in (128, 256, 512, 1024) for B in (16, 64, 256)]
         print_table(sweep, "LSTM 2 layers: how cost grows with H and B")
     print("\nSampling and eval (bench/sample_speed.py)", flush=True)
