@@ -223,6 +223,9 @@ def test_save_rejects_bad_input(tmp_path):
         checkpoint.save_tensors(tmp_path / "x", {"x": np.zeros(1)}, {"bad": float("nan")})
     with pytest.raises(CheckpointError, match="dtype"):
         checkpoint.save_tensors(tmp_path / "x", {"x": np.zeros(1, complex)}, {})
+    for name in ("", "__metadata__", "a\udc80", 3):
+        with pytest.raises(CheckpointError, match="cannot save tensor named"):
+            checkpoint.save_tensors(tmp_path / "x", {name: np.zeros(1)}, {})
     with pytest.raises(CheckpointError, match="reserved"):
         checkpoint.save_model(tmp_path / "x", params, config, {"kind": "state"})
     del params["head.bias"]
