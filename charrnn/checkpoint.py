@@ -19,10 +19,10 @@ anything is allocated; longer than the file, likewise), UTF-8 and JSON with no
 duplicate "__metadata__", string-only metadata values, non-negative integer
 shapes and offsets, products that would overflow, and that the tensors tile the
 data section exactly (no gap, overlap or trailing bytes). So nothing is
-pre-checked by hand here. Two things it allows that we rely on nothing for: a
+pre-checked by hand here. Two things it lets through, both harmless here: a
 tensor entry's unknown fields are ignored, and a name repeated in the header
 keeps its last entry (the dropped entry's bytes then cover no tensor, which the
-tiling check refuses unless it was empty).
+tiling check refuses unless that entry was empty).
 
 Memory: files are read with the library's "pread" backend, not mmap, so a load
 holds each tensor once (the arrays it returns, writable) and a file truncated
@@ -147,7 +147,7 @@ def save_files(files: list) -> None:
         atomic.write_files(checked)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {exc.filename}: {_os_reason(exc)}") from None
-    except safetensors.SafetensorError as exc:  # not seen: what the library refuses is checked above
+    except safetensors.SafetensorError as exc:  # not expected: _checked refuses what the library would
         raise CheckpointError(f"cannot encode checkpoint: {_one_line(exc)}") from None
 
 
