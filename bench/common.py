@@ -39,11 +39,15 @@ def torch_lm(config, params: dict | None = None):
     """
     import torch
 
+    cells = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+    if config.cell not in cells:
+        raise ValueError(f"torch.nn has no {config.cell!r} cell; the benchmarks compare {', '.join(cells)}")
+
     class LM(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.Embedding(config.vocab_size, config.embed)
-            cell = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[config.cell]
+            cell = cells[config.cell]
             between = config.dropout if config.layers > 1 else 0.0
             self.rnn = cell(config.embed, config.hidden, config.layers, batch_first=True, dropout=between)
             self.drop = torch.nn.Dropout(config.dropout)

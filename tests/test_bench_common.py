@@ -31,6 +31,12 @@ def test_torch_lm_takes_and_gives_back_charrnn_params_and_computes_the_same_logi
     np.testing.assert_allclose(logits.numpy(), ours, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell", ["peephole", "simple-gru"])
+def test_cells_torch_lacks_are_refused(cell):
+    with pytest.raises(ValueError, match=f"torch.nn has no '{cell}' cell"):
+        common.torch_lm(ModelConfig(vocab_size=5, cell=cell, hidden=3, embed=2))
+
+
 def test_quality_runs_charrnns_adagrad_rule_in_torch():
     rng = np.random.default_rng(2)
     params = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
