@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 
 import click
 import numpy as np
@@ -139,6 +140,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
 @option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
+@option("--threads", type=int, default=2, group=OPTIM,
+        help="Cut each batch into this many row blocks, one thread each. A setting, not a count of cores: "
+             "the same value gives the same numbers on any machine.")
 @option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
 @option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
 @option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
@@ -532,9 +536,15 @@ def plot(run_dir, out_path):
 # ---------------------------------------------------------------- entry point
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as one line on stderr, like every other message of the tool."""
+    click.echo(f"Warning: {message}", err=True)
+
+
 def main(argv=None) -> None:
     """Console entry point: library errors become one line on stderr and exit 1."""
     runtime.keep_freed_memory()
+    warnings.showwarning = _warning_line
     try:
         cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
     except click.exceptions.Abort:

@@ -49,6 +49,8 @@ class TrainConfig:
     log_every: int = 10                # one log.jsonl line per N steps
     seed: int = 0
     on_nonfinite: str = "stop"         # "stop" or "skip" a step whose loss or gradient is not finite
+    threads: int = 2                   # each batch's rows in this many blocks, one thread each (parallel.py);
+                                       # a setting, so that a run's numbers never depend on the machine
 
     def check(self, partial: bool = False) -> None:
         """Raise ConfigError for values no run could use.
@@ -68,7 +70,7 @@ class TrainConfig:
         # types and magnitudes first (a resumed run reads these from a file), so the checks below
         # cannot fail otherwise; every value must also be storable as JSON in the state file
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
-                     "max_steps", "eval_tokens", "max_vocab"):
+                     "max_steps", "eval_tokens", "max_vocab", "threads"):
             value = getattr(self, name)
             if value is not None and not (is_number(value, integer=True) and abs(value) < 2**63):
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {value!r:.40}")
@@ -80,6 +82,8 @@ class TrainConfig:
                 raise ConfigError(f"{label} must be a finite number, got {value!r:.40}")
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError(f"threads must be between 1 and 64, got {self.threads}")
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

@@ -312,18 +312,21 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
     return loss, final_state, cache
 
 
-def backward(params, config, cache, d_state=None):
+def backward(params, config, cache, d_state=None, count=None):
     """Gradients of the mean loss from `forward`.
 
     - params, config: as given to forward
     - cache: from forward (with targets)
     - d_state: gradient w.r.t. the final state, tuple of (L, B, H) arrays, or None (truncated BPTT)
+    - count: the mean's denominator, when it is not this chunk's own count of scored
+      tokens (a batch taken in chunks or row blocks: see parallel.py)
     Returns (grads, d_state0):
     - grads: dict with the same keys and shapes as params
     - d_state0: gradient w.r.t. the initial state, tuple of (L, B, H) arrays
     """
     B, T, H = cache["B"], cache["T"], config.hidden
-    count, weight, tgt = cache["count"], cache["weight"], cache["tgt"]
+    weight, tgt = cache["weight"], cache["tgt"]
+    count = cache["count"] if count is None else count
     dtype = np.dtype(config.dtype)
     rec = recurrence()
     grads = {}

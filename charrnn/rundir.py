@@ -234,7 +234,8 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     # everything in the file is checked before use: a hostile state file gets a CheckpointError
     try:
         config = ModelConfig.from_dict(meta["model"])
-        tconfig = TrainConfig.from_dict(meta["train"])
+        # runs saved before the threads setting existed took each batch as one block
+        tconfig = TrainConfig.from_dict({"threads": 1, **meta["train"]})
         tconfig.check()
         vocab = Vocab.from_dict(meta["vocab"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:

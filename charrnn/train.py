@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import batches, corpus, evaluate, model, optim, rundir
+from . import batches, corpus, evaluate, optim, parallel, rundir
 from .errors import ConfigError, TrainingError
 from .layout import BEST_FILE, MODEL_FILE
 from .rundir import Run
@@ -56,33 +56,28 @@ def _batch(run: Run, step: int):
     return x, y, mask, True
 
 
-def _loss_and_grads(run: Run, x, y, mask, state, rng):
+def _loss_and_grads(run: Run, x, y, mask, state, rngs):
     """Loss and gradients of one batch, in seq_len chunks with the state carried (truncated BPTT).
 
-    Returns (loss, grads, final_state, tokens): the mean NLL over scored tokens.
+    Each chunk's rows run in tconfig.threads blocks (see parallel.py); rngs holds
+    one dropout Generator per block, or None. Returns (loss, grads, final_state,
+    tokens): the mean NLL over scored tokens, and how many tokens were scored.
     """
     T = run.tconfig.seq_len
-    if x.shape[1] <= T:
-        loss, final, cache = model.forward(run.params, run.config, x, y, mask, state, dropout_rng=rng)
-        grads, _ = model.backward(run.params, run.config, cache)
-        return loss, grads, final, cache["count"]
     total = int(np.count_nonzero(mask)) if mask is not None else y.size
     grads, nll = None, 0.0
     for t0 in range(0, x.shape[1], T):
         sl = slice(t0, t0 + T)
-        _, state, cache = model.forward(run.params, run.config, x[:, sl], y[:, sl],
-                                        None if mask is None else mask[:, sl], state, dropout_rng=rng)
-        if cache["count"] == 0:
-            continue
-        g, _ = model.backward(run.params, run.config, cache)
-        share = cache["count"] / total  # weight each chunk's mean by its share of scored tokens
-        nll += cache["nll_sum"]
+        chunk_nll, g, state = parallel.loss_and_grads(
+            run.params, run.config, x[:, sl], y[:, sl], None if mask is None else mask[:, sl], state,
+            count=total, rngs=rngs, parts=run.tconfig.threads)
+        nll += chunk_nll
         if grads is None:
-            grads = {k: v * share for k, v in g.items()}
+            grads = g
         else:
             for k, v in g.items():
-                grads[k] += v * share
-    return nll / total, grads, state, total
+                grads[k] += v
+    return (nll / total if total else 0.0), grads, state, total
 
 
 def _budget_reached(run: Run):
@@ -146,9 +141,11 @@ def train(run: Run, should_stop=lambda: False):
         step_start = time.monotonic()
         x, y, mask, reset = _batch(run, run.step)
         state = None if reset or run.carry is None else run.carry
-        rng = np.random.default_rng([tc.seed, run.step]) if run.config.dropout > 0 else None
+        # dropout masks come from generators fixed by (seed, step, block), so a resumed run draws the same
+        rngs = ([np.random.default_rng([tc.seed, run.step, p]) for p in range(tc.threads)]
+                if run.config.dropout > 0 else None)
         with np.errstate(**QUIET_FP):
-            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rng)
+            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rngs)
             grad_norm = optim.clip_grad_norm(grads, tc.clip)
             optim.clip_grad_value(grads, tc.clip_value)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
