@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import batches, corpus, inference, model
+from . import batches, corpus, inference, model, parallel
 from .errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
@@ -68,8 +68,28 @@ def stream_count(n_targets: int, streams: int, min_length: int = MIN_STREAM) -> 
     return max(1, min(streams, n_targets))
 
 
+class _Blocks:
+    """B rows scored chunk after chunk as row blocks on threads, each block carrying its own state."""
+
+    def __init__(self, weights, batch: int, threads: int):
+        self.weights, self.rows = weights, parallel.row_blocks(batch, threads)
+        self.states = [None] * len(self.rows)
+
+    def score(self, x, y, mask):
+        """(nll_sum, count) of the chunk x, y (B, t) with mask (B, t) or None; the states move on."""
+        def block(p):
+            rows = self.rows[p]
+            return inference.score_chunk(self.weights, x[rows], y[rows], None if mask is None else mask[rows],
+                                         self.states[p])
+
+        nll, count = 0.0, 0
+        for p, (block_nll, block_count, state) in enumerate(parallel.run_blocks(block, len(self.rows))):
+            nll, count, self.states[p] = nll + block_nll, count + block_count, state  # in block order
+        return nll, count
+
+
 def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, unk: int | None = None,
-                 min_length: int = MIN_STREAM) -> Score:
+                 min_length: int = MIN_STREAM, threads: int = 2) -> Score:
     """Score a token sequence: every ids[i], i >= 1, is predicted from what precedes it in its stream.
 
     - params, config: the model
@@ -77,6 +97,7 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
     - streams: the most pieces scored side by side (see stream_count); chunk: time steps per forward call
     - min_length: the shortest piece (see stream_count); 0 cuts exactly min(streams, N - 1) pieces
     - unk: the UNK id, to count unknown tokens (None: not counted)
+    - threads: the streams are scored in this many row blocks, one thread each (see parallel.py)
     Returns a Score.
     """
     n_targets = len(ids) - 1
@@ -88,14 +109,15 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
     S = math.ceil(n_targets / B)  # positions per stream; the last stream is padded and masked
     starts = np.arange(B) * S  # (B,)
     weights = model.prepare(params, config)
-    state, nll, count, unknown = None, 0.0, 0, 0
+    blocks = _Blocks(weights, B, threads)
+    nll, count, unknown = 0.0, 0, 0
     for t0 in range(0, S, chunk):
         pos = starts[:, None] + np.arange(t0, min(t0 + chunk, S))  # (B, t)
         valid = pos < n_targets  # (B, t)
         pos = np.where(valid, pos, 0)
         x = np.asarray(ids[pos], dtype=np.int64)  # (B, t)
         y = np.asarray(ids[pos + 1], dtype=np.int64)  # (B, t)
-        chunk_nll, chunk_count, state = inference.score_chunk(weights, x, y, None if valid.all() else valid, state)
+        chunk_nll, chunk_count = blocks.score(x, y, None if valid.all() else valid)
         nll += chunk_nll
         count += chunk_count
         if unk is not None:
@@ -104,13 +126,14 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
 
 
 def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int = 128, chunk: int = 32,
-                unk: int | None = None) -> Score:
+                unk: int | None = None, threads: int = 2) -> Score:
     """Score lines: each from a start token through its EOS, as training in lines mode does.
 
     - params, config: the model
     - ids: (n,) concatenated line ids; offsets: (n_lines + 1,) boundaries
     - bos, eos: the special ids; batch: lines scored side by side; chunk: time steps per forward call
     - unk: the UNK id, to count unknown tokens (None: not counted)
+    - threads: each batch of lines is scored in this many row blocks, one thread each
     Returns a Score; each line contributes len(line) + 1 scored tokens (its EOS included).
     """
     if chunk < 1:
@@ -119,10 +142,10 @@ def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int 
     nll, count, unknown = 0.0, 0, 0
     for index in batches.line_batches_in_order(len(offsets) - 1, batch):
         x, y, mask = batches.line_batch(ids, offsets, index, bos, eos)
-        state = None
+        blocks = _Blocks(weights, x.shape[0], threads)
         for t0 in range(0, x.shape[1], chunk):
             sl = slice(t0, t0 + chunk)
-            chunk_nll, chunk_count, state = inference.score_chunk(weights, x[:, sl], y[:, sl], mask[:, sl], state)
+            chunk_nll, chunk_count = blocks.score(x[:, sl], y[:, sl], mask[:, sl])
             nll += chunk_nll
             count += chunk_count
         if unk is not None:

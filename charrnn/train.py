@@ -29,7 +29,7 @@ def validation_loss(run: Run) -> float:
         ids = run.val_ids if limit is None else run.val_ids[: limit + 1]
         if len(ids) < 2:
             return math.nan
-        return evaluate.score_stream(run.params, run.config, ids).loss
+        return evaluate.score_stream(run.params, run.config, ids, threads=run.tconfig.threads).loss
     offsets = run.val_offsets
     if len(offsets) < 2:
         return math.nan
@@ -37,7 +37,7 @@ def validation_loss(run: Run) -> float:
         n_lines = max(1, int(np.searchsorted(offsets, limit, side="right")) - 1)
         offsets = offsets[: n_lines + 1]
     return evaluate.score_lines(run.params, run.config, run.val_ids, offsets,
-                                run.vocab.bos, run.vocab.eos).loss
+                                run.vocab.bos, run.vocab.eos, threads=run.tconfig.threads).loss
 
 
 def _batch(run: Run, step: int):
