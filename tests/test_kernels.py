@@ -37,27 +37,28 @@ def layer_inputs(cell, B, T=7, H=16, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
     G = cells.GATES[cell]
     xp = rng.standard_normal((T, B, G * H)).astype(dtype)
-    state = tuple((0.5 * rng.standard_normal((B, H))).astype(dtype) for _ in range(2 if cell == "lstm" else 1))
+    state = tuple((0.5 * rng.standard_normal((B, H))).astype(dtype) for _ in range(cells.STATES[cell]))
     W_hh = (rng.standard_normal((G * H, H)) / np.sqrt(H)).astype(dtype)
     b_hh = (0.3 * rng.standard_normal(G * H)).astype(dtype)
+    extra = tuple((0.5 * rng.standard_normal(H)).astype(dtype) for _ in cells.EXTRA[cell])
     d_hs = rng.standard_normal((T, B, H)).astype(dtype)
     d_state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in state)
-    return xp, state, W_hh, b_hh, d_hs, d_state
+    return xp, state, W_hh, b_hh, extra, d_hs, d_state
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell", cells.CELLS)
 @pytest.mark.parametrize("B", [1, 3, 64])
 def test_sequence_forward_and_backward_match_the_reference(cell, B, dtype):
-    xp, state, W_hh, b_hh, d_hs, d_state = layer_inputs(cell, B, dtype=dtype)
-    ref_hs, ref_state, ref_cache = cells.sequence_forward(cell, xp.copy(), state, W_hh, b_hh)
-    hs, final, cache = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh)
+    xp, state, W_hh, b_hh, extra, d_hs, d_state = layer_inputs(cell, B, dtype=dtype)
+    ref_hs, ref_state, ref_cache = cells.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, extra=extra)
+    hs, final, cache = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, extra=extra)
     assert hs.dtype == dtype and all(s.dtype == dtype for s in final)
     assert_close(hs, ref_hs, dtype, "hidden states")
     for j, (a, b) in enumerate(zip(final, ref_state)):
         assert_close(a, b, dtype, f"final state {j}")
     # the same step run forward-only (sampling, scoring) gives the same numbers as when kept
-    hs_fwd, final_fwd, none = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, keep=False)
+    hs_fwd, final_fwd, none = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, keep=False, extra=extra)
     assert none is None
     np.testing.assert_array_equal(hs_fwd, hs)
     for a, b in zip(final_fwd, final):
@@ -70,7 +71,8 @@ def test_sequence_forward_and_backward_match_the_reference(cell, B, dtype):
         for j, (a, b) in enumerate(zip(got[1], ref[1])):
             assert a.dtype == dtype
             assert_close(a, b, dtype, f"d state0 {j}")
-        for name in ("W_hh", "b_hh"):
+        assert sorted(got[2]) == sorted(ref[2]) == sorted(("W_hh", "b_hh") + cells.EXTRA[cell])
+        for name in ref[2]:
             assert got[2][name].dtype == dtype
             assert_close(got[2][name], ref[2][name], dtype, f"d {name}")
 
