@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import sys
 import warnings
 
 import click
-import numpy as np
 
-from . import __version__, corpus, evaluate, layout, optim, report, rundir, runtime, sampling
-from . import train as training
-from .config import MODES, NONFINITE, RESUMABLE, TrainConfig, fill_auto_settings
+from . import __version__, api, config, corpus, layout, optim, report, rundir, runtime
+from .config import MODES, NONFINITE
 from .errors import CharRNNError, ConfigError
 from .cells import TORCH_CELLS
 from .model import CELLS, DTYPES
@@ -60,13 +57,11 @@ def option(*args, **kwargs):
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1.5h', '2d' or plain seconds -> seconds."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 10m or 1h", param_hint="--max-time")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    """'90s', '10m', '1.5h', '2d' or plain seconds -> seconds; a usage error (exit 2) otherwise."""
+    try:
+        return config.parse_duration(text)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-time") from None
 
 
 def format_duration(seconds: float) -> str:
@@ -176,67 +171,17 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **opt
       charrnn train names.txt --mode lines --max-epochs 20
       charrnn train --resume checkpoints/shakespeare --max-time 20m
     """
-    max_time = parse_duration(options.pop("max_time"))
-    explicit = {name for name in ctx.params
-                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    model_keys = ("cell", "layers", "hidden", "embed", "dropout", "dtype")
-    model_options = {k: options.pop(k) for k in model_keys}
-    if options["clip"] == 0:
-        options["clip"] = None
-    options["max_time"] = max_time
-
-    if resume:
-        fixed = sorted((explicit & (set(model_keys) | set(options) | {"val_file", "errors"}))
-                       - set(RESUMABLE))
-        if "out" in explicit:
-            fixed.insert(0, "out")
-        if corpus_file or fixed:
-            what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
-            raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
-                              f"(only budgets and cadence can change)")
-        overrides = {k: options[k] for k in RESUMABLE if k in explicit}
-        budgets = ("max_steps", "max_epochs", "max_time")
-        if any(k in explicit for k in budgets):
-            # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
-            overrides.update({k: options[k] for k in budgets})
-        with rundir.writing(resume, create=False, lock=not no_lock):
-            run = rundir.resume_run(resume, overrides)
-            info(f"Resuming {resume} at step {run.step}", quiet)
-            _run_training(run, quiet)
-    else:
-        tconfig = TrainConfig(**options)
-        no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
-        if no_budget:
-            tconfig.max_time = 300.0
-        tconfig.check(partial=True)
-        if corpus_file is None:
-            text, name = corpus.default_corpus(), "python-reference"
-            info("No corpus given: training on the Python language reference bundled with your Python.", quiet)
-        else:
-            text, name = corpus.read_text(corpus_file, errors), os.path.splitext(os.path.basename(corpus_file))[0]
-        val_text = corpus.read_text(val_file, errors) if val_file else None
-        if no_budget:
-            info("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).", quiet)
-        chosen = _fill_auto_settings(text, val_text, tconfig, model_options)
-        directory = out or rundir.fresh_run_dir(name)
-        with rundir.writing(directory, create=True, made=out is None, lock=not no_lock):
-            run = rundir.start_run(directory, text, val_text, model_options, tconfig)
-            if chosen:
-                info(chosen, quiet)
-            del text, val_text  # training reads only the memory-mapped ids from here on
-            runtime.release_freed_memory()
-            _run_training(run, quiet)
-
-
-def _fill_auto_settings(text, val_text, tconfig, model_options) -> str | None:
-    """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
-    chosen = fill_auto_settings(text, val_text, tconfig, model_options)
-    if chosen is None:
-        return None
-    values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
-                       for k in chosen["keys"])
-    return (f"Settings for {chosen['n_tokens']:,} characters and about {chosen['passes']:.1f} passes over them: "
-            f"{values} (set them to override)")
+    options["max_time"] = parse_duration(options["max_time"])  # a bad duration is a usage error
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if ctx.get_parameter_source("errors") != click.core.ParameterSource.COMMANDLINE:
+        errors = None
+    show = _TrainingView(quiet)
+    with StopRequest() as stop:
+        api.train(corpus_file, out, resume=resume, val=val_file, errors=errors, lock=not no_lock,
+                  on_event=show, should_stop=stop, **given)
+    if stop.signal is not None:
+        sys.exit(128 + stop.signal)
 
 
 class StopRequest:
@@ -270,60 +215,67 @@ class StopRequest:
         return self.signal is not None
 
 
-def _run_training(run, quiet: bool) -> None:
-    from tqdm import tqdm
+class _TrainingView:
+    """Draws api.train's events on stderr: messages, a progress bar (on a terminal) or one line per
+    evaluation, and the summary."""
 
-    show_bar = not quiet and sys.stderr.isatty()
-    tc = run.tconfig
-    bar = None
-    last_val = None
-    postfix: dict = {}
-    with StopRequest() as stop:
-        for event in training.train(run, should_stop=stop):
-            kind = event["event"]
-            if kind == "start":
-                start_step = event["step"]
-                info(f"Run directory: {run.directory}\n"
-                     f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}, "
-                     f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
-                     f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
-                if show_bar:
-                    total = event["total_steps"]
-                    bar = tqdm(total=total if total else (tc.max_time or None), initial=0 if not total else
-                               min(run.step, total), unit="step" if total else "s", file=sys.stderr,
-                               dynamic_ncols=True, leave=True,
-                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
-                    if not total:
-                        bar.n = run.elapsed
-                    step_mode = bool(total)
-            elif kind == "skip" and bar is not None and step_mode:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.show_bar = not quiet and sys.stderr.isatty()
+        self.bar = None
+        self.last_val = None
+        self.postfix: dict = {}
+        self.step_mode = False
+        self.start_step = 0
+
+    def __call__(self, event: dict, run) -> None:
+        kind, quiet, bar = event["event"], self.quiet, self.bar
+        if kind == "message":
+            info(event["text"], quiet)
+        elif kind == "start":
+            from tqdm import tqdm
+
+            tc = run.tconfig
+            self.start_step = event["step"]
+            info(f"Run directory: {run.directory}\n"
+                 f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}, "
+                 f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
+                 f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
+            if self.show_bar:
+                total = event["total_steps"]
+                self.bar = tqdm(total=total if total else (tc.max_time or None), initial=0 if not total else
+                                min(run.step, total), unit="step" if total else "s", file=sys.stderr,
+                                dynamic_ncols=True, leave=True,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+                if not total:
+                    self.bar.n = run.elapsed
+                self.step_mode = bool(total)
+        elif kind == "skip" and bar is not None and self.step_mode:
+            bar.update(1)
+        elif kind == "step" and bar is not None:
+            if self.step_mode:
                 bar.update(1)
-            elif kind == "step" and bar is not None:
-                if step_mode:
-                    bar.update(1)
-                else:
-                    bar.n = min(event["elapsed"], bar.total)
-                postfix = {"loss": f"{event['loss']:.3f}", "chars/s": f"{event['chars_per_sec']:,.0f}"}
-                if last_val is not None:
-                    postfix["val"] = f"{last_val:.3f}"
-                bar.set_postfix(postfix, refresh=True)
-            elif kind == "eval":
-                last_val = event["val_loss"]
-                if bar is not None and last_val is not None and postfix:
-                    postfix["val"] = f"{last_val:.3f}"
-                    bar.set_postfix(postfix, refresh=True)
-                if not show_bar and not quiet and last_val is not None and math.isfinite(last_val):
-                    info(f"step {event['step']}: val loss {last_val:.4f} nats ({event['val_bits']:.3f} bits)"
-                         f"{'  (best)' if event['best'] else ''}")
-            elif kind == "end":
-                if bar is not None:
-                    bar.close()
-                if event["reason"] != "interrupted" and event["step"] == start_step:
-                    info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
-                         "or --max-time to train further.", quiet)
-                _summary(event, quiet, "char" if run.vocab.level == "char" else "token")
-    if stop.signal is not None:
-        sys.exit(128 + stop.signal)
+            else:
+                bar.n = min(event["elapsed"], bar.total)
+            self.postfix = {"loss": f"{event['loss']:.3f}", "chars/s": f"{event['chars_per_sec']:,.0f}"}
+            if self.last_val is not None:
+                self.postfix["val"] = f"{self.last_val:.3f}"
+            bar.set_postfix(self.postfix, refresh=True)
+        elif kind == "eval":
+            self.last_val = last_val = event["val_loss"]
+            if bar is not None and last_val is not None and self.postfix:
+                self.postfix["val"] = f"{last_val:.3f}"
+                bar.set_postfix(self.postfix, refresh=True)
+            if not self.show_bar and not quiet and last_val is not None and math.isfinite(last_val):
+                info(f"step {event['step']}: val loss {last_val:.4f} nats ({event['val_bits']:.3f} bits)"
+                     f"{'  (best)' if event['best'] else ''}")
+        elif kind == "end":
+            if bar is not None:
+                bar.close()
+            if event["reason"] != "interrupted" and event["step"] == self.start_step:
+                info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
+                     "or --max-time to train further.", quiet)
+            _summary(event, quiet, "char" if run.vocab.level == "char" else "token")
 
 
 def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
@@ -374,35 +326,20 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
       charrnn sample --prime "ROMEO:" --length 300 --seed 1
       charrnn sample -c checkpoints/names -n 20 --temp 0.7
     """
-    params, config, vocab, meta, _ = rundir.load_checkpoint(checkpoint_path)
-    lines = meta.get("data", {}).get("mode") == "lines"
-    # generate checks the options and the prime now, before anything is written
-    steps = sampling.generate(params, config, vocab, rng=np.random.default_rng(seed), num_samples=num_samples,
-                              length=length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
-                              lines=lines)
+    model = api.load(checkpoint_path)
+    # the options and the prime are checked here, before anything is written
+    pieces = model.sample_pieces(num_samples, prime=prime, length=length, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed)
     echo = "" if no_prime_echo else prime
-    separator = "\n" if lines else "\n\n"
-    eos = vocab.eos
-    texts = {}  # token id -> its text, decoded once
-    later = []  # every step's tokens, (n,) each, for the samples after the first
+    separator = "\n" if model.lines else "\n\n"
     out = sys.stdout
     try:
         out.write(echo)
-        for tokens, alive in steps:
-            token = int(tokens[0])
-            if alive[0] and token != eos:  # the first sample streams as it is made
-                text = texts.get(token)
-                if text is None:
-                    text = texts[token] = vocab.decode([token])
-                out.write(text)
-                out.flush()
-            if num_samples > 1:
-                later.append(tokens)
-        if num_samples > 1:
-            grid = np.stack(later)  # (steps, n)
-            for i in range(1, num_samples):
-                ends = np.flatnonzero(grid[:, i] == eos)  # a sample's tokens after its EOS are not its text
-                out.write(separator + echo + vocab.decode(grid[: ends[0] if ends.size else len(grid), i]))
+        for piece in pieces:  # the first sample streams as it is made
+            out.write(piece)
+            out.flush()
+        for text in pieces.rest:
+            out.write(separator + echo + text[len(prime):])
         out.write("\n")
         out.flush()
     except BrokenPipeError:
@@ -432,24 +369,20 @@ def eval_(text_file, checkpoint_path, errors, as_json):
       charrnn eval
       charrnn eval held_out.txt --json
     """
-    params, config, vocab, meta, model_file = rundir.load_checkpoint(checkpoint_path)
-    lines = meta.get("data", {}).get("mode") == "lines"
+    model = api.load(checkpoint_path)
     if text_file is None:
-        ids, offsets = rundir.load_heldout(model_file, lines)
-        score = evaluate.score_ids(params, config, vocab, ids, offsets)
-        source = f"held-out split ({rundir.data_dir(os.path.dirname(model_file))})"
+        score = model.score()
+        source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
-        score = evaluate.score_text(params, config, vocab, corpus.read_text(text_file, errors), lines)
+        score = model.score(corpus.read_text(text_file, errors), name=text_file)
         source = text_file
-    if score.tokens == 0:
-        raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
     result = score.as_dict()
     if as_json:
         # NaN is not JSON: a broken model's non-finite figures become null
         click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
                                for k, v in result.items()}))
         return
-    unit = "char" if vocab.level == "char" else "token"
+    unit = "char" if model.vocab.level == "char" else "token"
     click.echo(f"{source}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
                f"loss        {result['loss']:.4f} nats/{unit}\n"
                f"perplexity  {result['perplexity']:.3f}\n"

@@ -8,6 +8,7 @@ dropout and schedule a user left open, from the corpus size and the budget.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -113,6 +114,24 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def parse_duration(value) -> float | None:
+    """A duration: '90s', '10m', '1.5h', '2d', plain seconds as text, or a number of seconds -> seconds.
+
+    None stays None; ConfigError for anything else (or a duration that is not positive).
+    """
+    if value is None:
+        return None
+    if is_number(value):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", value) if isinstance(value, str) else None
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)] \
+            if match else 0.0
+    if not seconds > 0:
+        raise ConfigError(f"{value!r} is not a duration such as 90s, 10m or 1h")
+    return seconds
 
 
 def is_number(value, integer: bool = False) -> bool:

@@ -56,3 +56,22 @@ def test_pytorch_snippet_loads_a_checkpoint_and_samples(tmp_path, mode):
     assert set(sampled) <= set(meta["tokens"][3:])
     if mode == "lines":
         assert "\n" not in sampled
+
+
+def test_python_api_example_runs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "The"]
+    (tmp_path / "corpus.txt").write_text(" ".join(rng.choice(words, 1200)) + "\n")
+    code = section_code("Python API", "python")
+    namespace = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        exec(compile(code, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["run"] == "checkpoints/mine" and (tmp_path / "checkpoints/mine/best.safetensors").exists()
+    assert namespace["text"].startswith("The ") and len(namespace["text"]) > 4
+    s = namespace["s"]
+    assert s.tokens == len("The quick brown fox") - 1 and s.unknown == 0
+    assert f"perplexity {s.perplexity:.2f}" in capsys.readouterr().out

@@ -1,0 +1,265 @@
+"""The Python API: `charrnn.load` a trained model and use it; `charrnn.train` a new one.
+
+    import charrnn
+    model = charrnn.load("checkpoints/shakespeare")   # a run directory or a model file
+    text = model.generate(prime="ROMEO:", length=300, temperature=0.8, seed=1)
+    s = model.score("To be, or not to be")           # .loss, .perplexity, .bits_per_token, .tokens, .unknown
+    run = charrnn.train("corpus.txt", out="checkpoints/x", max_time="2m", hidden=128)
+
+The command line is a thin layer over these functions (cli.py only parses,
+prints and exits), so `charrnn sample --seed 1` and `generate(seed=1)` give the
+same text, and an error here is the library's own exception type carrying the
+message the CLI prints. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import corpus, evaluate, rundir, runtime, sampling
+from . import train as training
+from .config import RESUMABLE, TrainConfig, fill_auto_settings, parse_duration
+from .errors import ConfigError
+from .evaluate import Score
+
+
+class Model:
+    """A trained model loaded from a checkpoint, ready to sample, score and annotate.
+
+    - path: the model file it came from (a run directory means its best.safetensors)
+    - config: its ModelConfig; vocab: its Vocab; meta: the file's metadata
+    - lines: True when it was trained on lines (one example per line)
+    """
+
+    def __init__(self, params, config, vocab, meta, path):
+        self.params, self.config, self.vocab, self.meta, self.path = params, config, vocab, meta, path
+        self.lines = meta.get("data", {}).get("mode") == "lines"
+
+    def __repr__(self):
+        c = self.config
+        return f"<charrnn.Model {c.cell} {c.layers}x{c.hidden}, {self.vocab.size} tokens, from {self.path}>"
+
+    @property
+    def training(self) -> dict:
+        """What the checkpoint says about its training: step, epoch, best_val_loss, ... (may be empty)."""
+        return dict(self.meta.get("training", {}))
+
+    # ---------------------------------------------------------------- sampling
+
+    def stream(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None):
+        """Generate one sample, yielding its text piece by piece as it is made (the prime is not yielded).
+
+        - prime: text to continue; length: the most tokens; temperature, top_k, top_p: see `charrnn sample`
+        - seed: for a reproducible sample (None: random)
+        Options and the prime are checked at this call, before anything is generated.
+        """
+        steps = self._steps(1, prime, length, temperature, top_k, top_p, seed)
+        return self._first_pieces(steps)
+
+    def generate(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> str:
+        """One sample: the prime followed by its continuation, as `charrnn sample` prints it (without the last newline)."""
+        return prime + "".join(self.stream(prime, length, temperature, top_k, top_p, seed))
+
+    def samples(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[str]:
+        """n samples generated together as one batch (as `charrnn sample -n N`), each prime + continuation."""
+        pieces = self.sample_pieces(n, prime, length, temperature, top_k, top_p, seed)
+        first = "".join(p for p in pieces)
+        return [prime + first] + pieces.rest
+
+    def sample_pieces(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+        """Generate n samples together: iterate for the first sample's text as it is made; afterwards
+        `.rest` holds the other n - 1 samples (each prime + continuation). What `charrnn sample` runs."""
+        return _Pieces(self, self._steps(n, prime, length, temperature, top_k, top_p, seed), n, prime)
+
+    def _steps(self, n, prime, length, temperature, top_k, top_p, seed):
+        # generate checks the options and the prime now, before anything is generated
+        return sampling.generate(self.params, self.config, self.vocab, rng=np.random.default_rng(seed),
+                                 num_samples=n, length=length, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, prime=prime, lines=self.lines)
+
+    def _first_pieces(self, steps):
+        eos, texts = self.vocab.eos, {}
+        for tokens, alive in steps:
+            token = int(tokens[0])
+            if alive[0] and token != eos:
+                text = texts.get(token)
+                if text is None:
+                    text = texts[token] = self.vocab.decode([token])  # each token id decoded once
+                yield text
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, text: str | None = None, *, name: str = "the text") -> Score:
+        """Score a text as `charrnn eval FILE` does (None: the held-out split stored in the run).
+
+        - name: what an error message calls the text (the CLI passes the file's name)
+
+        Returns a Score: .loss (nats per token), .perplexity, .bits_per_token, .tokens, .unknown.
+        ConfigError when there is nothing to score (fewer than two tokens).
+        """
+        if text is None:
+            ids, offsets = rundir.load_heldout(self.path, self.lines)
+            score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
+            source = f"the held-out split ({rundir.data_dir(os.path.dirname(self.path))})"
+        else:
+            score = evaluate.score_text(self.params, self.config, self.vocab, corpus.normalize_newlines(text),
+                                        self.lines)
+            source = name
+        if score.tokens == 0:
+            raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
+        return score
+
+    def annotate(self, text: str, top_k: int = 5, max_chars: int | None = None):
+        """Per-token probabilities, ranks, top-k guesses, hidden states and gates of a text.
+
+        Returns an annotate.Annotation (iterate it for one row per scored token). See charrnn/annotate.py.
+        """
+        from . import annotate
+
+        return annotate.annotate(self, text, top_k=top_k, max_chars=max_chars)
+
+
+class _Pieces:
+    """Iterator over the first sample's pieces; `.rest` holds the other samples once it is exhausted."""
+
+    def __init__(self, model: Model, steps, n: int, prime: str):
+        self.model, self.n, self.prime, self.rest = model, n, prime, []
+        self._later = []
+        self._it = model._first_pieces(self._recording(steps))
+
+    def _recording(self, steps):
+        for tokens, alive in steps:
+            if self.n > 1:
+                self._later.append(tokens)
+            yield tokens, alive
+        if self.n > 1:
+            grid = np.stack(self._later)  # (steps, n)
+            eos = self.model.vocab.eos
+            for i in range(1, self.n):
+                ends = np.flatnonzero(grid[:, i] == eos)  # a sample's tokens after its EOS are not its text
+                self.rest.append(self.prime + self.model.vocab.decode(grid[: ends[0] if ends.size else len(grid), i]))
+
+    def __iter__(self):
+        return self._it
+
+
+def load(path: str | None = None) -> Model:
+    """Load a trained model: a run directory (its best.safetensors), a model file, or None for the newest run.
+
+    The same file that `charrnn sample` and `charrnn eval` pick (rundir.find_checkpoint).
+    Raises CheckpointError when there is none or it is damaged.
+    """
+    params, config, vocab, meta, model_file = rundir.load_checkpoint(path)
+    return Model(params, config, vocab, meta, model_file)
+
+
+# ---------------------------------------------------------------- training
+
+MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype")
+# What a fresh run uses for an option not given. None: chosen from the corpus and the budget (auto).
+MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None, "dropout": None,
+                  "dtype": "float32"}
+TRAIN_AUTO = {"batch_size": None, "lr": None, "schedule": None, "warmup": None}
+TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
+
+
+def train(corpus_file: str | None = None, out: str | None = None, *, resume: str | None = None,
+          val: str | None = None, errors: str | None = None, lock: bool = True, on_event=None,
+          should_stop=None, **options) -> str:
+    """Train a model (or continue one) and return its run directory.
+
+    - corpus_file: a UTF-8 text file; None trains on the built-in corpus (Python's language reference)
+    - out: the run directory (None: checkpoints/<corpus name>, made fresh)
+    - resume: continue this run exactly where it stopped (then only budgets and cadence may be given)
+    - val: a separate validation text file; errors: "strict" (the default) or "replace" for invalid UTF-8
+    - lock: hold the run's lock while writing it (see runlock.py)
+    - on_event: called with (event dict, Run or None) for every training event and for each
+      {"event": "message", "text": ...} worth telling a user; should_stop: a function polled
+      between steps (True: save and stop)
+    - options: any `charrnn train` option by its Python name: max_time ("2m", "90s" or seconds),
+      max_steps, max_epochs, hidden, layers, cell, lr, batch_size, seq_len, mode, ... Those not
+      given take the command line's defaults (the model size, batch and schedule fit the data).
+    Without any budget a fresh run trains for 5 minutes.
+    """
+    emit = on_event or (lambda event, run: None)
+    stop = should_stop or (lambda: False)
+    known = set(MODEL_KEYS) | set(TRAIN_KEYS)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown training option {unknown[0]!r}; see `charrnn train --help`")
+    if "max_time" in options:
+        options["max_time"] = parse_duration(options["max_time"])
+    if options.get("clip") == 0:
+        options["clip"] = None
+
+    if resume is not None:
+        fixed = sorted(set(options) - set(RESUMABLE))
+        if out is not None:
+            fixed.insert(0, "out")
+        if errors is not None:
+            fixed.insert(0, "errors")
+        if val is not None:
+            fixed.insert(0, "val")
+        if corpus_file or fixed:
+            what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
+            raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
+                              f"(only budgets and cadence can change)")
+        overrides = dict(options)
+        if any(k in options for k in ("max_steps", "max_epochs", "max_time")):
+            # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
+            overrides.update({k: options.get(k) for k in ("max_steps", "max_epochs", "max_time")})
+        with rundir.writing(resume, create=False, lock=lock):
+            run = rundir.resume_run(resume, overrides)
+            emit({"event": "message", "text": f"Resuming {resume} at step {run.step}"}, run)
+            _train_events(run, emit, stop)
+        return resume
+
+    errors = errors or "strict"
+    model_options = {k: options.get(k, MODEL_DEFAULTS[k]) for k in MODEL_KEYS}
+    tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})
+    no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
+    if no_budget:
+        tconfig.max_time = 300.0
+    tconfig.check(partial=True)
+    if corpus_file is None:
+        text, name = corpus.default_corpus(), "python-reference"
+        emit({"event": "message",
+              "text": "No corpus given: training on the Python language reference bundled with your Python."}, None)
+    else:
+        text, name = corpus.read_text(corpus_file, errors), os.path.splitext(os.path.basename(corpus_file))[0]
+    val_text = corpus.read_text(val, errors) if val else None
+    if no_budget:
+        emit({"event": "message",
+              "text": "No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs)."}, None)
+    chosen = _settings_line(text, val_text, tconfig, model_options)
+    directory = out or rundir.fresh_run_dir(name)
+    with rundir.writing(directory, create=True, made=out is None, lock=lock):
+        run = rundir.start_run(directory, text, val_text, model_options, tconfig)
+        if chosen:
+            emit({"event": "message", "text": chosen}, run)
+        del text, val_text  # training reads only the memory-mapped ids from here on
+        runtime.release_freed_memory()
+        _train_events(run, emit, stop)
+    return directory
+
+
+def _train_events(run, emit, stop) -> None:
+    for event in training.train(run, should_stop=stop):
+        emit(event, run)
+
+
+def _settings_line(text, val_text, tconfig, model_options) -> str | None:
+    """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options)
+    if chosen is None:
+        return None
+    values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
+                       for k in chosen["keys"])
+    return (f"Settings for {chosen['n_tokens']:,} characters and about {chosen['passes']:.1f} passes over them: "
+            f"{values} (set them to override)")
