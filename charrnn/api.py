@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from . import corpus, evaluate, rundir, runtime, sampling
-from . import train as training
+from . import loop as training
 from .config import RESUMABLE, TrainConfig, fill_auto_settings, parse_duration
 from .errors import ConfigError
 from .evaluate import Score

@@ -1,7 +1,7 @@
 """A run directory: preparing, starting, resuming and saving a run; finding and loading its model.
 
 `start_run` (a new run) and `resume_run` (continue one) return a `Run`, which
-the loop in train.py advances and `save_checkpoint` writes. A run directory
+the loop in loop.py advances and `save_checkpoint` writes. A run directory
 holds the files named in layout.py:
 
     model.safetensors   latest weights + config + vocabulary (self-contained)

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, cli, corpus, layout, report, rundir, train as tr
+from charrnn import checkpoint, cli, corpus, layout, loop as tr, report, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.runlock import RunLock

@@ -53,7 +53,7 @@ EXTRA_STEPS = 3  # N = steps_per_epoch + EXTRA_STEPS: the run crosses one epoch 
 # a stop request and its save) for every k; prints {"steps_per_epoch", "n", "ks"} as JSON.
 DRIVER = r"""
 import json, sys
-from charrnn import corpus, rundir, train as tr
+from charrnn import corpus, loop as tr, rundir
 from charrnn.config import TrainConfig
 spec = json.loads(sys.argv[1])
 text = corpus.read_text(spec["corpus"])
@@ -79,7 +79,7 @@ print(json.dumps({"steps_per_epoch": spe, "n": n, "ks": ks}))
 # Resumes each run directory given, in a fresh pinned process, through the library.
 RESUMER = r"""
 import sys
-from charrnn import rundir, train as tr
+from charrnn import loop as tr, rundir
 for directory in sys.argv[1:]:
     run = rundir.resume_run(directory)
     for _ in tr.train(run):

@@ -1,4 +1,4 @@
-"""The training loop (charrnn.train) end to end on tiny models: exact resume,
+"""The training loop (charrnn.loop) end to end on tiny models: exact resume,
 budgets, the JSONL log, checkpoints of the latest and best model, learning,
 non-finite steps, and refusals that leave nothing behind."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from charrnn import checkpoint, layout, optim, rundir, train as tr
+from charrnn import checkpoint, layout, loop as tr, optim, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import ConfigError, CorpusError, TrainingError
 

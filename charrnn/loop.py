@@ -1,5 +1,8 @@
 """The training loop: take steps, evaluate, checkpoint.
 
+(The module is loop.py, not train.py, because `charrnn.train` is the Python API's
+function; see api.py.)
+
 `train(run)` advances a `Run` (made by rundir.start_run or rundir.resume_run)
 and is a generator of event dicts that the CLI renders. Nothing here prints;
 the run directory's files are written through rundir.
