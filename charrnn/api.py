@@ -115,10 +115,19 @@ class Model:
             raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
         return score
 
-    def annotate(self, text: str, top_k: int = 5, max_chars: int | None = None):
+    def heldout_text(self) -> str:
+        """The run's held-out split as text (a lines model's lines each end with a newline)."""
+        ids, offsets = rundir.load_heldout(self.path, self.lines)
+        if offsets is None:
+            return self.vocab.decode(np.asarray(ids))
+        return "".join(self.vocab.decode(np.asarray(ids[a:b])) + "\n" for a, b in zip(offsets[:-1], offsets[1:]))
+
+    def annotate(self, text: str, top_k: int = 5, max_chars: int | None = 5_000):
         """Per-token probabilities, ranks, top-k guesses, hidden states and gates of a text.
 
-        Returns an annotate.Annotation (iterate it for one row per scored token). See charrnn/annotate.py.
+        - top_k: guesses kept per token; max_chars: cut the text there (None: no limit)
+        Returns an annotate.Annotation: iterate it for one Row per scored token (.token, .prob,
+        .surprisal, .bits, .rank, .top, .unknown); .score holds the totals. See charrnn/annotate.py.
         """
         from . import annotate
 

@@ -17,6 +17,7 @@ import warnings
 import click
 
 from . import __version__, api, config, corpus, layout, optim, report, rundir, runtime
+from .annotate import MAX_CHARS
 from .config import MODES, NONFINITE
 from .errors import CharRNNError, ConfigError
 from .cells import TORCH_CELLS
@@ -88,6 +89,7 @@ def cli():
     charrnn train corpus.txt      train; progress bar, validation loss, checkpoints
     charrnn sample --temp 0.8     new text from the latest run
     charrnn eval                  perplexity and bits per character
+    charrnn annotate text.txt     a web page of per-character scores and neurons
     charrnn info                  what a checkpoint holds
     charrnn plot                  a run's loss curves as a PNG
 
@@ -387,6 +389,85 @@ def eval_(text_file, checkpoint_path, errors, as_json):
                f"loss        {result['loss']:.4f} nats/{unit}\n"
                f"perplexity  {result['perplexity']:.3f}\n"
                f"bits        {result['bits_per_token']:.4f} bits/{unit}")
+
+
+# ---------------------------------------------------------------- annotate
+
+
+@cli.command("annotate")
+@click.argument("text_file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@_checkpoint_option
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="The HTML page to write.  [default: annotate.html in the run directory]")
+@click.option("--json", "as_json", is_flag=True,
+              help="Write one JSON object per scored token to stdout (JSON lines) instead of a page.")
+@click.option("--states", is_flag=True, help="With --json: add every layer's h, tanh(c) and gate values.")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Guesses kept per token.")
+@click.option("--max-chars", type=int, default=MAX_CHARS, show_default=True,
+              help="Annotate at most this many characters (the rest is cut, with a notice).")
+@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
+              help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
+def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_chars, errors):
+    """See inside a model: score TEXT_FILE (or - for stdin) character by character.
+
+    Writes one self-contained HTML page (it opens offline and can be mailed):
+    the text shaded by how surprised the model was at each character, its
+    top guesses on hover, a neuron view colouring the text by one unit, the
+    units that follow simple features of the text (quotes, brackets, position
+    in the line, ...), and how often each gate saturates. Without TEXT_FILE
+    it annotates the start of the run's held-out split.
+
+    \b
+    Examples:
+      charrnn annotate poem.txt                      # writes annotate.html in the run directory
+      charrnn annotate poem.txt --out poem.html
+      echo "To be, or not to be" | charrnn annotate - --json
+    """
+    from . import page
+
+    if states and not as_json:
+        raise click.UsageError("--states goes with --json (the page always holds the activations)")
+    model = api.load(checkpoint_path)
+    if text_file == "-":
+        text, source = corpus.decode_text(sys.stdin.buffer.read(), "standard input", errors), "standard input"
+    elif text_file is not None:
+        text, source = corpus.read_text(text_file, errors), text_file
+    else:
+        text, source = model.heldout_text(), "the held-out split"
+    ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
+    if ann.cut:
+        info(f"Annotating the first {ann.text_chars:,} characters of {source}; {ann.cut:,} more are cut "
+             f"(--max-chars sets the limit)")
+    if ann.score.unknown:
+        info(f"{ann.score.unknown:,} of {ann.score.tokens:,} tokens are unknown to the model (marked; "
+             f"scored as the unknown token)")
+    if as_json:
+        out = sys.stdout
+        try:
+            for row in ann:
+                record = {"token": row.token, "id": row.id, "logprob": row.logprob, "prob": row.prob,
+                          "bits": row.bits, "rank": row.rank, "top_k": [[t, p] for t, p in row.top],
+                          "unknown": row.unknown, "end": row.end}
+                if states:
+                    step = int(ann.piece_step[row.piece])
+                    record["states"] = None if step < 0 else [
+                        {key: (value.tolist() if key != "gates" else {g: v.tolist() for g, v in value.items()})
+                         for key, value in layer.items()} for layer in ann.states(step)]
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    run_dir = os.path.dirname(os.path.abspath(model.path))
+    out_path = out_path or os.path.join(run_dir, "annotate.html")
+    c = model.config
+    model_line = (f"{c.cell.upper()} {c.layers} x {c.hidden}, {model.vocab.size} {model.vocab.level} tokens, "
+                  f"{'lines' if model.lines else 'stream'} mode")
+    page.write(out_path, page.render(ann, title=f"What the model saw in {os.path.basename(source)}",
+                                     model_line=model_line, checkpoint=model.path, source=source))
+    s = ann.score
+    info(f"Wrote {out_path}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
+         f"open it in a browser")
 
 
 # ---------------------------------------------------------------- info and plot

@@ -53,7 +53,14 @@ def read_text(path, errors: str = "strict") -> str:
         raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
     if path.is_dir():  # some platforms open directories without an error
         raise CorpusError(f"{path}: is a directory, not a text file")
+    return decode_text(data, str(path), errors)
 
+
+def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
+    """The text of a file's bytes, checked as read_text checks them (name: what errors call it)."""
+    if errors not in TEXT_ERRORS:
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    path = name
     start = len(_BOM) if data.startswith(_BOM) else 0
     if len(data) == start:
         raise CorpusError(f"{path}: the file is empty")

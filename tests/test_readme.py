@@ -74,4 +74,9 @@ def test_python_api_example_runs(tmp_path, capsys):
     assert namespace["text"].startswith("The ") and len(namespace["text"]) > 4
     s = namespace["s"]
     assert s.tokens == len("The quick brown fox") - 1 and s.unknown == 0
-    assert f"perplexity {s.perplexity:.2f}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"perplexity {s.perplexity:.2f}" in out
+    rows = namespace["rows"]
+    assert len(rows) == s.tokens and f"rank {rows[0].rank}" in out
+    assert -np.mean([r.logprob for r in rows]) == pytest.approx(s.loss, abs=1e-6)
+    assert namespace["states"].shape == (len("The quick brown fox"), 32)

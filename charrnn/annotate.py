@@ -1,0 +1,352 @@
+"""Looking inside a model: each token's probability, rank and top-k guesses, and every unit's value.
+
+`annotate(model, text)` scores a text as one stream from no context, as
+`charrnn eval` does: a stream model reads the text's first token as context
+(it is not scored) and predicts each later one; a lines model scores each
+non-empty line from its start token through its end token. On the way it
+records, at every step, each layer's hidden state h, tanh(c) for the LSTM,
+and the gate values, from the readable reference steps in cells.py (their
+caches hold the gates), so nothing here depends on how the compiled kernels
+lay out their caches. It also computes simple features of the text (inside
+quotes, position in the line, ...), which units correlate with them, and how
+often each gate saturates (Karpathy, Johnson & Fei-Fei 2015, figure 3).
+
+Why float64: the weights are upcast exactly and every step runs in float64,
+so the numbers shown are the stored model's own function, with no rounding of
+our own on top. For a float64 model that is eval's arithmetic (the mean
+surprisal equals eval's loss to rounding, ~1e-15). A float32 model is scored
+by eval in float32, so the two differ by eval's float32 rounding: about 1e-7
+nats on tests/test_annotate.py's models, inside the 1e-6 the test pins.
+The cost is small: a 5,000-character text is 5,000 small NumPy steps per layer.
+
+Shapes: N scored tokens, S steps (tokens read), P pieces of text, H hidden,
+L layers, V vocabulary, k top guesses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import cells, corpus
+from .errors import ConfigError
+from .evaluate import Score
+from .vocab import UNK, tokenize
+
+MAX_CHARS = 5_000  # the default cut: the page stays responsive, the activations small
+
+# Where each cell's gates sit in cells.*_step_forward's cache, and tanh(c) for the LSTM.
+GATES_IN_CACHE = {"lstm": {"i": 2, "f": 3, "g": 4, "o": 5}, "gru": {"r": 1, "z": 2, "n": 3}, "rnn": {}}
+TANH_C_IN_CACHE = {"lstm": 6}
+# The sigmoid gates, whose saturation the paper plots (g and n are tanh candidates, not gates).
+SATURATING = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}
+SATURATED_LOW, SATURATED_HIGH = 0.1, 0.9
+
+FEATURES = ("inside quotes", "inside brackets", "position in line", "start of word", "uppercase", "whitespace")
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+@dataclass
+class Row:
+    """One scored token."""
+    piece: int                        # its position in Annotation.pieces
+    token: str                        # its text (the text itself, also for an unknown token; "" for an end)
+    id: int                           # its id (UNK for a character the model never saw)
+    logprob: float                    # natural log of the probability the model gave it
+    rank: int                         # 1 when it was the model's first guess
+    top: list[tuple[str, float]]      # the model's k most likely tokens here, with their probabilities
+    unknown: bool                     # the model's vocabulary lacks it (it was scored as UNK)
+    end: bool = False                 # the end-of-line token (lines models)
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+    @property
+    def surprisal(self) -> float:
+        """-log p in nats."""
+        return -self.logprob
+
+    @property
+    def bits(self) -> float:
+        """-log2 p."""
+        return -self.logprob / math.log(2)
+
+
+@dataclass
+class Annotation:
+    """What `annotate` computes; iterate it for the Rows (one per scored token)."""
+    pieces: list[str]                 # the text cut into tokens (P,); an end of line without "\n" is ""
+    piece_row: np.ndarray             # (P,) the Row scoring each piece, -1 for none
+    piece_step: np.ndarray            # (P,) the step that read each piece, -1 for none (lines: ends)
+    rows: list[Row]                   # (N,)
+    logprob: np.ndarray               # (N,) float64
+    rank: np.ndarray                  # (N,) int64
+    top_ids: np.ndarray               # (N, k) int64, most likely first
+    top_probs: np.ndarray             # (N, k) float64
+    hidden: list[np.ndarray]          # per layer (S, H): h after each step
+    cell: list[np.ndarray] | None     # LSTM: per layer (S, H): tanh(c) after each step; else None
+    gates: list[dict]                 # per layer {gate name: (S, H)}: the gate values at each step
+    step_piece: np.ndarray            # (S,) the piece each step read, -1 for a start token
+    features: dict                    # name -> (S,) float64 feature of what each step read (NaN: a start token)
+    score: Score                      # totals, the same figures as `charrnn eval`
+    tokens: tuple[str, ...]           # the vocabulary, in id order
+    cell_type: str
+    cut: int = 0                      # characters cut off the end of the text (max_chars)
+    text_chars: int = 0               # characters annotated
+    _look: list | None = field(default=None, repr=False)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def states(self, step: int) -> list[dict]:
+        """The activations after one step: per layer {"h": (H,), "tanh_c": (H,) (LSTM), "gates": {name: (H,)}}."""
+        out = []
+        for k, h in enumerate(self.hidden):
+            layer = {"h": h[step]}
+            if self.cell is not None:
+                layer["tanh_c"] = self.cell[k][step]
+            layer["gates"] = {name: g[step] for name, g in self.gates[k].items()}
+            out.append(layer)
+        return out
+
+    def units_worth_a_look(self, per_layer: int = 6) -> list[dict]:
+        """Per layer, the units whose value correlates most with a feature of the text.
+
+        Returns dicts {"layer", "kind" ("h" or "c", meaning tanh(c)), "unit", "feature", "r"}, the
+        strongest first within each layer; features that do not vary in this text are left out.
+        """
+        if self._look is None:
+            self._look = _units_worth_a_look(self, per_layer)
+        return self._look
+
+    def saturation(self) -> list[dict]:
+        """Per layer {gate: (left (H,), right (H,))}: the share of steps each unit's gate spends below 0.1
+        (left) and above 0.9 (right). Empty dicts for the RNN, which has no gates."""
+        out = []
+        for layer in self.gates:
+            out.append({name: ((g < SATURATED_LOW).mean(axis=0), (g > SATURATED_HIGH).mean(axis=0))
+                        for name, g in layer.items() if name in SATURATING.get(self.cell_type, ())})
+        return out
+
+
+def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CHARS) -> Annotation:
+    """Score `text` token by token and record every unit (see the module docstring).
+
+    - model: an api.Model (params, config, vocab, lines)
+    - text: the text; newlines are normalized; cut to max_chars characters (None: no limit)
+    - top_k: how many guesses to keep per token
+    Returns an Annotation. ConfigError when there is nothing to score or top_k < 1.
+    """
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
+        raise ConfigError(f"--max-chars must be at least 1, got {max_chars}")
+    text = corpus.normalize_newlines(text)
+    cut = 0
+    if max_chars is not None and len(text) > max_chars:
+        cut, text = len(text) - max_chars, text[:max_chars]
+    vocab, config = model.vocab, model.config
+    pieces, piece_row, piece_step, sequences = _layout(text, vocab, model.lines)
+    if not any(len(targets) for _, targets, _ in sequences):
+        raise ConfigError("nothing to annotate: the text needs at least two tokens"
+                          + (" (or one non-empty line)" if model.lines else ""))
+    k = min(top_k, config.vocab_size)
+    weights = _float64_layers(model.params, config)
+
+    hidden = [[] for _ in range(config.layers)]
+    cell = [[] for _ in range(config.layers)] if config.cell == "lstm" else None
+    gates = [{name: [] for name in GATES_IN_CACHE.get(config.cell, {})} for _ in range(config.layers)]
+    logps, targets_all = [], []
+    for inputs, targets, _ in sequences:
+        top = _run(weights, config, inputs, hidden, cell, gates)  # (T, H)
+        logits = top @ weights["head_w"].T + weights["head_b"]  # (T, V)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # (T, V) log-softmax
+        logps.append(logp[: len(targets)])  # a stream's last token predicts nothing
+        targets_all.append(targets)
+    logp = np.concatenate(logps)  # (N, V)
+    target = np.concatenate(targets_all).astype(np.int64)  # (N,)
+    picked = logp[np.arange(len(target)), target]  # (N,)
+    rank = 1 + (logp > picked[:, None]).sum(axis=1)  # (N,)
+    top_ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]  # (N, k)
+    top_probs = np.exp(np.take_along_axis(logp, top_ids, axis=1))  # (N, k)
+
+    names = [_token_name(t) for t in vocab.tokens]
+    rows = []
+    row_pieces = np.flatnonzero(piece_row >= 0)
+    for n, p in enumerate(row_pieces):
+        tid = int(target[n])
+        rows.append(Row(piece=int(p), token=pieces[p], id=tid, logprob=float(picked[n]), rank=int(rank[n]),
+                        top=[(names[i], float(q)) for i, q in zip(top_ids[n], top_probs[n])],
+                        unknown=tid == UNK, end=tid == vocab.eos))
+    step_piece = np.concatenate([steps for _, _, steps in sequences]).astype(np.int64)
+    score = Score(float(-picked.sum()), len(target), int(np.count_nonzero(target == UNK)))
+    return Annotation(
+        pieces=pieces, piece_row=piece_row, piece_step=piece_step, rows=rows, logprob=picked, rank=rank,
+        top_ids=top_ids, top_probs=top_probs, hidden=[np.stack(h) for h in hidden],
+        cell=None if cell is None else [np.stack(c) for c in cell],
+        gates=[{name: np.stack(v) for name, v in layer.items()} for layer in gates],
+        step_piece=step_piece, features=_features(text, pieces, step_piece), score=score,
+        tokens=tuple(names), cell_type=config.cell, cut=cut, text_chars=len(text))
+
+
+def _token_name(token: str) -> str:
+    return {"<eos>": "end", "<unk>": "unknown", "<bos>": "start"}.get(token, token)
+
+
+def _layout(text: str, vocab, lines: bool):
+    """Cut the text into pieces and say which are read and which are scored.
+
+    Returns (pieces, piece_row (P,), piece_step (P,), sequences): each sequence is (input ids (T,),
+    target ids (<= T,), the piece each input step reads (T,), -1 for a start token), scored from a
+    zero state; rows and steps are numbered in order across sequences.
+    """
+    pieces, piece_row, piece_step, sequences = [], [], [], []
+    n_rows = n_steps = 0
+    if not lines:
+        pieces = tokenize(text, vocab.level)
+        ids = vocab.encode(text).astype(np.int64)
+        assert len(ids) == len(pieces)
+        P = len(pieces)
+        piece_step = list(range(P))
+        piece_row = [-1] + list(range(P - 1)) if P else []
+        sequences = [(ids, ids[1:], np.arange(P))] if P else []
+        return pieces, np.array(piece_row, np.int64), np.array(piece_step, np.int64), sequences
+    raw_lines = text.split("\n")
+    for j, line in enumerate(raw_lines):
+        line_pieces = tokenize(line, vocab.level) if line else []
+        has_newline = j < len(raw_lines) - 1
+        first = len(pieces)
+        pieces += line_pieces
+        if line and not line.isspace():  # a line eval scores (corpus.split_lines)
+            ids = vocab.encode(line).astype(np.int64)
+            T = len(ids) + 1
+            piece_step += list(range(n_steps + 1, n_steps + T))  # step n_steps reads the start token
+            piece_row += list(range(n_rows, n_rows + len(ids)))
+            end_piece = len(pieces)
+            pieces.append("\n" if has_newline else "")  # the end token is scored at the line's end
+            piece_step.append(-1)
+            piece_row.append(n_rows + len(ids))
+            sequences.append((np.concatenate([[vocab.bos], ids]), np.concatenate([ids, [vocab.eos]]),
+                              np.concatenate([[-1], np.arange(first, end_piece)])))
+            n_steps += T
+            n_rows += T
+        else:
+            piece_step += [-1] * len(line_pieces)
+            piece_row += [-1] * len(line_pieces)
+            if has_newline:
+                pieces.append("\n")
+                piece_step.append(-1)
+                piece_row.append(-1)
+    return pieces, np.array(piece_row, np.int64), np.array(piece_step, np.int64), sequences
+
+
+def _float64_layers(params, config) -> dict:
+    f = {name: np.asarray(p, dtype=np.float64) for name, p in params.items()}
+    return {"embedding": f["embedding.weight"], "head_w": f["head.weight"], "head_b": f["head.bias"],
+            "layers": [(f[f"rnn.weight_ih_l{k}"], f[f"rnn.bias_ih_l{k}"], f[f"rnn.weight_hh_l{k}"],
+                        f[f"rnn.bias_hh_l{k}"]) for k in range(config.layers)]}
+
+
+def _run(weights, config, inputs, hidden, cell, gates):
+    """One sequence from a zero state through every layer with cells.step_forward, appending each step's
+    h, tanh(c) and gates per layer to the lists given. Returns the top layer's h, (T, H)."""
+    x = weights["embedding"][inputs]  # (T, E)
+    gate_at = GATES_IN_CACHE.get(config.cell, {})
+    tanh_at = TANH_C_IN_CACHE.get(config.cell)
+    H = config.hidden
+    for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(weights["layers"]):
+        xp = x @ w_ih.T + b_ih  # (T, G*H): the whole sequence's input side in one product
+        state = tuple(np.zeros((1, H)) for _ in range(2 if config.cell == "lstm" else 1))
+        hs = []
+        for t in range(len(inputs)):
+            state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh)
+            hs.append(state[0][0])
+            for name, i in gate_at.items():
+                gates[k][name].append(cache[i][0])
+            if cell is not None:
+                cell[k].append(cache[tanh_at][0] if tanh_at is not None else np.tanh(state[1][0]))
+        x = np.stack(hs)  # (T, H)
+        hidden[k] += hs
+    return x
+
+
+def _features(text: str, pieces: list[str], step_piece: np.ndarray) -> dict:
+    """Each step's features of the piece it read, as float64 (S,) arrays; NaN where a step read a start token.
+
+    - inside quotes / brackets: after the piece, inside "..." or “...” / inside ( ), [ ], { }
+    - position in line: the piece's column (0 at a line's first character)
+    - start of word: a letter or digit after a character that is neither (or at the start)
+    - uppercase: the piece starts with an uppercase letter; whitespace: the piece is all whitespace
+    """
+    per_piece = np.zeros((len(pieces), len(FEATURES)))
+    inside_quote, depth, column, prev = False, 0, 0, ""
+    for p, piece in enumerate(pieces):
+        first = piece[:1]
+        for ch in piece:
+            if ch == '"':
+                inside_quote = not inside_quote
+            elif ch == "\u201c":
+                inside_quote = True
+            elif ch == "\u201d":
+                inside_quote = False
+            elif ch in _OPEN:
+                depth += 1
+            elif ch in _CLOSE:
+                depth = max(0, depth - 1)
+        per_piece[p] = (inside_quote, depth > 0, column, first.isalnum() and not prev.isalnum(),
+                        first.isupper(), bool(piece) and piece.isspace())
+        if piece:
+            nl = piece.rfind("\n")
+            column = len(piece) - nl - 1 if nl >= 0 else column + len(piece)
+            prev = piece[-1]
+    values = np.full((len(step_piece), len(FEATURES)), np.nan)
+    read = step_piece >= 0
+    values[read] = per_piece[step_piece[read]]
+    return {name: values[:, j] for j, name in enumerate(FEATURES)}
+
+
+def correlations(values: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every unit with every feature: values (S, H), features (S, F) -> (H, F).
+
+    Rows with a NaN feature are left out; a unit or feature that does not vary gives NaN.
+    """
+    keep = ~np.isnan(features).any(axis=1)
+    v, f = values[keep], features[keep]
+    v = v - v.mean(axis=0)
+    f = f - f.mean(axis=0)
+    vn, fn = np.sqrt((v * v).sum(axis=0)), np.sqrt((f * f).sum(axis=0))  # (H,), (F,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (v.T @ f) / np.outer(vn, fn)  # (H, F)
+    r[~np.isfinite(r)] = np.nan
+    return r
+
+
+def _units_worth_a_look(ann: Annotation, per_layer: int) -> list[dict]:
+    feats = np.stack([ann.features[name] for name in FEATURES], axis=1)  # (S, F)
+    found = []
+    for k in range(len(ann.hidden)):
+        kinds = [("h", ann.hidden[k])] + ([("c", ann.cell[k])] if ann.cell is not None else [])
+        layer = []
+        for kind, values in kinds:
+            r = correlations(values, feats)  # (H, F)
+            if np.isnan(r).all():
+                continue
+            strength = np.where(np.isnan(r), -1.0, np.abs(r))
+            best = strength.argmax(axis=1)  # (H,)
+            for unit, j in enumerate(best):
+                if strength[unit, j] >= 0:
+                    layer.append({"layer": k, "kind": kind, "unit": unit, "feature": FEATURES[j],
+                                  "r": float(r[unit, j])})
+        layer.sort(key=lambda u: -abs(u["r"]))
+        found += layer[:per_layer]
+    return found

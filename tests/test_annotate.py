@@ -1,0 +1,238 @@
+"""charrnn annotate and Model.annotate: per-token scores, states, gates, features, the page's data, the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import charrnn
+from click.testing import CliRunner
+
+from charrnn import annotate, cli, page
+from charrnn.vocab import EOS
+from reference import naive_step
+from tiny_runs import invoke, make_run
+
+CHARS = 'abcdefgh \n"()'
+TEXT = 'bad cafe "faced" (a bead)\nhe fed a deaf hag\n' * 4
+HOSTILE = '</script><script>alert(1)</script> <img src=x onerror=alert(1)> \u2028 "q" &amp;\n'
+
+
+@pytest.fixture
+def run(tmp_path):
+    make_run(tmp_path / "run", CHARS, hidden=12, val_text=TEXT * 3)
+    return tmp_path / "run"
+
+
+def float64_params(m):
+    return {k: v.astype(np.float64) for k, v in m.params.items()}
+
+
+# ---------------------------------------------------------------- against eval and an independent reference
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_mean_surprisal_is_evals_loss(tmp_path, mode, cell):
+    # float32 models, as training writes them: eval runs in float32, annotate in float64 (see annotate.py)
+    make_run(tmp_path / "r", CHARS, mode=mode, cell=cell)
+    (tmp_path / "t.txt").write_text(TEXT + "zz\n")  # two unknown characters too
+    code, out, err = invoke(["eval", tmp_path / "t.txt", "-c", tmp_path / "r", "--json"])
+    assert code == 0, err
+    loss = json.loads(out)
+    code, out, err = invoke(["annotate", tmp_path / "t.txt", "-c", tmp_path / "r", "--json"])
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == loss["tokens"] and sum(r["unknown"] for r in rows) == loss["unknown"] == 2
+    assert abs(-np.mean([r["logprob"] for r in rows]) - loss["loss"]) < 1e-6
+    assert "2 of" in err and "unknown" in err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_each_token_matches_the_naive_reference(tmp_path, cell):
+    make_run(tmp_path / "r", CHARS, cell=cell, layers=2, hidden=10)
+    m = charrnn.load(str(tmp_path / "r"))
+    ann = m.annotate(TEXT, top_k=4)
+    params, config = float64_params(m), m.config
+    ids = m.vocab.encode(TEXT).astype(np.int64)
+    state = tuple(np.zeros((config.layers, 1, config.hidden)) for _ in range(2 if cell == "lstm" else 1))
+    for t, token in enumerate(ids):
+        previous = state
+        logits, state = naive_step(params, config, [token], state)
+        for k in range(config.layers):
+            np.testing.assert_allclose(ann.hidden[k][t], state[0][k, 0], atol=1e-12)
+            if cell == "lstm":
+                c_prev, c, h = previous[1][k, 0], state[1][k, 0], state[0][k, 0]
+                g = ann.gates[k]
+                np.testing.assert_allclose(ann.cell[k][t], np.tanh(c), atol=1e-12)
+                np.testing.assert_allclose(g["f"][t] * c_prev + g["i"][t] * g["g"][t], c, atol=1e-12)
+                np.testing.assert_allclose(g["o"][t] * np.tanh(c), h, atol=1e-12)
+            elif cell == "gru":
+                g = ann.gates[k]
+                np.testing.assert_allclose((1 - g["z"][t]) * g["n"][t] + g["z"][t] * previous[0][k, 0],
+                                           state[0][k, 0], atol=1e-12)
+        if t + 1 == len(ids):
+            break
+        logp = logits[0] - logits[0].max()
+        logp -= np.log(np.exp(logp).sum())
+        row = ann.rows[t]  # the row scoring token t + 1
+        target = ids[t + 1]
+        assert row.id == target and row.token == TEXT[t + 1] and row.piece == t + 1
+        assert row.logprob == pytest.approx(logp[target], abs=1e-10)
+        assert row.rank == 1 + int((logp > logp[target]).sum())
+        assert [name for name, _ in row.top] == [m.vocab.tokens[i] if i > 2 else ["end", "unknown", "start"][i]
+                                                  for i in np.argsort(-logp, kind="stable")[:4]]
+        assert row.top[0][1] == pytest.approx(np.exp(logp.max()), abs=1e-10)
+        assert row.bits == pytest.approx(-logp[target] / math.log(2)) and row.prob == pytest.approx(np.exp(logp[target]))
+    assert len(ann) == len(ids) - 1 and ann.cell_type == cell
+    if cell == "rnn":
+        assert ann.gates == [{}, {}] and ann.saturation() == [{}, {}]
+
+
+def test_lines_model_scores_each_line_from_its_start_through_its_end(tmp_path):
+    make_run(tmp_path / "r", CHARS, mode="lines", cell="gru")
+    m = charrnn.load(str(tmp_path / "r"))
+    text = "bad\n\n  \nhe fed"  # a blank and a whitespace line are not scored; the last line has no newline
+    ann = m.annotate(text)
+    assert ann.pieces == ["b", "a", "d", "\n", "\n", " ", " ", "\n", "h", "e", " ", "f", "e", "d", ""]
+    assert [r.token for r in ann] == ["b", "a", "d", "\n", "h", "e", " ", "f", "e", "d", ""]
+    assert [r.end for r in ann] == [False] * 3 + [True] + [False] * 6 + [True]
+    assert all(r.id == EOS for r in ann if r.end)
+    assert ann.piece_step.tolist() == [1, 2, 3, -1, -1, -1, -1, -1, 5, 6, 7, 8, 9, 10, -1]
+    assert ann.step_piece.tolist() == [-1, 0, 1, 2, -1, 8, 9, 10, 11, 12, 13]  # steps 0 and 4 read the start
+    assert ann.score.tokens == 11 and ann.score.loss == pytest.approx(m.score(text).loss, abs=1e-6)
+
+
+# ---------------------------------------------------------------- features, correlations, saturation
+
+
+def test_features_of_a_small_text(run):
+    m = charrnn.load(str(run))
+    ann = m.annotate('a "b" (c)\nDe f')
+    f = {name: values.tolist() for name, values in ann.features.items()}
+    #                          a  sp  "  b  "  sp  (  c  )  \n  D  e  sp f
+    assert f["inside quotes"] == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert f["inside brackets"] == [0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert f["position in line"] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3]
+    assert f["start of word"] == [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1]
+    assert f["uppercase"] == [0] * 10 + [1, 0, 0, 0]
+    assert f["whitespace"] == [0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0]
+
+
+def test_correlations_are_pearsons_r():
+    rng = np.random.default_rng(0)
+    values, feats = rng.standard_normal((50, 4)), rng.standard_normal((50, 3))
+    feats[7, 1] = np.nan  # a start token's step: left out
+    feats[:, 2] = 1.0  # a feature that does not vary
+    r = annotate.correlations(values, feats)
+    keep = np.arange(50) != 7
+    for u in range(4):
+        for j in range(2):
+            assert r[u, j] == pytest.approx(np.corrcoef(values[keep, u], feats[keep, j])[0, 1])
+    assert np.isnan(r[:, 2]).all()
+
+
+def test_units_worth_a_look_finds_a_unit_that_tracks_brackets(tmp_path):
+    # unit 3 of layer 1's cell state counts brackets: "(" writes +1, ")" writes -1, the forget gate keeps it
+    H = 8
+
+    def bracket_unit(params, vocab):
+        for name in params:
+            if name.startswith("rnn."):
+                params[name][:] = 0
+        emb = params["embedding.weight"]
+        emb[:] = 0
+        emb[vocab.tokens.index("("), 0] = emb[vocab.tokens.index(")"), 1] = 1
+        W, b = params["rnn.weight_ih_l0"], params["rnn.bias_ih_l0"]
+        W[3, :2], b[3] = 20, -10      # input gate of unit 3: open at a bracket, shut otherwise
+        b[H + 3] = 20                 # forget gate: keep
+        W[2 * H + 3, :2] = 20, -20    # candidate: +1 at "(", -1 at ")"
+        b[3 * H + 3] = 20       # output gate: open
+
+    make_run(tmp_path / "r", CHARS, layers=1, hidden=H, edit=bracket_unit)
+    m = charrnn.load(str(tmp_path / "r"))
+    ann = m.annotate("ab (cd (ef) gh) ab " * 6 + "(abc) de")
+    best = ann.units_worth_a_look()[0]
+    assert (best["layer"], best["unit"], best["feature"]) == (0, 3, "inside brackets") and best["r"] > 0.8
+    left, right = ann.saturation()[0]["f"]
+    assert right[3] == 1.0 and left[3] == 0.0  # the forget gate at sigmoid(20) is always open
+    assert set(ann.saturation()[0]) == {"i", "f", "o"}
+
+
+# ---------------------------------------------------------------- the page's data
+
+
+def test_page_embeds_hostile_text_as_escaped_json_that_round_trips(run):
+    m = charrnn.load(str(run))
+    ann = m.annotate(TEXT + HOSTILE)
+    html = page.render(ann, title="t </script>", model_line="m", checkpoint="c", source="s")
+    assert html.count("</script>") == 2 and html.count("<script") == 2  # the data block and the script, only
+    assert "<img" not in html and "\u2028" not in html and "&amp;" not in html.split("<script>")[0][-500:]
+    assert "default-src 'none'" in html
+    raw = html.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert raw.isascii()
+    data = json.loads(raw)
+    assert "".join(data["pieces"]) == TEXT + HOSTILE
+    assert data["totals"]["tokens"] == ann.score.tokens and data["k"] == 5
+    assert data["unknown"][len(TEXT)] is True and data["unknown"][0] is False  # "<" is not in the vocabulary
+    # 8 bits per value, unit-major: unit u's values at every step
+    h = np.frombuffer(__import__("base64").b64decode(data["layers"][1]["h"]), np.uint8).reshape(12, -1)
+    np.testing.assert_allclose((h.astype(float) - 128) / 127, ann.hidden[1].T, atol=0.5 / 127 + 1e-12)
+
+
+def test_quantize_rounds_to_the_nearest_of_255_levels():
+    v = np.array([[-1.0, -0.5, 0.0, 0.004, 0.5, 1.0]])
+    q = np.frombuffer(__import__("base64").b64decode(page.quantize(v)), np.uint8)
+    assert q.tolist() == [1, 64, 128, 129, 192, 255]
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_the_page_goes_to_the_run_directory_by_default_and_says_so(run, tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    code, out, err = invoke(["annotate", tmp_path / "t.txt", "-c", run])
+    assert code == 0 and out == ""
+    assert f"Wrote {run / 'annotate.html'}" in err
+    assert (run / "annotate.html").read_text().startswith("<!DOCTYPE html>")
+    code, _, err = invoke(["annotate", tmp_path / "t.txt", "-c", run, "--out", tmp_path / "p.html"])
+    assert code == 0 and f"Wrote {tmp_path / 'p.html'}" in err and (tmp_path / "p.html").exists()
+    code, _, err = invoke(["annotate", "-c", run, "--out", tmp_path / "held.html"])  # the held-out split
+    assert code == 0 and "held-out" in (tmp_path / "held.html").read_text()
+
+
+def test_json_lines_with_states_and_the_cut(run, tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT * 10)
+    code, out, err = invoke(["annotate", tmp_path / "t.txt", "-c", run, "--json", "--states", "--max-chars", 50,
+                             "--top-k", 3])
+    assert code == 0
+    assert "first 50 characters" in err and f"{len(TEXT) * 10 - 50:,} more are cut" in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 49 and "".join(r["token"] for r in rows) == (TEXT * 10)[1:50]
+    first = rows[0]
+    assert set(first) == {"token", "id", "logprob", "prob", "bits", "rank", "top_k", "unknown", "end", "states"}
+    assert len(first["top_k"]) == 3 and first["prob"] == pytest.approx(math.exp(first["logprob"]))
+    layer = first["states"][1]
+    assert len(layer["h"]) == len(layer["tanh_c"]) == 12 and set(layer["gates"]) == {"i", "f", "g", "o"}
+    ann = charrnn.load(str(run)).annotate((TEXT * 10)[:50])
+    assert layer["h"] == ann.hidden[1][1].tolist()  # row 0 scores token 1, which step 1 reads
+
+
+def test_stdin_and_bad_input_are_one_line_errors(run, tmp_path):
+    (tmp_path / "bin").write_bytes(b"\x00\x01binary")
+    (tmp_path / "one.txt").write_text("a")
+    for args, message in [
+        (["annotate", tmp_path / "missing.txt", "-c", run], "missing.txt: no such file"),
+        (["annotate", tmp_path / "bin", "-c", run], "looks like a binary file"),
+        (["annotate", tmp_path / "bin", "-c", tmp_path / "none"], "no such checkpoint"),
+        (["annotate", tmp_path / "one.txt", "-c", run, "--top-k", 0], "--top-k must be at least 1"),
+        (["annotate", tmp_path / "one.txt", "-c", run], "nothing to annotate"),
+    ]:
+        code, out, err = invoke(args)
+        assert code == 1 and out == "" and err.startswith("Error: ") and message in err and err.count("\n") == 1
+
+    with CliRunner().isolation(input=b"bad cafe\n") as (out, err, _):
+        cli.main(["annotate", "-", "-c", str(run), "--json"])
+    tokens = [json.loads(line)["token"] for line in out.getvalue().decode().splitlines()]
+    assert "".join(tokens) == "ad cafe\n"
