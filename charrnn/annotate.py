@@ -31,17 +31,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cells, corpus
+from .cells import EXTRA, STATES
 from .errors import ConfigError
 from .evaluate import Score
 from .vocab import UNK, tokenize
 
 MAX_CHARS = 5_000  # the default cut: the page stays responsive, the activations small
 
-# Where each cell's gates sit in cells.*_step_forward's cache, and tanh(c) for the LSTM.
-GATES_IN_CACHE = {"lstm": {"i": 2, "f": 3, "g": 4, "o": 5}, "gru": {"r": 1, "z": 2, "n": 3}, "rnn": {}}
-TANH_C_IN_CACHE = {"lstm": 6}
-# The sigmoid gates, whose saturation the paper plots (g and n are tanh candidates, not gates).
-SATURATING = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}
+# Where each cell's gates sit in cells.*_step_forward's cache, and tanh(c) for the cells with one.
+GATES_IN_CACHE = {"lstm": {"i": 2, "f": 3, "g": 4, "o": 5}, "gru": {"r": 1, "z": 2, "n": 3}, "rnn": {},
+                  "peephole": {"i": 3, "f": 4, "g": 5, "o": 6}, "simple-gru": {"c~": 1, "u": 2}}
+TANH_C_IN_CACHE = {"lstm": 6, "peephole": 7}
+# The sigmoid gates, whose saturation the paper plots (g, n and c~ are tanh candidates, not gates).
+SATURATING = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"), "gru": ("r", "z"), "simple-gru": ("u",)}
 SATURATED_LOW, SATURATED_HIGH = 0.1, 0.9
 
 FEATURES = ("inside quotes", "inside brackets", "position in line", "start of word", "uppercase", "whitespace")
@@ -87,7 +89,7 @@ class Annotation:
     top_ids: np.ndarray               # (N, k) int64, most likely first
     top_probs: np.ndarray             # (N, k) float64
     hidden: list[np.ndarray]          # per layer (S, H): h after each step
-    cell: list[np.ndarray] | None     # LSTM: per layer (S, H): tanh(c) after each step; else None
+    cell: list[np.ndarray] | None     # LSTMs: per layer (S, H): tanh(c) after each step; else None
     gates: list[dict]                 # per layer {gate name: (S, H)}: the gate values at each step
     step_piece: np.ndarray            # (S,) the piece each step read, -1 for a start token
     features: dict                    # name -> (S,) float64 feature of what each step read (NaN: a start token)
@@ -108,7 +110,7 @@ class Annotation:
         return self.rows[i]
 
     def states(self, step: int) -> list[dict]:
-        """The activations after one step: per layer {"h": (H,), "tanh_c": (H,) (LSTM), "gates": {name: (H,)}}."""
+        """The activations after one step: per layer {"h": (H,), "tanh_c": (H,) (LSTMs), "gates": {name: (H,)}}."""
         out = []
         for k, h in enumerate(self.hidden):
             layer = {"h": h[step]}
@@ -163,7 +165,7 @@ def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CH
     weights = _float64_layers(model.params, config)
 
     hidden = [[] for _ in range(config.layers)]
-    cell = [[] for _ in range(config.layers)] if config.cell == "lstm" else None
+    cell = [[] for _ in range(config.layers)] if STATES[config.cell] == 2 else None
     gates = [{name: [] for name in GATES_IN_CACHE.get(config.cell, {})} for _ in range(config.layers)]
     logps, targets_all = [], []
     for inputs, targets, _ in sequences:
@@ -254,7 +256,8 @@ def _float64_layers(params, config) -> dict:
     f = {name: np.asarray(p, dtype=np.float64) for name, p in params.items()}
     return {"embedding": f["embedding.weight"], "head_w": f["head.weight"], "head_b": f["head.bias"],
             "layers": [(f[f"rnn.weight_ih_l{k}"], f[f"rnn.bias_ih_l{k}"], f[f"rnn.weight_hh_l{k}"],
-                        f[f"rnn.bias_hh_l{k}"]) for k in range(config.layers)]}
+                        f[f"rnn.bias_hh_l{k}"], tuple(f[f"rnn.weight_{n}_l{k}"] for n in EXTRA[config.cell]))
+                       for k in range(config.layers)]}
 
 
 def _run(weights, config, inputs, hidden, cell, gates):
@@ -264,12 +267,12 @@ def _run(weights, config, inputs, hidden, cell, gates):
     gate_at = GATES_IN_CACHE.get(config.cell, {})
     tanh_at = TANH_C_IN_CACHE.get(config.cell)
     H = config.hidden
-    for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(weights["layers"]):
+    for k, (w_ih, b_ih, w_hh, b_hh, extra) in enumerate(weights["layers"]):
         xp = x @ w_ih.T + b_ih  # (T, G*H): the whole sequence's input side in one product
-        state = tuple(np.zeros((1, H)) for _ in range(2 if config.cell == "lstm" else 1))
+        state = tuple(np.zeros((1, H)) for _ in range(STATES[config.cell]))
         hs = []
         for t in range(len(inputs)):
-            state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh)
+            state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh, extra)
             hs.append(state[0][0])
             for name, i in gate_at.items():
                 gates[k][name].append(cache[i][0])

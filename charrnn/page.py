@@ -166,8 +166,9 @@ SCRIPT = r"""
 (function () {
   const D = JSON.parse(document.getElementById("data").textContent);
   const H = D.hidden, K = D.k, LN2 = Math.log(2);
-  const GATE_COLOURS = { i: "#2f6fdf", f: "#d9822b", o: "#2e9e5b", r: "#8d4fd1", z: "#d23f6f" };
-  const GATE_NAMES = { i: "input gate", f: "forget gate", o: "output gate", r: "reset gate", z: "update gate" };
+  const GATE_COLOURS = { i: "#2f6fdf", f: "#d9822b", o: "#2e9e5b", r: "#8d4fd1", z: "#d23f6f", u: "#d23f6f" };
+  const GATE_NAMES = { i: "input gate", f: "forget gate", o: "output gate", r: "reset gate",
+                       z: "update gate (z keeps the old state)", u: "update gate (u writes the new value)" };
 
   function el(tag, attrs, text) {
     const e = document.createElement(tag);

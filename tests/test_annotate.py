@@ -33,7 +33,7 @@ def float64_params(m):
 
 
 @pytest.mark.parametrize("mode", ["stream", "lines"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "peephole", "simple-gru"])
 def test_mean_surprisal_is_evals_loss(tmp_path, mode, cell):
     # float32 models, as training writes them: eval runs in float32, annotate in float64 (see annotate.py)
     make_run(tmp_path / "r", CHARS, mode=mode, cell=cell)
@@ -49,20 +49,21 @@ def test_mean_surprisal_is_evals_loss(tmp_path, mode, cell):
     assert "2 of" in err and "unknown" in err
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "peephole", "simple-gru"])
 def test_each_token_matches_the_naive_reference(tmp_path, cell):
     make_run(tmp_path / "r", CHARS, cell=cell, layers=2, hidden=10)
     m = charrnn.load(str(tmp_path / "r"))
     ann = m.annotate(TEXT, top_k=4)
     params, config = float64_params(m), m.config
     ids = m.vocab.encode(TEXT).astype(np.int64)
-    state = tuple(np.zeros((config.layers, 1, config.hidden)) for _ in range(2 if cell == "lstm" else 1))
+    lstm = cell in ("lstm", "peephole")
+    state = tuple(np.zeros((config.layers, 1, config.hidden)) for _ in range(2 if lstm else 1))
     for t, token in enumerate(ids):
         previous = state
         logits, state = naive_step(params, config, [token], state)
         for k in range(config.layers):
             np.testing.assert_allclose(ann.hidden[k][t], state[0][k, 0], atol=1e-12)
-            if cell == "lstm":
+            if lstm:
                 c_prev, c, h = previous[1][k, 0], state[1][k, 0], state[0][k, 0]
                 g = ann.gates[k]
                 np.testing.assert_allclose(ann.cell[k][t], np.tanh(c), atol=1e-12)
@@ -71,6 +72,10 @@ def test_each_token_matches_the_naive_reference(tmp_path, cell):
             elif cell == "gru":
                 g = ann.gates[k]
                 np.testing.assert_allclose((1 - g["z"][t]) * g["n"][t] + g["z"][t] * previous[0][k, 0],
+                                           state[0][k, 0], atol=1e-12)
+            elif cell == "simple-gru":
+                g = ann.gates[k]
+                np.testing.assert_allclose(g["u"][t] * g["c~"][t] + (1 - g["u"][t]) * previous[0][k, 0],
                                            state[0][k, 0], atol=1e-12)
         if t + 1 == len(ids):
             break
