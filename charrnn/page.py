@@ -297,6 +297,13 @@ SCRIPT = r"""
         box.appendChild(g);
       }
       const lp = D.logprob[row], p = Math.exp(lp);
+      if (D.rank[row] > K) {  // the true token was not among the guesses: show where it stood
+        add(box, el("div", { class: "head" }, "\u2026 and at rank " + D.rank[row] + ":"));
+        const g = el("div", { class: "guess true" });
+        g.style.background = "rgba(46, 158, 91, " + Math.min(0.75, 0.1 + p).toFixed(3) + ")";
+        add(g, el("span", { class: "tok" }, piece === "" ? "end" : shown(piece)), el("span", { class: "p" }, pct(p)));
+        box.appendChild(g);
+      }
       const foot = el("div", { class: "foot" });
       foot.textContent = (D.unknown[i] ? "unknown to the model, scored as \u2018unknown\u2019. " : "") +
         "p = " + pct(p) + ", rank " + D.rank[row] + ", " + (-lp / LN2).toFixed(2) + " bits (" +
