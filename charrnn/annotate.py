@@ -335,21 +335,35 @@ def correlations(values: np.ndarray, features: np.ndarray) -> np.ndarray:
 
 
 def _units_worth_a_look(ann: Annotation, per_layer: int) -> list[dict]:
+    """Per layer: for each feature its strongest unit first (so one feature cannot fill the list), then the
+    strongest of the rest; each unit once, as h or tanh(c), whichever correlates more; by |r|."""
     feats = np.stack([ann.features[name] for name in FEATURES], axis=1)  # (S, F)
     found = []
     for k in range(len(ann.hidden)):
         kinds = [("h", ann.hidden[k])] + ([("c", ann.cell[k])] if ann.cell is not None else [])
-        layer = []
-        for kind, values in kinds:
-            r = correlations(values, feats)  # (H, F)
-            if np.isnan(r).all():
+        r = np.stack([correlations(values, feats) for _, values in kinds])  # (kinds, H, F)
+        strength = np.where(np.isnan(r), -1.0, np.abs(r))
+        kind_of = strength.argmax(axis=0)  # (H, F): the kind that correlates more
+        best = strength.max(axis=0)  # (H, F)
+        if not (best >= 0).any():
+            continue
+        picks = []  # (unit, feature)
+        for j in np.argsort(-best.max(axis=0), kind="stable"):  # the most clearly tracked features first
+            if best[:, j].max() < 0 or len(picks) >= per_layer:
                 continue
-            strength = np.where(np.isnan(r), -1.0, np.abs(r))
-            best = strength.argmax(axis=1)  # (H,)
-            for unit, j in enumerate(best):
-                if strength[unit, j] >= 0:
-                    layer.append({"layer": k, "kind": kind, "unit": unit, "feature": FEATURES[j],
-                                  "r": float(r[unit, j])})
-        layer.sort(key=lambda u: -abs(u["r"]))
-        found += layer[:per_layer]
+            taken = {u for u, _ in picks}
+            for unit in np.argsort(-best[:, j], kind="stable"):
+                if unit not in taken and best[unit, j] >= 0:
+                    picks.append((int(unit), int(j)))
+                    break
+        taken = {u for u, _ in picks}
+        for unit in np.argsort(-best.max(axis=1), kind="stable"):
+            if len(picks) >= per_layer:
+                break
+            if int(unit) not in taken and best[unit].max() >= 0:
+                picks.append((int(unit), int(best[unit].argmax())))
+        rows = [{"layer": k, "kind": kinds[kind_of[u, j]][0], "unit": u, "feature": FEATURES[j],
+                 "r": float(r[kind_of[u, j], u, j])} for u, j in picks]
+        rows.sort(key=lambda row: -abs(row["r"]))
+        found += rows
     return found

@@ -153,16 +153,32 @@ def test_units_worth_a_look_finds_a_unit_that_tracks_brackets(tmp_path):
         W[3, :2], b[3] = 20, -10      # input gate of unit 3: open at a bracket, shut otherwise
         b[H + 3] = 20                 # forget gate: keep
         W[2 * H + 3, :2] = 20, -20    # candidate: +1 at "(", -1 at ")"
-        b[3 * H + 3] = 20       # output gate: open
+        b[3 * H + 3] = 20             # output gate: open
 
     make_run(tmp_path / "r", CHARS, layers=1, hidden=H, edit=bracket_unit)
     m = charrnn.load(str(tmp_path / "r"))
     ann = m.annotate("ab (cd (ef) gh) ab " * 6 + "(abc) de")
-    best = ann.units_worth_a_look()[0]
+    look = ann.units_worth_a_look()
+    best = look[0]
     assert (best["layer"], best["unit"], best["feature"]) == (0, 3, "inside brackets") and best["r"] > 0.8
+    assert [u["unit"] for u in look] == [3]  # the other units never move in this hand-made model
     left, right = ann.saturation()[0]["f"]
     assert right[3] == 1.0 and left[3] == 0.0  # the forget gate at sigmoid(20) is always open
     assert set(ann.saturation()[0]) == {"i", "f", "o"}
+
+
+def test_units_worth_a_look_give_each_feature_a_unit(tmp_path):
+    make_run(tmp_path / "r", CHARS + "H", layers=2, hidden=16)
+    ann = charrnn.load(str(tmp_path / "r")).annotate(TEXT.replace("he", "He"))
+    look = ann.units_worth_a_look(per_layer=8)
+    for k in (0, 1):
+        layer = [u for u in look if u["layer"] == k]
+        assert {u["feature"] for u in layer} == set(annotate.FEATURES)  # one feature cannot fill the list
+        assert len(layer) == 8 and len({u["unit"] for u in layer}) == 8
+        assert [abs(u["r"]) for u in layer] == sorted((abs(u["r"]) for u in layer), reverse=True)
+        for u in layer:
+            values = (ann.cell if u["kind"] == "c" else ann.hidden)[k][:, u["unit"]]
+            assert u["r"] == pytest.approx(np.corrcoef(values, ann.features[u["feature"]])[0, 1])
 
 
 # ---------------------------------------------------------------- the page's data
