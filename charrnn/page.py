@@ -384,7 +384,7 @@ SCRIPT = r"""
       "simple feature of this text (the correlation r, from \u22121 to 1). Click one to colour the text by it."));
   const table = el("table", { id: "look" });
   const headRow = el("tr");
-  for (const h of ["layer", "unit", "", "follows", "r"]) headRow.appendChild(el("th", null, h));
+  for (const h of ["layer", "unit", "state", "follows", "r"]) headRow.appendChild(el("th", null, h));
   table.appendChild(headRow);
   const lookRows = [];
   for (const u of D.look) {
