@@ -35,7 +35,7 @@ import statistics
 import numpy as np
 
 import charrnn
-from charrnn import evaluate, model, optim, sampling
+from charrnn import evaluate, model, optim, parallel, sampling
 from charrnn.model import ModelConfig
 from charrnn.runtime import keep_freed_memory
 from charrnn.vocab import EOS, SPECIAL_TOKENS, Vocab
@@ -76,7 +76,8 @@ def charrnn_sample(params, config, vocab, n: int, length: int, seed: int) -> int
 
 
 def charrnn_train_steps_fn(params, config, steps: int):
-    """(fn, chars): fn runs `steps` reference training steps (B 64, T 100, Adam, clip 5); chars they train on."""
+    """(fn, chars): fn runs `steps` reference training steps (B 64, T 100, Adam, clip 5, as charrnn train
+    runs them: two row blocks); chars they train on."""
     params = {k: v.copy() for k, v in params.items()}
     opt = optim.make_optimizer("adam", params)
     data = np.random.default_rng(3).integers(3, config.vocab_size, (64, 101))
@@ -84,7 +85,7 @@ def charrnn_train_steps_fn(params, config, steps: int):
 
     def run():
         for _ in range(steps):
-            _, grads, _ = model.loss_and_grads(params, config, x, y)
+            _, grads, _ = parallel.loss_and_grads(params, config, x, y, None, None, count=y.size, parts=2)
             optim.clip_grad_norm(grads, 5.0)
             opt.step(params, grads, 2e-3)
 

@@ -4,9 +4,12 @@ A benchmark, not a test. For each configuration both frameworks train the same
 model on the same batches with the same optimizer (Adam, global-norm clip 5,
 float32), alternating one step each after a warm-up; each step of the headline
 table starts when other processes leave the CPUs alone (common.measure). The
-script prints the median characters per second of each, their ratio, and the
-model FLOPs utilization: the model's matrix FLOPs per second over the float32
-GEMM peak measured by this script in the same run.
+script prints the median characters per second of each and their ratio; the
+physical limit, the characters per second at which the model's matrix FLOPs
+would run at the float32 GEMM peak this script measures in the same run; and
+the fraction of that limit each framework reaches (charrnn's is its model
+FLOPs utilization, MFU). charrnn trains as `charrnn train` does: each batch in
+--threads row blocks, one thread each (charrnn/parallel.py).
 
     python bench/speed.py            # reference model, cells, sizes, the sweep, sampling and eval
     python bench/speed.py --quick    # without the H x B sweep, and 3 rounds of sampling and eval
@@ -28,7 +31,7 @@ import sys
 
 import numpy as np
 
-from charrnn import model, optim
+from charrnn import model, optim, parallel
 from charrnn.model import ModelConfig
 from charrnn.runtime import keep_freed_memory
 from common import blas_kernel, measure, torch_lm  # this directory is on sys.path when the script runs
@@ -57,15 +60,18 @@ def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
 
 
 class NumpyTrainer:
+    threads = 2  # row blocks per batch, as charrnn train's --threads
+
     def __init__(self, cfg, params):
         self.cfg, self.params = cfg, {k: v.copy() for k, v in params.items()}
         self.opt = optim.make_optimizer("adam", self.params)
 
     def step(self, x, y):
-        loss, grads, _ = model.loss_and_grads(self.params, self.cfg, x, y)
+        nll, grads, _ = parallel.loss_and_grads(self.params, self.cfg, x, y, None, None, count=y.size,
+                                                parts=self.threads)
         optim.clip_grad_norm(grads, 5.0)
         self.opt.step(self.params, grads, 2e-3)
-        return loss
+        return nll / y.size
 
 
 class TorchTrainer:
@@ -111,37 +117,47 @@ def compare(cell, layers, H, B, T=100, E=64, reps=7, warmup=2, peak=None, quiet=
     row = {"config": f"{cell} {layers}x{H} B{B}", "charrnn": ours, "torch": theirs, "ratio": ours / theirs,
            "foreign": max(foreign)}
     if peak:
-        row["mfu"] = model_flops(cfg, B, T) * ours / (B * T) / peak
+        row["limit"] = peak * B * T / model_flops(cfg, B, T)  # chars/s with every matrix FLOP at the peak
+        row["mfu"], row["torch_mfu"] = ours / row["limit"], theirs / row["limit"]
     return row
 
 
 def print_table(rows, title):
     print(f"\n{title}")
-    print(f"| {'config':<20} | {'charrnn chars/s':>15} | {'torch chars/s':>13} | {'ratio':>5} | {'MFU':>5} |")
-    print(f"|{'-' * 22}|{'-' * 17}|{'-' * 15}|{'-' * 7}|{'-' * 7}|")
+    print(f"| {'config':<20} | {'charrnn chars/s':>15} | {'torch chars/s':>13} | {'ratio':>5} "
+          f"| {'limit chars/s':>13} | {'charrnn':>7} | {'torch':>5} |")
+    print(f"|{'-' * 22}|{'-' * 17}|{'-' * 15}|{'-' * 7}|{'-' * 15}|{'-' * 9}|{'-' * 7}|")
     for r in rows:
+        limit = f"{r['limit']:,.0f}" if "limit" in r else ""
         mfu = f"{r['mfu']:.0%}" if "mfu" in r else ""
-        print(f"| {r['config']:<20} | {r['charrnn']:>15,.0f} | {r['torch']:>13,.0f} | {r['ratio']:>5.2f} | {mfu:>5} |",
-              flush=True)
+        torch_mfu = f"{r['torch_mfu']:.0%}" if "torch_mfu" in r else ""
+        print(f"| {r['config']:<20} | {r['charrnn']:>15,.0f} | {r['torch']:>13,.0f} | {r['ratio']:>5.2f} "
+              f"| {limit:>13} | {mfu:>7} | {torch_mfu:>5} |", flush=True)
+    print("(limit: the model's matrix FLOPs per character at the measured GEMM peak; charrnn, torch: "
+          "the fraction of it reached)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the H x B sweep")
     parser.add_argument("--reps", type=int, default=7, help="timed steps per framework and configuration")
+    parser.add_argument("--threads", type=int, default=NumpyTrainer.threads,
+                        help="charrnn's row blocks per batch (charrnn train --threads)")
+    parser.add_argument("--only", choices=["lstm", "gru", "rnn", "lstm512", "lstm128"], action="append",
+                        help="run only these headline configurations (repeatable)")
     args = parser.parse_args()
+    NumpyTrainer.threads = args.threads
 
     import torch
     torch.set_num_threads(2)
     keep_freed_memory()  # what the charrnn command does at start-up
     peak = gemm_peak()
     print(f"float32 GEMM peak (NumPy BLAS, 2048^3): {peak / 1e9:.0f} GFLOP/s; {blas_kernel()}; "
-          f"torch {torch.__version__}, numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5")
-    rows = [compare("lstm", 2, 256, 64, reps=args.reps, peak=peak),
-            compare("gru", 2, 256, 64, reps=args.reps, peak=peak),
-            compare("rnn", 2, 256, 64, reps=args.reps, peak=peak),
-            compare("lstm", 2, 512, 64, reps=args.reps, peak=peak),
-            compare("lstm", 1, 128, 64, reps=args.reps, peak=peak)]
+          f"torch {torch.__version__}, numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5; "
+          f"charrnn kernels: {model.recurrence().__name__.split('.')[-1]}, {args.threads} row blocks")
+    headline = {"lstm": ("lstm", 2, 256), "gru": ("gru", 2, 256), "rnn": ("rnn", 2, 256),
+                "lstm512": ("lstm", 2, 512), "lstm128": ("lstm", 1, 128)}
+    rows = [compare(*headline[name], 64, reps=args.reps, peak=peak) for name in args.only or headline]
     print_table(rows, "Training step (forward, backward, clip, Adam): median chars/s")
     print(f"(each step started on a quiet machine; other processes then used at most "
           f"{max(r['foreign'] for r in rows):.0%} of it during a step)")

@@ -369,14 +369,6 @@ def backward(params, config, cache, d_state=None, count=None):
     return ordered, tuple(np.stack(acc) for acc in d_state0)
 
 
-def loss_and_grads(params, config, inputs, targets, mask=None, state=None, dropout_rng=None):
-    """forward + backward for one chunk: returns (loss, grads, final_state)."""
-    loss, final_state, cache = forward(params, config, inputs, targets, mask, state,
-                                       dropout_rng=dropout_rng)
-    grads, _ = backward(params, config, cache)
-    return loss, grads, final_state
-
-
 # ---------------------------------------------------------------- layer 0's input side
 
 

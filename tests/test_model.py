@@ -228,7 +228,8 @@ def test_adagrad_overfits_a_short_string():
     memory = {k: np.zeros_like(v) for k, v in params.items()}
     x, y = ids[None, :-1], ids[None, 1:]
     for _ in range(300):
-        loss, grads, _ = model.loss_and_grads(params, config, x, y)
+        loss, _, cache = model.forward(params, config, x, y)
+        grads, _ = model.backward(params, config, cache)
         for k in params:  # plain Adagrad, as in min-char-rnn
             np.clip(grads[k], -5, 5, out=grads[k])
             memory[k] += grads[k] ** 2
