@@ -1,8 +1,9 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules (the plain helpers they are built on are in tiny_runs.py)."""
 
 import pytest
 
 from charrnn import model
+from tiny_runs import NAMES, stream_text
 
 
 @pytest.fixture(params=["numba", "numpy"])
@@ -12,3 +13,19 @@ def backend(request, monkeypatch):
     model.recurrence.cache_clear()
     yield request.param
     model.recurrence.cache_clear()
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """A stream-mode corpus of about 600 characters: tens of TINY steps per epoch."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(stream_text(120), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def names_file(tmp_path):
+    """A lines-mode corpus: 40 names, one per line."""
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(NAMES + [n.capitalize() for n in NAMES[:14]]) + "\n", encoding="utf-8")
+    return path

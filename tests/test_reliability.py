@@ -11,7 +11,6 @@ import ast
 import errno
 import fcntl
 import hashlib
-import json
 import math
 import os
 import random
@@ -27,36 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, cli, corpus, layout, loop as tr, report, rundir
+from charrnn import checkpoint, corpus, layout, loop as tr, report, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.runlock import RunLock
+from tiny_runs import PINNED, TINY, invoke, read_log, stream_text, untimed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
-
-PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# every setting the CLI would otherwise choose from the corpus size and budget is fixed
-TINY = ["--cell", "lstm", "--layers", "1", "--hidden", "8", "--embed", "8", "--dropout", "0", "--schedule", "constant",
-        "--warmup", "0", "--batch-size", "2", "--seq-len", "8"]
-TIMING = ("elapsed", "chars_per_sec")
-
-
-def words(n_words=400, seed=0):
-    rng = np.random.default_rng(seed)
-    vocab = "the quick brown fox jumps over a lazy dog and then sleeps".split()
-    return " ".join(vocab[i] for i in rng.integers(0, len(vocab), n_words)) + "\n"
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(words())
-    return path
 
 
 def popen(args, code=None, **env):
@@ -85,15 +65,6 @@ def assert_one_line_error(code, out, err, *fragments, exit_code=1):
     for fragment in fragments:
         assert fragment in lines[0], err
     return lines[0]
-
-
-def read_log(directory):
-    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def untimed(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 def temp_files(directory):
@@ -411,7 +382,7 @@ def tiny_run(directory, **kw):
     options = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 8}
     tconfig = TrainConfig(**{"batch_size": 2, "seq_len": 8, "eval_every": 2, "log_every": 1,
                                 "max_steps": 6, **kw})
-    return rundir.start_run(directory, words(), None, options, tconfig)
+    return rundir.start_run(directory, stream_text(400), None, options, tconfig)
 
 
 class DiskFull:
@@ -467,18 +438,6 @@ def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_byte_identical
     for name in resumed.params:
         assert resumed.params[name].tobytes() == reference.params[name].tobytes()
     assert untimed(read_log(tmp_path / "run")) == untimed(read_log(tmp_path / "reference"))
-
-
-def invoke(args):
-    """`charrnn ARGS` in-process through cli.main: (exit code, stdout, stderr)."""
-    runner = CliRunner()
-    with runner.isolation() as (out, err, _):
-        try:
-            cli.main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def test_a_full_disk_through_the_cli_is_one_line_and_exit_1(tmp_path, corpus_file, monkeypatch):
@@ -597,8 +556,8 @@ def test_a_nan_at_a_given_step_through_the_cli(tmp_path, corpus_file, monkeypatc
 def saved_runs(tmp_path_factory):
     """A stream-mode LSTM run and a lines-mode GRU run, 3 steps each."""
     root = tmp_path_factory.mktemp("saved")
-    for name, mode, cell, text in (("stream", "stream", "lstm", words()),
-                                   ("lines", "lines", "gru", "\n".join(words(60).split()) + "\n")):
+    for name, mode, cell, text in (("stream", "stream", "lstm", stream_text(400)),
+                                   ("lines", "lines", "gru", "\n".join(stream_text(60).split()) + "\n")):
         tconfig = TrainConfig(mode=mode, batch_size=2, seq_len=8, eval_every=3, log_every=1, max_steps=3)
         run = rundir.start_run(root / name, text, None, {"cell": cell, "layers": 1, "hidden": 8, "embed": 8}, tconfig)
         for _ in tr.train(run):
@@ -878,15 +837,15 @@ CORPORA = {
     "one character, lines mode": (b"a", ["--mode", "lines"], "train"),
     "only newlines": (b"\n" * 400, [], "train"),
     "only newlines, lines mode": (b"\n" * 400, ["--mode", "lines"], "non-empty"),
-    "CRLF": (_text(words().replace(" and ", "\r\n")), [], "train"),
-    "CRLF, lines mode": (_text(words().replace(" and ", "\r\n")), ["--mode", "lines"], "train"),
-    "BOM": (b"\xef\xbb\xbf" + _text(words()), [], "train"),
-    "UTF-16": (words().encode("utf-16"), [], "UTF-16"),
-    "invalid UTF-8": (_text(words()[:50]) + b"\xc3\x28" + _text(words()), [], "byte offset 50"),
-    "invalid UTF-8, replaced": (_text(words()[:50]) + b"\xc3\x28" + _text(words()), ["--errors", "replace"],
+    "CRLF": (_text(stream_text(400).replace(" and ", "\r\n")), [], "train"),
+    "CRLF, lines mode": (_text(stream_text(400).replace(" and ", "\r\n")), ["--mode", "lines"], "train"),
+    "BOM": (b"\xef\xbb\xbf" + _text(stream_text(400)), [], "train"),
+    "UTF-16": (stream_text(400).encode("utf-16"), [], "UTF-16"),
+    "invalid UTF-8": (_text(stream_text(400)[:50]) + b"\xc3\x28" + _text(stream_text(400)), [], "byte offset 50"),
+    "invalid UTF-8, replaced": (_text(stream_text(400)[:50]) + b"\xc3\x28" + _text(stream_text(400)), ["--errors", "replace"],
                                 "train"),
-    "NUL bytes": (_text(words()[:100]) + b"\0" + _text(words()), [], "binary"),
-    "NUL after the first 8000 bytes": (_text(words(2000)) + b"\0" + _text(words(2000)), [], "train"),
+    "NUL bytes": (_text(stream_text(400)[:100]) + b"\0" + _text(stream_text(400)), [], "binary"),
+    "NUL after the first 8000 bytes": (_text(stream_text(2000)) + b"\0" + _text(stream_text(2000)), [], "train"),
     "huge line": (_text(HUGE_LINE), [], "train"),
     "huge line, lines mode": (_text(HUGE_LINE), ["--mode", "lines"], "--mode stream"),
     "huge line among short ones, lines mode": (_text("alpha\nbeta\ngamma\n" * 10 + HUGE_LINE), ["--mode", "lines"],

@@ -21,18 +21,7 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint, layout
-
-PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TIMING = ("elapsed", "chars_per_sec")  # the only logged fields allowed to differ
-
-NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
-         "quinn rosa sam tina ugo vera walt xena yann zoe").split()
-
-
-def stream_text(n_words=44, seed=0):
-    rng = np.random.default_rng(seed)
-    words = "the quick brown fox jumps over a lazy dog and then sleeps".split()
-    return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + "\n"
+from tiny_runs import NAMES, PINNED, read_log, stream_text, untimed
 
 
 def lines_text():
@@ -99,11 +88,6 @@ def finish(proc, timeout=120):
     return out
 
 
-def read_log(directory):
-    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 def differences(dir_a, dir_b) -> list[str]:
     """What differs between two finished runs, bitwise (an empty list when they are identical).
 
@@ -136,8 +120,7 @@ def differences(dir_a, dir_b) -> list[str]:
         ta.pop("elapsed"), tb.pop("elapsed")
         if ta != tb:
             found.append(f"{name} training {ta} != {tb}")
-    log_a = [{k: v for k, v in r.items() if k not in TIMING} for r in read_log(dir_a)]
-    log_b = [{k: v for k, v in r.items() if k not in TIMING} for r in read_log(dir_b)]
+    log_a, log_b = untimed(read_log(dir_a)), untimed(read_log(dir_b))
     if log_a != log_b:
         found.append("log")
     return found
@@ -149,7 +132,7 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     for name, mode, _, _ in CONFIGS:
         (root / name).mkdir()
-        (root / name / "corpus.txt").write_text(stream_text() if mode == "stream" else lines_text())
+        (root / name / "corpus.txt").write_text(stream_text(44) if mode == "stream" else lines_text())
     procs = {}
     for name, mode, model_kw, train_kw in CONFIGS:
         base = dict(mode=mode, batch_size=2, seq_len=8, eval_every=1, log_every=1, val_frac=0.2)
@@ -254,7 +237,7 @@ def test_a_trainer_killed_with_9_leaves_its_run_free_and_resuming_is_bit_exact(t
     """kill -9 releases the run's lock with the process (issue 19): `charrnn train --resume` takes the
     run at once and ends exactly where a run that was never killed ends."""
     corpus_file = tmp_path / "corpus.txt"
-    corpus_file.write_text(stream_text())
+    corpus_file.write_text(stream_text(44))
     options = ["--cell", "lstm", "--layers", "2", "--hidden", "8", "--embed", "8", "--dropout", "0.25",
                "--optim", "adam", "--lr", "0.01", "--schedule", "constant", "--warmup", "0", "--batch-size", "2",
                "--seq-len", "8", "--val-frac", "0.2", "--eval-every", "2", "--log-every", "1", "--quiet"]

@@ -2,7 +2,6 @@
 budgets, the JSONL log, checkpoints of the latest and best model, learning,
 non-finite steps, and refusals that leave nothing behind."""
 
-import json
 import math
 import os
 
@@ -13,16 +12,7 @@ import safetensors.numpy
 from charrnn import checkpoint, layout, loop as tr, optim, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import ConfigError, CorpusError, TrainingError
-
-NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
-         "quinn rosa sam tina ugo vera walt xena yann zoe").split()
-
-
-def stream_text(n_words=60, seed=0):
-    """About 5 * n_words characters of English-like text."""
-    rng = np.random.default_rng(seed)
-    words = "the quick brown fox jumps over a lazy dog and then sleeps".split()
-    return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + "\n"
+from tiny_runs import NAMES, read_log, stream_text
 
 
 def lines_text():
@@ -40,11 +30,6 @@ def tconfig(**kw):
 
 def run_all(run, should_stop=lambda: False):
     return list(tr.train(run, should_stop))
-
-
-def read_log(directory):
-    with open(os.path.join(directory, layout.LOG_FILE), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def assert_same_state(dir_a, dir_b):
@@ -129,7 +114,7 @@ def test_resume_from_a_periodic_save_after_a_crash_is_exact(tmp_path, mode):
 
 def test_log_lines_after_resume_match_an_uninterrupted_run(tmp_path):
     """Losses already written to the log are not averaged into the next line again after a resume."""
-    text = stream_text()
+    text = stream_text(60)
     run_all(rundir.start_run(tmp_path / "a", text, None, model_options(), tconfig(max_steps=12)))
     run_all(rundir.start_run(tmp_path / "b", text, None, model_options(), tconfig(max_steps=4)))
     run_all(rundir.resume_run(tmp_path / "b", {"max_steps": 12}))
@@ -142,7 +127,7 @@ def test_log_lines_after_resume_match_an_uninterrupted_run(tmp_path):
 
 
 def test_log_records_and_final_evaluation(tmp_path):
-    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(),
+    run = rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(),
                        tconfig(max_steps=11, eval_every=4, log_every=3))
     events = run_all(run)
     log = read_log(tmp_path / "r")
@@ -198,7 +183,7 @@ def test_validation_loss_falls_on_a_learnable_corpus(tmp_path):
 
 
 def test_budgets_count_the_whole_run(tmp_path):
-    text = stream_text()
+    text = stream_text(60)
     run = rundir.start_run(tmp_path / "r", text, None, model_options(), tconfig(max_steps=5))
     assert run_all(run)[-1]["step"] == 5
     run = rundir.resume_run(tmp_path / "r", {"max_steps": 9})
@@ -220,7 +205,7 @@ def test_budgets_count_the_whole_run(tmp_path):
 
 
 def test_resume_at_a_reached_budget_writes_nothing(tmp_path):
-    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=6)))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=6)))
     before = {name: (tmp_path / "r" / name).read_bytes() for name in os.listdir(tmp_path / "r") if name != "data"}
     events = run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 6}))
     assert [e["event"] for e in events] == ["start", "end"]
@@ -231,7 +216,7 @@ def test_resume_at_a_reached_budget_writes_nothing(tmp_path):
 
 def test_cosine_schedule_spans_a_budget_extended_on_resume(tmp_path):
     kw = dict(schedule="cosine", warmup=2, lr=0.01, log_every=1, eval_every=100)
-    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=8, **kw)))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=8, **kw)))
     run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 16}))
     lrs = [r["lr"] for r in read_log(tmp_path / "r")]
     assert len(lrs) == 16
@@ -244,7 +229,7 @@ def test_cosine_schedule_spans_a_budget_extended_on_resume(tmp_path):
 
 
 def test_resume_refuses_options_that_define_the_run(tmp_path):
-    run_all(rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2)))
+    run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=2)))
     for key, value in (("batch_size", 5), ("lr", 0.1), ("mode", "lines"), ("seed", 3)):
         with pytest.raises(ConfigError, match=key.replace("_", "-")):
             rundir.resume_run(tmp_path / "r", {key: value})
@@ -264,7 +249,7 @@ def poison_steps(monkeypatch, bad_steps):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     poison_steps(monkeypatch, {3})
-    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(eval_every=2, log_every=1))
+    run = rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(eval_every=2, log_every=1))
     events = tr.train(run)
     with pytest.raises(TrainingError, match="non-finite at step 3"):
         for _ in events:
@@ -280,7 +265,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatc
 
 def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
     poison_steps(monkeypatch, {2, 3})
-    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(),
+    run = rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(),
                        tconfig(max_steps=6, log_every=2, on_nonfinite="skip"))
     events = run_all(run)
     assert events[-1]["step"] == 6 and events[-1]["skipped"] == 2
@@ -311,10 +296,10 @@ def test_invalid_options_are_refused_before_any_file_is_written(tmp_path):
                  dict(max_steps=0)]
     for kw in bad_train:
         with pytest.raises(ConfigError):
-            rundir.start_run(out, stream_text(), None, model_options(), tconfig(**kw))
+            rundir.start_run(out, stream_text(60), None, model_options(), tconfig(**kw))
     for kw in (dict(hidden=-4), dict(dropout=1.5), dict(cell="transformer"), dict(dtype="float16")):
         with pytest.raises(ConfigError):
-            rundir.start_run(out, stream_text(), None, model_options(**kw), tconfig())
+            rundir.start_run(out, stream_text(60), None, model_options(**kw), tconfig())
     assert not out.exists()
 
 
@@ -339,9 +324,9 @@ def test_lines_vocabulary_holds_only_the_lines_tokens(tmp_path):
 
 
 def test_training_reads_compact_memory_mapped_ids(tmp_path):
-    run = rundir.start_run(tmp_path / "r", stream_text(), None, model_options(), tconfig(max_steps=2))
+    run = rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=2))
     assert isinstance(run.train_ids, np.memmap) and run.train_ids.dtype == np.uint8
     run_all(run)
     resumed = rundir.resume_run(tmp_path / "r")
     assert isinstance(resumed.train_ids, np.memmap) and resumed.train_ids.dtype == np.uint8
-    assert np.array_equal(resumed.train_ids, run.vocab.encode(stream_text()[: len(run.train_ids)]))
+    assert np.array_equal(resumed.train_ids, run.vocab.encode(stream_text(60)[: len(run.train_ids)]))

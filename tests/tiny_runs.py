@@ -1,22 +1,63 @@
-"""Tiny run directories for the sample and eval tests, written the way the trainer writes them.
+"""What the test modules share: tiny corpora, tiny settings, tiny run directories, the CLI, the log.
 
-`make_run` saves random weights with the metadata `rundir.model_meta` produces
-(tokens, special ids, level, data mode), plus the held-out ids under data/, so
-sample and eval see exactly what they see after `charrnn train`. `invoke` runs
-the real console entry point (`cli.main`, which turns library errors into one
-line on stderr) with stdout and stderr captured separately.
+- `stream_text(n_words)`: English-like text from a dozen words; `NAMES`: 26 short names (lines mode)
+- `TINY`: `charrnn train` options fixing every setting the CLI would otherwise choose
+  from the corpus size and budget, on a model small enough to train in milliseconds
+- `make_run` saves random weights with the metadata `rundir.model_meta` produces
+  (tokens, special ids, level, data mode), plus the held-out ids under data/, so
+  sample and eval see exactly what they see after `charrnn train`
+- `invoke` runs the real console entry point (`cli.main`, which turns library
+  errors into one line on stderr) in-process, stdout and stderr captured apart
+- `read_log` reads a run's log.jsonl with the library's reader, and fails on a
+  line that reader would skip (a torn line, a record without a step)
+- `PINNED`: the environment that pins BLAS to one thread, so that every process
+  computes the same numbers; `untimed`: log records without their timing fields
+
+The fixtures built on these (`corpus_file`, `names_file`, `backend`) are in conftest.py.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 from click.testing import CliRunner
 
-from charrnn import checkpoint, cli, corpus, layout, model
+from charrnn import checkpoint, cli, corpus, layout, model, report
 from charrnn.model import ModelConfig
 from charrnn.vocab import SPECIAL_TOKENS, Vocab
+
+NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
+         "quinn rosa sam tina ugo vera walt xena yann zoe").split()
+
+# every setting the CLI would otherwise choose from the corpus size and budget is fixed
+TINY = ["--cell", "lstm", "--layers", "1", "--hidden", "8", "--embed", "8", "--dropout", "0", "--schedule", "constant",
+        "--warmup", "0", "--batch-size", "2", "--seq-len", "8"]
+
+PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TIMING = ("elapsed", "chars_per_sec")  # the only logged fields two runs of the same settings may differ in
+
+
+def stream_text(n_words: int, seed: int = 0) -> str:
+    """About 5 * n_words characters of English-like text, one line."""
+    rng = np.random.default_rng(seed)
+    words = "the quick brown fox jumps over a lazy dog and then sleeps".split()
+    return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + "\n"
+
+
+def read_log(run_dir) -> list[dict]:
+    """The records of RUN_DIR/log.jsonl, read by report.read_log; every non-blank line must be one."""
+    path = os.path.join(run_dir, layout.LOG_FILE)
+    records = report.read_log(path)
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    assert len(records) == len(lines), f"{path}: {len(lines) - len(records)} line(s) are not step records"
+    return records
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 def make_run(directory, chars: str, *, mode: str = "stream", cell: str = "lstm", layers: int = 2, hidden: int = 16,
@@ -49,8 +90,14 @@ def make_run(directory, chars: str, *, mode: str = "stream", cell: str = "lstm",
     return params, config, vocab, model_file
 
 
-def invoke(args: list[str]):
-    """Run `charrnn ARGS` in-process through cli.main: returns (exit code, stdout, stderr)."""
+class Invoked(NamedTuple):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke(args: list) -> Invoked:
+    """Run `charrnn ARGS` in-process through cli.main: (exit code, stdout, stderr)."""
     runner = CliRunner()
     with runner.isolation() as (out, err, _):
         try:
@@ -58,4 +105,4 @@ def invoke(args: list[str]):
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue().decode("utf-8"), err.getvalue().decode("utf-8")
+    return Invoked(code, out.getvalue().decode("utf-8"), err.getvalue().decode("utf-8"))
