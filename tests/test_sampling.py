@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from charrnn import cli, inference, model, rundir, sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.vocab import BOS, EOS, UNK
-from reference import naive_step
+from reference import naive_probs, naive_step
 from tiny_runs import invoke, make_run
 
 CHARS = "abcdefg "  # no newline: stream samples then hold no line breaks of their own
@@ -179,7 +179,7 @@ def test_draw_next_many_rows_matches_reference_probs():
     logits = rng.standard_normal(10).astype(np.float32) * 1.5
     rows = np.tile(logits, (30_000, 1))  # n > 1 takes the vectorized path
     ids = sampling.draw_next(rows, np.random.default_rng(4), 0.8, top_k=4, banned=BANNED)
-    probs = sampling.next_token_probs(logits[None], 0.8, 4, None, BANNED)[0]
+    probs = naive_probs(logits, 0.8, top_k=4, banned=BANNED)
     assert np.count_nonzero(probs) == 4
     assert chi_square(np.bincount(ids, minlength=10), probs) < CHI2_999[3]
 
