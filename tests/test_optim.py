@@ -312,12 +312,6 @@ def test_clip_grad_norm_non_finite_returned_unscaled():
     assert optim.clip_grad_norm(grads, 1.0) == math.inf
 
 
-def test_clip_grad_norm_survives_overflowing_squares():
-    grads = {"a": np.array([3e200, 4e200]), "b": np.array([0.0])}
-    assert optim.clip_grad_norm(grads, 1.0) == pytest.approx(5e200, rel=1e-12)
-    np.testing.assert_allclose(grads["a"], [0.6, 0.8], rtol=1e-12)
-
-
 def test_clip_grad_norm_float64_accumulation():
     # 1e6 float32 ones: float32 running sums would drift; the float64 result is exact.
     grads = {"w": np.ones(10**6, np.float32)}

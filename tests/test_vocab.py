@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.errors import ConfigError, VocabError
-from charrnn.vocab import SPECIAL_TOKENS, Vocab, build_vocab, id_dtype, tokenize
+from charrnn.vocab import Vocab, build_vocab, id_dtype, tokenize
 
 
 def test_specials_and_sorted_order():
@@ -181,7 +181,3 @@ def test_word_dict_rejects_special_string_duplicate():
     d["tokens"].append("<eos>")
     with pytest.raises(VocabError):
         Vocab.from_dict(d)
-
-
-def test_special_tokens_constant():
-    assert SPECIAL_TOKENS == ("<eos>", "<unk>", "<bos>")
