@@ -7,7 +7,7 @@ import pytest
 
 from charrnn import inference, model
 from charrnn.model import ModelConfig
-from reference import naive_forward, naive_loss
+from reference import naive_forward, naive_loss, naive_loss_and_grads
 
 CELLS = ["rnn", "lstm", "gru", "peephole", "simple-gru"]
 pytestmark = pytest.mark.usefixtures("backend")
@@ -79,6 +79,59 @@ def test_gradients_match_finite_differences(cell, layers, masked):
     for j, s in enumerate(state):
         numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
         assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers, masked", [(1, False), (2, True)])
+def test_gradients_match_finite_differences_at_word_level(cell, layers, masked):
+    """V > B*T: layer 0 skips the (V, G*H) table, and the embedding's gradient is summed by np.add.at."""
+    config = small(cell, layers, vocab_size=20)
+    rng = np.random.default_rng(10 + layers)
+    params = model.init_params(config, rng)
+    x, y = batch(config, B=2, T=4, seed=layers)
+    x[1, 2] = x[0, 0]  # one token twice: its embedding row gathers two gradients
+    assert not model._uses_table(config, x.size)
+    mask = (rng.random(x.shape) > 0.4) if masked else None
+    state = random_state(config, x.shape[0], rng)
+    proj = random_state(config, x.shape[0], rng)
+
+    _, cache = objective(params, config, x, y, mask, state, proj)
+    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
+
+    assert np.count_nonzero(np.abs(grads["embedding.weight"]).sum(axis=1)) == len(np.unique(x))
+    for name, value in params.items():
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], value)
+        assert rel_error(grads[name], numeric) < 1e-6, name
+    for j, s in enumerate(state):
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
+        assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("vocab_size", [6, 20])  # with and without layer 0's table (V > B*T)
+def test_gradients_equal_the_naive_backward(cell, layers, masked, vocab_size):
+    """Every gradient equals tests/reference.py's BPTT by hand, per gate and per step, to 1e-10."""
+    config = small(cell, layers, vocab_size=vocab_size)
+    rng = np.random.default_rng(20 + layers)
+    params = model.init_params(config, rng)
+    x, y = batch(config, B=3, T=5, seed=layers)
+    assert model._uses_table(config, x.size) == (vocab_size <= x.size)
+    mask = (rng.random(x.shape) > 0.4) if masked else None
+    state = random_state(config, x.shape[0], rng)
+    proj = random_state(config, x.shape[0], rng)
+
+    loss, _, cache = model.forward(params, config, x, y, mask, state)
+    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
+    ref_loss, ref_grads, ref_d_state0 = naive_loss_and_grads(params, config, x, y, mask, state, proj)
+
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    assert sorted(grads) == sorted(ref_grads)
+    for name in params:
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-10, err_msg=name)
+    for j, (a, b) in enumerate(zip(d_state0, ref_d_state0)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=f"state {j}")
 
 
 @pytest.mark.parametrize("cell", CELLS)
