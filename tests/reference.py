@@ -128,7 +128,7 @@ def naive_loss_and_grads(params, config, inputs, targets, mask=None, state=None,
     params' keys; the gradient of the initial state, a tuple of (L, B, H) arrays.
     """
     B, T = inputs.shape
-    H, L, V, cell = config.hidden, config.layers, config.vocab_size, config.cell
+    H, L, cell = config.hidden, config.layers, config.cell
     has_c = cell in ("lstm", "peephole")
     n_gates = {"rnn": 1, "lstm": 4, "gru": 3, "peephole": 4, "simple-gru": 2}[cell]
     emb, W_y, b_y = params["embedding.weight"], params["head.weight"], params["head.bias"]
