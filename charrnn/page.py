@@ -23,10 +23,10 @@ import hashlib
 import html
 import json
 import math
-import os
 
 import numpy as np
 
+from . import atomic
 from .annotate import FEATURES, SATURATED_HIGH, SATURATED_LOW, Annotation
 
 
@@ -77,15 +77,9 @@ def json_for_script(data) -> str:
 
 
 def write(path: str, page: str) -> None:
-    """Write the page whole: to a temporary file beside it, then renamed over (never half a page)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write the page whole, through atomic.write_file: never half a page (OSError names path)."""
+    data = page.encode("utf-8")
+    atomic.write_file(path, lambda f: f.write(data))
 
 
 def render(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str) -> str:
