@@ -1,0 +1,103 @@
+"""ARCHITECTURE.md's invariants, read off the package's source with `ast`.
+
+- the math core (cells, kernels, model, optim) imports only NumPy (kernels also
+  numba), a few pure standard modules and charrnn.errors, and touches no files;
+- only cli.py prints, exits, or uses click or tqdm;
+- only atomic.py replaces a file (every checkpoint, id file, plot and page is
+  written to a temp file and renamed over its target there);
+- the modules import each other without cycles, and nothing imports the front
+  rooms (cli, api) but the entry points.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
+MODULES = {path.stem: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+           for path in sorted(PACKAGE.glob("*.py"))}
+CORE = ("cells", "kernels", "model", "optim")
+PURE_STDLIB = {"__future__", "math", "functools", "dataclasses", "warnings", "os"}  # model reads one environment variable
+FILE_CALLS = {"open", "save", "savez", "load", "fromfile", "tofile", "memmap", "replace", "rename", "remove",
+              "unlink", "mkdir", "makedirs", "rmdir", "write_file", "write_files"}
+
+
+def imports(tree):
+    """(charrnn modules, other top-level modules) that a module imports, anywhere in it."""
+    ours, theirs = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            ours.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom):
+            (ours if node.module.split(".")[0] == "charrnn" else theirs).add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            theirs.update(a.name.split(".")[0] for a in node.names)
+    return ours - {"__version__"}, theirs
+
+
+def called_names(tree):
+    """The names of everything called: f(...) gives f, a.b.f(...) gives f."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name):
+                yield func.id
+            elif isinstance(func, ast.Attribute):
+                yield func.attr
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_the_math_core_imports_only_numpy_and_touches_no_files(name):
+    ours, theirs = imports(MODULES[name])
+    assert ours <= {"cells", "kernels", "errors"}, f"{name} imports charrnn.{sorted(ours)}"
+    allowed = PURE_STDLIB | {"numpy"} | ({"numba"} if name == "kernels" else set())
+    assert theirs <= allowed, f"{name} imports {sorted(theirs - allowed)}"
+    touching = FILE_CALLS & set(called_names(MODULES[name]))
+    assert not touching, f"{name} calls {sorted(touching)}"
+
+
+def test_only_the_cli_prints_exits_or_draws_progress():
+    for name, tree in MODULES.items():
+        _, theirs = imports(tree)
+        calls = set(called_names(tree))
+        if name in ("cli", "__main__"):
+            continue
+        assert not theirs & {"click", "tqdm"}, f"{name} imports {sorted(theirs & {'click', 'tqdm'})}"
+        assert not calls & {"print", "exit", "_exit"}, f"{name} calls {sorted(calls & {'print', 'exit', '_exit'})}"
+    assert {"click", "tqdm"} <= imports(MODULES["cli"])[1]  # the check looks where the things are
+
+
+def os_renames(tree) -> bool:
+    """Whether a module calls os.replace or os.rename."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr in ("replace", "rename") and isinstance(node.func.value, ast.Name)
+               and node.func.value.id == "os" for node in ast.walk(tree))
+
+
+def test_only_atomic_replaces_files():
+    renaming = sorted(name for name, tree in MODULES.items() if os_renames(tree))
+    assert renaming == ["atomic"], f"{renaming}: write through atomic.write_file instead"
+
+
+def test_the_rooms_import_each_other_without_cycles_and_only_entry_points_import_the_front():
+    graph = {name: imports(tree)[0] & set(MODULES) for name, tree in MODULES.items()}
+    for name, deps in graph.items():
+        if "cli" in deps:
+            assert name == "__main__", f"{name} imports cli"
+        if "api" in deps:
+            assert name in ("__init__", "cli"), f"{name} imports api"
+    done, active = set(), []
+
+    def visit(name):
+        assert name not in active, "import cycle: " + " -> ".join(active[active.index(name):] + [name])
+        if name in done:
+            return
+        active.append(name)
+        for dep in sorted(graph[name]):
+            visit(dep)
+        active.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
