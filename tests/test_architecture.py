@@ -6,15 +6,19 @@
 - only atomic.py replaces a file (every checkpoint, id file, plot and page is
   written to a temp file and renamed over its target there);
 - the modules import each other without cycles, and nothing imports the front
-  rooms (cli, api) but the entry points.
+  rooms (cli, api) but the entry points;
+- a module imports only its own layer and those below it, in ARCHITECTURE.md's
+  table of layers (read from the file itself, so the two cannot drift apart).
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "charrnn"
 MODULES = {path.stem: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
            for path in sorted(PACKAGE.glob("*.py"))}
 CORE = ("cells", "kernels", "model", "optim")
@@ -101,3 +105,21 @@ def test_the_rooms_import_each_other_without_cycles_and_only_entry_points_import
 
     for name in graph:
         visit(name)
+
+
+def layers_of_the_map() -> dict:
+    """ARCHITECTURE.md's table of layers: module name -> its row, 0 for the top (the entry points)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text.split("| layer | modules |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    return {name: row for row, line in enumerate(rows) for name in re.findall(r"`(\w+)\.py`", line.split("|")[2])}
+
+
+def test_each_module_imports_only_its_own_layer_and_those_below():
+    layer = layers_of_the_map()
+    assert {"cli", "api", "model", "cells", "errors"} <= set(layer) and layer["cli"] < layer["model"] < layer["errors"]
+    for name, tree in MODULES.items():
+        if name not in layer:
+            continue  # a module the map does not list yet: ARCHITECTURE.md should gain it
+        for dep in sorted(imports(tree)[0] & set(layer)):
+            assert layer[dep] >= layer[name], f"{name} imports {dep}, a layer above it in ARCHITECTURE.md"
