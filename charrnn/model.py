@@ -41,6 +41,9 @@ class ModelConfig:
     dropout: float = 0.0               # inverted dropout between layers, training only
     dtype: str = "float32"             # "float32" (fast) or "float64" (gradient checks)
     forget_bias: float | None = None   # LSTM: set b_ih's forget slice to this (b_hh's to 0); None keeps the uniform init
+    classes: int = 0                   # C: a classifier over C labels (charrnn/classifier.py); 0: a language model
+    bidirectional: bool = False        # classifier: each layer also reads right to left
+    pool: str = "mean"                 # classifier: pool the top outputs over time by "mean" or the "last" state
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -53,6 +56,14 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 0 \
+                or self.classes == 1:
+            raise ConfigError(f"a classifier needs at least 2 labels, got {self.classes!r}")
+        if self.bidirectional is not False and not (self.bidirectional is True and self.classes):
+            raise ConfigError("bidirectional layers need a classifier (--task classify): a language model "
+                              "reads left to right, and a right-to-left pass would see the character it must predict")
+        if self.pool not in ("mean", "last"):
+            raise ConfigError(f"unknown pooling {self.pool!r}; choose mean or last")
 
     @property
     def gates(self) -> int:
@@ -76,19 +87,27 @@ class ModelConfig:
 
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in PyTorch's naming and layout."""
+    """Every parameter's name and shape, in PyTorch's naming and layout.
+
+    A classifier's head scores its C labels; a bidirectional one has each
+    layer's right-to-left weights under PyTorch's `_reverse` names, and its
+    layers above the first read both directions (D*H wide).
+    """
     V, E, H, G = config.vocab_size, config.embed, config.hidden, config.gates
+    D = 2 if config.bidirectional else 1
     shapes = {"embedding.weight": (V, E)}
     for k in range(config.layers):
-        n_in = E if k == 0 else H
-        shapes[f"rnn.weight_ih_l{k}"] = (G * H, n_in)
-        shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
-        shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
-        shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
-        for name in EXTRA[config.cell]:  # e.g. the peepholes rnn.weight_ci_l{k}: torch.nn has no such names
-            shapes[f"rnn.weight_{name}_l{k}"] = (H,)
-    shapes["head.weight"] = (V, H)
-    shapes["head.bias"] = (V,)
+        n_in = E if k == 0 else D * H
+        for s in ("", "_reverse")[:D]:
+            shapes[f"rnn.weight_ih_l{k}{s}"] = (G * H, n_in)
+            shapes[f"rnn.weight_hh_l{k}{s}"] = (G * H, H)
+            shapes[f"rnn.bias_ih_l{k}{s}"] = (G * H,)
+            shapes[f"rnn.bias_hh_l{k}{s}"] = (G * H,)
+            for name in EXTRA[config.cell]:  # e.g. the peepholes rnn.weight_ci_l{k}: torch.nn has no such names
+                shapes[f"rnn.weight_{name}_l{k}{s}"] = (H,)
+    out = config.classes or V
+    shapes["head.weight"] = (out, D * H)
+    shapes["head.bias"] = (out,)
     return shapes
 
 
@@ -110,8 +129,9 @@ def init_params(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.n
     if config.cell in ("lstm", "peephole") and config.forget_bias is not None:
         H = config.hidden
         for k in range(config.layers):
-            params[f"rnn.bias_ih_l{k}"][H : 2 * H] = config.forget_bias
-            params[f"rnn.bias_hh_l{k}"][H : 2 * H] = 0.0
+            for s in ("", "_reverse") if config.bidirectional else ("",):
+                params[f"rnn.bias_ih_l{k}{s}"][H : 2 * H] = config.forget_bias
+                params[f"rnn.bias_hh_l{k}{s}"][H : 2 * H] = 0.0
     return params
 
 
