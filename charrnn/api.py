@@ -78,6 +78,7 @@ class Model:
         return _Pieces(self, self._steps(n, prime, length, temperature, top_k, top_p, seed), n, prime)
 
     def _steps(self, n, prime, length, temperature, top_k, top_p, seed):
+        self._need("a language model", "generates no text")
         # generate checks the options and the prime now, before anything is generated
         return sampling.generate(self.params, self.config, self.vocab, rng=np.random.default_rng(seed),
                                  num_samples=n, length=length, temperature=temperature, top_k=top_k,
@@ -103,6 +104,7 @@ class Model:
         Returns a Score: .loss (nats per token), .perplexity, .bits_per_token, .tokens, .unknown.
         ConfigError when there is nothing to score (fewer than two tokens).
         """
+        self._need("a language model", "scores labels, not text: use evaluate()")
         if text is None:
             ids, offsets = rundir.load_heldout(self.path, self.lines)
             score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
@@ -131,7 +133,62 @@ class Model:
         """
         from . import annotate
 
+        self._need("a language model", "predicts no characters to annotate")
         return annotate.annotate(self, text, top_k=top_k, max_chars=max_chars)
+
+
+    # ---------------------------------------------------------------- classifiers (train with task="classify")
+
+    @property
+    def labels(self) -> list[str]:
+        """A classifier's label names, in id order (empty for a language model)."""
+        return list(self.meta.get("labels", [])) if self.config.classes else []
+
+    def classify(self, texts, top_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """Label texts with a classifier: for each text, (label, probability) pairs, most likely first.
+
+        - texts: a list of strings (or one string), each at least one character; characters the
+          model never saw count as unknown
+        - top_k: pairs kept per text (None: every label)
+        """
+        self._need("a classifier", "has no labels; train one with task='classify'")
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = evaluate.classify_texts(self.params, self.config, self.vocab, list(texts))
+        k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+    def evaluate(self, text: str | None = None, *, name: str = "the text") -> dict:
+        """A classifier's accuracy, macro-F1, loss (nats per line) and confusion matrix, as `charrnn eval`.
+
+        - text: label<TAB>text lines (None: the held-out lines stored in the run)
+        Returns {"lines", "accuracy", "macro_f1", "loss", "confusion", "labels"}; confusion[i][j]
+        counts lines of label i predicted as j. ConfigError when there is nothing to score.
+        """
+        self._need("a classifier", "has no labels; use score()")
+        if text is None:
+            ids, offsets = rundir.load_heldout(self.path, True)
+            tags = rundir.load_heldout_labels(self.path, self.config.classes)
+            if tags.size != len(offsets) - 1:
+                raise ConfigError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
+                                  f"{tags.size} labels")
+            result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
+            source = f"the held-out split ({rundir.data_dir(os.path.dirname(self.path))})"
+        else:
+            result = evaluate.score_labelled(self.params, self.config, self.vocab, self.labels,
+                                             corpus.normalize_newlines(text), name)
+            source = name
+        if result["lines"] == 0:
+            raise ConfigError(f"nothing to score in {source}: it holds no labelled lines")
+        return result
+
+    def _need(self, kind: str, why: str) -> None:
+        """ConfigError unless this model is `kind` (a classifier, or a language model)."""
+        if bool(self.config.classes) != (kind == "a classifier"):
+            other = "a classifier" if self.config.classes else "a language model"
+            hint = "; use `charrnn classify`" if self.config.classes and why == "generates no text" else ""
+            raise ConfigError(f"this model is {other}, not {kind}: it {why}{hint}")
 
 
 class _Pieces:
@@ -170,10 +227,10 @@ def load(path: str | None = None) -> Model:
 
 # ---------------------------------------------------------------- training
 
-MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype")
+MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool")
 # What a fresh run uses for an option not given. None: chosen from the corpus and the budget (auto).
 MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None, "dropout": None,
-                  "dtype": "float32"}
+                  "dtype": "float32", "bidirectional": False, "pool": "mean"}
 TRAIN_AUTO = {"batch_size": None, "lr": None, "schedule": None, "warmup": None}
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
 
@@ -230,6 +287,13 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         return resume
 
     errors = errors or "strict"
+    if options.get("task") == "classify":
+        options.setdefault("mode", "lines")  # a classifier's examples are lines
+        if corpus_file is None:
+            raise ConfigError("--task classify needs a CORPUS_FILE of label<TAB>text lines; the built-in corpus "
+                              "has no labels")
+    elif "pool" in options:
+        raise ConfigError("--pool needs --task classify: a language model predicts at every step, it pools nothing")
     model_options = {k: options.get(k, MODEL_DEFAULTS[k]) for k in MODEL_KEYS}
     tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})
     no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
@@ -249,7 +313,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     chosen = _settings_line(text, val_text, tconfig, model_options)
     directory = out or rundir.fresh_run_dir(name)
     with rundir.writing(directory, create=True, made=out is None, lock=lock):
-        run = rundir.start_run(directory, text, val_text, model_options, tconfig)
+        run = rundir.start_run(directory, text, val_text, model_options, tconfig,
+                               where=(corpus_file or "the built-in corpus", val))
         if chosen:
             emit({"event": "message", "text": chosen}, run)
         del text, val_text  # training reads only the memory-mapped ids from here on

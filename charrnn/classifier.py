@@ -235,13 +235,17 @@ def forward(params, config, tokens, lengths, labels=None, *, dropout_rng=None, k
     return loss, probs, cache
 
 
-def backward(params, config, cache):
-    """Gradients of the mean loss from `forward` (with labels): a dict with params' keys and shapes."""
+def backward(params, config, cache, count: int | None = None):
+    """Gradients of the loss from `forward` (with labels): a dict with params' keys and shapes.
+
+    - count: the number of lines the loss is a mean over (a whole batch's, when this is one block
+      of its rows, so that the blocks' gradients add); None: this batch's B
+    """
     labels, probs = cache["labels"], cache["probs"]
     B = labels.size
     d_logits = probs.copy()  # (B, C): softmax - onehot, over the mean
     d_logits[np.arange(B), labels] -= 1.0
-    d_logits /= B
+    d_logits /= B if count is None else count
     grads = {"head.weight": d_logits.T @ cache["pooled"], "head.bias": d_logits.sum(axis=0)}
     d_Y = pool_backward(d_logits @ params["head.weight"], cache["pool"])  # (T, B, D*H)
     grads.update(stack_backward(params, d_Y, cache["stack"]))
@@ -249,10 +253,11 @@ def backward(params, config, cache):
     return {name: grads[name].astype(dtype, copy=False) for name in params}
 
 
-def loss_and_grads(params, config, tokens, lengths, labels, dropout_rng=None):
-    """forward + backward for one batch: returns (loss, grads)."""
+def loss_and_grads(params, config, tokens, lengths, labels, dropout_rng=None, count=None):
+    """forward + backward for one batch: returns (loss, grads), the loss a mean over its B lines
+    and the gradients of its sum over `count` lines (None: B; see backward)."""
     loss, _, cache = forward(params, config, tokens, lengths, labels, dropout_rng=dropout_rng)
-    return loss, backward(params, config, cache)
+    return loss, backward(params, config, cache, count)
 
 
 def predict(params, config, ids, offsets, batch_size: int = 64, max_tokens: int = 32_768):

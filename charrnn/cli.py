@@ -18,7 +18,8 @@ import click
 
 from . import __version__, api, config, corpus, layout, optim, report, rundir, runtime
 from .annotate import MAX_CHARS
-from .config import MODES, NONFINITE
+from .classifier import POOLS
+from .config import MODES, NONFINITE, TASKS
 from .errors import CharRNNError, ConfigError
 from .cells import TORCH_CELLS
 from .model import CELLS, DTYPES
@@ -91,6 +92,7 @@ def cli():
     charrnn eval                  perplexity and bits per character
     charrnn annotate text.txt     a web page of per-character scores and neurons
     charrnn info                  what a checkpoint holds
+    charrnn classify lines.txt    label lines with a classifier (train --task classify)
     charrnn plot                  a run's loss curves as a PNG
 
     Run `charrnn COMMAND --help` for a command's options.
@@ -108,6 +110,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
 @option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
+@option("--task", type=click.Choice(TASKS), default="lm", group=DATA,
+        help="lm: a language model; classify: a classifier of label<TAB>text lines.")
 @option("--mode", type=click.Choice(MODES), default="stream", group=DATA,
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
 @option("--level", type=click.Choice(LEVELS), default="char", group=DATA, help="Token unit.")
@@ -123,6 +127,10 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Dropout on each layer's output (training only)." + AUTO)
 @option("--dtype", type=click.Choice(DTYPES), default="float32", group=MODEL,
         help="Floating-point precision.")
+@option("--bidirectional", is_flag=True, default=False, group=MODEL,
+        help="Classifier: every layer also reads the line right to left.")
+@option("--pool", type=click.Choice(POOLS), default="mean", group=MODEL,
+        help="Classifier: pool the top layer over time by the mean of its outputs, or its last state.")
 @option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
@@ -171,6 +179,7 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **opt
       charrnn train                                  # built-in corpus, 5 minutes
       charrnn train shakespeare.txt --max-time 10m
       charrnn train names.txt --mode lines --max-epochs 20
+      charrnn train kinds.tsv --task classify --bidirectional --max-time 5m
       charrnn train --resume checkpoints/shakespeare --max-time 20m
     """
     options["max_time"] = parse_duration(options["max_time"])  # a bad duration is a usage error
@@ -240,7 +249,8 @@ class _TrainingView:
             tc = run.tconfig
             self.start_step = event["step"]
             info(f"Run directory: {run.directory}\n"
-                 f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}, "
+                 f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}"
+                 f"{f', classifier over {run.config.classes} labels' if run.config.classes else ''}, "
                  f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
                  f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
             if self.show_bar:
@@ -277,7 +287,7 @@ class _TrainingView:
             if event["reason"] != "interrupted" and event["step"] == self.start_step:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
-            _summary(event, quiet, "char" if run.vocab.level == "char" else "token")
+            _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token")
 
 
 def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
@@ -365,6 +375,8 @@ def eval_(text_file, checkpoint_path, errors, as_json):
     Reports the mean negative log-likelihood per token (nats), perplexity,
     bits per token, and how many tokens were scored and unknown. Without
     TEXT_FILE it scores the validation ids stored in the run directory.
+    A classifier reports accuracy, macro-F1, loss per line and the confusion
+    matrix, on label<TAB>text lines.
 
     \b
     Examples:
@@ -372,6 +384,8 @@ def eval_(text_file, checkpoint_path, errors, as_json):
       charrnn eval held_out.txt --json
     """
     model = api.load(checkpoint_path)
+    if model.config.classes:
+        return _eval_classifier(model, text_file, errors, as_json)
     if text_file is None:
         score = model.score()
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
@@ -389,6 +403,65 @@ def eval_(text_file, checkpoint_path, errors, as_json):
                f"loss        {result['loss']:.4f} nats/{unit}\n"
                f"perplexity  {result['perplexity']:.3f}\n"
                f"bits        {result['bits_per_token']:.4f} bits/{unit}")
+
+
+def _eval_classifier(model, text_file, errors, as_json):
+    if text_file is None:
+        result = model.evaluate()
+        source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
+    else:
+        result = model.evaluate(corpus.read_text(text_file, errors), name=text_file)
+        source = text_file
+    if as_json:
+        click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                               for k, v in result.items()}))
+        return
+    labels = result["labels"]
+    click.echo(f"{source}: {result['lines']:,} lines\n"
+               f"accuracy  {result['accuracy']:.4f}\n"
+               f"macro-F1  {result['macro_f1']:.4f}\n"
+               f"loss      {result['loss']:.4f} nats/line\n"
+               f"confusion (rows: true label, columns: predicted)")
+    width = max(max(len(n) for n in labels), max(len(f"{c:,}") for row in result["confusion"] for c in row))
+    click.echo(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in labels))
+    for name, row in zip(labels, result["confusion"]):
+        click.echo(f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row))
+
+
+# ---------------------------------------------------------------- classify
+
+
+@cli.command()
+@click.argument("text_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@_checkpoint_option
+@click.option("--top-k", type=int, default=1, show_default=True, help="Labels printed per line, most likely first.")
+@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
+              help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
+def classify(text_file, checkpoint_path, top_k, errors):
+    """Label each line of TEXT_FILE (or stdin, "-") with a trained classifier.
+
+    Prints label<TAB>probability<TAB>text per line; with --top-k K, K
+    label<TAB>probability pairs before the text, most likely first. Blank
+    lines are skipped. Characters the model never saw count as unknown.
+
+    \b
+    Examples:
+      charrnn classify lines.txt -c checkpoints/kinds
+      echo "def f(x): return x" | charrnn classify --top-k 2
+    """
+    model = api.load(checkpoint_path)
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    raw = corpus.read_stdin(errors) if text_file == "-" else corpus.read_text(text_file, errors)
+    texts = corpus.split_lines(raw)
+    ranked = model.classify(texts, top_k=top_k)
+    out = sys.stdout
+    try:
+        for text, pairs in zip(texts, ranked):
+            out.write("\t".join(f"{label}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
+        out.flush()
+    except BrokenPipeError:  # `charrnn classify | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ---------------------------------------------------------------- annotate
@@ -491,18 +564,24 @@ def info_(checkpoint_path):
     trained = meta.get("training", {})
     regular = [t for t in vocab.tokens[3:]]
     preview = "".join(regular[:60]) if vocab.level == "char" else " ".join(regular[:20])
+    kind = ""
+    if config.classes:
+        kind = (f", {'bidirectional ' if config.bidirectional else ''}classifier over {config.classes} labels "
+                f"({', '.join(meta['labels'][:8])}{' ...' if config.classes > 8 else ''}), {config.pool} pooling")
     rows = [
         ("model", f"{config.cell} {config.layers} x {config.hidden}, embedding {config.embed}, "
-                  f"dropout {config.dropout}, {config.dtype}"),
+                  f"dropout {config.dropout}, {config.dtype}{kind}"),
         ("parameters", f"{n_params:,}"),
-        ("torch.nn", torch_loadable(config.cell)),
+        ("torch.nn", torch_loadable(config)),
         ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
         ("tokens", preview.replace("\n", "\\n").replace("\t", "\\t") + (" ..." if len(regular) > 60 else "")),
-        ("data", f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
+        ("data", "label<TAB>text lines" if config.classes else
+                 f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
     ]
     if trained:
         best = trained.get("best_val_loss")
-        best_text = f"{best:.4f} nats ({best / math.log(2):.3f} bits) per token" if best is not None else "none"
+        best_text = f"{best:.4f} nats ({best / math.log(2):.3f} bits) per {'line' if config.classes else 'token'}" \
+            if best is not None else "none"
         rows += [
             ("training", f"{trained.get('step', 0):,} steps, {trained.get('epoch', 0):.2f} epochs, "
                          f"{format_duration(trained.get('elapsed', 0))}, {trained.get('optimizer', '?')} "
@@ -518,10 +597,13 @@ def info_(checkpoint_path):
         click.echo(f"{key:<{width}}  {value}")
 
 
-def torch_loadable(cell: str) -> str:
-    """Whether a model of this cell loads into a torch.nn module, for `info`."""
+def torch_loadable(config) -> str:
+    """Whether a model's recurrent layers load into a torch.nn module, for `info`."""
+    cell = config.cell
     if cell in TORCH_CELLS:
-        return f"loads into torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[cell]} (load_state_dict, strict)"
+        module = {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[cell]
+        return f"loads into torch.nn.{module}{'(bidirectional=True)' if config.bidirectional else ''} " \
+               f"(load_state_dict, strict)"
     what = {"peephole": "the peephole weights rnn.weight_c{i,f,o}_l*", "simple-gru": "the simplified GRU's two gates"}
     return f"does not load: torch.nn has no {cell} cell ({what[cell]} fit no torch.nn module)"
 

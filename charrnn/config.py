@@ -17,12 +17,14 @@ from . import optim
 from .errors import ConfigError
 
 MODES = ("stream", "lines")
+TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
 NONFINITE = ("stop", "skip")
 
 
 @dataclass
 class TrainConfig:
     # data
+    task: str = "lm"                   # "lm": a language model; "classify": label<TAB>text lines (mode "lines")
     mode: str = "stream"               # "stream": one long text; "lines": each non-empty line is an example
     level: str = "char"                # "char" or "word" tokens
     min_count: int = 1                 # rarer tokens become UNK
@@ -66,6 +68,11 @@ class TrainConfig:
             return TrainConfig(**{**asdict(self), **filled}).check()
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose lm or classify")
+        if self.task == "classify" and (self.mode != "lines" or self.level != "char"):
+            raise ConfigError("--task classify reads one example per line at character level: it takes "
+                              "neither --mode stream nor --level word")
         if self.on_nonfinite not in NONFINITE:
             raise ConfigError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         # types and magnitudes first (a resumed run reads these from a file), so the checks below

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap as mmap_module
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,12 @@ def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
     return normalize_newlines(text)
 
 
+def read_stdin(errors: str = "strict") -> str:
+    """Standard input as text, checked as read_text checks a file; "" when it is empty."""
+    data = sys.stdin.buffer.read()
+    return decode_text(data, "standard input", errors) if data.strip(_BOM) else ""
+
+
 def default_corpus() -> str:
     """The built-in corpus: the Python language reference text that CPython ships.
 
@@ -125,6 +132,46 @@ def split_lines(text: str) -> list[str]:
     - returns: list of lines, each with at least one non-whitespace character
     """
     return [line for line in text.split("\n") if line and not line.isspace()]
+
+
+def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:
+    """Labelled lines for a classifier: each non-blank line is `label<TAB>text`.
+
+    - text: the file's text ("\n" line ends); where: its name, for errors
+    - min_labels: how many distinct labels it must hold (2 to train; 1 for a file to score)
+    - returns (labels, texts): one entry per example; the label is stripped of surrounding
+      whitespace, the text kept as written (it may hold more TABs)
+    CorpusError when a line has no TAB, an empty label or an empty text: the message names the
+    first such line's number and how many there are.
+    """
+    labels, texts, bad = [], [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line or line.isspace():
+            continue
+        label, tab, rest = line.partition("\t")
+        if not tab or not label.strip() or not rest or rest.isspace():
+            bad.append(number)
+            continue
+        labels.append(label.strip())
+        texts.append(rest)
+    if bad:
+        first = text.split("\n")[bad[0] - 1]
+        raise CorpusError(f"{where}: {len(bad):,} malformed line{'s' if len(bad) > 1 else ''} (each must be "
+                          f"label<TAB>text, both non-empty); the first is line {bad[0]}: {first[:60]!r}")
+    if len(set(labels)) < min_labels:
+        raise CorpusError(f"{where}: a classifier needs at least {min_labels} label{'s' if min_labels > 1 else ''}, found "
+                          f"{len(set(labels))}{': ' + repr(labels[0]) if labels else ''}")
+    return labels, texts
+
+
+def label_ids(names: list[str], labels: list[str], where: str) -> np.ndarray:
+    """Label names -> ids in `labels`; CorpusError naming a label the model does not know."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise CorpusError(f"{where}: {len(unknown)} label{'s' if len(unknown) > 1 else ''} the model does not know, "
+                          f"such as {unknown[0]!r}; its labels are {', '.join(map(repr, labels[:10]))}")
+    return np.array([index[n] for n in names], dtype=np.int64)
 
 
 def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:

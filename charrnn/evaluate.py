@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import batches, corpus, inference, model, parallel
+from . import batches, classifier, corpus, inference, model, parallel
 from .errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
@@ -165,3 +165,32 @@ def score_text(params, config, vocab, text: str, lines: bool) -> Score:
     if lines:
         return score_ids(params, config, vocab, *corpus.encode_lines(vocab, corpus.split_lines(text)))
     return score_ids(params, config, vocab, vocab.encode(text))
+
+
+# ---------------------------------------------------------------- classifiers
+
+
+def classify_texts(params, config, vocab, texts: list[str]) -> np.ndarray:
+    """Label probabilities (n, C) of each text (each at least one character), forward only."""
+    ids, offsets = corpus.encode_lines(vocab, texts)
+    if len(texts) and np.diff(offsets).min() < 1:
+        raise ConfigError("every text to classify needs at least one token")
+    return classifier.predict(params, config, ids, offsets)
+
+
+def score_labelled(params, config, vocab, label_names, text: str, where: str) -> dict:
+    """A classifier's accuracy, macro-F1, loss and confusion matrix on `label<TAB>text` lines.
+
+    - label_names: the model's labels in id order; where: the text's name, for errors
+    Returns classifier.metrics' dict plus "labels" (the names, the confusion matrix's order).
+    """
+    names, texts = corpus.split_labelled(text, where, min_labels=1)
+    tags = corpus.label_ids(names, list(label_names), where)
+    probs = classify_texts(params, config, vocab, texts)
+    return {**classifier.metrics(probs, tags, config.classes), "labels": list(label_names)}
+
+
+def score_heldout_labelled(params, config, label_names, ids, offsets, tags) -> dict:
+    """score_labelled on encoded lines (a run's stored validation split): ids, offsets, (n,) label ids."""
+    probs = classifier.predict(params, config, ids, offsets)
+    return {**classifier.metrics(probs, tags, config.classes), "labels": list(label_names)}

@@ -12,3 +12,4 @@ LOG_FILE = "log.jsonl"              # one JSON object per logging step, appended
 PLOT_FILE = "loss.png"              # what `charrnn plot` writes by default
 DATA_DIR = "data"                   # the encoded training and validation ids (memory-mapped)
 LOCK_FILE = "train.lock"            # held (fcntl.flock) by the one trainer writing the run; see runlock.py
+LABELS_FILE = "labels.json"         # in DATA_DIR, task classify: the label names in id order

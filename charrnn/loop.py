@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import batches, corpus, evaluate, optim, parallel, rundir
+from . import batches, classifier, corpus, evaluate, optim, parallel, rundir
 from .errors import ConfigError, TrainingError
 from .layout import BEST_FILE, MODEL_FILE
 from .rundir import Run
@@ -39,6 +39,9 @@ def validation_loss(run: Run) -> float:
     if limit is not None:  # whole lines, up to the token limit
         n_lines = max(1, int(np.searchsorted(offsets, limit, side="right")) - 1)
         offsets = offsets[: n_lines + 1]
+    if run.config.classes:
+        probs = classifier.predict(run.params, run.config, run.val_ids, offsets)
+        return classifier.metrics(probs, run.val_labels[: len(offsets) - 1], run.config.classes)["loss"]
     return evaluate.score_lines(run.params, run.config, run.val_ids, offsets,
                                 run.vocab.bos, run.vocab.eos, threads=run.tconfig.threads).loss
 
@@ -54,6 +57,9 @@ def _batch(run: Run, step: int):
     if cached_epoch != epoch:  # one permutation per epoch, fixed by (seed, epoch)
         order = batches.line_batches(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
         run.extra["order"] = (epoch, order)
+    if run.config.classes:  # a classifier: (tokens, label ids, lengths)
+        tokens, lengths = classifier.batch(run.train_ids, run.train_offsets, order[index])
+        return tokens, run.train_labels[order[index]], lengths, True
     x, y, mask = batches.line_batch(run.train_ids, run.train_offsets, order[index],
                                     run.vocab.bos, run.vocab.eos)
     return x, y, mask, True
@@ -66,6 +72,8 @@ def _loss_and_grads(run: Run, x, y, mask, state, rngs):
     one dropout Generator per block, or None. Returns (loss, grads, final_state,
     tokens): the mean NLL over scored tokens, and how many tokens were scored.
     """
+    if run.config.classes:  # a whole line at a time: y holds the labels, mask the lengths
+        return _classifier_loss_and_grads(run, x, y, mask, rngs)
     T = run.tconfig.seq_len
     total = int(np.count_nonzero(mask)) if mask is not None else y.size
     grads, nll = None, 0.0
@@ -81,6 +89,26 @@ def _loss_and_grads(run: Run, x, y, mask, state, rngs):
             for k, v in g.items():
                 grads[k] += v
     return (nll / total if total else 0.0), grads, state, total
+
+
+def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs):
+    """A classifier's batch, its lines in tconfig.threads row blocks as parallel.py cuts them; the
+    blocks' gradients (each of its summed loss over the whole batch's lines) add in block order."""
+    blocks = parallel.row_blocks(labels.size, run.tconfig.threads)
+
+    def block(p):
+        rows = blocks[p]
+        loss, grads = classifier.loss_and_grads(run.params, run.config, tokens[rows], lengths[rows], labels[rows],
+                                                dropout_rng=None if rngs is None else rngs[p], count=labels.size)
+        return loss * (rows.stop - rows.start), grads
+
+    results = parallel.run_blocks(block, len(blocks))
+    nll, grads = results[0]
+    for other_nll, other_grads in results[1:]:
+        nll += other_nll
+        for name, g in other_grads.items():
+            grads[name] += g
+    return nll / labels.size, grads, None, int(lengths.sum())
 
 
 def _budget_reached(run: Run):

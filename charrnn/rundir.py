@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import batches, checkpoint, corpus, model, optim
+from . import atomic, batches, checkpoint, corpus, model, optim
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
-from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LOG_FILE, MODEL_FILE, STATE_FILE
+from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from .model import ModelConfig
 from .runlock import RunLock
 from .vocab import Vocab, build_vocab
@@ -62,6 +62,9 @@ class Run:
     log_count: int = 0
     log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
     extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
+    labels: tuple = ()                 # task classify: the label names, in id order
+    train_labels: np.ndarray | None = None  # task classify: (n_lines,) label ids of the training lines
+    val_labels: np.ndarray | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -86,10 +89,12 @@ def _data_path(directory, name):
     return os.path.join(directory, DATA_DIR, name)
 
 
-def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig) -> Vocab:
+def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig,
+                 where: tuple = ("the corpus", "the validation text")) -> Vocab:
     """Build the vocabulary from the training text and store encoded ids under directory/data.
 
     - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
+    - where: the two texts' names, for errors
     Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
     Everything is encoded and checked before the first file is written, so a corpus
     that cannot train leaves no files behind.
@@ -112,27 +117,63 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
         # raises CorpusError (with the length and what is needed) when the text is too short for one batch
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
-        lines = corpus.split_lines(train_text)
+        classify = tconfig.task == "classify"
+        if classify:
+            tags, lines = corpus.split_labelled(train_text, where[0])
+            label_names = sorted(set(tags))
+            tags = np.array([label_names.index(t) for t in tags], dtype=np.int64) if tags else None
+        else:
+            lines = corpus.split_lines(train_text)
         _check_line_lengths(lines)
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
             order = np.random.default_rng(tconfig.seed).permutation(len(lines))
             n_val = int(len(lines) * tconfig.val_frac)
-            val_lines = [lines[i] for i in np.sort(order[:n_val])]
-            lines = [lines[i] for i in np.sort(order[n_val:])]
+            val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+            val_lines = [lines[i] for i in val_rows]
+            lines = [lines[i] for i in train_rows]
+            if classify:
+                tags, val_tags = tags[train_rows], tags[val_rows]
         else:
-            val_lines = corpus.split_lines(val_text)
+            if classify:
+                val_tags, val_lines = corpus.split_labelled(val_text, where[1], min_labels=1)
+                val_tags = corpus.label_ids(val_tags, label_names, where[1])
+            else:
+                val_lines = corpus.split_lines(val_text)
             _check_line_lengths(val_lines, "validation ")
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
         vocab = _lines_vocab(lines, tconfig)
         for name, part in (("train", lines), ("val", val_lines)):
             arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
+        if classify:
+            arrays["train_labels.npy"], arrays["val_labels.npy"] = tags, val_tags
+            labels_json = json.dumps(label_names).encode("utf-8")
     os.makedirs(data_dir(directory), exist_ok=True)
     checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
     for name, ids in arrays.items():
         corpus.save_ids(_data_path(directory, name), ids)
+    if tconfig.task == "classify":
+        atomic.write_file(_data_path(directory, LABELS_FILE), lambda f: f.write(labels_json))
     return vocab
+
+
+def read_labels(directory) -> tuple:
+    """The label names of a classifier run, from its data folder; CheckpointError when missing or malformed."""
+    path = _data_path(directory, LABELS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            labels = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the run's labels {path}: {exc}") from None
+    return _checked_labels(labels, None, path)
+
+
+def _checked_labels(labels, n: int | None, where: str) -> tuple:
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)
+            and len(set(labels)) == len(labels) and (n is None or len(labels) == n)):
+        raise CheckpointError(f"{where}: the labels must be a list of {n or 'at least 2'} distinct names")
+    return tuple(labels)
 
 
 def _check_line_lengths(lines: list[str], which: str = "") -> None:
@@ -163,10 +204,12 @@ def _read_split(directory, split: str, lines: bool):
     return ids, corpus.load_ids(_data_path(directory, f"{split}_offsets.npy")) if lines else None
 
 
-def _load_data(directory, mode):
+def _load_data(directory, mode, classes: int = 0):
     lines = mode == "lines"
     try:
         (train_ids, train_off), (val_ids, val_off) = (_read_split(directory, s, lines) for s in ("train", "val"))
+        tags = tuple(corpus.load_ids(_data_path(directory, f"{s}_labels.npy")) for s in ("train", "val")) \
+            if classes else (None, None)
     except Exception as exc:  # the data folder is part of the run: any failure is a broken run
         raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
     if lines:
@@ -175,6 +218,12 @@ def _load_data(directory, mode):
             corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
         except CorpusError as exc:
             raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {exc}") from None
+    if classes:
+        for tag, offsets, name in zip(tags, (train_off, val_off), ("train", "val")):
+            if tag.shape != (len(offsets) - 1,) or (tag.size and (tag.min() < 0 or tag.max() >= classes)):
+                raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {name}_labels.npy "
+                                      f"does not hold one label id below {classes} per line")
+        return train_ids, val_ids, train_off, val_off, tags
     return train_ids, val_ids, train_off, val_off
 
 
@@ -193,29 +242,46 @@ def load_heldout(model_file: str, lines: bool):
     return ids, offsets
 
 
+def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
+    """(n_lines,) label ids of a classifier's stored validation lines (beside model_file), checked."""
+    path = _data_path(os.path.dirname(model_file), "val_labels.npy")
+    try:
+        tags = corpus.load_ids(path)
+    except CharRNNError:
+        raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE") from None
+    if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
+        raise CorpusError(f"{path}: not one label id below {classes} per line")
+    return tags
+
+
 def holds_run(directory) -> bool:
     return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
 
 
 def start_run(directory, train_text: str, val_text: str | None, config_options: dict,
-              tconfig: TrainConfig) -> Run:
+              tconfig: TrainConfig, where: tuple = ("the corpus", "the validation text")) -> Run:
     """Create a new run directory and initialize the model.
 
-    - config_options: ModelConfig fields except vocab_size (taken from the vocabulary)
+    - config_options: ModelConfig fields except vocab_size and classes (taken from the data)
+    - where: the two texts' names, for errors
     Refuses a directory that already holds a run, so nothing is overwritten.
     """
     tconfig.check()
     if holds_run(directory):
         raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
                           f"or choose another --out")
-    ModelConfig(vocab_size=4, **config_options)  # fail on bad options before any file is written
-    vocab = prepare_data(directory, train_text, val_text, tconfig)
-    config = ModelConfig(vocab_size=vocab.size, **config_options)
+    classify = tconfig.task == "classify"
+    ModelConfig(vocab_size=4, classes=2 if classify else 0, **config_options)  # fail before any file is written
+    vocab = prepare_data(directory, train_text, val_text, tconfig, where)
+    labels = read_labels(directory) if classify else ()
+    config = ModelConfig(vocab_size=vocab.size, classes=len(labels), **config_options)
     params = model.init_params(config, np.random.default_rng(tconfig.seed))
-    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    data = _load_data(directory, tconfig.mode, config.classes)
     run = Run(directory, config, tconfig, vocab, params,
-              optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()),
-              train_ids, val_ids, train_off, val_off)
+              optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()), *data[:4],
+              labels=labels)
+    if classify:
+        run.train_labels, run.val_labels = data[4]
     return run
 
 
@@ -269,9 +335,11 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
     except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
         raise CheckpointError(str(exc)) from None
-    train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
-    run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
-              carry=carry)
+    data = _load_data(directory, tconfig.mode, config.classes)
+    run = Run(directory, config, tconfig, vocab, params, optimizer, *data[:4], carry=carry)
+    if config.classes:
+        run.labels = _checked_labels(list(read_labels(directory)), config.classes, where)
+        run.train_labels, run.val_labels = data[4]
     for key, value in progress.items():
         setattr(run, key, value)
     run.best_val = math.inf if run.best_val is None else run.best_val
@@ -344,7 +412,9 @@ def model_meta(run: Run) -> dict:
         "tokens": list(run.vocab.tokens),
         "special": run.vocab.special,
         "level": run.vocab.level,
-        "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len},
+        "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len,
+                 "task": run.tconfig.task},
+        **({"labels": list(run.labels)} if run.labels else {}),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
                      "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
@@ -501,4 +571,6 @@ def load_checkpoint(path: str | None):
     if vocab.size != config.vocab_size:
         raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
     check_model_meta(meta, model_file)
+    if config.classes:
+        meta["labels"] = list(_checked_labels(meta.get("labels"), config.classes, model_file))
     return params, config, vocab, meta, model_file

@@ -28,6 +28,10 @@ def lines_text():
     return "\n".join(NAMES[:16]) + "\n"
 
 
+def labelled_text():
+    return "".join(f"{'short' if len(n) < 4 else 'long'}\t{n}\n" for n in NAMES[:16])
+
+
 # (name, mode, model options, training options): every cell type, both modes, dropout in two.
 CONFIGS = [
     ("rnn-lines", "lines", dict(cell="rnn"), dict(optim="sgd", momentum=0.9, lr=0.05)),
@@ -35,6 +39,8 @@ CONFIGS = [
      dict(optim="adam", schedule="cosine", warmup=2)),
     ("gru-stream", "stream", dict(cell="gru", dtype="float64"), dict(optim="rmsprop", clip_value=0.5)),
     ("gru-lines-dropout", "lines", dict(cell="gru", layers=2, dropout=0.3), dict(optim="adagrad", lr=0.05)),
+    ("peephole-classify-bidirectional", "classify", dict(cell="peephole", layers=2, bidirectional=True, dropout=0.2),
+     dict(optim="adam", task="classify")),
 ]
 EXTRA_STEPS = 3  # N = steps_per_epoch + EXTRA_STEPS: the run crosses one epoch boundary
 
@@ -132,10 +138,11 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     for name, mode, _, _ in CONFIGS:
         (root / name).mkdir()
-        (root / name / "corpus.txt").write_text(stream_text(44) if mode == "stream" else lines_text())
+        (root / name / "corpus.txt").write_text(
+            {"stream": lambda: stream_text(44), "lines": lines_text, "classify": labelled_text}[mode]())
     procs = {}
     for name, mode, model_kw, train_kw in CONFIGS:
-        base = dict(mode=mode, batch_size=2, seq_len=8, eval_every=1, log_every=1, val_frac=0.2)
+        base = dict(mode="lines" if mode == "classify" else mode, batch_size=2, seq_len=8, eval_every=1, log_every=1, val_frac=0.2)
         spec = {"root": str(root / name), "corpus": str(root / name / "corpus.txt"), "extra": EXTRA_STEPS,
                 "model": {"layers": 1, "hidden": 8, "embed": 8, **model_kw}, "train": {**base, **train_kw}}
         procs[name] = python("-c", DRIVER, json.dumps(spec))
