@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 
 from charrnn.model import ModelConfig, param_shapes
+from common import CORPUS  # this directory is on sys.path when the script runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "corpora", "tinyshakespeare.txt")
 CELLS = ("lstm", "gru", "peephole", "simple-gru", "rnn")
 
 
 def n_params(cell, hidden, vocab_size, layers=2, embed=64):
     config = ModelConfig(vocab_size=vocab_size, cell=cell, layers=layers, hidden=hidden, embed=embed)
-    return sum(int(__import__("math").prod(s)) for s in param_shapes(config).values())
+    return sum(math.prod(s) for s in param_shapes(config).values())
 
 
 def matching_hidden(cell, target, vocab_size):
@@ -51,7 +52,7 @@ def train(corpus, minutes, cell, hidden, run_dir, extra):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument("--corpus", default=CORPUS)
     parser.add_argument("--minutes", type=float, default=2)
     parser.add_argument("--hidden", type=int, default=256, help="the defaults' width, and the LSTM's")
     parser.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS[:4]))
