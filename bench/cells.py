@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -39,15 +40,22 @@ def matching_hidden(cell, target, vocab_size):
 
 
 def train(corpus, minutes, cell, hidden, run_dir, extra):
-    """One run; returns (steps, best validation loss) read back from its log."""
+    """One run; returns (steps, best validation loss, CPU seconds it got) read back from its log.
+
+    The CPU seconds say how much of the machine a run had: on a shared machine two runs of
+    equal wall time can get very different shares.
+    """
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--max-time", f"{minutes}m", "--cell", cell,
            "--hidden", str(hidden), "--out", run_dir, "--eval-every", "250", "-q", *extra]
     print("$", " ".join(cmd), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     records = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
     best = min(r["val_loss"] for r in records if r.get("val_loss") is not None)
-    return records[-1]["step"], best
+    return records[-1]["step"], best, cpu
 
 
 def main():
@@ -69,15 +77,15 @@ def main():
         for label, hidden in (("equal time", args.hidden), ("equal params", matching_hidden(cell, target, vocab_size))):
             if label == "equal params" and hidden == args.hidden:
                 continue  # the LSTM's own row
-            steps, best = train(args.corpus, args.minutes, cell, hidden, os.path.join(args.out, f"{cell}-{hidden}"),
+            steps, best, cpu = train(args.corpus, args.minutes, cell, hidden, os.path.join(args.out, f"{cell}-{hidden}"),
                                 args.charrnn_args)
             rows.append(f"| {cell} | {label} | 2 x {hidden} | {n_params(cell, hidden, vocab_size):,} | {steps:,} "
-                        f"| {best:.4f} |")
+                        f"| {cpu:,.0f} | {best:.4f} |")
             print(rows[-1], flush=True)
     table = "\n".join([f"Best validation loss (nats/char) in {args.minutes:g} minutes on "
                        f"{os.path.basename(args.corpus)}, charrnn's defaults otherwise", "",
-                       "| cell | comparison | size | parameters | steps | best val loss |",
-                       "|---|---|---|---|---|---|", *rows])
+                       "| cell | comparison | size | parameters | steps | CPU seconds | best val loss |",
+                       "|---|---|---|---|---|---|---|", *rows])
     print(table)
     with open(os.path.join(args.out, "cells.md"), "w") as f:
         f.write(table + "\n")
