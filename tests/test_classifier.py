@@ -124,3 +124,18 @@ def test_bidirectional_stack_matches_torch_lstm():
     for name, p in lstm.named_parameters():
         np.testing.assert_allclose(grads[f"rnn.{name}"], p.grad.numpy(), rtol=0, atol=1e-10, err_msg=name)
     np.testing.assert_allclose(grads["embedding.weight"], emb.weight.grad.numpy(), rtol=0, atol=1e-10)
+
+
+def test_row_blocks_of_a_batch_add_up_to_the_whole_batch():
+    """The trainer cuts a batch into row blocks (parallel.py): with count, their gradients sum to the batch's."""
+    config = clf("gru", layers=2)
+    rng = np.random.default_rng(5)
+    params = model.init_params(config, rng)
+    tokens, lengths = padded_batch(rng, [4, 2, 5, 1, 3])
+    labels = np.array([0, 1, 2, 1, 0])
+    loss, whole = classifier.loss_and_grads(params, config, tokens, lengths, labels)
+    l1, g1 = classifier.loss_and_grads(params, config, tokens[:2], lengths[:2], labels[:2], count=5)
+    l2, g2 = classifier.loss_and_grads(params, config, tokens[2:], lengths[2:], labels[2:], count=5)
+    assert loss == pytest.approx((2 * l1 + 3 * l2) / 5, rel=1e-13)
+    for name, g in whole.items():
+        np.testing.assert_allclose(g1[name] + g2[name], g, rtol=1e-12, atol=1e-15, err_msg=name)

@@ -79,10 +79,12 @@ def test_classify_reads_stdin(trained):
     (["--bidirectional"], "would see the character it must predict"),
     (["--pool", "last"], "--pool needs --task classify"),
     (["--task", "classify", "--mode", "stream"], "neither --mode stream"),
+    (["--task", "classify", "--max-steps", 1], "needs a CORPUS_FILE"),
 ])
 def test_options_that_need_a_classifier_are_one_line_errors(tmp_path, args, fragment):
     (tmp_path / "c.txt").write_text("some text to train on\n" * 20)
-    code, out, err = charrnn_run("train", tmp_path / "c.txt", *args, "--max-steps", 1, "--out", tmp_path / "r")
+    corpus = [] if "--max-steps" in args else [tmp_path / "c.txt", "--max-steps", 1]
+    code, out, err = charrnn_run("train", *corpus, *args, "--out", tmp_path / "r")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "r").exists()
 
