@@ -150,3 +150,20 @@ def test_kill_9_while_a_classifier_trains_then_resume_equals_an_unkilled_run(tmp
     assert untimed(read_log(run)) == untimed(read_log(tmp_path / "ref"))
     labels = json.loads((run / "data" / layout.LABELS_FILE).read_text())
     assert labels == ["code", "prose"]
+
+
+def test_python_api_classify_and_evaluate(trained):
+    import charrnn
+
+    model = charrnn.load(trained / "run")
+    assert model.labels == ["code", "prose"]
+    ranked = model.classify(["def g(y): return y", "The sun is warm."])
+    assert [r[0][0] for r in ranked] == ["code", "prose"]
+    assert all(len(r) == 2 and r[0][1] >= r[1][1] and r[0][1] + r[1][1] == pytest.approx(1, abs=1e-5) for r in ranked)
+    assert model.classify("import os, sys", top_k=1)[0][0][0] == "code"
+    code, out, _ = invoke(["eval", "-c", trained / "run", "--json"])
+    assert model.evaluate() == json.loads(out)
+    with pytest.raises(charrnn.ConfigError, match="not a language model"):
+        model.generate(length=5)
+    with pytest.raises(charrnn.ConfigError, match="not a language model"):
+        model.score("text")
