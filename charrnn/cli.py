@@ -16,7 +16,7 @@ import warnings
 
 import click
 
-from . import __version__, api, config, corpus, layout, optim, report, rundir, runtime
+from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime
 from .annotate import MAX_CHARS
 from .config import MODES, NONFINITE
 from .errors import CharRNNError, ConfigError
@@ -92,6 +92,7 @@ def cli():
     charrnn annotate text.txt     a web page of per-character scores and neurons
     charrnn info                  what a checkpoint holds
     charrnn plot                  a run's loss curves as a PNG
+    charrnn corpora               the built-in corpora (charrnn train --corpus NAME)
 
     Run `charrnn COMMAND --help` for a command's options.
     """
@@ -104,7 +105,12 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 
 
 @cli.command(cls=GroupedCommand)
-@click.argument("corpus_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("corpus_file", metavar="[CORPUS]", required=False, type=click.Path(exists=True, path_type=str))
+@option("--corpus", "builtin", default=None, metavar="NAME", group=DATA,
+        help="Train on a built-in corpus instead of a file (charrnn corpora lists them).  "
+             "[default: python-reference when no CORPUS is given]")
+@option("--glob", "pattern", default=None, metavar="PATTERN", group=DATA,
+        help="With a folder as CORPUS: only the files whose names match, such as '*.py'.  [default: every file]")
 @option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
 @option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
@@ -123,6 +129,11 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Dropout on each layer's output (training only)." + AUTO)
 @option("--dtype", type=click.Choice(DTYPES), default="float32", group=MODEL,
         help="Floating-point precision.")
+@option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_MODEL", group=MODEL,
+        help="Fine-tune: start from this trained model's weights and architecture (a run directory or a "
+             "model file); the optimizer and schedule start fresh.  [default: a fresh model]")
+@option("--extend-vocab", is_flag=True, default=False, group=MODEL,
+        help="With --init-from: add the new text's unseen characters to the vocabulary (else they become UNK).")
 @option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
@@ -160,17 +171,24 @@ AUTO = "  [default: auto, from the corpus size and budget]"
              "other trainer writes the same run.")
 @option("-q", "--quiet", is_flag=True, default=False, group=OUTPUT, help="Print nothing but errors.")
 @click.pass_context
-def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **options):
-    """Train a model on CORPUS_FILE (UTF-8 text).
+def train(ctx, corpus_file, builtin, pattern, val_file, errors, out, resume, quiet, no_lock, init_from,
+          extend_vocab, **options):
+    """Train a model on CORPUS: a UTF-8 text file, or a folder of them.
 
-    Without CORPUS_FILE it trains on a built-in corpus: the language reference
-    that ships with your Python, about 465 thousand characters of English.
+    A folder is read recursively in sorted order (hidden files left out);
+    binary and undecodable files are skipped. In stream mode each file ends
+    with the end-of-sequence token; in lines mode the lines of all files are
+    pooled. Without CORPUS it trains on a built-in corpus (--corpus, default
+    python-reference: the language reference that ships with your Python).
 
     \b
     Examples:
       charrnn train                                  # built-in corpus, 5 minutes
       charrnn train shakespeare.txt --max-time 10m
       charrnn train names.txt --mode lines --max-epochs 20
+      charrnn train src/ --glob '*.py' --max-time 10m
+      charrnn train --corpus unicode-names --max-time 5m
+      charrnn train poems.txt --init-from checkpoints/shakespeare --max-time 2m
       charrnn train --resume checkpoints/shakespeare --max-time 20m
     """
     options["max_time"] = parse_duration(options["max_time"])  # a bad duration is a usage error
@@ -181,7 +199,8 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **opt
     show = _TrainingView(quiet)
     with StopRequest() as stop:
         api.train(corpus_file, out, resume=resume, val=val_file, errors=errors, lock=not no_lock,
-                  on_event=show, should_stop=stop, **given)
+                  on_event=show, should_stop=stop, builtin=builtin, glob=pattern, init_from=init_from,
+                  extend_vocab=extend_vocab, **given)
     if stop.signal is not None:
         sys.exit(128 + stop.signal)
 
@@ -512,6 +531,14 @@ def info_(checkpoint_path):
     run_dir = os.path.dirname(os.path.abspath(model_file))
     files = [name for name in (layout.MODEL_FILE, layout.BEST_FILE, layout.STATE_FILE, layout.LOG_FILE)
              if os.path.exists(os.path.join(run_dir, name))]
+    origin = meta.get("origin")
+    if isinstance(origin, dict) and origin.get("model_file"):
+        step = origin.get("step")
+        vocab_note = (f"vocabulary extended by {len(origin.get('added', []))} tokens"
+                      if origin.get("vocab") == "extended" else f"vocabulary kept, {origin.get('unk_tokens', 0):,} "
+                      f"tokens of its text UNK")
+        rows.append(("initialised from", f"{origin['model_file']}" + (f" (step {step:,})" if isinstance(step, int)
+                                                                      else "") + f"; {vocab_note}"))
     rows += [("file", model_file), ("run directory", f"{run_dir} ({', '.join(files)})")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -524,6 +551,20 @@ def torch_loadable(cell: str) -> str:
         return f"loads into torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[cell]} (load_state_dict, strict)"
     what = {"peephole": "the peephole weights rnn.weight_c{i,f,o}_l*", "simple-gru": "the simplified GRU's two gates"}
     return f"does not load: torch.nn has no {cell} cell ({what[cell]} fit no torch.nn module)"
+
+
+@cli.command("corpora")
+def corpora_():
+    """List the built-in corpora: name, mode, size, what they are.
+
+    Each is built from what your Python carries (nothing is downloaded);
+    train on one with `charrnn train --corpus NAME`.
+    """
+    rows = [corpora.describe(name) for name in corpora.names()]
+    click.echo(f"{'name':<18}{'mode':<8}{'characters':>12}  {'':<14}  what")
+    for r in rows:
+        parts = f"{r['files']:,} files" if r["files"] else f"{r['lines']:,} lines" if r["lines"] else ""
+        click.echo(f"{r['name']:<18}{r['mode']:<8}{r['characters']:>12,}  {parts:<14}  {r['description']}")
 
 
 @cli.command()

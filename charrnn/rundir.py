@@ -33,7 +33,7 @@ from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
 from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LOG_FILE, MODEL_FILE, STATE_FILE
 from .model import ModelConfig
 from .runlock import RunLock
-from .vocab import Vocab, build_vocab
+from .vocab import UNK, Vocab, build_vocab, extend_vocab
 
 # Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
 MAX_LINE_CHARS = 10_000
@@ -62,6 +62,7 @@ class Run:
     log_count: int = 0
     log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
     extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
+    origin: dict | None = None         # a fine-tuned run: the model it started from (rundir._origin)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -86,33 +87,43 @@ def _data_path(directory, name):
     return os.path.join(directory, DATA_DIR, name)
 
 
-def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig) -> Vocab:
+def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: Vocab | None = None,
+                 extend: bool = False) -> Vocab:
     """Build the vocabulary from the training text and store encoded ids under directory/data.
 
-    - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
+    - train_text: the corpus, a str or corpus.Documents (a folder: in stream mode EOS ends each file)
+    - val_text: a separate validation text (str or Documents), or None to hold out val_frac
+    - base_vocab: a fine-tuned model's vocabulary, kept (unseen tokens become UNK) or, with extend,
+      extended by the new tokens of the training text (see vocab.extend_vocab)
     Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
     Everything is encoded and checked before the first file is written, so a corpus
     that cannot train leaves no files behind.
     """
+    def make_vocab(text, exclude=()):
+        if base_vocab is None:
+            return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+        return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
+
     arrays = {}
     if tconfig.mode == "stream":
-        if val_text is None and tconfig.level == "char":
+        if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
             # one token per character: encode the whole text once and split the ids, so that no
             # copy of the text is held beside it (peak memory: the text plus its ids)
             cut = corpus.split_index(len(train_text), tconfig.val_frac)
-            vocab = build_vocab(train_text[:cut], "char", tconfig.min_count, tconfig.max_vocab)
+            vocab = make_vocab(train_text[:cut])
             ids = vocab.encode(train_text)
             arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
         else:
             if val_text is None:
-                train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
-            vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
-            arrays["train.npy"] = vocab.encode(train_text)
-            arrays["val.npy"] = vocab.encode(val_text)
+                train_text, val_text = (corpus.split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
+                                        else corpus.split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
+            vocab = make_vocab(corpus.vocab_text(train_text))
+            arrays["train.npy"] = corpus.encode_stream(vocab, train_text)
+            arrays["val.npy"] = corpus.encode_stream(vocab, val_text)
         # raises CorpusError (with the length and what is needed) when the text is too short for one batch
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
-        lines = corpus.split_lines(train_text)
+        lines = corpus.lines_of(train_text)
         _check_line_lengths(lines)
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
@@ -121,11 +132,12 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
             val_lines = [lines[i] for i in np.sort(order[:n_val])]
             lines = [lines[i] for i in np.sort(order[n_val:])]
         else:
-            val_lines = corpus.split_lines(val_text)
+            val_lines = corpus.lines_of(val_text)
             _check_line_lengths(val_lines, "validation ")
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
-        vocab = _lines_vocab(lines, tconfig)
+        vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
+            make_vocab("\n".join(lines), exclude=("\n",))
         for name, part in (("train", lines), ("val", val_lines)):
             arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
     os.makedirs(data_dir(directory), exist_ok=True)
@@ -197,11 +209,43 @@ def holds_run(directory) -> bool:
     return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
 
 
-def start_run(directory, train_text: str, val_text: str | None, config_options: dict,
-              tconfig: TrainConfig) -> Run:
+@dataclass
+class InitFrom:
+    """A trained model a new run starts from (`charrnn train --init-from`)."""
+    params: dict
+    config: ModelConfig
+    vocab: Vocab
+    meta: dict
+    model_file: str
+    extend: bool = False   # add the new text's tokens to the vocabulary (else they become UNK)
+
+
+# The options that make up a model's architecture: a fine-tuned run takes them from the model.
+ARCHITECTURE = ("cell", "layers", "hidden", "embed", "dtype")
+
+
+def init_model_options(base: ModelConfig, given: dict) -> dict:
+    """The ModelConfig options of a run fine-tuned from base: base's architecture, the dropout given (or None).
+
+    - given: the model options the user set (name -> value); a value differing from base's is a ConfigError
+    """
+    for key in ARCHITECTURE:
+        if given.get(key) is not None and given[key] != getattr(base, key):
+            raise ConfigError(f"--{key} {given[key]} conflicts with the model of --init-from, which has "
+                              f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
+    options = {key: getattr(base, key) for key in ARCHITECTURE}
+    options.update(forget_bias=base.forget_bias, dropout=given.get("dropout"))
+    return options
+
+
+def start_run(directory, train_text, val_text, config_options: dict,
+              tconfig: TrainConfig, init: InitFrom | None = None) -> Run:
     """Create a new run directory and initialize the model.
 
+    - train_text, val_text: str or corpus.Documents (see prepare_data)
     - config_options: ModelConfig fields except vocab_size (taken from the vocabulary)
+    - init: start from this trained model's weights (its architecture is in config_options, as
+      init_model_options gives it); the optimizer and the schedule start fresh
     Refuses a directory that already holds a run, so nothing is overwritten.
     """
     tconfig.check()
@@ -209,14 +253,53 @@ def start_run(directory, train_text: str, val_text: str | None, config_options: 
         raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
                           f"or choose another --out")
     ModelConfig(vocab_size=4, **config_options)  # fail on bad options before any file is written
-    vocab = prepare_data(directory, train_text, val_text, tconfig)
+    if init is not None and init.vocab.level != tconfig.level:
+        raise ConfigError(f"the model of --init-from has a {init.vocab.level}-level vocabulary, "
+                          f"not {tconfig.level}")
+    vocab = prepare_data(directory, train_text, val_text, tconfig,
+                         init.vocab if init else None, init.extend if init else False)
     config = ModelConfig(vocab_size=vocab.size, **config_options)
     params = model.init_params(config, np.random.default_rng(tconfig.seed))
+    origin = None
+    if init is not None:
+        params = _inherit_params(init, params)
+        origin = _origin(init, vocab, directory, train_text, val_text, tconfig)
     train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
     run = Run(directory, config, tconfig, vocab, params,
               optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()),
-              train_ids, val_ids, train_off, val_off)
+              train_ids, val_ids, train_off, val_off, origin=origin)
     return run
+
+
+def _inherit_params(init: InitFrom, fresh: dict) -> dict:
+    """The weights of init's model; where the vocabulary was extended, the new tokens' embedding and
+    head rows are those of the fresh initialization (`fresh`, of the new vocabulary size)."""
+    V = init.config.vocab_size
+    checkpoint.check_params(init.params, init.config, init.model_file)
+    params = {}
+    for name, value in fresh.items():
+        old = np.asarray(init.params[name], dtype=value.dtype)
+        if name in ("embedding.weight", "head.weight", "head.bias"):
+            params[name] = np.concatenate([old, value[V:]])  # ids < V keep their rows
+        else:
+            params[name] = old.copy()
+    return params
+
+
+def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconfig: TrainConfig) -> dict:
+    """What a fine-tuned run records about where it started: the model, and what became of the vocabulary."""
+    seen = build_vocab(corpus.vocab_text(train_text), tconfig.level).tokens[3:]
+    if val_text is not None:
+        seen += build_vocab(corpus.vocab_text(val_text), tconfig.level).tokens[3:]
+    known = set(vocab.tokens)
+    unseen = sorted(set(seen) - known - ({"\n"} if tconfig.mode == "lines" else set()))
+    unk = sum(int(np.count_nonzero(corpus.load_ids(_data_path(directory, f"{split}.npy")) == UNK))
+              for split in ("train", "val"))
+    training = init.meta.get("training", {}) if isinstance(init.meta.get("training"), dict) else {}
+    return {"model_file": os.path.abspath(init.model_file), "step": training.get("step"),
+            "vocab": "extended" if init.extend else "kept", "base_tokens": init.vocab.size,
+            "added": list(vocab.tokens[init.vocab.size:]), "unk_tokens": unk, "unseen": unseen[:200],
+            "n_unseen": len(unseen)}
 
 
 def resume_run(directory, overrides: dict | None = None) -> Run:
@@ -270,8 +353,9 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
         raise CheckpointError(str(exc)) from None
     train_ids, val_ids, train_off, val_off = _load_data(directory, tconfig.mode)
+    origin = meta.get("origin")
     run = Run(directory, config, tconfig, vocab, params, optimizer, train_ids, val_ids, train_off, val_off,
-              carry=carry)
+              carry=carry, origin=origin if isinstance(origin, dict) else None)
     for key, value in progress.items():
         setattr(run, key, value)
     run.best_val = math.inf if run.best_val is None else run.best_val
@@ -348,6 +432,7 @@ def model_meta(run: Run) -> dict:
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
                      "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
+        **({"origin": run.origin} if run.origin else {}),
     }
 
 
@@ -392,7 +477,7 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
                 ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
-            "progress": progress}
+            "progress": progress, **({"origin": run.origin} if run.origin else {})}
     files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
              checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
     if best:
