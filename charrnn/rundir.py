@@ -233,8 +233,8 @@ def init_model_options(base: ModelConfig, given: dict) -> dict:
         if given.get(key) is not None and given[key] != getattr(base, key):
             raise ConfigError(f"--{key} {given[key]} conflicts with the model of --init-from, which has "
                               f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
-    options = {key: getattr(base, key) for key in ARCHITECTURE}
-    options.update(forget_bias=base.forget_bias, dropout=given.get("dropout"))
+    options = {key: value for key, value in base.to_dict().items() if key not in ("vocab_size", "dropout")}
+    options["dropout"] = given.get("dropout")
     return options
 
 
