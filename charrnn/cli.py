@@ -12,11 +12,13 @@ import math
 import os
 import signal
 import sys
+import time
 import warnings
 
 import click
+import numpy as np
 
-from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime
+from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime, sampling
 from .annotate import MAX_CHARS
 from .config import MODES, NONFINITE
 from .errors import CharRNNError, ConfigError
@@ -334,7 +336,18 @@ def _checkpoint_option(f):
 @click.option("-n", "--num-samples", type=int, default=1, show_default=True,
               help="Samples to generate (together, as one batch).")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.  [default: random]")
-def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed):
+@click.option("--novelty", is_flag=True,
+              help="Report on stderr how new each sample is: in lines mode whether it copies a training or "
+                   "validation line, in stream mode its longest stretch found verbatim in the training text.")
+@click.option("--interactive", is_flag=True,
+              help="Write together with the model in a terminal: pick among its likeliest next tokens, type "
+                   "text, or press Enter for a chunk; Ctrl-D ends and prints the text.")
+@click.option("--choices", type=int, default=10, show_default=True,
+              help="With --interactive: how many of the likeliest next tokens to offer.")
+@click.option("--chunk", type=int, default=40, show_default=True,
+              help="With --interactive: tokens the model writes when you press Enter.")
+def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed, novelty,
+           interactive, choices, chunk):
     """Generate text from a trained model, streamed to stdout.
 
     Each sample stops at the end-of-sequence token or after --length tokens.
@@ -346,19 +359,31 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
       charrnn sample --temp 0.8
       charrnn sample --prime "ROMEO:" --length 300 --seed 1
       charrnn sample -c checkpoints/names -n 20 --temp 0.7
+      charrnn sample -n 10 --novelty          # how many samples copy the training text
+      charrnn sample --interactive --prime "ROMEO:"
     """
     model = api.load(checkpoint_path)
+    if interactive:
+        if num_samples != 1 or novelty:
+            raise ConfigError("--interactive writes one text: it cannot be given with -n or --novelty")
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise ConfigError("--interactive needs a terminal to talk to (stdin and stderr); without one, "
+                              "use charrnn sample without --interactive")
+        return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
+    index = _novelty_index(model.path, model.lines) if novelty else None
     # the options and the prime are checked here, before anything is written
     pieces = model.sample_pieces(num_samples, prime=prime, length=length, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed)
     echo = "" if no_prime_echo else prime
     separator = "\n" if model.lines else "\n\n"
+    first = []  # the first sample's text (for --novelty)
     out = sys.stdout
     try:
         out.write(echo)
         for piece in pieces:  # the first sample streams as it is made
             out.write(piece)
             out.flush()
+            first.append(piece)
         for text in pieces.rest:
             out.write(separator + echo + text[len(prime):])
         out.write("\n")
@@ -367,6 +392,100 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
         # the reader went away (`charrnn sample | head`): not an error. Point
         # stdout at /dev/null so the flush at exit cannot raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if index is not None:
+        made = ["".join(first)] + [text[len(prime):] for text in pieces.rest]  # the generated text of each
+        _novelty_report(index, made, model.vocab, prime if model.lines else None)
+
+
+def _novelty_index(model_file: str, lines: bool):
+    """The run's novelty index for --novelty, saying on stderr when it is built."""
+    started = time.monotonic()
+    index, built = rundir.novelty_index(model_file, lines)
+    if built and not lines:
+        info(f"Indexed the {index.n:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
+             f"(kept in {rundir.data_dir(os.path.dirname(model_file))})")
+    return index
+
+
+def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None:
+    """Per sample and in total, on stderr: copies of training/validation lines (lines mode: prime is the
+    prime, part of each line), or the longest stretch of each generated text found verbatim in training."""
+    unit = "characters" if vocab.level == "char" else "tokens"
+    if prime is not None:
+        train, val = index
+        labels = []
+        for i, text in enumerate(samples, 1):
+            line = vocab.encode(prime + text)
+            labels.append("in train" if line in train else "in validation" if val is not None and line in val
+                          else "new")
+            info(f"sample {i}: {labels[-1]}")
+        info(f"novelty: {len(samples)} samples: {labels.count('in train')} in train, "
+             f"{labels.count('in validation')} in validation, {labels.count('new')} new")
+        return
+    longest = []
+    for i, text in enumerate(samples, 1):
+        ids = vocab.encode(text)
+        length, start = index.longest_match(ids)
+        longest.append(length)
+        stretch = vocab.decode(ids[start : start + length])
+        shown = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
+        info(f"sample {i}: longest stretch found in the training text: {length} {unit} of {len(ids)}"
+             + (f": {shown}" if length else ""))
+    info(f"novelty: the longest verbatim stretch per sample is {int(np.median(longest))} {unit} at the median, "
+         f"{max(longest)} at most")
+
+
+def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) -> None:
+    """Write a text together with the model: the display and the prompts on stderr, the final text on stdout."""
+    if choices < 1 or chunk < 1:
+        raise ConfigError("--choices and --chunk must be at least 1")
+    vocab = model.vocab
+    session = sampling.Session(model.params, model.config, vocab, model.lines, prime,
+                               np.random.default_rng(seed))
+    sampling.check_options(temperature, top_k, top_p, chunk, 1)
+    tell = lambda text="": click.echo(text, err=True)  # noqa: E731
+    tell("Interactive sampling: a number picks that token, text you type is added as it is, Enter lets the "
+         f"model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
+    note = ""
+    while True:
+        shown = session.text[-400:]
+        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + shown + "\u2588")
+        if note:
+            tell(note)
+        top = session.top(choices)
+        tell("  ".join(f"{i}) {_token_label(vocab, t)} {p:.1%}" for i, (t, p) in enumerate(top, 1)))
+        click.echo("> ", err=True, nl=False)
+        line = sys.stdin.readline()
+        if line == "":
+            break
+        entry = line[:-1] if line.endswith("\n") else line
+        note = ""
+        if entry == "":
+            wrote, ended = session.write(chunk, temperature, top_k, top_p)
+            note = "(the model ended the text here)" if ended and not wrote else ""
+        elif entry.strip().isdigit() and 1 <= int(entry) <= len(top):
+            token = top[int(entry) - 1][0]
+            if token == vocab.eos:
+                break
+            session.add([token])
+        else:
+            try:
+                session.add(sampling.encode_prime(vocab, entry))
+            except CharRNNError as exc:
+                note = f"not added: {exc}"
+        if not line.endswith("\n"):
+            break  # Ctrl-D after text on the line: that text, then the end
+    tell("")
+    sys.stdout.write(session.text + "\n")
+    sys.stdout.flush()
+
+
+def _token_label(vocab, token: int) -> str:
+    if token == vocab.eos:
+        return "(end)"
+    text = vocab.decode([token])
+    return repr(text)
 
 
 # ---------------------------------------------------------------- eval

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import batches, checkpoint, corpus, model, optim
+from . import batches, checkpoint, corpus, model, novelty, optim
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
@@ -587,3 +587,50 @@ def load_checkpoint(path: str | None):
         raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
     check_model_meta(meta, model_file)
     return params, config, vocab, meta, model_file
+
+
+# ---------------------------------------------------------------- the novelty index (charrnn sample --novelty)
+
+NOVELTY_INDEX = "train_index.npy"  # in data/: the stream-mode index of the training ids (novelty.gram_order)
+
+
+def novelty_index(model_file: str, lines: bool):
+    """The index that tells how new a sample of the model in model_file is; returns (index, built now).
+
+    - lines: (LineIndex of the training lines, LineIndex of the validation lines or None)
+    - stream: a novelty.StreamIndex, read from data/train_index.npy or built and stored there (where the
+      run directory cannot be written, it is built for this call only)
+    ConfigError when no training data is stored beside the model (a model file copied out of its run).
+    """
+    directory = os.path.dirname(model_file)
+    try:
+        ids, offsets = _read_split(directory, "train", lines)
+    except CharRNNError:
+        raise ConfigError(f"--novelty compares samples with the training text stored beside the model, and "
+                          f"{model_file} has none ({DATA_DIR}/train.npy)") from None
+    if lines:
+        corpus.check_offsets(offsets, len(ids), _data_path(directory, "train_offsets.npy"), min_lines=1)
+        try:
+            val = _read_split(directory, "val", True)
+            corpus.check_offsets(val[1], len(val[0]), _data_path(directory, "val_offsets.npy"))
+            val_index = novelty.LineIndex(*val)
+        except CharRNNError:
+            val_index = None
+        return (novelty.LineIndex(ids, offsets), val_index), True
+    path = _data_path(directory, NOVELTY_INDEX)
+    order = None
+    if os.path.exists(path):
+        try:
+            order = corpus.load_ids(path)
+        except CharRNNError:
+            order = None
+        if order is not None and len(order) != len(ids):
+            order = None  # not this run's: build it again
+    if order is not None:
+        return novelty.StreamIndex(ids, order), False
+    index = novelty.StreamIndex(ids)
+    try:
+        corpus.save_ids(path, index.order)
+    except CharRNNError:
+        pass  # a read-only run: the index serves this call only
+    return index, True
