@@ -680,9 +680,9 @@ def corpora_():
     train on one with `charrnn train --corpus NAME`.
     """
     rows = [corpora.describe(name) for name in corpora.names()]
-    click.echo(f"{'name':<18}{'mode':<8}{'characters':>12}  {'':<14}  what")
+    click.echo(f"{'name':<18}{'mode':<8}{'characters':>12}  {'in':<14}  what")
     for r in rows:
-        parts = f"{r['files']:,} files" if r["files"] else f"{r['lines']:,} lines" if r["lines"] else ""
+        parts = f"{r['files']:,} files" if r["files"] else f"{r['lines']:,} lines" if r["lines"] else "one text"
         click.echo(f"{r['name']:<18}{r['mode']:<8}{r['characters']:>12,}  {parts:<14}  {r['description']}")
 
 
