@@ -445,8 +445,8 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
                                np.random.default_rng(seed))
     sampling.check_options(temperature, top_k, top_p, chunk, 1)
     tell = lambda text="": click.echo(text, err=True)  # noqa: E731
-    tell("Interactive sampling: a number picks that token, text you type is added as it is, Enter lets the "
-         f"model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
+    tell("Interactive sampling: a number picks that token, text you type is added as it is (a leading \\ "
+         f"types a number), Enter lets the model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
     note = ""
     while True:
         shown = session.text[-400:]
@@ -470,8 +470,9 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
                 break
             session.add([token])
         else:
+            typed = entry[1:] if entry.startswith("\\") else entry  # "\\3" types a 3 instead of picking
             try:
-                session.add(sampling.encode_prime(vocab, entry))
+                session.add(sampling.encode_prime(vocab, typed))
             except CharRNNError as exc:
                 note = f"not added: {exc}"
         if not line.endswith("\n"):

@@ -59,7 +59,9 @@ def test_pick_type_and_let_the_model_write_then_ctrl_d_prints_the_text(tmp_path)
     child.sendline(str(choice))
     picked = vocab.decode([top[choice - 1]])
     offered(child)
-    child.sendline("cab")  # type text
+    child.sendline("ca")  # type text
+    offered(child)
+    child.sendline("\\b")  # a leading backslash: typed as text, even a number would be
     offered(child)
     child.sendline("")  # the model writes up to 5 tokens
     offered(child)
