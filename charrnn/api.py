@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from . import corpus, evaluate, rundir, runtime, sampling
+from . import corpora, corpus, evaluate, rundir, runtime, sampling
 from . import loop as training
 from .config import RESUMABLE, TrainConfig, fill_auto_settings, parse_duration
 from .errors import ConfigError
@@ -237,10 +237,15 @@ TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_r
 
 def train(corpus_file: str | None = None, out: str | None = None, *, resume: str | None = None,
           val: str | None = None, errors: str | None = None, lock: bool = True, on_event=None,
-          should_stop=None, **options) -> str:
+          should_stop=None, builtin: str | None = None, glob: str | None = None, init_from: str | None = None,
+          extend_vocab: bool = False, **options) -> str:
     """Train a model (or continue one) and return its run directory.
 
-    - corpus_file: a UTF-8 text file; None trains on the built-in corpus (Python's language reference)
+    - corpus_file: a UTF-8 text file or a folder of them (corpus.read_folder); None trains on a
+      built-in corpus: `builtin` (a name of corpora.CORPORA), by default python-reference
+    - glob: with a folder, only the files whose names match (such as "*.py")
+    - init_from: fine-tune: start from this trained model (a run directory or a model file), with its
+      architecture and vocabulary; extend_vocab: add the new text's unseen tokens to that vocabulary
     - out: the run directory (None: checkpoints/<corpus name>, made fresh)
     - resume: continue this run exactly where it stopped (then only budgets and cadence may be given)
     - val: a separate validation text file; errors: "strict" (the default) or "replace" for invalid UTF-8
@@ -266,6 +271,10 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 
     if resume is not None:
         fixed = sorted(set(options) - set(RESUMABLE))
+        for flag, value in (("extend-vocab", extend_vocab), ("init-from", init_from), ("glob", glob),
+                            ("corpus", builtin)):
+            if value:
+                fixed.insert(0, flag)
         if out is not None:
             fixed.insert(0, "out")
         if errors is not None:
@@ -290,37 +299,117 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if options.get("task") == "classify":
         options.setdefault("mode", "lines")  # a classifier's examples are lines
         if corpus_file is None:
-            raise ConfigError("--task classify needs a CORPUS_FILE of label<TAB>text lines; the built-in corpus "
+            raise ConfigError("--task classify needs a CORPUS_FILE of label<TAB>text lines; a built-in corpus "
                               "has no labels")
+        if os.path.isdir(corpus_file):
+            raise ConfigError("--task classify reads label<TAB>text lines from one file, not a folder")
+        if init_from is not None:
+            raise ConfigError("--init-from fine-tunes a language model; --task classify starts a fresh classifier")
     elif "pool" in options:
         raise ConfigError("--pool needs --task classify: a language model predicts at every step, it pools nothing")
+    if corpus_file is not None and builtin is not None:
+        raise ConfigError("give a CORPUS or --corpus NAME, not both")
+    if glob is not None and (corpus_file is None or not os.path.isdir(corpus_file)):
+        raise ConfigError("--glob chooses files in a folder: give a folder as CORPUS")
+    if extend_vocab and init_from is None:
+        raise ConfigError("--extend-vocab extends the vocabulary of the model given by --init-from")
     model_options = {k: options.get(k, MODEL_DEFAULTS[k]) for k in MODEL_KEYS}
+    init = None
+    if init_from is not None:
+        if "max_vocab" in options:
+            raise ConfigError("--max-vocab cannot be given with --init-from: the vocabulary is the model's "
+                              "(--extend-vocab adds the new characters)")
+        params, base, vocab, meta, model_file = rundir.load_checkpoint(init_from)
+        if base.classes:
+            raise ConfigError(f"{model_file} is a classifier; --init-from fine-tunes a language model")
+        model_options = rundir.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
+        if "level" in options and options["level"] != vocab.level:
+            raise ConfigError(f"--level {options['level']} conflicts with the model of --init-from, which has a "
+                              f"{vocab.level}-level vocabulary")
+        options["level"] = vocab.level
+        init = rundir.InitFrom(params, base, vocab, meta, model_file, extend=extend_vocab)
+    if builtin is not None and "mode" not in options:
+        options["mode"] = corpora.lookup(builtin).mode
     tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})
     no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
     if no_budget:
         tconfig.max_time = 300.0
     tconfig.check(partial=True)
+    say = lambda text, run=None: emit({"event": "message", "text": text}, run)  # noqa: E731
     if corpus_file is None:
-        text, name = corpus.default_corpus(), "python-reference"
-        emit({"event": "message",
-              "text": "No corpus given: training on the Python language reference bundled with your Python."}, None)
+        name = builtin or corpora.DEFAULT
+        text = corpora.build(name)
+        if builtin is None:
+            say("No corpus given: training on the Python language reference bundled with your Python.")
+        else:
+            say(f"Built-in corpus {name}: {corpora.CORPORA[name].description}, {len(text):,} characters.")
+    elif os.path.isdir(corpus_file):
+        text = corpus.read_folder(corpus_file, glob, errors)
+        name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
+        say(_folder_line(corpus_file, text))
     else:
         text, name = corpus.read_text(corpus_file, errors), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = corpus.read_text(val, errors) if val else None
+    if isinstance(text, corpus.Documents) and val_text is None:
+        split = corpus.split_documents(text, tconfig.val_frac, tconfig.seed, whole_only=tconfig.mode == "lines")
+        if split is None:
+            say(f"Validation: a random {tconfig.val_frac:.0%} of the lines ({len(text.texts)} files are too few "
+                f"to hold out whole ones)")
+        else:
+            text, val_text, how = split
+            say(f"Validation: {how}")
     if no_budget:
-        emit({"event": "message",
-              "text": "No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs)."}, None)
+        say("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).")
     chosen = _settings_line(text, val_text, tconfig, model_options)
     directory = out or rundir.fresh_run_dir(name)
     with rundir.writing(directory, create=True, made=out is None, lock=lock):
-        run = rundir.start_run(directory, text, val_text, model_options, tconfig,
+        run = rundir.start_run(directory, text, val_text, model_options, tconfig, init,
                                where=(corpus_file or "the built-in corpus", val))
         if chosen:
-            emit({"event": "message", "text": chosen}, run)
+            say(chosen, run)
+        if run.origin is not None:
+            say(_origin_line(run), run)
         del text, val_text  # training reads only the memory-mapped ids from here on
         runtime.release_freed_memory()
         _train_events(run, emit, stop)
     return directory
+
+
+def _folder_line(root, docs) -> str:
+    """What was read from a folder: files, characters, and the files skipped."""
+    line = f"Corpus folder {root}: {len(docs.texts):,} text files, {len(docs):,} characters"
+    if docs.skipped:
+        shown = ", ".join(docs.skipped[:5]) + (", ..." if len(docs.skipped) > 5 else "")
+        line += f"; skipped {len(docs.skipped)} binary or undecodable: {shown}"
+    if docs.empty:
+        line += f"; skipped {docs.empty} empty"
+    return line
+
+
+def _shown_tokens(tokens, limit: int = 30) -> str:
+    shown = " ".join(repr(t) for t in tokens[:limit])
+    return shown + (" ..." if len(tokens) > limit else "")
+
+
+def _origin_line(run) -> str:
+    """The vocabulary policy of a fine-tuned run, in words."""
+    o = run.origin
+    start = f"Fine-tuning {o['model_file']}" + (f" (trained {o['step']:,} steps)" if o.get("step") else "")
+    if o["vocab"] == "extended":
+        added = o["added"]
+        vocab = (f"vocabulary extended from {o['base_tokens']} to {run.vocab.size} tokens: {len(added)} new "
+                 f"(ids {o['base_tokens']}-{run.vocab.size - 1}): {_shown_tokens(added)}" if added else
+                 f"vocabulary kept ({o['base_tokens']} tokens): the new text has no unseen characters")
+    else:
+        vocab = f"vocabulary kept ({o['base_tokens']} tokens)"
+        if o["n_unseen"]:
+            vocab += (f"; {o['unk_tokens']:,} tokens of the new text become UNK, {o['n_unseen']} characters the "
+                      f"model never saw: {_shown_tokens(o['unseen'])} (--extend-vocab learns them)")
+        else:
+            vocab += ": every character of the new text is in it"
+    if o["vocab"] == "extended" and o["unk_tokens"]:
+        vocab += f"; {o['unk_tokens']:,} tokens still UNK (validation-only or rarer than --min-count)"
+    return f"{start}; {vocab}"
 
 
 def _train_events(run, emit, stop) -> None:

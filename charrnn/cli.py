@@ -12,11 +12,13 @@ import math
 import os
 import signal
 import sys
+import time
 import warnings
 
 import click
+import numpy as np
 
-from . import __version__, api, config, corpus, layout, optim, report, rundir, runtime
+from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime, sampling
 from .annotate import MAX_CHARS
 from .classifier import POOLS
 from .config import MODES, NONFINITE, TASKS
@@ -94,6 +96,7 @@ def cli():
     charrnn info                  what a checkpoint holds
     charrnn classify lines.txt    label lines with a classifier (train --task classify)
     charrnn plot                  a run's loss curves as a PNG
+    charrnn corpora               the built-in corpora (charrnn train --corpus NAME)
 
     Run `charrnn COMMAND --help` for a command's options.
     """
@@ -106,7 +109,12 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 
 
 @cli.command(cls=GroupedCommand)
-@click.argument("corpus_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("corpus_file", metavar="[CORPUS]", required=False, type=click.Path(exists=True, path_type=str))
+@option("--corpus", "builtin", default=None, metavar="NAME", group=DATA,
+        help="Train on a built-in corpus instead of a file (charrnn corpora lists them).  "
+             "[default: python-reference when no CORPUS is given]")
+@option("--glob", "pattern", default=None, metavar="PATTERN", group=DATA,
+        help="With a folder as CORPUS: only the files whose names match, such as '*.py'.  [default: every file]")
 @option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
 @option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
@@ -131,6 +139,11 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Classifier: every layer also reads the line right to left.")
 @option("--pool", type=click.Choice(POOLS), default="mean", group=MODEL,
         help="Classifier: pool the top layer over time by the mean of its outputs, or its last state.")
+@option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_MODEL", group=MODEL,
+        help="Fine-tune: start from this trained model's weights and architecture (a run directory or a "
+             "model file); the optimizer and schedule start fresh.  [default: a fresh model]")
+@option("--extend-vocab", is_flag=True, default=False, group=MODEL,
+        help="With --init-from: add the new text's unseen characters to the vocabulary (else they become UNK).")
 @option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
@@ -168,11 +181,15 @@ AUTO = "  [default: auto, from the corpus size and budget]"
              "other trainer writes the same run.")
 @option("-q", "--quiet", is_flag=True, default=False, group=OUTPUT, help="Print nothing but errors.")
 @click.pass_context
-def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **options):
-    """Train a model on CORPUS_FILE (UTF-8 text).
+def train(ctx, corpus_file, builtin, pattern, val_file, errors, out, resume, quiet, no_lock, init_from,
+          extend_vocab, **options):
+    """Train a model on CORPUS: a UTF-8 text file, or a folder of them.
 
-    Without CORPUS_FILE it trains on a built-in corpus: the language reference
-    that ships with your Python, about 465 thousand characters of English.
+    A folder is read recursively in sorted order (hidden files left out);
+    binary and undecodable files are skipped. In stream mode each file ends
+    with the end-of-sequence token; in lines mode the lines of all files are
+    pooled. Without CORPUS it trains on a built-in corpus (--corpus, default
+    python-reference: the language reference that ships with your Python).
 
     \b
     Examples:
@@ -180,6 +197,9 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **opt
       charrnn train shakespeare.txt --max-time 10m
       charrnn train names.txt --mode lines --max-epochs 20
       charrnn train kinds.tsv --task classify --bidirectional --max-time 5m
+      charrnn train src/ --glob '*.py' --max-time 10m
+      charrnn train --corpus unicode-names --max-time 5m
+      charrnn train poems.txt --init-from checkpoints/shakespeare --max-time 2m
       charrnn train --resume checkpoints/shakespeare --max-time 20m
     """
     options["max_time"] = parse_duration(options["max_time"])  # a bad duration is a usage error
@@ -190,7 +210,8 @@ def train(ctx, corpus_file, val_file, errors, out, resume, quiet, no_lock, **opt
     show = _TrainingView(quiet)
     with StopRequest() as stop:
         api.train(corpus_file, out, resume=resume, val=val_file, errors=errors, lock=not no_lock,
-                  on_event=show, should_stop=stop, **given)
+                  on_event=show, should_stop=stop, builtin=builtin, glob=pattern, init_from=init_from,
+                  extend_vocab=extend_vocab, **given)
     if stop.signal is not None:
         sys.exit(128 + stop.signal)
 
@@ -325,7 +346,18 @@ def _checkpoint_option(f):
 @click.option("-n", "--num-samples", type=int, default=1, show_default=True,
               help="Samples to generate (together, as one batch).")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.  [default: random]")
-def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed):
+@click.option("--novelty", is_flag=True,
+              help="Report on stderr how new each sample is: in lines mode whether it copies a training or "
+                   "validation line, in stream mode its longest stretch found verbatim in the training text.")
+@click.option("--interactive", is_flag=True,
+              help="Write together with the model in a terminal: pick among its likeliest next tokens, type "
+                   "text, or press Enter for a chunk; Ctrl-D ends and prints the text.")
+@click.option("--choices", type=int, default=10, show_default=True,
+              help="With --interactive: how many of the likeliest next tokens to offer.")
+@click.option("--chunk", type=int, default=40, show_default=True,
+              help="With --interactive: tokens the model writes when you press Enter.")
+def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed, novelty,
+           interactive, choices, chunk):
     """Generate text from a trained model, streamed to stdout.
 
     Each sample stops at the end-of-sequence token or after --length tokens.
@@ -337,19 +369,31 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
       charrnn sample --temp 0.8
       charrnn sample --prime "ROMEO:" --length 300 --seed 1
       charrnn sample -c checkpoints/names -n 20 --temp 0.7
+      charrnn sample -n 10 --novelty          # how many samples copy the training text
+      charrnn sample --interactive --prime "ROMEO:"
     """
     model = api.load(checkpoint_path)
+    if interactive:
+        if num_samples != 1 or novelty:
+            raise ConfigError("--interactive writes one text: it cannot be given with -n or --novelty")
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise ConfigError("--interactive needs a terminal to talk to (stdin and stderr); without one, "
+                              "use charrnn sample without --interactive")
+        return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
+    index = _novelty_index(model.path, model.lines) if novelty else None
     # the options and the prime are checked here, before anything is written
     pieces = model.sample_pieces(num_samples, prime=prime, length=length, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed)
     echo = "" if no_prime_echo else prime
     separator = "\n" if model.lines else "\n\n"
+    first = []  # the first sample's text (for --novelty)
     out = sys.stdout
     try:
         out.write(echo)
         for piece in pieces:  # the first sample streams as it is made
             out.write(piece)
             out.flush()
+            first.append(piece)
         for text in pieces.rest:
             out.write(separator + echo + text[len(prime):])
         out.write("\n")
@@ -358,6 +402,101 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
         # the reader went away (`charrnn sample | head`): not an error. Point
         # stdout at /dev/null so the flush at exit cannot raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if index is not None:
+        made = ["".join(first)] + [text[len(prime):] for text in pieces.rest]  # the generated text of each
+        _novelty_report(index, made, model.vocab, prime if model.lines else None)
+
+
+def _novelty_index(model_file: str, lines: bool):
+    """The run's novelty index for --novelty, saying on stderr when it is built."""
+    started = time.monotonic()
+    index, built = rundir.novelty_index(model_file, lines)
+    if built and not lines:
+        info(f"Indexed the {index.n:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
+             f"(kept in {rundir.data_dir(os.path.dirname(model_file))})")
+    return index
+
+
+def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None:
+    """Per sample and in total, on stderr: copies of training/validation lines (lines mode: prime is the
+    prime, part of each line), or the longest stretch of each generated text found verbatim in training."""
+    unit = "characters" if vocab.level == "char" else "tokens"
+    if prime is not None:
+        train, val = index
+        labels = []
+        for i, text in enumerate(samples, 1):
+            line = vocab.encode(prime + text)
+            labels.append("in train" if line in train else "in validation" if val is not None and line in val
+                          else "new")
+            info(f"sample {i}: {labels[-1]}")
+        info(f"novelty: {len(samples)} samples: {labels.count('in train')} in train, "
+             f"{labels.count('in validation')} in validation, {labels.count('new')} new")
+        return
+    longest = []
+    for i, text in enumerate(samples, 1):
+        ids = vocab.encode(text)
+        length, start = index.longest_match(ids)
+        longest.append(length)
+        stretch = vocab.decode(ids[start : start + length])
+        shown = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
+        info(f"sample {i}: longest stretch found in the training text: {length} {unit} of {len(ids)}"
+             + (f": {shown}" if length else ""))
+    info(f"novelty: the longest verbatim stretch per sample is {int(np.median(longest))} {unit} at the median, "
+         f"{max(longest)} at most")
+
+
+def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) -> None:
+    """Write a text together with the model: the display and the prompts on stderr, the final text on stdout."""
+    if choices < 1 or chunk < 1:
+        raise ConfigError("--choices and --chunk must be at least 1")
+    vocab = model.vocab
+    session = sampling.Session(model.params, model.config, vocab, model.lines, prime,
+                               np.random.default_rng(seed))
+    sampling.check_options(temperature, top_k, top_p, chunk, 1)
+    tell = lambda text="": click.echo(text, err=True)  # noqa: E731
+    tell("Interactive sampling: a number picks that token, text you type is added as it is (a leading \\ "
+         f"types a number), Enter lets the model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
+    note = ""
+    while True:
+        shown = session.text[-400:]
+        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + shown + "\u2588")
+        if note:
+            tell(note)
+        top = session.top(choices)
+        tell("  ".join(f"{i}) {_token_label(vocab, t)} {p:.1%}" for i, (t, p) in enumerate(top, 1)))
+        click.echo("> ", err=True, nl=False)
+        line = sys.stdin.readline()
+        if line == "":
+            break
+        entry = line[:-1] if line.endswith("\n") else line
+        note = ""
+        if entry == "":
+            wrote, ended = session.write(chunk, temperature, top_k, top_p)
+            note = "(the model ended the text here)" if ended and not wrote else ""
+        elif entry.strip().isdigit() and 1 <= int(entry) <= len(top):
+            token = top[int(entry) - 1][0]
+            if token == vocab.eos:
+                break
+            session.add([token])
+        else:
+            typed = entry[1:] if entry.startswith("\\") else entry  # "\\3" types a 3 instead of picking
+            try:
+                session.add(sampling.encode_prime(vocab, typed))
+            except CharRNNError as exc:
+                note = f"not added: {exc}"
+        if not line.endswith("\n"):
+            break  # Ctrl-D after text on the line: that text, then the end
+    tell("")
+    sys.stdout.write(session.text + "\n")
+    sys.stdout.flush()
+
+
+def _token_label(vocab, token: int) -> str:
+    if token == vocab.eos:
+        return "(end)"
+    text = vocab.decode([token])
+    return repr(text)
 
 
 # ---------------------------------------------------------------- eval
@@ -591,6 +730,14 @@ def info_(checkpoint_path):
     run_dir = os.path.dirname(os.path.abspath(model_file))
     files = [name for name in (layout.MODEL_FILE, layout.BEST_FILE, layout.STATE_FILE, layout.LOG_FILE)
              if os.path.exists(os.path.join(run_dir, name))]
+    origin = meta.get("origin")
+    if isinstance(origin, dict) and origin.get("model_file"):
+        step = origin.get("step")
+        vocab_note = (f"vocabulary extended by {len(origin.get('added', []))} tokens"
+                      if origin.get("vocab") == "extended" else f"vocabulary kept, {origin.get('unk_tokens', 0):,} "
+                      f"tokens of its text UNK")
+        rows.append(("initialised from", f"{origin['model_file']}" + (f" (step {step:,})" if isinstance(step, int)
+                                                                      else "") + f"; {vocab_note}"))
     rows += [("file", model_file), ("run directory", f"{run_dir} ({', '.join(files)})")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -606,6 +753,20 @@ def torch_loadable(config) -> str:
                f"(load_state_dict, strict)"
     what = {"peephole": "the peephole weights rnn.weight_c{i,f,o}_l*", "simple-gru": "the simplified GRU's two gates"}
     return f"does not load: torch.nn has no {cell} cell ({what[cell]} fit no torch.nn module)"
+
+
+@cli.command("corpora")
+def corpora_():
+    """List the built-in corpora: name, mode, size, what they are.
+
+    Each is built from what your Python carries (nothing is downloaded);
+    train on one with `charrnn train --corpus NAME`.
+    """
+    rows = [corpora.describe(name) for name in corpora.names()]
+    click.echo(f"{'name':<18}{'mode':<8}{'characters':>12}  {'in':<14}  what")
+    for r in rows:
+        parts = f"{r['files']:,} files" if r["files"] else f"{r['lines']:,} lines" if r["lines"] else "one text"
+        click.echo(f"{r['name']:<18}{r['mode']:<8}{r['characters']:>12,}  {parts:<14}  {r['description']}")
 
 
 @cli.command()

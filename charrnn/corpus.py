@@ -6,9 +6,11 @@ Text is UTF-8 with "\\n" line ends: a leading byte order mark is dropped and
 
 from __future__ import annotations
 
+import fnmatch
 import mmap as mmap_module
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,183 @@ def label_ids(names: list[str], labels: list[str], where: str) -> np.ndarray:
         raise CorpusError(f"{where}: {len(unknown)} label{'s' if len(unknown) > 1 else ''} the model does not know, "
                           f"such as {unknown[0]!r}; its labels are {', '.join(map(repr, labels[:10]))}")
     return np.array([index[n] for n in names], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- a folder of files as one corpus
+
+# Below this many files a folder's validation split is the last tenth of its text, not whole files.
+MIN_FILES_FOR_FILE_SPLIT = 10
+
+
+@dataclass
+class Documents:
+    """The texts of several files, in order: a corpus read from a folder.
+
+    - names: each piece's file name (relative to the folder)
+    - texts: each piece's text
+    - ends: whether each piece ends its file (False only where a split cut a file in two);
+      in stream mode every end of a file is followed by the EOS token
+    - skipped: names of files left out (binary or undecodable); empty: files left out as empty
+    len() is the number of characters, as for a str.
+    """
+    names: list[str]
+    texts: list[str]
+    ends: list[bool] = None
+    skipped: list[str] = field(default_factory=list)
+    empty: int = 0
+
+    def __post_init__(self):
+        if self.ends is None:
+            self.ends = [True] * len(self.texts)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.texts))
+
+
+def _matches(relative: str, pattern: str | None) -> bool:
+    """A file matches --glob when its name does, or, for a pattern with a "/", its relative path."""
+    if pattern is None:
+        return True
+    return fnmatch.fnmatchcase(relative if "/" in pattern else relative.rsplit("/", 1)[-1], pattern)
+
+
+def folder_files(root, pattern: str | None = None) -> list[str]:
+    """The files under root (recursive, sorted by relative path, hidden entries left out) that match pattern.
+
+    - returns: relative paths with "/" separators; symbolic links to folders are not followed
+    """
+    root = os.fspath(root)
+    found = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith("."):
+                continue
+            relative = os.path.relpath(os.path.join(here, name), root).replace(os.sep, "/")
+            if _matches(relative, pattern) and os.path.isfile(os.path.join(here, name)):
+                found.append(relative)
+    return sorted(found)
+
+
+def read_folder(root, pattern: str | None = None, errors: str = "strict") -> Documents:
+    """Every text file under root as one corpus (see folder_files for which files, in which order).
+
+    - pattern: a glob such as "*.py" (matched against file names; against relative paths if it has a "/")
+    - errors: invalid UTF-8 skips the file ("strict") or becomes U+FFFD ("replace")
+    Binary and undecodable files are skipped (Documents.skipped), empty ones counted (Documents.empty).
+    Raises CorpusError when no file is left to train on.
+    """
+    if errors not in TEXT_ERRORS:
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusError(f"{root}: not a folder")
+    names = folder_files(root, pattern)
+    if not names:
+        which = f" matching {pattern!r}" if pattern else ""
+        raise CorpusError(f"{root}: the folder holds no files{which}")
+    docs = Documents([], [])
+    for name in names:
+        path = root / name
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+        if not data or data == _BOM:
+            docs.empty += 1
+            continue
+        try:
+            text = decode_text(data, path, errors)
+        except CorpusError:
+            docs.skipped.append(name)
+            continue
+        docs.names.append(name)
+        docs.texts.append(text)
+        docs.ends.append(True)
+    if not docs.texts:
+        what = []
+        if docs.skipped:
+            what.append(f"{len(docs.skipped)} binary or undecodable ({', '.join(docs.skipped[:3])}"
+                        f"{', ...' if len(docs.skipped) > 3 else ''})")
+        if docs.empty:
+            what.append(f"{docs.empty} empty")
+        raise CorpusError(f"{root}: no text file to train on among its {len(names)} files: {' and '.join(what)}")
+    return docs
+
+
+def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only: bool = False):
+    """Hold out validation text from a folder's documents: whole files when there are enough, else the last tenth.
+
+    - val_frac: share of the characters to hold out
+    - seed: chooses which files are held out
+    Returns (train, val, how): how says in words which split was made; with whole_only, None
+    where whole files cannot be held out (lines mode then holds out a random share of the lines).
+    Whole files: with at least MIN_FILES_FOR_FILE_SPLIT files, a seeded random choice of files whose
+    characters come to about val_frac of the total (a file that would overshoot half as much again is
+    passed over); if that cannot reach half the target, or would leave no training file, the last tenth.
+    """
+    cut = split_index(len(docs), val_frac)
+    total = len(docs)
+    if total - cut == 0:
+        return docs, Documents([], []), "no validation split (--val-frac 0)"
+    n = len(docs.texts)
+    if n >= MIN_FILES_FOR_FILE_SPLIT:
+        target = total - cut
+        chosen, held = [], 0
+        for i in np.random.default_rng(seed).permutation(n):
+            size = len(docs.texts[i])
+            if held + size <= 1.5 * target:
+                chosen.append(int(i))
+                held += size
+            if held >= target:
+                break
+        if held >= 0.5 * target and len(chosen) < n:
+            keep = sorted(set(range(n)) - set(chosen))
+            chosen.sort()
+            pick = lambda idx: Documents([docs.names[i] for i in idx], [docs.texts[i] for i in idx])  # noqa: E731
+            return (pick(keep), pick(chosen),
+                    f"{len(chosen)} whole files held out for validation ({held / total:.1%} of the characters)")
+    if whole_only:
+        return None
+    # the last tenth of the text: the file it starts in is cut in two
+    train, val, seen = Documents([], []), Documents([], []), 0
+    for name, text in zip(docs.names, docs.texts):
+        head = max(0, min(len(text), cut - seen))
+        if head:
+            train.names.append(name), train.texts.append(text[:head]), train.ends.append(head == len(text))
+        if head < len(text):
+            val.names.append(name), val.texts.append(text[head:]), val.ends.append(True)
+        seen += len(text)
+    reason = f"{n} files are too few to hold out whole ones" if n < MIN_FILES_FOR_FILE_SPLIT else \
+        "the files are too unequal in size to hold out whole ones"
+    return train, val, f"the last {val_frac:.0%} of the text held out for validation ({reason})"
+
+
+def encode_stream(vocab: Vocab, text) -> np.ndarray:
+    """Ids of a stream-mode text: vocab.encode(text), or for Documents each piece's ids followed by
+    EOS where the piece ends its file. Returns (n_tokens,) of dtype vocab.dtype."""
+    if not isinstance(text, Documents):
+        return vocab.encode(text)
+    parts = []
+    for piece, end in zip(text.texts, text.ends):
+        parts.append(vocab.encode(piece))
+        if end:
+            parts.append(np.array([vocab.eos], dtype=vocab.dtype))
+    return np.concatenate(parts) if parts else np.empty(0, dtype=vocab.dtype)
+
+
+def vocab_text(text) -> str:
+    """The text a vocabulary is counted from: the text itself, or the documents joined by newlines
+    (so that words of neighbouring files do not merge)."""
+    return "\n".join(text.texts) if isinstance(text, Documents) else text
+
+
+def lines_of(text) -> list[str]:
+    """split_lines of a text, or of every document of a Documents, pooled in order."""
+    if isinstance(text, Documents):
+        return [line for piece in text.texts for line in split_lines(piece)]
+    return split_lines(text)
 
 
 def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import atomic, batches, checkpoint, corpus, model, optim
+from . import atomic, batches, checkpoint, corpus, model, novelty, optim
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
 from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from .model import ModelConfig
 from .runlock import RunLock
-from .vocab import Vocab, build_vocab
+from .vocab import UNK, Vocab, build_vocab, extend_vocab
 
 # Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
 MAX_LINE_CHARS = 10_000
@@ -65,6 +65,7 @@ class Run:
     labels: tuple = ()                 # task classify: the label names, in id order
     train_labels: np.ndarray | None = None  # task classify: (n_lines,) label ids of the training lines
     val_labels: np.ndarray | None = None
+    origin: dict | None = None         # a fine-tuned run: the model it started from (rundir._origin)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -74,7 +75,6 @@ class Run:
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
-
 
 
 # ---------------------------------------------------------------- preparing a run
@@ -89,31 +89,40 @@ def _data_path(directory, name):
     return os.path.join(directory, DATA_DIR, name)
 
 
-def prepare_data(directory, train_text: str, val_text: str | None, tconfig: TrainConfig,
-                 where: tuple = ("the corpus", "the validation text")) -> Vocab:
+def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: Vocab | None = None,
+                 extend: bool = False, where: tuple = ("the corpus", "the validation text")) -> Vocab:
     """Build the vocabulary from the training text and store encoded ids under directory/data.
 
-    - train_text: the corpus; val_text: a separate validation text, or None to hold out val_frac
+    - train_text: the corpus, a str or corpus.Documents (a folder: in stream mode EOS ends each file)
+    - val_text: a separate validation text (str or Documents), or None to hold out val_frac
+    - base_vocab: a fine-tuned model's vocabulary, kept (unseen tokens become UNK) or, with extend,
+      extended by the new tokens of the training text (see vocab.extend_vocab)
     - where: the two texts' names, for errors
     Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
     Everything is encoded and checked before the first file is written, so a corpus
     that cannot train leaves no files behind.
     """
+    def make_vocab(text, exclude=()):
+        if base_vocab is None:
+            return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+        return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
+
     arrays = {}
     if tconfig.mode == "stream":
-        if val_text is None and tconfig.level == "char":
+        if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
             # one token per character: encode the whole text once and split the ids, so that no
             # copy of the text is held beside it (peak memory: the text plus its ids)
             cut = corpus.split_index(len(train_text), tconfig.val_frac)
-            vocab = build_vocab(train_text[:cut], "char", tconfig.min_count, tconfig.max_vocab)
+            vocab = make_vocab(train_text[:cut])
             ids = vocab.encode(train_text)
             arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
         else:
             if val_text is None:
-                train_text, val_text = corpus.split_text(train_text, tconfig.val_frac)
-            vocab = build_vocab(train_text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
-            arrays["train.npy"] = vocab.encode(train_text)
-            arrays["val.npy"] = vocab.encode(val_text)
+                train_text, val_text = (corpus.split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
+                                        else corpus.split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
+            vocab = make_vocab(corpus.vocab_text(train_text))
+            arrays["train.npy"] = corpus.encode_stream(vocab, train_text)
+            arrays["val.npy"] = corpus.encode_stream(vocab, val_text)
         # raises CorpusError (with the length and what is needed) when the text is too short for one batch
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
@@ -123,7 +132,7 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
             label_names = sorted(set(tags))
             tags = np.array([label_names.index(t) for t in tags], dtype=np.int64) if tags else None
         else:
-            lines = corpus.split_lines(train_text)
+            lines = corpus.lines_of(train_text)
         _check_line_lengths(lines)
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
@@ -139,11 +148,12 @@ def prepare_data(directory, train_text: str, val_text: str | None, tconfig: Trai
                 val_tags, val_lines = corpus.split_labelled(val_text, where[1], min_labels=1)
                 val_tags = corpus.label_ids(val_tags, label_names, where[1])
             else:
-                val_lines = corpus.split_lines(val_text)
+                val_lines = corpus.lines_of(val_text)
             _check_line_lengths(val_lines, "validation ")
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
-        vocab = _lines_vocab(lines, tconfig)
+        vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
+            make_vocab("\n".join(lines), exclude=("\n",))
         for name, part in (("train", lines), ("val", val_lines)):
             arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
         if classify:
@@ -258,11 +268,45 @@ def holds_run(directory) -> bool:
     return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
 
 
-def start_run(directory, train_text: str, val_text: str | None, config_options: dict,
-              tconfig: TrainConfig, where: tuple = ("the corpus", "the validation text")) -> Run:
+@dataclass
+class InitFrom:
+    """A trained model a new run starts from (`charrnn train --init-from`)."""
+    params: dict
+    config: ModelConfig
+    vocab: Vocab
+    meta: dict
+    model_file: str
+    extend: bool = False   # add the new text's tokens to the vocabulary (else they become UNK)
+
+
+# The options that make up a model's architecture: a fine-tuned run takes them from the model.
+ARCHITECTURE = ("cell", "layers", "hidden", "embed", "dtype")
+
+
+def init_model_options(base: ModelConfig, given: dict) -> dict:
+    """The ModelConfig options of a run fine-tuned from base: base's architecture, the dropout given (or None).
+
+    - given: the model options the user set (name -> value); a value differing from base's is a ConfigError
+    """
+    for key in ARCHITECTURE:
+        if given.get(key) is not None and given[key] != getattr(base, key):
+            raise ConfigError(f"--{key} {given[key]} conflicts with the model of --init-from, which has "
+                              f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
+    options = {key: value for key, value in base.to_dict().items()
+               if key not in ("vocab_size", "classes", "dropout")}
+    options["dropout"] = given.get("dropout")
+    return options
+
+
+def start_run(directory, train_text, val_text, config_options: dict,
+              tconfig: TrainConfig, init: InitFrom | None = None,
+              where: tuple = ("the corpus", "the validation text")) -> Run:
     """Create a new run directory and initialize the model.
 
+    - train_text, val_text: str or corpus.Documents (see prepare_data)
     - config_options: ModelConfig fields except vocab_size and classes (taken from the data)
+    - init: start from this trained model's weights (its architecture is in config_options, as
+      init_model_options gives it); the optimizer and the schedule start fresh
     - where: the two texts' names, for errors
     Refuses a directory that already holds a run, so nothing is overwritten.
     """
@@ -272,17 +316,56 @@ def start_run(directory, train_text: str, val_text: str | None, config_options: 
                           f"or choose another --out")
     classify = tconfig.task == "classify"
     ModelConfig(vocab_size=4, classes=2 if classify else 0, **config_options)  # fail before any file is written
-    vocab = prepare_data(directory, train_text, val_text, tconfig, where)
+    if init is not None and init.vocab.level != tconfig.level:
+        raise ConfigError(f"the model of --init-from has a {init.vocab.level}-level vocabulary, "
+                          f"not {tconfig.level}")
+    vocab = prepare_data(directory, train_text, val_text, tconfig,
+                         init.vocab if init else None, init.extend if init else False, where)
     labels = read_labels(directory) if classify else ()
     config = ModelConfig(vocab_size=vocab.size, classes=len(labels), **config_options)
     params = model.init_params(config, np.random.default_rng(tconfig.seed))
+    origin = None
+    if init is not None:
+        params = _inherit_params(init, params)
+        origin = _origin(init, vocab, directory, train_text, val_text, tconfig)
     data = _load_data(directory, tconfig.mode, config.classes)
     run = Run(directory, config, tconfig, vocab, params,
               optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()), *data[:4],
-              labels=labels)
+              labels=labels, origin=origin)
     if classify:
         run.train_labels, run.val_labels = data[4]
     return run
+
+
+def _inherit_params(init: InitFrom, fresh: dict) -> dict:
+    """The weights of init's model; where the vocabulary was extended, the new tokens' embedding and
+    head rows are those of the fresh initialization (`fresh`, of the new vocabulary size)."""
+    V = init.config.vocab_size
+    checkpoint.check_params(init.params, init.config, init.model_file)
+    params = {}
+    for name, value in fresh.items():
+        old = np.asarray(init.params[name], dtype=value.dtype)
+        if name in ("embedding.weight", "head.weight", "head.bias"):
+            params[name] = np.concatenate([old, value[V:]])  # ids < V keep their rows
+        else:
+            params[name] = old.copy()
+    return params
+
+
+def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconfig: TrainConfig) -> dict:
+    """What a fine-tuned run records about where it started: the model, and what became of the vocabulary."""
+    seen = build_vocab(corpus.vocab_text(train_text), tconfig.level).tokens[3:]
+    if val_text is not None:
+        seen += build_vocab(corpus.vocab_text(val_text), tconfig.level).tokens[3:]
+    known = set(vocab.tokens)
+    unseen = sorted(set(seen) - known - ({"\n"} if tconfig.mode == "lines" else set()))
+    unk = sum(int(np.count_nonzero(corpus.load_ids(_data_path(directory, f"{split}.npy")) == UNK))
+              for split in ("train", "val"))
+    training = init.meta.get("training", {}) if isinstance(init.meta.get("training"), dict) else {}
+    return {"model_file": os.path.abspath(init.model_file), "step": training.get("step"),
+            "vocab": "extended" if init.extend else "kept", "base_tokens": init.vocab.size,
+            "added": list(vocab.tokens[init.vocab.size:]), "unk_tokens": unk, "unseen": unseen[:200],
+            "n_unseen": len(unseen)}
 
 
 def resume_run(directory, overrides: dict | None = None) -> Run:
@@ -336,7 +419,9 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
         raise CheckpointError(str(exc)) from None
     data = _load_data(directory, tconfig.mode, config.classes)
-    run = Run(directory, config, tconfig, vocab, params, optimizer, *data[:4], carry=carry)
+    origin = meta.get("origin")
+    run = Run(directory, config, tconfig, vocab, params, optimizer, *data[:4], carry=carry,
+              origin=origin if isinstance(origin, dict) else None)
     if config.classes:
         run.labels = _checked_labels(list(read_labels(directory)), config.classes, where)
         run.train_labels, run.val_labels = data[4]
@@ -418,6 +503,7 @@ def model_meta(run: Run) -> dict:
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
                      "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
+        **({"origin": run.origin} if run.origin else {}),
     }
 
 
@@ -462,7 +548,7 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
                 ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
-            "progress": progress}
+            "progress": progress, **({"origin": run.origin} if run.origin else {})}
     files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
              checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
     if best:
@@ -574,3 +660,50 @@ def load_checkpoint(path: str | None):
     if config.classes:
         meta["labels"] = list(_checked_labels(meta.get("labels"), config.classes, model_file))
     return params, config, vocab, meta, model_file
+
+
+# ---------------------------------------------------------------- the novelty index (charrnn sample --novelty)
+
+NOVELTY_INDEX = "train_index.npy"  # in data/: the stream-mode index of the training ids (novelty.gram_order)
+
+
+def novelty_index(model_file: str, lines: bool):
+    """The index that tells how new a sample of the model in model_file is; returns (index, built now).
+
+    - lines: (LineIndex of the training lines, LineIndex of the validation lines or None)
+    - stream: a novelty.StreamIndex, read from data/train_index.npy or built and stored there (where the
+      run directory cannot be written, it is built for this call only)
+    ConfigError when no training data is stored beside the model (a model file copied out of its run).
+    """
+    directory = os.path.dirname(model_file)
+    try:
+        ids, offsets = _read_split(directory, "train", lines)
+    except CharRNNError:
+        raise ConfigError(f"--novelty compares samples with the training text stored beside the model, and "
+                          f"{model_file} has none ({DATA_DIR}/train.npy)") from None
+    if lines:
+        corpus.check_offsets(offsets, len(ids), _data_path(directory, "train_offsets.npy"), min_lines=1)
+        try:
+            val = _read_split(directory, "val", True)
+            corpus.check_offsets(val[1], len(val[0]), _data_path(directory, "val_offsets.npy"))
+            val_index = novelty.LineIndex(*val)
+        except CharRNNError:
+            val_index = None
+        return (novelty.LineIndex(ids, offsets), val_index), True
+    path = _data_path(directory, NOVELTY_INDEX)
+    order = None
+    if os.path.exists(path):
+        try:
+            order = corpus.load_ids(path)
+        except CharRNNError:
+            order = None
+        if order is not None and len(order) != len(ids):
+            order = None  # not this run's: build it again
+    if order is not None:
+        return novelty.StreamIndex(ids, order), False
+    index = novelty.StreamIndex(ids)
+    try:
+        corpus.save_ids(path, index.order)
+    except CharRNNError:
+        pass  # a read-only run: the index serves this call only
+    return index, True

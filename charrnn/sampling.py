@@ -270,3 +270,59 @@ def draw_gumbel(logits, noise, top_k: int | None = None) -> np.ndarray:
     _mask_top_k(logits, top_k)
     logits += noise
     return _checked_argmax(logits)
+
+
+# ---------------------------------------------------------------- writing together with the model
+
+
+class Session:
+    """A text written together with the model (`charrnn sample --interactive`): the text so far and the
+    model's state after it. Tokens come from the user (add), or from the model (write).
+
+    - params, config, vocab: the model; lines: it was trained on lines (it starts from the start token)
+    - prime: the text to begin with; rng: the only source of randomness
+    """
+
+    def __init__(self, params, config, vocab: Vocab, lines: bool, prime: str, rng: np.random.Generator):
+        weights = model.prepare(params, config)
+        head_b = weights.head_b.copy()
+        head_b[[vocab.unk, vocab.bos]] = -np.inf  # never offered, never drawn (as in generate)
+        self.weights = dataclasses.replace(weights, head_b=head_b)
+        self.vocab, self.rng = vocab, rng
+        self.state = model.zero_state(config, 1)
+        self.ids: list[int] = []
+        if lines:
+            start = [vocab.bos]
+        else:
+            start = [int(vocab.encode("\n")[-1])] if "\n" in vocab.tokens else [vocab.eos]
+        self._feed(start)
+        self.add(encode_prime(vocab, prime))
+
+    @property
+    def text(self) -> str:
+        return self.vocab.decode(np.array(self.ids, dtype=np.int64))
+
+    def _feed(self, tokens) -> None:
+        for token in tokens:
+            self.logits, self.state = inference.step(self.weights, np.array([int(token)]), self.state)
+
+    def add(self, tokens) -> None:
+        """Append token ids (the user's) to the text."""
+        tokens = [int(t) for t in tokens]
+        self.ids.extend(tokens)
+        self._feed(tokens)
+
+    def top(self, n: int) -> list[tuple[int, float]]:
+        """The n likeliest next tokens under the model (temperature 1), as (id, probability), likeliest first."""
+        probs = next_token_probs(self.logits, 1.0, None, None, [self.vocab.unk, self.vocab.bos])[0]  # (V,)
+        order = np.argsort(-probs, kind="stable")[:n]
+        return [(int(t), float(probs[t])) for t in order if probs[t] > 0]
+
+    def write(self, n: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+        """Let the model write up to n tokens; returns (tokens written, whether it stopped at EOS)."""
+        for wrote in range(n):
+            token = int(draw_next(self.logits.copy(), self.rng, temperature, top_k, top_p)[0])
+            if token == self.vocab.eos:
+                return wrote, True
+            self.add([token])
+        return n, False

@@ -2,6 +2,8 @@
 
 Ids 0, 1, 2 are always the specials EOS, UNK and BOS; regular tokens follow in
 sorted order, so ids never depend on hashing or on the order text was seen in.
+A fine-tuned model's vocabulary may be extended (`extend_vocab`): the new tokens
+follow the old ones, sorted among themselves, so no id changes meaning.
 
 Word level splits text with `WORD_PATTERN`: runs of word characters, single
 newlines, runs of other whitespace, and single punctuation characters. Every
@@ -276,3 +278,15 @@ def build_vocab(text: str, level: str = "char", min_count: int = 1, max_vocab: i
         # Stable sort on count keeps the sorted order among equal counts.
         kept = sorted(sorted(kept, key=lambda t: -counts[t])[:max_vocab])
     return Vocab(SPECIAL_TOKENS + tuple(kept), level)
+
+
+def extend_vocab(base: Vocab, text: str, min_count: int = 1, exclude=()) -> Vocab:
+    """base's tokens, then the tokens of text that base lacks (seen at least min_count times), sorted.
+
+    - base: the vocabulary to keep; its ids keep their meaning
+    - text: the new training text
+    - exclude: tokens never to add (lines mode adds no "\n")
+    - returns: Vocab; base itself when nothing is new
+    """
+    added = sorted(set(build_vocab(text, base.level, min_count).tokens[3:]) - set(base.tokens) - set(exclude))
+    return Vocab(base.tokens + tuple(added), base.level) if added else base

@@ -89,6 +89,21 @@ def test_options_that_need_a_classifier_are_one_line_errors(tmp_path, args, frag
     assert not (tmp_path / "r").exists()
 
 
+def test_a_folder_or_init_from_with_task_classify_is_a_one_line_error(trained, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.tsv").write_text(labelled(CODE, PROSE))
+    code, out, err = invoke(["train", tmp_path / "docs", *TINY, "--max-steps", 1, "--out", tmp_path / "r"])
+    assert code == 1 and err.strip() == "Error: --task classify reads label<TAB>text lines from one file, not a folder"
+    code, out, err = invoke(["train", trained / "train.tsv", *TINY, "--max-steps", 1, "--init-from",
+                             trained / "run", "--out", tmp_path / "r"])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "starts a fresh classifier" in err, err
+    (tmp_path / "lm.txt").write_text("hello world\n" * 30)
+    code, out, err = invoke(["train", tmp_path / "lm.txt", "--max-steps", 1, "--init-from", trained / "run",
+                             "--out", tmp_path / "r"])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "is a classifier" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_malformed_lines_name_the_first_line_and_count_them(tmp_path):
     (tmp_path / "bad.tsv").write_text("code\tx = 1\n\nno tab here\nprose\tHi there.\n\tno label\nprose\t\n")
     code, out, err = charrnn_run("train", tmp_path / "bad.tsv", *TINY, "--max-steps", 1, "--out", tmp_path / "r")

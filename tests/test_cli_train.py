@@ -378,7 +378,8 @@ def test_unknown_option_values_are_usage_errors(tmp_path, corpus_file, args):
 
 
 def test_missing_file_or_directory_is_a_usage_error(tmp_path):
-    for target in (tmp_path / "missing.txt", tmp_path):
+    # (an existing folder is a corpus: tests/test_folder_corpus.py)
+    for target in (tmp_path / "missing.txt", tmp_path / "missing" / "folder"):
         proc = charrnn("train", *TINY, target, "--out", tmp_path / "run")
         assert proc.returncode == 2
         assert "Usage:" in proc.stderr and "Traceback" not in proc.stderr

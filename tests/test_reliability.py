@@ -892,12 +892,21 @@ def test_a_hostile_corpus_is_a_one_line_error_or_trains(corpus_outcomes, name):
         assert "\0" in tokens
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory"])
-def test_a_missing_file_or_a_directory_is_a_usage_error(tmp_path, kind):
-    target = tmp_path / "missing.txt" if kind == "missing" else tmp_path
+def test_a_missing_file_is_a_usage_error(tmp_path):
+    target = tmp_path / "missing.txt"
     code, out, err = charrnn_run("train", target, *TINY, "--out", tmp_path / "run")
     assert code == 2 and out == "" and "Traceback" not in err
     assert str(target) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_directory_is_a_one_line_error(tmp_path):
+    # a folder is a corpus (tests/test_folder_corpus.py); one with no files has nothing to train on
+    target = tmp_path / "empty"
+    target.mkdir()
+    code, out, err = charrnn_run("train", target, *TINY, "--out", tmp_path / "run")
+    assert code == 1 and out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{target}: the folder holds no files" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -1,0 +1,124 @@
+"""Built-in corpora: named texts built from what every Python installation carries.
+
+Nothing is downloaded and no text is copied into this repository: each corpus
+is assembled, deterministically, from the running Python's own files and
+tables (so two Pythons of one version give the same corpus). corpora/README.md
+says how each is built, its size and what a short run reaches on it.
+
+- python-reference: the language reference (pydoc_data.topics), English prose
+- python-source: a few MB of the standard library's own .py files (tests left
+  out), whole files chosen in the order of a hash of their paths, EOS between files
+- unicode-names: the names of the Unicode characters (unicodedata), one a line
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+import unicodedata
+from dataclasses import dataclass
+
+from . import corpus
+from .errors import ConfigError, CorpusError
+
+# python-source takes whole files until it holds this many characters.
+SOURCE_CHARS = 3_000_000
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    name: str
+    mode: str          # the mode `charrnn train --corpus NAME` trains in unless --mode says otherwise
+    description: str
+
+
+CORPORA = {c.name: c for c in (
+    BuiltIn("python-reference", "stream", "the Python language reference (pydoc_data.topics), English prose"),
+    BuiltIn("python-source", "stream", "standard-library .py files, tests left out, whole files, EOS between"),
+    BuiltIn("unicode-names", "lines", "the names of the Unicode characters (unicodedata), one a line"),
+)}
+DEFAULT = "python-reference"
+
+
+def names() -> list[str]:
+    return list(CORPORA)
+
+
+def lookup(name: str) -> BuiltIn:
+    """The built-in corpus called name; ConfigError listing the names otherwise."""
+    if name not in CORPORA:
+        raise ConfigError(f"no built-in corpus called {name!r}; choose one of {', '.join(CORPORA)} "
+                          f"(charrnn corpora lists them)")
+    return CORPORA[name]
+
+
+def build(name: str):
+    """The text of a built-in corpus: a str, or corpus.Documents for python-source."""
+    lookup(name)
+    if name == "python-reference":
+        return corpus.default_corpus()
+    if name == "python-source":
+        return python_source()
+    return unicode_names()
+
+
+def stdlib_sources() -> list[str]:
+    """Relative paths of the standard library's .py files, tests, site-packages and hidden folders left out."""
+    root = sysconfig.get_paths()["stdlib"]
+    found = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in
+                         ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"))
+        for name in files:
+            if name.endswith(".py") and not name.startswith("test_"):
+                found.append(os.path.relpath(os.path.join(here, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def python_source(limit: int = SOURCE_CHARS) -> corpus.Documents:
+    """Whole standard-library .py files, in the order of the SHA-1 of their relative paths, while the
+    total stays under limit characters (a spread over the whole library, the same on every run)."""
+    root = sysconfig.get_paths()["stdlib"]
+    order = sorted(stdlib_sources(), key=lambda rel: hashlib.sha1(rel.encode()).hexdigest())
+    docs, total = corpus.Documents([], []), 0
+    for rel in order:
+        try:
+            with open(os.path.join(root, rel), "rb") as f:
+                text = corpus.decode_text(f.read(), rel)
+        except (OSError, CorpusError):
+            continue  # unreadable or not UTF-8 text: not part of the corpus
+        if total + len(text) > limit:
+            continue
+        docs.names.append(rel)
+        docs.texts.append(text)
+        docs.ends.append(True)
+        total += len(text)
+    if not docs.texts:
+        raise CorpusError(f"no standard-library source files found under {root}")
+    return docs
+
+
+def unicode_names() -> str:
+    """The Unicode character names this Python knows, one a line in code point order.
+
+    Left out: names made from the code point itself (CJK UNIFIED IDEOGRAPH-4E00, TANGUT
+    IDEOGRAPH-17000, ...) and the Hangul syllables, whose names are composed by a rule.
+    """
+    out = []
+    for cp in range(sys.maxunicode + 1):
+        name = unicodedata.name(chr(cp), "")
+        if not name or name.startswith("HANGUL SYLLABLE ") or name.endswith((f"{cp:04X}", f"{cp:05X}")):
+            continue
+        out.append(name)
+    return "\n".join(out) + "\n"
+
+
+def describe(name: str) -> dict:
+    """{"name", "mode", "description", "characters", "files"} of a built-in corpus (it is built to count)."""
+    text = build(name)
+    files = len(text.texts) if isinstance(text, corpus.Documents) else None
+    lines = text.count("\n") if isinstance(text, str) and CORPORA[name].mode == "lines" else None
+    return {"name": name, "mode": CORPORA[name].mode, "description": CORPORA[name].description,
+            "characters": len(text), "files": files, "lines": lines}

@@ -1,0 +1,192 @@
+"""A folder as a corpus (`charrnn train DIR`) and the built-in corpora (`--corpus NAME`, `charrnn corpora`)."""
+
+import hashlib
+import os
+import sysconfig
+import unicodedata
+
+import numpy as np
+import pytest
+
+from charrnn import corpora, corpus
+from charrnn.errors import CorpusError
+from charrnn.vocab import EOS, build_vocab
+from tiny_runs import invoke
+
+TINY = ["--cell", "gru", "--layers", "1", "--hidden", "8", "--embed", "4", "--batch-size", "2", "--seq-len", "6",
+        "--max-steps", "1", "--log-every", "1"]
+
+
+def make_tree(root, files: dict):
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_tree(tmp_path / "src", {
+        "b.txt": "bee buzz\n", "a.txt": "ant hill\nant farm\n", "sub/c.py": "print('c')\n",
+        "sub/deeper/d.txt": "deep down\n", ".hidden/x.txt": "hidden\n", ".dot.txt": "dot\n",
+        "pic.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "latin1.txt": b"caf\xe9\n", "utf16.txt": "hi".encode("utf-16"),
+        "empty.txt": b"",
+    })
+
+
+def data(run, name):
+    return np.load(run / "data" / name)
+
+
+def test_a_folder_is_read_recursively_in_sorted_order_skipping_binary_hidden_and_empty(tree):
+    docs = corpus.read_folder(tree)
+    assert docs.names == ["a.txt", "b.txt", "sub/c.py", "sub/deeper/d.txt"]
+    assert docs.texts == [(tree / n).read_text() for n in docs.names]
+    assert docs.skipped == ["latin1.txt", "pic.png", "utf16.txt"] and docs.empty == 1
+    assert len(docs) == sum(len(t) for t in docs.texts)
+    # --errors replace keeps the undecodable file, with U+FFFD for its bad byte
+    assert "caf\ufffd\n" in corpus.read_folder(tree, errors="replace").texts
+
+
+def test_glob_matches_file_names_in_every_subfolder_or_a_relative_path(tree):
+    assert corpus.read_folder(tree, "*.py").names == ["sub/c.py"]
+    assert corpus.read_folder(tree, "*.txt").names == ["a.txt", "b.txt", "sub/deeper/d.txt"]
+    assert corpus.read_folder(tree, "sub/*/*.txt").names == ["sub/deeper/d.txt"]
+
+
+def test_stream_mode_ends_every_file_with_eos_and_reports_what_it_skipped(tree, tmp_path):
+    code, out, err = invoke(["train", tree, *TINY, "--val-frac", "0.2", "--out", tmp_path / "run"])
+    assert code == 0, err
+    assert "4 text files" in err and "skipped 3 binary or undecodable: latin1.txt, pic.png, utf16.txt" in err
+    assert "skipped 1 empty" in err
+    assert "the last 20% of the text held out for validation (4 files are too few" in err
+    texts = [(tree / n).read_text() for n in ("a.txt", "b.txt", "sub/c.py", "sub/deeper/d.txt")]
+    whole = "".join(texts)
+    cut = len(whole) - int(len(whole) * 0.2)
+    vocab = build_vocab(whole[:cut])
+    # the reference: each file's ids, then EOS; the split falls at the same character as for one file
+    ids = np.concatenate([np.append(vocab.encode(t), EOS) for t in texts])
+    boundary = cut + sum(1 for k in range(len(texts)) if len("".join(texts[: k + 1])) <= cut)
+    run = tmp_path / "run"
+    np.testing.assert_array_equal(data(run, "train.npy"), ids[:boundary])
+    np.testing.assert_array_equal(data(run, "val.npy"), ids[boundary:])
+
+
+def test_enough_files_hold_out_whole_files_and_say_so(tmp_path):
+    files = {f"f{i:02d}.txt": f"file number {i} says {'la ' * (i % 5 + 3)}\n" for i in range(30)}
+    root = make_tree(tmp_path / "many", files)
+    code, _, err = invoke(["train", root, *TINY, "--out", tmp_path / "run"])
+    assert code == 0, err
+    assert "whole files held out for validation" in err
+    run = tmp_path / "run"
+    val, train = data(run, "val.npy"), data(run, "train.npy")
+    assert val[-1] == EOS and train[-1] == EOS
+    vocab = build_vocab("".join(files.values()))  # every character occurs in the training files too
+
+    def pieces(ids):
+        ends = np.flatnonzero(ids == EOS)
+        return [vocab.decode(ids[a + 1 if a >= 0 else 0:b]) for a, b in zip(np.r_[-1, ends[:-1]], ends)]
+
+    held, kept = pieces(val), pieces(train)
+    assert 1 <= len(held) < 30 and sorted(held + kept) == sorted(files.values())  # whole files, each once
+    share = sum(map(len, held)) / sum(map(len, files.values()))
+    assert 0.05 <= share <= 0.15
+
+
+def test_lines_mode_pools_the_lines_of_every_file(tree, tmp_path):
+    code, _, err = invoke(["train", tree, *TINY, "--mode", "lines", "--val-frac", "0.25", "--out", tmp_path / "r"])
+    assert code == 0, err
+    assert "a random 25% of the lines" in err
+    from charrnn import rundir
+    run = rundir.resume_run(str(tmp_path / "r"))
+
+    def lines(ids, offsets):
+        return [run.vocab.decode(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+
+    expected = ["ant hill", "ant farm", "bee buzz", "print('c')", "deep down"]
+    train, (val,) = lines(run.train_ids, run.train_offsets), lines(run.val_ids, run.val_offsets)
+    assert len(train) == 4 and set(train) < set(expected)
+    (missing,) = set(expected) - set(train)  # the held-out line (its characters unseen in training are UNK)
+    assert len(val) == len(missing) and all(a == b or a == "\ufffd" for a, b in zip(val, missing))
+
+
+@pytest.mark.parametrize("files, args, message", [
+    ({}, [], "the folder holds no files"),
+    ({"a.txt": "x\n"}, ["--glob", "*.py"], "holds no files matching '*.py'"),
+    ({"a.bin": b"\x00\x01\x02", "b.txt": b"", "c.txt": b"\xff\xfe\x00"}, [],
+     "no text file to train on among its 3 files: 2 binary or undecodable (a.bin, c.txt) and 1 empty"),
+])
+def test_a_folder_with_nothing_to_train_on_is_a_one_line_error(tmp_path, files, args, message):
+    root = make_tree(tmp_path / "d", files)
+    root.mkdir(exist_ok=True)
+    code, out, err = invoke(["train", root, *args, "--max-steps", "1"])
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("Error: ") and message in err, err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_glob_without_a_folder_and_a_corpus_twice_are_errors(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abc\n")
+    code, _, err = invoke(["train", text, "--glob", "*.py"])
+    assert code == 1 and "--glob chooses files in a folder" in err
+    code, _, err = invoke(["train", text, "--corpus", "unicode-names"])
+    assert code == 1 and "not both" in err
+
+
+# ---------------------------------------------------------------- built-in corpora
+
+
+def test_corpora_lists_every_built_in_corpus_with_its_mode_and_size():
+    code, out, err = invoke(["corpora"])
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {"python-reference", "python-source", "unicode-names"}
+    assert rows["python-reference"][1] == "stream"
+    assert rows["python-reference"][2] == f"{len(corpus.default_corpus()):,}"
+    assert rows["unicode-names"][1] == "lines"
+    assert rows["python-source"][2] == f"{len(corpora.python_source()):,}"
+
+
+def test_python_source_is_a_deterministic_slice_of_whole_stdlib_files():
+    docs = corpora.python_source()
+    again = corpora.python_source()
+    assert docs.names == again.names and docs.texts == again.texts
+    root = sysconfig.get_paths()["stdlib"]
+    assert 2_000_000 <= len(docs) <= corpora.SOURCE_CHARS
+    assert len(docs.names) > 50
+    for name, text in zip(docs.names, docs.texts):
+        assert name.endswith(".py") and "test" not in name.split("/")[:-1] and "site-packages" not in name
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            assert text == corpus.normalize_newlines(f.read())
+    keys = [hashlib.sha1(n.encode()).hexdigest() for n in docs.names]
+    assert keys == sorted(keys)  # spread over the library by hash, not the first files alphabetically
+    assert len({n.split("/")[0] for n in docs.names}) > 10
+
+
+def test_unicode_names_are_the_names_unicodedata_gives_without_the_numbered_ones():
+    lines = corpora.unicode_names().splitlines()
+    assert "LATIN SMALL LETTER A" in lines and "SNOWMAN" in lines and "SMILING FACE WITH SMILING EYES" in lines
+    assert not any(n.startswith(("CJK UNIFIED IDEOGRAPH-", "HANGUL SYLLABLE ")) for n in lines)
+    every = {unicodedata.name(chr(c), "") for c in range(0x110000)}
+    assert set(lines) <= every and len(lines) == len(set(lines)) > 20_000
+
+
+def test_train_on_a_built_in_corpus_takes_its_mode_and_names_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(["train", "--corpus", "unicode-names", *TINY])
+    assert code == 0, err
+    from charrnn import rundir
+    run = rundir.resume_run("checkpoints/unicode-names")
+    assert run.tconfig.mode == "lines"
+    assert run.vocab.decode(run.train_ids[run.train_offsets[0]:run.train_offsets[1]]) in \
+        corpora.unicode_names().splitlines()
+    code, out, err = invoke(["train", "--corpus", "shakespeare"])
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "no built-in corpus called 'shakespeare'; choose one of python-reference, python-source" in err
+
+
+def test_read_folder_refuses_a_file():
+    with pytest.raises(CorpusError, match="not a folder"):
+        corpus.read_folder(__file__)
