@@ -611,7 +611,7 @@ def eval_(text_file, checkpoint_path, errors, as_json, quiet):
 
 
 @cli.command("annotate")
-@click.argument("text_file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_checkpoint_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="The HTML page to write.  [default: annotate.html in the run directory]")

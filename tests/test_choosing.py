@@ -1,5 +1,6 @@
 """Which checkpoint a command uses, and how it is named: one rule for the CLI and for Python
-(a run directory means its best.safetensors), a stderr line saying which file was used, and
+(a run directory means its best.safetensors), a stderr line saying which file sample, eval and
+annotate used, and
 -c/--checkpoint on every command that reads a model."""
 
 import importlib.util
@@ -58,7 +59,10 @@ def test_sample_and_eval_name_the_checkpoint_they_use_on_stderr(run_dir, tmp_pat
     # a latest-weights file says the run's best so far, not a validation loss of its own
     code, _, err = invoke(["eval", "-c", os.path.join("checkpoints", "names", "model.safetensors")])
     assert code == 0 and err == f"using {os.path.join('checkpoints', 'names', 'model.safetensors')}\n"
-    for command in (["sample", "--length", 5], ["eval"]):
+    (tmp_path / "t.txt").write_text("abc bad cafe\n")
+    code, out, err = invoke(["annotate", "t.txt", "--json"])
+    assert code == 0 and out.startswith("{") and err == expected
+    for command in (["sample", "--length", 5], ["eval"], ["annotate", "t.txt", "--json"]):
         for quiet in ("-q", "--quiet"):
             code, out, err = invoke(command + [quiet])
             assert code == 0 and out and err == ""
@@ -84,6 +88,6 @@ def test_every_command_that_reads_a_model_takes_dash_c(run_dir, tmp_path):
         else:
             assert code == 0 and out_png.exists(), err
             out_png.unlink()
-    for command in ("info", "plot", "sample", "eval"):
+    for command in ("info", "plot", "sample", "eval", "annotate"):
         code, out, err = invoke([command, "-c", tmp_path / "nowhere"])
         assert code == 2 and out == "" and "does not exist" in err, (command, err)
