@@ -257,6 +257,8 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
                  if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
     if not open_keys:
         return None
+    if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
+        text = "\n".join(text.texts)
     share = 1.0 if val_text is not None else 1 - tconfig.val_frac
     n_tokens = int(count_tokens(text, tconfig.level) * share)
     n_lines = int(len([line for line in text.splitlines() if line.strip()]) * share) \

@@ -145,9 +145,9 @@ def test_init_from_a_corrupt_or_missing_file_is_a_one_line_error(base, content):
 
 def test_extend_vocab_needs_init_from(base):
     code, _, err = invoke(["train", base / "new.txt", "--extend-vocab", "--max-steps", "1"])
-    assert code == 1 and "--extend-vocab extends the vocabulary of the model given by --init-from" in err
+    assert code == 2 and "--extend-vocab extends the vocabulary of the model given by --init-from" in err
 
 
 def test_init_from_cannot_be_given_with_resume(base):
     code, _, err = invoke(["train", "--resume", base / "base", "--init-from", base / "base"])
-    assert code == 1 and "--init-from cannot be given with --resume" in err
+    assert code == 2 and "--init-from cannot be given with --resume" in err
