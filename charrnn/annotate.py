@@ -32,7 +32,7 @@ import numpy as np
 
 from . import cells, corpus
 from .cells import EXTRA, STATES
-from .errors import ConfigError
+from .errors import ConfigError, CorpusError
 from .evaluate import Score
 from .vocab import UNK, tokenize
 
@@ -159,7 +159,7 @@ def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CH
     vocab, config = model.vocab, model.config
     pieces, piece_row, piece_step, sequences = _layout(text, vocab, model.lines)
     if not any(len(targets) for _, targets, _ in sequences):
-        raise ConfigError("nothing to annotate: the text needs at least two tokens"
+        raise CorpusError("nothing to annotate: the text needs at least two tokens"
                           + (" (or one non-empty line)" if model.lines else ""))
     k = min(top_k, config.vocab_size)
     weights = _float64_layers(model.params, config)

@@ -20,8 +20,9 @@ import numpy as np
 
 from . import corpora, corpus, evaluate, rundir, runtime, sampling
 from . import loop as training
-from .config import RESUMABLE, TrainConfig, fill_auto_settings, parse_duration
-from .errors import ConfigError
+from .config import RESUMABLE, TrainConfig, count_tokens, fill_auto_settings, parse_duration
+from .errors import ConfigError, CorpusError
+from .model import ModelConfig
 from .evaluate import Score
 
 
@@ -102,7 +103,7 @@ class Model:
         - name: what an error message calls the text (the CLI passes the file's name)
 
         Returns a Score: .loss (nats per token), .perplexity, .bits_per_token, .tokens, .unknown.
-        ConfigError when there is nothing to score (fewer than two tokens).
+        CorpusError when there is nothing to score (fewer than two tokens).
         """
         self._need("a language model", "scores labels, not text: use evaluate()")
         if text is None:
@@ -114,7 +115,7 @@ class Model:
                                         self.lines)
             source = name
         if score.tokens == 0:
-            raise ConfigError(f"nothing to score in {source}: it needs at least two tokens")
+            raise CorpusError(f"nothing to score in {source}: it needs at least two tokens")
         return score
 
     def heldout_text(self) -> str:
@@ -231,7 +232,7 @@ MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirect
 # What a fresh run uses for an option not given. None: chosen from the corpus and the budget (auto).
 MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None, "dropout": None,
                   "dtype": "float32", "bidirectional": False, "pool": "mean"}
-TRAIN_AUTO = {"batch_size": None, "lr": None, "schedule": None, "warmup": None}
+TRAIN_AUTO = {"batch_size": None, "seq_len": None, "lr": None, "schedule": None, "warmup": None}
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
 
 
@@ -292,6 +293,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         with rundir.writing(resume, create=False, lock=lock):
             run = rundir.resume_run(resume, overrides)
             emit({"event": "message", "text": f"Resuming {resume} at step {run.step}"}, run)
+            if "lr_before" in run.extra:
+                tc = run.tconfig
+                emit({"event": "message", "text": f"The budget changed: the learning rate goes on from "
+                      f"{run.extra['lr_before']:.3g} and its cosine decay now ends, at {tc.lr * tc.min_lr_ratio:.3g}, "
+                      f"with the new budget."}, run)
             _train_events(run, emit, stop)
         return resume
 
@@ -417,12 +423,33 @@ def _train_events(run, emit, stop) -> None:
         emit(event, run)
 
 
+def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:
+    """Tokens per second of training steps for the chosen settings (see train.measure_speed)."""
+    level = tconfig.level
+    if level == "char":
+        vocab_size = len(set(text)) + 3
+    else:
+        vocab_size = min(len(set(text.split())), tconfig.max_vocab or 1 << 62) + 3
+    lines = corpus.split_lines(text) if tconfig.mode == "lines" else None
+    line_length = count_tokens("\n".join(lines), level) / len(lines) + 1 if lines else None  # + the end token
+    try:
+        config = ModelConfig(vocab_size=max(vocab_size, 4), **model_options)
+    except ConfigError:
+        return None  # a bad option: start_run reports it
+    return training.measure_speed(config, tconfig, line_length)
+
+
 def _settings_line(text, val_text, tconfig, model_options) -> str | None:
     """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
-    chosen = fill_auto_settings(text, val_text, tconfig, model_options)
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure)
     if chosen is None:
         return None
     values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
                        for k in chosen["keys"])
-    return (f"Settings for {chosen['n_tokens']:,} characters and about {chosen['passes']:.1f} passes over them: "
-            f"{values} (set them to override)")
+    unit = "characters" if tconfig.level == "char" else "word-level tokens"
+    if chosen["speed"] is None:
+        basis = "from the budget"
+    else:
+        basis = f"at {chosen['speed']:,.0f} tokens/s, {'measured' if chosen['speed_measured'] else 'nominal'}"
+    return (f"Settings for {chosen['n_tokens']:,} {unit} and about {chosen['passes']:,.1f} passes over them "
+            f"({basis}): {values} (set them to override)")

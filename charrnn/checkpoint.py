@@ -45,7 +45,7 @@ import safetensors.numpy
 
 from . import __version__, atomic
 from .errors import CheckpointError, ConfigError
-from .layout import MODEL_FILE, STATE_FILE  # what load_model and load_state read when given a run directory
+from .layout import STATE_FILE, run_model_file  # what load_state and load_model read when given a run directory
 from .model import ModelConfig, param_shapes
 
 FORMAT_VERSION = 1
@@ -296,10 +296,12 @@ def model_file(path, params: dict, config: ModelConfig, extra_meta: dict | None 
 def load_model(path) -> tuple[dict, ModelConfig, dict]:
     """Read and validate a model file.
 
-    - path: a model file, or a run directory holding MODEL_FILE
+    - path: a model file, or a run directory: its best.safetensors, else its model.safetensors
+      (layout.run_model_file, the file the CLI picks for the same directory)
     Output: (params dict name -> ndarray, ModelConfig, meta dict). CheckpointError on any problem.
     """
-    path = _resolve(path, MODEL_FILE)
+    path = os.fspath(path)
+    path = run_model_file(path) if os.path.isdir(path) else path
     params, meta = load_tensors(path)
     _check_kind(meta, "model", path)
     try:

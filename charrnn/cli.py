@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime, sampling
 from .annotate import MAX_CHARS
 from .classifier import POOLS
-from .config import MODES, NONFINITE, TASKS
+from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
 from .errors import CharRNNError, ConfigError
 from .cells import TORCH_CELLS
 from .model import CELLS, DTYPES
@@ -61,7 +61,8 @@ def option(*args, **kwargs):
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1.5h', '2d' or plain seconds -> seconds; a usage error (exit 2) otherwise."""
+    """'90s', '10m', '1m30s', '1h30m', '1.5h', '2d' or plain seconds -> seconds (config.parse_duration);
+    a usage error (exit 2) otherwise."""
     try:
         return config.parse_duration(text)
     except ConfigError as exc:
@@ -156,7 +157,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget." + AUTO)
 @option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up." + AUTO)
 @option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
-@option("--seq-len", type=int, default=100, group=OPTIM, help="Time steps per truncated-BPTT window.")
+@option("--seq-len", type=int, default=None, group=OPTIM, help="Time steps per truncated-BPTT window." + AUTO)
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
 @option("--threads", type=int, default=2, group=OPTIM,
         help="Cut each batch into this many row blocks, one thread each. A setting, not a count of cores: "
@@ -164,8 +165,11 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
 @option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
 @option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
-        help="Stop after this much wall time, such as 90s, 10m, 1h.  [default: 5m when no budget is given]")
+        help="Stop after this much wall time, such as 90s, 10m, 1m30s, 1h30m, 1.5h.  [default: 5m when no budget is given]")
 @option("--eval-every", type=int, default=200, group=OUTPUT, help="Evaluate and save every N steps.")
+@option("--patience", type=int, default=DEFAULT_PATIENCE, group=OUTPUT,
+        help="Stop after this many evaluations in a row without a new best validation loss, keeping the best "
+             "(0: never stop early).")
 @option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
         help="Validation tokens scored per evaluation (charrnn eval scores them all).")
 @option("--log-every", type=int, default=10, group=OUTPUT, help="Write a log.jsonl line every N steps.")
@@ -173,7 +177,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="What to do when the loss or a gradient is not finite.")
 @option("--out", type=click.Path(file_okay=False), default=None, group=OUTPUT,
         help="Run directory.  [default: checkpoints/<corpus name>]")
-@option("--resume", type=click.Path(file_okay=False), default=None, group=OUTPUT,
+@option("--resume", type=click.Path(exists=True, file_okay=False), default=None, group=OUTPUT,
         help="Continue the run in this directory exactly where it stopped. Budgets given now replace the "
              "run's budgets and count the whole run.")
 @option("--no-lock", is_flag=True, default=False, group=OUTPUT,
@@ -194,8 +198,8 @@ def train(ctx, corpus_file, builtin, pattern, val_file, errors, out, resume, qui
     \b
     Examples:
       charrnn train                                  # built-in corpus, 5 minutes
-      charrnn train shakespeare.txt --max-time 10m
-      charrnn train names.txt --mode lines --max-epochs 20
+      charrnn train tinyshakespeare.txt --max-time 10m
+      charrnn train names.txt --mode lines --max-time 2m    # stops early once it only overfits
       charrnn train kinds.tsv --task classify --bidirectional --max-time 5m
       charrnn train src/ --glob '*.py' --max-time 10m
       charrnn train --corpus unicode-names --max-time 5m
@@ -274,15 +278,16 @@ class _TrainingView:
                  f"{f', classifier over {run.config.classes} labels' if run.config.classes else ''}, "
                  f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
                  f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
+            self.speed_key = "chars/s" if run.vocab.level == "char" else "tokens/s"
             if self.show_bar:
                 total = event["total_steps"]
-                self.bar = tqdm(total=total if total else (tc.max_time or None), initial=0 if not total else
-                                min(run.step, total), unit="step" if total else "s", file=sys.stderr,
-                                dynamic_ncols=True, leave=True,
-                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
-                if not total:
-                    self.bar.n = run.elapsed
                 self.step_mode = bool(total)
+                if self.step_mode:
+                    self.bar = tqdm(total=total, initial=min(run.step, total), unit="step", file=sys.stderr,
+                                    dynamic_ncols=True, leave=True,
+                                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+                else:
+                    self.bar = _time_bar(tqdm, tc.max_time, run.elapsed, run.step)
         elif kind == "skip" and bar is not None and self.step_mode:
             bar.update(1)
         elif kind == "step" and bar is not None:
@@ -290,7 +295,8 @@ class _TrainingView:
                 bar.update(1)
             else:
                 bar.n = min(event["elapsed"], bar.total)
-            self.postfix = {"loss": f"{event['loss']:.3f}", "chars/s": f"{event['chars_per_sec']:,.0f}"}
+                bar.steps = event["step"]
+            self.postfix = {"loss": f"{event['loss']:.3f}", self.speed_key: f"{event['chars_per_sec']:,.0f}"}
             if self.last_val is not None:
                 self.postfix["val"] = f"{self.last_val:.3f}"
             bar.set_postfix(self.postfix, refresh=True)
@@ -305,20 +311,51 @@ class _TrainingView:
         elif kind == "end":
             if bar is not None:
                 bar.close()
-            if event["reason"] != "interrupted" and event["step"] == self.start_step:
+            if event["reason"] == "early_stop" and event["step"] == self.start_step:
+                info(f"The run has already stopped early ({event['patience']} evaluations without a new best); "
+                     f"give a larger --patience, or --patience 0, to train further.", quiet)
+            elif event["reason"] != "interrupted" and event["step"] == self.start_step:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
             _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token")
+
+
+def _time_bar(tqdm, total_seconds: float, elapsed: float, step: int):
+    """A tqdm bar for a time budget: training time so far / the budget, as durations, and the step count,
+    such as ` 12%|##    | 35s/5m00s, step 812 [4m25s left, loss=1.234, chars/s=30,000]`."""
+
+    class TimeBar(tqdm):
+        steps = step
+
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            d.update(n_fmt=format_duration(d["n"]), total_fmt=format_duration(d["total"]), steps=f"{self.steps:,}",
+                     left=format_duration(max(0.0, d["total"] - d["n"])))
+            return d
+
+    bar = TimeBar(total=total_seconds, initial=0, file=sys.stderr, dynamic_ncols=True, leave=True,
+                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}, step {steps} [{left} left{postfix}]")
+    bar.n = min(elapsed, total_seconds)
+    return bar
 
 
 def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
     best = event["best_val"]
     best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/{unit})" if best is not None else \
         "no validation data"
+    if best is not None and event.get("best_step") is not None:
+        best_text += f" at step {event['best_step']:,}"
     why = {"max_steps": "step budget", "max_epochs": "epoch budget", "max_time": "time budget",
-           "interrupted": "interrupted"}[event["reason"]]
+           "interrupted": "interrupted",
+           "early_stop": f"stopped early: no new best val loss in {event.get('patience')} evaluations"}[event["reason"]]
     skipped = f", {event['skipped']} non-finite steps skipped" if event["skipped"] else ""
-    saved = f"saved {event['model']}" if os.path.exists(event["model"]) else "nothing saved"
+    if not os.path.exists(event["model"]):
+        saved = "nothing saved"
+    elif os.path.exists(event["best"]):
+        saved = f"saved {event['model']} (latest) and {event['best']} (best: sample and eval use it)"
+    else:
+        saved = f"saved {event['model']}"
     info(f"Done ({why}): {event['step']} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
          f"{saved}", quiet)
 
@@ -326,9 +363,38 @@ def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
 # ---------------------------------------------------------------- loading a model
 
 
+CHECKPOINT_HELP = ("A run directory (its best.safetensors) or a model file.  "
+                   "[default: the newest run under checkpoints/]")
+
+
 def _checkpoint_option(f):
-    return click.option("--checkpoint", "-c", "checkpoint_path", type=click.Path(), default=None,
-                        help="A run directory or a model file.  [default: the newest run under checkpoints/]")(f)
+    return click.option("--checkpoint", "-c", "checkpoint_path", type=click.Path(exists=True), default=None,
+                        help=CHECKPOINT_HELP)(f)
+
+
+def _quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, default=False,
+                        help="Do not name the checkpoint used on stderr.")(f)
+
+
+def _one_checkpoint(positional: str | None, option_value: str | None, name: str) -> str | None:
+    """The checkpoint named by a command's positional argument or its -c/--checkpoint (not two different ones)."""
+    if positional is not None and option_value is not None and \
+            os.path.abspath(positional) != os.path.abspath(option_value):
+        raise click.UsageError(f"give the checkpoint once: {name} {positional!r} or --checkpoint "
+                               f"{option_value!r}, not both")
+    return positional if positional is not None else option_value
+
+
+def _using(model, quiet: bool) -> None:
+    """One stderr line naming the model file a command reads (an api.Model), with its step and validation loss."""
+    model_file, training = model.path, model.meta.get("training", {})
+    parts = [f"step {training['step']:,}"] if "step" in training else []
+    best = training.get("best_val_loss")
+    if best is not None:
+        label = "val" if os.path.basename(model_file) == layout.BEST_FILE else "best val so far"
+        parts.append(f"{label} {best:.3f}")
+    info(f"using {model_file}" + (f" ({', '.join(parts)})" if parts else ""), quiet)
 
 
 # ---------------------------------------------------------------- sample
@@ -356,8 +422,9 @@ def _checkpoint_option(f):
               help="With --interactive: how many of the likeliest next tokens to offer.")
 @click.option("--chunk", type=int, default=40, show_default=True,
               help="With --interactive: tokens the model writes when you press Enter.")
+@_quiet_option
 def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed, novelty,
-           interactive, choices, chunk):
+           interactive, choices, chunk, quiet):
     """Generate text from a trained model, streamed to stdout.
 
     Each sample stops at the end-of-sequence token or after --length tokens.
@@ -384,6 +451,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
     # the options and the prime are checked here, before anything is written
     pieces = model.sample_pieces(num_samples, prime=prime, length=length, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed)
+    _using(model, quiet)
     echo = "" if no_prime_echo else prime
     separator = "\n" if model.lines else "\n\n"
     first = []  # the first sample's text (for --novelty)
@@ -501,14 +569,17 @@ def _token_label(vocab, token: int) -> str:
 
 # ---------------------------------------------------------------- eval
 
+UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this are unknown
+
 
 @cli.command("eval")
-@click.argument("text_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @_checkpoint_option
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_(text_file, checkpoint_path, errors, as_json):
+@_quiet_option
+def eval_(text_file, checkpoint_path, errors, as_json, quiet):
     """Score TEXT_FILE, or the run's held-out split, with a trained model.
 
     Reports the mean negative log-likelihood per token (nats), perplexity,
@@ -531,7 +602,13 @@ def eval_(text_file, checkpoint_path, errors, as_json):
     else:
         score = model.score(corpus.read_text(text_file, errors), name=text_file)
         source = text_file
+    _using(model, quiet)
     result = score.as_dict()
+    if result["unknown"] > UNKNOWN_WARN_SHARE * result["tokens"]:
+        info(f"Warning: {result['unknown']:,} of the {result['tokens']:,} tokens scored "
+             f"({result['unknown'] / result['tokens']:.1%}) are not in the model's vocabulary. Each is scored as the "
+             f"model's probability of its unknown token, which training rarely saw, so the figures below say little "
+             f"about this text; train on text like it, or with --min-count or --max-vocab to give <unk> examples.")
     if as_json:
         # NaN is not JSON: a broken model's non-finite figures become null
         click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
@@ -607,7 +684,7 @@ def classify(text_file, checkpoint_path, top_k, errors):
 
 
 @cli.command("annotate")
-@click.argument("text_file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_checkpoint_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="The HTML page to write.  [default: annotate.html in the run directory]")
@@ -619,7 +696,8 @@ def classify(text_file, checkpoint_path, top_k, errors):
               help="Annotate at most this many characters (the rest is cut, with a notice).")
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
-def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_chars, errors):
+@_quiet_option
+def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_chars, errors, quiet):
     """See inside a model: score TEXT_FILE (or - for stdin) character by character.
 
     Writes one self-contained HTML page (it opens offline and can be mailed):
@@ -647,6 +725,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     else:
         text, source = model.heldout_text(), "the held-out split"
     ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
+    _using(model, quiet)
     if ann.cut:
         info(f"Annotating the first {ann.text_chars:,} characters of {source}; {ann.cut:,} more are cut "
              f"(--max-chars sets the limit)")
@@ -685,24 +764,43 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
 # ---------------------------------------------------------------- info and plot
 
 
+def _word_preview(tokens: list[str], words: int = 20, spaces: int = 6) -> str:
+    """Word-level tokens for `info`: words first, then whitespace tokens quoted (' ', '\\n'), so none is invisible."""
+    plain = [t for t in tokens if not t.isspace()]
+    blank = [t for t in tokens if t.isspace()]
+    text = " ".join(plain[:words]) + (" ..." if len(plain) > words else "")
+    if blank:
+        text += (f"{'; ' if plain else ''}{len(blank)} whitespace token{'s' if len(blank) != 1 else ''}: "
+                 + " ".join(repr(t) for t in blank[:spaces]) + (" ..." if len(blank) > spaces else ""))
+    return text
+
+
 @cli.command("info")
-@click.argument("checkpoint_path", required=False, type=click.Path())
-def info_(checkpoint_path):
+@click.argument("checkpoint", required=False, type=click.Path(exists=True))
+@_checkpoint_option
+def info_(checkpoint, checkpoint_path):
     """Describe a trained model: architecture, vocabulary, training, files.
 
-    CHECKPOINT_PATH is a run directory or a model file (default: the newest
-    run under checkpoints/).
+    CHECKPOINT (or -c CHECKPOINT) is a run directory, meaning its
+    best.safetensors, or a model file (default: the newest run under
+    checkpoints/).
 
     \b
-    Example:
+    Examples:
       charrnn info checkpoints/shakespeare
+      charrnn info -c checkpoints/shakespeare/model.safetensors
     """
+    checkpoint_path = _one_checkpoint(checkpoint, checkpoint_path, "CHECKPOINT")
     params, config, vocab, meta, model_file = rundir.load_checkpoint(checkpoint_path)
     n_params = sum(p.size for p in params.values())
     data = meta.get("data", {})
     trained = meta.get("training", {})
     regular = [t for t in vocab.tokens[3:]]
-    preview = "".join(regular[:60]) if vocab.level == "char" else " ".join(regular[:20])
+    if vocab.level == "char":
+        preview = "".join(regular[:60]).replace("\n", "\\n").replace("\t", "\\t") + \
+            (" ..." if len(regular) > 60 else "")
+    else:
+        preview = _word_preview(regular)
     kind = ""
     if config.classes:
         kind = (f", {'bidirectional ' if config.bidirectional else ''}classifier over {config.classes} labels "
@@ -713,7 +811,7 @@ def info_(checkpoint_path):
         ("parameters", f"{n_params:,}"),
         ("torch.nn", torch_loadable(config)),
         ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
-        ("tokens", preview.replace("\n", "\\n").replace("\t", "\\t") + (" ..." if len(regular) > 60 else "")),
+        ("tokens", preview),
         ("data", "label<TAB>text lines" if config.classes else
                  f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
     ]
@@ -770,20 +868,27 @@ def corpora_():
 
 
 @cli.command()
-@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path(exists=True))
+@_checkpoint_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="PNG file to write.  [default: RUN_DIR/loss.png]")
-def plot(run_dir, out_path):
+def plot(run_dir, checkpoint_path, out_path):
     """Plot a run's training and validation loss curves to a PNG.
 
-    Needs matplotlib (pip install 'charrnn[plot]').
+    RUN_DIR (or -c RUN_DIR) is a run directory, or a model file in one
+    (default: the newest run under checkpoints/). Needs matplotlib
+    (pip install matplotlib).
 
     \b
-    Example:
+    Examples:
       charrnn plot checkpoints/shakespeare
+      charrnn plot -c checkpoints/shakespeare --out curves.png
     """
+    run_dir = _one_checkpoint(run_dir, checkpoint_path, "RUN_DIR")
     if run_dir is None:
         run_dir = os.path.dirname(rundir.find_checkpoint(None))
+    elif not os.path.isdir(run_dir):  # a model file: its run directory
+        run_dir = os.path.dirname(os.path.abspath(run_dir))
     records = report.read_log(os.path.join(run_dir, layout.LOG_FILE))
     out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
     report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
@@ -798,8 +903,14 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"Warning: {message}", err=True)
 
 
+# Exit statuses, one rule for every command (README, "Exit status"): 2 when the command line is wrong
+# (click's usage errors, a file named on it that does not exist, and ConfigError: an option value or a
+# combination of options no run can use), 1 for every other failure, 128 + N after signal N.
+USAGE_EXIT, FAILURE_EXIT = 2, 1
+
+
 def main(argv=None) -> None:
-    """Console entry point: library errors become one line on stderr and exit 1."""
+    """Console entry point: library errors become one line on stderr and exit 2 (ConfigError) or 1."""
     runtime.keep_freed_memory()
     warnings.showwarning = _warning_line
     try:
@@ -814,14 +925,14 @@ def main(argv=None) -> None:
         sys.exit(exc.exit_code)
     except CharRNNError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(USAGE_EXIT if isinstance(exc, ConfigError) else FAILURE_EXIT)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except MemoryError:
         click.echo("Error: out of memory; try a smaller --batch-size, --hidden or --seq-len", err=True)
-        sys.exit(1)
+        sys.exit(FAILURE_EXIT)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
-        sys.exit(1)
+        sys.exit(FAILURE_EXIT)

@@ -19,6 +19,10 @@ from .errors import ConfigError
 MODES = ("stream", "lines")
 TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
 NONFINITE = ("stop", "skip")
+# Early stopping: evaluations in a row without a new best validation loss before a run stops. A run that
+# still learns sets a new best at almost every evaluation (the names runs of README's Quality section went at
+# most PATIENCE_MEASURED evaluations without one before their best); one that only overfits never does.
+DEFAULT_PATIENCE = 5
 
 
 @dataclass
@@ -49,6 +53,7 @@ class TrainConfig:
     # cadence and reproducibility
     eval_every: int = 200              # evaluate and save the latest checkpoint every N steps
     eval_tokens: int | None = 200_000  # validation tokens scored per evaluation (None: all)
+    patience: int = DEFAULT_PATIENCE   # stop after this many evaluations without a new best (0: never)
     log_every: int = 10                # one log.jsonl line per N steps
     seed: int = 0
     on_nonfinite: str = "stop"         # "stop" or "skip" a step whose loss or gradient is not finite
@@ -78,7 +83,7 @@ class TrainConfig:
         # types and magnitudes first (a resumed run reads these from a file), so the checks below
         # cannot fail otherwise; every value must also be storable as JSON in the state file
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
-                     "max_steps", "eval_tokens", "max_vocab", "threads"):
+                     "max_steps", "eval_tokens", "max_vocab", "threads", "patience"):
             value = getattr(self, name)
             if value is not None and not (is_number(value, integer=True) and abs(value) < 2**63):
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {value!r:.40}")
@@ -92,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if not 1 <= self.threads <= 64:
             raise ConfigError(f"threads must be between 1 and 64, got {self.threads}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be a non-negative integer (0: no early stopping), got {self.patience}")
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
@@ -123,21 +130,32 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def parse_duration(value) -> float | None:
-    """A duration: '90s', '10m', '1.5h', '2d', plain seconds as text, or a number of seconds -> seconds.
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 
-    None stays None; ConfigError for anything else (or a duration that is not positive).
+
+def parse_duration(value) -> float | None:
+    """A duration -> seconds: a number of seconds, plain seconds as text ('90'), one unit ('90s', '10m',
+    '1.5h', '2d') or several in order, as the tool prints durations ('1m30s', '5m08s', '1h30m', '1h05m00s').
+
+    None stays None; ConfigError for anything else (or a duration that is not positive and finite).
     """
     if value is None:
         return None
     if is_number(value):
         seconds = float(value)
+    elif isinstance(value, str):
+        compact = value.strip().lower()
+        if re.fullmatch(_NUMBER, compact):
+            seconds = float(compact)
+        elif compact and re.fullmatch(rf"(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?", compact):
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in re.findall(rf"({_NUMBER})([dhms])", compact))
+        else:
+            seconds = 0.0
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", value) if isinstance(value, str) else None
-        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)] \
-            if match else 0.0
-    if not seconds > 0:
-        raise ConfigError(f"{value!r} is not a duration such as 90s, 10m or 1h")
+        seconds = 0.0
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"{value!r} is not a duration such as 90s, 10m, 1h30m or 1.5h")
     return seconds
 
 
@@ -152,68 +170,117 @@ def is_number(value, integer: bool = False) -> bool:
 
 
 # Options that may change when a run is resumed; the rest define the run.
-RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite")
+RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite",
+             "patience")
 
 
 # ---------------------------------------------------------------- defaults that fit the data
 
-# Training speed of a 2-layer LSTM (B 16, T 100) by hidden size, in characters
-# per second on the 2-core reference machine. Only used to estimate how many
-# passes over the data a time budget buys.
-NOMINAL_CHARS_PER_SEC = {128: 40_000, 256: 13_000, 512: 4_000}
+# Training speed by hidden size, in tokens per second on the 2-core reference machine (stream mode,
+# B 16, T 100). Only a fallback: the CLI measures the chosen model's speed when a time budget bounds
+# the run (train.measure_speed), and says which it used.
+NOMINAL_CHARS_PER_SEC = {64: 150_000, 128: 40_000, 256: 13_000, 512: 4_000}
 # A starting learning rate per optimizer, for batches of 16 to 32 streams.
 AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
-AUTO_TRAIN_KEYS = ("batch_size", "lr", "schedule", "warmup")
+AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
+MIN_WINDOWS = 4  # stream mode: a small text still makes at least this many batches per pass
 
 
-def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char") -> dict:
-    """Model size, batch, learning rate, dropout and schedule for n_tokens and the run's budget.
+def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", chars_per_sec: float | None = None,
+                  n_lines: int | None = None) -> dict:
+    """Model size, batch, sequence length, learning rate, dropout and schedule for n_tokens and the budget.
 
     Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
     (bench/quality.py): small batches take more steps per second of data.
-    - hidden: 128 below 200 thousand tokens, 256 below 5 million, else 512 (2 layers)
-    - batch: 16 streams below 5 million tokens, else 32; lr by optimizer (AUTO_LR)
+    - hidden: 64 (one layer) below 20 thousand tokens, 128 below 200 thousand,
+      256 below 5 million, else 512 (two layers from 20 thousand)
+    - batch: 16 streams below 5 million tokens, else 32; seq_len 100; in stream
+      mode both shrink (seq_len to no less than 8 first, then the batch) until
+      the text makes MIN_WINDOWS batches; in lines mode at most a quarter of the lines
+    - lr by optimizer (AUTO_LR)
     - dropout: by the passes over the data the budget buys: none under 3,
       0.1 under 8, else 0.2 (small data seen many times needs it most)
     - schedule: cosine decay over the budget after a 50-step linear warm-up
-    Returns a dict with the keys of AUTO_KEYS and "passes" (the estimate used).
+    - chars_per_sec: the measured speed of this model (None: NOMINAL_CHARS_PER_SEC), for a time budget
+    - n_lines: lines mode: the number of training lines
+    Returns a dict with the keys of AUTO_KEYS, "passes" (the estimate used) and "speed" (the tokens per
+    second it assumed, or None when no time budget bounds the run) and "speed_measured".
     """
-    hidden = 128 if n_tokens < 200_000 else 256 if n_tokens < 5_000_000 else 512
-    batch = tconfig.batch_size or (16 if n_tokens < 5_000_000 else 32)
-    budgets = []
+    n = max(int(n_tokens), 1)
+    small = n < 20_000
+    hidden = 64 if small else 128 if n < 200_000 else 256 if n < 5_000_000 else 512
+    layers = 1 if small else 2
+    embed = (32 if small else 64) if level == "char" else (64 if small else 128)
+    batch = tconfig.batch_size or (16 if n < 5_000_000 else 32)
+    seq_len = tconfig.seq_len or 100
+    if tconfig.mode == "stream":
+        if tconfig.seq_len is None:
+            seq_len = min(100, max(8, (n - 1) // (MIN_WINDOWS * batch)))
+        if tconfig.batch_size is None:
+            batch = min(batch, max(1, (n - 1) // (MIN_WINDOWS * seq_len)))
+    elif tconfig.batch_size is None and n_lines is not None:
+        batch = min(batch, max(1, n_lines // MIN_WINDOWS))
+    budgets, speed = [], None
     if tconfig.max_time is not None:
-        budgets.append(NOMINAL_CHARS_PER_SEC[hidden] * tconfig.max_time / max(n_tokens, 1))
+        speed = chars_per_sec or NOMINAL_CHARS_PER_SEC[hidden]
+        budgets.append(speed * tconfig.max_time / n)
     if tconfig.max_epochs is not None:
         budgets.append(tconfig.max_epochs)
     if tconfig.max_steps is not None:
-        budgets.append(tconfig.max_steps * batch * tconfig.seq_len / max(n_tokens, 1))
+        per_step = batch * seq_len if tconfig.mode == "stream" else batch * n / max(n_lines or 1, 1)
+        budgets.append(tconfig.max_steps * per_step / n)
     passes = min(budgets) if budgets else 1.0
     dropout = 0.0 if passes < 3 else 0.1 if passes < 8 else 0.2
     warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
-    return {"layers": 2, "hidden": hidden, "embed": 64 if level == "char" else 128, "dropout": dropout,
-            "batch_size": batch, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
-            "warmup": warmup, "passes": passes}
+    return {"layers": layers, "hidden": hidden, "embed": embed, "dropout": dropout,
+            "batch_size": batch, "seq_len": seq_len, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
+            "warmup": warmup, "passes": passes, "speed": speed,
+            "speed_measured": speed is not None and chars_per_sec is not None}
 
 
+def count_tokens(text: str, level: str) -> int:
+    """How many tokens text holds at this level (characters, or words as vocab.WORD_PATTERN splits them)."""
+    if level == "char":
+        return len(text)
+    from .vocab import WORD_PATTERN
+    return sum(1 for _ in WORD_PATTERN.finditer(text))
 
-def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, model_options: dict) -> dict | None:
+
+def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, model_options: dict,
+                       measure=None) -> dict | None:
     """Choose the AUTO_KEYS the user left open (None) in tconfig and model_options, in place.
 
     - text, val_text: the corpus and the separate validation text (None: val_frac is held out)
+    - measure: optional function(model_options, tconfig, text) -> tokens per second of training steps for
+      the chosen settings; called when a time budget bounds the run and the dropout is open (it depends
+      on the passes the budget buys); without it the passes come from NOMINAL_CHARS_PER_SEC
     Returns None when nothing was open, else {"keys": the keys chosen, "n_tokens": the training
-    tokens they were chosen for, "passes": the passes over them the budget buys}.
+    tokens they were chosen for, "passes": the passes over them the budget buys, "speed" and
+    "speed_measured": the tokens per second that estimate assumed (None: no time budget)}.
     """
     open_keys = [k for k in AUTO_KEYS
                  if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
     if not open_keys:
         return None
-    n_tokens = len(text) if val_text is not None else int(len(text) * (1 - tconfig.val_frac))
-    auto = auto_settings(n_tokens, tconfig, tconfig.level)
+    if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
+        text = "\n".join(text.texts)
+    share = 1.0 if val_text is not None else 1 - tconfig.val_frac
+    n_tokens = int(count_tokens(text, tconfig.level) * share)
+    n_lines = int(len([line for line in text.splitlines() if line.strip()]) * share) \
+        if tconfig.mode == "lines" else None
+    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines)
     for key in open_keys:
         if key in model_options:
             model_options[key] = auto[key]
         else:
             setattr(tconfig, key, auto[key])
-    return {"keys": open_keys, "n_tokens": n_tokens, "passes": auto["passes"]}
+    if measure is not None and tconfig.max_time is not None and "dropout" in open_keys:
+        speed = measure(model_options, tconfig, text)
+        if speed:
+            measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines)
+            model_options["dropout"] = measured["dropout"]
+            auto = measured
+    return {"keys": open_keys, "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
+            "speed_measured": auto["speed_measured"]}

@@ -1,8 +1,10 @@
 """The names of the files in a run directory, and where runs live by default.
 
-A leaf: it imports nothing, so both the checkpoint format (which opens a run
+A leaf: it imports nothing of charrnn, so both the checkpoint format (which opens a run
 directory's model or state file) and the run directory code can share it.
 """
+
+import os
 
 CHECKPOINTS = "checkpoints"         # runs live in checkpoints/<name> unless --out says otherwise
 MODEL_FILE = "model.safetensors"    # latest weights + config + vocabulary (self-contained)
@@ -13,3 +15,13 @@ PLOT_FILE = "loss.png"              # what `charrnn plot` writes by default
 DATA_DIR = "data"                   # the encoded training and validation ids (memory-mapped)
 LOCK_FILE = "train.lock"            # held (fcntl.flock) by the one trainer writing the run; see runlock.py
 LABELS_FILE = "labels.json"         # in DATA_DIR, task classify: the label names in id order
+
+
+def run_model_file(directory) -> str:
+    """The model file that stands for a run directory: BEST_FILE when it exists, else MODEL_FILE.
+
+    The one rule for every reader (the CLI's sample, eval and info, and checkpoint.load_model
+    from Python), so the same run directory always means the same weights.
+    """
+    best = os.path.join(os.fspath(directory), BEST_FILE)
+    return best if os.path.isfile(best) else os.path.join(os.fspath(directory), MODEL_FILE)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import batches, classifier, corpus, evaluate, optim, parallel, rundir
+from . import batches, classifier, corpus, evaluate, model, optim, parallel, rundir
 from .errors import ConfigError, TrainingError
 from .layout import BEST_FILE, MODEL_FILE
 from .rundir import Run
@@ -111,6 +111,42 @@ def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs):
     return nll / labels.size, grads, None, int(lengths.sum())
 
 
+def measure_speed(config: model.ModelConfig, tconfig, line_length: int | None = None, seconds: float = 0.5,
+                  max_steps: int = 6) -> float:
+    """Tokens per second of training steps (forward, backward, clip, update) of this model and batch shape.
+
+    - config, tconfig: the model and the run's batch_size, seq_len, optimizer and clipping
+    - line_length: lines mode: the mean tokens per example (a batch is B such lines); None: stream windows
+    Runs on random ids and fresh weights, in tconfig.threads row blocks as training does, until
+    `seconds` have passed (at least two timed steps after one untimed warm-up step, which also
+    compiles the kernels), then returns the rate. Used for the pass estimate behind the automatic
+    dropout; nothing is written.
+    """
+    rng = np.random.default_rng(0)
+    params = model.init_params(config, rng)
+    optimizer = optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options())
+    T = tconfig.seq_len if line_length is None else max(1, int(round(line_length)))
+    ids = rng.integers(3, config.vocab_size, (tconfig.batch_size, T + 1)) if config.vocab_size > 3 else \
+        np.zeros((tconfig.batch_size, T + 1), np.int64)
+    x, y = ids[:, :-1], ids[:, 1:]
+    parts = tconfig.threads
+    drop = [np.random.default_rng([1, p]) for p in range(parts)] if config.dropout > 0 else None
+    timed, start = 0, None
+    with np.errstate(**QUIET_FP):
+        while True:
+            _, grads, _ = parallel.loss_and_grads(params, config, x, y, None, None, count=x.size, rngs=drop,
+                                                  parts=parts)
+            optim.clip_grad_norm(grads, tconfig.clip)
+            optimizer.step(params, grads, 1e-3)
+            now = time.monotonic()
+            if start is None:
+                start = now
+            else:
+                timed += 1
+                if timed >= max_steps or (timed >= 2 and now - start >= seconds):
+                    return timed * x.size / max(now - start, 1e-9)
+
+
 def _budget_reached(run: Run):
     """The first budget the run has reached (by run.elapsed, as logged and saved), or None."""
     tc = run.tconfig
@@ -121,6 +157,12 @@ def _budget_reached(run: Run):
     if tc.max_time is not None and run.elapsed >= tc.max_time:
         return "max_time"
     return None
+
+
+def _stopped_early(run: Run) -> bool:
+    """Whether the last tc.patience evaluations in a row brought no new best validation loss."""
+    patience = run.tconfig.patience
+    return bool(patience) and run.evals_since_best >= patience
 
 
 def _schedule_steps(run: Run, steps_per_sec: float | None) -> int | None:
@@ -141,7 +183,8 @@ def train(run: Run, should_stop=lambda: False):
 
     Events: {"event": "start" | "step" | "eval" | "save" | "end", ...}. The
     latest checkpoint is saved at every evaluation, at the end, and on a stop
-    request; the best whenever validation loss improves. The last step of a
+    request; the best whenever validation loss improves. After tc.patience
+    evaluations in a row without a new best the run ends (reason "early_stop"). The last step of a
     session is always evaluated and logged. A non-finite loss or gradient
     raises TrainingError (on_nonfinite="stop") before anything is saved, or
     skips the step (on_nonfinite="skip").
@@ -164,7 +207,8 @@ def train(run: Run, should_stop=lambda: False):
     final_val = None
 
     def stop_reason():
-        return _budget_reached(run) or ("interrupted" if should_stop() else None)
+        return _budget_reached(run) or ("early_stop" if _stopped_early(run) else None) or \
+            ("interrupted" if should_stop() else None)
 
     # a resumed run may already be at its budget: then nothing changes and nothing is written
     reason = stop_reason()
@@ -187,8 +231,12 @@ def train(run: Run, should_stop=lambda: False):
         if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
             # a time budget alone: fix the schedule's length from the measured speed, once
             run.schedule_steps = _schedule_steps(run, timing_steps / (time.monotonic() - timing_start))
-        lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
-                                 run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
+        if run.schedule_since is not None:
+            lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup, run.schedule_steps, tc.min_lr_ratio,
+                                     since=run.schedule_since)
+        else:
+            lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
+                                     run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
         if finite:
             with np.errstate(**QUIET_FP):
                 run.optimizer.step(run.params, grads, lr)
@@ -233,6 +281,8 @@ def train(run: Run, should_stop=lambda: False):
                 final_val, improved = yield from _evaluate(run)
                 if final_val is not None:  # None: no validation data
                     record["val_loss"] = final_val
+                if reason is None and _stopped_early(run):
+                    reason = "early_stop"
             # the line goes in before the save, so that the checkpoint counts it (run.log_bytes)
             rundir.append_log(run, record, sync=evaluating)
             if evaluating:
@@ -243,6 +293,7 @@ def train(run: Run, should_stop=lambda: False):
 
     yield {"event": "end", "reason": reason, "step": run.step, "elapsed": run.elapsed,
            "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,
+           "best_step": run.best_step, "patience": tc.patience,
            "model": run.path(MODEL_FILE), "best": run.path(BEST_FILE), "skipped": run.skipped}
 
 
@@ -252,7 +303,9 @@ def _evaluate(run: Run):
         val = validation_loss(run)
     improved = math.isfinite(val) and val < run.best_val
     if improved:
-        run.best_val = val
+        run.best_val, run.best_step, run.evals_since_best = val, run.step, 0
+    elif not math.isnan(val):  # NaN: no validation data, nothing to be patient about
+        run.evals_since_best += 1
     yield {"event": "eval", "step": run.step, "val_loss": val, "val_bits": val / math.log(2),
            "best": improved}
     return (None if math.isnan(val) else val), improved

@@ -421,6 +421,7 @@ def learning_rate(
     warmup: int = 0,
     total_steps: int | None = None,
     min_ratio: float = 0.1,
+    since: tuple | None = None,
 ) -> float:
     """Learning rate for one step (counted from 0).
 
@@ -431,6 +432,7 @@ def learning_rate(
       so the ramp starts near 0 and reaches base_lr at step warmup-1
     - total_steps: cosine only: the step at which the decay reaches the floor
     - min_ratio: cosine only: floor = base_lr*min_ratio, in [0, 1]
+    - since: cosine only: where a resumed run re-aimed the schedule (see cosine_progress)
     Output: the learning rate (float). After warmup, cosine decays from base_lr
     (at step == warmup) to the floor (at step == total_steps) and stays there.
     """
@@ -445,11 +447,32 @@ def learning_rate(
         return base_lr * (step + 1) / warmup
     if schedule == "constant":
         return base_lr
-    if total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+    if since is not None and step >= since[0] and total_steps is None:
+        pass  # a re-aimed schedule whose new end is not known yet holds its rate
+    elif total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
         raise ConfigError(f"the cosine schedule needs total_steps, a positive integer; got {total_steps!r}")
     min_ratio = _check_hyper("min_ratio", min_ratio, 0.0, 1.0, high_open=False)
-    floor = base_lr * min_ratio
+    return cosine_lr(cosine_progress(step, warmup, total_steps, since), base_lr, min_ratio)
+
+
+def cosine_progress(step: int, warmup: int, total_steps: int | None, since: tuple | None = None) -> float:
+    """How far along its decay the cosine schedule is at step, in [0, 1].
+
+    - since: None, or (step s0, progress p0) where a resumed run's schedule was re-aimed at a new
+      total_steps: from s0 on, the progress goes on from p0 to 1 at total_steps, so the learning rate
+      continues from where it stood instead of jumping back (total_steps None: it holds at p0)
+    """
+    if since is not None and step >= since[0]:
+        s0, p0 = since
+        if total_steps is None:
+            return p0
+        return min(1.0, p0 + (1.0 - p0) * (step - s0) / max(1, total_steps - s0))
     span = total_steps - warmup
     # A decay span of zero (warmup >= total_steps) goes straight to the floor.
-    progress = 1.0 if span <= 0 else min(1.0, (step - warmup) / span)
+    return 1.0 if span <= 0 else min(1.0, max(0, step - warmup) / span)
+
+
+def cosine_lr(progress: float, base_lr: float, min_ratio: float) -> float:
+    """The cosine schedule's rate at a progress in [0, 1]: base_lr at 0, base_lr * min_ratio at 1."""
+    floor = base_lr * min_ratio
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

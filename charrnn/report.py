@@ -7,13 +7,13 @@ import math
 import os
 
 from . import atomic
-from .errors import CharRNNError, ConfigError
+from .errors import CharRNNError, CheckpointError
 
 
 def read_log(path) -> list[dict]:
     """The records of a log.jsonl file, in order; a torn last line (a crash mid-write) is skipped."""
     if not os.path.isfile(path):
-        raise ConfigError(f"no training log at {path}")
+        raise CheckpointError(f"no training log at {path}")
     records = []
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -25,7 +25,7 @@ def read_log(path) -> list[dict]:
         except json.JSONDecodeError:
             if number == len(lines):
                 continue
-            raise ConfigError(f"{path}, line {number}: not JSON") from None
+            raise CheckpointError(f"{path}, line {number}: not JSON") from None
         if isinstance(record, dict) and "step" in record:
             records.append(record)
     return records
@@ -41,12 +41,12 @@ def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CharRNNError("charrnn plot needs matplotlib: pip install 'charrnn[plot]'") from None
+        raise CharRNNError("charrnn plot needs matplotlib: pip install matplotlib") from None
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
     val = [(r["step"], r["val_loss"]) for r in records
            if isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
     if not train and not val:
-        raise ConfigError("the log has no losses to plot yet")
+        raise CheckpointError("the log has no losses to plot yet")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train:
         ax.plot(*zip(*train), label="training loss", linewidth=1, alpha=0.8)

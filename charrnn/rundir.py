@@ -30,7 +30,8 @@ from . import atomic, batches, checkpoint, corpus, model, novelty, optim
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
-from .layout import BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
+from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, STATE_FILE,
+                     run_model_file)
 from .model import ModelConfig
 from .runlock import RunLock
 from .vocab import UNK, Vocab, build_vocab, extend_vocab
@@ -55,8 +56,11 @@ class Run:
     step: int = 0                      # optimizer updates taken so far
     carry: tuple | None = None         # stream mode: hidden state carried into the next window
     best_val: float = math.inf
+    best_step: int | None = None       # the step of the best validation loss
+    evals_since_best: int = 0          # evaluations in a row without a new best (early stopping counts them)
     elapsed: float = 0.0               # wall seconds spent training, over all sessions
     schedule_steps: int | None = None  # total steps the cosine schedule spans
+    schedule_since: tuple | None = None  # (step, progress) where a resume re-aimed the cosine (optim.cosine_progress)
     skipped: int = 0                   # non-finite steps skipped
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
@@ -425,12 +429,22 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     if config.classes:
         run.labels = _checked_labels(list(read_labels(directory)), config.classes, where)
         run.train_labels, run.val_labels = data[4]
+    since = (progress.pop("schedule_since_step"), progress.pop("schedule_since_progress"))
+    if (since[0] is None) != (since[1] is None) or (since[1] is not None and not 0 <= since[1] <= 1):
+        raise CheckpointError(f"{where}: progress schedule_since_step and schedule_since_progress do not fit")
+    run.schedule_since = None if since[0] is None else since
     for key, value in progress.items():
         setattr(run, key, value)
     run.best_val = math.inf if run.best_val is None else run.best_val
     _cut_log(run)
-    if budget_changed:
-        # the cosine schedule spans the whole run's budget: a new budget moves its end
+    if budget_changed and tconfig.schedule == "cosine" and run.schedule_steps is not None \
+            and run.step > tconfig.warmup:
+        # the cosine schedule spans the whole run's budget: a new budget moves its end. From here the decay
+        # goes on from where it stands to the floor at the new end, so the learning rate does not jump
+        progress = optim.cosine_progress(run.step, tconfig.warmup, run.schedule_steps, run.schedule_since)
+        run.extra["lr_before"] = optim.cosine_lr(progress, tconfig.lr, tconfig.min_lr_ratio)
+        run.schedule_since, run.schedule_steps = (run.step, progress), None
+    elif budget_changed:
         run.schedule_steps = None
     return run
 
@@ -438,7 +452,12 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
 # progress counters of a state file: name -> (kind, whether it may be null)
 _PROGRESS = {"step": ("count", False), "skipped": ("count", False), "log_count": ("count", False),
              "log_bytes": ("count", False), "schedule_steps": ("count", True),
-             "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True)}
+             "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True),
+             "best_step": ("count", True), "evals_since_best": ("count", False),
+             "schedule_since_step": ("count", True), "schedule_since_progress": ("number", True)}
+# the value of a counter that older state files do not hold
+_PROGRESS_ADDED = {"log_bytes": 0, "best_step": None, "evals_since_best": 0, "schedule_since_step": None,
+                   "schedule_since_progress": None}
 
 
 def _checked_progress(progress, where: str) -> dict:
@@ -447,7 +466,7 @@ def _checked_progress(progress, where: str) -> dict:
         raise CheckpointError(f"{where}: 'progress' is missing or not a JSON object")
     out = {}
     for key, (kind, nullable) in _PROGRESS.items():
-        value = progress.get(key, 0 if key == "log_bytes" else ...)  # log_bytes: absent in older files
+        value = progress.get(key, _PROGRESS_ADDED.get(key, ...))
         if value is None and nullable:
             out[key] = None
             continue
@@ -545,8 +564,10 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
     if run.carry is not None:
         arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
     progress = {key: getattr(run, key) for key in
-                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes")}
+                ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes", "best_step",
+                 "evals_since_best")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
+    progress["schedule_since_step"], progress["schedule_since_progress"] = run.schedule_since or (None, None)
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
             "progress": progress, **({"origin": run.origin} if run.origin else {})}
     files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
@@ -634,9 +655,9 @@ def find_checkpoint(path: str | None) -> str:
                                   f"or pass --checkpoint")
         path = max(candidates)[1]
     if os.path.isdir(path):
-        for name in (BEST_FILE, MODEL_FILE):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
+        model_file = run_model_file(path)
+        if os.path.isfile(model_file):
+            return model_file
         raise CheckpointError(f"{path} holds no {MODEL_FILE}")
     if not os.path.exists(path):
         raise CheckpointError(f"no such checkpoint: {path}")

@@ -243,15 +243,20 @@ def test_json_lines_with_states_and_the_cut(run, tmp_path):
 def test_stdin_and_bad_input_are_one_line_errors(run, tmp_path):
     (tmp_path / "bin").write_bytes(b"\x00\x01binary")
     (tmp_path / "one.txt").write_text("a")
-    for args, message in [
-        (["annotate", tmp_path / "missing.txt", "-c", run], "missing.txt: no such file"),
-        (["annotate", tmp_path / "bin", "-c", run], "looks like a binary file"),
-        (["annotate", tmp_path / "bin", "-c", tmp_path / "none"], "no such checkpoint"),
-        (["annotate", tmp_path / "one.txt", "-c", run, "--top-k", 0], "--top-k must be at least 1"),
-        (["annotate", tmp_path / "one.txt", "-c", run], "nothing to annotate"),
+    # exit 1: input that cannot be used; 2: a usage error (an option value) -- README, "Exit status"
+    for args, message, exit_code in [
+        (["annotate", tmp_path / "bin", "-c", run], "looks like a binary file", 1),
+        (["annotate", tmp_path / "one.txt", "-c", run, "--top-k", 0], "--top-k must be at least 1", 2),
+        (["annotate", tmp_path / "one.txt", "-c", run], "nothing to annotate", 1),
     ]:
+        code, out, err = invoke(args + ["-q"])
+        assert code == exit_code and out == "" and err.startswith("Error: ") and message in err, err
+        assert err.count("\n") == 1
+    # paths that do not exist, named on the command line: usage errors
+    for args, name in [(["annotate", tmp_path / "missing.txt", "-c", run], "missing.txt"),
+                       (["annotate", tmp_path / "bin", "-c", tmp_path / "none"], "none")]:
         code, out, err = invoke(args)
-        assert code == 1 and out == "" and err.startswith("Error: ") and message in err and err.count("\n") == 1
+        assert code == 2 and out == "" and "does not exist" in err and name in err and "Traceback" not in err
 
     with CliRunner().isolation(input=b"bad cafe\n") as (out, err, _):
         cli.main(["annotate", "-", "-c", str(run), "--json"])

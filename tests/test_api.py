@@ -78,18 +78,22 @@ def test_score_is_what_eval_prints(stream_run, lines_run, tmp_path):
 
 def test_errors_are_library_types_with_the_cli_message(stream_run, tmp_path):
     m = charrnn.load(str(stream_run))
+    # exit 2 for a usage error (ConfigError: an option value), 1 for the rest (README, "Exit status")
     cases = [
-        (lambda: charrnn.load(str(tmp_path / "nowhere")), CheckpointError, ["eval", "-c", tmp_path / "nowhere"]),
-        (lambda: m.generate(prime="xyz"), VocabError, ["sample", "-c", stream_run, "--prime", "xyz"]),
-        (lambda: m.generate(temperature=-1.0), ConfigError, ["sample", "-c", stream_run, "--temp", "-1"]),
+        (lambda: m.generate(prime="xyz"), VocabError, ["sample", "-c", stream_run, "--prime", "xyz"], 1),
+        (lambda: m.generate(temperature=-1.0), ConfigError, ["sample", "-c", stream_run, "--temp", "-1"], 2),
     ]
-    for call, kind, args in cases:
+    for call, kind, args, exit_code in cases:
         with pytest.raises(kind) as caught:
             call()
         code, out, err = invoke(args)
-        assert code == 1 and out == ""
+        assert code == exit_code and out == ""
         assert err == f"Error: {caught.value}\n"
-    with pytest.raises(ConfigError, match="nothing to score"):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        charrnn.load(str(tmp_path / "nowhere"))
+    code, out, err = invoke(["eval", "-c", tmp_path / "nowhere"])  # on the command line: a usage error
+    assert code == 2 and out == "" and "does not exist" in err
+    with pytest.raises(CorpusError, match="nothing to score"):
         m.score("a")
     with pytest.raises(CorpusError, match="no such file"):
         charrnn.train(str(tmp_path / "missing.txt"), out=str(tmp_path / "r"))

@@ -85,7 +85,7 @@ def test_options_that_need_a_classifier_are_one_line_errors(tmp_path, args, frag
     (tmp_path / "c.txt").write_text("some text to train on\n" * 20)
     corpus = [] if "--max-steps" in args else [tmp_path / "c.txt", "--max-steps", 1]
     code, out, err = charrnn_run("train", *corpus, *args, "--out", tmp_path / "r")
-    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and fragment in err, err  # a usage error
     assert not (tmp_path / "r").exists()
 
 
@@ -93,14 +93,14 @@ def test_a_folder_or_init_from_with_task_classify_is_a_one_line_error(trained, t
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.tsv").write_text(labelled(CODE, PROSE))
     code, out, err = invoke(["train", tmp_path / "docs", *TINY, "--max-steps", 1, "--out", tmp_path / "r"])
-    assert code == 1 and err.strip() == "Error: --task classify reads label<TAB>text lines from one file, not a folder"
+    assert code == 2 and err.strip() == "Error: --task classify reads label<TAB>text lines from one file, not a folder"
     code, out, err = invoke(["train", trained / "train.tsv", *TINY, "--max-steps", 1, "--init-from",
                              trained / "run", "--out", tmp_path / "r"])
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "starts a fresh classifier" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "starts a fresh classifier" in err, err
     (tmp_path / "lm.txt").write_text("hello world\n" * 30)
     code, out, err = invoke(["train", tmp_path / "lm.txt", "--max-steps", 1, "--init-from", trained / "run",
                              "--out", tmp_path / "r"])
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "is a classifier" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is a classifier" in err, err
     assert not (tmp_path / "r").exists()
 
 
@@ -118,13 +118,13 @@ def test_malformed_lines_name_the_first_line_and_count_them(tmp_path):
 
 def test_wrong_model_for_the_command_is_a_one_line_error(trained, tmp_path):
     code, _, err = invoke(["sample", "-c", trained / "run"])
-    assert code == 1 and "use `charrnn classify`" in err
+    assert code == 2 and "use `charrnn classify`" in err
     (tmp_path / "lm.txt").write_text("hello world\n" * 30)
     code, _, err = invoke(["train", tmp_path / "lm.txt", "--layers", 1, "--hidden", 8, "--embed", 4,
                            "--batch-size", 2, "--seq-len", 8, "--max-steps", 1, "--out", tmp_path / "lm", "-q"])
     assert code == 0, err
     code, _, err = invoke(["classify", trained / "train.tsv", "-c", tmp_path / "lm"])
-    assert code == 1 and "not a classifier" in err
+    assert code == 2 and "not a classifier" in err
     (tmp_path / "unknown.tsv").write_text("poetry\tRoses are red.\n")
     code, _, err = invoke(["eval", tmp_path / "unknown.tsv", "-c", trained / "run"])
     assert code == 1 and "'poetry'" in err and len(err.strip().splitlines()) == 1

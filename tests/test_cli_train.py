@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint, model, optim, rundir
-from charrnn.cli import parse_duration
+from charrnn.cli import format_duration, parse_duration
 from tiny_runs import TINY, invoke, read_log, stream_text
 
 
@@ -45,8 +46,9 @@ def snapshot(directory):
     return out
 
 
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 1, proc.stderr
+def assert_one_line_error(proc, *fragments, exit_code=1):
+    """One line `Error: ...` on stderr, nothing on stdout, and exit_code (2: a usage error, 1: any other)."""
+    assert proc.returncode == exit_code, proc.stderr
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -71,7 +73,8 @@ def test_help_lists_grouped_options_with_defaults():
     assert "--lr" in text[positions[2]:positions[3]] and "--max-steps" in text[positions[3]:positions[4]]
     flat = " ".join(text.split())
     for fragment in ("[default: auto, from the corpus size and budget]", "[default: lstm]",
-                     "[default: 5.0]", "[default: 100]", "--max-time DURATION", "90s, 10m, 1h"):
+                     "[default: 5.0]", "[default: 200]", "--max-time DURATION", "90s, 10m, 1m30s, 1h30m, 1.5h",
+                     "--patience INTEGER", "[default: 5]"):
         assert fragment in flat
     assert "[CORPUS_FILE]\n" not in text[positions[0]:]  # the argument is not listed as an option
 
@@ -97,9 +100,8 @@ def test_train_writes_the_run_and_reports_on_stderr_only(tmp_path, corpus_file):
     assert "\r" not in result.stderr and "it/s" not in result.stderr and "%|" not in result.stderr
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
-def test_progress_bar_on_a_terminal(tmp_path, corpus_file):
-    """With stderr on a terminal, a tqdm bar shows steps, loss, validation loss and chars/s."""
+def on_a_terminal(args):
+    """Run `python -m charrnn ARGS` with stderr on a 120-column pseudo-terminal: (exit code, stdout, stderr)."""
     import fcntl
     import pty
     import select
@@ -107,8 +109,7 @@ def test_progress_bar_on_a_terminal(tmp_path, corpus_file):
     import termios
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", *TINY, str(corpus_file), "--max-steps", "6",
-                             "--eval-every", "3", "--out", str(tmp_path / "run")],
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks = []
@@ -128,13 +129,34 @@ def test_progress_bar_on_a_terminal(tmp_path, corpus_file):
     finally:
         proc.kill()
         os.close(master)
-    shown = b"".join(chunks).decode("utf-8", "replace")
-    assert proc.returncode == 0 and proc.stdout.read() == ""
+    return proc.returncode, proc.stdout.read(), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_bar_on_a_terminal(tmp_path, corpus_file):
+    """With stderr on a terminal, a tqdm bar shows steps, loss, validation loss and chars/s."""
+    code, out, shown = on_a_terminal(["train", *TINY, corpus_file, "--max-steps", "6", "--eval-every", "3",
+                                      "--out", tmp_path / "run"])
+    assert code == 0 and out == ""
     assert "\r  0%|" in shown and "| 3/6 [" in shown and "| 6/6 [" in shown
     assert "loss=" in shown and "chars/s=" in shown
     val = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["val_loss"]
     assert f"val={val:.3f}" in shown  # the final evaluation reaches the bar
     assert "Done (step budget): 6 steps" in shown
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_time_budget_bar_shows_durations_and_the_step_count(tmp_path, corpus_file):
+    code, out, shown = on_a_terminal(["train", *TINY, corpus_file, "--max-time", "2s", "--patience", "0",
+                                      "--out", tmp_path / "run"])
+    assert code == 0 and out == "", shown
+    # the training time so far and the budget as durations, never raw float seconds
+    shown_times = re.findall(r"\| (\d+s)/2s, step ([\d,]+) \[(\d+s) left", shown)
+    assert shown_times, shown
+    assert not re.search(r"\d\.\d{4,}/2", shown)
+    steps = [int(n.replace(",", "")) for _, n, _ in shown_times]
+    assert steps == sorted(steps) and steps[-1] == read_log(tmp_path / "run")[-1]["step"]
+    assert "Done (time budget)" in shown
 
 
 def test_quiet_prints_nothing(tmp_path, corpus_file):
@@ -182,9 +204,15 @@ def test_parse_duration():
     assert parse_duration("1.5h") == 5400
     assert parse_duration("45") == 45
     assert parse_duration(None) is None
+    # every form the tool prints (format_duration) and the combinations people type
+    assert parse_duration("1h30m") == parse_duration("1.5h") == parse_duration("90m") == 5400
+    assert parse_duration("1m30s") == parse_duration("90s") == 90
+    assert parse_duration("5m08s") == 308 and parse_duration("1h05m00s") == 3900 and parse_duration("1d2h") == 93600
+    for seconds in (1, 59, 60, 308, 3599, 3600, 3905, 86399, 200000):
+        assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize("bad", ["5x", "0s", "-1m", "m", "ten minutes", ""])
+@pytest.mark.parametrize("bad", ["5x", "0s", "-1m", "m", "ten minutes", "", "1m1h", "1h 30", "1..5h", "inf", "nan"])
 def test_a_bad_duration_is_a_usage_error(tmp_path, corpus_file, bad):
     result = invoke(["train", *TINY, corpus_file, "--max-time", bad, "--out", tmp_path / "run"])
     assert result.exit_code == 2
@@ -247,7 +275,7 @@ def test_resume_refuses_model_and_data_options(tmp_path, corpus_file, extra):
     before = snapshot(out)
     extra = [str(corpus_file) if a == "CORPUS" else a for a in extra]
     result = invoke(["train", "--resume", out, "--max-steps", 6, *extra])
-    assert result.exit_code == 1 and result.stdout == ""
+    assert result.exit_code == 2 and result.stdout == ""  # options that cannot go together: usage
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert "cannot be given with --resume" in result.stderr
     assert snapshot(out) == before
@@ -257,8 +285,11 @@ def test_resume_refuses_model_and_data_options(tmp_path, corpus_file, extra):
 def test_resume_errors_through_main_are_one_line(tmp_path, corpus_file):
     out = tmp_path / "run"
     train_ok(corpus_file, "--max-steps", 3, "--out", out, "-q")
-    assert_one_line_error(charrnn("train", "--resume", out, "--hidden", "8"), "--hidden", "--resume")
-    assert_one_line_error(charrnn("train", "--resume", tmp_path / "nothing-here"), "cannot resume")
+    assert_one_line_error(charrnn("train", "--resume", out, "--hidden", "8"), "--hidden", "--resume", exit_code=2)
+    os.unlink(out / "state.safetensors")
+    assert_one_line_error(charrnn("train", "--resume", out), "cannot resume", "state.safetensors")
+    proc = charrnn("train", "--resume", tmp_path / "nothing-here")  # a directory that is not there: usage
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_second_train_into_a_run_directory_is_refused(tmp_path, corpus_file):
@@ -267,7 +298,7 @@ def test_a_second_train_into_a_run_directory_is_refused(tmp_path, corpus_file):
     before = snapshot(out)
     assert {"model.safetensors", "best.safetensors", "state.safetensors", "log.jsonl", "data/train.npy"} <= set(before)
     proc = charrnn("train", *TINY, corpus_file, "--max-steps", 5, "--hidden", 16, "--out", out)
-    assert_one_line_error(proc, "already holds a run", "--resume")
+    assert_one_line_error(proc, "already holds a run", "--resume", exit_code=2)
     assert snapshot(out) == before
 
 
@@ -364,7 +395,8 @@ def test_unusable_corpus_files_are_refused_in_one_line(tmp_path, content, fragme
 ])
 def test_invalid_option_values_are_refused_in_one_line(tmp_path, corpus_file, args, fragment):
     out = tmp_path / "run"
-    assert_one_line_error(charrnn("train", *TINY, corpus_file, "--max-steps", 2, *args, "--out", out), fragment)
+    assert_one_line_error(charrnn("train", *TINY, corpus_file, "--max-steps", 2, *args, "--out", out), fragment,
+                          exit_code=2)
     assert not out.exists()
 
 

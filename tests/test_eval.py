@@ -138,7 +138,7 @@ def run_dir(tmp_path):
 def eval_json(args):
     code, out, err = invoke(["eval", "--json"] + args)
     assert code == 0, err
-    assert err == ""
+    assert err.startswith("using ") and err.count("\n") == 1, err  # only the line naming the checkpoint
     assert out.count("\n") == 1 and out.endswith("\n")  # one line: exactly one JSON object
     return json.loads(out)
 
@@ -157,9 +157,11 @@ def test_json_has_the_keys_and_zero_head_is_exact(tmp_path):
 def test_eval_counts_unknown_tokens(run_dir, tmp_path):
     text = "bad XcafeY\nfaZed\n" * 3  # X, Y, Z are not in the vocabulary
     (tmp_path / "odd.txt").write_text(text)
-    result = eval_json([tmp_path / "odd.txt", "-c", run_dir])
-    assert result["tokens"] == len(text) - 1
+    code, out, err = invoke(["eval", "--json", "-q", tmp_path / "odd.txt", "-c", run_dir])
+    result = json.loads(out)
+    assert code == 0 and result["tokens"] == len(text) - 1
     assert result["unknown"] == 9
+    assert err.startswith("Warning: 9 of the 50 tokens scored (18.0%) are not in the model's vocabulary.")  # > 1%
 
 
 def test_eval_without_file_scores_the_stored_held_out_split(run_dir):
@@ -168,7 +170,7 @@ def test_eval_without_file_scores_the_stored_held_out_split(run_dir):
     expected = evaluate.score_stream(params, config, vocab.encode(TEXT), unk=UNK)
     assert result["tokens"] == len(TEXT) - 1
     assert result["loss"] == pytest.approx(expected.loss, rel=1e-12)
-    code, out, err = invoke(["eval", "-c", run_dir])
+    code, out, err = invoke(["eval", "-c", run_dir, "--quiet"])
     assert code == 0 and err == ""
     assert "held-out split" in out and f"{expected.loss:.4f}" in out
 
@@ -183,18 +185,22 @@ def test_eval_lines_mode_held_out_and_file_agree(tmp_path):
 
 
 def test_stdout_stderr_split_and_one_line_errors(run_dir, tmp_path):
-    result = CliRunner().invoke(cli.cli, ["eval", "-c", str(run_dir), "--json"])
+    result = CliRunner().invoke(cli.cli, ["eval", "-c", str(run_dir), "--json", "-q"])
     assert result.exit_code == 0 and result.stderr == ""
     assert json.loads(result.stdout)["tokens"] == len(TEXT) - 1
     # a model file away from its run has no held-out split: one line on stderr, nothing on stdout
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
-    for args in (["eval", "-c", lone], ["eval", "-c", tmp_path / "nowhere"], ["eval", tmp_path / "nofile.txt",
-                                                                            "-c", run_dir]):
+    code, out, err = invoke(["eval", "-c", lone])
+    assert code == 2 and out == ""  # a usage error: asks for a held-out split the model file has not got
+    assert err.startswith("Error") and err.count("\n") == 1 and "pass a TEXT_FILE" in err, err
+    # paths that do not exist are usage errors too (exit 2), whichever option names them
+    for args, name in ((["eval", "-c", tmp_path / "nowhere"], "nowhere"),
+                       (["eval", tmp_path / "nofile.txt", "-c", run_dir], "nofile.txt")):
         code, out, err = invoke(args)
-        assert code != 0 and out == ""
-        assert err.startswith("Error") and err.count("\n") == 1, err
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert "does not exist" in err and name in err, err
     (tmp_path / "one.txt").write_text("a")
     code, out, err = invoke(["eval", tmp_path / "one.txt", "-c", run_dir])
     assert code == 1 and out == "" and "at least two tokens" in err

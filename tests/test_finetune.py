@@ -121,7 +121,8 @@ def test_info_shows_where_a_run_was_initialised_from_even_after_a_resume(base):
 ])
 def test_options_that_contradict_the_model_are_one_line_errors(base, args, message):
     code, out, err = invoke(["train", base / "new.txt", "--init-from", base / "base", *args, "--out", base / "ft"])
-    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("Error: ")
+    assert code == 2 and out == ""  # options that cannot go together: a usage error
+    assert out == "" and err.count("\n") == 1 and err.startswith("Error: ")
     assert message in err, err
     assert not (base / "ft").exists()
 
@@ -144,9 +145,9 @@ def test_init_from_a_corrupt_or_missing_file_is_a_one_line_error(base, content):
 
 def test_extend_vocab_needs_init_from(base):
     code, _, err = invoke(["train", base / "new.txt", "--extend-vocab", "--max-steps", "1"])
-    assert code == 1 and "--extend-vocab extends the vocabulary of the model given by --init-from" in err
+    assert code == 2 and "--extend-vocab extends the vocabulary of the model given by --init-from" in err
 
 
 def test_init_from_cannot_be_given_with_resume(base):
     code, _, err = invoke(["train", "--resume", base / "base", "--init-from", base / "base"])
-    assert code == 1 and "--init-from cannot be given with --resume" in err
+    assert code == 2 and "--init-from cannot be given with --resume" in err

@@ -118,5 +118,5 @@ def test_lines_novelty_counts_copies_of_training_and_validation_lines(tmp_path):
 def test_novelty_needs_the_training_data_beside_the_model(tmp_path):
     _, _, _, model_file = make_run(tmp_path / "run", "abc")
     code, out, err = invoke(["sample", "-c", model_file, "--novelty", "--length", "5"])
-    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("Error: ")
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("Error: ")
     assert "--novelty" in err and "training" in err

@@ -60,8 +60,7 @@ def assert_one_line_error(code, out, err, *fragments, exit_code=1):
     assert out == "" and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    if exit_code == 1:
-        assert lines[0].startswith("Error: "), err
+    assert lines[0].startswith("Error: "), err
     for fragment in fragments:
         assert fragment in lines[0], err
     return lines[0]
@@ -348,10 +347,11 @@ def test_readers_need_no_lock_and_always_see_a_complete_file(tmp_path, corpus_fi
         wait_for(lambda: (run / layout.MODEL_FILE).exists(), proc)
         while len(seen) < 5 or reads < 60:
             assert proc.poll() is None and reads < 3000, (reads, seen)
-            for args in (["sample", "-c", run, "--length", 5, "--seed", 0], ["eval", "-c", run, "--json"],
+            for args in (["sample", "-c", run, "--length", 5, "--seed", 0, "-q"], ["eval", "-c", run, "--json", "-q"],
                          ["info", run]):
                 code, out, err = invoke(args)
-                assert code == 0 and err == "", err
+                # stderr: nothing, or eval's warning that this tiny held-out split holds an unknown token
+                assert code == 0 and all(line.startswith("Warning: ") for line in err.splitlines()), err
                 reads += 1
             seen.add(rundir.load_checkpoint(run)[3]["training"]["step"])
             steps = [r["step"] for r in report.read_log(run / layout.LOG_FILE)]
@@ -672,7 +672,7 @@ def test_a_state_file_whose_contents_lie_is_refused_before_use(saved_runs, tmp_p
 def test_non_finite_options_are_refused_before_they_reach_a_checkpoint(tmp_path, corpus_file, option, value):
     """The state file stores options as strict JSON: infinity and NaN would make every save fail."""
     code, out, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, option, value, "--out", tmp_path / "r"])
-    assert_one_line_error(code, out, err, "must be")
+    assert_one_line_error(code, out, err, "must be", exit_code=2)  # an option value: a usage error
     assert not (tmp_path / "r").exists()
 
 

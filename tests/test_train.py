@@ -214,18 +214,30 @@ def test_resume_at_a_reached_budget_writes_nothing(tmp_path):
     assert before == after
 
 
-def test_cosine_schedule_spans_a_budget_extended_on_resume(tmp_path):
+def test_cosine_schedule_spans_a_budget_extended_on_resume_without_a_jump(tmp_path):
     kw = dict(schedule="cosine", warmup=2, lr=0.01, log_every=1, eval_every=100)
-    run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=8, **kw)))
-    run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 16}))
+    stops = iter([False] * 5 + [True] * 100)  # stop after 5 of the 8 steps (Ctrl-C)
+    run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=8, **kw)),
+            should_stop=lambda: next(stops))
+    resumed = rundir.resume_run(tmp_path / "r", {"max_steps": 16})
+    assert resumed.extra["lr_before"] == pytest.approx(optim.learning_rate(5, 0.01, "cosine", 2, 8))
+    run_all(resumed)
     lrs = [r["lr"] for r in read_log(tmp_path / "r")]
     assert len(lrs) == 16
-    assert lrs[0] < lrs[1] == pytest.approx(0.01)
     # the first session decays over its own budget of 8 steps
-    assert lrs[:8] == pytest.approx([optim.learning_rate(k, 0.01, "cosine", 2, 8) for k in range(8)])
-    # the resumed steps decay along a schedule that ends at the new budget, not at the old floor
-    assert lrs[8:] == pytest.approx([optim.learning_rate(k, 0.01, "cosine", 2, 16) for k in range(8, 16)])
-    assert lrs[8] > 0.01 * 0.1 * 1.5
+    assert lrs[:5] == pytest.approx([optim.learning_rate(k, 0.01, "cosine", 2, 8) for k in range(5)])
+    # from step 5 the decay goes on from where it stood (halfway: (5 - 2) / (8 - 2)) to the floor at 16
+    p0 = (5 - 2) / (8 - 2)
+    expected = [optim.cosine_lr(p0 + (1 - p0) * (k - 5) / (16 - 5), 0.01, 0.1) for k in range(5, 16)]
+    assert lrs[5:] == pytest.approx(expected)
+    assert lrs[5] == pytest.approx(optim.learning_rate(5, 0.01, "cosine", 2, 8))  # no jump at the resume
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # still falling, never back up
+    # not what restarting the schedule over the new budget would give
+    assert lrs[6] < optim.learning_rate(6, 0.01, "cosine", 2, 16) * 0.9
+    # a second extension continues the same way, from the state file's saved re-aim point
+    run_all(rundir.resume_run(tmp_path / "r", {"max_steps": 20}))
+    more = [r["lr"] for r in read_log(tmp_path / "r")][16:]
+    assert len(more) == 4 and all(x == pytest.approx(0.001) for x in more)  # the decay had reached its floor
 
 
 def test_resume_refuses_options_that_define_the_run(tmp_path):

@@ -31,9 +31,10 @@ from charrnn.vocab import SPECIAL_TOKENS, Vocab
 NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
          "quinn rosa sam tina ugo vera walt xena yann zoe").split()
 
-# every setting the CLI would otherwise choose from the corpus size and budget is fixed
+# every setting the CLI would otherwise choose from the corpus size and budget is fixed (and no early
+# stopping: several runs evaluate every step and must go on until they are stopped)
 TINY = ["--cell", "lstm", "--layers", "1", "--hidden", "8", "--embed", "8", "--dropout", "0", "--schedule", "constant",
-        "--warmup", "0", "--batch-size", "2", "--seq-len", "8"]
+        "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--patience", "0"]
 
 PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = ("elapsed", "chars_per_sec")  # the only logged fields two runs of the same settings may differ in
