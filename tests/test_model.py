@@ -58,6 +58,19 @@ def rel_error(analytic, numeric):
     return np.abs(analytic - numeric).max() / scale
 
 
+def assert_gradients_match_finite_differences(params, config, x, y, mask, state, proj):
+    """Every parameter's and the initial state's gradient against central differences; returns the grads."""
+    _, cache = objective(params, config, x, y, mask, state, proj)
+    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
+    for name, value in params.items():
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], value)
+        assert rel_error(grads[name], numeric) < 1e-6, name
+    for j, s in enumerate(state):
+        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
+        assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
+    return grads
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("masked", [False, True])
@@ -70,15 +83,7 @@ def test_gradients_match_finite_differences(cell, layers, masked):
     state = random_state(config, x.shape[0], rng)
     proj = random_state(config, x.shape[0], rng)
 
-    _, cache = objective(params, config, x, y, mask, state, proj)
-    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
-
-    for name, value in params.items():
-        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], value)
-        assert rel_error(grads[name], numeric) < 1e-6, name
-    for j, s in enumerate(state):
-        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
-        assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
+    assert_gradients_match_finite_differences(params, config, x, y, mask, state, proj)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -95,16 +100,8 @@ def test_gradients_match_finite_differences_at_word_level(cell, layers, masked):
     state = random_state(config, x.shape[0], rng)
     proj = random_state(config, x.shape[0], rng)
 
-    _, cache = objective(params, config, x, y, mask, state, proj)
-    grads, d_state0 = model.backward(params, config, cache, d_state=proj)
-
+    grads = assert_gradients_match_finite_differences(params, config, x, y, mask, state, proj)
     assert np.count_nonzero(np.abs(grads["embedding.weight"]).sum(axis=1)) == len(np.unique(x))
-    for name, value in params.items():
-        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], value)
-        assert rel_error(grads[name], numeric) < 1e-6, name
-    for j, s in enumerate(state):
-        numeric = numeric_grad(lambda: objective(params, config, x, y, mask, state, proj)[0], s)
-        assert rel_error(d_state0[j], numeric) < 1e-6, f"state {j}"
 
 
 @pytest.mark.parametrize("cell", CELLS)
