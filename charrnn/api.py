@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from . import corpora, corpus, evaluate, rundir, runtime, sampling
+from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling
 from . import loop as training
 from .config import RESUMABLE, TrainConfig, count_tokens, fill_auto_settings, parse_duration
 from .errors import ConfigError, CorpusError
@@ -258,7 +258,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
       max_steps, max_epochs, hidden, layers, cell, lr, batch_size, seq_len, mode, ... Those not
       given take the command line's defaults (the model size, batch and schedule fit the data).
     Without any budget a fresh run trains for 5 minutes.
+
+    Under `mpiexec -n N` every rank calls this alike (see distributed.py): rank 0 prepares,
+    locks and writes the run; the others train in step with it and write nothing.
     """
+    group = distributed.world()
     emit = on_event or (lambda event, run: None)
     stop = should_stop or (lambda: False)
     known = set(MODEL_KEYS) | set(TRAIN_KEYS)
@@ -290,16 +294,22 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         if any(k in options for k in ("max_steps", "max_epochs", "max_time")):
             # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
             overrides.update({k: options.get(k) for k in ("max_steps", "max_epochs", "max_time")})
+        if group.rank != 0:
+            return _follow(group, overrides, emit, stop)
         with rundir.writing(resume, create=False, lock=lock):
             run = rundir.resume_run(resume, overrides)
+            _check_ranks(run.tconfig, group)
+            group.broadcast_text(resume)  # the other ranks read the run once it is cleaned up
             emit({"event": "message", "text": f"Resuming {resume} at step {run.step}"}, run)
             if "lr_before" in run.extra:
                 tc = run.tconfig
                 emit({"event": "message", "text": f"The budget changed: the learning rate goes on from "
                       f"{run.extra['lr_before']:.3g} and its cosine decay now ends, at {tc.lr * tc.min_lr_ratio:.3g}, "
                       f"with the new budget."}, run)
-            _train_events(run, emit, stop)
+            _train_events(run, emit, stop, group)
         return resume
+    if group.rank != 0:
+        return _follow(group, None, emit, stop)  # a fresh run: rank 0 saves its step-0 state, every option applied
 
     errors = errors or "strict"
     if options.get("task") == "classify":
@@ -367,6 +377,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if no_budget:
         say("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).")
     chosen = _settings_line(text, val_text, tconfig, model_options)
+    _check_ranks(tconfig, group)
     directory = out or rundir.fresh_run_dir(name)
     with rundir.writing(directory, create=True, made=out is None, lock=lock):
         run = rundir.start_run(directory, text, val_text, model_options, tconfig, init,
@@ -377,7 +388,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
             say(_origin_line(run), run)
         del text, val_text  # training reads only the memory-mapped ids from here on
         runtime.release_freed_memory()
-        _train_events(run, emit, stop)
+        if group.size > 1:
+            # the other ranks start from this step-0 state, exactly as a resumed run would
+            rundir.save_checkpoint(run)
+            group.broadcast_text(directory)
+        _train_events(run, emit, stop, group)
     return directory
 
 
@@ -418,9 +433,32 @@ def _origin_line(run) -> str:
     return f"{start}; {vocab}"
 
 
-def _train_events(run, emit, stop) -> None:
-    for event in training.train(run, should_stop=stop):
+def _train_events(run, emit, stop, group=None) -> None:
+    for event in training.train(run, should_stop=stop, group=group):
         emit(event, run)
+    if group is not None:
+        # no rank leaves before rank 0 has saved: mpiexec ends the whole job when one rank exits non-zero
+        group.barrier()
+
+
+def _check_ranks(tconfig, group) -> None:
+    """ConfigError unless the MPI ranks divide the global batch (each owns batch_size / N streams)."""
+    if tconfig.batch_size % group.size:
+        raise ConfigError(f"--batch-size {tconfig.batch_size} must be a multiple of the {group.size} MPI ranks "
+                          f"(mpiexec -n); the batch is split between them by streams")
+
+
+def _follow(group, overrides, emit, stop) -> str:
+    """An MPI rank other than 0: train in step with rank 0 on the run it prepared, writing nothing.
+
+    Rank 0 broadcasts the run directory once it is ready (a fresh run's step-0 state is
+    saved, a resumed run's files cleaned up); this rank reads it with the same overrides
+    rank 0 took from the same arguments.
+    """
+    directory = group.broadcast_text(None)
+    run = rundir.resume_run(directory, overrides, writer=False)
+    _train_events(run, emit, stop, group)
+    return directory
 
 
 def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:

@@ -18,7 +18,7 @@ import warnings
 import click
 import numpy as np
 
-from . import __version__, api, config, corpora, corpus, layout, optim, report, rundir, runtime, sampling
+from . import __version__, api, config, corpora, corpus, distributed, layout, optim, report, rundir, runtime, sampling
 from .annotate import MAX_CHARS
 from .classifier import POOLS
 from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
@@ -211,8 +211,9 @@ def train(ctx, corpus_file, builtin, pattern, val_file, errors, out, resume, qui
              if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if ctx.get_parameter_source("errors") != click.core.ParameterSource.COMMANDLINE:
         errors = None
-    show = _TrainingView(quiet)
-    with StopRequest() as stop:
+    follower = distributed.world().rank != 0  # under MPI the other ranks print nothing but errors
+    show = _TrainingView(quiet or follower)
+    with StopRequest(quiet=follower) as stop:
         api.train(corpus_file, out, resume=resume, val=val_file, errors=errors, lock=not no_lock,
                   on_event=show, should_stop=stop, builtin=builtin, glob=pattern, init_from=init_from,
                   extend_vocab=extend_vocab, **given)
@@ -227,9 +228,10 @@ class StopRequest:
     interrupt the save (the writes are atomic in any case).
     """
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
         self.signal = None
         self.previous = {}
+        self.quiet = quiet
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -239,7 +241,7 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.signal is None:
             self.signal = signum
-            click.echo("\nStopping after this step and saving (signals are ignored until then)...", err=True)
+            info("\nStopping after this step and saving (signals are ignored until then)...", self.quiet)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -910,10 +912,39 @@ USAGE_EXIT, FAILURE_EXIT = 2, 1
 
 
 def main(argv=None) -> None:
-    """Console entry point: library errors become one line on stderr and exit 2 (ConfigError) or 1."""
+    """Console entry point: library errors become one line on stderr and exit 2 (ConfigError) or 1.
+
+    Under MPI, a rank that fails leaves at once without MPI's collective shutdown
+    (which would wait for the other ranks forever); mpiexec then ends the others.
+    """
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code and distributed.active():
+            _leave_now(code)
+        raise
+    except BaseException:
+        if not distributed.active():
+            raise
+        import traceback
+        traceback.print_exc()
+        _leave_now(1)
+
+
+def _leave_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(argv=None) -> None:
     runtime.keep_freed_memory()
     warnings.showwarning = _warning_line
     try:
+        # under mpiexec, join the MPI world before parsing: a rank that then fails (a missing corpus)
+        # leaves MPI at once and mpiexec ends the job, where a rank gone before joining hangs the others
+        distributed.world()
         cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import batches, classifier, corpus, evaluate, model, optim, parallel, rundir
+from . import batches, classifier, corpus, distributed, evaluate, model, optim, parallel, rundir
 from .errors import ConfigError, TrainingError
 from .layout import BEST_FILE, MODEL_FILE
 from .rundir import Run
@@ -65,17 +65,26 @@ def _batch(run: Run, step: int):
     return x, y, mask, True
 
 
-def _loss_and_grads(run: Run, x, y, mask, state, rngs):
+def _loss_and_grads(run: Run, x, y, mask, state, rngs, group=distributed.Solo()):
     """Loss and gradients of one batch, in seq_len chunks with the state carried (truncated BPTT).
 
     Each chunk's rows run in tconfig.threads blocks (see parallel.py); rngs holds
-    one dropout Generator per block, or None. Returns (loss, grads, final_state,
-    tokens): the mean NLL over scored tokens, and how many tokens were scored.
+    one dropout Generator per block, or None. Under MPI this rank computes only its
+    rows (group.rows; state holds those rows only), and the ranks' gradients are
+    summed in rank order (see distributed.py). Returns (loss, grads, final_state,
+    tokens): the mean NLL over the whole batch's scored tokens, the summed gradients,
+    this rank's final state, and how many tokens the whole batch scored.
     """
     if run.config.classes:  # a whole line at a time: y holds the labels, mask the lengths
-        return _classifier_loss_and_grads(run, x, y, mask, rngs)
+        return _classifier_loss_and_grads(run, x, y, mask, rngs, group)
     T = run.tconfig.seq_len
     total = int(np.count_nonzero(mask)) if mask is not None else y.size
+    if group.size > 1:
+        rows = group.rows(x.shape[0])
+        x, y, mask = x[rows], y[rows], None if mask is None else mask[rows]
+        if x.shape[0] == 0:  # a short last batch of lines can leave a rank no rows: it adds zeros
+            zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
+            return _summed(run, group, 0.0, zeros, total) + (state, total)
     grads, nll = None, 0.0
     for t0 in range(0, x.shape[1], T):
         sl = slice(t0, t0 + T)
@@ -88,18 +97,28 @@ def _loss_and_grads(run: Run, x, y, mask, state, rngs):
         else:
             for k, v in g.items():
                 grads[k] += v
+    if group.size > 1:
+        return _summed(run, group, nll, grads, total) + (state, total)
     return (nll / total if total else 0.0), grads, state, total
 
 
-def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs):
+def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs, group=distributed.Solo()):
     """A classifier's batch, its lines in tconfig.threads row blocks as parallel.py cuts them; the
-    blocks' gradients (each of its summed loss over the whole batch's lines) add in block order."""
+    blocks' gradients (each of its summed loss over the whole batch's lines) add in block order.
+    Under MPI this rank takes only its lines (group.rows), and the ranks' sums add in rank order."""
+    count, n_tokens = labels.size, int(lengths.sum())  # the whole batch's
+    if group.size > 1:
+        rows = group.rows(count)
+        tokens, labels, lengths = tokens[rows], labels[rows], lengths[rows]
+        if labels.size == 0:  # a short last batch can leave a rank no lines: it adds zeros
+            zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
+            return _summed(run, group, 0.0, zeros, count) + (None, n_tokens)
     blocks = parallel.row_blocks(labels.size, run.tconfig.threads)
 
     def block(p):
         rows = blocks[p]
         loss, grads = classifier.loss_and_grads(run.params, run.config, tokens[rows], lengths[rows], labels[rows],
-                                                dropout_rng=None if rngs is None else rngs[p], count=labels.size)
+                                                dropout_rng=None if rngs is None else rngs[p], count=count)
         return loss * (rows.stop - rows.start), grads
 
     results = parallel.run_blocks(block, len(blocks))
@@ -108,7 +127,9 @@ def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs):
         nll += other_nll
         for name, g in other_grads.items():
             grads[name] += g
-    return nll / labels.size, grads, None, int(lengths.sum())
+    if group.size > 1:
+        return _summed(run, group, nll, grads, count) + (None, n_tokens)
+    return nll / count, grads, None, n_tokens
 
 
 def measure_speed(config: model.ModelConfig, tconfig, line_length: int | None = None, seconds: float = 0.5,
@@ -147,6 +168,19 @@ def measure_speed(config: model.ModelConfig, tconfig, line_length: int | None = 
                     return timed * x.size / max(now - start, 1e-9)
 
 
+def _summed(run: Run, group, nll: float, grads: dict, total: int):
+    """(loss, grads) summed over the ranks in rank order; grads travel as one flat buffer."""
+    names = list(run.params)  # the same order on every rank
+    flat = group.sum_in_rank_order(np.concatenate([grads[k].ravel() for k in names]))
+    out, at = {}, 0
+    for k in names:
+        n = run.params[k].size
+        out[k] = flat[at:at + n].reshape(run.params[k].shape)
+        at += n
+    nll = float(group.sum_in_rank_order(np.array([nll], np.float64))[0])
+    return (nll / total if total else 0.0), out
+
+
 def _budget_reached(run: Run):
     """The first budget the run has reached (by run.elapsed, as logged and saved), or None."""
     tc = run.tconfig
@@ -178,8 +212,12 @@ def _schedule_steps(run: Run, steps_per_sec: float | None) -> int | None:
     return max(1, min(candidates)) if candidates else None
 
 
-def train(run: Run, should_stop=lambda: False):
+def train(run: Run, should_stop=lambda: False, group=None):
     """Train until a budget is reached or should_stop() turns true; yields event dicts.
+
+    group: the MPI ranks training together (distributed.world()), or None for one
+    process. Every rank runs this loop in step; rank 0 alone evaluates and writes the
+    log and checkpoints, and a stop asked of any rank stops all at the same step.
 
     Events: {"event": "start" | "step" | "eval" | "save" | "end", ...}. The
     latest checkpoint is saved at every evaluation, at the end, and on a stop
@@ -190,9 +228,16 @@ def train(run: Run, should_stop=lambda: False):
     skips the step (on_nonfinite="skip").
     """
     tc = run.tconfig
+    group = group or distributed.Solo()
     if tc.max_steps is None and tc.max_epochs is None and tc.max_time is None:
         raise ConfigError("no budget: give --max-steps, --max-epochs or --max-time")
     B = tc.batch_size
+    if B % group.size:
+        raise ConfigError(f"--batch-size {B} must be a multiple of the {group.size} MPI ranks")
+    writer = group.rank == 0
+    if group.size > 1 and run.carry is not None:  # the saved state holds all B streams: keep this rank's
+        rows = group.rows(B)
+        run.carry = tuple(np.ascontiguousarray(s[:, rows]) for s in run.carry)
     tokens_per_step = B * tc.seq_len if tc.mode == "stream" else None
     session_start = time.monotonic()
     prior_elapsed = run.elapsed
@@ -206,21 +251,22 @@ def train(run: Run, should_stop=lambda: False):
     timing_steps, timing_start = 0, None
     final_val = None
 
-    def stop_reason():
+    def stop_reason(asked):
         return _budget_reached(run) or ("early_stop" if _stopped_early(run) else None) or \
-            ("interrupted" if should_stop() else None)
+            ("interrupted" if asked else None)
 
     # a resumed run may already be at its budget: then nothing changes and nothing is written
-    reason = stop_reason()
+    reason = stop_reason(group.agree(should_stop(), run.elapsed)[0])
     while reason is None:
         step_start = time.monotonic()
         x, y, mask, reset = _batch(run, run.step)
         state = None if reset or run.carry is None else run.carry
         # dropout masks come from generators fixed by (seed, step, block), so a resumed run draws the same
-        rngs = ([np.random.default_rng([tc.seed, run.step, p]) for p in range(tc.threads)]
+        # (under MPI the blocks are numbered across ranks: rank r's blocks follow rank r-1's)
+        rngs = ([np.random.default_rng([tc.seed, run.step, group.rank * tc.threads + p]) for p in range(tc.threads)]
                 if run.config.dropout > 0 else None)
         with np.errstate(**QUIET_FP):
-            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rngs)
+            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rngs, group)
             grad_norm = optim.clip_grad_norm(grads, tc.clip)
             optim.clip_grad_value(grads, tc.clip_value)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -230,7 +276,7 @@ def train(run: Run, should_stop=lambda: False):
                 f"the last saved checkpoint is unchanged. Try a lower --lr or --clip, or --on-nonfinite skip")
         if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
             # a time budget alone: fix the schedule's length from the measured speed, once
-            run.schedule_steps = _schedule_steps(run, timing_steps / (time.monotonic() - timing_start))
+            run.schedule_steps = _schedule_steps(run, timing_steps / max(run.elapsed - timing_start, 1e-9))
         if run.schedule_since is not None:
             lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup, run.schedule_steps, tc.min_lr_ratio,
                                      since=run.schedule_since)
@@ -250,13 +296,14 @@ def train(run: Run, should_stop=lambda: False):
             run.skipped += 1
         run.step += 1
         now = time.monotonic()
+        # every rank takes rank 0's clock and any rank's stop request, so all stop at the same step
+        asked, run.elapsed = group.agree(should_stop(), prior_elapsed + now - session_start)
         if timing_start is None:
-            timing_start = now  # the first step warms caches; time from the second
+            timing_start = run.elapsed  # the first step warms caches; time from the second
         else:
             timing_steps += 1
-        run.elapsed = prior_elapsed + now - session_start
         epoch = run.step / run.steps_per_epoch
-        reason = stop_reason()
+        reason = stop_reason(asked)
         evaluating = run.step % tc.eval_every == 0 or reason is not None
         logging = run.step % tc.log_every == 0 or evaluating
         if finite:
@@ -277,16 +324,20 @@ def train(run: Run, should_stop=lambda: False):
                 run.log_sum, run.log_count = 0.0, 0
             else:
                 record["skipped_nonfinite"] = record.pop("skipped")
-            if evaluating:
+            if evaluating and writer:  # rank 0 evaluates alone (the others wait at the next step)
                 final_val, improved = yield from _evaluate(run)
                 if final_val is not None:  # None: no validation data
                     record["val_loss"] = final_val
                 if reason is None and _stopped_early(run):
                     reason = "early_stop"
+            if evaluating and group.size > 1 and group.root_says(reason == "early_stop"):
+                reason = "early_stop"  # rank 0 alone evaluated: its early stop ends every rank at this step
             # the line goes in before the save, so that the checkpoint counts it (run.log_bytes)
-            rundir.append_log(run, record, sync=evaluating)
+            if writer:
+                rundir.append_log(run, record, sync=evaluating)
             if evaluating:
-                yield from _save(run, improved, final_val is not None and math.isfinite(final_val))
+                yield from _save(run, group, writer and improved,
+                                 final_val is not None and math.isfinite(final_val))
                 # so that the corpus read so far does not stay mapped into memory (see there)
                 corpus.release_pages(run.train_ids)
                 corpus.release_pages(run.val_ids)
@@ -311,10 +362,22 @@ def _evaluate(run: Run):
     return (None if math.isnan(val) else val), improved
 
 
-def _save(run: Run, improved: bool, val_finite: bool):
-    """Save latest (and best when improved, or when there is none yet and no validation); yields save events."""
+def _save(run: Run, group, improved: bool, val_finite: bool):
+    """Save latest (and best when improved, or when there is none yet and no validation); yields save events.
+
+    Under MPI every rank sends its rows of the carried state to rank 0, which alone writes.
+    """
+    carry = run.carry
+    if group.size > 1 and carry is not None:
+        carry = group.gather_rows(carry, run.tconfig.batch_size)
+    if group.rank != 0:
+        return
     best = improved or (not os.path.exists(run.path(BEST_FILE)) and not val_finite)
-    path = rundir.save_checkpoint(run, best=best)
+    local, run.carry = run.carry, carry
+    try:
+        path = rundir.save_checkpoint(run, best=best)
+    finally:
+        run.carry = local
     yield {"event": "save", "path": path, "kind": "latest"}
     if best:
         yield {"event": "save", "path": run.path(BEST_FILE), "kind": "best"}

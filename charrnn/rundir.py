@@ -372,14 +372,16 @@ def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconf
             "n_unseen": len(unseen)}
 
 
-def resume_run(directory, overrides: dict | None = None) -> Run:
+def resume_run(directory, overrides: dict | None = None, *, writer: bool = True) -> Run:
     """Load a run for continuing exactly where it stopped.
 
     - overrides: new values for options in RESUMABLE (budgets and cadence)
+    - writer: False for an MPI rank other than 0, which reads the run but never touches its files
     """
     if not os.path.isdir(directory):
         raise CheckpointError(f"cannot resume: {directory} is not a run directory")
-    checkpoint.cleanup_temp_files(directory)
+    if writer:
+        checkpoint.cleanup_temp_files(directory)
     if not os.path.exists(os.path.join(directory, STATE_FILE)):
         raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
     where = os.path.join(directory, STATE_FILE)
@@ -436,7 +438,8 @@ def resume_run(directory, overrides: dict | None = None) -> Run:
     for key, value in progress.items():
         setattr(run, key, value)
     run.best_val = math.inf if run.best_val is None else run.best_val
-    _cut_log(run)
+    if writer:
+        _cut_log(run)
     if budget_changed and tconfig.schedule == "cosine" and run.schedule_steps is not None \
             and run.step > tconfig.warmup:
         # the cosine schedule spans the whole run's budget: a new budget moves its end. From here the decay
