@@ -13,11 +13,19 @@ A benchmark, not a test. It measures, on this machine:
   1 x 128), in-process, median of --reps.
 
 From those it models each config on N = 2..64 machines, each keeping B = 64
-rows (the global batch grows with N), with a ring allreduce of the gradient
-buffer: t_comm = 2 (N - 1) / N x bytes / bandwidth + 2 (N - 1) x latency, no
-overlap of communication with compute, efficiency = t_step / (t_step + t_comm).
-The latency per message (--latency, 50 us) and the bandwidths (10 and 25
-Gbit/s) are assumptions, not measurements.
+rows (the global batch grows with N), no overlap of communication with compute,
+efficiency = t_step / (t_step + t_comm), for two ways to sum the gradients:
+
+- a ring allreduce, as the issue asked: t_comm = 2 (N - 1) / N x bytes /
+  bandwidth + 2 (N - 1) x latency;
+- what distributed.py does (a fixed order: Gather to rank 0, add in rank
+  order, Bcast): rank 0's link takes in N - 1 buffers, then the broadcast
+  costs about what a ring does (MPICH sends large messages as a scatter and an
+  allgather): t_comm = (N - 1) x bytes / bandwidth + 2 (N - 1) / N x bytes /
+  bandwidth + 2 (N - 1) x latency.
+
+The latency per message (--latency, 50 us), the bandwidths (10 and 25 Gbit/s)
+and the broadcast's cost are assumptions, not measurements.
 
     env OPENBLAS_NUM_THREADS=1 nice -n 10 python bench/scaling.py          # needs ".[mpi]"
     python bench/scaling.py --steps 12 --reps 5
@@ -102,6 +110,16 @@ def ring_seconds(nbytes: int, machines: int, gbit: float, latency: float) -> flo
     return 2 * (machines - 1) / machines * nbytes * 8 / (gbit * 1e9) + 2 * (machines - 1) * latency
 
 
+def gather_bcast_seconds(nbytes: int, machines: int, gbit: float, latency: float) -> float:
+    """distributed.sum_in_rank_order: N - 1 buffers into rank 0, then a broadcast costing about a ring's."""
+    return (machines - 1) * nbytes * 8 / (gbit * 1e9) + ring_seconds(nbytes, machines, gbit, latency)
+
+
+def modelled(t_step: float, nbytes: int, latency: float, comm=ring_seconds) -> dict:
+    """{(Gbit/s, N): efficiency} of one config under a communication model."""
+    return {(g, n): t_step / (t_step + comm(nbytes, n, g, latency)) for g in BANDWIDTHS for n in MACHINES}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=12, help="training steps of each measured run")
@@ -121,23 +139,27 @@ def main(argv=None) -> None:
         print(f"  1 process : {one:,.0f} chars/s")
         print(f"  2 ranks   : {two:,.0f} chars/s  ({two / one:.2f}x)")
 
-    print("\nmeasured per-step compute (B 64, T 100, one process, float32, Adam) and modelled ring allreduce "
-          f"(latency {args.latency * 1e6:.0f} us per message, assumed):\n")
+    print("\nmeasured per-step compute (B 64, T 100, one process, float32, Adam); modelled efficiency "
+          f"(latency {args.latency * 1e6:.0f} us per message, assumed), ring allreduce / distributed.py's "
+          "gather and broadcast:\n")
     head = "| config | parameters | gradient bytes per step | step (measured) | " + " | ".join(
-        f"eff. N={n} @{g}G" for g in BANDWIDTHS for n in (8, 64)) + " | machines at >= 80% (10G / 25G) |"
+        f"N={n} @{g}G" for g in BANDWIDTHS for n in (8, 64)) + " | machines at >= 80% (10G / 25G) |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, cell, layers, hidden in CONFIGS:
         t, n_params = step_seconds(cell, layers, hidden, args.reps)
         nbytes = n_params * 4
-        effs = {}
-        for g in BANDWIDTHS:
-            for n in MACHINES:
-                effs[g, n] = t / (t + ring_seconds(nbytes, n, g, args.latency))
-        pays = [max([n for n in MACHINES if effs[g, n] >= 0.8], default=1) for g in BANDWIDTHS]
-        cells = " | ".join(f"{effs[g, n]:.0%}" for g in BANDWIDTHS for n in (8, 64))
-        print(f"| {name} | {n_params:,} | {nbytes / 1e6:.2f} MB | {t * 1e3:.0f} ms | {cells} | "
-              f"{' / '.join(str(p) if p < 64 else '64+' for p in pays)} |")
+        ring = modelled(t, nbytes, args.latency)
+        ours = modelled(t, nbytes, args.latency, gather_bcast_seconds)
+        cells = " | ".join(f"{ring[g, n]:.0%} / {ours[g, n]:.0%}" for g in BANDWIDTHS for n in (8, 64))
+        pays = [f"{_pays(ring, g)} / {_pays(ours, g)}" for g in BANDWIDTHS]
+        print(f"| {name} | {n_params:,} | {nbytes / 1e6:.2f} MB | {t * 1e3:.0f} ms | {cells} | {'; '.join(pays)} |")
+
+
+def _pays(effs: dict, gbit: int) -> str:
+    """The most machines (of MACHINES) still at >= 80% efficiency."""
+    n = max([n for n in MACHINES if effs[gbit, n] >= 0.8], default=1)
+    return "64+" if n == MACHINES[-1] else str(n)
 
 
 if __name__ == "__main__":

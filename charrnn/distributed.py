@@ -160,8 +160,9 @@ def world():
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as exc:
-        raise CharRNNError(f"started by mpiexec with {size} ranks, but MPI is not usable here ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                          f"install it with {INSTALL_HINT}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CharRNNError(f"started by mpiexec with {size} ranks, but MPI is not usable here ({why}); "
+                           f"install it with {INSTALL_HINT}") from None
     comm = MPI.COMM_WORLD
     _world = MPIGroup(comm) if comm.Get_size() > 1 else Solo()
     return _world

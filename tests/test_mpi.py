@@ -1,8 +1,16 @@
 """Data-parallel training over MPI: 2 ranks on this machine, each with one BLAS and one kernel thread.
 
 Needs the `mpi` extra (mpi4py and the mpich wheel, whose mpiexec sits beside
-the Python running the tests); .ci/run installs it. Every launch is a whole
-`charrnn train` job with a tiny model, so the tests stay few.
+the Python running the tests); .ci/run installs it and sets CHARRNN_REQUIRE_MPI,
+so there a missing extra fails instead of skipping. Every launch is a whole
+`mpiexec -n 2 charrnn train` job of a tiny model (about 2 s, mostly start-up),
+so the 2-rank runs are few and shared: the one-process references run in this
+process (`invoke`), which takes well under a second each.
+
+Why one process can give the very same bits: rank r owns parallel.row_blocks(B, 2)[r]
+of the batch, and with --threads 1 per rank its gradient is that block's; the ranks'
+gradients are added in rank order. One process with --threads 2 cuts the batch into
+the same two blocks and adds them in the same order.
 """
 
 import json
@@ -18,89 +26,172 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint, distributed
-from tiny_runs import invoke
+from tiny_runs import invoke, read_log
 
-pytest.importorskip("mpi4py")
+if os.environ.get("CHARRNN_REQUIRE_MPI"):
+    import mpi4py  # noqa: F401  (CI: the extra must be there, never a skip)
+else:
+    pytest.importorskip("mpi4py")
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
-pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="the mpich wheel's mpiexec is not installed")
+pytestmark = pytest.mark.skipif(not MPIEXEC.exists() and not os.environ.get("CHARRNN_REQUIRE_MPI"),
+                                reason="the mpich wheel's mpiexec is not installed")
 
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 for name in distributed._SIZE_VARIABLES:  # the tests may themselves run under an MPI launcher
     ENV.pop(name, None)
+# --threads 1 per rank; the one-process references give --threads 2 after these, to cut the same blocks
 TINY = ["--hidden", "16", "--embed", "8", "--layers", "2", "--batch-size", "4", "--seq-len", "16",
         "--threads", "1", "--dropout", "0", "--lr", "0.1", "--eval-every", "5", "--eval-tokens", "300",
         "--schedule", "constant", "--warmup", "0"]
+ONE_PROCESS_SAME_BLOCKS = ["--threads", "2", "-q"]
+# the float32 rounding bound between a run's weights under another row cut (2 blocks against 1): the
+# blocks' gradients add in another order, and Adagrad's per-weight scaling amplifies that a little
+RTOL, ATOL = 1e-3, 1e-4
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = np.array("the cat sat on a mat and dog ran far away".split())
-    path = tmp_path_factory.mktemp("corpus") / "c.txt"
-    path.write_text(" ".join(rng.choice(words, 3000)) + "\n", encoding="utf-8")
-    return path
+def charrnn(args, n=2, timeout=120):
+    """`mpiexec -n N charrnn ARGS` with one thread per rank; the CompletedProcess (timeout: never a hang)."""
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "charrnn", *map(str, args)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def charrnn(args, n=1, **kw):
-    """Run `charrnn ARGS` as one process (n=1) or as `mpiexec -n N`; returns the CompletedProcess."""
-    cmd = [sys.executable, "-m", "charrnn", *map(str, args)]
-    if n > 1:
-        cmd = [str(MPIEXEC), "-n", str(n), *cmd]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, **kw)
-
-
-def state(run_dir):
+def weights(run_dir):
+    """(every tensor of the run's state file: weights, optimizer state, carried state; its step)."""
     arrays, meta = checkpoint.load_state(os.path.join(run_dir, "state.safetensors"))
     return arrays, meta["progress"]["step"]
 
 
-def test_two_ranks_agree_with_one_process_and_resume_bit_exactly_with_any_rank_count(corpus_file, tmp_path):
-    one, two, halves, mixed = (tmp_path / n for n in ("one", "two", "halves", "mixed"))
-    # one process cutting each batch into 2 row blocks adds the same blocks in the same order as 2 ranks
-    r = charrnn(["train", corpus_file, "--out", one, "--max-steps", 20, *TINY, "--threads", 2, "-q"])
-    assert r.returncode == 0, r.stderr
-    r = charrnn(["train", corpus_file, "--out", two, "--max-steps", 20, *TINY], n=2)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "" and r.stderr.count("Run directory") == 1  # rank 0 alone prints
-    r = charrnn(["train", corpus_file, "--out", halves, "--max-steps", 10, *TINY, "-q"], n=2)
-    assert r.returncode == 0, r.stderr
-    shutil.copytree(halves, mixed)
-    r = charrnn(["train", "--resume", halves, "--max-steps", 20, "-q"], n=2)
-    assert r.returncode == 0, r.stderr
-    r = charrnn(["train", "--resume", mixed, "--max-steps", 20, "-q"])  # 2 ranks' carried state, one process
-    assert r.returncode == 0, r.stderr
+def assert_same_bits(run, reference, step):
+    arrays, at = weights(run)
+    ref, ref_at = weights(reference)
+    assert at == ref_at == step
+    assert arrays.keys() == ref.keys()
+    for name in ref:
+        assert np.array_equal(arrays[name], ref[name]), f"{run} {name}"
 
-    ref, step = state(one)
-    assert step == 20
-    for run in (two, halves):  # the same N (and the same blocks): the same bits, resumed or not
-        arrays, step = state(run)
-        assert step == 20 and arrays.keys() == ref.keys()
-        for name in arrays:
-            assert np.array_equal(arrays[name], ref[name]), f"{run.name} {name}"
-    # resumed with 1 rank of 1 thread: the rows' gradients are added in another order from step 11,
-    # so the weights differ by float32 rounding (amplified a little by Adagrad's per-weight scaling)
-    arrays, step = state(mixed)
-    assert step == 20
-    for name, value in arrays.items():
-        np.testing.assert_allclose(value, ref[name], rtol=1e-3, atol=1e-4, err_msg=name)
-    assert any(not np.array_equal(value, ref[name]) for name, value in arrays.items())  # the bound is used
-    logs = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] for run in (two, halves)]
-    assert [rec["step"] for rec in logs[1]] == [5, 10, 15, 20]  # each logging step once, in order
-    assert [(r["loss"], r["val_loss"]) for r in logs[0]] == [(r["loss"], r["val_loss"]) for r in logs[1]]
+
+def assert_within_rounding(run, reference, step):
+    arrays, at = weights(run)
+    ref, ref_at = weights(reference)
+    assert at == ref_at == step
+    for name in ref:
+        np.testing.assert_allclose(arrays[name], ref[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    assert any(not np.array_equal(arrays[name], ref[name]) for name in ref)  # another order: the bound is used
+
+
+def one_process(args):
+    code, out, err = invoke(["train", *map(str, args)])
+    assert code == 0, err
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """Lines of 3-8 words, so that lines mode can use it too."""
+    rng = np.random.default_rng(0)
+    words = np.array("the cat sat on a mat and dog ran far away".split())
+    lines = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(500)]
+    path = tmp_path_factory.mktemp("corpus") / "c.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared(corpus_file, tmp_path_factory):
+    """The 2-rank runs several tests read: a fresh 10-step run, kept at step 10, then resumed by 2 ranks
+    to step 20; and the one-process references of 10 and 20 steps with the same row blocks."""
+    tmp = tmp_path_factory.mktemp("shared")
+    two, at10 = tmp / "two", tmp / "two_at_10"
+    fresh = charrnn(["train", corpus_file, "--out", two, "--max-steps", 10, *TINY])
+    assert fresh.returncode == 0, fresh.stderr
+    shutil.copytree(two, at10)
+    resumed = charrnn(["train", "--resume", two, "--max-steps", 20, "-q"])
+    assert resumed.returncode == 0, resumed.stderr
+    for steps in (10, 20):
+        one_process([corpus_file, "--out", tmp / f"one_{steps}", "--max-steps", steps, *TINY,
+                     *ONE_PROCESS_SAME_BLOCKS])
+    return {"tmp": tmp, "two": two, "at10": at10, "fresh": fresh, "resumed": resumed}
+
+
+def test_two_ranks_give_the_bits_of_one_process_and_resume_them_exactly(shared):
+    # step 10: a fresh 2-rank run (rank 0 prepared it, rank 1 followed from its step-0 state)
+    assert_same_bits(shared["at10"], shared["tmp"] / "one_10", 10)
+    # step 20: resumed by 2 ranks (the saved 4 streams' state split between them again), against
+    # one uninterrupted 20-step run
+    assert_same_bits(shared["two"], shared["tmp"] / "one_20", 20)
+    # the log holds each logged step once, with one process's numbers
+    two, one = read_log(shared["two"]), read_log(shared["tmp"] / "one_20")
+    assert [r["step"] for r in two] == [5, 10, 15, 20]
+    assert [(r["loss"], r["val_loss"]) for r in two] == [(r["loss"], r["val_loss"]) for r in one]
+
+
+def test_against_one_process_of_one_block_the_weights_agree_to_float32_rounding(corpus_file, shared, tmp_path):
+    # one process, the whole batch as one block: the same global batch and batches, other rounding
+    one_process([corpus_file, "--out", tmp_path / "one", "--max-steps", 20, *TINY, "-q"])
+    assert_within_rounding(shared["two"], tmp_path / "one", 20)
+    # a 2-rank checkpoint resumed by 1 process (which gathers no rows: the file holds all 4 streams)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(shared["at10"], mixed)
+    one_process(["--resume", mixed, "--max-steps", 20, "-q"])
+    assert_within_rounding(mixed, shared["two"], 20)
+
+
+def test_rank_0_alone_prints_and_writes(shared):
+    fresh = shared["fresh"]
+    assert fresh.stdout == ""
+    for line in ("Run directory", "step 5: val loss", "step 10: val loss", "Done (step budget)"):
+        assert fresh.stderr.count(line) == 1, fresh.stderr  # once, not once per rank
+    assert shared["resumed"].stdout == shared["resumed"].stderr == ""  # -q: nothing from either rank
+    assert sorted(os.listdir(shared["two"])) == sorted(os.listdir(shared["tmp"] / "one_20"))
+
+
+def test_fine_tuning_in_lines_mode_stops_early_at_the_step_of_one_process(corpus_file, shared, tmp_path):
+    # --init-from takes the fresh-run path; a high learning rate makes validation worse, so that with
+    # --patience 1 rank 0 (which alone evaluates) ends the run, and rank 1 with it, at the same step
+    tune = ["--init-from", shared["tmp"] / "one_10", "--mode", "lines", "--lr", "3", "--patience", "1",
+            "--max-steps", 40, "--batch-size", "4", "--threads", "1", "--dropout", "0", "--eval-every", "3",
+            "--eval-tokens", "300", "--schedule", "constant", "--warmup", "0"]
+    r = charrnn(["train", corpus_file, "--out", tmp_path / "two", *tune])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Fine-tuning") == 1
+    one_process([corpus_file, "--out", tmp_path / "one", *tune, *ONE_PROCESS_SAME_BLOCKS])
+    step = weights(tmp_path / "one")[1]
+    assert step < 40 and "Done (stopped early" in r.stderr
+    assert_same_bits(tmp_path / "two", tmp_path / "one", step)
+
+
+def test_a_classifier_on_two_ranks_gives_the_bits_of_one_process(tmp_path):
+    rng = np.random.default_rng(1)
+    lines = []
+    for _ in range(200):
+        label = str(rng.choice(["pets", "sky"]))
+        words = ("cat dog mat" if label == "pets" else "sun sky sea").split()
+        lines.append(label + "\t" + " ".join(rng.choice(words, rng.integers(1, 6))))
+    kinds = tmp_path / "kinds.tsv"
+    kinds.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [kinds, "--task", "classify", "--max-steps", 15, "--hidden", "16", "--embed", "8", "--layers", "1",
+            "--batch-size", "4", "--threads", "1", "--dropout", "0", "--lr", "0.3", "--eval-every", "5",
+            "--seq-len", "100", "--schedule", "constant", "--warmup", "0"]
+    r = charrnn(["train", "--out", tmp_path / "two", *args, "-q"])
+    assert r.returncode == 0, r.stderr
+    one_process(["--out", tmp_path / "one", *args, *ONE_PROCESS_SAME_BLOCKS])
+    assert_same_bits(tmp_path / "two", tmp_path / "one", 15)
 
 
 def test_batch_not_divisible_by_the_ranks_is_one_line_and_writes_nothing(corpus_file, tmp_path):
     args = [a if a != "4" else "5" for a in TINY]
-    r = charrnn(["train", corpus_file, "--out", tmp_path / "r", "--max-steps", 2, *args], n=2)
-    assert r.returncode == 1
-    assert "Error: --batch-size 5 must be a multiple of the 2 MPI ranks" in r.stderr
+    r = charrnn(["train", corpus_file, "--out", tmp_path / "r", "--max-steps", 2, *args])
+    assert r.returncode == 2  # a usage error, by the one exit-code rule
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: --batch-size 5 must be a multiple of the 2 MPI ranks (mpiexec -n); the batch is split "
+        "between them by streams")
     assert not (tmp_path / "r").exists()
 
 
 def test_a_corpus_missing_on_one_rank_is_its_error_and_the_job_fails(corpus_file, tmp_path):
     common = ["--out", tmp_path / "r", "--max-steps", 2, *TINY]
-    cmd = [str(MPIEXEC), "-n", "1", sys.executable, "-m", "charrnn", "train", corpus_file, *map(str, common), ":",
-           "-n", "1", sys.executable, "-m", "charrnn", "train", tmp_path / "gone.txt", *map(str, common)]
+    rank = [sys.executable, "-m", "charrnn", "train"]
+    cmd = [MPIEXEC, "-n", "1", *rank, corpus_file, *common, ":", "-n", "1", *rank, tmp_path / "gone.txt", *common]
     r = subprocess.run(list(map(str, cmd)), env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "gone.txt" in r.stderr and "does not exist" in r.stderr
@@ -120,33 +211,41 @@ def _rank_pid(marker: str, rank: int) -> int | None:
 
 
 def _start_long_run(corpus_file, out):
+    """A 2-rank run with no end in sight, once it has saved after its first evaluation."""
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "charrnn", "train", str(corpus_file), "--out", str(out),
            "--max-steps", "1000000", *TINY]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (out / "state.safetensors").exists() or not (out / "log.jsonl").exists():
+    while not (out / "state.safetensors").exists() or weights(out)[1] == 0:  # the step-0 save comes first
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
+        time.sleep(0.05)
     return proc
 
 
-def test_kill_9_of_a_rank_ends_the_job_and_ctrl_c_saves_once_with_130(corpus_file, tmp_path):
-    proc = _start_long_run(corpus_file, tmp_path / "killed")
-    pid = _rank_pid(str(tmp_path / "killed"), 1)
+def test_kill_9_of_a_rank_ends_the_job_and_the_last_checkpoint_resumes(corpus_file, tmp_path):
+    out = tmp_path / "killed"
+    proc = _start_long_run(corpus_file, out)
+    pid = _rank_pid(str(out), 1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)  # never a hang: mpiexec ends rank 0 as well
     assert proc.returncode != 0
-    r = charrnn(["info", tmp_path / "killed"])  # the last checkpoint stays loadable
-    assert r.returncode == 0, r.stderr
+    step = weights(out)[1]
+    one_process(["--resume", out, "--max-steps", step + 2, "-q"])  # loadable, and the lock is free
+    assert weights(out)[1] == step + 2
 
-    proc = _start_long_run(corpus_file, tmp_path / "stopped")
+
+def test_ctrl_c_to_mpiexec_saves_once_and_exits_130(corpus_file, tmp_path):
+    out = tmp_path / "stopped"
+    proc = _start_long_run(corpus_file, out)
     proc.send_signal(signal.SIGINT)  # to mpiexec, which passes it to every rank
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.count("Stopping after this step and saving") == 1
-    logs = [json.loads(line) for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
-    assert state(tmp_path / "stopped")[1] == logs[-1]["step"]  # saved at the step it stopped
+    assert err.count("Stopping after this step and saving") == 1  # rank 0's; rank 1 prints nothing
+    assert err.count("Done (interrupted") == 1, err
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert weights(out)[1] == logs[-1]["step"]  # saved at the step both ranks stopped at
+    assert len({r["step"] for r in logs}) == len(logs)
 
 
 def test_under_mpiexec_without_mpi4py_is_one_line_naming_the_extra(monkeypatch, corpus_file, tmp_path):
