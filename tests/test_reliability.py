@@ -3,8 +3,11 @@
 no pickle anywhere, and hostile corpora. Exact resume across processes is in
 test_resume.py; checkpoint files with broken bytes are in test_checkpoint.py.
 
-The subprocess tests run `python -m charrnn` with tiny models and BLAS pinned to
-one thread, so that every process computes the same numbers.
+The subprocess tests run `python -m charrnn` with tiny models on the NumPy reference
+(see CHILD_ENV) and BLAS pinned to one thread, so that every process computes the
+same numbers. Where the process is not what is tested (a second trainer refused by
+the lock, a resume after a signal, divergence, hostile corpora), cli.main runs in
+this process through `invoke`.
 """
 
 import ast
@@ -39,10 +42,18 @@ from tiny_runs import PINNED, TINY, invoke, read_log, stream_text, untimed
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
 
 
+# The children here test the process and its files (signals, kill -9, the lock), not the arithmetic, so
+# they run the NumPy reference: importing numba and loading its cached kernels is half a second of
+# every start (0.9 s against 0.35 s for a tiny run), and the kill -9 test alone starts 28 of them. The
+# compiled kernels' bits across processes are test_resume.py's, on numba; their agreement with the
+# reference is test_kernels.py's.
+CHILD_ENV = {**PINNED, "CHARRNN_KERNELS": "numpy"}
+
+
 def popen(args, code=None, **env):
     """`python -m charrnn ARGS`, or `python -c CODE ARGS` where CODE ends by calling charrnn's main()."""
     head = [sys.executable, "-m", "charrnn"] if code is None else [sys.executable, "-c", code]
-    return subprocess.Popen([*head, *map(str, args)], env={**PINNED, **env}, stdout=subprocess.PIPE,
+    return subprocess.Popen([*head, *map(str, args)], env={**CHILD_ENV, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -199,7 +210,7 @@ def test_a_signal_finishes_the_step_saves_says_where_and_exits_128_plus_n(tmp_pa
     log = read_log(run)
     assert [r["step"] for r in log] == list(range(1, step + 1)) and "val_loss" in log[-1]
     assert temp_files(run) == []
-    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", step + 2, "--quiet")
+    code, _, err = invoke(["train", "--resume", run, "--max-steps", step + 2, "--quiet"])
     assert code == 0, err
     assert read_log(run)[-1]["step"] == step + 2
 
@@ -230,7 +241,7 @@ def test_more_signals_during_the_save_do_not_damage_it(tmp_path, corpus_file):
     step = meta["progress"]["step"]
     assert model_step(run) == step and read_log(run)[-1]["step"] == step
     assert temp_files(run) == []
-    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", step + 1, "--quiet")
+    code, _, err = invoke(["train", "--resume", run, "--max-steps", step + 1, "--quiet"])
     assert code == 0, err
 
 
@@ -262,7 +273,7 @@ def test_a_second_trainer_on_a_run_fails_at_once_and_the_first_trains_on(tmp_pat
     try:
         wait_for(lambda: (run / layout.STATE_FILE).exists(), first)
         args = ([corpus_file, *TINY, "--out", run] if second == "fresh" else ["--resume", run]) + ["--max-steps", 3]
-        code, out, err = charrnn_run("train", *args)
+        code, out, err = invoke(["train", *args])
         assert first.poll() is None, "the first trainer stopped: the second did not fail at once"
         line = assert_one_line_error(code, out, err)
         assert re.fullmatch(busy_error(run, first.pid), line), line
@@ -276,17 +287,17 @@ def test_a_second_trainer_on_a_run_fails_at_once_and_the_first_trains_on(tmp_pat
 
 def test_a_trainer_refused_by_the_lock_writes_nothing_into_the_run(tmp_path, corpus_file):
     run = tmp_path / "run"
-    code, _, err = charrnn_run("train", corpus_file, *TINY, "--max-steps", 2, "--quiet", "--out", run)
+    code, _, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--quiet", "--out", run])
     assert code == 0, err
     (run / ".model.safetensors.1234.tmp").write_bytes(b"left by a crash")  # what a resume would clean up
-    with RunLock(run):  # this process holds the run
-        before = digests(run)
+    with RunLock(run):  # this process holds the run; the trainers below open the lock file anew, and
+        before = digests(run)  # flock refuses a second open file description in the same process too
         for args in ([corpus_file, *TINY, "--max-steps", 4, "--out", run], ["--resume", run, "--max-steps", 4]):
-            code, out, err = charrnn_run("train", *args)
+            code, out, err = invoke(["train", *args])
             assert re.fullmatch(busy_error(run, os.getpid()), assert_one_line_error(code, out, err))
             assert digests(run) == before
     assert not (run / layout.LOCK_FILE).exists()
-    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", 4, "--quiet")  # free again
+    code, _, err = invoke(["train", "--resume", run, "--max-steps", 4, "--quiet"])  # free again
     assert code == 0, err
     assert temp_files(run) == [] and model_step(run) == 4
 
@@ -308,7 +319,7 @@ def test_a_killed_trainer_leaves_no_lock_behind(tmp_path, corpus_file):
 
 def test_two_fresh_runs_of_one_corpus_started_together_get_two_directories(tmp_path, corpus_file):
     procs = [subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus_file), *TINY, "--max-steps", "3",
-                               "--log-every", "1", "--quiet"], cwd=tmp_path, env=PINNED,
+                               "--log-every", "1", "--quiet"], cwd=tmp_path, env=CHILD_ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
@@ -484,10 +495,10 @@ DIVERGING = ["--optim", "sgd", "--lr", "1e38", "--clip", "0"]
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file):
     run = tmp_path / "run"
-    code, _, err = charrnn_run("train", corpus_file, *TINY, *DIVERGING, "--max-steps", 1, "-q", "--out", run)
+    code, _, err = invoke(["train", corpus_file, *TINY, *DIVERGING, "--max-steps", 1, "-q", "--out", run])
     assert code == 0, err
     saved = digests(run, skip=(layout.LOG_FILE,))
-    code, out, err = charrnn_run("train", "--resume", run, "--max-steps", 100, "--eval-every", 1000, "-q")
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", 100, "--eval-every", 1000, "-q"])
     line = assert_one_line_error(code, out, err, "non-finite at step ")
     bad_step = int(line.split("at step ")[1].split()[0])
     assert bad_step >= 2
@@ -495,8 +506,8 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     assert temp_files(run) == []
 
     # with a save after every step, each checkpoint written is finite and the last is the step before
-    code, out, err = charrnn_run("train", corpus_file, *TINY, *DIVERGING, "--max-steps", 100, "--eval-every", 1,
-                                 "-q", "--out", tmp_path / "every")
+    code, out, err = invoke(["train", corpus_file, *TINY, *DIVERGING, "--max-steps", 100, "--eval-every", 1,
+                             "-q", "--out", tmp_path / "every"])
     assert_one_line_error(code, out, err, f"non-finite at step {bad_step}")
     assert checkpoint.load_state(tmp_path / "every")[1]["progress"]["step"] == bad_step - 1
     no_nonfinite_values(tmp_path / "every")
@@ -505,8 +516,8 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
 def test_an_update_that_overflows_the_weights_stops_before_anything_is_saved(tmp_path, corpus_file):
     """Adam's first step at this learning rate overflows float32 although loss and gradient are finite."""
     run = tmp_path / "run"
-    code, out, err = charrnn_run("train", corpus_file, *TINY, "--optim", "adam", "--lr", "1e38", "--max-steps", 5,
-                                 "--eval-every", 1, "-q", "--out", run)
+    code, out, err = invoke(["train", corpus_file, *TINY, "--optim", "adam", "--lr", "1e38", "--max-steps", 5,
+                             "--eval-every", 1, "-q", "--out", run])
     assert_one_line_error(code, out, err, "weights became non-finite at step 1", "--lr")
     assert not (run / layout.STATE_FILE).exists() and not (run / layout.MODEL_FILE).exists()
     assert temp_files(run) == []
@@ -514,8 +525,8 @@ def test_an_update_that_overflows_the_weights_stops_before_anything_is_saved(tmp
 
 def test_on_nonfinite_skip_skips_and_counts_through_the_cli(tmp_path, corpus_file):
     run = tmp_path / "run"
-    code, out, err = charrnn_run("train", corpus_file, *TINY, *DIVERGING, "--on-nonfinite", "skip",
-                                 "--max-steps", 16, "--eval-every", 4, "--log-every", 1, "--out", run)
+    code, out, err = invoke(["train", corpus_file, *TINY, *DIVERGING, "--on-nonfinite", "skip",
+                             "--max-steps", 16, "--eval-every", 4, "--log-every", 1, "--out", run])
     assert code == 0 and out == "" and "Traceback" not in err, err
     log = read_log(run)
     skipped = [r for r in log if "skipped_nonfinite" in r]
@@ -858,20 +869,16 @@ CORPORA = {
 
 @pytest.fixture(scope="module")
 def corpus_outcomes(tmp_path_factory):
-    """Runs `charrnn train FILE --max-steps 2` on every corpus above, a few processes at a time."""
+    """Runs `charrnn train FILE --max-steps 2` on every corpus above, through cli.main in this process
+    (a process each cost 0.8 s of start-up, numba's mostly; exit codes through a real process are
+    test_cli_train's)."""
     root = tmp_path_factory.mktemp("corpora")
-    results, running = {}, {}
+    results = {}
     for i, (name, (content, extra, _)) in enumerate(CORPORA.items()):
         path = root / f"corpus-{i}.txt"
         path.write_bytes(content)
-        running[name] = (popen(["train", path, *TINY, *extra, "--max-steps", 2, "--out", root / f"run-{i}"]),
+        results[name] = (*invoke(["train", path, *TINY, *extra, "--max-steps", 2, "--out", root / f"run-{i}"]),
                          root / f"run-{i}")
-        if len(running) % 3 == 0:
-            for proc, _ in list(running.values())[-3:]:
-                proc.wait(timeout=120)
-    for name, (proc, run) in running.items():
-        out, err = proc.communicate(timeout=120)
-        results[name] = (proc.returncode, out, err, run)
     return results
 
 
