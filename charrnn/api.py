@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling
+from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling, textfile
 from . import loop as training
 from .config import RESUMABLE, TrainConfig, count_tokens, fill_auto_settings, parse_duration
 from .errors import ConfigError, CorpusError
@@ -364,8 +364,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
     else:
-        text, name = corpus.read_text(corpus_file, errors), os.path.splitext(os.path.basename(corpus_file))[0]
-    val_text = corpus.read_text(val, errors) if val else None
+        text, name = _read(corpus_file, errors, tconfig, init), os.path.splitext(os.path.basename(corpus_file))[0]
+    val_text = _read(val, errors, tconfig, init) if val else None
     if isinstance(text, corpus.Documents) and val_text is None:
         split = corpus.split_documents(text, tconfig.val_frac, tconfig.seed, whole_only=tconfig.mode == "lines")
         if split is None:
@@ -394,6 +394,16 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
             group.broadcast_text(directory)
         _train_events(run, emit, stop, group)
     return directory
+
+
+def _read(path: str, errors: str, tconfig: TrainConfig, init):
+    """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
+    not grow with its size), or its text where preparation needs it whole (a classifier, fine-tuning)."""
+    if tconfig.task == "classify" or init is not None:
+        return corpus.read_text(path, errors)
+    text = textfile.open_text(path, errors)
+    textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid UTF-8 is reported where it was
+    return text
 
 
 def _folder_line(root, docs) -> str:
@@ -464,12 +474,16 @@ def _follow(group, overrides, emit, stop) -> str:
 def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:
     """Tokens per second of training steps for the chosen settings (see train.measure_speed)."""
     level = tconfig.level
-    if level == "char":
-        vocab_size = len(set(text)) + 3
+    if isinstance(text, textfile.TextFile):  # the same numbers, from the scan
+        scan = textfile.scan(text, level, tconfig.mode)
+        distinct, line_length = scan.distinct, None
+        if scan.n_lines:
+            line_length = (scan.line_tokens + scan.n_lines - 1) / scan.n_lines + 1
     else:
-        vocab_size = min(len(set(text.split())), tconfig.max_vocab or 1 << 62) + 3
-    lines = corpus.split_lines(text) if tconfig.mode == "lines" else None
-    line_length = count_tokens("\n".join(lines), level) / len(lines) + 1 if lines else None  # + the end token
+        distinct = len(set(text)) if level == "char" else len(set(text.split()))
+        lines = corpus.split_lines(text) if tconfig.mode == "lines" else None
+        line_length = count_tokens("\n".join(lines), level) / len(lines) + 1 if lines else None  # + the end token
+    vocab_size = distinct + 3 if level == "char" else min(distinct, tconfig.max_vocab or 1 << 62) + 3
     try:
         config = ModelConfig(vocab_size=max(vocab_size, 4), **model_options)
     except ConfigError:

@@ -264,12 +264,17 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
                  if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
     if not open_keys:
         return None
-    if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
-        text = "\n".join(text.texts)
     share = 1.0 if val_text is not None else 1 - tconfig.val_frac
-    n_tokens = int(count_tokens(text, tconfig.level) * share)
-    n_lines = int(len([line for line in text.splitlines() if line.strip()]) * share) \
-        if tconfig.mode == "lines" else None
+    scan = getattr(text, "scans", {}).get((tconfig.level, tconfig.mode))  # a textfile.TextFile, read in chunks
+    if scan is not None:
+        n_tokens, n_lines = scan.n_tokens, scan.n_nonblank
+    else:
+        if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
+            text = "\n".join(text.texts)
+        n_tokens = count_tokens(text, tconfig.level)
+        n_lines = len([line for line in text.splitlines() if line.strip()]) if tconfig.mode == "lines" else 0
+    n_tokens = int(n_tokens * share)
+    n_lines = int(n_lines * share) if tconfig.mode == "lines" else None
     auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines)
     for key in open_keys:
         if key in model_options:

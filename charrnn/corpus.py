@@ -43,9 +43,19 @@ def read_text(path, errors: str = "strict") -> str:
     if errors not in TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
+    with open_binary(path) as f:
+        try:
             data = f.read()
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+    return decode_text(data, str(path), errors)
+
+
+def open_binary(path):
+    """A corpus file opened for reading bytes; CorpusError (no such file, a directory, permission denied,
+    cannot read) where it cannot be."""
+    try:
+        f = open(path, "rb")
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -54,9 +64,10 @@ def read_text(path, errors: str = "strict") -> str:
         raise CorpusError(f"{path}: permission denied") from None
     except OSError as e:
         raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
-    if path.is_dir():  # some platforms open directories without an error
+    if os.path.isdir(path):  # some platforms open directories without an error
+        f.close()
         raise CorpusError(f"{path}: is a directory, not a text file")
-    return decode_text(data, str(path), errors)
+    return f
 
 
 def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
@@ -134,6 +145,17 @@ def split_lines(text: str) -> list[str]:
     - returns: list of lines, each with at least one non-whitespace character
     """
     return [line for line in text.split("\n") if line and not line.isspace()]
+
+
+# Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
+MAX_LINE_CHARS = 10_000
+
+
+def check_line_lengths(longest: int, which: str = "") -> None:
+    """CorpusError when a line of `longest` characters is too long to be one example of lines mode."""
+    if longest > MAX_LINE_CHARS:
+        raise CorpusError(f"a {which}line is {longest:,} characters long, but lines mode takes each line as one "
+                          f"example of at most {MAX_LINE_CHARS:,}; train on long text with --mode stream")
 
 
 def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:

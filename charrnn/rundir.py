@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import atomic, batches, checkpoint, corpus, model, novelty, optim
+from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfile
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
@@ -36,8 +36,6 @@ from .model import ModelConfig
 from .runlock import RunLock
 from .vocab import UNK, Vocab, build_vocab, extend_vocab
 
-# Lines mode runs a whole line through the network in one step: longer lines belong to stream mode.
-MAX_LINE_CHARS = 10_000
 
 
 @dataclass
@@ -111,6 +109,8 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
         return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
 
+    if isinstance(train_text, textfile.TextFile) and base_vocab is None and tconfig.task == "lm":
+        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig)  # read in chunks
     arrays = {}
     if tconfig.mode == "stream":
         if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
@@ -192,10 +192,7 @@ def _checked_labels(labels, n: int | None, where: str) -> tuple:
 
 def _check_line_lengths(lines: list[str], which: str = "") -> None:
     """CorpusError when a line is too long to be one example of lines mode."""
-    longest = max(map(len, lines), default=0)
-    if longest > MAX_LINE_CHARS:
-        raise CorpusError(f"a {which}line is {longest:,} characters long, but lines mode takes each line as one "
-                          f"example of at most {MAX_LINE_CHARS:,}; train on long text with --mode stream")
+    corpus.check_line_lengths(max(map(len, lines), default=0), which)
 
 
 def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:

@@ -263,16 +263,27 @@ def build_vocab(text: str, level: str = "char", min_count: int = 1, max_vocab: i
     - returns: Vocab with the specials then the kept tokens in sorted order
     """
     _check_level(level, ConfigError)
-    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise ConfigError(f"min_count must be a positive integer, got {min_count!r}")
-    if max_vocab is not None and (not isinstance(max_vocab, (int, np.integer)) or max_vocab < 1):
-        raise ConfigError(f"max_vocab must be a positive integer, got {max_vocab!r}")
+    _check_limits(min_count, max_vocab)
     if level == "char":
         counts = _count_chars(text)
     else:
         counts = Counter()
         for piece in _chunks(text, "word"):
             counts.update(WORD_PATTERN.findall(piece))
+    return vocab_from_counts(counts, level, min_count, max_vocab)
+
+
+def _check_limits(min_count, max_vocab) -> None:
+    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+        raise ConfigError(f"min_count must be a positive integer, got {min_count!r}")
+    if max_vocab is not None and (not isinstance(max_vocab, (int, np.integer)) or max_vocab < 1):
+        raise ConfigError(f"max_vocab must be a positive integer, got {max_vocab!r}")
+
+
+def vocab_from_counts(counts: dict, level: str = "char", min_count: int = 1, max_vocab: int | None = None) -> Vocab:
+    """build_vocab's vocabulary from the tokens' counts (token -> times seen) instead of the text."""
+    _check_level(level, ConfigError)
+    _check_limits(min_count, max_vocab)
     kept = sorted(t for t, c in counts.items() if c >= min_count)
     if max_vocab is not None and len(kept) > max_vocab:
         # Stable sort on count keeps the sorted order among equal counts.

@@ -1,0 +1,551 @@
+"""A corpus file prepared in chunks, so that memory does not grow with its size.
+
+`open_text` checks a file as `corpus.read_text` does, without reading it
+whole, and `scan` reads it once (pass 1): it decodes the bytes in chunks of
+`chunk_bytes` with an incremental UTF-8 decoder (a character split between two
+chunks is decoded whole; invalid bytes give read_text's errors, at the same
+offsets), counts the tokens, and in lines mode writes an index of the kept
+lines (byte start, byte end, tokens) to an anonymous temporary file, read
+back memory-mapped. `prepare` (pass 2) builds the vocabulary from the counts
+and encodes the text straight into the run's .npy id files, in the vocabulary's
+smallest unsigned dtype (`vocab.id_dtype`, recorded in each file's header).
+
+The text is never held whole: a chunk at a time, plus the counts (characters,
+or at word level the words and their counts) and, in lines mode, one bit of
+the split per line. Every result is that of the in-memory path
+(`rundir.prepare_data` on `corpus.read_text`'s string): the same split, the
+same vocabulary and the same ids. Where a chunk is cut is never seen in the
+result: at word level it is cut only where a token ends (before a newline, or
+where a run of spaces starts), in lines mode only after a line end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import atomic, batches, corpus
+from .config import TrainConfig
+from .errors import ConfigError, CorpusError
+from .vocab import SPECIAL_TOKENS, WORD_PATTERN, Vocab, _codepoints, vocab_from_counts
+
+CHUNK_BYTES = 4 << 20  # bytes read at a time: a few MB bounds every temporary
+_BOM = corpus._BOM
+_SPACE_START = re.compile(r"\S(?=[^\S\n])")  # a token ends and a run of spaces starts right after it
+_LINE_ENDS = (10, 13)  # "\n" and "\r": never inside a multi-byte UTF-8 character
+
+
+@dataclass(eq=False)
+class TextFile:
+    """A corpus file that preparation reads in chunks (see open_text); str() is its name in messages."""
+    path: str
+    errors: str = "strict"
+    chunk_bytes: int = CHUNK_BYTES
+    scans: dict = field(default_factory=dict, repr=False)  # (level, mode) -> Scan
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES) -> TextFile:
+    """A corpus file checked as corpus.read_text checks it (missing, unreadable, a directory, empty, UTF-16,
+    binary), reading only its first bytes; invalid UTF-8 is found by scan. Raises CorpusError or ConfigError."""
+    if errors not in corpus.TEXT_ERRORS:
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    if int(chunk_bytes) < 1:
+        raise ConfigError(f"chunk size must be at least one byte, got {chunk_bytes!r}")
+    tf = TextFile(os.fspath(path), errors, int(chunk_bytes))
+    with _open(tf) as f:
+        head = f.read(corpus._BINARY_SNIFF)
+        start = len(_BOM) if head.startswith(_BOM) else 0
+        if len(head) == start and not f.read(1):
+            raise CorpusError(f"{tf}: the file is empty")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CorpusError(f"{tf}: looks like UTF-16 text; convert it to UTF-8")
+    if b"\0" in head:
+        raise CorpusError(f"{tf}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+    return tf
+
+
+def _open(tf: TextFile):
+    return corpus.open_binary(tf.path)
+
+
+def _bad_utf8(tf: TextFile, offset: int) -> CorpusError:
+    return CorpusError(f"{tf}: invalid UTF-8 at byte offset {offset}; "
+                       "re-run with --errors replace to substitute U+FFFD for bad bytes")
+
+
+def _start(f) -> int:
+    """Skip a leading byte order mark; returns where the text starts."""
+    if f.read(len(_BOM)) == _BOM:
+        return len(_BOM)
+    f.seek(0)
+    return 0
+
+
+# ---------------------------------------------------------------- the text in chunks
+
+
+def _blocks(tf: TextFile, resume: int = 0):
+    """Yield (resume, text): the file's text in blocks, newlines normalized, decoded incrementally.
+
+    - resume: 0 for the file's start (its BOM dropped), else a position an earlier block reported
+    Each block's resume is the byte from which a fresh decoder gives that block's text first (a block
+    ends before a "\\r", which waits for the next block in case a "\\n" follows it).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(tf.errors)
+    with _open(tf) as f:
+        if resume:
+            f.seek(resume)
+            pos = resume
+        else:
+            pos = _start(f)
+        held = ""
+        while True:
+            pending = len(decoder.getstate()[0])
+            block_resume = pos - pending - len(held)
+            data = f.read(tf.chunk_bytes)
+            final = not data
+            try:
+                text = decoder.decode(data, final)
+            except UnicodeDecodeError as e:
+                raise _bad_utf8(tf, pos - pending + e.start) from None
+            pos += len(data)
+            text, held = held + text, ""
+            if not final and text.endswith("\r"):
+                text, held = text[:-1], "\r"
+            if text:
+                yield block_resume, corpus.normalize_newlines(text)
+            if final:
+                return
+
+
+def _pieces(blocks, level: str, limit: int):
+    """Yield (origin, piece) from _blocks' (resume, text): at word level cut only where a token ends.
+
+    - origin: (resume, skip): the piece starts `skip` characters into the text a decoder gives from resume
+    - limit: a word-level piece with no newline is cut at a run of spaces once it holds this many characters
+    Characters are tokens of their own, so at char level the blocks are the pieces.
+    """
+    if level == "char":
+        for resume, text in blocks:
+            yield (resume, 0), text
+        return
+    carry, origin = "", None
+    for resume, text in blocks:
+        if not carry:
+            origin = (resume, 0)
+        buf = carry + text
+        cut = buf.rfind("\n")
+        if cut <= 0 and len(buf) >= limit:
+            last = None
+            for last in _SPACE_START.finditer(buf):
+                pass
+            cut = last.end() if last else 0
+        if cut <= 0:
+            carry = buf
+            continue
+        yield origin, buf[:cut]
+        origin = (resume, cut - len(carry)) if cut >= len(carry) else (origin[0], origin[1] + cut)
+        carry = buf[cut:]
+    if carry:
+        yield origin, carry
+
+
+def _replay(tf: TextFile, level: str, origin=(0, 0)):
+    """The pieces of the text from origin on (an origin that _pieces reported), re-cut the same way."""
+    resume, skip = origin
+
+    def texts():
+        nonlocal skip
+        for r, text in _blocks(tf, resume):
+            if skip >= len(text):
+                skip -= len(text)
+                continue
+            if skip:
+                r, text, skip = None, text[skip:], 0
+            yield r, text
+    for _, piece in _pieces(texts(), level, _limit(tf)):
+        yield piece
+
+
+def _limit(tf: TextFile) -> int:
+    return max(2 * tf.chunk_bytes, 1024)
+
+
+def _tokens(piece: str, level: str):
+    return piece if level == "char" else WORD_PATTERN.findall(piece)
+
+
+class _Counts:
+    """Token counts: a code point histogram (char level) or a Counter (word level)."""
+
+    def __init__(self, level: str):
+        self.level = level
+        self.hist = np.zeros(0, dtype=np.int64)
+        self.words = Counter()
+
+    def add(self, piece: str, sign: int = 1) -> int:
+        """Count (sign 1) or uncount (-1) the tokens of piece; returns how many there are."""
+        if self.level == "char":
+            c = np.bincount(_codepoints(piece)) * sign
+            if c.size > self.hist.size:
+                c[: self.hist.size] += self.hist
+                self.hist = c
+            else:
+                self.hist[: c.size] += c
+            return len(piece)
+        toks = WORD_PATTERN.findall(piece)
+        if sign > 0:
+            self.words.update(toks)
+        else:
+            self.words.subtract(toks)
+        return len(toks)
+
+    def as_dict(self) -> dict:
+        if self.level == "char":
+            (nz,) = np.nonzero(self.hist)
+            return {chr(cp): int(self.hist[cp]) for cp in nz}
+        return {t: c for t, c in self.words.items() if c > 0}
+
+
+# ---------------------------------------------------------------- pass 1: the scan
+
+
+@dataclass
+class Scan:
+    """What pass 1 learned of a file at one level and mode.
+
+    - n_chars, n_tokens: of the whole text (config.count_tokens)
+    - distinct: len(set(text)) at char level, len(set(text.split())) at word level (the speed estimate's
+      vocabulary)
+    - counts: the tokens' counts: the whole text (stream mode) or the kept lines (lines mode)
+    - stream mode: pieces, [(origin, first character, tokens)] of each piece
+    - lines mode: n_lines (corpus.split_lines), index (n_lines, 3) int64 memmap of (byte start, byte end,
+      tokens) per line, longest (characters), line_tokens (their sum), n_nonblank (lines by
+      str.splitlines with a non-space character: the automatic settings' count)
+    """
+    level: str
+    mode: str
+    n_chars: int = 0
+    n_tokens: int = 0
+    distinct: int = 0
+    counts: _Counts = None
+    pieces: list = field(default_factory=list)
+    n_lines: int = 0
+    index: np.ndarray | None = None
+    longest: int = 0
+    line_tokens: int = 0
+    n_nonblank: int = 0
+
+
+def scan(tf: TextFile, level: str, mode: str) -> Scan:
+    """Pass 1 over the file at this level and mode (cached on tf); CorpusError for invalid UTF-8."""
+    key = (level, mode)
+    if key not in tf.scans:
+        tf.scans[key] = _scan_lines(tf, level) if mode == "lines" else _scan_stream(tf, level)
+    return tf.scans[key]
+
+
+def _scan_stream(tf: TextFile, level: str) -> Scan:
+    s = Scan(level, "stream", counts=_Counts(level))
+    words = set()
+    for origin, piece in _pieces(_blocks(tf), level, _limit(tf)):
+        n = s.counts.add(piece)
+        s.pieces.append((origin, s.n_chars, n))
+        s.n_chars += len(piece)
+        s.n_tokens += n
+        if level == "word":
+            words.update(piece.split())
+    s.distinct = len(words) if level == "word" else int(np.count_nonzero(s.counts.hist))
+    return s
+
+
+def _line_chunks(tf: TextFile):
+    """Yield (byte start, bytes): the file (BOM dropped) in chunks that end after a line end, or at its end.
+
+    A chunk ends after a "\\n", or after a "\\r" whose next byte is read (and is no "\\n"), so each chunk
+    decodes and normalizes on its own to its share of the text.
+    """
+    with _open(tf) as f:
+        pos = _start(f)
+        carry = b""
+        while True:
+            data = f.read(tf.chunk_bytes)
+            buf = carry + data
+            if not data:
+                if buf:
+                    yield pos, buf
+                return
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            ends = np.flatnonzero((arr == 10) | (arr == 13))
+            if ends.size and arr[ends[-1]] == 13 and ends[-1] == len(buf) - 1:
+                ends = ends[:-1]
+            if not ends.size:
+                carry = buf
+                continue
+            cut = int(ends[-1]) + 1
+            yield pos, buf[:cut]
+            pos, carry = pos + cut, buf[cut:]
+
+
+def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
+    try:
+        return corpus.normalize_newlines(str(data, "utf-8", tf.errors))
+    except UnicodeDecodeError as e:
+        raise _bad_utf8(tf, start + e.start) from None
+
+
+def _scan_lines(tf: TextFile, level: str) -> Scan:
+    s = Scan(level, "lines", counts=_Counts(level))
+    everything, words = _Counts("char"), set()
+    out = tempfile.TemporaryFile(prefix="charrnn-lines-")
+    try:
+        for start, data in _line_chunks(tf):
+            text = _decode_chunk(tf, start, data)
+            s.n_chars += len(text)
+            s.n_nonblank += sum(1 for line in text.splitlines() if line.strip())
+            arr = np.frombuffer(data, dtype=np.uint8)
+            ends = np.flatnonzero((arr == 10) | (arr == 13))
+            begins = np.concatenate([[0], ends + 1])
+            ends = np.concatenate([ends, [len(data)]])
+            full = ends > begins
+            lines = [line for line in text.split("\n") if line]
+            assert len(lines) == int(full.sum())  # a non-empty line of bytes decodes to a non-empty line
+            keep = np.array([not line.isspace() for line in lines], dtype=bool)
+            lines = [line for line, k in zip(lines, keep) if k]
+            spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
+            rows = np.empty((len(lines), 3), dtype=np.int64)
+            rows[:, 0] = begins[full][keep] + start
+            rows[:, 1] = ends[full][keep] + start
+            if level == "char":
+                rows[:, 2] = [len(line) for line in lines]
+                if lines:
+                    s.counts.add("".join(lines))
+                everything.add(text)
+            else:
+                toks = [WORD_PATTERN.findall(line) for line in lines]
+                rows[:, 2] = [len(t) for t in toks]
+                for t in toks:
+                    s.counts.words.update(t)
+                for line in lines:
+                    words.update(line.split())
+                s.n_tokens += int(rows[:, 2].sum()) + spaces + text.count("\n")
+            out.write(rows.tobytes())
+            s.n_lines += len(lines)
+            s.line_tokens += int(rows[:, 2].sum())
+            s.longest = max(s.longest, max(map(len, lines), default=0))
+        if level == "char":
+            s.n_tokens = s.n_chars
+            s.distinct = int(np.count_nonzero(everything.hist))
+        else:
+            s.distinct = len(words)
+        out.flush()
+        s.index = np.memmap(out, dtype=np.int64, mode="r", shape=(s.n_lines, 3)) if s.n_lines else \
+            np.zeros((0, 3), dtype=np.int64)
+    finally:
+        if not s.n_lines:
+            out.close()
+    return s
+
+
+# ---------------------------------------------------------------- pass 2: the vocabulary and the id files
+
+
+def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: TrainConfig) -> Vocab:
+    """rundir.prepare_data for a corpus file (and a separate validation file, or None to hold out
+    val_frac): the same vocabulary and the same files, the text read in chunks. Everything is counted
+    and checked before the first file is written; the files are written together (atomic.write_files)."""
+    if tconfig.mode == "lines":
+        vocab, files = _lines(train, val, tconfig)
+    else:
+        vocab, files = _stream(train, val, tconfig)
+    os.makedirs(data_dir, exist_ok=True)
+    atomic.cleanup_temp_files(data_dir)  # left by a start that was killed
+    try:
+        atomic.write_files((os.path.join(data_dir, name), write) for name, write in files.items())
+    except OSError as e:
+        raise CorpusError(f"{e.filename}: cannot write token ids: {e.strerror or e}") from None
+    return vocab
+
+
+def _npy(dtype, n: int, arrays, where: TextFile):
+    """write(f): a .npy file of shape (n,) and this dtype (its header as np.save writes it), filled with
+    the arrays that arrays() yields; CorpusError when they do not come to n (the file changed meanwhile)."""
+    dtype = np.dtype(dtype)
+
+    def write(f):
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (int(n),)})
+        written = 0
+        for arr in arrays():
+            arr = np.ascontiguousarray(arr, dtype=dtype)
+            written += arr.size
+            if written > n:
+                break
+            f.write(arr)
+        if written != n:
+            raise CorpusError(f"{where}: the file changed while it was being prepared; run again")
+    return write
+
+
+def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig):
+    level = tc.level
+    s = scan(train, level, "stream")
+    if val is None:
+        cut = corpus.split_index(s.n_chars, tc.val_frac)
+        counts, n_train, n_val, first = _split_counts(train, s, cut)
+    else:
+        cut, first = s.n_chars, None
+        counts, n_train, n_val = s.counts, s.n_tokens, scan(val, level, "stream").n_tokens
+    vocab = vocab_from_counts(counts.as_dict(), level, tc.min_count, tc.max_vocab)
+    # raises CorpusError (with the length and what is needed) when the text is too short for one batch
+    batches.stream_windows(n_train, tc.batch_size, tc.seq_len)
+
+    def train_ids():
+        pos = 0
+        for piece in _replay(train, level):
+            if pos >= cut:
+                return
+            yield vocab.encode(piece[: cut - pos])
+            pos += len(piece)
+
+    def val_ids():
+        if val is not None:
+            yield from map(vocab.encode, _replay(val, level))
+            return
+        if first is None:
+            return
+        origin, pos, _ = s.pieces[first]
+        for piece in _replay(train, level, origin):
+            if pos + len(piece) > cut:
+                yield vocab.encode(piece[max(0, cut - pos):])
+            pos += len(piece)
+
+    return vocab, {"train.npy": _npy(vocab.dtype, n_train, train_ids, train),
+                   "val.npy": _npy(vocab.dtype, n_val, val_ids, val or train)}
+
+
+def _split_counts(tf: TextFile, s: Scan, cut: int):
+    """The counts and token numbers of text[:cut] and text[cut:] (split_text's two parts), from the whole
+    text's counts: the pieces from the one holding the cut on are read again.
+
+    Returns (counts of the training part, its tokens, the validation part's tokens, the index of the
+    piece holding the cut or None when nothing is held out).
+    """
+    if cut >= s.n_chars:
+        return s.counts, s.n_tokens, 0, None
+    starts = [start for _, start, _ in s.pieces]
+    first = int(np.searchsorted(starts, cut, side="right")) - 1
+    counts = _Counts(s.level)
+    counts.hist, counts.words = s.counts.hist.copy(), Counter(s.counts.words)
+    n_train, n_val = s.n_tokens, 0
+    pos = starts[first]
+    for piece in _replay(tf, s.level, s.pieces[first][0]):
+        n_train -= counts.add(piece, -1)  # the whole text's tokens from here on ...
+        if pos < cut:
+            n_train += counts.add(piece[: cut - pos])  # ... give way to those of text[:cut]
+        if pos + len(piece) > cut:
+            n_val += len(_tokens(piece[max(0, cut - pos):], s.level))
+        pos += len(piece)
+    return counts, n_train, n_val, first
+
+
+def _index_blocks(index: np.ndarray, select: np.ndarray | None, rows: int = 1 << 16):
+    """Yield (block of index rows, a copy, and its rows selected) over a memory-mapped line index, releasing
+    the pages read, so memory does not grow with the index."""
+    for i in range(0, len(index), rows):
+        block = np.array(index[i : i + rows])
+        corpus.release_pages(index)
+        yield block if select is None else block[select[i : i + rows]]
+
+
+def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
+    """Yield (lines, their index rows): the text of the selected lines, in file order, a few MB at a time."""
+    with _open(tf) as f:
+        for block in _index_blocks(index, select):
+            lo = 0
+            while lo < len(block):
+                begin = int(block[lo, 0])
+                hi = max(lo + 1, int(np.searchsorted(block[:, 1], begin + tf.chunk_bytes, side="right")))
+                rows = block[lo:hi]
+                f.seek(begin)
+                data = memoryview(f.read(int(rows[-1, 1]) - begin))
+                try:
+                    lines = [str(data[b - begin : e - begin], "utf-8", tf.errors)
+                             for b, e in zip(rows[:, 0].tolist(), rows[:, 1].tolist())]
+                except UnicodeDecodeError:
+                    raise CorpusError(f"{tf}: the file changed while it was being prepared; run again") from None
+                yield lines, rows
+                lo = hi
+
+
+def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig):
+    level = tc.level
+    s = scan(train, level, "lines")
+    corpus.check_line_lengths(s.longest)
+    if val is None:
+        # as rundir.prepare_data: a seeded random share of the lines is held out (one bit per line here)
+        order = np.random.default_rng(tc.seed).permutation(s.n_lines)
+        held = np.zeros(s.n_lines, dtype=bool)
+        held[order[: int(s.n_lines * tc.val_frac)]] = True
+        del order
+        parts = {"train": (train, s, ~held), "val": (train, s, held)}
+    else:
+        v = scan(val, level, "lines")
+        corpus.check_line_lengths(v.longest, "validation ")
+        held = None
+        parts = {"train": (train, s, None), "val": (val, v, None)}
+    sizes = {}
+    for name, (tf, sc, select) in parts.items():
+        n_lines = n_tokens = 0
+        for rows in _index_blocks(sc.index, select):
+            n_lines += len(rows)
+            n_tokens += int(rows[:, 2].sum())
+        sizes[name] = (n_lines, n_tokens)
+    if not sizes["train"][0]:
+        raise CorpusError("lines mode needs at least one non-empty training line")
+    counts = _Counts(level)
+    counts.hist, counts.words = s.counts.hist.copy(), Counter(s.counts.words)
+    if held is not None and held.any():
+        for lines, _ in _selected_lines(train, s.index, held):
+            if level == "char":
+                counts.add("".join(lines), -1)
+            else:
+                for line in lines:
+                    counts.words.subtract(WORD_PATTERN.findall(line))
+    if level == "char":
+        vocab = vocab_from_counts(counts.as_dict(), "char", tc.min_count, tc.max_vocab)
+    else:
+        # as rundir._lines_vocab: the lines joined by "\n", a token dropped afterwards
+        words = counts.as_dict()
+        if sizes["train"][0] > 1:
+            words["\n"] = sizes["train"][0] - 1
+        vocab = vocab_from_counts(words, "word", tc.min_count, tc.max_vocab)
+        vocab = Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
+
+    files = {}
+    for name, (tf, sc, select) in parts.items():
+        def ids(tf=tf, sc=sc, select=select):
+            for lines, _ in _selected_lines(tf, sc.index, select):
+                yield corpus.encode_lines(vocab, lines)[0]
+
+        def offsets(sc=sc, select=select):
+            yield np.zeros(1, dtype=np.int64)
+            total = 0
+            for rows in _index_blocks(sc.index, select):
+                ends = np.cumsum(rows[:, 2]) + total
+                total = int(ends[-1]) if len(ends) else total
+                yield ends
+        n_lines, n_tokens = sizes[name]
+        files[f"{name}.npy"] = _npy(vocab.dtype, n_tokens, ids, tf)
+        files[f"{name}_offsets.npy"] = _npy(np.int64, n_lines + 1, offsets, tf)
+    return vocab, files

@@ -1,0 +1,161 @@
+"""Preparation in chunks (textfile.py) against the in-memory path it replaces for corpus files.
+
+The reference is rundir.prepare_data on corpus.read_text's string: the same
+vocabulary, the same files byte for byte, and the same errors, for char and
+word level in stream and lines mode, with chunks so small that multi-byte
+characters, "\\r\\n" pairs and words straddle their boundaries.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from charrnn import config, corpus, rundir, textfile
+from charrnn.config import TrainConfig
+from charrnn.errors import CorpusError
+
+# multi-byte characters (2, 3 and 4 bytes), CRLF and lone CR, blank and whitespace-only lines, a U+2028,
+# tabs, punctuation: every kind of boundary a chunk can fall on
+SAMPLE = ("héllo wörld, naïve café\r\nthe 日本語 text 🎉🎉 ends\rhere.\n\n   \n\t\nalpha\u2028beta  gamma!!\n"
+          "x\n" * 3 + "Ünïcödé  spaces   and\ttabs; done\r\n" + "zz top\n" * 5 + "last line without end")
+
+
+def _files(directory) -> dict:
+    data = os.path.join(directory, "data")
+    return {name: open(os.path.join(data, name), "rb").read() for name in sorted(os.listdir(data))}
+
+
+def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="strict", **options):
+    """(vocab, files) of the in-memory path and of the chunked path on the same file."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
+    vpath = None
+    if val is not None:
+        vpath = tmp_path / "v.txt"
+        vpath.write_bytes(val)
+    tc = TrainConfig(batch_size=2, seq_len=4, **options)
+    ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
+    ref_vocab = rundir.prepare_data(ref_dir, corpus.read_text(path, errors),
+                                    corpus.read_text(vpath, errors) if vpath else None, tc)
+    new_vocab = rundir.prepare_data(new_dir, textfile.open_text(path, errors, chunk),
+                                    textfile.open_text(vpath, errors, chunk) if vpath else None, tc)
+    return (ref_vocab, _files(ref_dir)), (new_vocab, _files(new_dir))
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64, 1 << 20])
+def test_chunked_preparation_is_the_in_memory_one(tmp_path, mode, level, chunk):
+    data = b"\xef\xbb\xbf" + SAMPLE.encode() * 3
+    (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, data, chunk, mode=mode, level=level, val_frac=0.3)
+    assert new_vocab == ref_vocab
+    assert new == ref
+    assert set(ref) == ({"train.npy", "val.npy"} | ({"train_offsets.npy", "val_offsets.npy"} if mode == "lines"
+                                                    else set()))
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("options", [{"val_frac": 0.0}, {"val_frac": 0.5, "min_count": 2},
+                                     {"val_frac": 0.1, "max_vocab": 5}, {"val_frac": 0.25, "seed": 7}])
+def test_split_and_vocabulary_options_are_kept(tmp_path, mode, level, options):
+    data = SAMPLE.encode() * 4
+    (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, data, 7, mode=mode, level=level, **options)
+    assert (new_vocab, new) == (ref_vocab, ref)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_a_separate_validation_file(tmp_path, mode, level):
+    (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, SAMPLE.encode() * 2, 4, val="only 🎉 here\nand ünseen\n".encode(),
+                                               mode=mode, level=level)
+    assert (new_vocab, new) == (ref_vocab, ref)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_invalid_bytes_replaced_as_in_memory(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        good = SAMPLE.encode()
+        raw = bytearray(good * 2)
+        for i in rng.integers(0, len(raw), 12):
+            raw[i] = int(rng.integers(128, 256))
+        root = tmp_path / str(trial)
+        root.mkdir()
+        (ref_vocab, ref), (new_vocab, new) = _both(root, bytes(raw), int(rng.integers(1, 9)), errors="replace",
+                                                   mode=mode, val_frac=0.2)
+        assert (new_vocab, new) == (ref_vocab, ref)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("data", [b"abc\xffdef\n" * 3, b"\xef\xbb\xbfa\xc3(\n", b"ok\n" * 5 + b"\xe6\x97",
+                                  b"x" * 30 + "日".encode() + b"\xe6\x97\n" + b"y" * 9, b"a\r\n\xc0\x80"])
+def test_invalid_utf8_is_the_same_error(tmp_path, mode, data):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(data)
+    with pytest.raises(CorpusError) as expected:
+        corpus.read_text(path)
+    for chunk in (1, 2, 3, 4, 1 << 20):
+        with pytest.raises(CorpusError) as got:
+            textfile.scan(textfile.open_text(path, chunk_bytes=chunk), "char", mode)
+        assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xef\xbb\xbf", "hi".encode("utf-16"), b"abc\x00def", None])
+def test_files_refused_as_read_text_refuses_them(tmp_path, data):
+    path = tmp_path / "f.txt"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(CorpusError) as expected:
+        corpus.read_text(path)
+    with pytest.raises(CorpusError) as got:
+        textfile.open_text(path)
+    assert str(got.value) == str(expected.value)
+    with pytest.raises(CorpusError) as got:
+        textfile.open_text(tmp_path)
+    with pytest.raises(CorpusError) as expected:
+        corpus.read_text(tmp_path)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_scan_counts_what_the_settings_and_speed_estimate_count(tmp_path, mode, level):
+    raw = SAMPLE * 3 + "\x1c sep\x85arated\x0bvertical\x0c"
+    path = tmp_path / "c.txt"
+    path.write_bytes(raw.encode())
+    text = corpus.normalize_newlines(raw)
+    s = textfile.scan(textfile.open_text(path, chunk_bytes=5), level, mode)
+    assert s.n_tokens == config.count_tokens(text, level)
+    assert s.distinct == (len(set(text)) if level == "char" else len(set(text.split())))
+    if mode == "lines":
+        lines = corpus.split_lines(text)
+        assert s.n_nonblank == len([line for line in text.splitlines() if line.strip()])
+        assert (s.n_lines, s.longest) == (len(lines), max(map(len, lines)))
+        assert s.line_tokens + s.n_lines - 1 == config.count_tokens("\n".join(lines), level)
+
+
+def test_a_long_word_level_line_is_cut_at_spaces(tmp_path):
+    text = " ".join(f"w{i % 37}" for i in range(3000)) + "\nend\n"
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode())
+    tf = textfile.open_text(path, chunk_bytes=16)
+    pieces = [p for _, p in textfile._pieces(textfile._blocks(tf), "word", textfile._limit(tf))]
+    assert "".join(pieces) == text and max(map(len, pieces)) < 2000
+    (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, text.encode(), 16, level="word", val_frac=0.1)
+    assert (new_vocab, new) == (ref_vocab, ref)
+
+
+def test_lines_too_long_and_no_training_line(tmp_path):
+    for data, options in (((b"ab\n" * 3 + b"x" * 10_001 + b"\n"), {}),
+                          (b"   \n\t\n", {})):
+        path = tmp_path / "c.txt"
+        path.write_bytes(data)
+        tc = TrainConfig(batch_size=1, seq_len=4, mode="lines", **options)
+        with pytest.raises(CorpusError) as expected:
+            rundir.prepare_data(tmp_path / "ref", corpus.read_text(path), None, tc)
+        with pytest.raises(CorpusError) as got:
+            rundir.prepare_data(tmp_path / "new", textfile.open_text(path, chunk_bytes=3), None, tc)
+        assert str(got.value) == str(expected.value)
+        assert not os.path.exists(tmp_path / "new" / "data")
