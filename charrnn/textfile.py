@@ -22,21 +22,21 @@ where a run of spaces starts), in lines mode only after a line end.
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 
 from . import atomic, batches, corpus
 from .config import TrainConfig
 from .errors import ConfigError, CorpusError
-from .vocab import SPECIAL_TOKENS, WORD_PATTERN, Vocab, _codepoints, vocab_from_counts
+from .vocab import WORD_PATTERN, Vocab, _codepoints, vocab_from_counts
 
-CHUNK_BYTES = 4 << 20  # bytes read at a time: a few MB bounds every temporary
+CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
 _SPACE_START = re.compile(r"\S(?=[^\S\n])")  # a token ends and a run of spaces starts right after it
 _LINE_ENDS = (10, 13)  # "\n" and "\r": never inside a multi-byte UTF-8 character
@@ -304,6 +304,13 @@ def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
         raise _bad_utf8(tf, start + e.start) from None
 
 
+def _kept_lines(text: str):
+    """(corpus.split_lines(text), and for each non-empty line whether it is kept: not whitespace only)."""
+    lines = [line for line in text.split("\n") if line]
+    keep = [not space for space in map(str.isspace, lines)]
+    return list(compress(lines, keep)), keep
+
+
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level))
     everything, words = _Counts("char"), set()
@@ -312,22 +319,20 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
         for start, data in _line_chunks(tf):
             text = _decode_chunk(tf, start, data)
             s.n_chars += len(text)
-            s.n_nonblank += sum(1 for line in text.splitlines() if line.strip())
+            s.n_nonblank += sum(map(bool, map(str.strip, text.splitlines())))
             arr = np.frombuffer(data, dtype=np.uint8)
             ends = np.flatnonzero((arr == 10) | (arr == 13))
             begins = np.concatenate([[0], ends + 1])
             ends = np.concatenate([ends, [len(data)]])
             full = ends > begins
-            lines = [line for line in text.split("\n") if line]
-            assert len(lines) == int(full.sum())  # a non-empty line of bytes decodes to a non-empty line
-            keep = np.array([not line.isspace() for line in lines], dtype=bool)
-            lines = [line for line, k in zip(lines, keep) if k]
+            lines, keep = _kept_lines(text)
+            assert len(keep) == int(full.sum())  # a non-empty line of bytes decodes to a non-empty line
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
             rows = np.empty((len(lines), 3), dtype=np.int64)
             rows[:, 0] = begins[full][keep] + start
             rows[:, 1] = ends[full][keep] + start
             if level == "char":
-                rows[:, 2] = [len(line) for line in lines]
+                rows[:, 2] = list(map(len, lines))
                 if lines:
                     s.counts.add("".join(lines))
                 everything.add(text)
@@ -459,32 +464,37 @@ def _split_counts(tf: TextFile, s: Scan, cut: int):
     return counts, n_train, n_val, first
 
 
-def _index_blocks(index: np.ndarray, select: np.ndarray | None, rows: int = 1 << 16):
-    """Yield (block of index rows, a copy, and its rows selected) over a memory-mapped line index, releasing
-    the pages read, so memory does not grow with the index."""
+def _index_blocks(index: np.ndarray, select: np.ndarray | None, rows: int = 1 << 16, whole: bool = False):
+    """Yield blocks of rows of a memory-mapped line index (copies), releasing the pages read, so memory
+    does not grow with the index: the rows selected, or with whole, (all the rows, which are selected)."""
     for i in range(0, len(index), rows):
         block = np.array(index[i : i + rows])
         corpus.release_pages(index)
-        yield block if select is None else block[select[i : i + rows]]
+        chosen = None if select is None else select[i : i + rows]
+        if whole:
+            yield block, chosen
+        else:
+            yield block if chosen is None else block[chosen]
 
 
 def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
-    """Yield (lines, their index rows): the text of the selected lines, in file order, a few MB at a time."""
+    """Yield lists of the selected lines' text, in file order, a few MB at a time: each stretch of
+    lines is read and decoded in one piece, as pass 1 did."""
     with _open(tf) as f:
-        for block in _index_blocks(index, select):
+        for block, chosen in _index_blocks(index, select, whole=True):
             lo = 0
             while lo < len(block):
                 begin = int(block[lo, 0])
                 hi = max(lo + 1, int(np.searchsorted(block[:, 1], begin + tf.chunk_bytes, side="right")))
-                rows = block[lo:hi]
                 f.seek(begin)
-                data = memoryview(f.read(int(rows[-1, 1]) - begin))
+                data = f.read(int(block[hi - 1, 1]) - begin)
                 try:
-                    lines = [str(data[b - begin : e - begin], "utf-8", tf.errors)
-                             for b, e in zip(rows[:, 0].tolist(), rows[:, 1].tolist())]
+                    lines = _kept_lines(corpus.normalize_newlines(str(data, "utf-8", tf.errors)))[0]
                 except UnicodeDecodeError:
-                    raise CorpusError(f"{tf}: the file changed while it was being prepared; run again") from None
-                yield lines, rows
+                    lines = None
+                if lines is None or len(lines) != hi - lo:
+                    raise CorpusError(f"{tf}: the file changed while it was being prepared; run again")
+                yield lines if chosen is None else list(compress(lines, chosen[lo:hi].tolist()))
                 lo = hi
 
 
@@ -516,7 +526,7 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig):
     counts = _Counts(level)
     counts.hist, counts.words = s.counts.hist.copy(), Counter(s.counts.words)
     if held is not None and held.any():
-        for lines, _ in _selected_lines(train, s.index, held):
+        for lines in _selected_lines(train, s.index, held):
             if level == "char":
                 counts.add("".join(lines), -1)
             else:
@@ -535,7 +545,7 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig):
     files = {}
     for name, (tf, sc, select) in parts.items():
         def ids(tf=tf, sc=sc, select=select):
-            for lines, _ in _selected_lines(tf, sc.index, select):
+            for lines in _selected_lines(tf, sc.index, select):
                 yield corpus.encode_lines(vocab, lines)[0]
 
         def offsets(sc=sc, select=select):

@@ -14,6 +14,7 @@ import pytest
 from charrnn import config, corpus, rundir, textfile
 from charrnn.config import TrainConfig
 from charrnn.errors import CorpusError
+from charrnn.vocab import UNK, build_vocab
 
 # multi-byte characters (2, 3 and 4 bytes), CRLF and lone CR, blank and whitespace-only lines, a U+2028,
 # tabs, punctuation: every kind of boundary a chunk can fall on
@@ -159,3 +160,11 @@ def test_lines_too_long_and_no_training_line(tmp_path):
             rundir.prepare_data(tmp_path / "new", textfile.open_text(path, chunk_bytes=3), None, tc)
         assert str(got.value) == str(expected.value)
         assert not os.path.exists(tmp_path / "new" / "data")
+
+
+@pytest.mark.parametrize("extra", ["", "".join(map(chr, range(0x400, 0x400 + 300)))])  # one-byte ids, two-byte ids
+def test_encode_ascii_fast_path_is_the_table_lookup(extra):
+    vocab = build_vocab("abc xyz\n" + extra)
+    for text in ("abc zzq\n\x7f", "abc é" + extra[:3]):  # ASCII (bytes.translate when ids fit a byte), and not
+        assert vocab.encode(text).tolist() == [vocab._index.get(c, UNK) for c in text]
+        assert vocab.encode(text).dtype == vocab.dtype
