@@ -517,7 +517,7 @@ def model_meta(run: Run) -> dict:
         "special": run.vocab.special,
         "level": run.vocab.level,
         "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len,
-                 "task": run.tconfig.task},
+                 "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype)},  # as data/*.npy's headers say
         **({"labels": list(run.labels)} if run.labels else {}),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,

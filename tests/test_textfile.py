@@ -11,10 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from charrnn import config, corpus, rundir, textfile
+from charrnn import checkpoint, config, corpus, rundir, textfile
 from charrnn.config import TrainConfig
 from charrnn.errors import CorpusError
 from charrnn.vocab import UNK, build_vocab
+from tiny_runs import stream_text
 
 # multi-byte characters (2, 3 and 4 bytes), CRLF and lone CR, blank and whitespace-only lines, a U+2028,
 # tabs, punctuation: every kind of boundary a chunk can fall on
@@ -168,3 +169,75 @@ def test_encode_ascii_fast_path_is_the_table_lookup(extra):
     for text in ("abc zzq\n\x7f", "abc é" + extra[:3]):  # ASCII (bytes.translate when ids fit a byte), and not
         assert vocab.encode(text).tolist() == [vocab._index.get(c, UNK) for c in text]
         assert vocab.encode(text).dtype == vocab.dtype
+
+
+# Prepares a corpus file in a fresh process and prints how far its peak resident set (VmHWM) grew.
+_PREPARE = """
+import sys
+from charrnn import corpus, rundir, textfile
+from charrnn.config import TrainConfig
+def peak():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+before = peak()
+if sys.argv[3] == "in-memory":
+    text = corpus.read_text(sys.argv[1])
+else:
+    text = textfile.open_text(sys.argv[1])
+    textfile.scan(text, "char", "stream")
+rundir.prepare_data(sys.argv[2], text, None, TrainConfig(batch_size=16, seq_len=100))
+print(peak() - before)
+"""
+
+
+def prepare_growth(corpus_path, out, how="chunked") -> int:
+    """Bytes the peak resident set of a process grows by while it prepares corpus_path into out."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _PREPARE, str(corpus_path), str(out), how], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_preparing_64_mb_grows_memory_by_less_than_half_of_it(tmp_path):
+    """The in-memory path holds the bytes, the text and the ids (about 2x the corpus: 141 MB more for
+    this one); in chunks the growth is a few temporaries of a chunk each, whatever the corpus size."""
+    block = (stream_text(200_000) * 2).encode()[: 1 << 20]
+    path = tmp_path / "big.txt"
+    with open(path, "wb") as f:
+        for _ in range(64):
+            f.write(block)
+        f.write("a last line, not ASCII: ünïcödé 日本\n".encode())
+    size = os.path.getsize(path)
+    growth = prepare_growth(path, tmp_path / "run")
+    assert growth < size // 2, f"preparing {size / 1e6:.0f} MB grew the peak resident set by {growth / 1e6:.0f} MB"
+    ids = corpus.load_ids(tmp_path / "run" / "data" / "train.npy")
+    assert ids.dtype == np.uint8 and len(ids) + len(corpus.load_ids(tmp_path / "run" / "data" / "val.npy")) == \
+        size - len("ünïcödé 日本".encode()) + len("ünïcödé 日本")
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_a_run_whose_ids_have_another_dtype_still_resumes(tmp_path, mode):
+    """Each id file names its dtype in its .npy header: a run whose ids were written wider (int64, as an
+    older or another writer might) resumes, and trains exactly as the same run with the smallest dtype."""
+    from tiny_runs import TINY, invoke, read_log, untimed
+    path = tmp_path / "c.txt"
+    path.write_text(("ab cd\nefg hij\n" * 60) + "é\n", encoding="utf-8")
+    runs = {}
+    for name in ("narrow", "wide"):
+        run = tmp_path / name
+        assert invoke(["train", path, *TINY, "--mode", mode, "--max-steps", 2, "--out", run, "--quiet"]).exit_code == 0
+        if name == "wide":
+            data = run / "data"
+            for f in os.listdir(data):
+                ids = corpus.load_ids(data / f, mmap=False)
+                assert f.endswith("_offsets.npy") or ids.dtype == np.uint8
+                np.save(data / f, ids.astype(np.int64), allow_pickle=False)
+        done = invoke(["train", "--resume", run, "--max-steps", 4, "--quiet"])
+        assert done.exit_code == 0, done.stderr
+        runs[name] = untimed(read_log(run))
+        meta = checkpoint.load_model(str(run / "model.safetensors"))[2]
+        assert meta["data"]["ids_dtype"] == ("int64" if name == "wide" else "uint8")
+    assert runs["wide"] == runs["narrow"] and runs["narrow"][-1]["step"] == 4
