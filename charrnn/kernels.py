@@ -1,9 +1,10 @@
 """The recurrent cells fused and compiled with numba: the fast path beside cells.py.
 
-Each time step is one BLAS product (`h @ W_hh.T`, all of the machine's BLAS
-threads) and one compiled loop that does all of the step's elementwise work
-in a single pass over the gates: where NumPy makes a dozen passes, each
-reading and writing (B, G*H) arrays, this loop reads each gate once. The
+Each time step is one product (`h @ W_hh.T`: in float32 gemm.py's, with
+W_hh packed once per chunk, else NumPy's BLAS) and one compiled loop that
+does all of the step's elementwise work in a single pass over the gates:
+where NumPy makes a dozen passes, each reading and writing (B, G*H) arrays,
+this loop reads each gate once. The
 functions here take and return what cells.sequence_forward/backward take and
 return, and tests/test_kernels.py holds them to it.
 
@@ -38,6 +39,8 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
+
+from . import gemm
 
 _JIT = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
 
@@ -257,6 +260,23 @@ def simple_gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, da):
 
 # ---------------------------------------------------------------- a sequence
 
+# Chunks of at least this many steps pack their step product's weight (gemm.py);
+# shorter ones (sampling's single steps) would spend more on packing than it saves.
+_PACK_MIN_STEPS = 4
+
+
+def _step_product(w, steps):
+    """product(x, out): out = x @ w for each of a chunk's `steps` steps.
+
+    float32 chunks multiply by w packed once (gemm.py); float64, short chunks and
+    machines without the microkernel use NumPy's matmul.
+    """
+    if w.dtype == np.float32 and steps >= _PACK_MIN_STEPS and gemm.available():
+        packed = gemm.pack(w)
+        return lambda x, out: gemm.matmul(x, packed, out)
+    return lambda x, out: np.matmul(x, w, out=out)
+
+
 
 def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
     """Run one layer's recurrence over a chunk; the same contract as cells.sequence_forward.
@@ -278,11 +298,12 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     hs = np.empty((T + 1, B, H), dtype)  # hs[0] is h0, so step t reads hs[t]
     hs[0] = state0[0]
     hh = np.empty((B, GH), dtype)
+    product = _step_product(W_hh_t, T)
     n_act = T if keep else 1
     cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
     if cell == "rnn":
         for t in range(T):
-            np.matmul(hs[t], W_hh_t, out=hh)
+            product(hs[t], hh)
             rnn_forward_step(hh, xp[t], b_hh, hs[t + 1])
         state = (hs[T].copy(),)
     elif cell == "lstm":
@@ -292,7 +313,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
         cs[0] = state0[1]
         for t in range(T):
             a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-            np.matmul(hs[t], W_hh_t, out=hh)
+            product(hs[t], hh)
             lstm_forward_step(hh, xp[t], b_hh, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
         state = (hs[T].copy(), cs[T if keep else T % 2].copy())
         cache.update(act=act, cs=cs, tanh_cs=tanh_cs)
@@ -301,7 +322,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
         hns = np.empty((n_act, B, H), dtype)
         for t in range(T):
             a = t if keep else 0
-            np.matmul(hs[t], W_hh_t, out=hh)
+            product(hs[t], hh)
             gru_forward_step(hh, xp[t], b_hh, hs[t], act[a], hns[a], hs[t + 1])
         state = (hs[T].copy(),)
         cache.update(act=act, hns=hns)
@@ -323,17 +344,18 @@ def sequence_backward(d_hs, d_state, cache):
     # dh_rec: the gradient of h_t that came back through W_hh (or from the final state)
     dh_rec = zeros.copy() if d_state is None else np.array(d_state[0], dtype=dtype)
     d_xp = np.empty((T, B, GH), dtype)
+    product = _step_product(W_hh, T)
     if cell == "rnn":
         for t in range(T - 1, -1, -1):
             rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
-            np.matmul(d_xp[t], W_hh, out=dh_rec)
+            product(d_xp[t], dh_rec)
         d_hp, d_state0 = d_xp, (dh_rec,)
     elif cell == "lstm":
         act, cs, tanh_cs = cache["act"], cache["cs"], cache["tanh_cs"]
         dc = zeros.copy() if d_state is None else np.array(d_state[1], dtype=dtype)
         for t in range(T - 1, -1, -1):
             lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
-            np.matmul(d_xp[t], W_hh, out=dh_rec)
+            product(d_xp[t], dh_rec)
         d_hp, d_state0 = d_xp, (dh_rec, dc)
     else:
         act, hns = cache["act"], cache["hns"]
@@ -341,7 +363,7 @@ def sequence_backward(d_hs, d_state, cache):
         dh_direct = zeros
         for t in range(T - 1, -1, -1):
             gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
-            np.matmul(d_hp[t], W_hh, out=dh_rec)
+            product(d_hp[t], dh_rec)
         dh_rec += dh_direct
         d_state0 = (dh_rec,)
     d_hp_flat = d_hp.reshape(T * B, GH)
@@ -354,17 +376,17 @@ def sequence_backward(d_hs, d_state, cache):
 
 
 def _start(xp, state0, W_hh, W_hh_t, keep, cell):
-    """What every sequence starts with: (T, B, H, hs (T+1, B, H) with hs[0] = h0, hh (B, G*H), W_hh_t, cache)."""
+    """What every sequence starts with: (T, B, H, hs (T+1, B, H) with hs[0] = h0, hh (B, G*H), product, cache)."""
     T, B, GH = xp.shape
     H = W_hh.shape[1]
     hs = np.empty((T + 1, B, H), xp.dtype)
     hs[0] = state0[0]
     W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
-    return T, B, H, hs, np.empty((B, GH), xp.dtype), W_hh_t, {"cell": cell, "hs": hs, "W_hh": W_hh}
+    return T, B, H, hs, np.empty((B, GH), xp.dtype), _step_product(W_hh_t, T), {"cell": cell, "hs": hs, "W_hh": W_hh}
 
 
 def _peephole_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
-    T, B, H, hs, hh, W_hh_t, cache = _start(xp, state0, W_hh, W_hh_t, keep, "peephole")
+    T, B, H, hs, hh, product, cache = _start(xp, state0, W_hh, W_hh_t, keep, "peephole")
     w_ci, w_cf, w_co = extra
     n_act = T if keep else 1
     act = np.empty((n_act, B, 4 * H), xp.dtype)
@@ -373,7 +395,7 @@ def _peephole_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
     cs[0] = state0[1]
     for t in range(T):
         a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-        np.matmul(hs[t], W_hh_t, out=hh)
+        product(hs[t], hh)
         peephole_forward_step(hh, xp[t], b_hh, cs[c_prev], w_ci, w_cf, w_co, act[a], cs[c], tanh_cs[a], hs[t + 1])
     state = (hs[T].copy(), cs[T if keep else T % 2].copy())
     cache.update(act=act, cs=cs, tanh_cs=tanh_cs, extra=extra)
@@ -389,9 +411,10 @@ def _peephole_backward(d_hs, d_state, cache):
     dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
     dc = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[1], dtype=dtype)
     d_xp = np.empty((T, B, 4 * H), dtype)
+    product = _step_product(W_hh, T)
     for t in range(T - 1, -1, -1):
         peephole_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], w_ci, w_cf, w_co, d_xp[t])
-        np.matmul(d_xp[t], W_hh, out=dh_rec)
+        product(d_xp[t], dh_rec)
     grads = _recurrent_grads(d_xp, hs)
     # each peephole's gradient: its gate's d pre-activation times the c it saw, summed over T and B
     grads["ci"] = np.einsum("tbh,tbh->h", d_xp[:, :, :H], cs[:-1])
@@ -401,10 +424,10 @@ def _peephole_backward(d_hs, d_state, cache):
 
 
 def _simple_gru_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
-    T, B, H, hs, hh, W_hh_t, cache = _start(xp, state0, W_hh, W_hh_t, keep, "simple-gru")
+    T, B, H, hs, hh, product, cache = _start(xp, state0, W_hh, W_hh_t, keep, "simple-gru")
     act = np.empty((T if keep else 1, B, 2 * H), xp.dtype)
     for t in range(T):
-        np.matmul(hs[t], W_hh_t, out=hh)
+        product(hs[t], hh)
         simple_gru_forward_step(hh, xp[t], b_hh, hs[t], act[t if keep else 0], hs[t + 1])
     cache.update(act=act)
     return hs[1:], (hs[T].copy(),), (cache if keep else None)
@@ -418,9 +441,10 @@ def _simple_gru_backward(d_hs, d_state, cache):
     dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
     dh_direct = np.zeros((B, H), dtype)
     d_xp = np.empty((T, B, 2 * H), dtype)
+    product = _step_product(W_hh, T)
     for t in range(T - 1, -1, -1):
         simple_gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], d_xp[t])
-        np.matmul(d_xp[t], W_hh, out=dh_rec)
+        product(d_xp[t], dh_rec)
     dh_rec += dh_direct
     return d_xp, (dh_rec,), _recurrent_grads(d_xp, hs)
 
