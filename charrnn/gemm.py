@@ -42,7 +42,7 @@ MC = 256  # row block: its rows of a (MC x KC floats, 256 KB) stay in the L2 cac
 
 
 @functools.cache
-def _microkernels():
+def microkernels():
     """(NR, MR, addresses of the row-count variants 1..MR) for this CPU, or None.
 
     AVX-512: 16 floats a vector, MR 8 (16 accumulators of 32 registers).
@@ -139,12 +139,12 @@ def _tile_ir(rows: int, width: int) -> str:
 
 def available() -> bool:
     """Whether this machine runs the packed product (else callers use np.matmul)."""
-    return _microkernels() is not None
+    return microkernels() is not None
 
 
 def pack(w: np.ndarray) -> np.ndarray:
     """w (K, N) float32 -> panels (P, K, NR), zero-padded past column N (see the module docstring)."""
-    nr = _microkernels()[0]
+    nr = microkernels()[0]
     K, N = w.shape
     P = -(-N // nr)
     panels = np.zeros((P, K, nr), np.float32)
@@ -159,8 +159,8 @@ def matmul(a: np.ndarray, packed: np.ndarray, c: np.ndarray) -> None:
     """c = a @ w, where packed = pack(w): a (M, K) and c (M, N) C-contiguous float32."""
     if not all(x.dtype == np.float32 and x.flags.c_contiguous for x in (a, packed, c)):
         raise ValueError("gemm.matmul needs C-contiguous float32 arrays")
-    nr, mr, tiles = _microkernels()
-    _matmul(a, packed, c, nr, mr, tiles)
+    nr, mr, tiles = microkernels()
+    compiled_matmul(a, packed, c, nr, mr, tiles)
 
 
 @intrinsic
@@ -181,7 +181,7 @@ def _call_tile(typingctx, address, a, lda, w, K, c, ldc, mask0, mask1, accumulat
 
 
 @numba.njit(nogil=True, cache=True)
-def _matmul(a, packed, c, nr, mr, tiles):
+def compiled_matmul(a, packed, c, nr, mr, tiles):
     """c = a @ w by chunks of KC of k, blocks of MC rows, panels of nr columns, tiles of mr rows.
 
     The order keeps a panel's chunk (KC x nr) in L1 while every tile of a block

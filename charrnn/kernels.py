@@ -265,17 +265,70 @@ def simple_gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, da):
 _PACK_MIN_STEPS = 4
 
 
-def _step_product(w, steps):
-    """product(x, out): out = x @ w for each of a chunk's `steps` steps.
-
-    float32 chunks multiply by w packed once (gemm.py); float64, short chunks and
-    machines without the microkernel use NumPy's matmul.
-    """
+def _packed(w, steps):
+    """(panels, NR, MR, microkernels) to multiply by w with gemm.py, or None for NumPy's matmul:
+    float64, short chunks and machines without the microkernel."""
     if w.dtype == np.float32 and steps >= _PACK_MIN_STEPS and gemm.available():
-        packed = gemm.pack(w)
-        return lambda x, out: gemm.matmul(x, packed, out)
+        return (gemm.pack(w), *gemm.microkernels())
+    return None
+
+
+def _step_product(w, steps):
+    """product(x, out): out = x @ w for each of a chunk's `steps` steps (gemm.py's when _packed allows)."""
+    packed = _packed(w, steps)
+    if packed is not None:
+        panels, nr, mr, tiles = packed
+        return lambda x, out: gemm.compiled_matmul(x, panels, out, nr, mr, tiles)
     return lambda x, out: np.matmul(x, w, out=out)
 
+
+# With the packed product the whole time loop of the common cells is compiled: one call
+# per chunk instead of two per step (their Python overhead was a tenth of a layer's time).
+# They do what the Python loops in sequence_forward/backward do, step for step.
+
+
+@numba.njit(**_JIT)
+def _rnn_forward_loop(xp, b, panels, nr, mr, tiles, hs, hh):
+    for t in range(xp.shape[0]):
+        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        rnn_forward_step(hh, xp[t], b, hs[t + 1])
+
+
+@numba.njit(**_JIT)
+def _lstm_forward_loop(xp, b, panels, nr, mr, tiles, hs, cs, act, tanh_cs, hh, keep):
+    for t in range(xp.shape[0]):
+        a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
+        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        lstm_forward_step(hh, xp[t], b, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
+
+
+@numba.njit(**_JIT)
+def _gru_forward_loop(xp, b, panels, nr, mr, tiles, hs, act, hns, hh, keep):
+    for t in range(xp.shape[0]):
+        a = t if keep else 0
+        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        gru_forward_step(hh, xp[t], b, hs[t], act[a], hns[a], hs[t + 1])
+
+
+@numba.njit(**_JIT)
+def _rnn_backward_loop(d_hs, hs, panels, nr, mr, tiles, dh_rec, d_xp):
+    for t in range(d_hs.shape[0] - 1, -1, -1):
+        rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
+        gemm.compiled_matmul(d_xp[t], panels, dh_rec, nr, mr, tiles)
+
+
+@numba.njit(**_JIT)
+def _lstm_backward_loop(d_hs, act, cs, tanh_cs, panels, nr, mr, tiles, dh_rec, dc, d_xp):
+    for t in range(d_hs.shape[0] - 1, -1, -1):
+        lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
+        gemm.compiled_matmul(d_xp[t], panels, dh_rec, nr, mr, tiles)
+
+
+@numba.njit(**_JIT)
+def _gru_backward_loop(d_hs, hs, act, hns, panels, nr, mr, tiles, dh_rec, dh_direct, d_xp, d_hp):
+    for t in range(d_hs.shape[0] - 1, -1, -1):
+        gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
+        gemm.compiled_matmul(d_hp[t], panels, dh_rec, nr, mr, tiles)
 
 
 def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
@@ -298,32 +351,41 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     hs = np.empty((T + 1, B, H), dtype)  # hs[0] is h0, so step t reads hs[t]
     hs[0] = state0[0]
     hh = np.empty((B, GH), dtype)
-    product = _step_product(W_hh_t, T)
+    packed = _packed(W_hh_t, T)
     n_act = T if keep else 1
     cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
     if cell == "rnn":
-        for t in range(T):
-            product(hs[t], hh)
-            rnn_forward_step(hh, xp[t], b_hh, hs[t + 1])
+        if packed is not None:
+            _rnn_forward_loop(xp, b_hh, *packed, hs, hh)
+        else:
+            for t in range(T):
+                np.matmul(hs[t], W_hh_t, out=hh)
+                rnn_forward_step(hh, xp[t], b_hh, hs[t + 1])
         state = (hs[T].copy(),)
     elif cell == "lstm":
         act = np.empty((n_act, B, GH), dtype)
         cs = np.empty((T + 1 if keep else 2, B, H), dtype)
         tanh_cs = np.empty((n_act, B, H), dtype)
         cs[0] = state0[1]
-        for t in range(T):
-            a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-            product(hs[t], hh)
-            lstm_forward_step(hh, xp[t], b_hh, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
+        if packed is not None:
+            _lstm_forward_loop(xp, b_hh, *packed, hs, cs, act, tanh_cs, hh, keep)
+        else:
+            for t in range(T):
+                a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
+                np.matmul(hs[t], W_hh_t, out=hh)
+                lstm_forward_step(hh, xp[t], b_hh, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
         state = (hs[T].copy(), cs[T if keep else T % 2].copy())
         cache.update(act=act, cs=cs, tanh_cs=tanh_cs)
     elif cell == "gru":
         act = np.empty((n_act, B, GH), dtype)
         hns = np.empty((n_act, B, H), dtype)
-        for t in range(T):
-            a = t if keep else 0
-            product(hs[t], hh)
-            gru_forward_step(hh, xp[t], b_hh, hs[t], act[a], hns[a], hs[t + 1])
+        if packed is not None:
+            _gru_forward_loop(xp, b_hh, *packed, hs, act, hns, hh, keep)
+        else:
+            for t in range(T):
+                a = t if keep else 0
+                np.matmul(hs[t], W_hh_t, out=hh)
+                gru_forward_step(hh, xp[t], b_hh, hs[t], act[a], hns[a], hs[t + 1])
         state = (hs[T].copy(),)
         cache.update(act=act, hns=hns)
     else:
@@ -344,26 +406,35 @@ def sequence_backward(d_hs, d_state, cache):
     # dh_rec: the gradient of h_t that came back through W_hh (or from the final state)
     dh_rec = zeros.copy() if d_state is None else np.array(d_state[0], dtype=dtype)
     d_xp = np.empty((T, B, GH), dtype)
-    product = _step_product(W_hh, T)
+    packed = _packed(W_hh, T)
     if cell == "rnn":
-        for t in range(T - 1, -1, -1):
-            rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
-            product(d_xp[t], dh_rec)
+        if packed is not None:
+            _rnn_backward_loop(d_hs, hs, *packed, dh_rec, d_xp)
+        else:
+            for t in range(T - 1, -1, -1):
+                rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
+                np.matmul(d_xp[t], W_hh, out=dh_rec)
         d_hp, d_state0 = d_xp, (dh_rec,)
     elif cell == "lstm":
         act, cs, tanh_cs = cache["act"], cache["cs"], cache["tanh_cs"]
         dc = zeros.copy() if d_state is None else np.array(d_state[1], dtype=dtype)
-        for t in range(T - 1, -1, -1):
-            lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
-            product(d_xp[t], dh_rec)
+        if packed is not None:
+            _lstm_backward_loop(d_hs, act, cs, tanh_cs, *packed, dh_rec, dc, d_xp)
+        else:
+            for t in range(T - 1, -1, -1):
+                lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
+                np.matmul(d_xp[t], W_hh, out=dh_rec)
         d_hp, d_state0 = d_xp, (dh_rec, dc)
     else:
         act, hns = cache["act"], cache["hns"]
         d_hp = np.empty((T, B, GH), dtype)
         dh_direct = zeros
-        for t in range(T - 1, -1, -1):
-            gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
-            product(d_hp[t], dh_rec)
+        if packed is not None:
+            _gru_backward_loop(d_hs, hs, act, hns, *packed, dh_rec, dh_direct, d_xp, d_hp)
+        else:
+            for t in range(T - 1, -1, -1):
+                gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
+                np.matmul(d_hp[t], W_hh, out=dh_rec)
         dh_rec += dh_direct
         d_state0 = (dh_rec,)
     d_hp_flat = d_hp.reshape(T * B, GH)
