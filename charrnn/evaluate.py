@@ -2,7 +2,9 @@
 
 Scoring is forward-only, in chunks of `chunk` steps with the state carried, so
 the result does not depend on the chunk size and memory stays bounded for
-long files. Stream text is cut into at most `streams` contiguous pieces, each
+long files (128 steps a chunk by default: each chunk pays for packing the step
+weights, kernels.py, and for handing its row blocks to threads; 32 scored about
+a fifth slower). Stream text is cut into at most `streams` contiguous pieces, each
 at least MIN_STREAM tokens long, scored side by side (each piece starts from a
 zero state, as in training); every token after the first is scored exactly
 once. The model runs through `inference.score_chunk`, which keeps no backward
@@ -88,7 +90,7 @@ class _Blocks:
         return nll, count
 
 
-def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, unk: int | None = None,
+def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 128, unk: int | None = None,
                  min_length: int = MIN_STREAM, threads: int = 2) -> Score:
     """Score a token sequence: every ids[i], i >= 1, is predicted from what precedes it in its stream.
 
@@ -125,7 +127,7 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 32, un
     return Score(nll, count, unknown)
 
 
-def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int = 128, chunk: int = 32,
+def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int = 128, chunk: int = 128,
                 unk: int | None = None, threads: int = 2) -> Score:
     """Score lines: each from a start token through its EOS, as training in lines mode does.
 
