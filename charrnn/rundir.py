@@ -437,6 +437,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     run.best_val = math.inf if run.best_val is None else run.best_val
     if writer:
         _cut_log(run)
+        _catch_up_model(run)
     if budget_changed and tconfig.schedule == "cosine" and run.schedule_steps is not None \
             and run.step > tconfig.warmup:
         # the cosine schedule spans the whole run's budget: a new budget moves its end. From here the decay
@@ -447,6 +448,21 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     elif budget_changed:
         run.schedule_steps = None
     return run
+
+
+def _catch_up_model(run: Run) -> None:
+    """Export the latest model again when it is behind the state.
+
+    A kill between a save's two renames leaves the model one save behind; a
+    second such kill in the resumed run's first save would leave it two behind.
+    Bringing it up to the state on resume keeps the lag at one save at most.
+    """
+    try:
+        step = checkpoint.load_model(run.path(MODEL_FILE))[2]["training"]["step"]
+    except (CharRNNError, OSError, KeyError, TypeError):  # missing or unreadable: write it afresh
+        step = None
+    if step != run.step:
+        checkpoint.save_files([checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))])
 
 
 # progress counters of a state file: name -> (kind, whether it may be null)

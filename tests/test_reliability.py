@@ -129,6 +129,22 @@ main()
 # ---------------------------------------------------------------- kill -9
 
 
+def test_resuming_brings_a_lagging_model_up_to_the_state(tmp_path, corpus_file):
+    """A kill between a save's renames leaves the model a save behind the state; resume exports it
+    again, so that a second such kill cannot leave it two behind."""
+    run = tmp_path / "run"
+    assert invoke(["train", corpus_file, *TINY, "--max-steps", 1, "--eval-every", 1, "--quiet", "--out", run]).exit_code == 0
+    shutil.copy(run / layout.MODEL_FILE, tmp_path / "step1.safetensors")
+    assert invoke(["train", "--resume", run, "--max-steps", 2, "--quiet"]).exit_code == 0
+    shutil.copy(tmp_path / "step1.safetensors", run / layout.MODEL_FILE)  # as a kill after the state's rename
+    assert model_step(run) == 1
+    resumed = rundir.resume_run(str(run))
+    assert resumed.step == 2 and model_step(run) == 2
+    params = checkpoint.load_model(run / layout.MODEL_FILE)[0]
+    for name, value in params.items():
+        np.testing.assert_array_equal(value, resumed.params[name])
+
+
 def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path, corpus_file):
     """25 seeded SIGKILLs while training with a save after every step (slowed, so that most kills land
     inside a save). After each: every checkpoint loads, the model is the state's step or the one before,
