@@ -141,7 +141,7 @@ def test_measured_speed_is_a_positive_rate():
 def test_a_few_hundred_characters_train_with_every_default(tmp_path, n_chars):
     (tmp_path / "small.txt").write_text(english(n_chars))
     out = tmp_path / "run"
-    code, _, err = invoke(["train", tmp_path / "small.txt", "--max-time", "2s", "--out", out])
+    code, _, err = invoke(["train", tmp_path / "small.txt", "--max-time", "1s", "--out", out])
     assert code == 0, err
     settings = err.splitlines()[0]
     n_train = int(n_chars * 0.9)
