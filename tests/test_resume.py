@@ -44,31 +44,35 @@ CONFIGS = [
 ]
 EXTRA_STEPS = 3  # N = steps_per_epoch + EXTRA_STEPS: the run crosses one epoch boundary
 
-# Runs, in a fresh pinned process: the whole run of N steps and the first parts (k steps, then
-# a stop request and its save) for every k; prints {"steps_per_epoch", "n", "ks"} as JSON.
+# Runs, in a fresh pinned process, for each config given: the whole run of N steps and the first
+# parts (k steps, then a stop request and its save) for every k; prints {name: {"steps_per_epoch",
+# "n", "ks"}} as JSON. (The resumes, each in a process of its own, are what must be fresh; the
+# saving side made a config's runs in one process already, and now makes several configs' runs.)
 DRIVER = r"""
 import json, sys
 from charrnn import corpus, loop as tr, rundir
 from charrnn.config import TrainConfig
-spec = json.loads(sys.argv[1])
-text = corpus.read_text(spec["corpus"])
+made = {}
+for spec in json.loads(sys.argv[1]):
+    text = corpus.read_text(spec["corpus"])
 
-def start(directory, max_steps):
-    tconfig = TrainConfig(**spec["train"], max_steps=max_steps)
-    return rundir.start_run(directory, text, None, spec["model"], tconfig)
+    def start(directory, max_steps):
+        tconfig = TrainConfig(**spec["train"], max_steps=max_steps)
+        return rundir.start_run(directory, text, None, spec["model"], tconfig)
 
-probe = start(spec["root"] + "/probe", 1)
-spe = probe.steps_per_epoch
-n = spe + spec["extra"]
-ks = sorted({3, spe - 1, spe, n - 1})
-whole = start(spec["root"] + "/whole", n)
-for _ in tr.train(whole):
-    pass
-for k in ks:
-    run = start(spec["root"] + f"/split-{k}", n)
-    for _ in tr.train(run, should_stop=lambda: run.step >= k):
+    probe = start(spec["root"] + "/probe", 1)
+    spe = probe.steps_per_epoch
+    n = spe + spec["extra"]
+    ks = sorted({3, spe - 1, spe, n - 1})
+    whole = start(spec["root"] + "/whole", n)
+    for _ in tr.train(whole):
         pass
-print(json.dumps({"steps_per_epoch": spe, "n": n, "ks": ks}))
+    for k in ks:
+        run = start(spec["root"] + f"/split-{k}", n)
+        for _ in tr.train(run, should_stop=lambda: run.step >= k):
+            pass
+    made[spec["name"]] = {"steps_per_epoch": spe, "n": n, "ks": ks}
+print(json.dumps(made))
 """
 
 # Resumes each run directory given, in a fresh pinned process, through the library.
@@ -134,25 +138,28 @@ def differences(dir_a, dir_b) -> list[str]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """For every config: the whole run and the first parts, made by two driver processes at a time."""
+    """For every config: the whole run and the first parts, made by two driver processes (one per core)
+    that share the configs between them (a process each cost a start-up, numba's load mostly, five times)."""
     root = tmp_path_factory.mktemp("resume")
     for name, mode, _, _ in CONFIGS:
         (root / name).mkdir()
         (root / name / "corpus.txt").write_text(
             {"stream": lambda: stream_text(44), "lines": lines_text, "classify": labelled_text}[mode]())
-    procs = {}
+    specs = []
     for name, mode, model_kw, train_kw in CONFIGS:
         # patience 0: these runs evaluate every step, and must take all their steps (early stopping has its
         # own tests; its counter is part of the saved progress that the comparison checks)
         base = dict(mode="lines" if mode == "classify" else mode, batch_size=2, seq_len=8, eval_every=1,
                     log_every=1, val_frac=0.2, patience=0)
-        spec = {"root": str(root / name), "corpus": str(root / name / "corpus.txt"), "extra": EXTRA_STEPS,
-                "model": {"layers": 1, "hidden": 8, "embed": 8, **model_kw}, "train": {**base, **train_kw}}
-        procs[name] = python("-c", DRIVER, json.dumps(spec))
-        if len(procs) % 2 == 0:  # two at a time on two cores
-            for p in list(procs.values())[-2:]:
-                p.wait(timeout=120)
-    return root, {name: json.loads(finish(p)) for name, p in procs.items()}
+        specs.append({"name": name, "root": str(root / name), "corpus": str(root / name / "corpus.txt"),
+                      "extra": EXTRA_STEPS, "model": {"layers": 1, "hidden": 8, "embed": 8, **model_kw},
+                      "train": {**base, **train_kw}})
+    procs = [python("-c", DRIVER, json.dumps(specs[i::2])) for i in range(2)]
+    made = {}
+    for proc in procs:
+        made.update(json.loads(finish(proc)))
+    assert sorted(made) == sorted(spec["name"] for spec in specs)
+    return root, made
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CONFIGS])
