@@ -313,7 +313,7 @@ def _kept_lines(text: str):
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level))
-    everything, words = _Counts("char"), set()
+    words, blank, newline = set(), set(), False
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
         for start, data in _line_chunks(tf):
@@ -326,8 +326,13 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             ends = np.concatenate([ends, [len(data)]])
             full = ends > begins
             lines, keep = _kept_lines(text)
-            assert len(keep) == int(full.sum())  # a non-empty line of bytes decodes to a non-empty line
+            if len(keep) != int(full.sum()):  # a non-empty line of bytes decodes to a non-empty line
+                raise CorpusError(f"{tf}: its lines between bytes {start} and {start + len(data)} do not decode "
+                                  f"one by one; train on it with --mode stream")
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
+            if spaces:  # the speed estimate counts the characters of all the text
+                blank.update(*compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
+            newline = newline or "\n" in text
             rows = np.empty((len(lines), 3), dtype=np.int64)
             rows[:, 0] = begins[full][keep] + start
             rows[:, 1] = ends[full][keep] + start
@@ -335,7 +340,6 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 rows[:, 2] = list(map(len, lines))
                 if lines:
                     s.counts.add("".join(lines))
-                everything.add(text)
             else:
                 toks = [WORD_PATTERN.findall(line) for line in lines]
                 rows[:, 2] = [len(t) for t in toks]
@@ -347,10 +351,12 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             out.write(rows.tobytes())
             s.n_lines += len(lines)
             s.line_tokens += int(rows[:, 2].sum())
-            s.longest = max(s.longest, max(map(len, lines), default=0))
+            s.longest = max(s.longest, int(rows[:, 2].max(initial=0)) if level == "char" else
+                            max(map(len, lines), default=0))
         if level == "char":
             s.n_tokens = s.n_chars
-            s.distinct = int(np.count_nonzero(everything.hist))
+            # set(text): the lines' characters, those of whitespace-only lines, and the newline
+            s.distinct = len(set(s.counts.as_dict()) | blank | ({"\n"} if newline else set()))
         else:
             s.distinct = len(words)
         out.flush()
@@ -488,13 +494,20 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
                 hi = max(lo + 1, int(np.searchsorted(block[:, 1], begin + tf.chunk_bytes, side="right")))
                 f.seek(begin)
                 data = f.read(int(block[hi - 1, 1]) - begin)
+                pick = None if chosen is None else chosen[lo:hi]
                 try:
-                    lines = _kept_lines(corpus.normalize_newlines(str(data, "utf-8", tf.errors)))[0]
+                    if pick is not None and 4 * np.count_nonzero(pick) < len(pick):  # a few: decode those alone
+                        view, rows = memoryview(data), block[lo:hi][pick] - begin
+                        lines = [str(view[b:e], "utf-8", tf.errors) for b, e in rows[:, :2].tolist()]
+                    else:
+                        lines = _kept_lines(corpus.normalize_newlines(str(data, "utf-8", tf.errors)))[0]
+                        if len(lines) != hi - lo:
+                            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not the lines pass 1 found")
+                        if pick is not None:
+                            lines = list(compress(lines, pick.tolist()))
                 except UnicodeDecodeError:
-                    lines = None
-                if lines is None or len(lines) != hi - lo:
-                    raise CorpusError(f"{tf}: the file changed while it was being prepared; run again")
-                yield lines if chosen is None else list(compress(lines, chosen[lo:hi].tolist()))
+                    raise CorpusError(f"{tf}: the file changed while it was being prepared; run again") from None
+                yield lines
                 lo = hi
 
 

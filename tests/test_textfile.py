@@ -124,7 +124,7 @@ def test_files_refused_as_read_text_refuses_them(tmp_path, data):
 @pytest.mark.parametrize("mode", ["stream", "lines"])
 @pytest.mark.parametrize("level", ["char", "word"])
 def test_scan_counts_what_the_settings_and_speed_estimate_count(tmp_path, mode, level):
-    raw = SAMPLE * 3 + "\x1c sep\x85arated\x0bvertical\x0c"
+    raw = SAMPLE * 3 + "\n\u3000\u00a0\n" + "\x1c sep\x85arated\x0bvertical\x0c"  # spaces seen only in a blank line
     path = tmp_path / "c.txt"
     path.write_bytes(raw.encode())
     text = corpus.normalize_newlines(raw)
