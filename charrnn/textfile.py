@@ -304,6 +304,18 @@ def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
         raise _bad_utf8(tf, start + e.start) from None
 
 
+# what str.splitlines splits at besides "\n" (and "\r", which normalized text does not hold)
+_OTHER_LINE_ENDS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def _nonblank(text: str, kept: int) -> int:
+    """len([line for line in text.splitlines() if line.strip()]), the automatic settings' line count, where
+    text holds `kept` lines that are neither empty nor whitespace only between its "\n"s."""
+    if any(end in text for end in _OTHER_LINE_ENDS):
+        return sum(map(bool, map(str.strip, text.splitlines())))
+    return kept  # str.strip drops what str.isspace calls whitespace
+
+
 def _kept_lines(text: str):
     """(corpus.split_lines(text), and for each non-empty line whether it is kept: not whitespace only)."""
     lines = [line for line in text.split("\n") if line]
@@ -319,7 +331,6 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
         for start, data in _line_chunks(tf):
             text = _decode_chunk(tf, start, data)
             s.n_chars += len(text)
-            s.n_nonblank += sum(map(bool, map(str.strip, text.splitlines())))
             arr = np.frombuffer(data, dtype=np.uint8)
             ends = np.flatnonzero((arr == 10) | (arr == 13))
             begins = np.concatenate([[0], ends + 1])
@@ -330,6 +341,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 raise CorpusError(f"{tf}: its lines between bytes {start} and {start + len(data)} do not decode "
                                   f"one by one; train on it with --mode stream")
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
+            s.n_nonblank += _nonblank(text, len(lines))
             if spaces:  # the speed estimate counts the characters of all the text
                 blank.update(*compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
             newline = newline or "\n" in text
