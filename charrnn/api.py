@@ -398,8 +398,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 
 def _read(path: str, errors: str, tconfig: TrainConfig, init):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
-    not grow with its size), or its text where preparation needs it whole (a classifier, fine-tuning)."""
-    if tconfig.task == "classify" or init is not None:
+    not grow with its size), or its text where preparation needs it whole (a classifier, fine-tuning) or
+    where the file cannot be read twice (a pipe, such as /dev/stdin)."""
+    if tconfig.task == "classify" or init is not None or not os.path.isfile(path):
         return corpus.read_text(path, errors)
     text = textfile.open_text(path, errors)
     textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid UTF-8 is reported where it was

@@ -241,3 +241,21 @@ def test_a_run_whose_ids_have_another_dtype_still_resumes(tmp_path, mode):
         meta = checkpoint.load_model(str(run / "model.safetensors"))[2]
         assert meta["data"]["ids_dtype"] == ("int64" if name == "wide" else "uint8")
     assert runs["wide"] == runs["narrow"] and runs["narrow"][-1]["step"] == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_is_read_once_whole(tmp_path):
+    """A pipe cannot be read twice: `charrnn train /dev/stdin` and the like keep the in-memory path."""
+    import threading
+    from charrnn import api
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = ("x" * 9000 + "\nabc\n").encode()  # more than open_text's first look at a file
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    text = api._read(str(fifo), "strict", TrainConfig(), None)
+    writer.join()
+    assert text == data.decode()
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
+    assert isinstance(api._read(str(path), "strict", TrainConfig(), None), textfile.TextFile)
