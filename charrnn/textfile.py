@@ -6,13 +6,14 @@ whole, and `scan` reads it once (pass 1): it decodes the bytes in chunks of
 chunks is decoded whole; invalid bytes give read_text's errors, at the same
 offsets), counts the tokens, and in lines mode writes an index of the kept
 lines (byte start, byte end, tokens) to an anonymous temporary file, read
-back memory-mapped. `prepare` (pass 2) builds the vocabulary from the counts
+back memory-mapped. `prepare_data` (pass 2) builds the vocabulary from the counts
 and encodes the text straight into the run's .npy id files, in the vocabulary's
 smallest unsigned dtype (`vocab.id_dtype`, recorded in each file's header).
 
 The text is never held whole: a chunk at a time, plus the counts (characters,
-or at word level the words and their counts) and, in lines mode, one bit of
-the split per line. Every result is that of the in-memory path
+or at word level the words and their counts) and, in lines mode, one byte per
+line saying which split it is in (and, while that is drawn, the seeded
+permutation of the lines that chooses it, 8 bytes per line, as before). Every result is that of the in-memory path
 (`rundir.prepare_data` on `corpus.read_text`'s string): the same split, the
 same vocabulary and the same ids. Where a chunk is cut is never seen in the
 result: at word level it is cut only where a token ends (before a newline, or
