@@ -12,7 +12,7 @@ import pytest
 
 from charrnn import checkpoint, layout
 from test_reliability import SLOW_SAVES, charrnn_run, popen, read_log, temp_files, untimed, wait_for
-from tiny_runs import invoke
+from tiny_runs import REFERENCE, invoke
 
 CODE = ["def f(x): return x", "for i in range(3): print(i)", "x = [a for a in b]", "import os, sys",
         "return {k: v}", "if x == 1: y = 2", "class A(object): pass", "while n > 0: n -= 1"]
@@ -69,7 +69,8 @@ def test_train_eval_and_classify(trained, tmp_path):
 def test_classify_reads_stdin(trained):
     import subprocess, sys
     proc = subprocess.run([sys.executable, "-m", "charrnn", "classify", "-c", str(trained / "run")],
-                          input="while x: x -= 1\nBirds fly south.\n", capture_output=True, text=True, timeout=60)
+                          input="while x: x -= 1\nBirds fly south.\n", capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **REFERENCE})  # a process's real stdin is tested, not the arithmetic
     assert proc.returncode == 0, proc.stderr
     assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == ["code", "prose"]
     assert proc.stdout.splitlines()[1].split("\t")[2] == "Birds fly south."

@@ -16,7 +16,7 @@ import pytest
 
 from charrnn import checkpoint, model, optim, rundir
 from charrnn.cli import format_duration, parse_duration
-from tiny_runs import TINY, invoke, read_log, stream_text
+from tiny_runs import REFERENCE, TINY, invoke, read_log, stream_text
 
 
 def train_ok(*args, tiny=True):
@@ -110,7 +110,7 @@ def on_a_terminal(args):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=slave, text=True)
+                            stdout=subprocess.PIPE, stderr=slave, text=True, env={**os.environ, **REFERENCE})
     os.close(slave)
     chunks = []
     try:
@@ -326,7 +326,7 @@ def test_interrupt_saves_and_resumes(tmp_path, corpus_file):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", *TINY, str(corpus_file), "--max-time", "1m",
                              "--log-every", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **REFERENCE})
     try:
         deadline = time.monotonic() + 30
         while not (out / "log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:

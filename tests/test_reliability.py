@@ -37,17 +37,14 @@ from charrnn import checkpoint, corpus, layout, loop as tr, report, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.runlock import RunLock
-from tiny_runs import PINNED, TINY, invoke, read_log, stream_text, untimed
+from tiny_runs import PINNED, REFERENCE, TINY, invoke, read_log, stream_text, untimed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
 
 
 # The children here test the process and its files (signals, kill -9, the lock), not the arithmetic, so
-# they run the NumPy reference: importing numba and loading its cached kernels is half a second of
-# every start (0.9 s against 0.35 s for a tiny run), and the kill -9 test alone starts 28 of them. The
-# compiled kernels' bits across processes are test_resume.py's, on numba; their agreement with the
-# reference is test_kernels.py's.
-CHILD_ENV = {**PINNED, "CHARRNN_KERNELS": "numpy"}
+# they run the NumPy reference (tiny_runs.REFERENCE says why): the kill -9 test alone starts 28.
+CHILD_ENV = {**PINNED, **REFERENCE}
 
 
 def popen(args, code=None, **env):

@@ -12,6 +12,8 @@
   line that reader would skip (a torn line, a record without a step)
 - `PINNED`: the environment that pins BLAS to one thread, so that every process
   computes the same numbers; `untimed`: log records without their timing fields
+- `REFERENCE`: the variable that runs a child process on the NumPy reference, for the
+  tests about a process (signals, pipes, a terminal, kill -9, the lock) rather than its arithmetic
 
 The fixtures built on these (`corpus_file`, `names_file`, `backend`) are in conftest.py.
 """
@@ -37,6 +39,11 @@ TINY = ["--cell", "lstm", "--layers", "1", "--hidden", "8", "--embed", "8", "--d
         "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--patience", "0"]
 
 PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Importing numba and loading its cached kernels is most of a tiny run's start-up (0.9 s against 0.35 s
+# on the NumPy reference, measured on this project's 2-core machine). A test about the process, not its
+# arithmetic, runs its children with this; the kernels are tested in-process against the reference
+# (test_kernels.py, the `backend` fixture) and across processes on numba (test_resume.py, test_mpi.py).
+REFERENCE = {"CHARRNN_KERNELS": "numpy"}
 TIMING = ("elapsed", "chars_per_sec")  # the only logged fields two runs of the same settings may differ in
 
 
