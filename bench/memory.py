@@ -78,7 +78,7 @@ def peak():
 before = peak()
 start = time.perf_counter()
 tconfig = TrainConfig(batch_size=32, seq_len=64)
-text = api._read(sys.argv[1], "strict", tconfig, None)
+text = api._read(sys.argv[1], "strict", tconfig)
 rundir.prepare_data(sys.argv[2], text, None, tconfig)
 print(time.perf_counter() - start, peak() - before)
 """

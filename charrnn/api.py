@@ -364,8 +364,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
     else:
-        text, name = _read(corpus_file, errors, tconfig, init), os.path.splitext(os.path.basename(corpus_file))[0]
-    val_text = _read(val, errors, tconfig, init) if val else None
+        text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
+    val_text = _read(val, errors, tconfig) if val else None
     if isinstance(text, corpus.Documents) and val_text is None:
         split = corpus.split_documents(text, tconfig.val_frac, tconfig.seed, whole_only=tconfig.mode == "lines")
         if split is None:
@@ -396,11 +396,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     return directory
 
 
-def _read(path: str, errors: str, tconfig: TrainConfig, init):
+def _read(path: str, errors: str, tconfig: TrainConfig):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
-    not grow with its size), or its text where preparation needs it whole (a classifier, fine-tuning) or
-    where the file cannot be read twice (a pipe, such as /dev/stdin)."""
-    if tconfig.task == "classify" or init is not None or not os.path.isfile(path):
+    not grow with its size), or its text where preparation needs it whole (a classifier) or where the
+    file cannot be read twice (a pipe, such as /dev/stdin)."""
+    if tconfig.task == "classify" or not os.path.isfile(path):
         return corpus.read_text(path, errors)
     text = textfile.open_text(path, errors)
     textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid UTF-8 is reported where it was

@@ -109,8 +109,8 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
         return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
 
-    if isinstance(train_text, textfile.TextFile) and base_vocab is None and tconfig.task == "lm":
-        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig)  # read in chunks
+    if isinstance(train_text, textfile.TextFile) and tconfig.task == "lm":  # read in chunks
+        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
     arrays = {}
     if tconfig.mode == "stream":
         if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
@@ -355,9 +355,13 @@ def _inherit_params(init: InitFrom, fresh: dict) -> dict:
 
 def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconfig: TrainConfig) -> dict:
     """What a fine-tuned run records about where it started: the model, and what became of the vocabulary."""
-    seen = build_vocab(corpus.vocab_text(train_text), tconfig.level).tokens[3:]
+    def tokens(text):
+        if isinstance(text, textfile.TextFile):
+            return tuple(textfile.seen_tokens(text, tconfig.level, tconfig.mode))
+        return build_vocab(corpus.vocab_text(text), tconfig.level).tokens[3:]
+    seen = tokens(train_text)
     if val_text is not None:
-        seen += build_vocab(corpus.vocab_text(val_text), tconfig.level).tokens[3:]
+        seen += tokens(val_text)
     known = set(vocab.tokens)
     unseen = sorted(set(seen) - known - ({"\n"} if tconfig.mode == "lines" else set()))
     unk = sum(int(np.count_nonzero(corpus.load_ids(_data_path(directory, f"{split}.npy")) == UNK))

@@ -35,7 +35,7 @@ import numpy as np
 from . import atomic, batches, corpus
 from .config import TrainConfig
 from .errors import ConfigError, CorpusError
-from .vocab import WORD_PATTERN, Vocab, _codepoints, vocab_from_counts
+from .vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, vocab_from_counts
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
@@ -246,6 +246,8 @@ class Scan:
     longest: int = 0
     line_tokens: int = 0
     n_nonblank: int = 0
+    blank: set = field(default_factory=set)  # lines mode: the whitespace-only lines (each one word-level token)
+    newline: bool = False                    # lines mode: whether the text holds a newline
 
 
 def scan(tf: TextFile, level: str, mode: str) -> Scan:
@@ -326,7 +328,7 @@ def _kept_lines(text: str):
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level))
-    words, blank, newline = set(), set(), False
+    words = set()
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
         for start, data in _line_chunks(tf):
@@ -343,9 +345,9 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                                   f"one by one; train on it with --mode stream")
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
             s.n_nonblank += _nonblank(text, len(lines))
-            if spaces:  # the speed estimate counts the characters of all the text
-                blank.update(*compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
-            newline = newline or "\n" in text
+            if spaces:  # the speed estimate and a fine-tuned run's report count all the text's tokens
+                s.blank.update(compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
+            s.newline = s.newline or "\n" in text
             rows = np.empty((len(lines), 3), dtype=np.int64)
             rows[:, 0] = begins[full][keep] + start
             rows[:, 1] = ends[full][keep] + start
@@ -368,8 +370,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                             max(map(len, lines), default=0))
         if level == "char":
             s.n_tokens = s.n_chars
-            # set(text): the lines' characters, those of whitespace-only lines, and the newline
-            s.distinct = len(set(s.counts.as_dict()) | blank | ({"\n"} if newline else set()))
+            s.distinct = len(seen_tokens(tf, "char", "lines", s))  # set(text)
         else:
             s.distinct = len(words)
         out.flush()
@@ -384,14 +385,17 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
 # ---------------------------------------------------------------- pass 2: the vocabulary and the id files
 
 
-def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: TrainConfig) -> Vocab:
+def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: TrainConfig,
+                 base_vocab: Vocab | None = None, extend: bool = False) -> Vocab:
     """rundir.prepare_data for a corpus file (and a separate validation file, or None to hold out
     val_frac): the same vocabulary and the same files, the text read in chunks. Everything is counted
-    and checked before the first file is written; the files are written together (atomic.write_files)."""
+    and checked before the first file is written; the files are written together (atomic.write_files).
+    - base_vocab, extend: a fine-tuned model's vocabulary, kept or extended (as rundir.prepare_data)"""
+    make = _VocabMaker(tconfig, base_vocab, extend)
     if tconfig.mode == "lines":
-        vocab, files = _lines(train, val, tconfig)
+        vocab, files = _lines(train, val, tconfig, make)
     else:
-        vocab, files = _stream(train, val, tconfig)
+        vocab, files = _stream(train, val, tconfig, make)
     os.makedirs(data_dir, exist_ok=True)
     atomic.cleanup_temp_files(data_dir)  # left by a start that was killed
     try:
@@ -421,7 +425,39 @@ def _npy(dtype, n: int, arrays, where: TextFile):
     return write
 
 
-def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig):
+@dataclass
+class _VocabMaker:
+    """The vocabulary of the training tokens' counts: new (build_vocab's), or a base kept or extended."""
+    tc: TrainConfig
+    base: Vocab | None
+    extend: bool
+
+    def __call__(self, counts: dict, lines: int | None = None) -> Vocab:
+        """- lines: lines mode: how many training lines (joined by "\n", a token that is dropped)"""
+        tc = self.tc
+        if self.base is not None:
+            if not self.extend:
+                return self.base
+            return extend_from_counts(self.base, counts, tc.min_count, ("\n",) if lines is not None else ())
+        if lines is None or tc.level == "char":
+            return vocab_from_counts(counts, tc.level, tc.min_count, tc.max_vocab)
+        # as rundir._lines_vocab: at word level the lines are joined by "\n", a token dropped afterwards
+        counts = {**counts, **({"\n": lines - 1} if lines > 1 else {})}
+        vocab = vocab_from_counts(counts, "word", tc.min_count, tc.max_vocab)
+        return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
+
+
+def seen_tokens(tf: TextFile, level: str, mode: str, s: Scan | None = None) -> set:
+    """Every token of the file's whole text (what build_vocab of it would hold), from its scan (s, or tf's)."""
+    s = s or scan(tf, level, mode)
+    seen = set(s.counts.as_dict())
+    if mode == "lines":  # the counts are the kept lines': add the whitespace-only lines' and the newline
+        seen |= set().union(*s.blank) if level == "char" else s.blank
+        seen |= {"\n"} if s.newline else set()
+    return seen
+
+
+def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabMaker):
     level = tc.level
     s = scan(train, level, "stream")
     if val is None:
@@ -430,7 +466,7 @@ def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig):
     else:
         cut, first = s.n_chars, None
         counts, n_train, n_val = s.counts, s.n_tokens, scan(val, level, "stream").n_tokens
-    vocab = vocab_from_counts(counts.as_dict(), level, tc.min_count, tc.max_vocab)
+    vocab = make(counts.as_dict())
     # raises CorpusError (with the length and what is needed) when the text is too short for one batch
     batches.stream_windows(n_train, tc.batch_size, tc.seq_len)
 
@@ -524,7 +560,7 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
                 lo = hi
 
 
-def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig):
+def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabMaker):
     level = tc.level
     s = scan(train, level, "lines")
     corpus.check_line_lengths(s.longest)
@@ -558,15 +594,7 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig):
             else:
                 for line in lines:
                     counts.words.subtract(WORD_PATTERN.findall(line))
-    if level == "char":
-        vocab = vocab_from_counts(counts.as_dict(), "char", tc.min_count, tc.max_vocab)
-    else:
-        # as rundir._lines_vocab: the lines joined by "\n", a token dropped afterwards
-        words = counts.as_dict()
-        if sizes["train"][0] > 1:
-            words["\n"] = sizes["train"][0] - 1
-        vocab = vocab_from_counts(words, "word", tc.min_count, tc.max_vocab)
-        vocab = Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
+    vocab = make(counts.as_dict(), lines=sizes["train"][0])
 
     files = {}
     for name, (tf, sc, select) in parts.items():

@@ -313,5 +313,12 @@ def extend_vocab(base: Vocab, text: str, min_count: int = 1, exclude=()) -> Voca
     - exclude: tokens never to add (lines mode adds no "\n")
     - returns: Vocab; base itself when nothing is new
     """
-    added = sorted(set(build_vocab(text, base.level, min_count).tokens[3:]) - set(base.tokens) - set(exclude))
+    return extend_from_counts(base, dict.fromkeys(build_vocab(text, base.level, min_count).tokens[3:], min_count),
+                              min_count, exclude)
+
+
+def extend_from_counts(base: Vocab, counts: dict, min_count: int = 1, exclude=()) -> Vocab:
+    """extend_vocab's vocabulary from the new text's token counts (token -> times seen) instead of the text."""
+    _check_limits(min_count, None)
+    added = sorted({t for t, c in counts.items() if c >= min_count} - set(base.tokens) - set(exclude))
     return Vocab(base.tokens + tuple(added), base.level) if added else base

@@ -28,7 +28,8 @@ def _files(directory) -> dict:
     return {name: open(os.path.join(data, name), "rb").read() for name in sorted(os.listdir(data))}
 
 
-def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="strict", **options):
+def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="strict", base=None, extend=False,
+          **options):
     """(vocab, files) of the in-memory path and of the chunked path on the same file."""
     path = tmp_path / "c.txt"
     path.write_bytes(data)
@@ -39,9 +40,9 @@ def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="s
     tc = TrainConfig(batch_size=2, seq_len=4, **options)
     ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
     ref_vocab = rundir.prepare_data(ref_dir, corpus.read_text(path, errors),
-                                    corpus.read_text(vpath, errors) if vpath else None, tc)
+                                    corpus.read_text(vpath, errors) if vpath else None, tc, base, extend)
     new_vocab = rundir.prepare_data(new_dir, textfile.open_text(path, errors, chunk),
-                                    textfile.open_text(vpath, errors, chunk) if vpath else None, tc)
+                                    textfile.open_text(vpath, errors, chunk) if vpath else None, tc, base, extend)
     return (ref_vocab, _files(ref_dir)), (new_vocab, _files(new_dir))
 
 
@@ -65,6 +66,17 @@ def test_split_and_vocabulary_options_are_kept(tmp_path, mode, level, options):
     data = SAMPLE.encode() * 4
     (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, data, 7, mode=mode, level=level, **options)
     assert (new_vocab, new) == (ref_vocab, ref)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("extend", [False, True])
+def test_a_fine_tuned_vocabulary_kept_or_extended(tmp_path, mode, level, extend):
+    base = build_vocab("héllo wörld, the text\nx y\n", level)
+    (ref_vocab, ref), (new_vocab, new) = _both(tmp_path, SAMPLE.encode() * 3, 6, base=base, extend=extend,
+                                               mode=mode, level=level, val_frac=0.2, min_count=2)
+    assert (new_vocab, new) == (ref_vocab, ref)
+    assert new_vocab.tokens[: base.size] == base.tokens and (new_vocab.size > base.size) == extend
 
 
 @pytest.mark.parametrize("mode", ["stream", "lines"])
@@ -128,8 +140,10 @@ def test_scan_counts_what_the_settings_and_speed_estimate_count(tmp_path, mode, 
     path = tmp_path / "c.txt"
     path.write_bytes(raw.encode())
     text = corpus.normalize_newlines(raw)
-    s = textfile.scan(textfile.open_text(path, chunk_bytes=5), level, mode)
+    tf = textfile.open_text(path, chunk_bytes=5)
+    s = textfile.scan(tf, level, mode)
     assert s.n_tokens == config.count_tokens(text, level)
+    assert textfile.seen_tokens(tf, level, mode) == set(build_vocab(text, level).tokens[3:])  # a fine-tuned run's
     assert s.distinct == (len(set(text)) if level == "char" else len(set(text.split())))
     if mode == "lines":
         lines = corpus.split_lines(text)
@@ -253,9 +267,9 @@ def test_a_pipe_is_read_once_whole(tmp_path):
     data = ("x" * 9000 + "\nabc\n").encode()  # more than open_text's first look at a file
     writer = threading.Thread(target=lambda: fifo.write_bytes(data))
     writer.start()
-    text = api._read(str(fifo), "strict", TrainConfig(), None)
+    text = api._read(str(fifo), "strict", TrainConfig())
     writer.join()
     assert text == data.decode()
     path = tmp_path / "c.txt"
     path.write_bytes(data)
-    assert isinstance(api._read(str(path), "strict", TrainConfig(), None), textfile.TextFile)
+    assert isinstance(api._read(str(path), "strict", TrainConfig()), textfile.TextFile)
