@@ -5,6 +5,7 @@ terminal pexpect holds, its stdout a file, so the test sees the display and the
 final text apart, as a user redirecting the result would.
 """
 
+import os
 import re
 import shlex
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from charrnn import model
-from tiny_runs import invoke, make_run
+from tiny_runs import REFERENCE, invoke, make_run
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -26,7 +27,7 @@ def spawn(tmp_path, *args):
     command = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "charrnn", "sample", "--interactive",
                                                     "-c", tmp_path / "run", *args])
     child = pexpect.spawn("bash", ["-c", f"{command} > {shlex.quote(str(out))}"], encoding="utf-8", timeout=60,
-                          dimensions=(50, 200))
+                          dimensions=(50, 200), env={**os.environ, **REFERENCE})  # a terminal is tested here
     return child, out
 
 
