@@ -1,21 +1,16 @@
 """Fixtures shared by the test modules (the plain helpers they are built on are in tiny_runs.py)."""
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 
 # Where PYTHONDONTWRITEBYTECODE is set, every `python -m charrnn` a test starts (a hundred or so)
 # compiled charrnn's modules from source again: 0.5 s to import charrnn.cli, against 0.35 s from
-# bytecode. This session's processes share bytecode in a temporary folder instead, removed at exit,
-# so nothing is written beside the sources, as the variable asks.
-if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
-    _pycache = tempfile.mkdtemp(prefix="charrnn-tests-pycache-")
-    atexit.register(shutil.rmtree, _pycache, ignore_errors=True)
-    os.environ["PYTHONPYCACHEPREFIX"] = _pycache
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
-    sys.pycache_prefix, sys.dont_write_bytecode = _pycache, False
+# bytecode. The test session writes bytecode as Python does by default, into the __pycache__ folders
+# beside the sources (ignored by git; numba keeps its compiled kernels in charrnn's already). (A
+# PYTHONPYCACHEPREFIX would keep them elsewhere, but for every package: numpy, numba and torch would
+# then be compiled from source again, which cost more than it saved.)
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402  (after the environment the test processes inherit)
 from hypothesis import settings  # noqa: E402
