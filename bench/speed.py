@@ -48,6 +48,18 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def step_product() -> str:
+    """Which step product float32 training runs: charrnn/gemm.py's microkernel (its shape) or NumPy's BLAS."""
+    try:
+        from charrnn import gemm
+    except ImportError:
+        return "NumPy's BLAS (no numba)"
+    if not gemm.available():
+        return "NumPy's BLAS (no microkernel for this CPU)"
+    nr, mr, _ = gemm.microkernels()
+    return f"packed microkernel, {mr} rows x {nr} columns ({'AVX-512' if nr == 32 else 'AVX2'})"
+
+
 def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
     """Matrix FLOPs of one training step (forward + backward = 3x forward), by the architecture."""
     G, H, E = cfg.gates, cfg.hidden, cfg.embed
@@ -154,7 +166,8 @@ def main():
     peak = gemm_peak()
     print(f"float32 GEMM peak (NumPy BLAS, 2048^3): {peak / 1e9:.0f} GFLOP/s; {blas_kernel()}; "
           f"torch {torch.__version__}, numpy {np.__version__}; T = 100, E = 64, V = {V}, Adam, clip 5; "
-          f"charrnn kernels: {model.recurrence().__name__.split('.')[-1]}, {args.threads} row blocks")
+          f"charrnn kernels: {model.recurrence().__name__.split('.')[-1]}, {args.threads} row blocks; "
+          f"step product: {step_product()}")
     headline = {"lstm": ("lstm", 2, 256), "gru": ("gru", 2, 256), "rnn": ("rnn", 2, 256),
                 "lstm512": ("lstm", 2, 512), "lstm128": ("lstm", 1, 128)}
     rows = [compare(*headline[name], 64, reps=args.reps, peak=peak) for name in args.only or headline]
