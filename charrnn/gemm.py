@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 
 KC = 256  # k-chunk: one panel chunk (KC x NR floats, 32 KB on AVX-512) stays in the L1 cache
 MC = 256  # row block: its rows of a (MC x KC floats, 256 KB) stay in the L2 cache
+_ENGINES = []  # the llvmlite engines that own the compiled microkernels
 
 
 @functools.cache
@@ -68,11 +69,8 @@ def microkernels():
         engine.finalize_object()
     except Exception:  # an unusual CPU or LLVM: NumPy's matmul serves
         return None
-    _ENGINES.append(engine)  # the compiled code lives as long as its engine
+    _ENGINES.append(engine)  # the compiled code lives as long as its engine, so keep it
     return 2 * width, mr, tuple(engine.get_function_address(f"tile{r}") for r in range(1, mr + 1))
-
-
-_ENGINES = []
 
 
 def _module_ir(width: int, mr: int, cpu: str, features: str) -> str:
