@@ -6,7 +6,7 @@ line is distinct and lowercase. Nothing is downloaded and no list of real
 names is copied: the same seed gives the same file, byte for byte.
 
     python bench/names.py > names.txt                       # 30,000 lines
-    charrnn train names.txt --mode lines --max-time 2m      # README, "Quality": names
+    charrnn train names.txt --mode lines --max-time 2m      # docs/performance.md, "Names"
     python bench/names.py --report checkpoints/names        # best val loss, and the evaluations without a new best
 """
 

@@ -4,7 +4,7 @@
     model = charrnn.load("checkpoints/shakespeare")
     print(model.generate(prime="ROMEO:", length=300, temperature=0.8, seed=1))
 
-See charrnn/api.py (and README.md, "Python API").
+See charrnn/api.py (and docs/api.md).
 """
 
 __version__ = "0.1.0"

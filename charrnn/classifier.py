@@ -19,8 +19,8 @@ permutation (it is its own inverse).
 Pooling (config.pool):
 - "mean" (the default): the mean of the top layer's outputs over the real
   steps. Every step's output reaches the loss directly, so the gradient need
-  not travel back through the whole line (a reasoned default: README's
-  short measurement could not separate the two).
+  not travel back through the whole line (a reasoned default, not yet
+  measured against "last" on a quiet machine).
 - "last": the final state of each direction, PyTorch's h_n: the left-to-right
   output at the row's last real step, the right-to-left output at step 0.
 

@@ -146,7 +146,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--extend-vocab", is_flag=True, default=False, group=MODEL,
         help="With --init-from: add the new text's unseen characters to the vocabulary (else they become UNK).")
 @option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
-        help="Optimizer (adagrad learns fastest on the reference benchmark; see README).")
+        help="Optimizer (adagrad learns fastest on the reference benchmark; see docs/performance.md).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
 @option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
 @option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")
@@ -905,7 +905,7 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"Warning: {message}", err=True)
 
 
-# Exit statuses, one rule for every command (README, "Exit status"): 2 when the command line is wrong
+# Exit statuses, one rule for every command (docs/commands.md, "Exit status"): 2 when the command line is wrong
 # (click's usage errors, a file named on it that does not exist, and ConfigError: an option value or a
 # combination of options no run can use), 1 for every other failure, 128 + N after signal N.
 USAGE_EXIT, FAILURE_EXIT = 2, 1

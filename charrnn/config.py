@@ -20,8 +20,7 @@ MODES = ("stream", "lines")
 TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
 NONFINITE = ("stop", "skip")
 # Early stopping: evaluations in a row without a new best validation loss before a run stops. A run that
-# still learns sets a new best at almost every evaluation (the names runs of README's Quality section went at
-# most PATIENCE_MEASURED evaluations without one before their best); one that only overfits never does.
+# still learns sets a new best at almost every evaluation; one that only overfits never does.
 DEFAULT_PATIENCE = 5
 
 

@@ -25,6 +25,26 @@ settings.register_profile("charrnn", deadline=None)
 settings.load_profile("charrnn")
 
 
+def pytest_configure(config):
+    """Where CI requires a fast path or a tool (CHARRNN_REQUIRE_KERNELS, CHARRNN_REQUIRE_BROWSER), its absence
+    stops the run at once: a compiled kernel that cannot load, or a browser that is missing, would otherwise
+    show up only as tests skipped (or as the NumPy reference standing in for the kernels)."""
+    if os.environ.get("CHARRNN_REQUIRE_KERNELS"):
+        try:
+            from charrnn import gemm, kernels  # noqa: F401  (numba, llvmlite and the kernels must load)
+        except Exception as exc:  # any failure to load is the finding
+            raise pytest.UsageError(f"CHARRNN_REQUIRE_KERNELS is set but the compiled kernels do not load: {exc!r}")
+        if not gemm.available():
+            raise pytest.UsageError("CHARRNN_REQUIRE_KERNELS is set but gemm.py's microkernel is not available here")
+    if os.environ.get("CHARRNN_REQUIRE_BROWSER"):
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError as exc:
+            raise pytest.UsageError(f"CHARRNN_REQUIRE_BROWSER is set but playwright does not import: {exc}")
+        if not os.path.exists("/usr/bin/chromium"):
+            raise pytest.UsageError("CHARRNN_REQUIRE_BROWSER is set but /usr/bin/chromium is not installed")
+
+
 @pytest.fixture(params=["numba", "numpy"])
 def backend(request, monkeypatch):
     """Run the test once on the compiled kernels and once on the NumPy reference."""

@@ -243,7 +243,7 @@ def test_json_lines_with_states_and_the_cut(run, tmp_path):
 def test_stdin_and_bad_input_are_one_line_errors(run, tmp_path):
     (tmp_path / "bin").write_bytes(b"\x00\x01binary")
     (tmp_path / "one.txt").write_text("a")
-    # exit 1: input that cannot be used; 2: a usage error (an option value) -- README, "Exit status"
+    # exit 1: input that cannot be used; 2: a usage error (an option value) -- docs/commands.md, "Exit status"
     for args, message, exit_code in [
         (["annotate", tmp_path / "bin", "-c", run], "looks like a binary file", 1),
         (["annotate", tmp_path / "one.txt", "-c", run, "--top-k", 0], "--top-k must be at least 1", 2),

@@ -78,7 +78,7 @@ def test_score_is_what_eval_prints(stream_run, lines_run, tmp_path):
 
 def test_errors_are_library_types_with_the_cli_message(stream_run, tmp_path):
     m = charrnn.load(str(stream_run))
-    # exit 2 for a usage error (ConfigError: an option value), 1 for the rest (README, "Exit status")
+    # exit 2 for a usage error (ConfigError: an option value), 1 for the rest (docs/commands.md, "Exit status")
     cases = [
         (lambda: m.generate(prime="xyz"), VocabError, ["sample", "-c", stream_run, "--prime", "xyz"], 1),
         (lambda: m.generate(temperature=-1.0), ConfigError, ["sample", "-c", stream_run, "--temp", "-1"], 2),

@@ -97,6 +97,6 @@ def test_picking_the_end_token_ends_the_session(tmp_path):
 def test_off_a_terminal_it_is_a_one_line_error(tmp_path):
     make_run(tmp_path / "run", CHARS)
     code, out, err = invoke(["sample", "--interactive", "-c", tmp_path / "run"])
-    # a way of running the command that cannot work: a usage error, exit 2 by README's one rule
+    # a way of running the command that cannot work: a usage error, exit 2 by docs/commands.md's one rule
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("Error: --interactive needs a terminal")

@@ -1,4 +1,6 @@
-"""The README's promises that code can check: its PyTorch snippet runs and matches our model."""
+"""The README's and docs' promises that code can check: the quick start's shape, the API example and the
+PyTorch snippet run (the snippet matches our model), and every relative link points at a file and heading
+that exist."""
 
 import os
 import re
@@ -11,11 +13,34 @@ from tiny_runs import invoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+PYTORCH_PAGE = open(os.path.join(ROOT, "docs", "pytorch.md"), encoding="utf-8").read()
 
 
 def section_code(title, lang):
     section = README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
     return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
+
+
+def anchors(text):
+    """The GitHub anchors of a markdown text's headings."""
+    return {re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            for m in re.finditer(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_relative_link_in_readme_and_docs_reaches_a_file_and_heading():
+    pages = ["README.md", "ARCHITECTURE.md", "corpora/README.md"] + \
+        [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    checked = 0
+    for page in pages:
+        text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+        for target, anchor in re.findall(r"\]\(([^)#\s:]*)(?:#([\w\-]+))?\)", text):
+            path = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), target)) if target else \
+                os.path.join(ROOT, page)
+            assert os.path.exists(path), f"{page} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in anchors(open(path, encoding="utf-8").read()), f"{page}: no heading #{anchor} in {target or page}"
+            checked += 1
+    assert checked > 10
 
 
 def test_quick_start_is_two_commands_install_train_and_install_test():
@@ -36,7 +61,7 @@ def test_pytorch_snippet_loads_a_checkpoint_and_samples(tmp_path, mode):
                            "--out", run, "-q"])  # the checkpoint the snippet loads; cli.main in this process
     assert code == 0, err
 
-    code = section_code("Take a model to PyTorch", "python")
+    code = re.search(r"```python\n(.*?)```", PYTORCH_PAGE, re.S).group(1)
     namespace = {}
     cwd = os.getcwd()
     try:
