@@ -124,8 +124,12 @@ class Vocab:
                 raise VocabError(f"character vocabulary token {i} is {tok!r}; it must be one character")
         index = {tok: i for i, tok in enumerate(tokens)}
         if len(index) != len(tokens):
-            dupes = sorted({t for t in tokens if tokens.count(t) > 1})
-            raise VocabError(f"vocabulary has duplicate tokens: {dupes[:5]}")
+            # one pass with a set (tokens.count per token would be quadratic: a crafted file of many copies)
+            seen, dupes = set(), set()
+            for t in tokens:
+                (dupes if t in seen else seen).add(t)
+            raise VocabError(f"vocabulary has {len(tokens) - len(index):,} duplicate tokens, such as "
+                             f"{sorted(dupes)[:5]}")
         object.__setattr__(self, "_index", index)
 
         table = None

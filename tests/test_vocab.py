@@ -181,3 +181,15 @@ def test_word_dict_rejects_special_string_duplicate():
     d["tokens"].append("<eos>")
     with pytest.raises(VocabError):
         Vocab.from_dict(d)
+
+
+@pytest.mark.parametrize("level, token", [("word", "the"), ("char", "a")])
+def test_many_copies_of_one_token_are_refused_in_linear_time(level, token):
+    # a crafted model file's vocabulary: 200,000 copies of one token. A count per token (quadratic)
+    # took minutes here; the one-pass check refuses it at once and says how many copies are extra
+    d = build_vocab("a b", level=level).to_dict()
+    d["tokens"] += [token] * 200_000
+    with pytest.raises(VocabError, match="duplicate") as e:
+        Vocab.from_dict(d)
+    extra = len(d["tokens"]) - len(set(d["tokens"]))
+    assert f"{extra:,} duplicate" in str(e.value) and repr(token) in str(e.value)
