@@ -134,7 +134,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
         if classify:
             tags, lines = corpus.split_labelled(train_text, where[0])
             label_names = sorted(set(tags))
-            tags = np.array([label_names.index(t) for t in tags], dtype=np.int64) if tags else None
+            tags = corpus.label_ids(tags, label_names, where[0]) if tags else None
         else:
             lines = corpus.lines_of(train_text)
         _check_line_lengths(lines)

@@ -183,3 +183,19 @@ def test_python_api_classify_and_evaluate(trained):
         model.generate(length=5)
     with pytest.raises(charrnn.ConfigError, match="not a language model"):
         model.score("text")
+
+
+def test_preparing_many_labels_maps_each_line_in_linear_time(tmp_path):
+    # 60,000 lines of 60,000 labels: looking each label up in the sorted list (list.index) was quadratic,
+    # minutes here; a dict maps them at once. The ids are the labels' places in sorted order.
+    from charrnn import corpus, rundir
+    from charrnn.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    names = [f"L{i}" for i in rng.permutation(60_000)]
+    text = "".join(f"{name}\tx\n" for name in names)
+    tc = TrainConfig(task="classify", mode="lines", val_frac=0.0, batch_size=2, seq_len=8)
+    rundir.prepare_data(tmp_path, text, None, tc)
+    labels = sorted(names)
+    ids = corpus.load_ids(tmp_path / "data" / "train_labels.npy", mmap=False)
+    assert [labels[i] for i in ids] == names
