@@ -164,8 +164,10 @@ class Model:
         """A classifier's accuracy, macro-F1, loss (nats per line) and confusion matrix, as `charrnn eval`.
 
         - text: label<TAB>text lines (None: the held-out lines stored in the run)
-        Returns {"lines", "accuracy", "macro_f1", "loss", "confusion", "labels"}; confusion[i][j]
-        counts lines of label i predicted as j. ConfigError when there is nothing to score.
+        Returns {"lines", "accuracy", "macro_f1", "loss", "pairs", "confusion", "labels"}: pairs lists the
+        confusion matrix's non-zero cells [true id, predicted id, lines]; confusion[i][j] counts lines of
+        label i predicted as j, for up to classifier.DENSE_CONFUSION_LABELS labels (None above: it would
+        hold C x C numbers). ConfigError when there is nothing to score.
         """
         self._need("a classifier", "has no labels; use score()")
         if text is None:

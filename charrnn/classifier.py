@@ -285,24 +285,47 @@ def predict(params, config, ids, offsets, batch_size: int = 64, max_tokens: int 
     return probs
 
 
+# Up to this many labels, metrics also gives the confusion matrix as a dense table (and `charrnn eval`
+# prints it); above, only its non-zero cells: a dense table of C x C counts grows with the square of the
+# labels (10,000 labels: 10^8 numbers at every evaluation, and a 700 MB table printed).
+DENSE_CONFUSION_LABELS = 50
+
+
+def mean_nll(probs, labels) -> float:
+    """The mean NLL (nats) of the true labels (N,) under probs (N, C); nan for no lines."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not labels.size:
+        return float("nan")
+    picked = probs[np.arange(labels.size), labels]
+    return float(-np.log(np.maximum(picked, 1e-300)).mean())
+
+
 def metrics(probs, labels, n_classes: int) -> dict:
     """Accuracy, macro-F1, mean NLL (nats) and the confusion matrix of predictions.
 
     - probs: (N, C) label probabilities; labels: (N,) true label ids
-    Returns {"lines", "accuracy", "macro_f1", "loss", "confusion"}: confusion[i][j] counts lines of
-    label i predicted as j. A label never true nor predicted is left out of the macro mean.
+    Returns {"lines", "accuracy", "macro_f1", "loss", "pairs", "confusion"}: pairs lists the confusion
+    matrix's non-zero cells [true id, predicted id, lines] in (true, predicted) order (at most one per
+    line, so its size follows the input, never C x C); confusion is the dense matrix (confusion[i][j]
+    counts lines of label i predicted as j) for at most DENSE_CONFUSION_LABELS labels, else None.
+    A label never true nor predicted is left out of the macro mean.
     """
     labels = np.asarray(labels, dtype=np.int64)
     predicted = probs.argmax(axis=1)
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    support, claimed = confusion.sum(axis=1), confusion.sum(axis=0)
+    cells, counts = np.unique(labels * n_classes + predicted, return_counts=True)  # the non-zero cells
+    tp = np.bincount(labels[labels == predicted], minlength=n_classes).astype(np.float64)
+    support = np.bincount(labels, minlength=n_classes)
+    claimed = np.bincount(predicted, minlength=n_classes)
     present = (support + claimed) > 0
     f1 = np.where(present, 2 * tp / np.maximum(support + claimed, 1), 0.0)
-    picked = probs[np.arange(labels.size), labels]
+    confusion = None
+    if n_classes <= DENSE_CONFUSION_LABELS:
+        dense = np.zeros(n_classes * n_classes, dtype=np.int64)
+        dense[cells] = counts
+        confusion = dense.reshape(n_classes, n_classes).tolist()
     return {"lines": int(labels.size),
             "accuracy": float(tp.sum() / labels.size) if labels.size else float("nan"),
             "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-            "loss": float(-np.log(np.maximum(picked, 1e-300)).mean()) if labels.size else float("nan"),
-            "confusion": confusion.tolist()}
+            "loss": mean_nll(probs, labels),
+            "pairs": [[int(c // n_classes), int(c % n_classes), int(k)] for c, k in zip(cells, counts)],
+            "confusion": confusion}

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__, api, config, corpora, corpus, distributed, layout, optim, report, rundir, runtime, sampling
 from .annotate import MAX_CHARS
-from .classifier import POOLS
+from .classifier import DENSE_CONFUSION_LABELS, POOLS
 from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
 from .errors import CharRNNError, ConfigError
 from .cells import TORCH_CELLS
@@ -623,6 +623,9 @@ def eval_(text_file, checkpoint_path, errors, as_json, quiet):
                f"bits        {result['bits_per_token']:.4f} bits/{unit}")
 
 
+CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: its most frequent mistakes
+
+
 def _eval_classifier(model, text_file, errors, as_json):
     if text_file is None:
         result = model.evaluate()
@@ -638,8 +641,17 @@ def _eval_classifier(model, text_file, errors, as_json):
     click.echo(f"{source}: {result['lines']:,} lines\n"
                f"accuracy  {result['accuracy']:.4f}\n"
                f"macro-F1  {result['macro_f1']:.4f}\n"
-               f"loss      {result['loss']:.4f} nats/line\n"
-               f"confusion (rows: true label, columns: predicted)")
+               f"loss      {result['loss']:.4f} nats/line")
+    if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
+        mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
+        shown = mistakes[:CONFUSIONS_SHOWN]
+        click.echo(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
+                   f"{DENSE_CONFUSION_LABELS}; --json gives every non-zero cell as \"pairs\"); "
+                   f"the {len(shown)} most frequent of {len(mistakes):,} kinds of mistake:")
+        for true, predicted, count in shown:
+            click.echo(f"  {count:>8,}  {labels[true]} -> {labels[predicted]}")
+        return
+    click.echo("confusion (rows: true label, columns: predicted)")
     width = max(max(len(n) for n in labels), max(len(f"{c:,}") for row in result["confusion"] for c in row))
     click.echo(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in labels))
     for name, row in zip(labels, result["confusion"]):

@@ -41,7 +41,7 @@ def validation_loss(run: Run) -> float:
         offsets = offsets[: n_lines + 1]
     if run.config.classes:
         probs = classifier.predict(run.params, run.config, run.val_ids, offsets)
-        return classifier.metrics(probs, run.val_labels[: len(offsets) - 1], run.config.classes)["loss"]
+        return classifier.mean_nll(probs, run.val_labels[: len(offsets) - 1])
     return evaluate.score_lines(run.params, run.config, run.val_ids, offsets,
                                 run.vocab.bos, run.vocab.eos, threads=run.tconfig.threads).loss
 

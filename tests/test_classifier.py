@@ -87,6 +87,7 @@ def test_predict_in_length_order_equals_one_batch_and_metrics_count():
     m = classifier.metrics(forced, labels, 3)
     assert m["accuracy"] == pytest.approx(0.8)
     assert m["confusion"] == [[2, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert m["pairs"] == [[0, 0, 2], [1, 1, 1], [2, 0, 1], [2, 2, 1]]  # its non-zero cells
     # F1 per label: 2*2/(2+3)=0.8, 1.0, 2*1/(2+1)
     assert m["macro_f1"] == pytest.approx((0.8 + 1.0 + 2 / 3) / 3)
 
@@ -139,3 +140,34 @@ def test_row_blocks_of_a_batch_add_up_to_the_whole_batch():
     assert loss == pytest.approx((2 * l1 + 3 * l2) / 5, rel=1e-13)
     for name, g in whole.items():
         np.testing.assert_allclose(g1[name] + g2[name], g, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_metrics_of_many_labels_keep_only_the_non_zero_cells():
+    # 20,000 labels: a dense confusion matrix would be 20,000^2 int64 counts (3.2 GB) at every evaluation
+    import tracemalloc
+
+    C, N = 20_000, 500
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, C, N)
+    predicted = np.where(rng.random(N) < 0.5, labels, rng.integers(0, C, N))
+    probs = np.full((N, C), 0.1 / C, dtype=np.float32)
+    probs[np.arange(N), predicted] = 0.9
+    tracemalloc.start()
+    try:
+        m = classifier.metrics(probs, labels, C)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # a few (N,) and (C,) arrays; the dense table alone would be 3.2 GB
+    assert m["confusion"] is None
+    cells = {}  # the reference, line by line
+    for t, p in zip(labels.tolist(), predicted.tolist()):
+        cells[t, p] = cells.get((t, p), 0) + 1
+    assert m["pairs"] == [[t, p, k] for (t, p), k in sorted(cells.items())]
+    assert m["accuracy"] == pytest.approx(np.mean(labels == predicted))
+    f1 = []
+    for c in set(labels.tolist()) | set(predicted.tolist()):
+        tp = np.sum((labels == c) & (predicted == c))
+        f1.append(2 * tp / (np.sum(labels == c) + np.sum(predicted == c)))
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["loss"] == pytest.approx(-np.log(probs[np.arange(N), labels].astype(np.float64)).mean())

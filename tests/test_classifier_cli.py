@@ -199,3 +199,24 @@ def test_preparing_many_labels_maps_each_line_in_linear_time(tmp_path):
     labels = sorted(names)
     ids = corpus.load_ids(tmp_path / "data" / "train_labels.npy", mmap=False)
     assert [labels[i] for i in ids] == names
+
+
+def test_eval_of_many_labels_prints_the_most_frequent_mistakes_not_a_table(tmp_path):
+    n = 80  # above classifier.DENSE_CONFUSION_LABELS: a table would have n x n cells
+    (tmp_path / "train.tsv").write_text("".join(f"L{i:02d}\tline {i} {'ab' * (i % 7)}\n" for i in range(n)) * 2)
+    code, out, err = invoke(["train", tmp_path / "train.tsv", *TINY, "--val-frac", "0.1", "--max-steps", 1,
+                             "--out", tmp_path / "run", "-q"])
+    assert code == 0, err
+    code, out, err = invoke(["eval", tmp_path / "train.tsv", "-c", tmp_path / "run"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert f"confusion: {n} labels are too many for a table" in out and len(lines) <= 5 + 20
+    code, js, err = invoke(["eval", tmp_path / "train.tsv", "-c", tmp_path / "run", "--json"])
+    result = json.loads(js)
+    assert result["confusion"] is None and sum(k for _, _, k in result["pairs"]) == 2 * n
+    mistakes = sorted((k, t, p) for t, p, k in result["pairs"] if t != p)
+    shown = [line.split() for line in lines[5:]]
+    assert len(shown) == min(20, len(mistakes))
+    labels = result["labels"]  # each shown line: count, true -> predicted, most frequent first
+    assert all(int(s[0]) >= int(t[0]) for s, t in zip(shown, shown[1:]))
+    assert {(labels[t], labels[p], k) for k, t, p in mistakes} >= {(s[1], s[3], int(s[0])) for s in shown}
