@@ -24,7 +24,10 @@ tensor entry's unknown fields are ignored, and a name repeated in the header
 keeps its last entry (the dropped entry's bytes then cover no tensor, which the
 tiling check refuses unless that entry was empty).
 
-Memory: files are read with the library's "pread" backend, not mmap, so a load
+Memory: a model file's tensor names, dtypes and shapes are checked from the header (the library's
+parse of it: `get_slice` reads no data) before any tensor is read, so a header that declares a tensor
+of gigabytes in a sparse file is refused without allocating it (a state file: a tensor larger than any
+of its run). Files are read with the library's "pread" backend, not mmap, so a load
 holds each tensor once (the arrays it returns, writable) and a file truncated
 under a reader is an error, not a SIGBUS; a header is read only once its length
 fits the file and the 100 MB limit. Writing builds one file's bytes
@@ -181,7 +184,7 @@ def _parse_meta(outer) -> dict:
     return meta
 
 
-def _load(path: str, max_bytes: int) -> tuple[dict, dict]:
+def _load(path: str, max_bytes: int, check=None) -> tuple[dict, dict]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -199,11 +202,19 @@ def _load(path: str, max_bytes: int) -> tuple[dict, dict]:
     try:
         with safetensors.safe_open(path, framework="numpy", backend="pread") as f:
             meta = _parse_meta(f.metadata())  # before reading any tensor data
-            tensors = {}
+            layout = {}  # name -> (dtype, shape), from the header alone
             for name in f.offset_keys():
-                tag = f.get_slice(name).get_dtype()
+                view = f.get_slice(name)
+                tag = view.get_dtype()
                 if tag not in _DTYPES:
                     raise ValueError(f"tensor {name!r}: unsupported dtype {tag}")
+                layout[name] = (_DTYPES[tag], tuple(view.get_shape()))
+            if check is not None:
+                # names, dtypes and shapes are refused here, before a byte of tensor data is read:
+                # a header may declare a tensor of gigabytes that a sparse file holds in a few KB
+                check(meta, layout)
+            tensors = {}
+            for name in layout:
                 arr = f.get_tensor(name)
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                     raise ValueError(f"tensor {name!r} holds NaN or infinite values")
@@ -214,17 +225,19 @@ def _load(path: str, max_bytes: int) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_tensors(path, max_bytes: int = 2**34) -> tuple[dict, dict]:
+def load_tensors(path, max_bytes: int = 2**34, check=None) -> tuple[dict, dict]:
     """Read and validate a checkpoint file.
 
     - path: the file (str or PathLike)
     - max_bytes: refuse files larger than this
+    - check: called as check(meta, layout) with the metadata and each tensor's (dtype, shape) from the
+      header (layout: name -> (np.dtype, tuple)) before any tensor data is read; it raises to refuse the file
     Output: (tensors: dict name -> writable ndarray, meta: the charrnn metadata dict,
     "format_version" and "charrnn_version" included). Every failure is a CheckpointError.
     """
     try:
         path = os.fspath(path)
-        return _load(path, max_bytes)
+        return _load(path, max_bytes, check)
     except CheckpointError:
         raise
     except MemoryError:
@@ -250,11 +263,17 @@ def _check_kind(meta: dict, kind: str, path: str) -> None:
 def check_params(params: dict, config: ModelConfig, where: str) -> None:
     """CheckpointError, its message starting with `where` and naming what differs, unless params are
     exactly param_shapes(config) in config.dtype."""
-    shapes = param_shapes(config)
     if not isinstance(params, dict):
         raise CheckpointError(f"{where}: parameters must be a dict")
-    missing = [k for k in shapes if k not in params]
-    extra = sorted(k for k in params if k not in shapes)
+    _check_layout({name: (arr.dtype, arr.shape) if isinstance(arr, np.ndarray) else (None, type(arr).__name__)
+                   for name, arr in params.items()}, config, where)
+
+
+def _check_layout(layout: dict, config: ModelConfig, where: str) -> None:
+    """check_params on the tensors' (dtype, shape) by name (a shape that is not a tuple: not an array)."""
+    shapes = param_shapes(config)
+    missing = [k for k in shapes if k not in layout]
+    extra = sorted(k for k in layout if k not in shapes)
     if missing or extra:
         parts = []
         if missing:
@@ -263,12 +282,11 @@ def check_params(params: dict, config: ModelConfig, where: str) -> None:
             parts.append("unexpected tensors " + ", ".join(extra))
         raise CheckpointError(f"{where}: {'; '.join(parts)}")
     for name, shape in shapes.items():
-        arr = params[name]
-        if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
-            got = arr.shape if isinstance(arr, np.ndarray) else type(arr).__name__
+        dtype, got = layout[name]
+        if got != tuple(shape):
             raise CheckpointError(f"{where}: {name} has shape {got}, the model config needs {tuple(shape)}")
-        if arr.dtype != np.dtype(config.dtype):
-            raise CheckpointError(f"{where}: {name} is {arr.dtype}, the model config says {config.dtype}")
+        if dtype != np.dtype(config.dtype):
+            raise CheckpointError(f"{where}: {name} is {dtype}, the model config says {config.dtype}")
 
 
 def save_model(path, params: dict, config: ModelConfig, extra_meta: dict | None = None) -> None:
@@ -302,15 +320,23 @@ def load_model(path) -> tuple[dict, ModelConfig, dict]:
     """
     path = os.fspath(path)
     path = run_model_file(path) if os.path.isdir(path) else path
-    params, meta = load_tensors(path)
-    _check_kind(meta, "model", path)
-    try:
-        config = ModelConfig.from_dict(meta.get("model"))
-    except ConfigError as exc:
-        raise CheckpointError(f"bad checkpoint {path}: bad model config: {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - a malformed config is a bad checkpoint
-        raise CheckpointError(f"bad checkpoint {path}: bad model config: {type(exc).__name__}: {_one_line(exc)}") from None
-    check_params(params, config, f"bad checkpoint {path}")
+    found = []
+
+    def check(meta, layout):  # the kind, the config and every tensor's name, dtype and shape, from the header
+        _check_kind(meta, "model", path)
+        try:
+            config = ModelConfig.from_dict(meta.get("model"))
+        except ConfigError as exc:
+            raise CheckpointError(f"bad checkpoint {path}: bad model config: {_one_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - a malformed config is a bad checkpoint
+            raise CheckpointError(f"bad checkpoint {path}: bad model config: {type(exc).__name__}: "
+                                  f"{_one_line(exc)}") from None
+        _check_layout(layout, config, f"bad checkpoint {path}")
+        found.append(config)
+
+    params, meta = load_tensors(path, check=check)
+    config = found[0]
+    check_params(params, config, f"bad checkpoint {path}")  # the arrays read are what the header said
     return params, config, meta
 
 
@@ -338,9 +364,31 @@ def load_state(path) -> tuple[dict, dict]:
     Output: (arrays dict, meta dict). CheckpointError on any problem.
     """
     path = _resolve(path, STATE_FILE)
-    arrays, meta = load_tensors(path)
+    arrays, meta = load_tensors(path, check=lambda meta, layout: _state_bound(meta, layout, path))
     _check_kind(meta, "state", path)
     return arrays, meta
+
+
+def _state_bound(meta: dict, layout: dict, path: str) -> None:
+    """CheckpointError, from the header, for a state file's tensor larger than any its run can hold: a
+    parameter, an optimizer slot (a parameter's shape) or the carried state (layers x batch x hidden).
+    The run's own checks (rundir.resume_run) name what else does not fit, once the tensors are read.
+    A state without a model config (which no run can resume) has no bound here."""
+    _check_kind(meta, "state", path)
+    if "model" not in meta:
+        return
+    try:
+        config = ModelConfig.from_dict(meta.get("model"))
+    except Exception as exc:  # noqa: BLE001 - a malformed config is a bad checkpoint
+        raise CheckpointError(f"bad checkpoint {path}: bad model config: {_one_line(exc)}") from None
+    batch = (meta.get("train") or {}).get("batch_size") if isinstance(meta.get("train"), dict) else None
+    batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else 0
+    largest = max([int(np.prod(shape)) for shape in param_shapes(config).values()]
+                  + [config.layers * batch * config.hidden, 1])
+    for name, (_, shape) in layout.items():
+        if int(np.prod(shape, dtype=object)) > largest:
+            raise CheckpointError(f"bad checkpoint {path}: tensor {name!r} of shape {shape} is larger than any "
+                                  f"tensor of its run (at most {largest:,} numbers)")
 
 
 def cleanup_temp_files(directory) -> list[str]:

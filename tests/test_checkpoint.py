@@ -537,3 +537,44 @@ def test_fuzz_mutated_checkpoints(valid_bytes, mutations):
     for name, shape in param_shapes(config).items():
         assert params[name].shape == shape and params[name].dtype == np.dtype(config.dtype)
         assert np.isfinite(params[name]).all()
+
+
+def _declare_extra(path, out, name, shape, extra_bytes):
+    """A copy of the safetensors file at path whose header declares one more tensor `name` of `shape`,
+    its bytes a hole at the end of a sparse file (a few KB on disk, whatever the header says)."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [len(data), len(data) + extra_bytes]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(out, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+        f.truncate(8 + len(text) + len(data) + extra_bytes)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["model", "state"])
+def test_a_huge_tensor_declared_in_the_header_is_refused_before_it_is_read(tmp_path, kind):
+    import tracemalloc
+
+    config = tiny_config()
+    params = tiny_params(config)
+    if kind == "model":
+        checkpoint.save_model(tmp_path / "f", params, config, EXTRA)
+        load, message = checkpoint.load_model, "unexpected tensors zz_extra"
+    else:
+        checkpoint.save_state(tmp_path / "f", {f"param/{k}": v for k, v in params.items()},
+                              {"model": config.to_dict(), "train": {"batch_size": 2}})
+        load, message = checkpoint.load_state, "tensor 'zz_extra' of shape (64, 1048576) is larger"
+    size = 256 << 20  # 256 MB of zeros the file does not hold
+    bomb = _declare_extra(tmp_path / "f", tmp_path / "bomb", "zz_extra", (64, 1 << 20), size)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            load(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message in str(info.value)
+    assert peak < 4 << 20  # the header and the small tensors; reading the declared one allocated 256 MB
