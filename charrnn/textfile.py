@@ -140,25 +140,39 @@ def _pieces(blocks, level: str, limit: int):
         for resume, text in blocks:
             yield (resume, 0), text
         return
-    carry, origin = "", None
+    # The text since the last cut is kept as a list of blocks and joined once, at the cut: joining (and
+    # searching) it again at every block was quadratic in a long line with no newline.
+    parts, size, origin = [], 0, None
+    space = None  # where the last run of spaces starts in the kept text (a cut there ends a token), or None
     for resume, text in blocks:
-        if not carry:
+        if not parts:
             origin = (resume, 0)
-        buf = carry + text
-        cut = buf.rfind("\n")
-        if cut <= 0 and len(buf) >= limit:
-            last = None
-            for last in _SPACE_START.finditer(buf):
-                pass
-            cut = last.end() if last else 0
-        if cut <= 0:
-            carry = buf
+        # the runs of spaces starting in this block (its first may start right after the kept text's last character)
+        before = parts[-1][-1:] if parts else ""
+        last = None
+        for last in _SPACE_START.finditer(before + text):
+            pass
+        if last is not None:
+            space = size - len(before) + last.end()
+        nl = text.rfind("\n")
+        parts.append(text)
+        total = size + len(text)
+        if nl >= 0 and size + nl > 0:
+            cut = size + nl
+        elif total >= limit and space:
+            cut = space
+        else:
+            size = total
             continue
+        buf = "".join(parts)
         yield origin, buf[:cut]
-        origin = (resume, cut - len(carry)) if cut >= len(carry) else (origin[0], origin[1] + cut)
-        carry = buf[cut:]
-    if carry:
-        yield origin, carry
+        origin = (resume, cut - size) if cut >= size else (origin[0], origin[1] + cut)
+        parts, size = [buf[cut:]], total - cut
+        space = space - cut if space and space > cut else None
+        if not parts[0]:
+            parts, size = [], 0
+    if parts:
+        yield origin, "".join(parts)
 
 
 def _replay(tf: TextFile, level: str, origin=(0, 0)):
