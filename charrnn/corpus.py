@@ -151,11 +151,15 @@ def split_lines(text: str) -> list[str]:
 MAX_LINE_CHARS = 10_000
 
 
-def check_line_lengths(longest: int, which: str = "") -> None:
-    """CorpusError when a line of `longest` characters is too long to be one example of lines mode."""
+def check_line_lengths(longest: int, which: str = "", *, at_least: bool = False, where: str = "") -> None:
+    """CorpusError when a line of `longest` characters is too long to be one example of lines mode.
+
+    - at_least: the line has at least `longest` characters (it was refused before its end was read)
+    - where: the start of the message (such as the file's name)"""
     if longest > MAX_LINE_CHARS:
-        raise CorpusError(f"a {which}line is {longest:,} characters long, but lines mode takes each line as one "
-                          f"example of at most {MAX_LINE_CHARS:,}; train on long text with --mode stream")
+        raise CorpusError(f"{where}a {which}line is {'at least ' if at_least else ''}{longest:,} characters long, "
+                          f"but lines mode takes each line as one example of at most {MAX_LINE_CHARS:,}; "
+                          f"train on long text with --mode stream")
 
 
 def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:

@@ -41,6 +41,7 @@ CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few tim
 _BOM = corpus._BOM
 _SPACE_START = re.compile(r"\S(?=[^\S\n])")  # a token ends and a run of spaces starts right after it
 _LINE_ENDS = (10, 13)  # "\n" and "\r": never inside a multi-byte UTF-8 character
+_MAX_LINE_BYTES = 4 * corpus.MAX_LINE_CHARS  # a longer line has more characters than lines mode takes
 
 
 @dataclass(eq=False)
@@ -296,6 +297,10 @@ def _line_chunks(tf: TextFile):
         pos = _start(f)
         carry = b""
         while True:
+            if len(carry) > _MAX_LINE_BYTES:
+                # no line end yet: this line is too long for lines mode whatever follows, so it is refused
+                # now, before it is held whole and split into tokens (each character is at most 4 bytes)
+                corpus.check_line_lengths(-(-len(carry) // 4), at_least=True, where=f"{tf}: ")
             data = f.read(tf.chunk_bytes)
             buf = carry + data
             if not data:

@@ -294,3 +294,20 @@ def test_a_long_word_level_line_without_spaces_is_searched_once(tmp_path, monkey
     pieces = [p for _, p in textfile._pieces(textfile._blocks(tf), "word", textfile._limit(tf))]
     assert "".join(pieces) == text and pieces[0] == "x" * 20_000
     assert sum(searched) <= len(text) + len(searched)  # each block once, with one character before it
+
+
+def test_a_line_too_long_for_lines_mode_is_refused_before_it_is_held_or_split(tmp_path):
+    # a 4 MB line of words: splitting it into tokens before the length check peaked at about 60 times its size
+    import tracemalloc
+
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"ab\n" + b"ab " * ((4 << 20) // 3) + b"\nlast\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorpusError) as info:
+            textfile.scan(textfile.open_text(path), "word", "lines")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{path}: a line is at least " in str(info.value) and "at most 10,000" in str(info.value)
+    assert peak < 4 * textfile.CHUNK_BYTES
