@@ -118,6 +118,15 @@ class Model:
             raise CorpusError(f"nothing to score in {source}: it needs at least two tokens")
         return score
 
+    def score_file(self, path, errors: str = "strict") -> Score:
+        """score(the file's text), read and scored in chunks, so memory does not grow with the file
+        (`charrnn eval FILE`); errors: "strict" or "replace" for invalid UTF-8."""
+        self._need("a language model", "scores labels, not text: use evaluate()")
+        score = evaluate.score_file(self.params, self.config, self.vocab, path, self.lines, errors)
+        if score.tokens == 0:
+            raise CorpusError(f"nothing to score in {corpus.input_name(path)}: it needs at least two tokens")
+        return score
+
     def heldout_text(self) -> str:
         """The run's held-out split as text (a lines model's lines each end with a newline)."""
         ids, offsets = rundir.load_heldout(self.path, self.lines)

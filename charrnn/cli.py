@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from . import __version__, api, config, corpora, corpus, distributed, layout, optim, report, rundir, runtime, sampling
+from . import textfile
 from .annotate import MAX_CHARS
 from .classifier import DENSE_CONFUSION_LABELS, POOLS
 from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
@@ -602,7 +603,7 @@ def eval_(text_file, checkpoint_path, errors, as_json, quiet):
         score = model.score()
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
-        score = model.score(corpus.read_text(text_file, errors), name=text_file)
+        score = model.score_file(text_file, errors)
         source = text_file
     _using(model, quiet)
     result = score.as_dict()
@@ -732,17 +733,21 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     if states and not as_json:
         raise click.UsageError("--states goes with --json (the page always holds the activations)")
     model = api.load(checkpoint_path)
-    if text_file == "-":
-        text, source = corpus.decode_text(sys.stdin.buffer.read(), "standard input", errors), "standard input"
-    elif text_file is not None:
-        text, source = corpus.read_text(text_file, errors), text_file
+    rest = None  # how many characters are cut, where only the start of the input was read
+    if text_file is not None:
+        # only what is shown is read: max_chars characters are at most 4 bytes each, after a BOM
+        limit = 4 * max_chars + 8 if isinstance(max_chars, int) and max_chars >= 1 else None
+        text, source = corpus.read_text(text_file, errors, limit=limit), corpus.input_name(text_file)
+        if limit is not None and len(text) > max_chars:
+            rest = _characters_after(text_file, errors, max_chars)
     else:
         text, source = model.heldout_text(), "the held-out split"
     ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
     _using(model, quiet)
     if ann.cut:
-        info(f"Annotating the first {ann.text_chars:,} characters of {source}; {ann.cut:,} more are cut "
-             f"(--max-chars sets the limit)")
+        more = f"{rest:,} more are cut" if rest is not None else "the rest is cut" if text_file else \
+            f"{ann.cut:,} more are cut"
+        info(f"Annotating the first {ann.text_chars:,} characters of {source}; {more} (--max-chars sets the limit)")
     if ann.score.unknown:
         info(f"{ann.score.unknown:,} of {ann.score.tokens:,} tokens are unknown to the model (marked; "
              f"scored as the unknown token)")
@@ -773,6 +778,17 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     s = ann.score
     info(f"Wrote {out_path}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
          f"open it in a browser")
+
+
+def _characters_after(path, errors: str, shown: int) -> int | None:
+    """How many characters of a file follow its first `shown`, counted in chunks (None: a pipe or device,
+    which cannot be read again, or a file whose rest does not decode)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return sum(map(len, textfile.text_pieces(textfile.open_text(path, errors, 1 << 16), "char"))) - shown
+    except CharRNNError:
+        return None
 
 
 # ---------------------------------------------------------------- info and plot

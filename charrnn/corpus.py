@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import mmap as mmap_module
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,28 +33,92 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_text(path, errors: str = "strict") -> str:
-    """Read a UTF-8 text file as training text.
+# A pipe, a terminal or a device has no size to look at beforehand, and whatever reads it whole holds it
+# in memory: it is read up to this many bytes, and a longer one is refused (a file of any size is read in
+# chunks where it can be: training, eval). A device that gives no text (/dev/zero, /dev/urandom) is refused
+# by its first bytes, as a binary file is.
+MAX_STREAM_BYTES = 1 << 30
+_READ_BLOCK = 1 << 20
+STDIN = "-"  # the name that reads standard input
 
-    - path: str or Path of the file
+
+def input_name(path) -> str:
+    """What messages call an input: its path, or "standard input" for "-"."""
+    return "standard input" if os.fspath(path) == STDIN else str(os.fspath(path))
+
+
+def read_text(path, errors: str = "strict", *, limit: int | None = None) -> str:
+    """Read a UTF-8 text file (or standard input, "-") as training text.
+
+    - path: str or Path of the file, or "-"
     - errors: "strict" (invalid UTF-8 is an error) or "replace" (it becomes U+FFFD)
-    - returns: the text, BOM removed, newlines normalized to "\\n"
+    - limit: read at most this many bytes, and stop there (None: all of it; see read_input)
+    - returns: the text, BOM removed, newlines normalized to "\n"
     Raises CorpusError for a missing, unreadable, empty, binary or badly encoded file.
     """
     if errors not in TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
-    path = Path(path)
-    with open_binary(path) as f:
+    data = read_input(path, limit)
+    if limit is not None:
+        data = _whole_characters(data)
+    return decode_text(data, input_name(path), errors)
+
+
+def read_input(path, limit: int | None = None) -> bytes:
+    """The bytes of a user's input: the one reader of a file, a pipe, a device or standard input ("-").
+
+    - limit: stop after this many bytes (None: read to the end)
+    A file that is not regular (a pipe, a terminal, a device) is read in blocks and refused, with a
+    CorpusError, once it passes MAX_STREAM_BYTES; its first bytes are checked as decode_text checks
+    them as soon as they arrive, so an endless binary device is refused at once.
+    """
+    name = input_name(path)
+    f = open_binary(path)
+    try:
         try:
-            data = f.read()
-        except OSError as e:
-            raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
-    return decode_text(data, str(path), errors)
+            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+        except (OSError, ValueError):  # a stream with no file descriptor (io.BytesIO as standard input)
+            regular = False
+        if regular and limit is None:
+            return f.read()
+        bound = limit if limit is not None else MAX_STREAM_BYTES + 1
+        blocks, total = [], 0
+        while total < bound:
+            block = f.read(min(_READ_BLOCK, bound - total))
+            if not block:
+                break
+            if total < _BINARY_SNIFF:
+                _check_head(b"".join(blocks)[:_BINARY_SNIFF] + block[:_BINARY_SNIFF], name)
+            blocks.append(block)
+            total += len(block)
+        if limit is None and total > MAX_STREAM_BYTES:
+            raise CorpusError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes from a pipe or device, the most "
+                              f"that is read into memory; save the text to a file first")
+        return b"".join(blocks)
+    except OSError as e:
+        raise CorpusError(f"{name}: cannot read: {e.strerror or e}") from None
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """data without a UTF-8 character cut short at its end (a read that stopped at a byte limit)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data
+        if byte >= 0xC0:  # the lead byte: is its character whole?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data
 
 
 def open_binary(path):
-    """A corpus file opened for reading bytes; CorpusError (no such file, a directory, permission denied,
-    cannot read) where it cannot be."""
+    """A user's input opened for reading bytes ("-": standard input); CorpusError (no such file, a directory,
+    permission denied, cannot read) where it cannot be. Read it through read_input, or in chunks."""
+    if os.fspath(path) == STDIN:
+        return sys.stdin.buffer
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -70,6 +135,14 @@ def open_binary(path):
     return f
 
 
+def _check_head(head: bytes, path: str) -> None:
+    """CorpusError when a file's first bytes say it is not UTF-8 text (UTF-16, or a NUL byte)."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CorpusError(f"{path}: looks like UTF-16 text; convert it to UTF-8")
+    if b"\0" in head[:_BINARY_SNIFF]:
+        raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+
+
 def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
     """The text of a file's bytes, checked as read_text checks them (name: what errors call it)."""
     if errors not in TEXT_ERRORS:
@@ -78,10 +151,7 @@ def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
     start = len(_BOM) if data.startswith(_BOM) else 0
     if len(data) == start:
         raise CorpusError(f"{path}: the file is empty")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise CorpusError(f"{path}: looks like UTF-16 text; convert it to UTF-8")
-    if b"\0" in data[:_BINARY_SNIFF]:
-        raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+    _check_head(data[:_BINARY_SNIFF], path)
     try:
         # str() decodes the memoryview in place: no copy of a large file just to drop the BOM.
         text = str(memoryview(data)[start:], "utf-8", errors)
@@ -95,7 +165,7 @@ def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
 
 def read_stdin(errors: str = "strict") -> str:
     """Standard input as text, checked as read_text checks a file; "" when it is empty."""
-    data = sys.stdin.buffer.read()
+    data = read_input(STDIN)
     return decode_text(data, "standard input", errors) if data.strip(_BOM) else ""
 
 
@@ -278,11 +348,7 @@ def read_folder(root, pattern: str | None = None, errors: str = "strict") -> Doc
     docs = Documents([], [])
     for name in names:
         path = root / name
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
+        data = read_input(path)
         if not data or data == _BOM:
             docs.empty += 1
             continue

@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import batches, classifier, corpus, inference, model, parallel
+import os
+import stat
+import tempfile
+
+from . import batches, classifier, corpus, inference, model, parallel, textfile
 from .errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
@@ -119,6 +123,7 @@ def score_stream(params, config, ids, *, streams: int = 128, chunk: int = 128, u
         pos = np.where(valid, pos, 0)
         x = np.asarray(ids[pos], dtype=np.int64)  # (B, t)
         y = np.asarray(ids[pos + 1], dtype=np.int64)  # (B, t)
+        corpus.release_pages(ids)  # a memory-mapped file's pages read so far (a no-op for an array)
         chunk_nll, chunk_count = blocks.score(x, y, None if valid.all() else valid)
         nll += chunk_nll
         count += chunk_count
@@ -142,8 +147,13 @@ def score_lines(params, config, ids, offsets, bos: int, eos: int, *, batch: int 
         raise ConfigError(f"chunk must be at least 1, got {chunk}")
     weights = model.prepare(params, config)
     nll, count, unknown = 0.0, 0, 0
-    for index in batches.line_batches_in_order(len(offsets) - 1, batch):
+    n_lines = len(offsets) - 1
+    if batch < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch}")
+    for start in range(0, n_lines, batch):  # in file order, one batch at a time (no index of every line)
+        index = np.arange(start, min(start + batch, n_lines), dtype=np.int64)
         x, y, mask = batches.line_batch(ids, offsets, index, bos, eos)
+        corpus.release_pages(ids)
         blocks = _Blocks(weights, x.shape[0], threads)
         for t0 in range(0, x.shape[1], chunk):
             sl = slice(t0, t0 + chunk)
@@ -167,6 +177,46 @@ def score_text(params, config, vocab, text: str, lines: bool) -> Score:
     if lines:
         return score_ids(params, config, vocab, *corpus.encode_lines(vocab, corpus.split_lines(text)))
     return score_ids(params, config, vocab, vocab.encode(text))
+
+
+def score_file(params, config, vocab, path, lines: bool, errors: str = "strict",
+               chunk_bytes: int = textfile.CHUNK_BYTES) -> Score:
+    """score_text of a file's text, without holding it: the file is read and encoded in chunks (as
+    textfile prepares a corpus) into a temporary file of ids, scored memory-mapped. The same Score as
+    score_text(corpus.read_text(path, errors)); a pipe or device (which cannot be read twice) is read
+    whole by corpus.read_text, within its bound."""
+    if not stat.S_ISREG(_mode(path)):
+        return score_text(params, config, vocab, corpus.read_text(path, errors), lines)
+    tf = textfile.open_text(path, errors, chunk_bytes, long_lines=True)
+    with tempfile.TemporaryFile(prefix="charrnn-eval-") as ids_file, \
+            tempfile.TemporaryFile(prefix="charrnn-eval-") as offsets_file:
+        n = n_lines = 0
+        if lines:
+            offsets_file.write(np.zeros(1, dtype=np.int64).tobytes())
+            for part in textfile.line_blocks(tf, vocab.level):
+                ids, offsets = corpus.encode_lines(vocab, part)
+                ids_file.write(ids.tobytes())
+                offsets_file.write((offsets[1:] + n).tobytes())
+                n, n_lines = n + ids.size, n_lines + len(part)
+        else:
+            for piece in textfile.text_pieces(tf, vocab.level):
+                ids = vocab.encode(piece)
+                ids_file.write(ids.tobytes())
+                n += ids.size
+        ids_file.flush()
+        offsets_file.flush()
+        ids = np.memmap(ids_file, dtype=vocab.dtype, mode="r", shape=(n,)) if n else np.empty(0, vocab.dtype)
+        if not lines:
+            return score_ids(params, config, vocab, ids)
+        offsets = np.memmap(offsets_file, dtype=np.int64, mode="r", shape=(n_lines + 1,))
+        return score_ids(params, config, vocab, ids, offsets)
+
+
+def _mode(path) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0  # read_text names what is wrong
 
 
 # ---------------------------------------------------------------- classifiers

@@ -50,29 +50,28 @@ class TextFile:
     path: str
     errors: str = "strict"
     chunk_bytes: int = CHUNK_BYTES
+    long_lines: bool = False  # lines mode: keep lines longer than corpus.MAX_LINE_CHARS (eval scores them)
     scans: dict = field(default_factory=dict, repr=False)  # (level, mode) -> Scan
 
     def __str__(self) -> str:
         return str(self.path)
 
 
-def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES) -> TextFile:
+def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False) -> TextFile:
     """A corpus file checked as corpus.read_text checks it (missing, unreadable, a directory, empty, UTF-16,
-    binary), reading only its first bytes; invalid UTF-8 is found by scan. Raises CorpusError or ConfigError."""
+    binary), reading only its first bytes; invalid UTF-8 is found by scan. Raises CorpusError or ConfigError.
+    - long_lines: a lines-mode scan keeps lines of any length (else it refuses one too long to train on)"""
     if errors not in corpus.TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     if int(chunk_bytes) < 1:
         raise ConfigError(f"chunk size must be at least one byte, got {chunk_bytes!r}")
-    tf = TextFile(os.fspath(path), errors, int(chunk_bytes))
+    tf = TextFile(os.fspath(path), errors, int(chunk_bytes), long_lines)
     with _open(tf) as f:
         head = f.read(corpus._BINARY_SNIFF)
         start = len(_BOM) if head.startswith(_BOM) else 0
         if len(head) == start and not f.read(1):
             raise CorpusError(f"{tf}: the file is empty")
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise CorpusError(f"{tf}: looks like UTF-16 text; convert it to UTF-8")
-    if b"\0" in head:
-        raise CorpusError(f"{tf}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+    corpus._check_head(head, str(tf))
     return tf
 
 
@@ -291,32 +290,34 @@ def _line_chunks(tf: TextFile):
     """Yield (byte start, bytes): the file (BOM dropped) in chunks that end after a line end, or at its end.
 
     A chunk ends after a "\\n", or after a "\\r" whose next byte is read (and is no "\\n"), so each chunk
-    decodes and normalizes on its own to its share of the text.
+    decodes and normalizes on its own to its share of the text. A line longer than a read is held as a
+    list of reads, joined once (joining at every read was quadratic in the line); unless tf.long_lines,
+    a line too long for lines mode is refused as soon as it is (each character is at most 4 bytes).
     """
     with _open(tf) as f:
         pos = _start(f)
-        carry = b""
+        parts, held = [], 0  # the bytes read since the last line end
         while True:
-            if len(carry) > _MAX_LINE_BYTES:
-                # no line end yet: this line is too long for lines mode whatever follows, so it is refused
-                # now, before it is held whole and split into tokens (each character is at most 4 bytes)
-                corpus.check_line_lengths(-(-len(carry) // 4), at_least=True, where=f"{tf}: ")
+            if held > _MAX_LINE_BYTES and not tf.long_lines:
+                corpus.check_line_lengths(-(-held // 4), at_least=True, where=f"{tf}: ")
             data = f.read(tf.chunk_bytes)
-            buf = carry + data
             if not data:
-                if buf:
-                    yield pos, buf
+                if held:
+                    yield pos, b"".join(parts)
                 return
-            arr = np.frombuffer(buf, dtype=np.uint8)
+            arr = np.frombuffer(data, dtype=np.uint8)
             ends = np.flatnonzero((arr == 10) | (arr == 13))
-            if ends.size and arr[ends[-1]] == 13 and ends[-1] == len(buf) - 1:
-                ends = ends[:-1]
+            if ends.size and arr[ends[-1]] == 13 and ends[-1] == len(data) - 1:
+                ends = ends[:-1]  # a "\r" that ends the read waits: a "\n" may follow it
             if not ends.size:
-                carry = buf
+                parts.append(data)
+                held += len(data)
                 continue
             cut = int(ends[-1]) + 1
-            yield pos, buf[:cut]
-            pos, carry = pos + cut, buf[cut:]
+            parts.append(data[:cut])
+            yield pos, b"".join(parts)
+            pos += held + cut
+            parts, held = [data[cut:]], len(data) - cut
 
 
 def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
@@ -399,6 +400,21 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
         if not s.n_lines:
             out.close()
     return s
+
+
+# ---------------------------------------------------------------- the text in pieces, for other readers
+
+
+def text_pieces(tf: TextFile, level: str):
+    """Yield the file's text in pieces of a few MB cut where no token straddles them: vocab.encode of each,
+    one after the other, gives the ids of the whole text (eval scores a file so)."""
+    yield from _replay(tf, level)
+
+
+def line_blocks(tf: TextFile, level: str):
+    """Yield corpus.split_lines of the file's text a few MB of lines at a time, in order (pass 1 in lines mode
+    finds them)."""
+    yield from _selected_lines(tf, scan(tf, level, "lines").index, None)
 
 
 # ---------------------------------------------------------------- pass 2: the vocabulary and the id files

@@ -262,3 +262,22 @@ def test_stdin_and_bad_input_are_one_line_errors(run, tmp_path):
         cli.main(["annotate", "-", "-c", str(run), "--json"])
     tokens = [json.loads(line)["token"] for line in out.getvalue().decode().splitlines()]
     assert "".join(tokens) == "ad cafe\n"
+
+
+def test_annotate_reads_only_what_it_shows(run, tmp_path):
+    import tracemalloc
+
+    text = "bad cafe\r\nfaced é日🎉 a bead\n"
+    (tmp_path / "big.txt").write_text(text * 300_000, newline="")  # 8 MB: read whole, 8 MB of bytes and 8 of text
+    tracemalloc.start()
+    try:
+        code, out, err = invoke(["annotate", tmp_path / "big.txt", "-c", run, "--json", "--max-chars", 50])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    shown = (text.replace("\r\n", "\n") * 2)[:50]
+    assert "".join(json.loads(line)["token"] for line in out.splitlines()) == shown[1:]
+    total = len(text.replace("\r\n", "\n")) * 300_000  # the rest is counted in chunks, not held
+    assert f"first 50 characters of {tmp_path / 'big.txt'}; {total - 50:,} more are cut" in err
+    assert peak < 6 << 20

@@ -1,3 +1,4 @@
+import io
 import os
 
 import numpy as np
@@ -200,3 +201,65 @@ def test_release_pages_unmaps_what_reading_mapped(tmp_path):
     assert _resident_mb() < before + 16
     assert int(ids[::1024].astype(np.int64).sum()) > 0  # and still readable
     release_pages(np.zeros(3))  # an in-memory array: nothing to do
+
+
+# ---------------------------------------------------------------- the one reader: a size bound on what is not a file
+
+DEVICES = [d for d in ("/dev/zero", "/dev/urandom") if os.path.exists(d)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_endless_device_is_refused_by_its_first_bytes_wherever_it_is_read(tmp_path, device):
+    from tiny_runs import TINY, invoke, make_run
+
+    make_run(tmp_path / "run", "abc \n")
+    (tmp_path / "c.txt").write_text("abc cab bca\n" * 50)
+    for args in (["train", device, *TINY, "--max-steps", 1, "--out", tmp_path / "r1"],
+                 ["train", tmp_path / "c.txt", "--val", device, *TINY, "--max-steps", 1, "--out", tmp_path / "r2"],
+                 ["train", device, "--task", "classify", "--max-steps", 1, "--out", tmp_path / "r3"],
+                 ["eval", device, "-c", tmp_path / "run"],
+                 ["annotate", device, "-c", tmp_path / "run"],
+                 ["classify", device, "-c", tmp_path / "run"]):
+        code, out, err = invoke(args)
+        assert code == 1 and err.startswith(f"Error: {device}: looks like ") and err.count("\n") == 1, (args, err)
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_an_endless_pipe_of_text_is_refused_at_the_bound(tmp_path, monkeypatch):
+    import threading
+
+    from charrnn import corpus
+
+    monkeypatch.setattr(corpus, "MAX_STREAM_BYTES", 1 << 16)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def endless():
+        try:
+            with open(fifo, "wb") as f:
+                while True:
+                    f.write(b"abc def\n" * 1024)
+        except BrokenPipeError:
+            pass  # the reader stopped: what is tested
+    writer = threading.Thread(target=endless, daemon=True)
+    writer.start()
+    with pytest.raises(CorpusError) as info:
+        corpus.read_text(fifo)
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    assert str(info.value) == (f"{fifo}: more than 65,536 bytes from a pipe or device, the most that is read into "
+                               f"memory; save the text to a file first")
+
+
+def test_standard_input_is_read_within_the_bound(tmp_path, monkeypatch):
+    from charrnn import corpus
+
+    monkeypatch.setattr(corpus, "MAX_STREAM_BYTES", 1000)
+    for size, fails in ((1000, False), (1001, True)):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a" * (size - 1) + b"\n")))
+        if fails:
+            with pytest.raises(CorpusError, match="^standard input: more than 1,000 bytes from a pipe or device"):
+                corpus.read_stdin()
+        else:
+            assert corpus.read_stdin() == "a" * (size - 1) + "\n"

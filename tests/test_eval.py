@@ -217,3 +217,42 @@ def test_sample_and_eval_a_run_made_by_train(tmp_path):
     first = invoke(["sample", "-c", tmp_path / "run", "--seed", 3, "--length", 60, "--prime", "the "])
     again = invoke(["sample", "-c", tmp_path / "run", "--seed", 3, "--length", 60, "--prime", "the "])
     assert first[0] == 0 and first == again and first[1].startswith("the ")
+
+
+# the kinds of boundary a chunk can fall on: multi-byte characters, CRLF and a lone CR, blank and
+# whitespace-only lines, runs of spaces, unknown characters, a last line without its end
+FILE_TEXT = ("bad cafe\r\nfaced  a bead\rhe fed\n\n   \n\ta deaf dög, é日本🎉 hog\n" * 7 + "go ahead  be\tdone").encode()
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("chunk", [1, 3, 16, 1 << 20])
+def test_scoring_a_file_in_chunks_is_scoring_its_text(tmp_path, mode, level, chunk):
+    from charrnn import corpus
+    from charrnn.vocab import build_vocab
+
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + FILE_TEXT)
+    vocab = build_vocab("bad cafe faced a bead he fed\n", level)
+    config = model.ModelConfig(vocab_size=vocab.size, cell="gru", layers=1, hidden=6, embed=4, dtype="float64")
+    params = model.init_params(config, np.random.default_rng(3))
+    lines = mode == "lines"
+    expected = evaluate.score_text(params, config, vocab, corpus.read_text(path), lines)
+    got = evaluate.score_file(params, config, vocab, path, lines, chunk_bytes=chunk)
+    assert (got.tokens, got.unknown) == (expected.tokens, expected.unknown) and expected.unknown > 0
+    assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-12)
+
+
+def test_scoring_a_long_file_holds_neither_its_text_nor_its_ids(tmp_path):
+    import tracemalloc
+
+    params, config, vocab, _ = make_run(tmp_path / "run", CHARS, layers=1, hidden=4, embed=2)
+    (tmp_path / "big.txt").write_text(TEXT * 1000)  # 1.5 MB: its bytes, text and ids in memory would be 4.5 MB
+    tracemalloc.start()
+    try:
+        score = evaluate.score_file(params, config, vocab, tmp_path / "big.txt", False, chunk_bytes=1 << 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert score.tokens == len(TEXT) * 1000 - 1
+    assert peak < 3 << 20  # a chunk of text and its ids, and a forward step's (streams, steps, V) temporaries
