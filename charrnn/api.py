@@ -57,7 +57,7 @@ class Model:
         - seed: for a reproducible sample (None: random)
         Options and the prime are checked at this call, before anything is generated.
         """
-        steps = self._steps(1, prime, length, temperature, top_k, top_p, seed)
+        steps = self._steps(1, prime, length, temperature, top_k, top_p, np.random.default_rng(seed))
         return self._first_pieces(steps)
 
     def generate(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
@@ -68,20 +68,58 @@ class Model:
     def samples(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[str]:
         """n samples generated together as one batch (as `charrnn sample -n N`), each prime + continuation."""
-        pieces = self.sample_pieces(n, prime, length, temperature, top_k, top_p, seed)
-        first = "".join(p for p in pieces)
-        return [prime + first] + pieces.rest
+        return [prime + "".join(pieces)
+                for pieces in self.sample_stream(n, prime, length, temperature, top_k, top_p, seed)]
 
-    def sample_pieces(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
+    def sample_stream(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
-        """Generate n samples together: iterate for the first sample's text as it is made; afterwards
-        `.rest` holds the other n - 1 samples (each prime + continuation). What `charrnn sample` runs."""
-        return _Pieces(self, self._steps(n, prime, length, temperature, top_k, top_p, seed), n, prime)
+        """Generate n samples and yield them in order, each as an iterator of its text's pieces (the
+        continuation, without the prime); read each before asking for the next. What `charrnn sample` runs.
 
-    def _steps(self, n, prime, length, temperature, top_k, top_p, seed):
+        The samples are generated together, in groups of sampling.group_size streams: a group's first
+        sample is yielded as it is made, its others once it ends (kept meanwhile in blocks, on disk beyond
+        one), so memory does not grow with n or length. Options and the prime are checked at this call.
+        """
+        self._need("a language model", "generates no text")
+        sampling.check_options(temperature, top_k, top_p, length, n)
+        rng = np.random.default_rng(seed)
+        group = sampling.group_size(n, self.config.vocab_size)
+        first = self._steps(min(group, n), prime, length, temperature, top_k, top_p, rng)  # checks the prime now
+        return self._samples(first, n, group, (prime, length, temperature, top_k, top_p, rng))
+
+    def _samples(self, steps, n: int, group: int, options):
+        made = 0
+        while made < n:
+            k = min(group, n - made)
+            if steps is None:
+                steps = self._steps(k, *options)
+            kept = sampling.KeptTokens(k, self.vocab.dtype, options[1])
+            try:
+                first = self._first_pieces(kept.recording(steps))
+                yield first
+                for _ in first:  # the group runs to its end (a caller may stop reading early)
+                    pass
+                for i in range(1, k):
+                    yield self._kept_pieces(kept.stream(i))
+            finally:
+                kept.close()
+            made, steps = made + k, None
+
+    def _kept_pieces(self, blocks, piece: int = 1 << 16):
+        """The text of a kept sample's tokens (arrays in order), up to its EOS, a piece at a time."""
+        eos = self.vocab.eos
+        for tokens in blocks:
+            ends = np.flatnonzero(tokens == eos)
+            tokens = tokens[: ends[0]] if ends.size else tokens
+            for i in range(0, tokens.size, piece):
+                yield self.vocab.decode(tokens[i : i + piece])
+            if ends.size:
+                return
+
+    def _steps(self, n, prime, length, temperature, top_k, top_p, rng):
         self._need("a language model", "generates no text")
         # generate checks the options and the prime now, before anything is generated
-        return sampling.generate(self.params, self.config, self.vocab, rng=np.random.default_rng(seed),
+        return sampling.generate(self.params, self.config, self.vocab, rng=rng,
                                  num_samples=n, length=length, temperature=temperature, top_k=top_k,
                                  top_p=top_p, prime=prime, lines=self.lines)
 
@@ -201,30 +239,6 @@ class Model:
             other = "a classifier" if self.config.classes else "a language model"
             hint = "; use `charrnn classify`" if self.config.classes and why == "generates no text" else ""
             raise ConfigError(f"this model is {other}, not {kind}: it {why}{hint}")
-
-
-class _Pieces:
-    """Iterator over the first sample's pieces; `.rest` holds the other samples once it is exhausted."""
-
-    def __init__(self, model: Model, steps, n: int, prime: str):
-        self.model, self.n, self.prime, self.rest = model, n, prime, []
-        self._later = []
-        self._it = model._first_pieces(self._recording(steps))
-
-    def _recording(self, steps):
-        for tokens, alive in steps:
-            if self.n > 1:
-                self._later.append(tokens)
-            yield tokens, alive
-        if self.n > 1:
-            grid = np.stack(self._later)  # (steps, n)
-            eos = self.model.vocab.eos
-            for i in range(1, self.n):
-                ends = np.flatnonzero(grid[:, i] == eos)  # a sample's tokens after its EOS are not its text
-                self.rest.append(self.prime + self.model.vocab.decode(grid[: ends[0] if ends.size else len(grid), i]))
-
-    def __iter__(self):
-        return self._it
 
 
 def load(path: str | None = None) -> Model:

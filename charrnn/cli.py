@@ -413,7 +413,7 @@ def _using(model, quiet: bool) -> None:
 @click.option("--no-prime-echo", is_flag=True, help="Do not print the prime before the continuation.")
 @click.option("--length", type=int, default=500, show_default=True, help="Most tokens per sample.")
 @click.option("-n", "--num-samples", type=int, default=1, show_default=True,
-              help="Samples to generate (together, as one batch).")
+              help="Samples to generate (together, as one batch; in memory-bounded groups for very many).")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.  [default: random]")
 @click.option("--novelty", is_flag=True,
               help="Report on stderr how new each sample is: in lines mode whether it copies a training or "
@@ -452,21 +452,25 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
         return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
     index = _novelty_index(model.path, model.lines) if novelty else None
     # the options and the prime are checked here, before anything is written
-    pieces = model.sample_pieces(num_samples, prime=prime, length=length, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, seed=seed)
+    samples = model.sample_stream(num_samples, prime=prime, length=length, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed)
     _using(model, quiet)
     echo = "" if no_prime_echo else prime
     separator = "\n" if model.lines else "\n\n"
-    first = []  # the first sample's text (for --novelty)
+    made = [] if index is not None else None  # each sample's generated text, for --novelty only
     out = sys.stdout
     try:
-        out.write(echo)
-        for piece in pieces:  # the first sample streams as it is made
-            out.write(piece)
-            out.flush()
-            first.append(piece)
-        for text in pieces.rest:
-            out.write(separator + echo + text[len(prime):])
+        for number, pieces in enumerate(samples):  # in order, each written as it comes (memory stays flat)
+            out.write((separator if number else "") + echo)
+            text = []
+            for piece in pieces:
+                out.write(piece)
+                if number == 0:
+                    out.flush()  # the first sample streams as it is made
+                if made is not None:
+                    text.append(piece)
+            if made is not None:
+                made.append("".join(text))
         out.write("\n")
         out.flush()
     except BrokenPipeError:
@@ -474,8 +478,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
         # stdout at /dev/null so the flush at exit cannot raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
-    if index is not None:
-        made = ["".join(first)] + [text[len(prime):] for text in pieces.rest]  # the generated text of each
+    if made is not None:
         _novelty_report(index, made, model.vocab, prime if model.lines else None)
 
 

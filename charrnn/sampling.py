@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 
 import numpy as np
 
 from . import inference, model
-from .errors import CheckpointError, ConfigError, VocabError
+from .errors import CharRNNError, CheckpointError, ConfigError, VocabError
 from .vocab import Vocab, tokenize
 
 
@@ -228,6 +229,70 @@ def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, sta
             if not alive.any():
                 return
         logits, state = inference.step(weights, tokens, state)
+
+
+# ---------------------------------------------------------------- many samples in bounded memory
+# n samples are generated together, as one batch, in groups of at most group_size(n, V) streams, one group
+# after the other from the same Generator (so up to that many, -n N gives the same samples as before
+# groups existed, and never depends on --length: a shorter --length still gives a prefix). The caller
+# streams a group's first sample as it is made; the group's other samples are kept in blocks of
+# KEEP_BLOCK_TOKENS tokens, each full block written to a temporary file, and read back in order after.
+# So memory holds a block and a step's (streams, V) arrays, whatever -n and --length are.
+
+STEP_NUMBERS = 1 << 22  # a group's streams x V (its logits and noise per step: 16 to 32 MB)
+KEEP_BLOCK_TOKENS = 1 << 22  # tokens of a group's kept samples held in memory (the rest on disk)
+
+
+def group_size(n: int, vocab_size: int) -> int:
+    """How many of n samples are generated together: all of them, up to STEP_NUMBERS // vocab_size."""
+    return max(1, min(n, STEP_NUMBERS // max(1, vocab_size)))
+
+
+class KeptTokens:
+    """The tokens of streams 1..k-1 of a group of k, step after step: a block in memory, full blocks in a
+    temporary file (each written stream-major, so one stream is read back in long runs)."""
+
+    def __init__(self, k: int, dtype, length: int, block_tokens: int | None = None):
+        """- k: the group's streams; dtype: the ids'; length: the most steps (a block needs no more rows)"""
+        self.width, self.dtype = k - 1, np.dtype(dtype)
+        self.rows = max(1, min(length, (block_tokens or KEEP_BLOCK_TOKENS) // max(1, self.width)))
+        self.block = np.empty((self.rows, self.width), dtype=self.dtype) if self.width else None  # (rows, k - 1)
+        self.filled, self.spilled, self.file = 0, 0, None
+
+    def recording(self, steps):
+        """Pass generate's (tokens, alive) steps through, keeping each step's tokens of streams 1..k-1."""
+        for tokens, alive in steps:
+            if self.width:
+                self.block[self.filled] = tokens[1:]
+                self.filled += 1
+                if self.filled == self.rows:
+                    self._spill()
+            yield tokens, alive
+
+    def _spill(self) -> None:
+        try:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(prefix="charrnn-samples-")
+            self.file.write(np.ascontiguousarray(self.block.T).tobytes())
+        except OSError as exc:
+            raise CharRNNError(f"cannot keep the samples after the first in a temporary file "
+                               f"({tempfile.gettempdir()}): {exc.strerror or exc}; ask for fewer or shorter "
+                               f"samples, or set TMPDIR") from None
+        self.spilled += 1
+        self.filled = 0
+
+    def stream(self, i: int):
+        """Yield stream i's tokens (1 <= i < k) in order, as (m,) arrays of a block each."""
+        size = self.rows * self.dtype.itemsize
+        for b in range(self.spilled):
+            self.file.seek((b * self.width + i - 1) * size)
+            yield np.frombuffer(self.file.read(size), dtype=self.dtype)
+        yield self.block[: self.filled, i - 1].copy()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 # ---------------------------------------------------------------- Gumbel-max: the loop's usual draw

@@ -397,3 +397,75 @@ def test_broken_pipe_ends_quietly(tmp_path):
     assert len(head) == 100
     assert code == 0, err
     assert "Traceback" not in err and "Error" not in err and err == ""
+
+
+# ---------------------------------------------------------------- many samples in bounded memory
+
+
+def one_batch_texts(params, config, vocab, n, seed, **options):
+    """The reference: n samples as one batch of generate, each column cut at its first EOS."""
+    tokens, _ = run_generate(params, config, vocab, rng=np.random.default_rng(seed), num_samples=n, **options)
+    texts = []
+    for column in tokens.T:
+        ends = np.flatnonzero(column == EOS)
+        texts.append(vocab.decode(column[: ends[0] if ends.size else len(column)]))
+    return texts
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+def test_samples_kept_on_disk_in_blocks_are_the_one_batch_samples(tmp_path, monkeypatch, block):
+    import charrnn
+
+    params, config, vocab, _ = make_run(tmp_path / "run", CHARS)
+    monkeypatch.setattr(sampling, "KEEP_BLOCK_TOKENS", block)  # a block of `block` tokens, then a file
+    m = charrnn.load(str(tmp_path / "run"))
+    got = [("".join(p)) for p in m.sample_stream(5, length=60, seed=3)]
+    assert got == one_batch_texts(params, config, vocab, 5, 3, length=60)
+    assert len(set(map(len, got))) > 1  # some ended at EOS, at different steps
+    assert m.samples(5, prime="ab", length=60, seed=3) == \
+        ["ab" + t for t in one_batch_texts(params, config, vocab, 5, 3, length=60, prime="ab")]
+
+
+def test_very_many_samples_go_in_groups_one_after_the_other(tmp_path, monkeypatch):
+    import charrnn
+
+    params, config, vocab, _ = make_run(tmp_path / "run", CHARS, edit=rare_eos)
+    monkeypatch.setattr(sampling, "STEP_NUMBERS", 2 * config.vocab_size)  # groups of 2 streams
+    got = ["".join(p) for p in charrnn.load(str(tmp_path / "run")).sample_stream(5, length=40, seed=8)]
+    rng = np.random.default_rng(8)
+    expected = []
+    for k in (2, 2, 1):  # the same Generator, group after group
+        tokens, _ = run_generate(params, config, vocab, rng=rng, num_samples=k, length=40)
+        for column in tokens.T:
+            ends = np.flatnonzero(column == EOS)
+            expected.append(vocab.decode(column[: ends[0] if ends.size else len(column)]))
+    assert got == expected
+
+
+def test_kept_samples_hold_one_block_in_memory_whatever_their_length():
+    # -n 2 kept every token of the second sample until the first had ended (7.5 MB/s for --length 10**9);
+    # now a block is held and full blocks go to a temporary file, read back whole and in order
+    import tracemalloc
+
+    k, steps, block = 3, 100_000, 4096
+    rng = np.random.default_rng(0)
+    columns = rng.integers(0, 60_000, (steps, k)).astype(np.uint16)  # made before tracing: 600 KB
+
+    def generated():
+        alive = np.ones(k, dtype=bool)
+        for row in columns:
+            yield row, alive
+
+    kept = sampling.KeptTokens(k, np.uint16, steps, block_tokens=block)
+    tracemalloc.start()
+    try:
+        for _ in kept.recording(generated()):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10  # the block (8 KB); the 400 KB of tokens kept are on disk
+    assert kept.block.size <= block and kept.spilled == (steps * (k - 1)) // block
+    for i in range(1, k):
+        assert np.array_equal(np.concatenate(list(kept.stream(i))), columns[:, i])
+    kept.close()
