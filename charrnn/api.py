@@ -391,6 +391,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     else:
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = _read(val, errors, tconfig) if val else None
+    if tconfig.mode == "lines":  # a text in memory: before its lines are split into tokens (the settings count them)
+        corpus.check_text_lines(text, labelled=tconfig.task == "classify")
+        corpus.check_text_lines(val_text, "validation ", labelled=tconfig.task == "classify")
     if isinstance(text, corpus.Documents) and val_text is None:
         split = corpus.split_documents(text, tconfig.val_frac, tconfig.seed, whole_only=tconfig.mode == "lines")
         if split is None:

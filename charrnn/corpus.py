@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import mmap as mmap_module
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -230,6 +231,22 @@ def check_line_lengths(longest: int, which: str = "", *, at_least: bool = False,
         raise CorpusError(f"{where}a {which}line is {'at least ' if at_least else ''}{longest:,} characters long, "
                           f"but lines mode takes each line as one example of at most {MAX_LINE_CHARS:,}; "
                           f"train on long text with --mode stream")
+
+
+_LONG_LINE = re.compile(r"[^\n]{%d,}" % (MAX_LINE_CHARS + 1))  # a whole line: a maximal run between newlines
+
+
+def check_text_lines(text, which: str = "", labelled: bool = False) -> None:
+    """check_line_lengths of a text held in memory (a str or Documents; None and others pass), by one scan
+    that copies nothing, before anything splits it into lines or tokens.
+    - labelled: label<TAB>text lines (a classifier's): the text after the first TAB is the example"""
+    texts = text.texts if isinstance(text, Documents) else [text] if isinstance(text, str) else []
+    longest = 0
+    for piece in texts:
+        for m in _LONG_LINE.finditer(piece):
+            start = piece.find("\t", m.start(), m.end()) + 1 if labelled else m.start()
+            longest = max(longest, m.end() - (start or m.start()))
+    check_line_lengths(longest, which)
 
 
 def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:

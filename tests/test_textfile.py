@@ -311,3 +311,33 @@ def test_a_line_too_long_for_lines_mode_is_refused_before_it_is_held_or_split(tm
         tracemalloc.stop()
     assert f"{path}: a line is at least " in str(info.value) and "at most 10,000" in str(info.value)
     assert peak < 4 * textfile.CHUNK_BYTES
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_a_line_too_long_in_a_text_held_in_memory_is_refused_before_its_tokens_are_counted(tmp_path, task):
+    # a classifier's text (and a pipe's) is held in memory: its lines were split into tokens, to choose the
+    # settings, before their length was checked (a 20 MB word-level line ran out of memory measuring speed)
+    import tracemalloc
+
+    from tiny_runs import invoke
+
+    label = "a\t" if task == "classify" else ""
+    path = tmp_path / "c.txt"
+    path.write_bytes(f"{label}ab\nb\tc\n{label}".encode() + b"ab " * 1_000_000 + b"\n")
+    fifo = tmp_path / "fifo"
+    args = ["train", path, "--task", task, "--mode", "lines", "--level", "word" if task == "lm" else "char",
+            "--out", tmp_path / "run"]
+    if task == "lm":  # a regular file is scanned in chunks; a pipe is read whole, so give it as one
+        os.mkfifo(fifo)
+        import threading
+        threading.Thread(target=lambda: fifo.write_bytes(path.read_bytes()), daemon=True).start()
+        args[1] = fifo
+    tracemalloc.start()
+    try:
+        code, out, err = invoke(args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 1 and err.startswith("Error: a line is 3,000,000 characters long") and err.count("\n") == 1, err
+    assert peak < 32 << 20  # the file's bytes and text (3 MB each): no list of its 2,000,000 tokens
+    assert not (tmp_path / "run").exists()
