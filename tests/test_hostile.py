@@ -235,28 +235,44 @@ def header_bomb(path, source, extra_bytes: int) -> None:
         f.truncate(8 + len(text) + len(body) + extra_bytes)
 
 
-@st.composite
-def file_damage(draw, size: int):
-    """A byte-level damage of a file of `size` bytes: ('truncate', n), ('flip', [(offset, xor)]) or ('append', b)."""
-    kind = draw(st.sampled_from(["truncate", "flip", "append"]))
-    if kind == "truncate":
-        return kind, draw(st.integers(0, size - 1))
-    if kind == "flip":
-        return kind, draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=6))
-    return kind, draw(st.binary(min_size=1, max_size=64))
+def tensor_offsets(data: bytes, name: str) -> tuple[int, int]:
+    """Where a tensor's bytes lie in a safetensors file's bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    begin, end = json.loads(data[8:8 + n])[name]["data_offsets"]
+    return 8 + n + begin, 8 + n + end
+
+
+# A byte-level damage: ('truncate', n), ('flip', [(offset, xor)]), ('append', bytes), or ('flip_in', tensor, i, xor):
+# the i-th byte of a tensor's data. Offsets are taken modulo the file's (or the tensor's) length.
+FILE_DAMAGE = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 10**6)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=6)),
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("flip_in"), st.sampled_from(["head.weight", "head.bias", "embedding.weight", "param/head.weight",
+                                                  "optim/t", "carry/0"]),
+              st.integers(0, 10**6), st.sampled_from([0x40, 0x80, 0x7f, 0xff, 0x01])),
+)
 
 
 def damage_bytes(path, damage) -> None:
-    kind, what = damage
+    kind, *what = damage
     with open(path, "rb") as f:
         data = bytearray(f.read())
     if kind == "truncate":
-        data = data[:what]
+        data = data[:what[0] % len(data)]
     elif kind == "flip":
-        for offset, xor in what:
-            data[offset] ^= xor
+        for offset, xor in what[0]:
+            data[offset % len(data)] ^= xor
+    elif kind == "append":
+        data += what[0]
     else:
-        data += what
+        name, index, xor = what
+        try:
+            begin, end = tensor_offsets(bytes(data), name)
+        except KeyError:
+            return
+        if end > begin:
+            data[begin + index % (end - begin)] ^= xor
     with open(path, "wb") as f:
         f.write(bytes(data))
 
@@ -343,14 +359,12 @@ def read_everywhere(runs, place, damage, which="a"):
     assert Snapshot(root, skip=["page.html"]) == before
 
 
-def model_size(runs):
-    return os.path.getsize(runs / "a" / layout.BEST_FILE)
-
-
+@pytest.mark.xfail(strict=True, reason=ISSUE + "a loss above about 709 nats (here from a damaged weight): "
+                                             "OverflowError in Score.perplexity (eval, annotate)")
 @SWEEP
-@given(data=st.data())
-def test_a_model_file_damaged_byte_by_byte_is_refused_cleanly_by_every_reader(runs, place, data):
-    damage = data.draw(file_damage(model_size(runs)))
+@given(damage=FILE_DAMAGE)
+@example(damage=("flip_in", "head.weight", 3, 0x40))  # the exponent of the first weight: about 1e37
+def test_a_model_file_damaged_byte_by_byte_is_refused_cleanly_by_every_reader(runs, place, damage):
     read_everywhere(runs, place, lambda p: damage_bytes(p, damage))
 
 
@@ -426,7 +440,7 @@ def test_control_characters_in_a_vocabulary_or_label_never_reach_the_terminal_ra
     for name in (layout.BEST_FILE, layout.MODEL_FILE):
         path = os.path.join(run, name)
         arrays, meta = read_file(path)
-        for i, c in enumerate(["\x1b[2J", "\x07", "\u202e", "\x9b"]):
+        for i, c in enumerate(["\x1b", "\x07", "\u202e", "\x9b"]):
             meta["tokens"][5 + i] = c
         if which == "clf":
             meta["labels"] = ["\x1b]0;pwned\x07", "\u202eesorp"]
@@ -475,14 +489,9 @@ def resume_damaged(runs, place, damage, which="a"):
     return code, err
 
 
-def state_size(runs):
-    return os.path.getsize(runs / "a" / layout.STATE_FILE)
-
-
 @SWEEP
-@given(data=st.data())
-def test_a_state_file_damaged_byte_by_byte_is_refused_before_anything_is_written(runs, place, data):
-    damage = data.draw(file_damage(state_size(runs)))
+@given(damage=FILE_DAMAGE)
+def test_a_state_file_damaged_byte_by_byte_is_refused_before_anything_is_written(runs, place, damage):
     resume_damaged(runs, place, lambda p: damage_bytes(p, damage))
 
 
@@ -775,3 +784,286 @@ def test_a_replaced_id_file_is_refused_cleanly_by_every_command(runs, place, whi
             code, _, err = outcome(args)
             if args[0] == "train" and code:  # refused: nothing written
                 assert Snapshot(root) == before, (what, err)
+
+
+# ---------------------------------------------------------------- corpora and text inputs
+
+CORPUS_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.text(max_size=400).map(lambda t: t.encode("utf-8")),
+    st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\r\n", b"\x00"]),
+              st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300),
+              st.sampled_from([b"", b"\x00", b"\xff", b"\r", b"\xc3", b"\n\n\n"])).map(
+        lambda t: t[0] + t[1].encode("utf-8") + t[2]),
+    st.sampled_from([b"\n" * 100, b" " * 500, b"a" * 5000, b"\t\t\n", "\u00e9\u202e\x1b[31m\x07".encode() * 50,
+                     b"\r" * 50, (stream_text(50) * 3).encode(), b"x\ty\n" * 30, b"\xef\xbb\xbf"]),
+)
+TRAIN_KINDS = [[], ["--mode", "lines"], ["--level", "word"], ["--mode", "lines", "--level", "word"],
+               ["--task", "classify"]]
+
+
+@SWEEP
+@given(data=CORPUS_BYTES, kind=st.sampled_from(TRAIN_KINDS), errors=st.sampled_from(["strict", "replace"]))
+def test_any_bytes_as_a_corpus_train_or_are_refused_cleanly_and_leave_no_unusable_run(runs, place, data, kind,
+                                                                                     errors):
+    root = place()
+    corpus = os.path.join(root, "corpus.txt")
+    with open(corpus, "wb") as f:
+        f.write(data)
+    out = os.path.join(root, "out")
+    code, _, err = outcome(["train", corpus, *TINY, *kind, "--errors", errors, "--max-steps", 2, "--eval-every", 2,
+                            "--out", out, "-q"])
+    if code == 0:
+        charrnn.load(out)
+    elif os.path.exists(out):
+        resumable_or_restartable(out, runs / "a.txt")
+    assert sorted(os.listdir(root)) == sorted(["corpus.txt"] + (["out"] if os.path.exists(out) else []))
+
+
+@SWEEP
+@given(data=CORPUS_BYTES, errors=st.sampled_from(["strict", "replace"]))
+def test_any_bytes_as_a_text_to_score_annotate_classify_or_validate_on_are_clean(runs, place, data, errors):
+    root = place()
+    text = os.path.join(root, "text.txt")
+    with open(text, "wb") as f:
+        f.write(data)
+    before = Snapshot(runs, skip=["a/annotate.html"])
+    outcome(["eval", text, "-c", runs / "a", "--errors", errors])
+    outcome(["annotate", text, "-c", runs / "a", "--errors", errors, "--out", os.path.join(root, "p.html"), "-q"])
+    outcome(["annotate", text, "-c", runs / "lines", "--errors", errors, "--json"])
+    outcome(["eval", text, "-c", runs / "clf", "--errors", errors])
+    outcome(["classify", text, "-c", runs / "clf", "--errors", errors])
+    outcome(["train", runs / "a.txt", *TINY, "--val", text, "--errors", errors, "--max-steps", 2, "--eval-every", 2,
+             "--out", os.path.join(root, "withval"), "-q"])
+    assert Snapshot(runs, skip=["a/annotate.html"]) == before
+
+
+# ---------------------------------------------------------------- options of the commands
+
+HOSTILE_NUMBERS = ["-1", "0", "1e308", "-1e308", "1e-320", "nan", "inf", "-inf", str(10**21), str(2**63), "1e400",
+                   "0x10", "", " 3", "3.5", "-0", "1_000"]
+OPTION_CASES = {
+    "sample": (["--temp", "--top-k", "--top-p", "--length", "-n", "--seed", "--choices", "--chunk"],
+               lambda run, text: ["sample", "-c", run, "--length", 8, "--seed", 1]),
+    "eval": ([], lambda run, text: ["eval", "-c", run]),
+    "annotate": (["--top-k", "--max-chars"], lambda run, text: ["annotate", text, "-c", run, "--json"]),
+    "classify": (["--top-k"], None),
+    "train": (["--lr", "--eval-every", "--log-every", "--max-epochs", "--clip", "--momentum", "--warmup",
+               "--val-frac", "--seed", "--hidden", "--seq-len", "--batch-size", "--dropout", "--max-time",
+               "--threads", "--patience", "--weight-decay"], None),
+}
+SAFE_LONG = {"--length": 10**4, "-n": 64, "--choices": 10**4, "--chunk": 10**4, "--max-chars": 10**6,
+             "--hidden": 64, "--seq-len": 4096, "--batch-size": 256, "--threads": 16, "--max-epochs": 10**9}
+
+
+def affordable(option, value) -> bool:
+    """Values that would make a tiny example run long or large are the memory tests' and the bench's."""
+    limit = SAFE_LONG.get(option)
+    try:
+        return limit is None or float(value) <= limit
+    except ValueError:
+        return True
+
+
+def option_outcome(runs, root, command, option, value):
+    if command == "train":
+        args = ["train", runs / "a.txt", *[o for o in TINY], "--max-steps", 3, "--eval-every", 3,
+                "--out", os.path.join(root, "out"), "-q", option, value]
+        if option == "--max-time":
+            args[args.index("--max-steps") + 1] = 3
+    else:
+        args = OPTION_CASES[command][1](runs / "a", runs / "text.txt") + [option, value]
+    return outcome(args)
+
+
+def known_to_fail(command, option, value):
+    return command == "sample" and option == "--seed" and value.startswith("-")
+
+
+@SWEEP
+@given(command=st.sampled_from(["sample", "annotate", "train"]), data=st.data())
+def test_hostile_option_values_are_clean_usage_errors_or_work(runs, place, command, data):
+    option = data.draw(st.sampled_from(OPTION_CASES[command][0]))
+    value = data.draw(st.sampled_from(HOSTILE_NUMBERS).filter(
+        lambda v: affordable(option, v) and not known_to_fail(command, option, v)))
+    option_outcome(runs, place(), command, option, value)
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "sample --seed -1 (ValueError)")
+@pytest.mark.parametrize("value", ["-1", str(-(2**63))])
+def test_a_negative_sample_seed_is_a_clean_usage_error(runs, place, value):
+    option_outcome(runs, place(), "sample", "--seed", value)
+
+
+# ---------------------------------------------------------------- the Python API
+
+HOSTILE_ARGS = st.sampled_from([None, b"run", ["x"], 3, -1, 0, 1e308, float("nan"), "", "\ud800", np.int64(3),
+                                np.float32(0.5), True, {}, 2**70, -(2**70), 0.5, object()])
+API_CALLS = {
+    "load": lambda runs, v: charrnn.load(v),
+    "generate prime": lambda runs, v: charrnn.load(runs / "a").generate(prime=v, length=5, seed=0),
+    "generate length": lambda runs, v: charrnn.load(runs / "a").generate(length=v, seed=0),
+    "generate temperature": lambda runs, v: charrnn.load(runs / "a").generate(length=5, temperature=v, seed=0),
+    "generate top_k": lambda runs, v: charrnn.load(runs / "a").generate(length=5, top_k=v, seed=0),
+    "generate top_p": lambda runs, v: charrnn.load(runs / "a").generate(length=5, top_p=v, seed=0),
+    "generate seed": lambda runs, v: charrnn.load(runs / "a").generate(length=5, seed=v),
+    "samples n": lambda runs, v: charrnn.load(runs / "a").samples(v, length=5, seed=0),
+    "score": lambda runs, v: charrnn.load(runs / "a").score(v),
+    "annotate text": lambda runs, v: charrnn.load(runs / "a").annotate(v),
+    "annotate top_k": lambda runs, v: charrnn.load(runs / "a").annotate("the fox", top_k=v),
+    "annotate max_chars": lambda runs, v: charrnn.load(runs / "a").annotate("the fox", max_chars=v),
+    "classify texts": lambda runs, v: charrnn.load(runs / "clf").classify(v),
+    "classify top_k": lambda runs, v: charrnn.load(runs / "clf").classify(["def f"], top_k=v),
+    "evaluate": lambda runs, v: charrnn.load(runs / "clf").evaluate(v),
+}
+HUGE_WORK = {"generate length", "samples n", "annotate max_chars"}
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "the Python API raises raw TypeError/ValueError for wrong "
+                                             "argument types (a bytes or list path to charrnn.load, ...)")
+@settings(SWEEP, max_examples=40)
+@given(call=st.sampled_from(sorted(API_CALLS)), value=HOSTILE_ARGS)
+@example(call="load", value=b"run")
+@example(call="load", value=["x"])
+def test_the_api_returns_or_raises_its_own_errors_whatever_the_arguments(runs, call, value):
+    if call in HUGE_WORK and isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+            and abs(value) > 1e6:
+        return
+    try:
+        API_CALLS[call](runs, value)
+    except CharRNNError:
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "classify(top_k=-1) drops the last label, top_k=0 returns "
+                                             "empty lists")
+@pytest.mark.parametrize("top_k", [-1, 0])
+def test_classify_refuses_a_top_k_below_one(runs, top_k):
+    with pytest.raises(CharRNNError):
+        charrnn.load(runs / "clf").classify(["def f"], top_k=top_k)
+
+
+TRAIN_KWARGS = ["seq_len", "batch_size", "hidden", "lr", "max_steps", "eval_every", "seed", "mode", "level",
+                "cell", "dropout", "val_frac"]
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "charrnn.train(seq_len=np.int64(16)) leaves a run directory "
+                                             "neither resumable nor restartable")
+@settings(SWEEP, max_examples=30)
+@given(key=st.sampled_from(TRAIN_KWARGS), value=HOSTILE_ARGS)
+@example(key="seq_len", value=np.int64(16))
+def test_charrnn_train_with_any_argument_trains_or_refuses_and_leaves_no_unusable_run(runs, place, key, value):
+    if key in ("max_steps", "hidden", "batch_size", "seq_len") and isinstance(value, (int, float, np.number)) \
+            and not isinstance(value, bool) and abs(value) > 1e4:
+        return
+    root = place()
+    out = os.path.join(root, "out")
+    options = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 8, "dropout": 0.0, "schedule": "constant",
+               "warmup": 0, "batch_size": 2, "seq_len": 8, "patience": 0, "max_steps": 2, "eval_every": 2}
+    options[key] = value
+    try:
+        charrnn.train(str(runs / "a.txt"), out, **options)
+    except CharRNNError:
+        pass
+    if os.path.exists(out):
+        resumable_or_restartable(out, runs / "a.txt")
+
+
+# ---------------------------------------------------------------- memory with a bound
+
+def no_eos(params, vocab):
+    params["head.bias"][vocab.eos] = -50.0  # never ends a sample early: every sample is as long as asked
+
+
+def peak_of(fn) -> int:
+    """tracemalloc's peak (bytes) while fn runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "sample -n 2 keeps every token until the end (about 75 bytes "
+                                             "per token)")
+def test_sampling_several_samples_keeps_at_most_16_bytes_per_token(tmp_path):
+    from tiny_runs import make_run
+    make_run(tmp_path, "abcdefgh ", layers=1, hidden=8, edit=no_eos)
+    model = charrnn.load(tmp_path)
+
+    def draw(length):
+        pieces = model.sample_pieces(3, length=length, seed=0)
+        for _ in pieces:
+            pass
+        assert [len(s) for s in pieces.rest] == [length, length]
+    draw(50)  # compiled and warm
+    short, long = peak_of(lambda: draw(1000)), peak_of(lambda: draw(5000))
+    assert long - short < 16 * 2 * 4000, (short, long)
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "annotate reads a whole file to show its first 5,000 characters")
+def test_annotating_a_large_file_holds_about_what_it_shows(runs, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(stream_text(200).encode() * 10_000)  # about 10 MB
+    peak = peak_of(lambda: outcome(["annotate", big, "-c", runs / "a", "--out", tmp_path / "p.html", "-q"]))
+    assert peak < 4_000_000, peak
+
+
+# A child with its address space limited: it runs out of memory quickly where a reader has no bound, and
+# reports its peak resident memory whatever happens (the native code of a reader is invisible to tracemalloc).
+LIMITED = r"""
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from charrnn import cli
+try:
+    cli.main(sys.argv[2:])
+finally:
+    sys.stderr.write("\npeak %d\n" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+"""
+
+
+def limited_child(args, *, stdin=subprocess.DEVNULL, limit=2 << 30, timeout=60):
+    """(exit code, stderr without the peak line, peak RSS in bytes) of `charrnn ARGS` in a limited child."""
+    env = {**os.environ, **REFERENCE, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(charrnn.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", LIMITED, str(limit), *map(str, args)], stdin=stdin,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=timeout)
+    err = proc.stderr.decode("utf-8", "replace")
+    body, _, peak = err.rstrip().rpartition("\npeak ")
+    return proc.returncode, body, int(peak)
+
+
+ENDLESS = {
+    "a corpus": lambda runs, out: ["train", "/dev/zero", *TINY, "--max-steps", 2, "--out", out],
+    "--val": lambda runs, out: ["train", runs / "a.txt", "--val", "/dev/zero", *TINY, "--max-steps", 2, "--out", out],
+    "eval": lambda runs, out: ["eval", "/dev/zero", "-c", runs / "a"],
+    "annotate": lambda runs, out: ["annotate", "/dev/zero", "-c", runs / "a", "--json"],
+    "classify": lambda runs, out: ["classify", "/dev/zero", "-c", runs / "clf"],
+}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero") or not sys.platform.startswith("linux"),
+                    reason="/dev/zero and ru_maxrss in KB (Linux)")
+@pytest.mark.xfail(strict=True, reason=ISSUE + "/dev/zero as a corpus, --val, or input to eval, annotate or "
+                                             "classify is read without limit")
+@pytest.mark.parametrize("what", ENDLESS)
+def test_an_endless_input_is_refused_within_300_mb(runs, tmp_path, what):
+    code, err, peak = limited_child(ENDLESS[what](runs, tmp_path / "out"))
+    assert code in (1, 2) and "Traceback" not in err and err.rstrip().split("\n")[-1].startswith("Error: "), err
+    assert "out of memory" not in err and peak < 300 << 20, (peak, err)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KB (Linux)")
+@pytest.mark.xfail(strict=True, reason=ISSUE + "a sparse model file whose header declares an extra 1 GB tensor "
+                                             "is read whole before 'unexpected tensors'")
+def test_a_model_file_declaring_a_huge_extra_tensor_is_refused_within_100_mb(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "a", run)
+    for name in (layout.BEST_FILE, layout.MODEL_FILE):
+        header_bomb(run / name, runs / "a" / name, 600 << 20)
+    code, err, peak = limited_child(["info", run])
+    assert code == 1 and err.rstrip().split("\n")[-1].startswith("Error: "), err
+    assert peak < 150 << 20, (peak, err)
