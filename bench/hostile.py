@@ -184,7 +184,7 @@ class Sweep:
             print(f"    {kind}: {what}", file=sys.stderr)
 
     def judge(self, r: Result, expect) -> None:
-        name = " ".join(r.args)[:90]
+        name = " ".join(r.args).replace("\n", "; ")[:90]
         if r.timed_out:
             self.note("hang", f"{name}: still running after {r.seconds:.0f}s")
             return
