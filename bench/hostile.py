@@ -135,7 +135,10 @@ class Sweep:
         deadline = proc._t0 + (timeout or self.timeout)
         timed_out, usage, status = False, None, None
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            try:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already by Popen.poll: its status, without its peak
+                pid, status, usage = proc.pid, None, None
             if pid:
                 break
             if time.monotonic() > deadline and not timed_out:
@@ -149,7 +152,8 @@ class Sweep:
                     timed_out = False
                     continue
             time.sleep(0.01)
-        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        rc = proc.returncode if status is None else os.waitstatus_to_exitcode(status)
+        proc.returncode = rc
         seconds = time.monotonic() - proc._t0
         out = err = b""
         if proc._files[0] is not None:
@@ -159,9 +163,10 @@ class Sweep:
             proc._files[1].seek(0)
             err = proc._files[1].read()
         text = err.decode("utf-8", "replace")
-        result = Result(proc._args, None if timed_out else rc, out, text, usage.ru_maxrss * 1024, seconds, timed_out)
+        result = Result(proc._args, None if timed_out else rc, out, text, usage.ru_maxrss * 1024 if usage else 0,
+                        seconds, timed_out)
         self.runs += 1
-        self.judge(result, expect)
+        self.judge(result, expect, messages=proc._files[1] is not None)
         return result
 
     def run(self, args, *, expect=(0, 1, 2), timeout=None, stdin=None, fsize=None, limit=None, env=None) -> Result:
@@ -183,7 +188,8 @@ class Sweep:
         if self.verbose:
             print(f"    {kind}: {what}", file=sys.stderr)
 
-    def judge(self, r: Result, expect) -> None:
+    def judge(self, r: Result, expect, messages: bool = True) -> None:
+        """Class one result; messages: False where its stderr went elsewhere (a pipe the scenario closed)."""
         name = " ".join(r.args).replace("\n", "; ")[:90]
         if r.timed_out:
             self.note("hang", f"{name}: still running after {r.seconds:.0f}s")
@@ -195,7 +201,7 @@ class Sweep:
             self.note("traceback", f"{name}: died of signal {signal.Signals(-r.rc).name}, no message")
         elif r.rc not in expect:
             self.note("traceback", f"{name}: exit {r.rc} (expected {expect}): {lines[-1][:100] if lines else ''}")
-        elif r.rc == 1 or r.rc == 2:
+        elif messages and r.rc in (1, 2):
             if not lines or not lines[-1].startswith("Error: ") or sum(x.startswith("Error: ") for x in lines) != 1:
                 self.note("traceback", f"{name}: exit {r.rc} without one clean Error line: {r.err[-120:]!r}")
         if "out of memory" in r.err:
@@ -280,7 +286,8 @@ READERS = ("info", "sample", "eval", "annotate")
 def read_with(s: Sweep, run: str, commands=READERS, expect=(0, 1, 2)) -> None:
     text = s.corpus("text.txt")
     args = {"info": ["info", run], "sample": ["sample", "-c", run, "--length", 20, "--seed", 1],
-            "eval": ["eval", "-c", run], "annotate": ["annotate", text, "-c", run, "--json"],
+            "eval": ["eval", "-c", run],
+            "annotate": ["annotate", text, "-c", run, "--out", os.path.join(os.path.dirname(run), "page.html"), "-q"],
             "classify": ["classify", s.corpus("clf.tsv"), "-c", run], "plot": ["plot", run],
             "resume": ["train", "--resume", run, "--max-steps", 6, "-q"]}
     for command in commands:
@@ -368,9 +375,9 @@ def lock_deleted_mid_run(s: Sweep, _):
         os.unlink(lock)
     second = s.start(["train", "--resume", run, "--max-steps", 10**6, "--eval-every", 200, "-q"])
     time.sleep(4)
-    both = first.poll() is None and second.poll() is None
+    both = alive(first) and alive(second)
     for proc in (first, second):
-        if proc.poll() is None:
+        if alive(proc):
             os.killpg(proc.pid, signal.SIGINT)
     for proc in (first, second):
         s.finish(proc, 60, expect=(0, 1, 130))
@@ -387,7 +394,7 @@ def unusable_after_early_death(s: Sweep, how):
         proc = s.start(["train", corpus, *TINY, "--max-steps", 10**6, "--eval-every", 10**5, "--log-every", 1,
                         "--out", run, "-q"])
         deadline = time.monotonic() + 60
-        while not _log_steps(run) and time.monotonic() < deadline and proc.poll() is None:
+        while not _log_steps(run) and time.monotonic() < deadline and alive(proc):
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         s.finish(proc, 30, expect=(-signal.SIGKILL,))
@@ -508,9 +515,24 @@ def sample_seed(s: Sweep, seed):
     s.run(["sample", "-c", s.base("a"), "--seed", seed, "--length", 10])
 
 
+def endless_sampler(s: Sweep) -> str:
+    """A copy of run 'a' whose model never ends a sample (the end-of-text token's bias far below)."""
+    run = s.base("a")
+
+    def no_eos(arrays, meta):
+        arrays["head.bias"][meta["special"]["eos"] if isinstance(meta.get("special"), dict) else 0] = -50.0
+    edit_models(run, no_eos)
+    return run
+
+
+def alive(proc) -> bool:
+    """Whether proc still runs, without reaping it (finish reads its peak memory when it is reaped)."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
 @scenario("tracebacks", [0.001, 0.01])
 def two_sigints_to_sample(s: Sweep, gap):
-    run = s.base("a")
+    run = endless_sampler(s)
     proc = s.start(["sample", "-c", run, "--length", 10**8, "-n", 2, "--seed", 1])
     time.sleep(1.5)
     os.killpg(proc.pid, signal.SIGINT)
@@ -549,12 +571,12 @@ def truncate_train_npy_while_training(s: Sweep, _):
     proc = s.start(["train", corpus, *TINY, "--max-steps", 10**6, "--eval-every", 10**5, "--out", run, "-q"])
     ids = os.path.join(run, "data", "train.npy")
     deadline = time.monotonic() + 60
-    while not _log_steps(run) and time.monotonic() < deadline and proc.poll() is None:
+    while not _log_steps(run) and time.monotonic() < deadline and alive(proc):
         time.sleep(0.05)
     if os.path.exists(ids):
         os.truncate(ids, 200)
     time.sleep(3)
-    if proc.poll() is None:
+    if alive(proc):
         os.killpg(proc.pid, signal.SIGINT)
     s.finish(proc, 30, expect=(1, 130))
     del np
@@ -750,7 +772,7 @@ def endless_input(s: Sweep, what):
 
 @scenario("memory", ["-n 2 --length 10**9", "-n 100000 --length 20"])
 def sample_memory(s: Sweep, what):
-    run = s.base("a")
+    run = endless_sampler(s)
     if what.startswith("-n 2"):
         proc = s.start(["sample", "-c", run, "-n", 2, "--length", 10**9, "--seed", 1], stdout=subprocess.DEVNULL)
         proc._files = (None, proc._files[1])
