@@ -539,13 +539,14 @@ def test_a_model_file_from_another_run_is_read_as_itself_and_resume_puts_the_run
 
 # ---------------------------------------------------------------- logs, for plot and --resume
 
+LONG_NUMBER = b'{"step": ' + b"9" * 5000 + b"}"  # more digits than Python converts to an int by default
 LOG_LINES = st.one_of(
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     st.dictionaries(st.sampled_from(["step", "train_loss", "val_loss", "lr", "elapsed", "epoch"]), JSON_VALUES,
                     min_size=1).map(lambda d: json.dumps(d).encode()),
     st.binary(max_size=40),
     st.sampled_from([b"\xff\xfe{", b'{"step": NaN, "val_loss": Infinity}', b'{"step": 1e999}', DEEP.encode(),
-                     b'{"step": ' + b"9" * 5000 + b"}", b'{"step": 3, "train_loss": "x"}', b"\x00" * 10,
+                     LONG_NUMBER, b'{"step": 3, "train_loss": "x"}', b"\x00" * 10,
                      b'{"step": 1, "step": 2}', b'{"step": [1], "val_loss": {"a": 1}}']),
 )
 
@@ -558,28 +559,36 @@ def damage_log(path, lines, where):
         f.write(data[:cut] + b"\n".join(lines) + (b"\n" if lines else b"") + data[cut:])
 
 
-def log_damaged(runs, place, lines, where):
+def log_damaged(runs, place, lines, where, plot=True):
     root = place()
     run = copy_run(runs, "a", root)
     damage_log(os.path.join(run, layout.LOG_FILE), lines, where)
     before = Snapshot(root)
-    plot = outcome(["plot", run, "--out", os.path.join(root, "loss.png")])
-    assert Snapshot(root, skip=["loss.png"]) == before
+    if plot:
+        outcome(["plot", run, "--out", os.path.join(root, "loss.png")])
+        assert Snapshot(root, skip=["loss.png"]) == before
     outcome(["info", run])
     resumed = outcome(["train", "--resume", run, "--max-steps", 6, "-q"])
     if resumed.exit_code:
         assert Snapshot(root, skip=["loss.png"]) == before
-    return plot
 
 
 
 
 
+@SWEEP
+@given(lines=st.lists(LOG_LINES, max_size=3), where=st.integers(0, 2000))
+def test_a_log_with_hostile_lines_resumes_or_is_refused_cleanly(runs, place, lines, where):
+    log_damaged(runs, place, lines, where, plot=False)
+
+
+@pytest.mark.xfail(strict=True, reason=ISSUE + "plot on log records of the wrong types (a list or a dict for a "
+                                             "step or a loss: TypeError, ValueError), a cousin of the plot cases")
 @settings(SWEEP, max_examples=15)
-@given(lines=st.lists(LOG_LINES.filter(lambda b: b not in (DEEP.encode(),) and not b.startswith(b"\xff")
-                                       and b"\xff" not in b and _utf8(b)), max_size=3),
+@given(lines=st.lists(LOG_LINES.filter(lambda b: b not in (DEEP.encode(), LONG_NUMBER) and _utf8(b)), max_size=3),
        where=st.integers(0, 2000))
-def test_a_log_with_hostile_lines_is_plotted_or_refused_cleanly_and_resumes(runs, place, lines, where):
+@example(lines=[b'{"step": [1, 2, 3], "val_loss": 2}'], where=10**6)
+def test_a_log_with_hostile_lines_is_plotted_or_refused_cleanly(runs, place, lines, where):
     log_damaged(runs, place, lines, where)
 
 
@@ -591,12 +600,14 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "plot on a log with invalid UTF-8 (UnicodeDecodeError) or a "
-                                             "100,000-deep JSON line (RecursionError)")
+@pytest.mark.xfail(strict=True, reason=ISSUE + "plot on a log with invalid UTF-8 (UnicodeDecodeError), a "
+                                             "100,000-deep JSON line (RecursionError) or a 5,000-digit number "
+                                             "(ValueError)")
 @settings(SWEEP, max_examples=15)
 @given(lines=st.lists(LOG_LINES, min_size=1, max_size=3), where=st.integers(0, 2000))
 @example(lines=[b"\xff\xfe{"], where=0)
 @example(lines=[DEEP.encode()], where=10**6)
+@example(lines=[LONG_NUMBER], where=0)
 def test_a_log_with_any_bytes_is_plotted_or_refused_cleanly_and_resumes(runs, place, lines, where):
     log_damaged(runs, place, lines, where)
 
