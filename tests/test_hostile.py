@@ -18,7 +18,6 @@ case named: a fix turns its test red until the mark is removed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
