@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees a file's old contents or its new ones, never a torn file.
+"""Atomic file writes, and the one way charrnn opens a file for writing (`open_fd`).
+
+A reader sees a file's old contents or its new ones, never a torn file.
 
 Each file is written in full to a hidden temp file beside its target
 (".NAME.RANDOM.tmp"), fsynced, and only then renamed over the target; the
@@ -10,6 +12,14 @@ Failures are OSError whose filename is the target (not the temp file), so the
 caller can say which file could not be written; errors raised by a caller's
 write function pass through unchanged. Either way the temp files are gone and
 every target is as it was.
+
+`open_fd` is the one place a file is opened for writing, by these writes and by
+the run directory's files that are not replaced whole (log.jsonl, appended to):
+it never follows a symbolic link (O_NOFOLLOW) and opens only a regular file, so
+a link planted in a run directory (train.lock -> ~/victim.txt) is refused
+instead of written through. An atomic write replaces such a link at its target
+with a new file (the rename replaces the link itself) and never touches what it
+pointed to.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from typing import Callable, Iterable
 
 
@@ -36,6 +47,41 @@ class _Out:
         pass
 
 
+# what open(O_NOFOLLOW) answers for a symbolic link: ELOOP on Linux and POSIX, EMLINK on FreeBSD,
+# EFTYPE on NetBSD
+_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)}
+
+
+def open_fd(path, flags: int, mode: int = 0o666) -> int:
+    """Open path for writing (a file descriptor), never through a symbolic link and only as a regular file.
+
+    - flags: os.O_WRONLY or os.O_RDWR with any of O_CREAT, O_EXCL, O_APPEND (O_NOFOLLOW and
+      O_CLOEXEC are added)
+    - mode: the new file's permissions before the umask (0o666: the umask decides, as for any file)
+    OSError whose filename is path: ELOOP "a symbolic link, which charrnn never writes through"
+    when path is one, EINVAL "not a regular file" for a directory, FIFO or device (opened
+    without blocking, so a FIFO with no reader does not hang the caller).
+    """
+    path = os.fspath(path)
+    flags |= os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0) | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno in _LINK_ERRNOS and os.path.islink(path):
+            raise OSError(errno.ELOOP, "a symbolic link, which charrnn never writes through", path) from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader; a directory
+            raise OSError(errno.EINVAL, "not a regular file", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _retarget(exc: OSError, path: str) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, path)
 
@@ -53,7 +99,7 @@ def _stage(path: str, write: Callable) -> str:
     while True:
         tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             break
         except FileExistsError:
             continue

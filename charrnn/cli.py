@@ -7,6 +7,7 @@ one line, `Error: ...`, and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -79,7 +80,32 @@ def format_duration(seconds: float) -> str:
 
 def info(message: str, quiet: bool = False) -> None:
     if not quiet:
-        click.echo(message, err=True)
+        try:
+            click.echo(message, err=True)
+        except OSError as exc:
+            if not _reader_gone(exc):
+                raise
+            _stderr_to_devnull()
+
+
+def _reader_gone(exc: OSError) -> bool:
+    """Whether a write failed because the reader of the stream went away (`charrnn train ... 2>&1 | head`)."""
+    return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+def _stderr_to_devnull() -> None:
+    """Send stderr to os.devnull from here on, once its reader has gone: messages are not the work, and a
+    trainer whose `| head` has exited trains on, silently, to its budget (Ctrl-C still saves and stops).
+    Python's own flush at exit then cannot fail either."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured in-process): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 # ---------------------------------------------------------------- the group
@@ -268,6 +294,16 @@ class _TrainingView:
         self.start_step = 0
 
     def __call__(self, event: dict, run) -> None:
+        """Show one event; once stderr's reader has gone, show nothing more (training goes on)."""
+        try:
+            self._show(event, run)
+        except OSError as exc:
+            if not _reader_gone(exc):
+                raise
+            _stderr_to_devnull()
+            self.quiet, self.show_bar, self.bar = True, False, None
+
+    def _show(self, event: dict, run) -> None:
         kind, quiet, bar = event["event"], self.quiet, self.bar
         if kind == "message":
             info(event["text"], quiet)

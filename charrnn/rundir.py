@@ -109,6 +109,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
         return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
 
+    _check_data_dir(directory)
     if isinstance(train_text, textfile.TextFile) and tconfig.task == "lm":  # read in chunks
         return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
     arrays = {}
@@ -170,6 +171,15 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
     if tconfig.task == "classify":
         atomic.write_file(_data_path(directory, LABELS_FILE), lambda f: f.write(labels_json))
     return vocab
+
+
+def _check_data_dir(directory) -> None:
+    """CheckpointError unless the run's data folder is missing or a real folder (never a symbolic link,
+    through which the id files would be written outside the run)."""
+    path = data_dir(directory)
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        raise CheckpointError(f"{path} is not a folder of the run (a symbolic link or a file); charrnn writes a "
+                              f"run's files only inside its directory: remove it, or choose another --out")
 
 
 def read_labels(directory) -> tuple:
@@ -523,8 +533,13 @@ def _cut_log(run: Run) -> None:
     the run had never stopped; a line cut short by the crash goes too.
     """
     path = run.path(LOG_FILE)
-    if run.log_bytes and os.path.exists(path) and os.path.getsize(path) > run.log_bytes:
-        os.truncate(path, run.log_bytes)
+    if run.log_bytes and os.path.lexists(path):
+        fd = _open_log(path, os.O_WRONLY)
+        try:
+            if os.fstat(fd).st_size > run.log_bytes:
+                os.ftruncate(fd, run.log_bytes)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -598,9 +613,18 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
     return run.path(MODEL_FILE)
 
 
+def _open_log(path, flags: int) -> int:
+    """The run's log opened for writing (atomic.open_fd: never through a symbolic link); CheckpointError else."""
+    try:
+        return atomic.open_fd(path, flags)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the run's log {path}: {exc.strerror or exc}") from None
+
+
 def append_log(run: Run, record: dict, sync: bool = False) -> None:
     """Append one line to the run's log; sync: fsync it, as a checkpoint that counts it is about to be saved."""
-    with open(run.path(LOG_FILE), "a", encoding="utf-8") as f:
+    fd = _open_log(run.path(LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:  # the descriptor atomic.open_fd opened
         f.write(json.dumps(record) + "\n")
         f.flush()
         if sync:

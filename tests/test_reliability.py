@@ -399,6 +399,163 @@ def test_a_filesystem_that_cannot_lock_is_refused_unless_no_lock(tmp_path, corpu
     assert model_step(run) == 3 and not (run / layout.LOCK_FILE).exists()
 
 
+def test_deleting_the_lock_file_mid_run_does_not_let_a_second_trainer_in(tmp_path, corpus_file):
+    """The lock is on the run directory itself: train.lock only says who holds it, and removing it (by hand,
+    or by a cleanup script) frees nothing."""
+    run = tmp_path / "run"
+    first = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 2, "--log-every", 1,
+                   "--quiet", "--out", run])
+    try:
+        wait_for(lambda: (run / layout.STATE_FILE).exists(), first)
+        assert (run / layout.LOCK_FILE).read_text().split()[0] == str(first.pid)
+        os.unlink(run / layout.LOCK_FILE)
+        code, out, err = invoke(["train", "--resume", run, "--max-steps", 3])
+        line = assert_one_line_error(code, out, err)
+        assert line == f"Error: {run} is being trained by another process; wait for it, or train into another --out"
+        assert first.poll() is None, "the first trainer stopped"
+    finally:
+        stop(first)
+    steps = [r["step"] for r in read_log(run)]
+    assert steps == list(range(1, len(steps) + 1))  # one trainer's steps, each once
+    assert checkpoint.load_state(run)[1]["progress"]["step"] == steps[-1]
+
+
+# ---------------------------------------------------------------- symbolic links in a run directory
+
+VICTIM = b"a file of the user's, outside the run\n" * 100
+
+
+@pytest.fixture
+def linked_run(tmp_path, corpus_file):
+    """(run, victim, link): a 2-step run, and a victim file outside it that a run file may be made to point to."""
+    run = tmp_path / "run"
+    code, _, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--eval-every", 1, "-q", "--out", run])
+    assert code == 0, err
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(VICTIM)
+
+    def link(name):
+        path = run / name
+        if path.exists():
+            path.rename(tmp_path / (path.name + ".real"))
+        path.symlink_to(victim)
+        return path
+    return run, victim, link
+
+
+@pytest.mark.parametrize("name", [layout.LOCK_FILE, layout.MODEL_FILE, layout.BEST_FILE, "data/train_index.npy"])
+def test_a_linked_run_file_that_is_replaced_whole_is_replaced_never_written_through(linked_run, name):
+    """train.lock and the checkpoints are written by atomic.py: the rename replaces the link itself."""
+    run, victim, link = linked_run
+    path = link(name)
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", 4, "-q"])
+    if name == "data/train_index.npy":  # written by sample --novelty, the one writer of that file
+        code, out, err = invoke(["sample", "-c", run, "--novelty", "--length", 5, "-q"])
+    assert code == 0 and "Traceback" not in err, err
+    assert victim.read_bytes() == VICTIM
+    assert not path.is_symlink()
+    if name != layout.LOCK_FILE:  # released: removed
+        assert path.stat().st_size > 0 and temp_files(run) == []
+
+
+@pytest.mark.parametrize("name", [layout.LOG_FILE])
+def test_a_linked_log_is_refused_in_one_line_and_its_target_untouched(linked_run, name):
+    """log.jsonl is appended to and cut, not replaced: a link there is refused (atomic.open_fd), before
+    anything in the run is written."""
+    run, victim, link = linked_run
+    link(name)
+    before = digests(run)
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", 4])
+    line = assert_one_line_error(code, out, err, str(run / name))
+    assert "symbolic link" in line or "Too many levels" in line, line
+    assert victim.read_bytes() == VICTIM and digests(run) == before
+
+
+def test_a_fifo_for_a_log_is_refused_without_hanging(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    assert invoke(["train", corpus_file, *TINY, "--max-steps", 2, "-q", "--out", run]).exit_code == 0
+    (run / layout.LOG_FILE).unlink()
+    os.mkfifo(run / layout.LOG_FILE)
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", 4])
+    assert_one_line_error(code, out, err, "not a regular file", str(run / layout.LOG_FILE))
+
+
+def test_a_fresh_start_never_writes_through_links(tmp_path, corpus_file):
+    """A directory given as --out that holds a linked log.jsonl or data folder: refused, nothing written there."""
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_bytes(VICTIM)
+    for name in (layout.LOG_FILE, layout.DATA_DIR):
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        (out / name).symlink_to(victim_dir if name == layout.DATA_DIR else victim_dir / "keep.txt")
+        code, stdout, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--out", out])
+        assert_one_line_error(code, stdout, err, exit_code=2 if name == layout.LOG_FILE else 1)
+        assert sorted(os.listdir(victim_dir)) == ["keep.txt"] and (victim_dir / "keep.txt").read_bytes() == VICTIM
+
+
+def test_run_files_are_opened_for_writing_in_one_place():
+    """Outside atomic.py no module opens a file for writing (builtin open with w, a, x or +; os.open
+    with a writing flag; os.truncate): every run file is written through atomic.open_fd, which follows
+    no link (os.fdopen wraps a descriptor it opened). The one exception is os.devnull, where the CLI
+    sends output whose reader has gone."""
+    writing_flags = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"}
+    for path in sorted(Path(charrnn.__file__).parent.glob("*.py")):
+        if path.name == "atomic.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            where = f"{path.name}:{node.lineno}"
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else \
+                f"{func.value.id}.{func.attr}" if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                else None
+            if name == "open" and len(node.args) >= 2:
+                mode = node.args[1]
+                assert isinstance(mode, ast.Constant) and not set(str(mode.value)) & set("wax+"), where
+            elif name == "open":
+                assert not any(k.arg == "mode" for k in node.keywords), where
+            elif name == "os.open":
+                flags = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+                devnull = ast.unparse(node.args[0]) == "os.devnull"
+                assert devnull or not flags & writing_flags, where
+            else:
+                assert name not in ("os.truncate", "os.mkfifo", "io.open"), where
+
+
+# ---------------------------------------------------------------- a closed stderr
+
+
+def test_a_closed_stderr_costs_no_work(tmp_path, corpus_file):
+    """`charrnn train ... 2>&1 | head`: once head has gone, the trainer trains on silently (its output is a
+    view of the run, not the work), and a later Ctrl-C saves and stops as ever."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus_file), *TINY, "--max-steps",
+                             str(10**6), "--eval-every", "1", "--log-every", "1", "--out", str(run)],
+                            env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr.readline()  # its first line, as head reads it
+        proc.stderr.close()  # as head does after its lines: the trainer's next line meets a closed pipe
+        logged = lambda: len(read_log(run)) if (run / layout.LOG_FILE).exists() else 0  # noqa: E731
+        seen = logged()
+        deadline = time.monotonic() + 30
+        while logged() < seen + 5:  # an evaluation line went to the closed pipe at every one of these steps
+            assert proc.poll() is None, f"the trainer stopped (exit {proc.returncode})"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    step = checkpoint.load_state(run)[1]["progress"]["step"]
+    assert [r["step"] for r in read_log(run)] == list(range(1, step + 1)) and model_step(run) == step
+    code, _, err = invoke(["train", "--resume", run, "--max-steps", step + 2, "-q"])
+    assert code == 0, err
+
+
 # ---------------------------------------------------------------- a full disk
 
 
