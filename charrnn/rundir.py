@@ -9,6 +9,12 @@ holds the files named in layout.py:
     state.safetensors   everything needed to resume exactly (weights too)
     log.jsonl           one JSON object per logging step, appended to on resume
     data/               the encoded training and validation ids (memory-mapped)
+    run.json            the run's id and the fingerprint of its vocabulary and data
+
+A state file belongs to one run: it carries the run's id and that fingerprint,
+and `resume_run` checks them against run.json and the data (`_identity`, the one
+place a state is matched to its run) before anything in the directory is
+written. A run made before run ids adopts one on its first resume.
 
 Exact resume needs no RNG state: batches are fixed by the step number (and
 for lines mode, a permutation seeded by (seed, epoch)), and dropout masks are
@@ -17,10 +23,12 @@ drawn from a generator seeded by (seed, step). Nothing here prints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import secrets
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -30,7 +38,7 @@ from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfi
 from .cells import STATES
 from .config import MODES, RESUMABLE, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
-from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, STATE_FILE,
+from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE, STATE_FILE,
                      run_model_file)
 from .model import ModelConfig
 from .runlock import RunLock
@@ -68,6 +76,7 @@ class Run:
     train_labels: np.ndarray | None = None  # task classify: (n_lines,) label ids of the training lines
     val_labels: np.ndarray | None = None
     origin: dict | None = None         # a fine-tuned run: the model it started from (rundir._origin)
+    identity: dict | None = None       # {"id", "vocab", "data"}: the run's id and fingerprints (rundir._identity)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -345,6 +354,8 @@ def start_run(directory, train_text, val_text, config_options: dict,
               labels=labels, origin=origin)
     if classify:
         run.train_labels, run.val_labels = data[4]
+    run.identity = {"id": secrets.token_hex(16), **fingerprint(vocab, labels, data)}
+    _write_identity(directory, run.identity)
     return run
 
 
@@ -442,6 +453,8 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     if config.classes:
         run.labels = _checked_labels(list(read_labels(directory)), config.classes, where)
         run.train_labels, run.val_labels = data[4]
+    # before anything is written: the state must be this run's (a copied one would overwrite its model)
+    run.identity = _identity(directory, meta.get("run"), vocab, run.labels, data, where, writer)
     since = (progress.pop("schedule_since_step"), progress.pop("schedule_since_progress"))
     if (since[0] is None) != (since[1] is None) or (since[1] is not None and not 0 <= since[1] <= 1):
         raise CheckpointError(f"{where}: progress schedule_since_step and schedule_since_progress do not fit")
@@ -542,6 +555,131 @@ def _cut_log(run: Run) -> None:
             os.close(fd)
 
 
+# ---------------------------------------------------------------- which run a state belongs to
+
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # an id file longer than 16 x 64 KiB is fingerprinted by 16 evenly spaced slices
+_HEX = {"id": re.compile(r"[0-9a-f]{32}"), "vocab": re.compile(r"[0-9a-f]{64}"), "data": re.compile(r"[0-9a-f]{64}")}
+
+
+def fingerprint(vocab: Vocab, labels: tuple, data: tuple) -> dict:
+    """{"vocab": hex, "data": hex}: sha256 of the vocabulary (and a classifier's labels), and of the stored ids.
+
+    - data: what _load_data returns (ids, offsets and label arrays, None where a mode has none)
+    The ids are hashed with their names, dtypes and lengths; a long file by 16 slices of 64 KiB at evenly
+    spaced places (its first and last bytes among them), so that resuming reads a megabyte, not the corpus.
+    """
+    words = json.dumps([vocab.to_dict(), list(labels)], ensure_ascii=True, sort_keys=True)
+    h = hashlib.sha256()
+    names = ("train", "val", "train_offsets", "val_offsets", "labels")
+    for name, arr in zip(names, data):
+        for i, part in enumerate(arr if isinstance(arr, tuple) else (arr,)):
+            if part is None:
+                continue
+            raw = np.asarray(part).reshape(-1).view(np.uint8)
+            h.update(f"{name}.{i} {np.asarray(part).dtype.str} {len(part)};".encode("ascii"))
+            if raw.nbytes <= _SAMPLES * _SAMPLE_BYTES:
+                h.update(raw)
+            else:
+                for k in range(_SAMPLES):
+                    start = (raw.nbytes - _SAMPLE_BYTES) * k // (_SAMPLES - 1)
+                    h.update(raw[start:start + _SAMPLE_BYTES])
+    return {"vocab": hashlib.sha256(words.encode("ascii")).hexdigest(), "data": h.hexdigest()}
+
+
+def _checked_identity(record, where: str) -> dict:
+    """A run identity as run.json or a state file holds it: {"id": 32 hex, "vocab": 64 hex, "data": 64 hex}."""
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) and pattern.fullmatch(record[k])
+                                             for k, pattern in _HEX.items())):
+        raise CheckpointError(f"{where}: the run's identity is malformed (expected an id and two fingerprints)")
+    return {k: record[k] for k in _HEX}
+
+
+def _read_identity(directory) -> dict | None:
+    """The identity recorded in directory/run.json; None when there is none (a run made before run ids)."""
+    path = os.path.join(directory, RUN_FILE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        record = json.loads(data.decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path} is damaged: not the JSON charrnn writes") from None
+    return _checked_identity(record, path)
+
+
+def _write_identity(directory, identity: dict) -> None:
+    text = json.dumps({**identity, "note": "charrnn: this run's id and the fingerprints of its vocabulary and data"},
+                      indent=1, sort_keys=True) + "\n"
+    try:
+        atomic.write_file(os.path.join(directory, RUN_FILE), lambda f: f.write(text.encode("ascii")))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+
+
+def _identity(directory, saved, vocab: Vocab, labels: tuple, data: tuple, where: str, writer: bool) -> dict:
+    """The run's identity, once the state file at `where` is proven to belong to the run in directory.
+
+    - saved: the state's "run" entry (None in a state saved before run ids)
+    - vocab, labels: the state's; data: the directory's stored ids (_load_data)
+    The one place a state is matched to its run, before anything is written: its id must be the one in
+    run.json, and the vocabulary and data it was saved with must be the directory's. A run without
+    run.json (made before run ids) is checked against what else it holds (its model file's vocabulary,
+    ids that fit the vocabulary) and adopts the state's id, or a new one: run.json is written (writer only).
+    CheckpointError names what does not fit.
+    """
+    own = fingerprint(vocab, labels, data)
+    if saved is not None:
+        saved = _checked_identity(saved, f"{where}: run")
+
+    def foreign(why):
+        return CheckpointError(f"{where} does not belong to the run in {directory}: {why}. Resuming it would "
+                               f"overwrite the run's model; put the run's own {STATE_FILE} back, or resume the "
+                               f"run it came from")
+    recorded = _read_identity(directory)
+    if recorded is not None:
+        if saved is not None and saved["id"] != recorded["id"]:
+            raise foreign(f"it was saved by run {saved['id'][:12]}, and this is run {recorded['id'][:12]}")
+        if saved is not None and saved != recorded:
+            raise foreign(f"its fingerprints are not those in {RUN_FILE}")
+        if own["vocab"] != recorded["vocab"]:
+            raise foreign("its vocabulary is not the run's")
+        if own["data"] != recorded["data"]:
+            raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} are not those it was started with "
+                                  f"({RUN_FILE} holds their fingerprint); put them back, or start a new run")
+        return recorded
+    # a run made before run ids (or whose run.json is gone)
+    if saved is not None:
+        if own["vocab"] != saved["vocab"]:
+            raise CheckpointError(f"{where}: its vocabulary does not match the fingerprint it was saved with")
+        if own["data"] != saved["data"]:
+            raise foreign(f"it was saved with other data than the run's ({DATA_DIR}/)")
+    for name, ids in (("train.npy", data[0]), ("val.npy", data[1])):
+        if len(ids) and int(ids.max()) >= vocab.size:
+            raise foreign(f"{DATA_DIR}/{name} holds token id {int(ids.max())}, beyond its {vocab.size}-token "
+                          f"vocabulary")
+    try:
+        meta = checkpoint.load_model(os.path.join(directory, MODEL_FILE))[2]
+        model_vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
+                                       "special": meta["special"]})
+    except (CharRNNError, OSError, KeyError, TypeError):
+        model_vocab, meta = None, {}  # missing or unreadable: nothing to compare (the catch-up writes it afresh)
+    if model_vocab is not None and model_vocab.to_dict() != vocab.to_dict():
+        raise foreign(f"its vocabulary is not that of the run's {MODEL_FILE}")
+    model_id = meta.get("run_id")
+    if saved is not None and isinstance(model_id, str) and model_id != saved["id"]:
+        raise foreign(f"it was saved by run {saved['id'][:12]}, and the run's {MODEL_FILE} by run {model_id[:12]}")
+    identity = {"id": saved["id"] if saved else secrets.token_hex(16), **own}
+    if writer:
+        _write_identity(directory, identity)
+    return identity
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -558,6 +696,7 @@ def model_meta(run: Run) -> dict:
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
                      "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},
         **({"origin": run.origin} if run.origin else {}),
+        **({"run_id": run.identity["id"]} if run.identity else {}),
     }
 
 
@@ -604,7 +743,8 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     progress["schedule_since_step"], progress["schedule_since_progress"] = run.schedule_since or (None, None)
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
-            "progress": progress, **({"origin": run.origin} if run.origin else {})}
+            "progress": progress, **({"origin": run.origin} if run.origin else {}),
+            **({"run": run.identity} if run.identity else {})}
     files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
              checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
     if best:

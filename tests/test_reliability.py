@@ -14,6 +14,7 @@ import ast
 import errno
 import fcntl
 import hashlib
+import json
 import math
 import os
 import random
@@ -458,8 +459,8 @@ def test_a_linked_run_file_that_is_replaced_whole_is_replaced_never_written_thro
         assert path.stat().st_size > 0 and temp_files(run) == []
 
 
-@pytest.mark.parametrize("name", [layout.LOG_FILE])
-def test_a_linked_log_is_refused_in_one_line_and_its_target_untouched(linked_run, name):
+@pytest.mark.parametrize("name", [layout.LOG_FILE, layout.RUN_FILE])
+def test_a_linked_log_or_identity_is_refused_in_one_line_and_its_target_untouched(linked_run, name):
     """log.jsonl is appended to and cut, not replaced: a link there is refused (atomic.open_fd), before
     anything in the run is written."""
     run, victim, link = linked_run
@@ -828,6 +829,9 @@ HOSTILE_STATES = {
     "an elapsed time beyond any float": _set("progress", "elapsed", 10**400),
     "lines mode for stream data": _set("train", "mode", "lines"),
     "training options as a list": lambda a, m: m.__setitem__("train", []),
+    "a run id that is not one": lambda a, m: m["run"].__setitem__("id", "../../etc"),
+    "the run's identity as a list": lambda a, m: m.__setitem__("run", [1]),
+    "the data fingerprint of other data": lambda a, m: m["run"].__setitem__("data", "0" * 64),
 }
 
 
@@ -940,7 +944,7 @@ JSON_VALUES = st.recursive(SCALARS,
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(section=st.sampled_from(["progress", "train", "model"]), data=st.data())
+@given(section=st.sampled_from(["progress", "train", "model", "run"]), data=st.data())
 def test_fuzz_the_state_metadata(saved_runs, tmp_path_factory, section, data):
     """Any JSON value in place of any entry of the state's progress, training options or model config:
     resuming refuses it with a CheckpointError, or the run resumes and trains with only charrnn's errors."""
@@ -963,6 +967,115 @@ def test_fuzz_the_state_metadata(saved_runs, tmp_path_factory, section, data):
         pass
     finally:
         shutil.rmtree(run)
+
+
+# ---------------------------------------------------------------- a state must belong to its run
+
+
+def other_text(n_words=400):
+    """A corpus of other characters than stream_text's: its vocabulary is larger, its ids differ."""
+    return "".join(chr(ord("A") + i % 40) for i in range(n_words * 5)) + "\n"
+
+
+@pytest.mark.parametrize("other", ["same corpus and settings", "a smaller vocabulary", "a larger vocabulary"])
+def test_a_state_from_another_run_is_refused_before_anything_is_written(tmp_path, other):
+    """`cp other/state.safetensors run/; charrnn train --resume run`: refused in one line, and nothing in the
+    run changes (the model catch-up used to overwrite its model with the other run's weights first)."""
+    run, source = tmp_path / "run", tmp_path / "other"
+    text = {"same corpus and settings": stream_text(400), "a smaller vocabulary": "ab ba " * 300,
+            "a larger vocabulary": other_text()}[other]
+    for directory, corpus_text in ((run, stream_text(400)), (source, text)):
+        for _ in tr.train(tiny_run(directory) if directory == run else
+                          rundir.start_run(directory, corpus_text, None, {"cell": "lstm", "layers": 1, "hidden": 8,
+                                                                          "embed": 8},
+                                           TrainConfig(batch_size=2, seq_len=8, eval_every=2, max_steps=4))):
+            pass
+    shutil.copy(source / layout.STATE_FILE, run / layout.STATE_FILE)
+    before = digests(run)
+    with pytest.raises(CheckpointError, match="does not belong to the run") as info:
+        rundir.resume_run(run, {"max_steps": 8})
+    assert "\n" not in str(info.value)
+    assert digests(run) == before
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", 8])
+    assert_one_line_error(code, out, err, "does not belong to the run", "put the run's own state.safetensors back")
+    assert digests(run) == before
+
+
+def made_the_old_way(directory):
+    """Strip what a run made before run ids does not hold: run.json, the state's "run" and the models' "run_id"."""
+    os.unlink(directory / layout.RUN_FILE)
+    arrays, meta = checkpoint.load_state(directory)
+    meta.pop("run")
+    for key in checkpoint.RESERVED_META:
+        meta.pop(key)
+    checkpoint.save_state(directory / layout.STATE_FILE, arrays, meta)
+    for name in (layout.MODEL_FILE, layout.BEST_FILE):
+        params, config, meta = checkpoint.load_model(directory / name)
+        meta.pop("run_id")
+        checkpoint.save_model(directory / name, params, config,
+                              {k: v for k, v in meta.items() if k not in (*checkpoint.RESERVED_META, "model")})
+
+
+def test_a_run_made_before_run_ids_adopts_one_and_resumes_bit_exact(tmp_path):
+    """The migration: the first resume gives the run an id (run.json, then every save), and the run
+    continues exactly as one that was never stopped."""
+    run = tiny_run(tmp_path / "run")
+    for _ in tr.train(run, should_stop=lambda: run.step >= 4):  # at an evaluation, as an uninterrupted run
+        pass
+    made_the_old_way(tmp_path / "run")
+    assert "run" not in checkpoint.load_state(tmp_path / "run")[1]
+    resumed = rundir.resume_run(tmp_path / "run")
+    assert resumed.step == 4
+    adopted = json.loads((tmp_path / "run" / layout.RUN_FILE).read_text())["id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", adopted) and resumed.identity["id"] == adopted
+    for _ in tr.train(resumed):
+        pass
+    reference = tiny_run(tmp_path / "reference")
+    for _ in tr.train(reference):
+        pass
+    for name in resumed.params:
+        assert resumed.params[name].tobytes() == reference.params[name].tobytes(), name
+    assert untimed(read_log(tmp_path / "run")) == untimed(read_log(tmp_path / "reference"))
+    assert checkpoint.load_state(tmp_path / "run")[1]["run"]["id"] == adopted
+    assert checkpoint.load_model(tmp_path / "run" / layout.MODEL_FILE)[2]["run_id"] == adopted
+    # and from now on a state of another run is refused there too
+    shutil.copy(tmp_path / "reference" / layout.STATE_FILE, tmp_path / "run" / layout.STATE_FILE)
+    with pytest.raises(CheckpointError, match="does not belong to the run"):
+        rundir.resume_run(tmp_path / "run")
+
+
+@pytest.mark.parametrize("other", ["a smaller vocabulary", "a larger vocabulary"])
+def test_a_state_of_another_run_made_before_run_ids_is_refused_there(tmp_path, other):
+    """Two runs made the old way: no ids to compare, but the other state's vocabulary is not the run's
+    model's, or the run's ids do not fit it."""
+    text = {"a smaller vocabulary": "ab ba " * 300, "a larger vocabulary": other_text()}[other]
+    options = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 8}
+    for directory, corpus_text in (("run", stream_text(400)), ("other", text)):
+        run = rundir.start_run(tmp_path / directory, corpus_text, None, options,
+                               TrainConfig(batch_size=2, seq_len=8, eval_every=2, max_steps=2))
+        for _ in tr.train(run):
+            pass
+        made_the_old_way(tmp_path / directory)
+    shutil.copy(tmp_path / "other" / layout.STATE_FILE, tmp_path / "run" / layout.STATE_FILE)
+    before = digests(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="does not belong to the run"):
+        rundir.resume_run(tmp_path / "run")
+    assert digests(tmp_path / "run") == before
+
+
+def test_data_changed_under_a_run_or_a_damaged_identity_are_refused(saved_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs / "stream", run)
+    ids = corpus.load_ids(run / "data" / "val.npy")
+    corpus.save_ids(run / "data" / "val.npy", ids[::-1].copy())  # the same ids, in another order
+    with pytest.raises(CheckpointError, match="not those it was started with"):
+        rundir.resume_run(run)
+    shutil.rmtree(run)
+    shutil.copytree(saved_runs / "stream", run)
+    for damaged in (b"{", b"[]", b'{"id": "x", "vocab": "y", "data": "z"}', b"[" * 100_000):
+        (run / layout.RUN_FILE).write_bytes(damaged)
+        code, out, err = invoke(["train", "--resume", run, "--max-steps", 5])
+        assert_one_line_error(code, out, err, str(run / layout.RUN_FILE))
 
 
 # ---------------------------------------------------------------- no pickle anywhere
