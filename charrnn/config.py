@@ -59,11 +59,23 @@ class TrainConfig:
     threads: int = 2                   # each batch's rows in this many blocks, one thread each (parallel.py);
                                        # a setting, so that a run's numbers never depend on the machine
 
+    def __post_init__(self):
+        self.plain()
+
+    def plain(self) -> None:
+        """Turn NumPy scalars (np.int64(16), np.float32(0.1)) into the Python numbers they hold, in place:
+        the settings are stored as JSON. check() does it first, so values set after construction count too."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                setattr(self, f.name, value.item())
+
     def check(self, partial: bool = False) -> None:
         """Raise ConfigError for values no run could use.
 
         - partial: allow the AUTO_TRAIN_KEYS to be None (still to be chosen by auto_settings)
         """
+        self.plain()
         if any(getattr(self, k) is None for k in AUTO_TRAIN_KEYS):
             if not partial:
                 raise ConfigError(f"{', '.join(AUTO_TRAIN_KEYS)} must be set")

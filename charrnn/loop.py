@@ -18,7 +18,7 @@ import numpy as np
 
 from . import batches, classifier, corpus, distributed, evaluate, model, optim, parallel, rundir
 from .errors import ConfigError, TrainingError
-from .layout import BEST_FILE, MODEL_FILE
+from .layout import BEST_FILE, MODEL_FILE, STATE_FILE
 from .rundir import Run
 
 # Overflow and NaN in a step are detected and reported explicitly; NumPy's warnings about them are noise.
@@ -273,7 +273,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
         if not finite and tc.on_nonfinite == "stop":
             raise TrainingError(
                 f"the loss became non-finite at step {run.step + 1} (loss {loss}, gradient norm {grad_norm}); "
-                f"the last saved checkpoint is unchanged. Try a lower --lr or --clip, or --on-nonfinite skip")
+                f"{_what_was_kept(run)}. Try a lower --lr or --clip, or --on-nonfinite skip")
         if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
             # a time budget alone: fix the schedule's length from the measured speed, once
             run.schedule_steps = _schedule_steps(run, timing_steps / max(run.elapsed - timing_start, 1e-9))
@@ -290,7 +290,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
                 # finite gradients, yet an update overflowed: no later step can undo that, so even skip stops
                 raise TrainingError(
                     f"the weights became non-finite at step {run.step + 1} (an update overflowed at learning "
-                    f"rate {lr:g}); the last saved checkpoint is unchanged. Try a lower --lr")
+                    f"rate {lr:g}); {_what_was_kept(run)}. Try a lower --lr")
             run.carry = final if tc.mode == "stream" else None
         else:
             run.skipped += 1
@@ -346,6 +346,13 @@ def train(run: Run, should_stop=lambda: False, group=None):
            "val_loss": final_val, "best_val": None if math.isinf(run.best_val) else run.best_val,
            "best_step": run.best_step, "patience": tc.patience,
            "model": run.path(MODEL_FILE), "best": run.path(BEST_FILE), "skipped": run.skipped}
+
+
+def _what_was_kept(run: Run) -> str:
+    """What a run that stops on an error leaves, for its message: the last checkpoint, or none yet."""
+    if os.path.exists(run.path(STATE_FILE)):
+        return "the last saved checkpoint is unchanged"
+    return f"no checkpoint was saved yet (the same command with --out {run.directory} starts the run again)"
 
 
 def _evaluate(run: Run):

@@ -46,6 +46,10 @@ class ModelConfig:
     pool: str = "mean"                 # classifier: pool the top outputs over time by "mean" or the "last" state
 
     def __post_init__(self):
+        for name in self.__dataclass_fields__:  # NumPy scalars (np.int64(8)) count as the numbers they hold
+            value = getattr(self, name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, name, value.item())  # frozen: as dataclasses do in __init__
         if self.cell not in CELLS:
             raise ConfigError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.dtype not in DTYPES:

@@ -16,6 +16,10 @@ and `resume_run` checks them against run.json and the data (`_identity`, the one
 place a state is matched to its run) before anything in the directory is
 written. A run made before run ids adopts one on its first resume.
 
+A fresh run directory that never saved a checkpoint (its start was killed, ran
+out of disk or diverged before its first save) holds no run: starting again with
+the same --out clears what the failed start left (`start_run`).
+
 Exact resume needs no RNG state: batches are fixed by the step number (and
 for lines mode, a permutation seeded by (seed, epoch)), and dropout masks are
 drawn from a generator seeded by (seed, step). Nothing here prints.
@@ -285,7 +289,71 @@ def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
 
 
 def holds_run(directory) -> bool:
-    return any(os.path.exists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, LOG_FILE))
+    """Whether directory holds a saved run: a checkpoint (state, latest or best model), never to be overwritten."""
+    return any(os.path.lexists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, BEST_FILE))
+
+
+# the files a start writes before its first checkpoint, under data/ (the novelty index: sample --novelty)
+_DATA_FILES = ("train.npy", "val.npy", "train_offsets.npy", "val_offsets.npy", "train_labels.npy", "val_labels.npy",
+               LABELS_FILE, "train_index.npy")
+_LEFTOVER_LOG_LIMIT = 64 << 20  # bytes: a log longer than this is not one a start that never saved could write
+
+
+def unsaved_start(directory) -> bool:
+    """Whether directory holds what a start that never saved a checkpoint leaves: a run.json, or a log.jsonl
+    charrnn wrote (every whole line a step record), and no checkpoint."""
+    if holds_run(directory):
+        return False
+    if os.path.isfile(os.path.join(directory, RUN_FILE)) and not os.path.islink(os.path.join(directory, RUN_FILE)):
+        return True
+    return _charrnn_log(os.path.join(directory, LOG_FILE))
+
+
+def _charrnn_log(path) -> bool:
+    """Whether path is a regular file every whole line of which is a JSON object with an integer "step"
+    (a line cut short by a kill may end it)."""
+    try:
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > _LEFTOVER_LOG_LIMIT:
+            return False
+        with open(path, "rb") as f:
+            data = f.read(_LEFTOVER_LOG_LIMIT + 1)
+        lines = data.decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    for line in lines[:-1]:  # the last is empty, or a line cut short
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return False
+        if not (isinstance(record, dict) and is_number(record.get("step"), integer=True)):
+            return False
+    return True
+
+
+def _clear_unsaved_start(directory) -> None:
+    """Make a directory ready for a fresh start: remove what a start that never saved left (its log, run.json,
+    data files, temp files). ConfigError when it holds a saved run, or a log.jsonl that charrnn did not write."""
+    if holds_run(directory):
+        raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
+                          f"or choose another --out")
+    log = os.path.join(directory, LOG_FILE)
+    if not (os.path.lexists(log) or os.path.lexists(os.path.join(directory, RUN_FILE))):
+        return  # nothing of a run here (a new directory, or one that holds only a data folder)
+    if not unsaved_start(directory):
+        raise ConfigError(f"{directory} holds a {LOG_FILE} that is not a charrnn log; choose another --out")
+    _check_data_dir(directory)  # files are removed inside the run's own data folder only
+    try:
+        checkpoint.cleanup_temp_files(directory)
+        checkpoint.cleanup_temp_files(data_dir(directory))
+        for path in [os.path.join(data_dir(directory), name) for name in _DATA_FILES] + \
+                [os.path.join(directory, RUN_FILE), log]:  # the log last: until then, the start is recognized
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    except OSError as exc:
+        raise CheckpointError(f"cannot clear what the failed start left in {directory}: "
+                              f"{exc.strerror or exc} ({exc.filename})") from None
 
 
 @dataclass
@@ -328,12 +396,11 @@ def start_run(directory, train_text, val_text, config_options: dict,
     - init: start from this trained model's weights (its architecture is in config_options, as
       init_model_options gives it); the optimizer and the schedule start fresh
     - where: the two texts' names, for errors
-    Refuses a directory that already holds a run, so nothing is overwritten.
+    Refuses a directory that already holds a run, so nothing is overwritten; one whose start never
+    saved a checkpoint is cleared and started again (see _clear_unsaved_start).
     """
     tconfig.check()
-    if holds_run(directory):
-        raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
-                          f"or choose another --out")
+    _clear_unsaved_start(directory)
     classify = tconfig.task == "classify"
     ModelConfig(vocab_size=4, classes=2 if classify else 0, **config_options)  # fail before any file is written
     if init is not None and init.vocab.level != tconfig.level:
@@ -404,7 +471,10 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         raise CheckpointError(f"cannot resume: {directory} is not a run directory")
     if writer:
         checkpoint.cleanup_temp_files(directory)
-    if not os.path.exists(os.path.join(directory, STATE_FILE)):
+    if not os.path.lexists(os.path.join(directory, STATE_FILE)):
+        if unsaved_start(directory):
+            raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE}: its run stopped before its "
+                                  f"first checkpoint. Start it again with the same options and --out {directory}")
         raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
     where = os.path.join(directory, STATE_FILE)
     arrays, meta = checkpoint.load_state(where)

@@ -729,6 +729,91 @@ def test_a_nan_at_a_given_step_through_the_cli(tmp_path, corpus_file, monkeypatc
     assert [r["step"] for r in read_log(tmp_path / "skip") if "skipped_nonfinite" in r] == [5]
 
 
+# ---------------------------------------------------------------- a start that never saved
+
+
+def assert_restartable(run, corpus_file, tmp_path, steps=4):
+    """`--resume` says in one line to start again with the same --out; doing so clears what the failed start
+    left and gives exactly the run a start into a new directory gives."""
+    code, out, err = invoke(["train", "--resume", run, "--max-steps", steps])
+    assert_one_line_error(code, out, err, "before its first checkpoint", f"--out {run}")
+    args = [corpus_file, *TINY, "--max-steps", steps, "--eval-every", 2, "--log-every", 1, "-q"]
+    code, _, err = invoke(["train", *args, "--out", run])
+    assert code == 0, err
+    code, _, err = invoke(["train", *args, "--out", tmp_path / "reference"])
+    assert code == 0, err
+    a, b = checkpoint.load_state(run)[0], checkpoint.load_state(tmp_path / "reference")[0]
+    assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert untimed(read_log(run)) == untimed(read_log(tmp_path / "reference"))
+    assert temp_files(run) == []
+
+
+def test_a_start_killed_during_its_first_save_can_be_started_again(tmp_path, corpus_file):
+    run, saving = tmp_path / "run", tmp_path / "saving"
+    proc = popen(["train", corpus_file, *TINY, "--max-steps", 10**6, "--eval-every", 2, "--log-every", 1, "-q",
+                  "--out", run], SLOW_SAVES, CHARRNN_TEST_SAVING=str(saving), CHARRNN_TEST_PAUSE="0.05")
+    try:
+        wait_for(saving.exists, proc)  # the first save has begun: its state file is being written, slowly
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (run / layout.LOG_FILE).exists() and not (run / layout.STATE_FILE).exists()
+    assert temp_files(run)  # the first save's temp file
+    assert_restartable(run, corpus_file, tmp_path)
+
+
+def test_a_full_disk_before_the_first_save_can_be_started_again(tmp_path, corpus_file, monkeypatch):
+    run = tmp_path / "run"
+    disk = DiskFull(monkeypatch)
+    disk.fail_at = 0
+    code, out, err = invoke(["train", corpus_file, *TINY, "--max-steps", 4, "--eval-every", 2, "-q", "--out", run])
+    assert_one_line_error(code, out, err, "No space left on device")
+    assert (run / layout.LOG_FILE).exists() and not (run / layout.STATE_FILE).exists()
+    monkeypatch.undo()
+    assert_restartable(run, corpus_file, tmp_path)
+
+
+def test_a_loss_non_finite_before_the_first_save_says_so_and_can_be_started_again(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    code, out, err = invoke(["train", corpus_file, *TINY, *DIVERGING, "--max-steps", 100, "--eval-every", 1000,
+                             "--log-every", 1, "-q", "--out", run])
+    line = assert_one_line_error(code, out, err, "non-finite at step", "no checkpoint was saved yet", f"--out {run}")
+    assert "unchanged" not in line
+    assert (run / layout.LOG_FILE).exists() and not (run / layout.STATE_FILE).exists()
+    assert_restartable(run, corpus_file, tmp_path)
+
+
+def test_numpy_numbers_as_settings_are_the_numbers_they_hold(tmp_path, corpus_file):
+    """charrnn.train(seq_len=np.int64(8)) used to fail at the first save (not JSON), after the first log line."""
+    run = charrnn.train(str(corpus_file), str(tmp_path / "run"), seq_len=np.int64(8), batch_size=np.int32(2),
+                        hidden=np.int64(8), layers=np.uint8(1), embed=np.int16(8), lr=np.float32(0.5),
+                        dropout=np.float64(0.0), max_steps=np.int64(3), eval_every=np.int64(2),
+                        schedule="constant", warmup=np.int64(0))
+    _, meta = checkpoint.load_state(run)
+    assert meta["progress"]["step"] == 3
+    assert meta["train"]["seq_len"] == 8 and meta["model"]["hidden"] == 8 and meta["train"]["lr"] == float(np.float32(0.5))
+    charrnn.train(resume=run, max_steps=np.int64(5))
+    assert checkpoint.load_state(run)[1]["progress"]["step"] == 5
+
+
+def test_a_leftover_of_an_earlier_version_can_be_started_again_and_a_foreign_log_is_kept(tmp_path, corpus_file):
+    """A directory left by a start that never saved, made before run.json existed (a log and data, nothing
+    else) is cleared and started again; a log.jsonl that charrnn did not write is never removed."""
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train_offsets.npy").write_bytes(b"left by a lines-mode start")
+    (run / layout.LOG_FILE).write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo')  # cut short by a kill
+    assert_restartable(run, corpus_file, tmp_path)
+    assert not (run / "data" / "train_offsets.npy").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / layout.LOG_FILE).write_text("my own notes\n")
+    code, out, err = invoke(["train", corpus_file, *TINY, "--max-steps", 2, "--out", mine])
+    assert_one_line_error(code, out, err, "not a charrnn log", exit_code=2)
+    assert (mine / layout.LOG_FILE).read_text() == "my own notes\n"
+
+
 # ---------------------------------------------------------------- hostile run files on --resume
 # (hostile checkpoint bytes are in test_checkpoint.py; these files are valid safetensors whose
 # contents lie, or run data that was tampered with)
