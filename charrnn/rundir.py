@@ -627,7 +627,7 @@ def _cut_log(run: Run) -> None:
 
 # ---------------------------------------------------------------- which run a state belongs to
 
-_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # an id file longer than 16 x 64 KiB is fingerprinted by 16 evenly spaced slices
+_SAMPLES, _SAMPLE_IDS = 16, 8192  # an id file of more than 16 x 8192 ids is fingerprinted by 16 evenly spaced slices
 _HEX = {"id": re.compile(r"[0-9a-f]{32}"), "vocab": re.compile(r"[0-9a-f]{64}"), "data": re.compile(r"[0-9a-f]{64}")}
 
 
@@ -635,8 +635,9 @@ def fingerprint(vocab: Vocab, labels: tuple, data: tuple) -> dict:
     """{"vocab": hex, "data": hex}: sha256 of the vocabulary (and a classifier's labels), and of the stored ids.
 
     - data: what _load_data returns (ids, offsets and label arrays, None where a mode has none)
-    The ids are hashed with their names, dtypes and lengths; a long file by 16 slices of 64 KiB at evenly
-    spaced places (its first and last bytes among them), so that resuming reads a megabyte, not the corpus.
+    The ids are hashed as values (int64), with their names and lengths, so a file written with another
+    dtype holds the same data; a long one by 16 slices of 8192 ids at evenly spaced places (its first
+    and last among them), so that resuming reads about a megabyte, not the corpus.
     """
     words = json.dumps([vocab.to_dict(), list(labels)], ensure_ascii=True, sort_keys=True)
     h = hashlib.sha256()
@@ -645,14 +646,14 @@ def fingerprint(vocab: Vocab, labels: tuple, data: tuple) -> dict:
         for i, part in enumerate(arr if isinstance(arr, tuple) else (arr,)):
             if part is None:
                 continue
-            raw = np.asarray(part).reshape(-1).view(np.uint8)
-            h.update(f"{name}.{i} {np.asarray(part).dtype.str} {len(part)};".encode("ascii"))
-            if raw.nbytes <= _SAMPLES * _SAMPLE_BYTES:
-                h.update(raw)
+            n = len(part)
+            h.update(f"{name}.{i} {n};".encode("ascii"))
+            if n <= _SAMPLES * _SAMPLE_IDS:
+                h.update(np.asarray(part, dtype="<i8").tobytes())
             else:
                 for k in range(_SAMPLES):
-                    start = (raw.nbytes - _SAMPLE_BYTES) * k // (_SAMPLES - 1)
-                    h.update(raw[start:start + _SAMPLE_BYTES])
+                    start = (n - _SAMPLE_IDS) * k // (_SAMPLES - 1)
+                    h.update(np.asarray(part[start:start + _SAMPLE_IDS], dtype="<i8").tobytes())
     return {"vocab": hashlib.sha256(words.encode("ascii")).hexdigest(), "data": h.hexdigest()}
 
 
