@@ -510,8 +510,6 @@ def test_a_state_files_metadata_edited_anywhere_is_refused_before_anything_is_wr
     resume_damaged(runs, place, lambda p: apply_meta_edit(p, edit), which)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a state.safetensors from another run: --resume overwrites "
-                                             "model.safetensors before it fails, or trains on with the wrong vocabulary")
 @pytest.mark.parametrize("other", ["b"])
 def test_a_state_file_from_another_run_is_refused_before_anything_is_written(runs, place, other):
     """b has a larger vocabulary: the run would train on, decoding its ids through the wrong one."""
@@ -665,8 +663,6 @@ def test_a_symlink_in_the_run_never_leads_a_command_to_write_its_target(runs, pl
     symlinked(runs, place, entry, victim_kind)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a symlinked train.lock is truncated and overwritten, a "
-                                             "symlinked log.jsonl cut and appended to")
 @pytest.mark.parametrize("victim_kind", ["copy", "foreign"])
 @pytest.mark.parametrize("entry", [layout.LOCK_FILE, layout.LOG_FILE])
 def test_a_symlinked_lock_or_log_never_leads_train_to_write_its_target(runs, place, entry, victim_kind):
@@ -714,8 +710,6 @@ def leave_as_after_a_crash(run, leftovers):
         os.unlink(os.path.join(run, "data", leftovers["missing_data"]))
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a fresh run that dies after its first log line, before its "
-                                             "first checkpoint, can be neither resumed nor restarted")
 @SWEEP
 @given(leftovers=crash_leftovers())
 @example(leftovers={"stage": "log", "log_cut": 700, "temp": False, "lock": False, "missing_data": None})
@@ -957,11 +951,12 @@ TRAIN_KWARGS = ["seq_len", "batch_size", "hidden", "lr", "max_steps", "eval_ever
                 "cell", "dropout", "val_frac"]
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "charrnn.train(seq_len=np.int64(16)) leaves a run directory "
-                                             "neither resumable nor restartable")
 @settings(SWEEP, max_examples=30)
 @given(key=st.sampled_from(TRAIN_KWARGS), value=HOSTILE_ARGS)
 @example(key="seq_len", value=np.int64(16))
+@example(key="seed", value=None)
+@pytest.mark.xfail(strict=True, reason=ISSUE + "the API's wrong argument types (charrnn.train(seed=None): "
+                                             "TypeError)")
 def test_charrnn_train_with_any_argument_trains_or_refuses_and_leaves_no_unusable_run(runs, place, key, value):
     if key in ("max_steps", "hidden", "batch_size", "seq_len") and isinstance(value, (int, float, np.number)) \
             and not isinstance(value, bool) and abs(value) > 1e4:
