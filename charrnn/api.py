@@ -32,11 +32,14 @@ class Model:
     - path: the model file it came from (a run directory means its best.safetensors)
     - config: its ModelConfig; vocab: its Vocab; meta: the file's metadata
     - lines: True when it was trained on lines (one example per line)
+    - encoding: the text encoding of its training files (UTF-8 unless it was trained with another):
+      score_file and read_text read files in it unless told otherwise
     """
 
     def __init__(self, params, config, vocab, meta, path):
         self.params, self.config, self.vocab, self.meta, self.path = params, config, vocab, meta, path
         self.lines = meta.get("data", {}).get("mode") == "lines"
+        self.encoding = corpus.text_encoding(meta.get("data", {}).get("encoding", corpus.DEFAULT_ENCODING))
 
     def __repr__(self):
         c = self.config
@@ -156,14 +159,22 @@ class Model:
             raise CorpusError(f"nothing to score in {source}: it needs at least two tokens")
         return score
 
-    def score_file(self, path, errors: str = "strict") -> Score:
+    def score_file(self, path, errors: str = "strict", encoding: str | None = None) -> Score:
         """score(the file's text), read and scored in chunks, so memory does not grow with the file
-        (`charrnn eval FILE`); errors: "strict" or "replace" for invalid UTF-8."""
+        (`charrnn eval FILE`); errors: "strict" or "replace" for invalid bytes; encoding: the file's
+        (None: the model's, self.encoding)."""
         self._need("a language model", "scores labels, not text: use evaluate()")
-        score = evaluate.score_file(self.params, self.config, self.vocab, path, self.lines, errors)
+        score = evaluate.score_file(self.params, self.config, self.vocab, path, self.lines, errors,
+                                    encoding=encoding or self.encoding)
         if score.tokens == 0:
             raise CorpusError(f"nothing to score in {corpus.input_name(path)}: it needs at least two tokens")
         return score
+
+    def read_text(self, path, errors: str = "strict", encoding: str | None = None, *,
+                  limit: int | None = None) -> str:
+        """The text of a file (or "-", standard input) as corpus.read_text reads it, in `encoding` (None: the
+        model's, self.encoding); limit: read at most this many bytes."""
+        return corpus.read_text(path, errors, limit=limit, encoding=encoding or self.encoding)
 
     def heldout_text(self) -> str:
         """The run's held-out split as text (a lines model's lines each end with a newline)."""
@@ -275,6 +286,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     - out: the run directory (None: checkpoints/<corpus name>, made fresh)
     - resume: continue this run exactly where it stopped (then only budgets and cadence may be given)
     - val: a separate validation text file; errors: "strict" (the default) or "replace" for invalid UTF-8
+      (or invalid bytes in the encoding given by the option encoding, such as "latin-1": any text codec
+      Python knows; the model records it, and Model.score_file reads files in it)
     - lock: hold the run's lock while writing it (see runlock.py)
     - on_event: called with (event dict, Run or None) for every training event and for each
       {"event": "message", "text": ...} worth telling a user; should_stop: a function polled
@@ -385,7 +398,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         else:
             say(f"Built-in corpus {name}: {corpora.CORPORA[name].description}, {len(text):,} characters.")
     elif os.path.isdir(corpus_file):
-        text = corpus.read_folder(corpus_file, glob, errors)
+        text = corpus.read_folder(corpus_file, glob, errors, tconfig.encoding)
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
     else:
@@ -427,11 +440,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 def _read(path: str, errors: str, tconfig: TrainConfig):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
     not grow with its size), or its text where preparation needs it whole (a classifier) or where the
-    file cannot be read twice (a pipe, such as /dev/stdin)."""
-    if tconfig.task == "classify" or not os.path.isfile(path):
-        return corpus.read_text(path, errors)
-    text = textfile.open_text(path, errors)
-    textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid UTF-8 is reported where it was
+    file cannot be read twice (a pipe, such as /dev/stdin) or in chunks (UTF-16: textfile.chunked)."""
+    if tconfig.task == "classify" or not textfile.chunked(path, tconfig.encoding):
+        return corpus.read_text(path, errors, encoding=tconfig.encoding)
+    text = textfile.open_text(path, errors, encoding=tconfig.encoding)
+    textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid bytes are reported where they are
     return text
 
 

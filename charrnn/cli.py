@@ -155,6 +155,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
 @option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
+@option("--encoding", default="utf-8", metavar="CODEC", group=DATA,
+        help="The text encoding of CORPUS and --val: any Python knows, such as latin-1, cp1252 or utf-16. "
+             "The model records it: eval, annotate and classify read files in it.")
 @option("--cell", type=click.Choice(CELLS), default="lstm", group=MODEL, help="Recurrent cell.")
 @option("--layers", type=int, default=None, group=MODEL, help="Stacked recurrent layers." + AUTO)
 @option("--hidden", type=int, default=None, group=MODEL, help="Hidden units per layer." + AUTO)
@@ -619,9 +622,12 @@ UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this
 @_checkpoint_option
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
+                   "unless it was trained with another]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_quiet_option
-def eval_(text_file, checkpoint_path, errors, as_json, quiet):
+def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
     """Score TEXT_FILE, or the run's held-out split, with a trained model.
 
     Reports the mean negative log-likelihood per token (nats), perplexity,
@@ -637,12 +643,12 @@ def eval_(text_file, checkpoint_path, errors, as_json, quiet):
     """
     model = api.load(checkpoint_path)
     if model.config.classes:
-        return _eval_classifier(model, text_file, errors, as_json)
+        return _eval_classifier(model, text_file, errors, encoding, as_json)
     if text_file is None:
         score = model.score()
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
-        score = model.score_file(text_file, errors)
+        score = model.score_file(text_file, errors, encoding)
         source = text_file
     _using(model, quiet)
     result = score.as_dict()
@@ -666,12 +672,12 @@ def eval_(text_file, checkpoint_path, errors, as_json, quiet):
 CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: its most frequent mistakes
 
 
-def _eval_classifier(model, text_file, errors, as_json):
+def _eval_classifier(model, text_file, errors, encoding, as_json):
     if text_file is None:
         result = model.evaluate()
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
-        result = model.evaluate(corpus.read_text(text_file, errors), name=text_file)
+        result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
         source = text_file
     if as_json:
         click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
@@ -707,7 +713,10 @@ def _eval_classifier(model, text_file, errors, as_json):
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels printed per line, most likely first.")
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
-def classify(text_file, checkpoint_path, top_k, errors):
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
+                   "unless it was trained with another]")
+def classify(text_file, checkpoint_path, top_k, errors, encoding):
     """Label each line of TEXT_FILE (or stdin, "-") with a trained classifier.
 
     Prints label<TAB>probability<TAB>text per line; with --top-k K, K
@@ -722,7 +731,8 @@ def classify(text_file, checkpoint_path, top_k, errors):
     model = api.load(checkpoint_path)
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    raw = corpus.read_stdin(errors) if text_file == "-" else corpus.read_text(text_file, errors)
+    raw = corpus.read_stdin(errors, encoding or model.encoding) if text_file == "-" else \
+        model.read_text(text_file, errors, encoding)
     texts = corpus.split_lines(raw)
     ranked = model.classify(texts, top_k=top_k)
     out = sys.stdout
@@ -750,8 +760,11 @@ def classify(text_file, checkpoint_path, top_k, errors):
               help="Annotate at most this many characters (the rest is cut, with a notice).")
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
+                   "unless it was trained with another]")
 @_quiet_option
-def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_chars, errors, quiet):
+def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_chars, errors, encoding, quiet):
     """See inside a model: score TEXT_FILE (or - for stdin) character by character.
 
     Writes one self-contained HTML page (it opens offline and can be mailed):
@@ -775,10 +788,11 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     rest = None  # how many characters are cut, where only the start of the input was read
     if text_file is not None:
         # only what is shown is read: max_chars characters are at most 4 bytes each, after a BOM
+        encoding = corpus.text_encoding(encoding or model.encoding)
         limit = 4 * max_chars + 8 if isinstance(max_chars, int) and max_chars >= 1 else None
-        text, source = corpus.read_text(text_file, errors, limit=limit), corpus.input_name(text_file)
+        text, source = model.read_text(text_file, errors, encoding, limit=limit), corpus.input_name(text_file)
         if limit is not None and len(text) > max_chars:
-            rest = _characters_after(text_file, errors, max_chars)
+            rest = _characters_after(text_file, errors, max_chars, encoding)
     else:
         text, source = model.heldout_text(), "the held-out split"
     ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
@@ -819,13 +833,14 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
          f"open it in a browser")
 
 
-def _characters_after(path, errors: str, shown: int) -> int | None:
+def _characters_after(path, errors: str, shown: int, encoding: str = "utf-8") -> int | None:
     """How many characters of a file follow its first `shown`, counted in chunks (None: a pipe or device,
-    which cannot be read again, or a file whose rest does not decode)."""
-    if not os.path.isfile(path):
+    which cannot be read again, a file in an encoding not read in chunks, or one whose rest does not decode)."""
+    if not textfile.chunked(path, encoding):
         return None
     try:
-        return sum(map(len, textfile.text_pieces(textfile.open_text(path, errors, 1 << 16), "char"))) - shown
+        pieces = textfile.text_pieces(textfile.open_text(path, errors, 1 << 16, encoding=encoding), "char")
+        return sum(map(len, pieces)) - shown
     except CharRNNError:
         return None
 

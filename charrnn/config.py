@@ -33,6 +33,7 @@ class TrainConfig:
     min_count: int = 1                 # rarer tokens become UNK
     max_vocab: int | None = None       # keep at most this many regular tokens (the rest UNK)
     val_frac: float = 0.1              # held-out share when no separate validation file is given
+    encoding: str = "utf-8"            # the corpus files' text encoding (the model records it for eval)
     batch_size: int = 64               # B: parallel streams (stream) or lines per batch (lines)
     seq_len: int = 100                 # T: truncated-BPTT window
     # optimization
@@ -76,6 +77,8 @@ class TrainConfig:
         - partial: allow the AUTO_TRAIN_KEYS to be None (still to be chosen by auto_settings)
         """
         self.plain()
+        from .corpus import text_encoding  # the same layer; imported here, where it is used
+        self.encoding = text_encoding(self.encoding)  # its canonical name ("latin-1" -> "iso8859-1")
         if any(getattr(self, k) is None for k in AUTO_TRAIN_KEYS):
             if not partial:
                 raise ConfigError(f"{', '.join(AUTO_TRAIN_KEYS)} must be set")

@@ -1,12 +1,15 @@
 """Corpus text: read and validate files, the built-in default corpus, splits, compact id arrays on disk.
 
-Text is UTF-8 with "\\n" line ends: a leading byte order mark is dropped and
-"\\r\\n" / lone "\\r" become "\\n", whichever way the text arrives.
+Text is UTF-8 unless an encoding is given (any text codec Python knows, `text_encoding`), with "\\n"
+line ends: a leading byte order mark is dropped and "\\r\\n" / lone "\\r" become "\\n", whichever
+way the text arrives.
 """
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
+import functools
 import mmap as mmap_module
 import os
 import re
@@ -22,6 +25,7 @@ from .errors import ConfigError, CorpusError
 from .vocab import Vocab
 
 TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
+DEFAULT_ENCODING = "utf-8"
 _BOM = b"\xef\xbb\xbf"
 # Like git and grep: a NUL byte this early means the file is not text.
 _BINARY_SNIFF = 8000
@@ -32,6 +36,83 @@ def normalize_newlines(text: str) -> str:
     if "\r" not in text:
         return text
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def text_encoding(name) -> str:
+    """The codec of a text encoding Python knows, by its canonical name ("latin-1" -> "iso8859-1");
+    "utf-8-sig" is "utf-8" (a leading byte order mark is dropped either way). ConfigError for a name Python
+    does not know or a codec that does not decode bytes to text (base64, rot13)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"encoding must be the name of a text encoding, such as utf-8 or latin-1, got {name!r:.40}")
+    try:
+        info = codecs.lookup(name.strip())
+    except LookupError:
+        raise ConfigError(f"unknown encoding {name!r:.60}; give one Python knows, such as utf-8, latin-1, cp1252 "
+                          f"or utf-16") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ConfigError(f"{name!r:.60} is not a text encoding; give one such as utf-8, latin-1 or cp1252")
+    return DEFAULT_ENCODING if info.name == "utf-8-sig" else info.name
+
+
+@functools.lru_cache(maxsize=None)
+def ascii_compatible(encoding: str) -> bool:
+    """Whether text in this encoding can be read in chunks cut at line ends, and its lines decoded one by
+    one: each ASCII byte stands for its own character ("\\n" and "\\r" are never part of another), and the
+    decoder keeps no state but the bytes of a character cut short (UTF-8, Latin-1, Windows-1252, Shift JIS,
+    GB18030, ...; not UTF-16, UTF-32, UTF-7, ISO-2022 or EBCDIC). Other encodings are read whole."""
+    try:
+        if codecs.getincrementaldecoder(encoding)().getstate() != (b"", 0):
+            return False
+        return bytes(range(128)).decode(encoding) == bytes(range(128)).decode("ascii")
+    except (LookupError, UnicodeError, ValueError):
+        return False
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+# Bytes that Windows-1252 does not define: a text holding them is not Windows-1252 (Latin-1 has C1 controls there).
+_CP1252_UNDEFINED = frozenset(b"\x81\x8d\x8f\x90\x9d")
+_WESTERN_MARKS = set("\u2018\u2019\u201a\u201c\u201d\u201e\u2013\u2014\u2026\u2022\u20ac\u00a3\u00a7\u00b0\u00b1"
+                     "\u00ab\u00bb\u00bf\u00a1\u00a9\u00ae\u00b7\u00b4\u00a8\u00aa\u00ba\u00a0\u00b2\u00b3\u00bd\u00bc\u00be")
+
+
+def single_byte_guess(window: bytes) -> str | None:
+    """"cp1252" or "latin-1" when bytes that are not UTF-8 look like Western European text in Windows-1252 or
+    Latin-1 (ISO 8859-1): nearly every byte above 0x7F is a letter or common punctuation there, and bytes
+    0x80-0x9F (curly quotes and dashes in Windows-1252, controls in Latin-1) say which, and no character
+    around them is UTF-8 (that is UTF-8 text with some bad bytes). Else None.
+    - window: some bytes of the text around where UTF-8 failed"""
+    high = [b for b in window if b >= 0x80]
+    if not high or any(c > "\x7f" and c != "\ufffd" for c in window.decode("utf-8", "replace")):
+        return None  # nothing to go on, or UTF-8 text with some bad bytes among good characters
+    c1 = [b for b in high if b < 0xA0]
+    if any(b in _CP1252_UNDEFINED for b in c1):
+        return None
+    guess = "cp1252" if c1 else "latin-1"
+    chars = bytes(high).decode(guess)
+    plausible = sum(ch.isalpha() or ch in _WESTERN_MARKS for ch in chars)
+    return guess if plausible >= 0.9 * len(chars) else None
+
+
+def bad_bytes_error(name, encoding: str, offset: int, window: bytes = b"") -> CorpusError:
+    """The CorpusError for bytes that do not decode: where, and what to do. When UTF-8 fails on bytes that
+    look like Windows-1252 or Latin-1 (single_byte_guess of the window around them), it names --encoding.
+    - offset: the first bad byte's offset in the file"""
+    label = "UTF-8" if _is_utf8(encoding) else encoding
+    guess = single_byte_guess(window) if _is_utf8(encoding) else None
+    if guess:
+        what = "Windows-1252" if guess == "cp1252" else "Latin-1 (ISO 8859-1)"
+        return CorpusError(f"{name}: invalid UTF-8 at byte offset {offset}; it looks like {what} text: re-run with "
+                           f"--encoding {guess} (or --errors replace to substitute U+FFFD for bad bytes)")
+    return CorpusError(f"{name}: invalid {label} at byte offset {offset}; re-run with --encoding NAME if it is "
+                       f"in another encoding, or --errors replace to substitute U+FFFD for bad bytes")
+
+
+def error_window(data, start: int, size: int = 4096) -> bytes:
+    """The bytes around offset start (up to size on each side), for single_byte_guess."""
+    return bytes(data[max(0, start - size) : start + size])
 
 
 # A pipe, a terminal or a device has no size to look at beforehand, and whatever reads it whole holds it
@@ -48,24 +129,26 @@ def input_name(path) -> str:
     return "standard input" if os.fspath(path) == STDIN else str(os.fspath(path))
 
 
-def read_text(path, errors: str = "strict", *, limit: int | None = None) -> str:
-    """Read a UTF-8 text file (or standard input, "-") as training text.
+def read_text(path, errors: str = "strict", *, limit: int | None = None, encoding: str = DEFAULT_ENCODING) -> str:
+    """Read a text file (or standard input, "-") as training text.
 
     - path: str or Path of the file, or "-"
-    - errors: "strict" (invalid UTF-8 is an error) or "replace" (it becomes U+FFFD)
+    - errors: "strict" (invalid bytes are an error) or "replace" (they become U+FFFD)
     - limit: read at most this many bytes, and stop there (None: all of it; see read_input)
+    - encoding: the text's encoding (text_encoding), UTF-8 by default
     - returns: the text, BOM removed, newlines normalized to "\n"
     Raises CorpusError for a missing, unreadable, empty, binary or badly encoded file.
     """
     if errors not in TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
-    data = read_input(path, limit)
+    encoding = text_encoding(encoding)
+    data = read_input(path, limit, encoding)
     if limit is not None:
-        data = _whole_characters(data)
-    return decode_text(data, input_name(path), errors)
+        data = _whole_characters(data, encoding, errors)
+    return decode_text(data, input_name(path), errors, encoding)
 
 
-def read_input(path, limit: int | None = None) -> bytes:
+def read_input(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING) -> bytes:
     """The bytes of a user's input: the one reader of a file, a pipe, a device or standard input ("-").
 
     - limit: stop after this many bytes (None: read to the end)
@@ -89,7 +172,7 @@ def read_input(path, limit: int | None = None) -> bytes:
             if not block:
                 break
             if total < _BINARY_SNIFF:
-                _check_head(b"".join(blocks)[:_BINARY_SNIFF] + block[:_BINARY_SNIFF], name)
+                _check_head(b"".join(blocks)[:_BINARY_SNIFF] + block[:_BINARY_SNIFF], name, encoding)
             blocks.append(block)
             total += len(block)
         if limit is None and total > MAX_STREAM_BYTES:
@@ -103,8 +186,16 @@ def read_input(path, limit: int | None = None) -> bytes:
             f.close()
 
 
-def _whole_characters(data: bytes) -> bytes:
-    """data without a UTF-8 character cut short at its end (a read that stopped at a byte limit)."""
+def _whole_characters(data: bytes, encoding: str = DEFAULT_ENCODING, errors: str = "strict") -> bytes:
+    """data without a character cut short at its end (a read that stopped at a byte limit)."""
+    if not _is_utf8(encoding):  # what an incremental decoder holds back, waiting for the rest
+        decoder = codecs.getincrementaldecoder(encoding)(errors)
+        try:
+            decoder.decode(data, False)
+        except UnicodeDecodeError:
+            return data  # decode_text reports where
+        pending = len(decoder.getstate()[0])
+        return data[: len(data) - pending]
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
         if byte < 0x80:
@@ -136,38 +227,48 @@ def open_binary(path):
     return f
 
 
-def _check_head(head: bytes, path: str) -> None:
-    """CorpusError when a file's first bytes say it is not UTF-8 text (UTF-16, or a NUL byte)."""
+def _check_head(head: bytes, path: str, encoding: str = DEFAULT_ENCODING) -> None:
+    """CorpusError when a file's first bytes say it is not text in its encoding (UTF-16 read as another, or a
+    NUL byte). An encoding whose bytes are not ASCII's (UTF-16, UTF-32) is checked once decoded (decode_text)."""
+    if not ascii_compatible(encoding):
+        return
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise CorpusError(f"{path}: looks like UTF-16 text; convert it to UTF-8")
+        raise CorpusError(f"{path}: looks like UTF-16 text (it starts with a UTF-16 byte order mark); "
+                          f"re-run with --encoding utf-16")
     if b"\0" in head[:_BINARY_SNIFF]:
-        raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected UTF-8 text")
+        raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected "
+                          f"{'UTF-8' if _is_utf8(encoding) else encoding} text")
 
 
-def decode_text(data: bytes, name: str, errors: str = "strict") -> str:
+def decode_text(data: bytes, name: str, errors: str = "strict", encoding: str = DEFAULT_ENCODING) -> str:
     """The text of a file's bytes, checked as read_text checks them (name: what errors call it)."""
     if errors not in TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    encoding = text_encoding(encoding)
     path = name
-    start = len(_BOM) if data.startswith(_BOM) else 0
+    start = len(_BOM) if _is_utf8(encoding) and data.startswith(_BOM) else 0
     if len(data) == start:
         raise CorpusError(f"{path}: the file is empty")
-    _check_head(data[:_BINARY_SNIFF], path)
+    _check_head(data[:_BINARY_SNIFF], path, encoding)
     try:
         # str() decodes the memoryview in place: no copy of a large file just to drop the BOM.
-        text = str(memoryview(data)[start:], "utf-8", errors)
+        text = str(memoryview(data)[start:], encoding, errors)
     except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"{path}: invalid UTF-8 at byte offset {start + e.start}; "
-            "re-run with --errors replace to substitute U+FFFD for bad bytes"
-        ) from None
+        raise bad_bytes_error(path, encoding, start + e.start, error_window(data, start + e.start)) from None
+    if not ascii_compatible(encoding):
+        text = text[1:] if text.startswith("\ufeff") else text
+        if not text:
+            raise CorpusError(f"{path}: the file is empty")
+        if "\0" in text[:_BINARY_SNIFF]:
+            raise CorpusError(f"{path}: looks like a binary file (it holds NUL characters as {encoding}); "
+                              f"expected {encoding} text")
     return normalize_newlines(text)
 
 
-def read_stdin(errors: str = "strict") -> str:
+def read_stdin(errors: str = "strict", encoding: str = DEFAULT_ENCODING) -> str:
     """Standard input as text, checked as read_text checks a file; "" when it is empty."""
-    data = read_input(STDIN)
-    return decode_text(data, "standard input", errors) if data.strip(_BOM) else ""
+    data = read_input(STDIN, encoding=encoding)
+    return decode_text(data, "standard input", errors, encoding) if data.strip(_BOM) else ""
 
 
 def default_corpus() -> str:
@@ -345,11 +446,13 @@ def folder_files(root, pattern: str | None = None) -> list[str]:
     return sorted(found)
 
 
-def read_folder(root, pattern: str | None = None, errors: str = "strict") -> Documents:
+def read_folder(root, pattern: str | None = None, errors: str = "strict",
+                encoding: str = DEFAULT_ENCODING) -> Documents:
     """Every text file under root as one corpus (see folder_files for which files, in which order).
 
     - pattern: a glob such as "*.py" (matched against file names; against relative paths if it has a "/")
     - errors: invalid UTF-8 skips the file ("strict") or becomes U+FFFD ("replace")
+    - encoding: every file's encoding (text_encoding)
     Binary and undecodable files are skipped (Documents.skipped), empty ones counted (Documents.empty).
     Raises CorpusError when no file is left to train on.
     """
@@ -365,12 +468,12 @@ def read_folder(root, pattern: str | None = None, errors: str = "strict") -> Doc
     docs = Documents([], [])
     for name in names:
         path = root / name
-        data = read_input(path)
+        data = read_input(path, encoding=encoding)
         if not data or data == _BOM:
             docs.empty += 1
             continue
         try:
-            text = decode_text(data, path, errors)
+            text = decode_text(data, path, errors, encoding)
         except CorpusError:
             docs.skipped.append(name)
             continue

@@ -180,14 +180,16 @@ def score_text(params, config, vocab, text: str, lines: bool) -> Score:
 
 
 def score_file(params, config, vocab, path, lines: bool, errors: str = "strict",
-               chunk_bytes: int = textfile.CHUNK_BYTES) -> Score:
+               chunk_bytes: int = textfile.CHUNK_BYTES, encoding: str = corpus.DEFAULT_ENCODING) -> Score:
     """score_text of a file's text, without holding it: the file is read and encoded in chunks (as
     textfile prepares a corpus) into a temporary file of ids, scored memory-mapped. The same Score as
     score_text(corpus.read_text(path, errors)); a pipe or device (which cannot be read twice) is read
-    whole by corpus.read_text, within its bound."""
-    if not stat.S_ISREG(_mode(path)):
-        return score_text(params, config, vocab, corpus.read_text(path, errors), lines)
-    tf = textfile.open_text(path, errors, chunk_bytes, long_lines=True)
+    whole by corpus.read_text, within its bound, and so is a file in an encoding that cannot be read in
+    chunks (textfile.chunked: UTF-16, UTF-32)."""
+    encoding = corpus.text_encoding(encoding)
+    if not stat.S_ISREG(_mode(path)) or not corpus.ascii_compatible(encoding):
+        return score_text(params, config, vocab, corpus.read_text(path, errors, encoding=encoding), lines)
+    tf = textfile.open_text(path, errors, chunk_bytes, long_lines=True, encoding=encoding)
     with tempfile.TemporaryFile(prefix="charrnn-eval-") as ids_file, \
             tempfile.TemporaryFile(prefix="charrnn-eval-") as offsets_file:
         n = n_lines = 0

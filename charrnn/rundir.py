@@ -761,7 +761,8 @@ def model_meta(run: Run) -> dict:
         "special": run.vocab.special,
         "level": run.vocab.level,
         "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len,
-                 "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype)},  # as data/*.npy's headers say
+                 "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype),  # as data/*.npy's headers say
+                 "encoding": run.tconfig.encoding},  # eval, annotate and classify read files in it
         **({"labels": list(run.labels)} if run.labels else {}),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
@@ -784,6 +785,8 @@ def check_model_meta(meta: dict, where: str) -> None:
         problem = f"unknown data mode {data.get('mode')!r}"
     elif not number(data.get("seq_len", 1), integer=True):
         problem = f"bad data seq_len {data.get('seq_len')!r}"
+    elif not _known_encoding(data.get("encoding", corpus.DEFAULT_ENCODING)):
+        problem = f"unknown data encoding {data.get('encoding')!r:.60}"
     else:
         for key in ("step", "epoch", "elapsed", "best_val_loss", "lr"):
             value = training.get(key, 0)
@@ -794,6 +797,14 @@ def check_model_meta(meta: dict, where: str) -> None:
             problem = f"bad training optimizer {training.get('optimizer')!r}"
     if problem:
         raise CheckpointError(f"{where}: {problem}")
+
+
+def _known_encoding(name) -> bool:
+    try:
+        corpus.text_encoding(name)
+        return True
+    except CharRNNError:
+        return False
 
 
 def save_checkpoint(run: Run, best: bool = False) -> str:

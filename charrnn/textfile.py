@@ -2,7 +2,10 @@
 
 `open_text` checks a file as `corpus.read_text` does, without reading it
 whole, and `scan` reads it once (pass 1): it decodes the bytes in chunks of
-`chunk_bytes` with an incremental UTF-8 decoder (a character split between two
+`chunk_bytes` with an incremental decoder of the file's encoding (UTF-8 unless
+given; only an encoding `corpus.ascii_compatible` calls so, where line ends
+are single bytes and the decoder holds no state but a character cut short:
+`chunked` says whether a file can be read so) (a character split between two
 chunks is decoded whole; invalid bytes give read_text's errors, at the same
 offsets), counts the tokens, and in lines mode writes an index of the kept
 lines (byte start, byte end, tokens) to an anonymous temporary file, read
@@ -51,42 +54,65 @@ class TextFile:
     errors: str = "strict"
     chunk_bytes: int = CHUNK_BYTES
     long_lines: bool = False  # lines mode: keep lines longer than corpus.MAX_LINE_CHARS (eval scores them)
+    encoding: str = corpus.DEFAULT_ENCODING
     scans: dict = field(default_factory=dict, repr=False)  # (level, mode) -> Scan
 
     def __str__(self) -> str:
         return str(self.path)
 
 
-def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False) -> TextFile:
+def chunked(path, encoding: str = corpus.DEFAULT_ENCODING) -> bool:
+    """Whether a file can be read in chunks here (open_text): a regular file, in an encoding whose chunks
+    can be cut at line ends (corpus.ascii_compatible). Others (a pipe, UTF-16) are read whole by read_text."""
+    return os.path.isfile(path) and corpus.ascii_compatible(corpus.text_encoding(encoding))
+
+
+def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
+              encoding: str = corpus.DEFAULT_ENCODING) -> TextFile:
     """A corpus file checked as corpus.read_text checks it (missing, unreadable, a directory, empty, UTF-16,
-    binary), reading only its first bytes; invalid UTF-8 is found by scan. Raises CorpusError or ConfigError.
-    - long_lines: a lines-mode scan keeps lines of any length (else it refuses one too long to train on)"""
+    binary), reading only its first bytes; invalid bytes are found by scan. Raises CorpusError or ConfigError.
+    - long_lines: a lines-mode scan keeps lines of any length (else it refuses one too long to train on)
+    - encoding: the file's; ConfigError unless corpus.ascii_compatible (see chunked)"""
     if errors not in corpus.TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     if int(chunk_bytes) < 1:
         raise ConfigError(f"chunk size must be at least one byte, got {chunk_bytes!r}")
-    tf = TextFile(os.fspath(path), errors, int(chunk_bytes), long_lines)
+    encoding = corpus.text_encoding(encoding)
+    if not corpus.ascii_compatible(encoding):
+        raise ConfigError(f"a file in {encoding} cannot be read in chunks; read it with corpus.read_text")
+    tf = TextFile(os.fspath(path), errors, int(chunk_bytes), long_lines, encoding)
     with _open(tf) as f:
         head = f.read(corpus._BINARY_SNIFF)
-        start = len(_BOM) if head.startswith(_BOM) else 0
+        start = len(_BOM) if _utf8(tf) and head.startswith(_BOM) else 0
         if len(head) == start and not f.read(1):
             raise CorpusError(f"{tf}: the file is empty")
-    corpus._check_head(head, str(tf))
+    corpus._check_head(head, str(tf), encoding)
     return tf
+
+
+def _utf8(tf: TextFile) -> bool:
+    return tf.encoding == "utf-8"
 
 
 def _open(tf: TextFile):
     return corpus.open_binary(tf.path)
 
 
-def _bad_utf8(tf: TextFile, offset: int) -> CorpusError:
-    return CorpusError(f"{tf}: invalid UTF-8 at byte offset {offset}; "
-                       "re-run with --errors replace to substitute U+FFFD for bad bytes")
+def _bad_bytes(tf: TextFile, offset: int) -> CorpusError:
+    """corpus.bad_bytes_error for the bytes at offset, with the bytes around them read again."""
+    window = b""
+    try:
+        with _open(tf) as f:
+            f.seek(max(0, offset - 4096))
+            window = f.read(offset - max(0, offset - 4096) + 4096)
+    except (CorpusError, OSError):
+        pass
+    return corpus.bad_bytes_error(tf, tf.encoding, offset, window)
 
 
-def _start(f) -> int:
-    """Skip a leading byte order mark; returns where the text starts."""
-    if f.read(len(_BOM)) == _BOM:
+def _start(f, tf: TextFile) -> int:
+    """Skip a leading byte order mark (UTF-8's); returns where the text starts."""
+    if _utf8(tf) and f.read(len(_BOM)) == _BOM:
         return len(_BOM)
     f.seek(0)
     return 0
@@ -102,13 +128,13 @@ def _blocks(tf: TextFile, resume: int = 0):
     Each block's resume is the byte from which a fresh decoder gives that block's text first (a block
     ends before a "\\r", which waits for the next block in case a "\\n" follows it).
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(tf.errors)
+    decoder = codecs.getincrementaldecoder(tf.encoding)(tf.errors)
     with _open(tf) as f:
         if resume:
             f.seek(resume)
             pos = resume
         else:
-            pos = _start(f)
+            pos = _start(f, tf)
         held = ""
         while True:
             pending = len(decoder.getstate()[0])
@@ -118,7 +144,7 @@ def _blocks(tf: TextFile, resume: int = 0):
             try:
                 text = decoder.decode(data, final)
             except UnicodeDecodeError as e:
-                raise _bad_utf8(tf, pos - pending + e.start) from None
+                raise _bad_bytes(tf, pos - pending + e.start) from None
             pos += len(data)
             text, held = held + text, ""
             if not final and text.endswith("\r"):
@@ -295,7 +321,7 @@ def _line_chunks(tf: TextFile):
     a line too long for lines mode is refused as soon as it is (each character is at most 4 bytes).
     """
     with _open(tf) as f:
-        pos = _start(f)
+        pos = _start(f, tf)
         parts, held = [], 0  # the bytes read since the last line end
         while True:
             if held > _MAX_LINE_BYTES and not tf.long_lines:
@@ -322,9 +348,9 @@ def _line_chunks(tf: TextFile):
 
 def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
     try:
-        return corpus.normalize_newlines(str(data, "utf-8", tf.errors))
+        return corpus.normalize_newlines(str(data, tf.encoding, tf.errors))
     except UnicodeDecodeError as e:
-        raise _bad_utf8(tf, start + e.start) from None
+        raise _bad_bytes(tf, start + e.start) from None
 
 
 # what str.splitlines splits at besides "\n" (and "\r", which normalized text does not hold)
@@ -582,9 +608,9 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
                 try:
                     if pick is not None and 4 * np.count_nonzero(pick) < len(pick):  # a few: decode those alone
                         view, rows = memoryview(data), block[lo:hi][pick] - begin
-                        lines = [str(view[b:e], "utf-8", tf.errors) for b, e in rows[:, :2].tolist()]
+                        lines = [str(view[b:e], tf.encoding, tf.errors) for b, e in rows[:, :2].tolist()]
                     else:
-                        lines = _kept_lines(corpus.normalize_newlines(str(data, "utf-8", tf.errors)))[0]
+                        lines = _kept_lines(corpus.normalize_newlines(str(data, tf.encoding, tf.errors)))[0]
                         if len(lines) != hi - lo:
                             raise UnicodeDecodeError("utf-8", b"", 0, 1, "not the lines pass 1 found")
                         if pick is not None:
