@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -360,6 +361,7 @@ class _TrainingView:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
             _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token")
+            _next_steps(event, run, quiet)
 
 
 def _time_bar(tqdm, total_seconds: float, elapsed: float, step: int):
@@ -400,6 +402,17 @@ def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
         saved = f"saved {event['model']}"
     info(f"Done ({why}): {event['step']} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
          f"{saved}", quiet)
+
+
+def _next_steps(event: dict, run, quiet: bool) -> None:
+    """One line after a run that saved a model: the commands to try it with, naming its run directory."""
+    if not os.path.exists(event["model"]):
+        return
+    c = f"-c {shlex.quote(run.directory)}"
+    if run.config.classes:
+        info(f"Next: charrnn classify FILE {c} (label lines), charrnn eval {c} (accuracy on the held-out lines)", quiet)
+    else:
+        info(f"Next: charrnn sample {c} (new text), charrnn eval {c} (the held-out loss)", quiet)
 
 
 # ---------------------------------------------------------------- loading a model

@@ -5,7 +5,8 @@ is assembled, deterministically, from the running Python's own files and
 tables (so two Pythons of one version give the same corpus). corpora/README.md
 says how each is built, its size and what a short run reaches on it.
 
-- python-reference: the language reference (pydoc_data.topics), English prose
+- python-reference: the language reference (pydoc_data.topics) as English prose: tables and runs of
+  blanks left out (corpus.as_prose), so that a short run's sample reads as prose
 - python-source: a few MB of the standard library's own .py files (tests left
   out), whole files chosen in the order of a hash of their paths, EOS between files
 - unicode-names: the names of the Unicode characters (unicodedata), one a line
@@ -35,7 +36,7 @@ class BuiltIn:
 
 
 CORPORA = {c.name: c for c in (
-    BuiltIn("python-reference", "stream", "the Python language reference (pydoc_data.topics), English prose"),
+    BuiltIn("python-reference", "stream", "the Python language reference (pydoc_data.topics), English prose without its tables"),
     BuiltIn("python-source", "stream", "standard-library .py files, tests left out, whole files, EOS between"),
     BuiltIn("unicode-names", "lines", "the names of the Unicode characters (unicodedata), one a line"),
 )}

@@ -272,9 +272,10 @@ def read_stdin(errors: str = "strict", encoding: str = DEFAULT_ENCODING) -> str:
 
 
 def default_corpus() -> str:
-    """The built-in corpus: the Python language reference text that CPython ships.
+    """The built-in corpus: the Python language reference text that CPython ships, as prose (as_prose).
 
-    - returns: the pydoc_data topics in sorted key order, a blank line between them
+    - returns: the pydoc_data topics in sorted key order, a blank line between them, tables and long
+      runs of blanks removed
     Raises CorpusError when this Python lacks the pydoc_data module.
     """
     try:
@@ -284,8 +285,32 @@ def default_corpus() -> str:
             "the built-in corpus needs the pydoc_data module, which this Python does not have; "
             "pass a text file to train on"
         ) from None
-    parts = [topics[k].strip("\n") for k in sorted(topics)]
-    return normalize_newlines("\n\n".join(p for p in parts if p) + "\n")
+    parts = [as_prose(normalize_newlines(topics[k])).strip("\n") for k in sorted(topics)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+_TABLE_BORDER = re.compile(r"[ \t]*\+[-=+]*[-=][-=+]*\+?[ \t]*")  # +-----+----+ or +=====+ (a grid table's)
+_TABLE_ROW = re.compile(r"[ \t]*[|+].*")                             # | cell | cell | (or a border)
+_INNER_BLANKS = re.compile(r"(?<=\S)[ \t]{2,}(?=\S)")              # a run of blanks between words
+_INDENT = re.compile(r"^[ \t]{9,}", re.M)                           # an indentation beyond 8 columns
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")                     # two or more blank lines in a row
+
+
+def as_prose(text: str) -> str:
+    """Reference text as prose a short run can learn to write: grid tables (+----+ borders and the | rows
+    between them) left out, runs of blanks between words made one space, indentation cut to 8 columns,
+    trailing blanks dropped and blank lines in a row made one. Text without these is returned unchanged."""
+    out, table = [], False
+    for line in text.split("\n"):
+        if _TABLE_BORDER.fullmatch(line):
+            table = True  # a grid table: it goes on while its lines are borders and rows
+            continue
+        if table and _TABLE_ROW.fullmatch(line):
+            continue
+        table = False
+        out.append(_INNER_BLANKS.sub(" ", line).rstrip())
+    text = _INDENT.sub(" " * 8, "\n".join(out))
+    return _BLANK_LINES.sub("\n\n", text)
 
 
 def split_text(text: str, val_frac: float) -> tuple[str, str]:

@@ -91,7 +91,7 @@ def test_train_writes_the_run_and_reports_on_stderr_only(tmp_path, corpus_file):
         assert {"step", "epoch", "loss", "lr", "grad_norm", "chars_per_sec", "elapsed"} <= set(r)
         assert all(math.isfinite(r[k]) for k in ("epoch", "loss", "lr", "grad_norm", "chars_per_sec", "elapsed"))
     assert ["val_loss" in r for r in log] == [False, True, False, True]
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.strip().splitlines()[:-1]  # the last says what to run next
     assert lines[-1].startswith("Done (step budget): 7 steps")
     assert "bits/char" in lines[-1] and str(out / "model.safetensors") in lines[-1]
     best = min(r["val_loss"] for r in log if "val_loss" in r)

@@ -107,6 +107,40 @@ def test_default_corpus():
     assert len(build_vocab(text).tokens) > 60
 
 
+def test_default_corpus_reads_as_prose():
+    """No grid table, no run of blanks between words, no deep indentation, no blank lines in a row."""
+    import re
+
+    text = default_corpus()
+    lines = text.split("\n")
+    assert not [line for line in lines if re.fullmatch(r"\s*\+[-=+]{3,}\+\s*", line)]
+    assert not [line for line in lines if re.search(r"\S {2,}\S", line) or line != line.rstrip()]
+    assert not [line for line in lines if len(line) - len(line.lstrip(" ")) > 8]
+    assert "\n\n\n" not in text
+    assert "The *sign* option is only valid for number types" in text  # the prose around a table stays
+
+
+def test_as_prose():
+    from charrnn.corpus import as_prose
+
+    table = ("Options:\n\n"
+             "   +-------+-----------+\n"
+             "   | A     | Meaning   |\n"
+             "   |=======|===========|\n"
+             "   | \"<\"   | left      |\n"
+             "   +-------+-----------+\n"
+             "\n\n\n"
+             "x   ::=   y     # a rule  \n"
+             "                  deep\n"
+             "| a pipe outside a table stays\n")
+    assert as_prose(table) == ("Options:\n\n"
+                               "x ::= y # a rule\n"
+                               "        deep\n"
+                               "| a pipe outside a table stays\n")
+    plain = "Plain text.\n   Indented once.\n\nNew paragraph.\n"
+    assert as_prose(plain) == plain
+
+
 def test_split_fractions():
     text = "".join(chr(97 + i % 26) for i in range(1000))
     train, val = split_text(text, 0.1)

@@ -72,7 +72,7 @@ def test_early_stop_in_the_summary_and_on_resume(tmp_path):
     code, _, err = invoke(["train", tmp_path / "train.txt", "--val", tmp_path / "val.txt", *options,
                            "--patience", 3, "--out", out])
     assert code == 0, err
-    done = err.strip().splitlines()[-1]
+    done = err.strip().splitlines()[-2]  # the last says what to run next
     step = read_log(out)[-1]["step"]
     assert re.match(rf"Done \(stopped early: no new best val loss in 3 evaluations\): {step} steps in ", done), done
     best_step = step - 6
