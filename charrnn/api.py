@@ -268,7 +268,7 @@ MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirect
 # What a fresh run uses for an option not given. None: chosen from the corpus and the budget (auto).
 MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None, "dropout": None,
                   "dtype": "float32", "bidirectional": False, "pool": "mean"}
-TRAIN_AUTO = {"batch_size": None, "seq_len": None, "lr": None, "schedule": None, "warmup": None}
+TRAIN_AUTO = {"batch_size": None, "seq_len": None, "lr": None, "schedule": None, "warmup": None, "eval_every": None}
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
 
 

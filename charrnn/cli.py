@@ -197,7 +197,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
 @option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
         help="Stop after this much wall time, such as 90s, 10m, 1m30s, 1h30m, 1.5h.  [default: 5m when no budget is given]")
-@option("--eval-every", type=int, default=200, group=OUTPUT, help="Evaluate and save every N steps.")
+@option("--eval-every", type=int, default=None, group=OUTPUT,
+        help="Evaluate and save every N steps.  [default: auto, a quarter of a pass over the data, at least 10 "
+             "times in the budget and once a minute, as often as keeps evaluation to about a tenth of the time]")
 @option("--patience", type=int, default=DEFAULT_PATIENCE, group=OUTPUT,
         help="Stop after this many evaluations in a row without a new best validation loss, keeping the best "
              "(0: never stop early).")

@@ -197,13 +197,45 @@ NOMINAL_CHARS_PER_SEC = {64: 150_000, 128: 40_000, 256: 13_000, 512: 4_000}
 # A starting learning rate per optimizer, for batches of 16 to 32 streams.
 AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
-AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup")
+AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
 MIN_WINDOWS = 4  # stream mode: a small text still makes at least this many batches per pass
+# The automatic evaluation cadence (auto_eval_every): this many evaluations a pass over the data, and at
+# least EVALS_PER_BUDGET over the budget and one every EVAL_SECONDS of a time budget, at most every
+# EVAL_MAX_STEPS steps; but never so often that evaluating takes more than about EVAL_SHARE of the time
+# (a validation token, scored forward only, costs about EVAL_TOKEN_COST of a training token).
+EVALS_PER_PASS = 4
+EVALS_PER_BUDGET = 10
+EVAL_SECONDS = 60
+EVAL_MAX_STEPS = 1000
+EVAL_SHARE = 0.1
+EVAL_TOKEN_COST = 1 / 3
+
+
+def auto_eval_every(steps_per_pass: float, tokens_per_step: float, val_tokens: int,
+                    budget_steps: float | None = None, steps_per_sec: float | None = None) -> int:
+    """How many steps between evaluations, when --eval-every is not given: a fraction of a pass
+    (EVALS_PER_PASS a pass, so a small text is evaluated before it is overfitted), bounded by the budget
+    (EVALS_PER_BUDGET over it, and with a time budget one every EVAL_SECONDS) and by EVAL_MAX_STEPS,
+    but no more often than keeps evaluation to about EVAL_SHARE of the time.
+
+    - steps_per_pass: training steps in one pass over the data; tokens_per_step: tokens each step trains on
+    - val_tokens: validation tokens scored per evaluation (the split, at most --eval-tokens)
+    - budget_steps: the steps the budget buys (None: no budget); steps_per_sec: the speed assumed for a
+      time budget (None: none bounds the run)
+    Depends only on its arguments: chosen once when a run starts and saved with its settings.
+    """
+    every = steps_per_pass / EVALS_PER_PASS
+    if budget_steps:
+        every = min(every, budget_steps / EVALS_PER_BUDGET)
+    if steps_per_sec:
+        every = min(every, EVAL_SECONDS * steps_per_sec)
+    cost_floor = EVAL_TOKEN_COST * val_tokens / (EVAL_SHARE * max(tokens_per_step, 1))
+    return int(max(1, math.ceil(min(max(every, cost_floor), EVAL_MAX_STEPS))))
 
 
 def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", chars_per_sec: float | None = None,
-                  n_lines: int | None = None) -> dict:
+                  n_lines: int | None = None, val_tokens: int | None = None) -> dict:
     """Model size, batch, sequence length, learning rate, dropout and schedule for n_tokens and the budget.
 
     Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
@@ -217,6 +249,8 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
     - dropout: by the passes over the data the budget buys: none under 3,
       0.1 under 8, else 0.2 (small data seen many times needs it most)
     - schedule: cosine decay over the budget after a 50-step linear warm-up
+    - eval_every: auto_eval_every of the passes and the budget (val_tokens: the validation tokens, None:
+      a val_frac share of the text)
     - chars_per_sec: the measured speed of this model (None: NOMINAL_CHARS_PER_SEC), for a time budget
     - n_lines: lines mode: the number of training lines
     Returns a dict with the keys of AUTO_KEYS, "passes" (the estimate used) and "speed" (the tokens per
@@ -248,10 +282,26 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
     passes = min(budgets) if budgets else 1.0
     dropout = 0.0 if passes < 3 else 0.1 if passes < 8 else 0.2
     warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
+    per_step = batch * seq_len if tconfig.mode == "stream" else batch * n / max(n_lines or 1, 1)
+    steps_per_pass = max(1.0, n / per_step)
+    if val_tokens is None:
+        val_tokens = int(n * tconfig.val_frac / max(1 - tconfig.val_frac, 1e-9))
+    if tconfig.eval_tokens is not None:
+        val_tokens = min(val_tokens, tconfig.eval_tokens)
+    eval_every = auto_eval_every(steps_per_pass, per_step, val_tokens, passes * steps_per_pass if budgets else None,
+                                 speed / per_step if speed else None)
     return {"layers": layers, "hidden": hidden, "embed": embed, "dropout": dropout,
             "batch_size": batch, "seq_len": seq_len, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
-            "warmup": warmup, "passes": passes, "speed": speed,
+            "warmup": warmup, "eval_every": eval_every, "passes": passes, "speed": speed,
             "speed_measured": speed is not None and chars_per_sec is not None}
+
+
+def _tokens_of(text, tconfig: TrainConfig) -> int:
+    """How many tokens a validation text holds: a str, a folder's Documents, or a scanned textfile.TextFile."""
+    scan = getattr(text, "scans", {}).get((tconfig.level, tconfig.mode))
+    if scan is not None:
+        return scan.n_tokens
+    return count_tokens(text if isinstance(text, str) else "\n".join(getattr(text, "texts", [])), tconfig.level)
 
 
 def count_tokens(text: str, level: str) -> int:
@@ -287,9 +337,10 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             text = "\n".join(text.texts)
         n_tokens = count_tokens(text, tconfig.level)
         n_lines = len([line for line in text.splitlines() if line.strip()]) if tconfig.mode == "lines" else 0
+    val_tokens = None if val_text is None else _tokens_of(val_text, tconfig)
     n_tokens = int(n_tokens * share)
     n_lines = int(n_lines * share) if tconfig.mode == "lines" else None
-    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines)
+    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines, val_tokens=val_tokens)
     for key in open_keys:
         if key in model_options:
             model_options[key] = auto[key]
@@ -298,8 +349,11 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     if measure is not None and tconfig.max_time is not None and "dropout" in open_keys:
         speed = measure(model_options, tconfig, text)
         if speed:
-            measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines)
+            measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines,
+                                     val_tokens=val_tokens)
             model_options["dropout"] = measured["dropout"]
+            if "eval_every" in open_keys:
+                tconfig.eval_every = measured["eval_every"]
             auto = measured
     return {"keys": open_keys, "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
             "speed_measured": auto["speed_measured"]}

@@ -73,7 +73,7 @@ def test_help_lists_grouped_options_with_defaults():
     assert "--lr" in text[positions[2]:positions[3]] and "--max-steps" in text[positions[3]:positions[4]]
     flat = " ".join(text.split())
     for fragment in ("[default: auto, from the corpus size and budget]", "[default: lstm]",
-                     "[default: 5.0]", "[default: 200]", "--max-time DURATION", "90s, 10m, 1m30s, 1h30m, 1.5h",
+                     "[default: 5.0]", "[default: auto, a quarter of a pass", "--max-time DURATION", "90s, 10m, 1m30s, 1h30m, 1.5h",
                      "--patience INTEGER", "[default: 5]"):
         assert fragment in flat
     assert "[CORPUS_FILE]\n" not in text[positions[0]:]  # the argument is not listed as an option
