@@ -20,7 +20,7 @@ import numpy as np
 
 from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling, textfile
 from . import loop as training
-from .config import RESUMABLE, TrainConfig, count_tokens, fill_auto_settings, parse_duration
+from .config import RESUMABLE, SCHEDULE_KEYS, TrainConfig, count_tokens, fill_auto_settings, parse_duration
 from .errors import ConfigError, CorpusError
 from .model import ModelConfig
 from .evaluate import Score
@@ -284,7 +284,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     - init_from: fine-tune: start from this trained model (a run directory or a model file), with its
       architecture and vocabulary; extend_vocab: add the new text's unseen tokens to that vocabulary
     - out: the run directory (None: checkpoints/<corpus name>, made fresh)
-    - resume: continue this run exactly where it stopped (then only budgets and cadence may be given)
+    - resume: continue this run exactly where it stopped (then only budgets and cadence may be given, and
+      lr, schedule or warmup: a new learning-rate schedule from the current step, the run's values for those
+      not given)
     - val: a separate validation text file; errors: "strict" (the default) or "replace" for invalid UTF-8
       (or invalid bytes in the encoding given by the option encoding, such as "latin-1": any text codec
       Python knows; the model records it, and Model.score_file reads files in it)
@@ -313,7 +315,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         options["clip"] = None
 
     if resume is not None:
-        fixed = sorted(set(options) - set(RESUMABLE))
+        fixed = sorted(set(options) - set(RESUMABLE) - set(SCHEDULE_KEYS))
         for flag, value in (("extend-vocab", extend_vocab), ("init-from", init_from), ("glob", glob),
                             ("corpus", builtin)):
             if value:
@@ -327,7 +329,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         if corpus_file or fixed:
             what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
             raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
-                              f"(only budgets and cadence can change)")
+                              f"(only budgets and cadence can change, and --lr, --schedule and --warmup start a "
+                              f"new learning-rate schedule)")
         overrides = dict(options)
         if any(k in options for k in ("max_steps", "max_epochs", "max_time")):
             # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
@@ -339,7 +342,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
             _check_ranks(run.tconfig, group)
             group.broadcast_text(resume)  # the other ranks read the run once it is cleaned up
             emit({"event": "message", "text": f"Resuming {resume} at step {run.step}"}, run)
-            if "lr_before" in run.extra:
+            if any(key in options for key in SCHEDULE_KEYS):
+                emit({"event": "message", "text": _new_schedule_line(run)}, run)
+            elif "lr_before" in run.extra:
                 tc = run.tconfig
                 emit({"event": "message", "text": f"The budget changed: the learning rate goes on from "
                       f"{run.extra['lr_before']:.3g} and its cosine decay now ends, at {tc.lr * tc.min_lr_ratio:.3g}, "
@@ -498,6 +503,16 @@ def _check_ranks(tconfig, group) -> None:
     if tconfig.batch_size % group.size:
         raise ConfigError(f"--batch-size {tconfig.batch_size} must be a multiple of the {group.size} MPI ranks "
                           f"(mpiexec -n); the batch is split between them by streams")
+
+
+def _new_schedule_line(run) -> str:
+    """What a resume that starts a new learning-rate schedule says about it."""
+    tc, ended = run.tconfig, run.schedules[-1]
+    shape = (f"cosine decay to {tc.lr * tc.min_lr_ratio:.3g} at the end of the budget" if tc.schedule == "cosine"
+             else "constant")
+    warm = f" after {tc.warmup:,} steps of warm-up" if tc.warmup else ""
+    return (f"A new learning-rate schedule from step {run.step:,}: {tc.lr:.3g}{warm}, {shape} (it replaces "
+            f"{ended['schedule']} {ended['lr']:.3g} from step {ended['step']:,}; the run records both).")
 
 
 def _follow(group, overrides, emit, stop) -> str:

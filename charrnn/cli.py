@@ -212,7 +212,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Run directory.  [default: checkpoints/<corpus name>]")
 @option("--resume", type=click.Path(exists=True, file_okay=False), default=None, group=OUTPUT,
         help="Continue the run in this directory exactly where it stopped. Budgets given now replace the "
-             "run's budgets and count the whole run.")
+             "run's budgets and count the whole run; --lr, --schedule or --warmup given now start a new "
+             "learning-rate schedule from the current step.")
 @option("--no-lock", is_flag=True, default=False, group=OUTPUT,
         help="Train without the run directory's lock, on a filesystem that cannot lock; then make sure no "
              "other trainer writes the same run.")

@@ -186,6 +186,9 @@ def is_number(value, integer: bool = False) -> bool:
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite",
              "patience")
+# Options that, given to a resumed run, start a new learning-rate schedule from its current step (the
+# others keep the run's values): rundir.resume_run records the schedule it ends in the run.
+SCHEDULE_KEYS = ("lr", "schedule", "warmup")
 
 
 # ---------------------------------------------------------------- defaults that fit the data

@@ -279,10 +279,10 @@ def train(run: Run, should_stop=lambda: False, group=None):
             run.schedule_steps = _schedule_steps(run, timing_steps / max(run.elapsed - timing_start, 1e-9))
         if run.schedule_since is not None:
             lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup, run.schedule_steps, tc.min_lr_ratio,
-                                     since=run.schedule_since)
+                                     since=run.schedule_since, start=run.schedule_start)
         else:
             lr = optim.learning_rate(run.step, tc.lr, tc.schedule, tc.warmup,
-                                     run.schedule_steps or (run.step + 1), tc.min_lr_ratio)
+                                     run.schedule_steps or (run.step + 1), tc.min_lr_ratio, start=run.schedule_start)
         if finite:
             with np.errstate(**QUIET_FP):
                 run.optimizer.step(run.params, grads, lr)

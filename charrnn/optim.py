@@ -422,6 +422,7 @@ def learning_rate(
     total_steps: int | None = None,
     min_ratio: float = 0.1,
     since: tuple | None = None,
+    start: int = 0,
 ) -> float:
     """Learning rate for one step (counted from 0).
 
@@ -433,9 +434,16 @@ def learning_rate(
     - total_steps: cosine only: the step at which the decay reaches the floor
     - min_ratio: cosine only: floor = base_lr*min_ratio, in [0, 1]
     - since: cosine only: where a resumed run re-aimed the schedule (see cosine_progress)
+    - start: the step this schedule starts at (a run continued with a new schedule: `--resume` with
+      `--lr`, `--schedule` or `--warmup`); step, total_steps and since count from step 0 of the run, and
+      the warm-up and the decay from start. 0 for a run's first schedule
     Output: the learning rate (float). After warmup, cosine decays from base_lr
-    (at step == warmup) to the floor (at step == total_steps) and stays there.
+    (at step == start + warmup) to the floor (at step == total_steps) and stays there.
     """
+    if start:
+        step -= start
+        total_steps = None if total_steps is None else max(1, total_steps - start)
+        since = None if since is None else (since[0] - start, since[1])
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     base_lr = _check_hyper("learning rate", base_lr, 0.0)
@@ -455,13 +463,19 @@ def learning_rate(
     return cosine_lr(cosine_progress(step, warmup, total_steps, since), base_lr, min_ratio)
 
 
-def cosine_progress(step: int, warmup: int, total_steps: int | None, since: tuple | None = None) -> float:
+def cosine_progress(step: int, warmup: int, total_steps: int | None, since: tuple | None = None,
+                    start: int = 0) -> float:
     """How far along its decay the cosine schedule is at step, in [0, 1].
 
+    - start: the step the schedule starts at (see learning_rate)
     - since: None, or (step s0, progress p0) where a resumed run's schedule was re-aimed at a new
       total_steps: from s0 on, the progress goes on from p0 to 1 at total_steps, so the learning rate
       continues from where it stood instead of jumping back (total_steps None: it holds at p0)
     """
+    if start:
+        step -= start
+        total_steps = None if total_steps is None else max(1, total_steps - start)
+        since = None if since is None else (since[0] - start, since[1])
     if since is not None and step >= since[0]:
         s0, p0 = since
         if total_steps is None:

@@ -40,7 +40,7 @@ import numpy as np
 
 from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfile
 from .cells import STATES
-from .config import MODES, RESUMABLE, TrainConfig, is_number
+from .config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
 from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE, STATE_FILE,
                      run_model_file)
@@ -71,6 +71,8 @@ class Run:
     elapsed: float = 0.0               # wall seconds spent training, over all sessions
     schedule_steps: int | None = None  # total steps the cosine schedule spans
     schedule_since: tuple | None = None  # (step, progress) where a resume re-aimed the cosine (optim.cosine_progress)
+    schedule_start: int = 0            # the step the current schedule (tconfig's lr, schedule, warmup) starts at
+    schedules: list = field(default_factory=list)  # the schedules before the current one: [{step, lr, schedule, warmup}]
     skipped: int = 0                   # non-finite steps skipped
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
@@ -464,7 +466,9 @@ def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconf
 def resume_run(directory, overrides: dict | None = None, *, writer: bool = True) -> Run:
     """Load a run for continuing exactly where it stopped.
 
-    - overrides: new values for options in RESUMABLE (budgets and cadence)
+    - overrides: new values for options in RESUMABLE (budgets and cadence), and for any of SCHEDULE_KEYS
+      (lr, schedule, warmup): a new learning-rate schedule from the current step, the others keeping the
+      run's values; the schedule it ends is recorded in run.schedules (saved in the state file)
     - writer: False for an MPI rank other than 0, which reads the run but never touches its files
     """
     if not os.path.isdir(directory):
@@ -495,10 +499,12 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     if vocab.size != config.vocab_size:
         raise CheckpointError(f"{where}: {vocab.size} tokens in the vocabulary, but the model has {config.vocab_size}")
     budget_before = (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
+    ended = {key: getattr(tconfig, key) for key in SCHEDULE_KEYS}
     for key, value in (overrides or {}).items():
-        if key not in RESUMABLE:
+        if key not in RESUMABLE + SCHEDULE_KEYS:
             raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming a run")
         setattr(tconfig, key, value)
+    new_schedule = any(key in SCHEDULE_KEYS for key in overrides or {})
     tconfig.check()
     budget_changed = budget_before != (tconfig.max_steps, tconfig.max_epochs, tconfig.max_time)
 
@@ -531,15 +537,22 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     run.schedule_since = None if since[0] is None else since
     for key, value in progress.items():
         setattr(run, key, value)
+    run.schedules = _checked_schedules(meta.get("schedules", []), where)
     run.best_val = math.inf if run.best_val is None else run.best_val
     if writer:
         _cut_log(run)
         _catch_up_model(run)
-    if budget_changed and tconfig.schedule == "cosine" and run.schedule_steps is not None \
-            and run.step > tconfig.warmup:
+    if new_schedule:
+        # the schedule so far ends here, and is recorded; the new one starts at this step, its cosine (if
+        # any) spanning what is left of the budget, which the loop measures again as for a fresh run
+        run.schedules.append({"step": run.schedule_start, **ended})
+        run.schedule_start, run.schedule_since, run.schedule_steps = run.step, None, None
+    elif budget_changed and tconfig.schedule == "cosine" and run.schedule_steps is not None \
+            and run.step > run.schedule_start + tconfig.warmup:
         # the cosine schedule spans the whole run's budget: a new budget moves its end. From here the decay
         # goes on from where it stands to the floor at the new end, so the learning rate does not jump
-        progress = optim.cosine_progress(run.step, tconfig.warmup, run.schedule_steps, run.schedule_since)
+        progress = optim.cosine_progress(run.step, tconfig.warmup, run.schedule_steps, run.schedule_since,
+                                         run.schedule_start)
         run.extra["lr_before"] = optim.cosine_lr(progress, tconfig.lr, tconfig.min_lr_ratio)
         run.schedule_since, run.schedule_steps = (run.step, progress), None
     elif budget_changed:
@@ -567,10 +580,11 @@ _PROGRESS = {"step": ("count", False), "skipped": ("count", False), "log_count":
              "log_bytes": ("count", False), "schedule_steps": ("count", True),
              "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True),
              "best_step": ("count", True), "evals_since_best": ("count", False),
-             "schedule_since_step": ("count", True), "schedule_since_progress": ("number", True)}
+             "schedule_since_step": ("count", True), "schedule_since_progress": ("number", True),
+             "schedule_start": ("count", False)}
 # the value of a counter that older state files do not hold
 _PROGRESS_ADDED = {"log_bytes": 0, "best_step": None, "evals_since_best": 0, "schedule_since_step": None,
-                   "schedule_since_progress": None}
+                   "schedule_since_progress": None, "schedule_start": 0}
 
 
 def _checked_progress(progress, where: str) -> dict:
@@ -590,6 +604,17 @@ def _checked_progress(progress, where: str) -> dict:
                                   f"{' or null' if nullable else ''}")
         out[key] = value
     return out
+
+
+def _checked_schedules(schedules, where: str) -> list:
+    """The schedules a state file records as ended (resume_run), each checked; CheckpointError otherwise."""
+    ok = isinstance(schedules, list) and all(
+        isinstance(s, dict) and set(s) == {"step", *SCHEDULE_KEYS} and is_number(s["step"], integer=True)
+        and 0 <= s["step"] < 2**63 and is_number(s["lr"]) and s["lr"] > 0 and s["schedule"] in optim.SCHEDULES
+        and is_number(s["warmup"], integer=True) and 0 <= s["warmup"] < 2**63 for s in schedules)
+    if not ok:
+        raise CheckpointError(f"{where}: 'schedules' must be a list of {{step, lr, schedule, warmup}} objects")
+    return [dict(s) for s in schedules]
 
 
 def _checked_carry(arrays: dict, config: ModelConfig, tconfig: TrainConfig, where: str):
@@ -821,12 +846,13 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
         arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
     progress = {key: getattr(run, key) for key in
                 ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes", "best_step",
-                 "evals_since_best")}
+                 "evals_since_best", "schedule_start")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     progress["schedule_since_step"], progress["schedule_since_progress"] = run.schedule_since or (None, None)
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
             "progress": progress, **({"origin": run.origin} if run.origin else {}),
-            **({"run": run.identity} if run.identity else {})}
+            **({"run": run.identity} if run.identity else {}),
+            **({"schedules": run.schedules} if run.schedules else {})}
     files = [checkpoint.state_file(run.path(STATE_FILE), arrays, meta),
              checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
     if best:

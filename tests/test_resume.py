@@ -216,6 +216,7 @@ MUTATIONS = {
     "log accumulators": lambda a, m: m["progress"].update(log_sum=1.0, log_count=1),
     "best validation loss": _progress("best_val", 0.5),
     "schedule span": _progress("schedule_steps", 1000),
+    "schedule start": _progress("schedule_start", 1),
     "skipped count": _progress("skipped", 1),
     "seed (line order, dropout masks)": lambda a, m: m["train"].update(seed=1),
 }

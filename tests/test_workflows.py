@@ -69,3 +69,90 @@ def test_small_text_is_evaluated_within_its_first_pass_and_the_cadence_is_saved(
     assert _eval_steps(runs[0]) == _eval_steps(runs[1]) == [*range(every, 31, every), *([30] if 30 % every else [])]
     assert invoke(["train", "--resume", runs[0], "--max-steps", 45, "-q"]).exit_code == 0
     assert _eval_steps(runs[0]) == sorted(set(range(every, 46, every)) | {30, 45})
+
+
+# ---------------------------------------------------------------- continuing a run with a new schedule
+
+
+def _state(run):
+    from charrnn import checkpoint, layout
+
+    return checkpoint.load_state(str(run / layout.STATE_FILE))
+
+
+def _same_run(a, b):
+    """Two runs are the same bit for bit: state tensors, progress (but timings) and the untimed log."""
+    from tiny_runs import untimed
+
+    (sa, ma), (sb, mb) = _state(a), _state(b)
+    assert sorted(sa) == sorted(sb)
+    for key in sa:
+        assert sa[key].tobytes() == sb[key].tobytes(), key
+    pa, pb = (({k: v for k, v in m["progress"].items() if k not in ("elapsed", "log_bytes")}) for m in (ma, mb))
+    assert pa == pb and ma["train"] == mb["train"] and ma.get("schedules") == mb.get("schedules")
+    assert untimed(read_log(a)) == untimed(read_log(b))
+
+
+def _first_part(tmp_path):
+    import shutil
+
+    out = tmp_path / "first"
+    r = invoke(["train", _corpus(tmp_path, 1200), *TINY, "--schedule", "cosine", "--warmup", 2, "--lr", 0.2,
+                "--max-steps", 12, "--eval-every", 4, "--log-every", 1, "--out", out, "-q"])
+    assert r.exit_code == 0, r.stderr
+    copies = []
+    for name in ("a", "b"):
+        shutil.copytree(out, tmp_path / name)
+        copies.append(tmp_path / name)
+    return copies
+
+
+def test_resume_with_a_new_schedule_follows_it_from_the_current_step(tmp_path):
+    import math
+
+    a, _ = _first_part(tmp_path)
+    r = invoke(["train", "--resume", a, "--lr", 0.05, "--warmup", 3, "--max-steps", 30])
+    assert r.exit_code == 0, r.stderr
+    assert "A new learning-rate schedule from step 12: 0.05 after 3 steps of warm-up, cosine decay" in r.stderr
+    for record in read_log(a):
+        k = record["step"] - 1 - 12  # the update a record's step ends, counted from the new schedule's start
+        if k < 0:
+            continue
+        if k < 3:
+            expected = 0.05 * (k + 1) / 3
+        else:
+            progress = (k - 3) / (30 - 12 - 3)
+            expected = 0.005 + 0.045 * 0.5 * (1 + math.cos(math.pi * progress))
+        assert math.isclose(record["lr"], expected, rel_tol=1e-12), record
+    _, meta = _state(a)
+    assert meta["schedules"] == [{"step": 0, "lr": 0.2, "schedule": "cosine", "warmup": 2}]
+    assert meta["train"]["lr"] == 0.05 and meta["train"]["warmup"] == 3 and meta["progress"]["schedule_start"] == 12
+
+
+def test_a_new_schedule_is_saved_so_a_plain_resume_continues_it_bit_for_bit(tmp_path):
+    from charrnn import api
+
+    a, b = _first_part(tmp_path)
+    new = {"lr": 0.05, "schedule": "constant", "warmup": 0, "max_steps": 24}
+    api.train(resume=str(a), **new)
+    polls = iter(range(10**6))
+    api.train(resume=str(b), should_stop=lambda: next(polls) >= 4, **new)  # stopped at step 16, an evaluation
+    assert _state(b)[1]["progress"]["step"] == 16
+    assert invoke(["train", "--resume", b, "-q"]).exit_code == 0  # plain: the run's own (new) schedule
+    _same_run(a, b)
+
+
+def test_a_state_saved_before_schedules_could_change_resumes_as_before(tmp_path):
+    """A state file without schedule_start (an earlier version's) resumes exactly as one with it."""
+    from charrnn import checkpoint, layout
+
+    a, b = _first_part(tmp_path)
+    arrays, meta = _state(b)
+    del meta["progress"]["schedule_start"]
+    for key in ("format_version", "charrnn_version", "kind"):
+        meta.pop(key)
+    checkpoint.save_state(str(b / layout.STATE_FILE), arrays, meta)
+    for run in (a, b):
+        assert invoke(["train", "--resume", run, "--max-steps", 20, "-q"]).exit_code == 0
+    _same_run(a, b)
+    assert "schedules" not in _state(a)[1]
