@@ -53,31 +53,40 @@ class Model:
     # ---------------------------------------------------------------- sampling
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None):
-        """Generate one sample, yielding its text piece by piece as it is made (the prime is not yielded).
+               top_p: float | None = None, seed: int | None = None, stop=()):
+        """Generate one sample, yielding its text piece by piece as it is made (the prime is not yielded):
+        a Sample, whose `ended` says why it ended once it is read to its end.
 
         - prime: text to continue; length: the most tokens; temperature, top_k, top_p: see `charrnn sample`
         - seed: for a reproducible sample (None: random)
+        - stop: strings that end the sample where its continuation first holds one (included)
         Options and the prime are checked at this call, before anything is generated.
         """
+        stop = _stop_strings(stop)
         steps = self._steps(1, prime, length, temperature, top_k, top_p, np.random.default_rng(seed))
-        return self._first_pieces(steps)
+        return Sample(self._first_pieces(steps), stop)
 
     def generate(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None) -> str:
+                 top_p: float | None = None, seed: int | None = None, stop=()) -> str:
         """One sample: the prime followed by its continuation, as `charrnn sample` prints it (without the last newline)."""
-        return prime + "".join(self.stream(prime, length, temperature, top_k, top_p, seed))
+        return prime + "".join(self.stream(prime, length, temperature, top_k, top_p, seed, stop))
 
     def samples(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[str]:
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                stop=()) -> list[str]:
         """n samples generated together as one batch (as `charrnn sample -n N`), each prime + continuation."""
         return [prime + "".join(pieces)
-                for pieces in self.sample_stream(n, prime, length, temperature, top_k, top_p, seed)]
+                for pieces in self.sample_stream(n, prime, length, temperature, top_k, top_p, seed, stop)]
 
     def sample_stream(self, n: int, prime: str = "", length: int = 500, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
-        """Generate n samples and yield them in order, each as an iterator of its text's pieces (the
-        continuation, without the prime); read each before asking for the next. What `charrnn sample` runs.
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      stop=()):
+        """Generate n samples and yield them in order, each a Sample: an iterator of its text's pieces (the
+        continuation, without the prime) that says, once read to its end, why it ended (Sample.ended);
+        read each before asking for the next. What `charrnn sample` runs.
+
+        - stop: strings that end a sample where its continuation first holds one (the string included);
+          the sample is a prefix of the one generated without them
 
         The samples are generated together, in groups of sampling.group_size streams: a group's first
         sample is yielded as it is made, its others once it ends (kept meanwhile in blocks, on disk beyond
@@ -85,12 +94,13 @@ class Model:
         """
         self._need("a language model", "generates no text")
         sampling.check_options(temperature, top_k, top_p, length, n)
+        stop = _stop_strings(stop)
         rng = np.random.default_rng(seed)
         group = sampling.group_size(n, self.config.vocab_size)
         first = self._steps(min(group, n), prime, length, temperature, top_k, top_p, rng)  # checks the prime now
-        return self._samples(first, n, group, (prime, length, temperature, top_k, top_p, rng))
+        return self._samples(first, n, group, (prime, length, temperature, top_k, top_p, rng), stop)
 
-    def _samples(self, steps, n: int, group: int, options):
+    def _samples(self, steps, n: int, group: int, options, stop=()):
         made = 0
         while made < n:
             k = min(group, n - made)
@@ -98,18 +108,23 @@ class Model:
                 steps = self._steps(k, *options)
             kept = sampling.KeptTokens(k, self.vocab.dtype, options[1])
             try:
-                first = self._first_pieces(kept.recording(steps))
+                recorded = kept.recording(steps)
+                first = Sample(self._first_pieces(recorded), stop)
                 yield first
-                for _ in first:  # the group runs to its end (a caller may stop reading early)
-                    pass
+                if k > 1 or made + k < n:
+                    # the group runs to its end (a caller may stop reading early, or the sample at a stop
+                    # string): its other samples, and the draws of the groups after it, need every step
+                    for _ in recorded:
+                        pass
                 for i in range(1, k):
-                    yield self._kept_pieces(kept.stream(i))
+                    yield Sample(self._kept_pieces(kept.stream(i)), stop)
             finally:
                 kept.close()
             made, steps = made + k, None
 
     def _kept_pieces(self, blocks, piece: int = 1 << 16):
-        """The text of a kept sample's tokens (arrays in order), up to its EOS, a piece at a time."""
+        """The text of a kept sample's tokens (arrays in order), up to its EOS, a piece at a time; returns
+        why it ended ("eos" or "length")."""
         eos = self.vocab.eos
         for tokens in blocks:
             ends = np.flatnonzero(tokens == eos)
@@ -117,7 +132,8 @@ class Model:
             for i in range(0, tokens.size, piece):
                 yield self.vocab.decode(tokens[i : i + piece])
             if ends.size:
-                return
+                return "eos"
+        return "length"
 
     def _steps(self, n, prime, length, temperature, top_k, top_p, rng):
         self._need("a language model", "generates no text")
@@ -127,14 +143,20 @@ class Model:
                                  top_p=top_p, prime=prime, lines=self.lines)
 
     def _first_pieces(self, steps):
-        eos, texts = self.vocab.eos, {}
+        """The text of stream 0 of generate's steps, a token at a time; returns why it ended ("eos" or
+        "length"). It reads every step, so that the group's other streams are recorded to their end."""
+        eos, texts, ended = self.vocab.eos, {}, "length"
         for tokens, alive in steps:
             token = int(tokens[0])
-            if alive[0] and token != eos:
+            if alive[0]:
+                if token == eos:
+                    ended = "eos"
+                    continue
                 text = texts.get(token)
                 if text is None:
                     text = texts[token] = self.vocab.decode([token])  # each token id decoded once
                 yield text
+        return ended
 
     # ---------------------------------------------------------------- scoring
 
@@ -260,6 +282,54 @@ def load(path: str | None = None) -> Model:
     """
     params, config, vocab, meta, model_file = rundir.load_checkpoint(path)
     return Model(params, config, vocab, meta, model_file)
+
+
+def _stop_strings(stop) -> tuple:
+    """The stop strings of sample_stream: a str or an iterable of non-empty strs."""
+    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise ConfigError(f"a stop string must be non-empty text, got {s!r:.40}")
+    return stop
+
+
+class Sample:
+    """One sample's text as it is made: iterate it for the pieces of its continuation. Once it is read to
+    its end, `ended` says why it ended: "eos" (the model's end-of-sequence token), "stop" (its text came to
+    `stop_string`, which it ends with) or "length" (the length limit); None before then."""
+
+    def __init__(self, pieces, stop=()):
+        self.ended, self.stop_string = None, None
+        self._it = self._run(pieces, tuple(stop))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def _run(self, pieces, stop):
+        if not stop:
+            self.ended = yield from pieces
+            return
+        keep = max(map(len, stop)) - 1  # the characters a stop string may still need from before a piece
+        tail = ""
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                self.ended = end.value
+                return
+            window = tail + piece
+            found = [(window.find(s) + len(s), s) for s in stop if s in window]
+            if found:  # the earliest end: a stop string ending in an earlier window would have stopped it there
+                end, self.stop_string = min(found)
+                if end > len(tail):
+                    yield piece[: end - len(tail)]
+                self.ended = "stop"
+                return
+            yield piece
+            tail = window[-keep:] if keep else ""
 
 
 # ---------------------------------------------------------------- training

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -460,11 +461,17 @@ def _using(model, quiet: bool) -> None:
 
 @cli.command()
 @_checkpoint_option
-@click.option("--temp", "temperature", type=float, default=1.0, show_default=True,
-              help="Sampling temperature; 0 always takes the most likely token.")
+@click.option("--temp", "temperature", default="1.0", show_default=True, metavar="T[,T...]",
+              help="Sampling temperature; 0 always takes the most likely token. Several, such as 0.5,0.8,1.0, "
+                   "give -n samples at each, labelled on stderr.")
 @click.option("--top-k", type=int, default=None, help="Sample only among the K most likely tokens.  [default: off]")
 @click.option("--top-p", type=float, default=None, help="Sample only among the most likely tokens that cover P.  [default: off]")
 @click.option("--prime", default="", help="Text to start from; the model continues it.  [default: none]")
+@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Start from the text of this file (- for stdin), read in the model's encoding.")
+@click.option("--stop", multiple=True, metavar="STR",
+              help="End a sample where its text comes to STR (kept); repeatable; \\n and \\t stand for a newline "
+                   "and a tab. Each sample's reason to end goes to stderr.")
 @click.option("--no-prime-echo", is_flag=True, help="Do not print the prime before the continuation.")
 @click.option("--length", type=int, default=500, show_default=True, help="Most tokens per sample.")
 @click.option("-n", "--num-samples", type=int, default=1, show_default=True,
@@ -481,8 +488,8 @@ def _using(model, quiet: bool) -> None:
 @click.option("--chunk", type=int, default=40, show_default=True,
               help="With --interactive: tokens the model writes when you press Enter.")
 @_quiet_option
-def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, length, num_samples, seed, novelty,
-           interactive, choices, chunk, quiet):
+def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, no_prime_echo, length, num_samples,
+           seed, novelty, interactive, choices, chunk, quiet):
     """Generate text from a trained model, streamed to stdout.
 
     Each sample stops at the end-of-sequence token or after --length tokens.
@@ -496,45 +503,90 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, no_prime_echo, len
       charrnn sample -c checkpoints/names -n 20 --temp 0.7
       charrnn sample -n 10 --novelty          # how many samples copy the training text
       charrnn sample --interactive --prime "ROMEO:"
+      charrnn sample --prime-file opening.txt --stop '\\n\\n' --temp 0.5,0.8,1.0
     """
+    temperatures = _temperatures(temperature)
+    stops = tuple(_unescaped(s) for s in stop)
+    if prime_file is not None and prime:
+        raise click.UsageError("give --prime or --prime-file, not both")
     model = api.load(checkpoint_path)
+    if prime_file is not None:
+        prime = model.read_text(prime_file)
     if interactive:
-        if num_samples != 1 or novelty:
-            raise ConfigError("--interactive writes one text: it cannot be given with -n or --novelty")
+        if num_samples != 1 or novelty or len(temperatures) > 1 or stops:
+            raise ConfigError("--interactive writes one text: it cannot be given with -n, --novelty, --stop or "
+                              "several temperatures")
+        temperature = temperatures[0]
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
             raise ConfigError("--interactive needs a terminal to talk to (stdin and stderr); without one, "
                               "use charrnn sample without --interactive")
         return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
+    for t in temperatures:  # every temperature is checked before anything is written
+        sampling.check_options(t, top_k, top_p, length, num_samples)
     index = _novelty_index(model.path, model.lines) if novelty else None
     # the options and the prime are checked here, before anything is written
-    samples = model.sample_stream(num_samples, prime=prime, length=length, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, seed=seed)
+    groups = [model.sample_stream(num_samples, prime=prime, length=length, temperature=t,
+                                  top_k=top_k, top_p=top_p, seed=seed, stop=stops) if i == 0 else None
+              for i, t in enumerate(temperatures)]
     _using(model, quiet)
     echo = "" if no_prime_echo else prime
     separator = "\n" if model.lines else "\n\n"
-    made = [] if index is not None else None  # each sample's generated text, for --novelty only
     out = sys.stdout
-    try:
-        for number, pieces in enumerate(samples):  # in order, each written as it comes (memory stays flat)
-            out.write((separator if number else "") + echo)
-            text = []
-            for piece in pieces:
-                out.write(piece)
-                if number == 0:
-                    out.flush()  # the first sample streams as it is made
+    for i, t in enumerate(temperatures):
+        made = [] if index is not None else None  # each sample's generated text, for --novelty only
+        samples = groups[i] or model.sample_stream(num_samples, prime=prime, length=length, temperature=t,
+                                                    top_k=top_k, top_p=top_p, seed=seed, stop=stops)
+        try:
+            if len(temperatures) > 1:
+                out.write(separator[1:] if i else "")  # after the group's last newline: a blank line in stream mode
+                out.flush()
+                info(f"temperature {t:g}:" + (f" {num_samples} samples" if num_samples > 1 else ""))
+            for number, pieces in enumerate(samples):  # in order, each written as it comes (memory stays flat)
+                out.write((separator if number else "") + echo)
+                text = []
+                for piece in pieces:
+                    out.write(piece)
+                    if number == 0:
+                        out.flush()  # the first sample streams as it is made
+                    if made is not None:
+                        text.append(piece)
                 if made is not None:
-                    text.append(piece)
-            if made is not None:
-                made.append("".join(text))
-        out.write("\n")
-        out.flush()
-    except BrokenPipeError:
-        # the reader went away (`charrnn sample | head`): not an error. Point
-        # stdout at /dev/null so the flush at exit cannot raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
-    if made is not None:
-        _novelty_report(index, made, model.vocab, prime if model.lines else None)
+                    made.append("".join(text))
+                if stops:
+                    out.flush()
+                    info(f"sample {number + 1}: {_why_ended(pieces, length, model.vocab.level)}")
+            out.write("\n")
+            out.flush()
+        except BrokenPipeError:
+            # the reader went away (`charrnn sample | head`): not an error. Point
+            # stdout at /dev/null so the flush at exit cannot raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        if made is not None:
+            _novelty_report(index, made, model.vocab, prime if model.lines else None)
+
+
+def _temperatures(value: str) -> list[float]:
+    """--temp: one temperature or several, comma-separated (a usage error otherwise)."""
+    try:
+        temps = [float(part) for part in str(value).split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or comma-separated numbers, such as 0.8 or "
+                                 f"0.5,0.8,1.0", param_hint="'--temp'") from None
+    return temps
+
+
+def _unescaped(text: str) -> str:
+    """A --stop string with \\n, \\t and \\\\ read as a newline, a tab and a backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def _why_ended(sample, length: int, level: str) -> str:
+    if sample.ended == "stop":
+        return f"ended at the stop string {sample.stop_string!r}"
+    if sample.ended == "eos":
+        return "ended at the end-of-sequence token"
+    return f"reached the length limit ({length:,} {'characters' if level == 'char' else 'tokens'})"
 
 
 def _novelty_index(model_file: str, lines: bool):
