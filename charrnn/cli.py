@@ -686,7 +686,7 @@ UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this
 
 
 @cli.command("eval")
-@click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_checkpoint_option
 @click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
@@ -696,7 +696,7 @@ UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_quiet_option
 def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
-    """Score TEXT_FILE, or the run's held-out split, with a trained model.
+    """Score TEXT_FILE (or - for stdin), or the run's held-out split, with a trained model.
 
     Reports the mean negative log-likelihood per token (nats), perplexity,
     bits per token, and how many tokens were scored and unknown. Without
@@ -708,6 +708,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
     Examples:
       charrnn eval
       charrnn eval held_out.txt --json
+      cat notes.txt | charrnn eval -
     """
     model = api.load(checkpoint_path)
     if model.config.classes:
@@ -717,7 +718,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
         score = model.score_file(text_file, errors, encoding)
-        source = text_file
+        source = corpus.input_name(text_file)
     _using(model, quiet)
     result = score.as_dict()
     if result["unknown"] > UNKNOWN_WARN_SHARE * result["tokens"]:
@@ -746,7 +747,7 @@ def _eval_classifier(model, text_file, errors, encoding, as_json):
         source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
     else:
         result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
-        source = text_file
+        source = corpus.input_name(text_file)
     if as_json:
         click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
                                for k, v in result.items()}))

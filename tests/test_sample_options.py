@@ -91,3 +91,24 @@ def test_several_temperatures_are_each_labelled(run_dir):
         assert r.exit_code == 2 and "--temp" in r.stderr and r.stdout == ""
     r = invoke(["sample", "-c", run_dir, "--temp", "0.5,-1"])  # each is checked before anything is written
     assert r.exit_code == 2 and r.stdout == ""
+
+
+def test_eval_reads_standard_input_as_it_reads_a_file(run_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from charrnn import cli
+
+    data = "abc def\r\ngab fed\n".encode() * 40
+    (tmp_path / "t.txt").write_bytes(data)
+    from_file = invoke(["eval", tmp_path / "t.txt", "-c", run_dir, "--json", "-q"])
+    with CliRunner().isolation(input=data) as (out, err, _):
+        try:
+            cli.main(["eval", "-", "-c", str(run_dir), "--json", "-q"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), err.getvalue()
+    assert from_file.exit_code == 0 and json.loads(out.getvalue()) == json.loads(from_file.stdout)
+    with CliRunner().isolation(input=data) as (out, err, _):
+        cli.main(["eval", "-", "-c", str(run_dir)])
+    assert out.getvalue().decode().startswith("standard input: 639 tokens scored")
