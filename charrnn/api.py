@@ -172,7 +172,7 @@ class Model:
         if text is None:
             ids, offsets = rundir.load_heldout(self.path, self.lines)
             score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
-            source = f"the held-out split ({rundir.data_dir(os.path.dirname(self.path))})"
+            source = f"the held-out split ({rundir.data_dir(rundir.run_of(self.path))})"
         else:
             score = evaluate.score_text(self.params, self.config, self.vocab, corpus.normalize_newlines(text),
                                         self.lines)
@@ -257,7 +257,7 @@ class Model:
                 raise ConfigError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
                                   f"{tags.size} labels")
             result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
-            source = f"the held-out split ({rundir.data_dir(os.path.dirname(self.path))})"
+            source = f"the held-out split ({rundir.data_dir(rundir.run_of(self.path))})"
         else:
             result = evaluate.score_labelled(self.params, self.config, self.vocab, self.labels,
                                              corpus.normalize_newlines(text), name)

@@ -204,6 +204,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--patience", type=int, default=DEFAULT_PATIENCE, group=OUTPUT,
         help="Stop after this many evaluations in a row without a new best validation loss, keeping the best "
              "(0: never stop early).")
+@option("--keep", type=int, default=0, metavar="N", group=OUTPUT,
+        help="Keep the model files of the N best evaluations in RUN/snapshots, named by step and validation "
+             "loss (sample and eval take them with -c).  [default: 0, none]")
 @option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
         help="Validation tokens scored per evaluation (charrnn eval scores them all).")
 @option("--log-every", type=int, default=10, group=OUTPUT, help="Write a log.jsonl line every N steps.")
@@ -595,7 +598,7 @@ def _novelty_index(model_file: str, lines: bool):
     index, built = rundir.novelty_index(model_file, lines)
     if built and not lines:
         info(f"Indexed the {index.n:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
-             f"(kept in {rundir.data_dir(os.path.dirname(model_file))})")
+             f"(kept in {rundir.data_dir(rundir.run_of(model_file))})")
     return index
 
 
@@ -715,7 +718,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         return _eval_classifier(model, text_file, errors, encoding, as_json)
     if text_file is None:
         score = model.score()
-        source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
+        source = f"held-out split ({rundir.data_dir(rundir.run_of(model.path))})"
     else:
         score = model.score_file(text_file, errors, encoding)
         source = corpus.input_name(text_file)
@@ -744,7 +747,7 @@ CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: 
 def _eval_classifier(model, text_file, errors, encoding, as_json):
     if text_file is None:
         result = model.evaluate()
-        source = f"held-out split ({rundir.data_dir(os.path.dirname(model.path))})"
+        source = f"held-out split ({rundir.data_dir(rundir.run_of(model.path))})"
     else:
         result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
         source = corpus.input_name(text_file)

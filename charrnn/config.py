@@ -54,6 +54,7 @@ class TrainConfig:
     eval_every: int = 200              # evaluate and save the latest checkpoint every N steps
     eval_tokens: int | None = 200_000  # validation tokens scored per evaluation (None: all)
     patience: int = DEFAULT_PATIENCE   # stop after this many evaluations without a new best (0: never)
+    keep: int = 0                      # keep the model files of the N best evaluations in snapshots/ (0: none)
     log_every: int = 10                # one log.jsonl line per N steps
     seed: int = 0
     on_nonfinite: str = "stop"         # "stop" or "skip" a step whose loss or gradient is not finite
@@ -97,7 +98,7 @@ class TrainConfig:
         # types and magnitudes first (a resumed run reads these from a file), so the checks below
         # cannot fail otherwise; every value must also be storable as JSON in the state file
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
-                     "max_steps", "eval_tokens", "max_vocab", "threads", "patience"):
+                     "max_steps", "eval_tokens", "max_vocab", "threads", "patience", "keep"):
             value = getattr(self, name)
             if value is not None and not (is_number(value, integer=True) and abs(value) < 2**63):
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {value!r:.40}")
@@ -111,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if not 1 <= self.threads <= 64:
             raise ConfigError(f"threads must be between 1 and 64, got {self.threads}")
+        if self.keep < 0:
+            raise ConfigError(f"keep must be a non-negative integer (0: no snapshots), got {self.keep}")
         if self.patience < 0:
             raise ConfigError(f"patience must be a non-negative integer (0: no early stopping), got {self.patience}")
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
@@ -185,7 +188,7 @@ def is_number(value, integer: bool = False) -> bool:
 
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "eval_tokens", "log_every", "on_nonfinite",
-             "patience")
+             "patience", "keep")
 # Options that, given to a resumed run, start a new learning-rate schedule from its current step (the
 # others keep the run's values): rundir.resume_run records the schedule it ends in the run.
 SCHEDULE_KEYS = ("lr", "schedule", "warmup")

@@ -16,6 +16,12 @@ DATA_DIR = "data"                   # the encoded training and validation ids (m
 LOCK_FILE = "train.lock"            # held (fcntl.flock) by the one trainer writing the run; see runlock.py
 LABELS_FILE = "labels.json"         # in DATA_DIR, task classify: the label names in id order
 RUN_FILE = "run.json"               # the run's id and its data's fingerprint (rundir: which run a state belongs to)
+SNAPSHOTS_DIR = "snapshots"         # --keep N: the N best evaluations' model files, named by step and val loss
+
+
+def snapshot_name(step: int, val_loss: float) -> str:
+    """The file name of the snapshot of an evaluation (in SNAPSHOTS_DIR): its step and validation loss."""
+    return f"step{step:09d}-val{val_loss:.4f}.safetensors"
 
 
 def run_model_file(directory) -> str:

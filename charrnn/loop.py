@@ -337,7 +337,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
                 rundir.append_log(run, record, sync=evaluating)
             if evaluating:
                 yield from _save(run, group, writer and improved,
-                                 final_val is not None and math.isfinite(final_val))
+                                 final_val is not None and math.isfinite(final_val), final_val)
                 # so that the corpus read so far does not stay mapped into memory (see there)
                 corpus.release_pages(run.train_ids)
                 corpus.release_pages(run.val_ids)
@@ -369,7 +369,7 @@ def _evaluate(run: Run):
     return (None if math.isnan(val) else val), improved
 
 
-def _save(run: Run, group, improved: bool, val_finite: bool):
+def _save(run: Run, group, improved: bool, val_finite: bool, val_loss: float | None = None):
     """Save latest (and best when improved, or when there is none yet and no validation); yields save events.
 
     Under MPI every rank sends its rows of the carried state to rank 0, which alone writes.
@@ -382,7 +382,7 @@ def _save(run: Run, group, improved: bool, val_finite: bool):
     best = improved or (not os.path.exists(run.path(BEST_FILE)) and not val_finite)
     local, run.carry = run.carry, carry
     try:
-        path = rundir.save_checkpoint(run, best=best)
+        path = rundir.save_checkpoint(run, best=best, val_loss=val_loss)
     finally:
         run.carry = local
     yield {"event": "save", "path": path, "kind": "latest"}

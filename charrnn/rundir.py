@@ -42,8 +42,8 @@ from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfi
 from .cells import STATES
 from .config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
-from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE, STATE_FILE,
-                     run_model_file)
+from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
+                     SNAPSHOTS_DIR, STATE_FILE, run_model_file, snapshot_name)
 from .model import ModelConfig
 from .runlock import RunLock
 from .vocab import UNK, Vocab, build_vocab, extend_vocab
@@ -263,12 +263,20 @@ def _load_data(directory, mode, classes: int = 0):
     return train_ids, val_ids, train_off, val_off
 
 
+def run_of(model_file: str) -> str:
+    """The run directory a model file belongs to: its folder, or for a snapshot (--keep) the run above it."""
+    folder = os.path.dirname(model_file)
+    if os.path.basename(os.path.normpath(folder)) == SNAPSHOTS_DIR and os.path.isdir(data_dir(os.path.dirname(folder))):
+        return os.path.dirname(folder)
+    return folder
+
+
 def load_heldout(model_file: str, lines: bool):
     """(ids, offsets or None) of the validation split stored in the run beside model_file, for scoring.
 
     ConfigError when there is none (a model file copied out of its run); CorpusError for damaged offsets.
     """
-    directory = os.path.dirname(model_file)
+    directory = run_of(model_file)
     try:
         ids, offsets = _read_split(directory, "val", lines)
     except CharRNNError:
@@ -280,7 +288,7 @@ def load_heldout(model_file: str, lines: bool):
 
 def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
     """(n_lines,) label ids of a classifier's stored validation lines (beside model_file), checked."""
-    path = _data_path(os.path.dirname(model_file), "val_labels.npy")
+    path = _data_path(run_of(model_file), "val_labels.npy")
     try:
         tags = corpus.load_ids(path)
     except CharRNNError:
@@ -475,6 +483,8 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         raise CheckpointError(f"cannot resume: {directory} is not a run directory")
     if writer:
         checkpoint.cleanup_temp_files(directory)
+        if os.path.isdir(os.path.join(directory, SNAPSHOTS_DIR)):
+            checkpoint.cleanup_temp_files(os.path.join(directory, SNAPSHOTS_DIR))
     if not os.path.lexists(os.path.join(directory, STATE_FILE)):
         if unsaved_start(directory):
             raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE}: its run stopped before its "
@@ -832,13 +842,15 @@ def _known_encoding(name) -> bool:
         return False
 
 
-def save_checkpoint(run: Run, best: bool = False) -> str:
+def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None) -> str:
     """Write the state file, the latest model file and (when best) the best model. Returns the model file's path.
 
     All files are written in full before any replaces its predecessor, so a
     failed write (a full disk) leaves every previous file as it was. The state
     is renamed into place first: if the process dies between the renames,
     resuming is still exact and only the exported model lags one save behind.
+    With tconfig.keep N and the validation loss of this save (val_loss), the model is also kept as a
+    snapshot when it is among the N best evaluations (keep_snapshot).
     """
     arrays = {f"param/{k}": v for k, v in run.params.items()}
     arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_arrays().items()})
@@ -857,7 +869,19 @@ def save_checkpoint(run: Run, best: bool = False) -> str:
              checkpoint.model_file(run.path(MODEL_FILE), run.params, run.config, model_meta(run))]
     if best:
         files.append(checkpoint.model_file(run.path(BEST_FILE), run.params, run.config, model_meta(run)))
+    drop = []
+    if run.tconfig.keep and val_loss is not None and math.isfinite(val_loss):
+        snapshot, drop = _snapshot_plan(run, val_loss)
+        if snapshot is not None:
+            files.append(checkpoint.model_file(snapshot, run.params, run.config, model_meta(run)))
     checkpoint.save_files(files)
+    for path in drop:  # once the new one is whole: a kill before this leaves one snapshot too many, trimmed next time
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CheckpointError(f"cannot remove the snapshot {path}: {e.strerror or e}") from None
     return run.path(MODEL_FILE)
 
 
@@ -867,6 +891,39 @@ def _open_log(path, flags: int) -> int:
         return atomic.open_fd(path, flags)
     except OSError as exc:
         raise CheckpointError(f"cannot write the run's log {path}: {exc.strerror or exc}") from None
+
+
+_SNAPSHOT = re.compile(r"step(\d{9})-val(\d+\.\d{4})\.safetensors")
+
+
+def snapshots(directory) -> list[tuple[float, int, str]]:
+    """The snapshots a run keeps (--keep), best first: (validation loss, step, path)."""
+    folder = os.path.join(os.fspath(directory), SNAPSHOTS_DIR)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(float(m.group(2)), int(m.group(1)), os.path.join(folder, name))
+             for name in names if (m := _SNAPSHOT.fullmatch(name))]
+    return sorted(found)
+
+
+def _snapshot_plan(run: Run, val_loss: float):
+    """(the path to write this evaluation's snapshot to, or None when it is not among the keep best; the
+    snapshots to remove once it is written). Snapshots of this step or later (a resumed run that takes
+    them again) are replaced."""
+    folder = run.path(SNAPSHOTS_DIR)
+    if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+        raise CheckpointError(f"{folder} is not a folder of the run (a symbolic link or a file); charrnn writes a "
+                              f"run's files only inside its directory: remove it to keep snapshots")
+    os.makedirs(folder, exist_ok=True)
+    kept = [s for s in snapshots(run.directory) if s[1] < run.step]
+    path = run.path(os.path.join(SNAPSHOTS_DIR, snapshot_name(run.step, val_loss)))
+    later = [s[2] for s in snapshots(run.directory) if s[1] >= run.step and s[2] != path]
+    ranked = sorted(kept + [(round(val_loss, 4), run.step, path)])
+    keep = ranked[: run.tconfig.keep]
+    return (path if any(s[2] == path for s in keep) else None), later + [s[2] for s in ranked[run.tconfig.keep:]
+                                                                          if s[2] != path]
 
 
 def append_log(run: Run, record: dict, sync: bool = False) -> None:
@@ -988,7 +1045,7 @@ def novelty_index(model_file: str, lines: bool):
       run directory cannot be written, it is built for this call only)
     ConfigError when no training data is stored beside the model (a model file copied out of its run).
     """
-    directory = os.path.dirname(model_file)
+    directory = run_of(model_file)
     try:
         ids, offsets = _read_split(directory, "train", lines)
     except CharRNNError:

@@ -156,3 +156,35 @@ def test_a_state_saved_before_schedules_could_change_resumes_as_before(tmp_path)
         assert invoke(["train", "--resume", run, "--max-steps", 20, "-q"]).exit_code == 0
     _same_run(a, b)
     assert "schedules" not in _state(a)[1]
+
+
+# ---------------------------------------------------------------- snapshots: --keep N
+
+
+def _best(run, n):
+    records = [(round(r["val_loss"], 4), r["step"]) for r in read_log(run) if "val_loss" in r]
+    return sorted(records)[:n]
+
+
+def test_keep_holds_the_model_files_of_the_n_best_evaluations(tmp_path):
+    import json
+    import os
+
+    from charrnn import layout
+
+    out = tmp_path / "run"
+    r = invoke(["train", _corpus(tmp_path, 600), *TINY, "--max-steps", 16, "--eval-every", 2, "--keep", 3,
+                "--lr", 0.3, "--out", out, "-q"])
+    assert r.exit_code == 0, r.stderr
+    names = sorted(os.listdir(out / layout.SNAPSHOTS_DIR))
+    assert names == sorted(layout.snapshot_name(step, loss) for loss, step in _best(out, 3))
+    for name in names:  # each is the model as it was at that evaluation: eval finds the run's held-out split
+        got = invoke(["eval", "-c", out / layout.SNAPSHOTS_DIR / name, "--json", "-q"])
+        assert got.exit_code == 0, got.stderr
+        assert f"{json.loads(got.stdout)['loss']:.4f}" == name.split("-val")[1][: -len(".safetensors")]
+    # resumed with another N, the N best of the whole run
+    assert invoke(["train", "--resume", out, "--max-steps", 24, "--keep", 2, "-q"]).exit_code == 0
+    assert sorted(os.listdir(out / layout.SNAPSHOTS_DIR)) == \
+        sorted(layout.snapshot_name(step, loss) for loss, step in _best(out, 2))
+    r = invoke(["train", _corpus(tmp_path), *TINY, "--keep", -1, "--max-steps", 1, "--out", tmp_path / "bad"])
+    assert r.exit_code == 2 and "keep" in r.stderr
