@@ -340,6 +340,9 @@ MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None,
                   "dtype": "float32", "bidirectional": False, "pool": "mean"}
 TRAIN_AUTO = {"batch_size": None, "seq_len": None, "lr": None, "schedule": None, "warmup": None, "eval_every": None}
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
+# A word-level run's --min-count unless given: the words seen once become <unk>, so the model learns <unk>
+# (with 1 it never would, and every unseen word of new text, its own held-out split's too, is scored blind)
+WORD_MIN_COUNT = 2
 
 
 def train(corpus_file: str | None = None, out: str | None = None, *, resume: str | None = None,
@@ -460,10 +463,16 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if builtin is not None and "mode" not in options:
         options["mode"] = corpora.lookup(builtin).mode
     tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})
+    if tconfig.level == "word" and options.get("min_count") is None:
+        tconfig.min_count = WORD_MIN_COUNT
     no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
     if no_budget:
         tconfig.max_time = 300.0
     tconfig.check(partial=True)
+    # the model options given are checked now too, before the corpus is read or anything is said
+    ModelConfig(vocab_size=4, classes=2 if tconfig.task == "classify" else 0,
+                **{"layers": 1, "hidden": 1, "embed": 1, "dropout": 0.0,
+                   **{k: v for k, v in model_options.items() if v is not None}})
     say = lambda text, run=None: emit({"event": "message", "text": text}, run)  # noqa: E731
     if corpus_file is None:
         name = builtin or corpora.DEFAULT
@@ -630,5 +639,6 @@ def _settings_line(text, val_text, tconfig, model_options) -> str | None:
         basis = "from the budget"
     else:
         basis = f"at {chosen['speed']:,.0f} tokens/s, {'measured' if chosen['speed_measured'] else 'nominal'}"
+    unit = unit[:-1] if chosen["n_tokens"] == 1 else unit
     return (f"Settings for {chosen['n_tokens']:,} {unit} and about {chosen['passes']:,.1f} passes over them "
             f"({basis}): {values} (set them to override)")

@@ -35,11 +35,15 @@ def stream_windows(n_tokens: int, batch: int, seq_len: int) -> int:
     batch, seq_len = _check_positive("batch size", batch), _check_positive("sequence length", seq_len)
     windows = max(int(n_tokens) - 1, 0) // batch // seq_len
     if windows == 0:
+        n = int(n_tokens)
+        have = f"the training text is {n:,} token{'' if n == 1 else 's'} long"
+        if n < 2:  # nothing to shrink: one token to read and the next to predict is the least a step takes
+            raise CorpusError(f"{have}, but training needs at least 2 (one to read, the next to predict); "
+                              f"give a longer text")
         need = batch * seq_len + 1
-        raise CorpusError(
-            f"the training text is {n_tokens} tokens long but batch size {batch} x sequence length "
-            f"{seq_len} needs at least {need}; use a smaller --batch-size or --seq-len"
-        )
+        smaller = " or ".join(name for name, value in (("--batch-size", batch), ("--seq-len", seq_len)) if value > 1)
+        raise CorpusError(f"{have} but batch size {batch} x sequence length {seq_len} needs at least {need:,}; "
+                          f"use a smaller {smaller}")
     return windows
 
 

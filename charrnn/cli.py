@@ -153,7 +153,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--mode", type=click.Choice(MODES), default="stream", group=DATA,
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
 @option("--level", type=click.Choice(LEVELS), default="char", group=DATA, help="Token unit.")
-@option("--min-count", type=int, default=1, group=DATA, help="Tokens seen fewer times become UNK.")
+@option("--min-count", type=int, default=None, group=DATA,
+        help="Tokens seen fewer times become UNK.  [default: 1; 2 at word level, so that the model learns <unk> "
+             "from the words seen once]")
 @option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
 @option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
@@ -172,7 +174,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Classifier: every layer also reads the line right to left.")
 @option("--pool", type=click.Choice(POOLS), default="mean", group=MODEL,
         help="Classifier: pool the top layer over time by the mean of its outputs, or its last state.")
-@option("--init-from", type=click.Path(), default=None, metavar="RUN_OR_MODEL", group=MODEL,
+@option("--init-from", type=click.Path(exists=True), default=None, metavar="RUN_OR_MODEL", group=MODEL,
         help="Fine-tune: start from this trained model's weights and architecture (a run directory or a "
              "model file); the optimizer and schedule start fresh.  [default: a fresh model]")
 @option("--extend-vocab", is_flag=True, default=False, group=MODEL,
@@ -334,7 +336,7 @@ class _TrainingView:
                 self.step_mode = bool(total)
                 if self.step_mode:
                     self.bar = tqdm(total=total, initial=min(run.step, total), unit="step", file=sys.stderr,
-                                    dynamic_ncols=True, leave=True,
+                                    leave=True, **_bar_width(),
                                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
                 else:
                     self.bar = _time_bar(tqdm, tc.max_time, run.elapsed, run.step)
@@ -367,8 +369,23 @@ class _TrainingView:
             elif event["reason"] != "interrupted" and event["step"] == self.start_step:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
-            _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token")
+            _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token",
+                     wrote=event["step"] != self.start_step)
+            _diverged(event, run, quiet)
             _next_steps(event, run, quiet)
+
+
+BAR_COLUMNS = 80  # the bar's width where the terminal reports none (0 columns: a serial console, some IDEs)
+
+
+def _bar_width() -> dict:
+    """tqdm's width options: follow the terminal's width as it changes, or BAR_COLUMNS where it reports 0
+    columns (tqdm would then draw nothing at all)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return {"dynamic_ncols": True} if columns > 0 else {"ncols": BAR_COLUMNS}
 
 
 def _time_bar(tqdm, total_seconds: float, elapsed: float, step: int):
@@ -385,13 +402,15 @@ def _time_bar(tqdm, total_seconds: float, elapsed: float, step: int):
                      left=format_duration(max(0.0, d["total"] - d["n"])))
             return d
 
-    bar = TimeBar(total=total_seconds, initial=0, file=sys.stderr, dynamic_ncols=True, leave=True,
+    bar = TimeBar(total=total_seconds, initial=0, file=sys.stderr, leave=True, **_bar_width(),
                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}, step {steps} [{left} left{postfix}]")
     bar.n = min(elapsed, total_seconds)
     return bar
 
 
-def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
+def _summary(event: dict, quiet: bool, unit: str = "token", wrote: bool = True) -> None:
+    """The run's last line: why it ended, its steps and time, its best validation loss, what it saved
+    (wrote False: a session that took no step, and wrote nothing)."""
     best = event["best_val"]
     best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/{unit})" if best is not None else \
         "no validation data"
@@ -403,12 +422,29 @@ def _summary(event: dict, quiet: bool, unit: str = "token") -> None:
     skipped = f", {event['skipped']} non-finite steps skipped" if event["skipped"] else ""
     if not os.path.exists(event["model"]):
         saved = "nothing saved"
+    elif not wrote:
+        saved = f"nothing new written ({os.path.dirname(event['model']) or '.'} is as it was)"
     elif os.path.exists(event["best"]):
         saved = f"saved {event['model']} (latest) and {event['best']} (best: sample and eval use it)"
     else:
         saved = f"saved {event['model']}"
-    info(f"Done ({why}): {event['step']} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
+    info(f"Done ({why}): {event['step']:,} steps in {format_duration(event['elapsed'])}, {best_text}{skipped}; "
          f"{saved}", quiet)
+
+
+DIVERGED_RATIO = 1.5  # a best validation loss this many times a uniform guess's (ln V) is a run that diverged
+
+
+def _diverged(event: dict, run, quiet: bool) -> None:
+    """Warn when even the best validation loss is far above a uniform guess over the outputs (ln V, or ln C
+    for a classifier): the loss exploded without going non-finite, and the model is worse than no model."""
+    best = event.get("best_val")
+    outputs = run.config.classes or run.vocab.size  # a language model's softmax is over its whole vocabulary
+    uniform = math.log(max(outputs, 2))
+    if best is not None and math.isfinite(best) and best > DIVERGED_RATIO * uniform:
+        info(f"Warning: the best validation loss, {best:,.4g}, is far above that of a uniform guess over the "
+             f"{outputs:,} {'labels' if run.config.classes else 'tokens'} (ln {outputs:,} = {uniform:.3f}): the "
+             f"training diverged; try a lower --lr or --clip", quiet)
 
 
 def _next_steps(event: dict, run, quiet: bool) -> None:
@@ -523,6 +559,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, 
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
             raise ConfigError("--interactive needs a terminal to talk to (stdin and stderr); without one, "
                               "use charrnn sample without --interactive")
+        _using(model, quiet)
         return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
     for t in temperatures:  # every temperature is checked before anything is written
         sampling.check_options(t, top_k, top_p, length, num_samples)
@@ -613,7 +650,8 @@ def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None
             line = vocab.encode(prime + text)
             labels.append("in train" if line in train else "in validation" if val is not None and line in val
                           else "new")
-            info(f"sample {i}: {labels[-1]}")
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            info(f"sample {i}: {labels[-1]}: {prime + shown!r}")
         info(f"novelty: {len(samples)} samples: {labels.count('in train')} in train, "
              f"{labels.count('in validation')} in validation, {labels.count('new')} new")
         return
@@ -686,6 +724,9 @@ def _token_label(vocab, token: int) -> str:
 # ---------------------------------------------------------------- eval
 
 UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this are unknown
+# ... and than this many times the share of <unk> in the model's training tokens (rare words made <unk> by
+# --min-count: a model that learned <unk> from them scores new words as it learned to)
+UNKNOWN_WARN_TRAINED = 5
 
 
 @cli.command("eval")
@@ -724,7 +765,10 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         source = corpus.input_name(text_file)
     _using(model, quiet)
     result = score.as_dict()
-    if result["unknown"] > UNKNOWN_WARN_SHARE * result["tokens"]:
+    # a model that trained <unk> about as often as the text holds it scores such tokens as it learned to
+    trained = model.meta.get("data", {}).get("train_unknown", 0.0)
+    trained = trained if isinstance(trained, (int, float)) and math.isfinite(trained) else 0.0
+    if result["unknown"] > max(UNKNOWN_WARN_SHARE, UNKNOWN_WARN_TRAINED * trained) * result["tokens"]:
         info(f"Warning: {result['unknown']:,} of the {result['tokens']:,} tokens scored "
              f"({result['unknown'] / result['tokens']:.1%}) are not in the model's vocabulary. Each is scored as the "
              f"model's probability of its unknown token, which training rarely saw, so the figures below say little "

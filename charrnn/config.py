@@ -274,6 +274,8 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
             seq_len = min(100, max(8, (n - 1) // (MIN_WINDOWS * batch)))
         if tconfig.batch_size is None:
             batch = min(batch, max(1, (n - 1) // (MIN_WINDOWS * seq_len)))
+        if tconfig.seq_len is None and (n - 1) // (batch * seq_len) < 1:
+            seq_len = max(1, (n - 1) // batch)  # a text too short for 8: the windows it can make
     elif tconfig.batch_size is None and n_lines is not None:
         batch = min(batch, max(1, n_lines // MIN_WINDOWS))
     budgets, speed = [], None

@@ -797,7 +797,8 @@ def model_meta(run: Run) -> dict:
         "level": run.vocab.level,
         "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len,
                  "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype),  # as data/*.npy's headers say
-                 "encoding": run.tconfig.encoding},  # eval, annotate and classify read files in it
+                 "encoding": run.tconfig.encoding,  # eval, annotate and classify read files in it
+                 "train_unknown": _unknown_share(run)},  # how often training saw <unk> (eval's warning)
         **({"labels": list(run.labels)} if run.labels else {}),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
@@ -805,6 +806,18 @@ def model_meta(run: Run) -> dict:
         **({"origin": run.origin} if run.origin else {}),
         **({"run_id": run.identity["id"]} if run.identity else {}),
     }
+
+
+def _unknown_share(run: Run) -> float:
+    """The share of the training tokens that are <unk>, counted once per process in blocks (the ids are
+    memory-mapped)."""
+    if "unknown_share" not in run.extra:
+        ids, count = run.train_ids, 0
+        for i in range(0, len(ids), 1 << 24):
+            count += int(np.count_nonzero(np.asarray(ids[i : i + (1 << 24)]) == UNK))
+        corpus.release_pages(ids)
+        run.extra["unknown_share"] = count / max(len(ids), 1)
+    return run.extra["unknown_share"]
 
 
 def check_model_meta(meta: dict, where: str) -> None:
@@ -1007,10 +1020,42 @@ def find_checkpoint(path: str | None) -> str:
         model_file = run_model_file(path)
         if os.path.isfile(model_file):
             return model_file
-        raise CheckpointError(f"{path} holds no {MODEL_FILE}")
+        runs = sorted((os.path.getmtime(run_model_file(e.path)), e.name) for e in _entries(path)
+                      if e.is_dir() and os.path.isfile(run_model_file(e.path)))
+        if runs:
+            names = [name for _, name in sorted(runs, key=lambda r: r[1])]
+            shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+            raise CheckpointError(f"{path} is a folder of runs, not a run: pass one of them, such as "
+                                  f"-c {os.path.join(path, runs[-1][1])} (the newest); it holds {shown}")
+        raise CheckpointError(f"{path} is a folder that holds no {MODEL_FILE}: neither a run directory nor a "
+                              f"folder of runs")
     if not os.path.exists(path):
         raise CheckpointError(f"no such checkpoint: {path}")
+    if _looks_like_text(path):
+        raise CheckpointError(f"{path} is a text file, not a model: --checkpoint takes a run directory or a "
+                              f".safetensors model file (to score this text: charrnn eval {path} -c RUN)")
     return path
+
+
+def _entries(path):
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _looks_like_text(path) -> bool:
+    """Whether a file is text rather than a model: a safetensors file starts with its header's length (8
+    bytes, a NUL among them for any header under 72 PB) and then "{"; text has no NUL in its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False  # load_model names what is wrong
+    if len(head) >= 9 and head[8:9] == b"{":
+        return False
+    return bool(head) and b"\0" not in head
 
 
 def load_checkpoint(path: str | None):

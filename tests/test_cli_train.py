@@ -267,7 +267,7 @@ def test_budgets_given_on_resume_replace_the_runs_budgets(tmp_path, corpus_file)
     assert meta["train"]["max_epochs"] is None
 
 
-@pytest.mark.parametrize("extra", [["--hidden", "8"], ["--mode", "lines"], ["--lr", "0.1"], ["--seed", "2"],
+@pytest.mark.parametrize("extra", [["--hidden", "8"], ["--mode", "lines"], ["--encoding", "latin-1"], ["--seed", "2"],
                                    ["--val-frac", "0.2"], ["--out", "elsewhere"], ["CORPUS"]])
 def test_resume_refuses_model_and_data_options(tmp_path, corpus_file, extra):
     out = tmp_path / "run"

@@ -137,10 +137,13 @@ def test_matching_architecture_options_are_accepted(base):
 def test_init_from_a_corrupt_or_missing_file_is_a_one_line_error(base, content):
     bad = base / "bad.safetensors"
     bad.write_bytes(content)
-    for source in (bad, base / "missing.safetensors"):
-        code, out, err = invoke(["train", base / "new.txt", "--init-from", source, "--out", base / "ft"])
-        assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("Error: "), err
-        assert not (base / "ft").exists()
+    code, out, err = invoke(["train", base / "new.txt", "--init-from", bad, "--out", base / "ft"])
+    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("Error: "), err
+    assert not (base / "ft").exists()
+    # a path that does not exist is a usage error (exit 2), as every path named on the command line is
+    code, out, err = invoke(["train", base / "new.txt", "--init-from", base / "missing.safetensors", "--out", base / "ft"])
+    assert code == 2 and out == "" and "does not exist" in err and "missing.safetensors" in err, err
+    assert not (base / "ft").exists()
 
 
 def test_extend_vocab_needs_init_from(base):

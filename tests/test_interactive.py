@@ -86,6 +86,7 @@ def test_picking_the_end_token_ends_the_session(tmp_path):
         params["head.bias"][vocab.eos] = 5.0
     make_run(tmp_path / "run", CHARS, cell="rnn", layers=1, hidden=8, embed=4, edit=favour_eos)
     child, out = spawn(tmp_path, "--prime", "abc")
+    child.expect("using .*run")  # which model it is, as the other commands say
     assert offered(child)[0][0] == "(end)"
     child.sendline("1")
     child.expect(pexpect.EOF)

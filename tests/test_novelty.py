@@ -113,6 +113,10 @@ def test_lines_novelty_counts_copies_of_training_and_validation_lines(tmp_path):
     in_val = sum(s in val_lines for s in samples)
     assert in_train and in_val  # the tiny alphabet makes both happen
     assert f"{in_train} in train, {in_val} in validation, {40 - in_train - in_val} new" in err, err
+    lines = [line for line in err.splitlines() if line.startswith("sample ")]
+    for i, (sample, line) in enumerate(zip(samples, lines), 1):  # each verdict shows its sample
+        label = "in train" if sample in train_lines else "in validation" if sample in val_lines else "new"
+        assert line == f"sample {i}: {label}: {sample!r}"
 
 
 def test_novelty_needs_the_training_data_beside_the_model(tmp_path):

@@ -188,3 +188,107 @@ def test_keep_holds_the_model_files_of_the_n_best_evaluations(tmp_path):
         sorted(layout.snapshot_name(step, loss) for loss, step in _best(out, 2))
     r = invoke(["train", _corpus(tmp_path), *TINY, "--keep", -1, "--max-steps", 1, "--out", tmp_path / "bad"])
     assert r.exit_code == 2 and "keep" in r.stderr
+
+
+# ---------------------------------------------------------------- smaller defects
+
+
+def test_word_level_trains_unk_by_default_so_its_own_held_out_split_scores_without_a_warning(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(1, 3001)]
+    text = " ".join(rng.choices(words, weights=[1 / k for k in range(1, 3001)], k=4000)) + "\n"  # Zipf's law
+    path = tmp_path / "w.txt"
+    path.write_text(text)
+    for extra, warned in (([], False), (["--min-count", 1], True)):
+        out = tmp_path / f"run{len(extra)}"
+        r = invoke(["train", path, *TINY, "--level", "word", *extra, "--max-steps", 2, "--out", out, "-q"])
+        assert r.exit_code == 0, r.stderr
+        from charrnn import checkpoint
+
+        meta = checkpoint.load_model(out / "model.safetensors")[2]
+        assert (meta["data"]["train_unknown"] > 0) == (not extra)
+        e = invoke(["eval", "-c", out])
+        assert e.exit_code == 0 and ("Warning" in e.stderr) == warned, e.stderr
+
+
+def test_a_text_too_short_says_what_it_needs(tmp_path):
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("a")
+    two.write_text("ab")
+    r = invoke(["train", one, "--max-steps", 1, "--out", tmp_path / "r1"])
+    assert r.exit_code == 1 and r.stderr == ("Error: the training text is 1 token long, but training needs at least 2 "
+                                             "(one to read, the next to predict); give a longer text\n")
+    assert invoke(["train", two, "--max-steps", 1, "--out", tmp_path / "r2", "-q"]).exit_code == 0  # auto: 1 x 1
+    r = invoke(["train", two, "--max-steps", 1, "--batch-size", 1, "--seq-len", 4, "--out", tmp_path / "r3"])
+    assert r.exit_code == 1 and "needs at least 5; use a smaller --seq-len\n" in r.stderr  # the batch is at 1
+
+
+def test_checkpoint_naming_a_text_file_or_a_folder_of_runs_says_what_it_is(tmp_path):
+    text = _corpus(tmp_path)
+    runs = tmp_path / "runs"
+    for name in ("b", "a"):
+        assert invoke(["train", text, *TINY, "--max-steps", 1, "--out", runs / name, "-q"]).exit_code == 0
+    r = invoke(["eval", "-c", text])
+    assert r.exit_code == 1 and "is a text file, not a model" in r.stderr and r.stderr.count("\n") == 1
+    r = invoke(["sample", "-c", runs])
+    assert r.exit_code == 1 and "is a folder of runs, not a run" in r.stderr and "it holds a, b" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = invoke(["info", "-c", tmp_path / "empty"])
+    assert r.exit_code == 1 and "neither a run directory nor a folder of runs" in r.stderr
+
+
+def test_model_options_are_checked_before_anything_is_said(tmp_path):
+    for option in (["--hidden", 0], ["--dropout", 1.5], ["--layers", -1]):
+        r = invoke(["train", _corpus(tmp_path), *option, "--out", tmp_path / "r"])
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("Error: "), r.stderr
+        assert not (tmp_path / "r").exists()
+
+
+def test_the_bar_has_a_width_where_the_terminal_reports_none(monkeypatch):
+    import os
+
+    from charrnn import cli
+
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((0, 0)))
+    assert cli._bar_width() == {"ncols": cli.BAR_COLUMNS}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((120, 40)))
+    assert cli._bar_width() == {"dynamic_ncols": True}
+
+
+def test_the_last_line_formats_its_numbers_alike_and_says_when_nothing_was_written(tmp_path):
+    from click.testing import CliRunner
+
+    from charrnn import cli
+
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"x")
+    event = {"best_val": 1.5, "best_step": 2200, "reason": "max_steps", "skipped": 0, "step": 2641,
+             "elapsed": 60.0, "model": str(model), "best": str(tmp_path / "best.safetensors")}
+    with CliRunner().isolation() as (_, err, _):
+        cli._summary(event, False, "char")
+        cli._summary(event, False, "char", wrote=False)
+    first, second = err.getvalue().decode().splitlines()
+    assert "2,641 steps" in first and "at step 2,200" in first and f"saved {model}" in first
+    assert "nothing new written" in second and "saved" not in second
+
+
+def test_a_run_far_worse_than_a_uniform_guess_is_warned_about(tmp_path):
+    from click.testing import CliRunner
+
+    from charrnn import cli
+
+    run = rundir.resume_run(str(_first_part(tmp_path)[0]), writer=False)
+    with CliRunner().isolation() as (_, err, _):
+        cli._diverged({"best_val": 5416935.5}, run, False)
+        cli._diverged({"best_val": 2.0}, run, False)
+        cli._diverged({"best_val": None}, run, False)
+    lines = err.getvalue().decode().splitlines()
+    assert len(lines) == 1 and "far above that of a uniform guess" in lines[0] and "--lr" in lines[0]
+
+
+def test_resuming_a_finished_run_writes_nothing_and_says_so(tmp_path):
+    a, _ = _first_part(tmp_path)
+    r = invoke(["train", "--resume", a])
+    assert r.exit_code == 0 and "nothing new written" in r.stderr and "; saved" not in r.stderr
