@@ -305,6 +305,16 @@ class _TrainingView:
         self.postfix: dict = {}
         self.step_mode = False
         self.start_step = 0
+        self.start_elapsed = 0.0
+        self.tokens_per_step = None  # stream mode: B x T, so the bar shows the session's average speed
+
+    def speed(self, event: dict) -> float:
+        """Tokens per second for the bar: in stream mode the session's average (its tokens over its time,
+        evaluations included, as the last line's steps and time give it), else the last step's."""
+        if self.tokens_per_step is None:
+            return event["chars_per_sec"]
+        seconds = event["elapsed"] - self.start_elapsed
+        return (event["step"] - self.start_step) * self.tokens_per_step / seconds if seconds > 0 else 0.0
 
     def __call__(self, event: dict, run) -> None:
         """Show one event; once stderr's reader has gone, show nothing more (training goes on)."""
@@ -324,7 +334,8 @@ class _TrainingView:
             from tqdm import tqdm
 
             tc = run.tconfig
-            self.start_step = event["step"]
+            self.start_step, self.start_elapsed = event["step"], run.elapsed
+            self.tokens_per_step = tc.batch_size * tc.seq_len if tc.mode == "stream" else None
             info(f"Run directory: {run.directory}\n"
                  f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}"
                  f"{f', classifier over {run.config.classes} labels' if run.config.classes else ''}, "
@@ -348,7 +359,7 @@ class _TrainingView:
             else:
                 bar.n = min(event["elapsed"], bar.total)
                 bar.steps = event["step"]
-            self.postfix = {"loss": f"{event['loss']:.3f}", self.speed_key: f"{event['chars_per_sec']:,.0f}"}
+            self.postfix = {"loss": f"{event['loss']:.3f}", self.speed_key: f"{self.speed(event):,.0f}"}
             if self.last_val is not None:
                 self.postfix["val"] = f"{self.last_val:.3f}"
             bar.set_postfix(self.postfix, refresh=True)

@@ -292,3 +292,14 @@ def test_resuming_a_finished_run_writes_nothing_and_says_so(tmp_path):
     a, _ = _first_part(tmp_path)
     r = invoke(["train", "--resume", a])
     assert r.exit_code == 0 and "nothing new written" in r.stderr and "; saved" not in r.stderr
+
+
+def test_the_bar_shows_the_sessions_average_speed():
+    from charrnn import cli
+
+    view = cli._TrainingView(quiet=True)
+    view.start_step, view.start_elapsed, view.tokens_per_step = 100, 40.0, 1600
+    # 50 steps of 1,600 tokens in 20 s: 4,000 tokens/s, whatever the last step took
+    assert view.speed({"step": 150, "elapsed": 60.0, "chars_per_sec": 9_999.0}) == 4_000.0
+    view.tokens_per_step = None  # lines mode: a step's tokens vary, the last step's speed is shown
+    assert view.speed({"step": 150, "elapsed": 60.0, "chars_per_sec": 9_999.0}) == 9_999.0
