@@ -229,8 +229,17 @@ def open_binary(path):
 
 def _check_head(head: bytes, path: str, encoding: str = DEFAULT_ENCODING) -> None:
     """CorpusError when a file's first bytes say it is not text in its encoding (UTF-16 read as another, or a
-    NUL byte). An encoding whose bytes are not ASCII's (UTF-16, UTF-32) is checked once decoded (decode_text)."""
+    NUL byte). An encoding whose bytes are not ASCII's (UTF-16, UTF-32) is checked by the characters its first
+    bytes decode to: a NUL among them is no text (so /dev/zero is refused at once in any encoding)."""
     if not ascii_compatible(encoding):
+        try:
+            chars = codecs.getincrementaldecoder(encoding)("replace").decode(head[:_BINARY_SNIFF], False)
+        except (UnicodeError, ValueError) as e:  # even with errors replaced: these bytes are not such text
+            hint = "; give utf-16-le or utf-16-be, or utf-32-le or utf-32-be" if "BOM" in str(e) else ""
+            raise CorpusError(f"{path}: not {encoding} text: {e}{hint}") from None
+        if "\0" in chars:
+            raise CorpusError(f"{path}: looks like a binary file (it holds NUL characters as {encoding}); "
+                              f"expected {encoding} text")
         return
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise CorpusError(f"{path}: looks like UTF-16 text (it starts with a UTF-16 byte order mark); "

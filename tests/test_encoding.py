@@ -180,3 +180,11 @@ def test_unknown_encoding_is_a_usage_error_before_anything_is_read(tmp_path):
     r = invoke(["train", path, *TINY, "--encoding", "klingon", "--max-steps", 1, "--out", tmp_path / "run"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "unknown encoding 'klingon'" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_endless_device_is_refused_at_once_in_any_encoding(tmp_path):
+    for encoding in ("utf-8", "latin-1", "utf-16-le", "utf-32"):
+        with pytest.raises(CorpusError, match="binary|not utf-32 text"):
+            corpus.read_text("/dev/zero", encoding=encoding)  # its first megabyte, not its 1 GiB bound
+    with pytest.raises(CorpusError, match="utf-16-le or utf-16-be"):
+        corpus.read_text(_file(tmp_path, "t.txt", "no mark".encode("utf-16-le")), encoding="utf-16")
