@@ -1215,7 +1215,7 @@ HUGE_LINE = "g" * 2_000_000 + "\n"
 CORPORA = {
     "empty": (b"", [], "empty"),
     "BOM only": (b"\xef\xbb\xbf", [], "empty"),
-    "one character": (b"a", [], "1 tokens long"),
+    "one character": (b"a", [], "1 token long, but training needs at least 2"),
     "one character, lines mode": (b"a", ["--mode", "lines"], "train"),
     "only newlines": (b"\n" * 400, [], "train"),
     "only newlines, lines mode": (b"\n" * 400, ["--mode", "lines"], "non-empty"),
