@@ -562,6 +562,8 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, 
     model = api.load(checkpoint_path)
     if prime_file is not None:
         prime = model.read_text(prime_file)
+        if model.lines and prime.endswith("\n"):  # the file's last line end: a lines model's prime is a line's start
+            prime = prime[:-1]
     if interactive:
         if num_samples != 1 or novelty or len(temperatures) > 1 or stops:
             raise ConfigError("--interactive writes one text: it cannot be given with -n, --novelty, --stop or "

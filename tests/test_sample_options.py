@@ -112,3 +112,11 @@ def test_eval_reads_standard_input_as_it_reads_a_file(run_dir, tmp_path):
     with CliRunner().isolation(input=data) as (out, err, _):
         cli.main(["eval", "-", "-c", str(run_dir)])
     assert out.getvalue().decode().startswith("standard input: 639 tokens scored")
+
+
+def test_a_lines_models_prime_file_is_the_start_of_a_line(tmp_path):
+    make_run(tmp_path / "names", "abcdefg", mode="lines", edit=_rare_eos)
+    (tmp_path / "p.txt").write_text("ab\n")  # as an editor saves it
+    a = invoke(["sample", "-c", tmp_path / "names", "--prime-file", tmp_path / "p.txt", "--seed", 1, "-n", 3])
+    b = invoke(["sample", "-c", tmp_path / "names", "--prime", "ab", "--seed", 1, "-n", 3])
+    assert a.exit_code == 0 and a.stdout == b.stdout, a.stderr
