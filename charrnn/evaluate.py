@@ -55,6 +55,12 @@ class Score:
         return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_token": self.bits_per_token,
                 "tokens": self.tokens, "unknown": self.unknown}
 
+    def __repr__(self) -> str:
+        """What `charrnn eval` reports, not the sum it is computed from: print(model.score(text)) reads
+        <Score loss 1.4644 nats/token, perplexity 4.325, 2.113 bits/token, 1,000 tokens (0 unknown)>."""
+        return (f"<Score loss {self.loss:.4f} nats/token, perplexity {self.perplexity:.4g}, "
+                f"{self.bits_per_token:.4f} bits/token, {self.tokens:,} tokens ({self.unknown:,} unknown)>")
+
 
 def stream_count(n_targets: int, streams: int, min_length: int = MIN_STREAM) -> int:
     """How many side-by-side pieces to cut n_targets scored positions into.

@@ -120,3 +120,12 @@ def test_a_lines_models_prime_file_is_the_start_of_a_line(tmp_path):
     a = invoke(["sample", "-c", tmp_path / "names", "--prime-file", tmp_path / "p.txt", "--seed", 1, "-n", 3])
     b = invoke(["sample", "-c", tmp_path / "names", "--prime", "ab", "--seed", 1, "-n", 3])
     assert a.exit_code == 0 and a.stdout == b.stdout, a.stderr
+
+
+def test_a_printed_score_shows_the_loss_and_perplexity(run_dir):
+    import math
+
+    score = charrnn.load(str(run_dir)).score("abc defg abc\n" * 10)
+    shown = repr(score)
+    assert f"loss {score.loss:.4f} nats/token" in shown and f"perplexity {math.exp(score.loss):.4g}" in shown
+    assert f"{score.tokens:,} tokens" in shown and "nll_sum" not in shown and str(score) == shown
