@@ -571,9 +571,9 @@ def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None
         length, start = index.longest_match(ids)
         longest.append(length)
         stretch = vocab.decode(ids[start : start + length])
-        shown = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
+        quoted = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
         info(f"sample {i}: longest stretch found in the training text: {length} {unit} of {len(ids)}"
-             + (f": {shown}" if length else ""))
+             + (f": {quoted}" if length else ""))
     info(f"novelty: the longest verbatim stretch per sample is {int(np.median(longest))} {unit} at the median, "
          f"{max(longest)} at most")
 
@@ -591,8 +591,8 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
          f"types a number), Enter lets the model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
     note = ""
     while True:
-        shown = session.text[-400:]
-        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + shown + "\u2588")
+        tail = session.text[-400:]
+        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + tail + "\u2588")
         if note:
             tell(note)
         top = session.top(choices)
@@ -704,11 +704,11 @@ def _eval_classifier(model, text_file, errors, as_json):
                f"loss      {result['loss']:.4f} nats/line")
     if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
         mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
-        shown = mistakes[:CONFUSIONS_SHOWN]
+        listed = mistakes[:CONFUSIONS_SHOWN]
         click.echo(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
                    f"{DENSE_CONFUSION_LABELS}; --json gives every non-zero cell as \"pairs\"); "
-                   f"the {len(shown)} most frequent of {len(mistakes):,} kinds of mistake:")
-        for true, predicted, count in shown:
+                   f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
+        for true, predicted, count in listed:
             click.echo(f"  {count:>8,}  {labels[true]} -> {labels[predicted]}")
         return
     click.echo("confusion (rows: true label, columns: predicted)")

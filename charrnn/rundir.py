@@ -215,7 +215,7 @@ def _checked_labels(labels, n: int | None, where: str) -> tuple:
 
 def _check_line_lengths(lines: list[str], which: str = "", classifier: bool = False) -> None:
     """CorpusError when a line is too long to be one example of lines mode."""
-    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier)
+    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=classifier)
 
 
 def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:

@@ -409,7 +409,7 @@ API_CALLS = {
     "generate seed": lambda root, lm, clf, v: lm.generate(length=3, seed=v),
     "stream seed": lambda root, lm, clf, v: lm.stream(length=3, seed=v),
     "samples n": lambda root, lm, clf, v: lm.samples(v, length=3, seed=1),
-    "sample_pieces n": lambda root, lm, clf, v: lm.sample_pieces(v, length=3, seed=1),
+    "sample_stream n": lambda root, lm, clf, v: lm.sample_stream(v, length=3, seed=1),
     "score text": lambda root, lm, clf, v: lm.score(v),
     "score name": lambda root, lm, clf, v: lm.score("abc abc", name=v),
     "annotate text": lambda root, lm, clf, v: lm.annotate(v),
