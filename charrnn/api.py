@@ -206,9 +206,10 @@ class Model:
             top_k = check_integer(top_k, "top_k", low=1)
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, (list, tuple)):
-            raise ConfigError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-        texts = [_text(t, "each text") for t in texts]
+        try:
+            texts = [_text(t, "each text") for t in texts]  # any iterable of strings
+        except TypeError:
+            raise ConfigError(f"texts must be a string or a list of strings, got {type(texts).__name__}") from None
         probs = evaluate.classify_texts(self.params, self.config, self.vocab, texts)
         k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
