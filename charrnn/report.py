@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
 from . import atomic
+from .config import is_number
 from .errors import CharRNNError, CheckpointError
 
 
@@ -61,7 +61,7 @@ def _parse_line(raw: bytes) -> tuple[str | None, dict | None]:
         return f"not UTF-8 (byte {exc.start})", None
     try:
         record = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer of more digits than Python converts (4,300)
         return "not JSON", None
     except RecursionError:
         return "not a log record (JSON nested too deeply)", None
@@ -84,10 +84,8 @@ def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CharRNNError("charrnn plot needs matplotlib: pip install matplotlib") from None
-    train = [(r["step"], r["loss"]) for r in records
-             if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
-    val = [(r["step"], r["val_loss"]) for r in records
-           if isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
+    train = [(r["step"], r["loss"]) for r in records if is_number(r.get("loss"))]  # finite, within a float
+    val = [(r["step"], r["val_loss"]) for r in records if is_number(r.get("val_loss"))]
     if not train and not val:
         raise CheckpointError("the log has no losses to plot yet")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)

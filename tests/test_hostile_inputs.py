@@ -100,6 +100,7 @@ DAMAGED_LINES = {
     "100,000-deep JSON": b"[" * 100_000 + b"]" * 100_000 + b"\n",
     "deep JSON inside a record": b'{"step": 3, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
     "not JSON": b"step 3 loss 2\n",
+    "a 5,000-digit number": b'{"step": 3, "loss": ' + b"9" * 5000 + b"}\n",
     "a step that is no step": b'{"step": "three", "loss": 2.0}\n',
     "a line over the limit": b'{"step": 3, "pad": "' + b"x" * (report.MAX_LOG_LINE + 10) + b'"}\n',
 }
@@ -119,7 +120,8 @@ def test_a_damaged_log_line_is_one_error_naming_it_and_a_torn_last_one_is_skippe
 
 
 def test_plot_still_draws_a_healthy_log(tmp_path):
-    write_log(tmp_path / "run", GOOD + [b'{"step": 3, "loss": Infinity}\n'])
+    write_log(tmp_path / "run", GOOD + [b'{"step": 3, "loss": Infinity}\n', b'{"step": 4, "loss": [1, 2]}\n',
+                                        b'{"step": 5, "loss": ' + b"9" * 400 + b', "val_loss": {"a": 1}}\n'])
     result = invoke(["plot", tmp_path / "run", "--out", tmp_path / "loss.png"])
     assert result.exit_code == 0, result
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
