@@ -938,8 +938,6 @@ TRAIN_KWARGS = ["seq_len", "batch_size", "hidden", "lr", "max_steps", "eval_ever
 @given(key=st.sampled_from(TRAIN_KWARGS), value=HOSTILE_ARGS)
 @example(key="seq_len", value=np.int64(16))
 @example(key="seed", value=None)
-@pytest.mark.xfail(strict=True, reason=ISSUE + "the API's wrong argument types (charrnn.train(seed=None): "
-                                             "TypeError)")
 def test_charrnn_train_with_any_argument_trains_or_refuses_and_leaves_no_unusable_run(runs, place, key, value):
     if key in ("max_steps", "hidden", "batch_size", "seq_len") and isinstance(value, (int, float, np.number)) \
             and not isinstance(value, bool) and abs(value) > 1e4:
