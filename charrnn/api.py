@@ -20,8 +20,9 @@ import numpy as np
 
 from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling, textfile
 from . import loop as training
-from .config import RESUMABLE, SCHEDULE_KEYS, TrainConfig, count_tokens, fill_auto_settings, parse_duration
-from .errors import ConfigError, CorpusError
+from .config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
+                     fill_auto_settings, parse_duration)
+from .errors import CheckpointError, ConfigError, CorpusError
 from .model import ModelConfig
 from .evaluate import Score
 
@@ -63,7 +64,8 @@ class Model:
         Options and the prime are checked at this call, before anything is generated.
         """
         stop = _stop_strings(stop)
-        steps = self._steps(1, prime, length, temperature, top_k, top_p, np.random.default_rng(seed))
+        rng = np.random.default_rng(check_seed(seed, True))
+        steps = self._steps(1, prime, length, temperature, top_k, top_p, rng)
         return Sample(self._first_pieces(steps), stop)
 
     def generate(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
@@ -95,7 +97,7 @@ class Model:
         self._need("a language model", "generates no text")
         sampling.check_options(temperature, top_k, top_p, length, n)
         stop = _stop_strings(stop)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed, True))
         group = sampling.group_size(n, self.config.vocab_size)
         first = self._steps(min(group, n), prime, length, temperature, top_k, top_p, rng)  # checks the prime now
         return self._samples(first, n, group, (prime, length, temperature, top_k, top_p, rng), stop)
@@ -169,6 +171,7 @@ class Model:
         CorpusError when there is nothing to score (fewer than two tokens).
         """
         self._need("a language model", "scores labels, not text: use evaluate()")
+        text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
             ids, offsets = rundir.load_heldout(self.path, self.lines)
             score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
@@ -215,7 +218,7 @@ class Model:
         from . import annotate
 
         self._need("a language model", "predicts no characters to annotate")
-        return annotate.annotate(self, text, top_k=top_k, max_chars=max_chars)
+        return annotate.annotate(self, _text(text, "text"), top_k=top_k, max_chars=max_chars)
 
 
     # ---------------------------------------------------------------- classifiers (train with task="classify")
@@ -233,9 +236,15 @@ class Model:
         - top_k: pairs kept per text (None: every label)
         """
         self._need("a classifier", "has no labels; train one with task='classify'")
+        if top_k is not None:
+            top_k = check_integer(top_k, "top_k", low=1)
         if isinstance(texts, str):
             texts = [texts]
-        probs = evaluate.classify_texts(self.params, self.config, self.vocab, list(texts))
+        try:
+            texts = [_text(t, "each text") for t in texts]  # any iterable of strings
+        except TypeError:
+            raise ConfigError(f"texts must be a string or a list of strings, got {type(texts).__name__}") from None
+        probs = evaluate.classify_texts(self.params, self.config, self.vocab, texts)
         k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
@@ -250,11 +259,12 @@ class Model:
         hold C x C numbers). ConfigError when there is nothing to score.
         """
         self._need("a classifier", "has no labels; use score()")
+        text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
             ids, offsets = rundir.load_heldout(self.path, True)
             tags = rundir.load_heldout_labels(self.path, self.config.classes)
-            if tags.size != len(offsets) - 1:
-                raise ConfigError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
+            if tags.size != len(offsets) - 1:  # a damaged run: exit 1, as for any damaged file
+                raise CheckpointError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
                                   f"{tags.size} labels")
             result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
             source = f"the held-out split ({rundir.data_dir(rundir.run_of(self.path))})"
@@ -280,7 +290,7 @@ def load(path: str | None = None) -> Model:
     The same file that `charrnn sample` and `charrnn eval` pick (rundir.find_checkpoint).
     Raises CheckpointError when there is none or it is damaged.
     """
-    params, config, vocab, meta, model_file = rundir.load_checkpoint(path)
+    params, config, vocab, meta, model_file = rundir.load_checkpoint(_path(path, "path"))
     return Model(params, config, vocab, meta, model_file)
 
 
@@ -330,6 +340,44 @@ class Sample:
                 return
             yield piece
             tail = window[-keep:] if keep else ""
+# ---------------------------------------------------------------- the arguments' types
+# The API's arguments are checked as they come in, so that a wrong type is a ConfigError naming the
+# argument (exit 2 on the command line), never a TypeError from deep inside.
+
+
+def _path(value, name: str, optional: bool = True):
+    """A path argument: a str or an os.PathLike naming a str (None where optional); returned as a str."""
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a path (a str or a pathlib.Path), got {type(value).__name__}")
+    if "\0" in value or not value:
+        raise ConfigError(f"{name} {value!r:.60} is not a usable path")
+    return value
+
+
+def _text(value, name: str, optional: bool = False):
+    """A text argument: a str (None where optional)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _optional(value, name: str, kind, what: str):
+    """None, or a value of type `kind` (described as `what` in the error)."""
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{name} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _function(value, name: str):
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be a function (or None), got {type(value).__name__}")
+    return value
 
 
 # ---------------------------------------------------------------- training
@@ -375,9 +423,16 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     Under `mpiexec -n N` every rank calls this alike (see distributed.py): rank 0 prepares,
     locks and writes the run; the others train in step with it and write nothing.
     """
+    corpus_file, out, resume, val, init_from = (_path(v, n) for v, n in (
+        (corpus_file, "corpus_file"), (out, "out"), (resume, "resume"), (val, "val"), (init_from, "init_from")))
+    for value, name in ((builtin, "builtin"), (glob, "glob"), (errors, "errors")):
+        _optional(value, name, str, "a str")
+    for value, name in ((lock, "lock"), (extend_vocab, "extend_vocab")):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{name} must be True or False, got {type(value).__name__}")
     group = distributed.world()
-    emit = on_event or (lambda event, run: None)
-    stop = should_stop or (lambda: False)
+    emit = _function(on_event, "on_event") or (lambda event, run: None)
+    stop = _function(should_stop, "should_stop") or (lambda: False)
     known = set(MODEL_KEYS) | set(TRAIN_KEYS)
     unknown = sorted(set(options) - known)
     if unknown:

@@ -27,6 +27,7 @@ from .annotate import MAX_CHARS
 from .classifier import DENSE_CONFUSION_LABELS, POOLS
 from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
 from .errors import CharRNNError, ConfigError
+from .evaluate import json_safe
 from .cells import TORCH_CELLS
 from .model import CELLS, DTYPES
 from .vocab import LEVELS
@@ -110,12 +111,24 @@ def _stderr_to_devnull() -> None:
         os.close(devnull)
 
 
+def shown(text) -> str:
+    """Text from outside the tool (a file name, a token, a label, a message that quotes them) made safe to
+    print on a terminal: every character that is not printable (controls such as ESC, BEL, a newline or
+    tab; the bidirectional overrides such as U+202E; lone surrogates, which cannot be encoded) as its
+    Python escape, such as \\x1b or \\u202e. The one place the command line makes such text harmless."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # ---------------------------------------------------------------- the group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="charrnn")
-def cli():
+@click.pass_context
+def cli(ctx):
     """Character-level language models (RNN, LSTM, GRU) on a NumPy core.
 
     \b
@@ -130,6 +143,7 @@ def cli():
 
     Run `charrnn COMMAND --help` for a command's options.
     """
+    _running["command"] = ctx.invoked_subcommand  # for the out-of-memory hint
 
 
 # ---------------------------------------------------------------- train
@@ -284,10 +298,13 @@ class StopRequest:
             info("\nStopping after this step and saving (signals are ignored until then)...", self.quiet)
 
     def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
+        if self.signal is not None:
             # once stopping, the process only exits: more signals on the way out are ignored too,
             # so they cannot turn into a KeyboardInterrupt traceback after the save
-            signal.signal(sig, signal.SIG_IGN if self.signal is not None else handler)
+            _quiet_from_now_on()
+            return
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -315,6 +332,7 @@ class _TrainingView:
             return event["chars_per_sec"]
         seconds = event["elapsed"] - self.start_elapsed
         return (event["step"] - self.start_step) * self.tokens_per_step / seconds if seconds > 0 else 0.0
+        self.val_tokens = None  # the run's validation tokens, from its start event
 
     def __call__(self, event: dict, run) -> None:
         """Show one event; once stderr's reader has gone, show nothing more (training goes on)."""
@@ -329,14 +347,15 @@ class _TrainingView:
     def _show(self, event: dict, run) -> None:
         kind, quiet, bar = event["event"], self.quiet, self.bar
         if kind == "message":
-            info(event["text"], quiet)
+            info(shown(event["text"]), quiet)
         elif kind == "start":
             from tqdm import tqdm
 
             tc = run.tconfig
             self.start_step, self.start_elapsed = event["step"], run.elapsed
             self.tokens_per_step = tc.batch_size * tc.seq_len if tc.mode == "stream" else None
-            info(f"Run directory: {run.directory}\n"
+            self.val_tokens = event["val_tokens"]
+            info(f"Run directory: {shown(run.directory)}\n"
                  f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}"
                  f"{f', classifier over {run.config.classes} labels' if run.config.classes else ''}, "
                  f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
@@ -381,7 +400,7 @@ class _TrainingView:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
             _summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token",
-                     wrote=event["step"] != self.start_step)
+                     wrote=event["step"] != self.start_step, has_val=bool(self.val_tokens))
             _diverged(event, run, quiet)
             _next_steps(event, run, quiet)
 
@@ -419,12 +438,13 @@ def _time_bar(tqdm, total_seconds: float, elapsed: float, step: int):
     return bar
 
 
-def _summary(event: dict, quiet: bool, unit: str = "token", wrote: bool = True) -> None:
-    """The run's last line: why it ended, its steps and time, its best validation loss, what it saved
-    (wrote False: a session that took no step, and wrote nothing)."""
+def _summary(event: dict, quiet: bool, unit: str = "token", wrote: bool = True, has_val: bool = False) -> None:
+    """The run's last line: why it ended, its steps and time, its best validation loss, what it saved.
+    wrote False: a session that took no step, and wrote nothing. has_val: the run holds validation data
+    (then a run stopped before its first evaluation, by a signal during preparation, has no validation loss yet)."""
     best = event["best_val"]
     best_text = f"best val loss {best:.4f} ({best / math.log(2):.3f} bits/{unit})" if best is not None else \
-        "no validation data"
+        "no validation loss yet" if has_val else "no validation data"
     if best is not None and event.get("best_step") is not None:
         best_text += f" at step {event['best_step']:,}"
     why = {"max_steps": "step budget", "max_epochs": "epoch budget", "max_time": "time budget",
@@ -503,7 +523,7 @@ def _using(model, quiet: bool) -> None:
     if best is not None:
         label = "val" if os.path.basename(model_file) == layout.BEST_FILE else "best val so far"
         parts.append(f"{label} {best:.3f}")
-    info(f"using {model_file}" + (f" ({', '.join(parts)})" if parts else ""), quiet)
+    info(f"using {shown(model_file)}" + (f" ({', '.join(parts)})" if parts else ""), quiet)
 
 
 # ---------------------------------------------------------------- sample
@@ -674,9 +694,9 @@ def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None
         length, start = index.longest_match(ids)
         longest.append(length)
         stretch = vocab.decode(ids[start : start + length])
-        shown = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
+        quoted = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
         info(f"sample {i}: longest stretch found in the training text: {length} {unit} of {len(ids)}"
-             + (f": {shown}" if length else ""))
+             + (f": {quoted}" if length else ""))
     info(f"novelty: the longest verbatim stretch per sample is {int(np.median(longest))} {unit} at the median, "
          f"{max(longest)} at most")
 
@@ -687,15 +707,15 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
         raise ConfigError("--choices and --chunk must be at least 1")
     vocab = model.vocab
     session = sampling.Session(model.params, model.config, vocab, model.lines, prime,
-                               np.random.default_rng(seed))
+                               np.random.default_rng(config.check_seed(seed, optional=True)))
     sampling.check_options(temperature, top_k, top_p, chunk, 1)
     tell = lambda text="": click.echo(text, err=True)  # noqa: E731
     tell("Interactive sampling: a number picks that token, text you type is added as it is (a leading \\ "
          f"types a number), Enter lets the model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
     note = ""
     while True:
-        shown = session.text[-400:]
-        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + shown + "\u2588")
+        tail = session.text[-400:]
+        tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + tail + "\u2588")
         if note:
             tell(note)
         top = session.top(choices)
@@ -787,12 +807,11 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
              f"model's probability of its unknown token, which training rarely saw, so the figures below say little "
              f"about this text; train on text like it, or with --min-count or --max-vocab to give <unk> examples.")
     if as_json:
-        # NaN is not JSON: a broken model's non-finite figures become null
-        click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                               for k, v in result.items()}))
+        # NaN and infinity are not JSON: a broken model's non-finite figures become null
+        click.echo(json.dumps(json_safe(result), allow_nan=False))
         return
     unit = "char" if model.vocab.level == "char" else "token"
-    click.echo(f"{source}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
+    click.echo(f"{shown(source)}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
                f"loss        {result['loss']:.4f} nats/{unit}\n"
                f"perplexity  {result['perplexity']:.3f}\n"
                f"bits        {result['bits_per_token']:.4f} bits/{unit}")
@@ -809,21 +828,20 @@ def _eval_classifier(model, text_file, errors, encoding, as_json):
         result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
         source = corpus.input_name(text_file)
     if as_json:
-        click.echo(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                               for k, v in result.items()}))
+        click.echo(json.dumps(json_safe(result), allow_nan=False))
         return
-    labels = result["labels"]
-    click.echo(f"{source}: {result['lines']:,} lines\n"
+    labels = [shown(name) for name in result["labels"]]
+    click.echo(f"{shown(source)}: {result['lines']:,} lines\n"
                f"accuracy  {result['accuracy']:.4f}\n"
                f"macro-F1  {result['macro_f1']:.4f}\n"
                f"loss      {result['loss']:.4f} nats/line")
     if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
         mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
-        shown = mistakes[:CONFUSIONS_SHOWN]
+        listed = mistakes[:CONFUSIONS_SHOWN]
         click.echo(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
                    f"{DENSE_CONFUSION_LABELS}; --json gives every non-zero cell as \"pairs\"); "
-                   f"the {len(shown)} most frequent of {len(mistakes):,} kinds of mistake:")
-        for true, predicted, count in shown:
+                   f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
+        for true, predicted, count in listed:
             click.echo(f"  {count:>8,}  {labels[true]} -> {labels[predicted]}")
         return
     click.echo("confusion (rows: true label, columns: predicted)")
@@ -867,7 +885,7 @@ def classify(text_file, checkpoint_path, top_k, errors, encoding):
     out = sys.stdout
     try:
         for text, pairs in zip(texts, ranked):
-            out.write("\t".join(f"{label}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
+            out.write("\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
         out.flush()
     except BrokenPipeError:  # `charrnn classify | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -945,7 +963,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
                     record["states"] = None if step < 0 else [
                         {key: (value.tolist() if key != "gates" else {g: v.tolist() for g, v in value.items()})
                          for key, value in layer.items()} for layer in ann.states(step)]
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.write(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n")
             out.flush()
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -958,7 +976,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     page.write(out_path, page.render(ann, title=f"What the model saw in {os.path.basename(source)}",
                                      model_line=model_line, checkpoint=model.path, source=source))
     s = ann.score
-    info(f"Wrote {out_path}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
+    info(f"Wrote {shown(out_path)}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
          f"open it in a browser")
 
 
@@ -1052,7 +1070,7 @@ def info_(checkpoint, checkpoint_path):
     rows += [("file", model_file), ("run directory", f"{run_dir} ({', '.join(files)})")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {shown(value)}")  # tokens, labels and paths come from the file
 
 
 def torch_loadable(config) -> str:
@@ -1105,7 +1123,7 @@ def plot(run_dir, checkpoint_path, out_path):
     records = report.read_log(os.path.join(run_dir, layout.LOG_FILE))
     out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
     report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
-    info(f"Wrote {out_path}")
+    info(f"Wrote {shown(out_path)}")
 
 
 # ---------------------------------------------------------------- entry point
@@ -1128,6 +1146,7 @@ def main(argv=None) -> None:
     Under MPI, a rank that fails leaves at once without MPI's collective shutdown
     (which would wait for the other ranks forever); mpiexec then ends the others.
     """
+    previous = signal.getsignal(signal.SIGINT)
     try:
         _main(argv)
     except SystemExit as exc:
@@ -1141,6 +1160,12 @@ def main(argv=None) -> None:
         import traceback
         traceback.print_exc()
         _leave_now(1)
+    finally:
+        if not _running.pop("interrupted", False) and previous is not None:
+            try:  # a caller in this process (a test) gets its SIGINT handler back; an interrupted run keeps
+                signal.signal(signal.SIGINT, previous)  # ignoring signals all the way out
+            except ValueError:
+                pass
 
 
 def _leave_now(code: int) -> None:
@@ -1152,29 +1177,76 @@ def _leave_now(code: int) -> None:
 def _main(argv=None) -> None:
     runtime.keep_freed_memory()
     warnings.showwarning = _warning_line
+    _stop_on_interrupt()
     try:
         # under mpiexec, join the MPI world before parsing: a rank that then fails (a missing corpus)
         # leaves MPI at once and mpiexec ends the job, where a rank gone before joining hangs the others
         distributed.world()
         cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
     except click.exceptions.Abort:
+        _quiet_from_now_on()
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        message = exc.format_message()
+        exc.format_message = lambda: shown(message)  # a file name on the command line may hold a newline
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except CharRNNError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        _error(exc)
         sys.exit(USAGE_EXIT if isinstance(exc, ConfigError) else FAILURE_EXIT)
     except KeyboardInterrupt:
+        _quiet_from_now_on()
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except MemoryError:
-        click.echo("Error: out of memory; try a smaller --batch-size, --hidden or --seq-len", err=True)
+        _error(f"out of memory; {MEMORY_HINTS.get(_running.get('command'), 'try smaller inputs')}")
         sys.exit(FAILURE_EXIT)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+        _error(f"{exc.strerror or exc}{where}")
         sys.exit(FAILURE_EXIT)
+
+
+def _error(message) -> None:
+    """The one line every failure prints: `Error: MESSAGE`, its untrusted parts made harmless (see shown)."""
+    click.echo(f"Error: {shown(message)}", err=True)
+
+
+# What the out-of-memory error suggests, per command: the options that set how much a command holds.
+MEMORY_HINTS = {
+    "train": "try a smaller --batch-size, --hidden or --seq-len",
+    "sample": "try fewer samples (-n) or a smaller --length",
+    "annotate": "try a smaller --max-chars",
+    "eval": "try a smaller TEXT_FILE",
+    "classify": "try fewer lines at a time",
+}
+_running: dict = {}  # "command": the subcommand being run (the group's callback records it)
+
+
+def _stop_on_interrupt() -> None:
+    """SIGINT (Ctrl-C) ends a command quietly with 130: the first one raises KeyboardInterrupt, and from that
+    moment on SIGINT and SIGTERM are ignored, so a second Ctrl-C right behind the first cannot interrupt the
+    way out (a KeyboardInterrupt in an except clause, or in Python's own shutdown as it joins threads, which
+    would print "Exception ignored" or kill the process by the signal). `train` replaces this with its
+    StopRequest while it trains, and puts it back after."""
+    def handle(signum, frame):
+        _quiet_from_now_on()
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread (an embedding program): leave the signals to it
+        pass
+
+
+def _quiet_from_now_on() -> None:
+    """Ignore SIGINT and SIGTERM from here on: the process is on its way out."""
+    _running["interrupted"] = True
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass

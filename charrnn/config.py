@@ -86,8 +86,17 @@ class TrainConfig:
             # check the rest as if the open ones held their plain defaults
             filled = {k: getattr(TrainConfig, k) for k in AUTO_TRAIN_KEYS if getattr(self, k) is None}
             return TrainConfig(**{**asdict(self), **filled}).check()
+        for name in ("task", "mode", "level", "optim", "schedule", "on_nonfinite"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name.replace('_', '-')} must be a str, got {getattr(self, name)!r:.40}")
+        for name in ("val_frac", "lr", "momentum", "weight_decay", "min_lr_ratio", "eval_every", "log_every",
+                     "min_count", "seed", "warmup", "threads", "patience"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"{name.replace('_', '-')} must be given, got None")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
+        if self.level not in ("char", "word"):
+            raise ConfigError(f"unknown level {self.level!r}; choose char or word")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose lm or classify")
         if self.task == "classify" and (self.mode != "lines" or self.level != "char"):
@@ -100,16 +109,15 @@ class TrainConfig:
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
                      "max_steps", "eval_tokens", "max_vocab", "threads", "patience", "keep"):
             value = getattr(self, name)
-            if value is not None and not (is_number(value, integer=True) and abs(value) < 2**63):
-                raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {value!r:.40}")
+            if value is not None:
+                check_integer(value, name.replace("_", "-"))
         for name in ("val_frac", "lr", "momentum", "weight_decay", "clip", "clip_value", "min_lr_ratio",
                      "max_epochs", "max_time"):
             value = getattr(self, name)
             if value is not None and not is_number(value):
                 label = "learning rate" if name == "lr" else name.replace("_", "-")
                 raise ConfigError(f"{label} must be a finite number, got {value!r:.40}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
+        check_seed(self.seed)
         if not 1 <= self.threads <= 64:
             raise ConfigError(f"threads must be between 1 and 64, got {self.threads}")
         if self.keep < 0:
@@ -148,6 +156,7 @@ class TrainConfig:
 
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_DURATION = 100 * 365.25 * 86400  # 100 years: the longest --max-time (longer ones only overflow arithmetic)
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 
 
@@ -172,8 +181,32 @@ def parse_duration(value) -> float | None:
     else:
         seconds = 0.0
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise ConfigError(f"{value!r} is not a duration such as 90s, 10m, 1h30m or 1.5h")
+        raise ConfigError(f"{value!r:.40} is not a duration such as 90s, 10m, 1h30m or 1.5h")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{value!r:.40} is longer than 100 years, the longest duration taken")
     return seconds
+
+
+def check_integer(value, name: str, low: int | None = None) -> int:
+    """value as an int: ConfigError naming `name` unless it is an integer (a NumPy one too, not a bool) in
+    [low, 2**63), the range a run's files store."""
+    if not is_number(value, integer=True):
+        raise ConfigError(f"{name} must be an integer, got {value!r:.40}")
+    if not -2**63 <= value < 2**63:
+        raise ConfigError(f"{name} must be below 2**63, got {value!r:.40}")
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value!r:.40}")
+    return int(value)
+
+
+def check_seed(seed, optional: bool = False) -> int | None:
+    """A seed (training, sampling; the command line's --seed and the API's seed=) as an int in [0, 2**63);
+    ConfigError otherwise. optional: None is a seed too (a random one)."""
+    if seed is None and optional:
+        return None
+    if not is_number(seed, integer=True) or not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed!r:.40}")
+    return int(seed)
 
 
 def is_number(value, integer: bool = False) -> bool:

@@ -357,15 +357,19 @@ def split_lines(text: str) -> list[str]:
 MAX_LINE_CHARS = 10_000
 
 
-def check_line_lengths(longest: int, which: str = "", *, at_least: bool = False, where: str = "") -> None:
+def check_line_lengths(longest: int, which: str = "", *, at_least: bool = False, where: str = "",
+                       classifier: bool = False) -> None:
     """CorpusError when a line of `longest` characters is too long to be one example of lines mode.
 
     - at_least: the line has at least `longest` characters (it was refused before its end was read)
-    - where: the start of the message (such as the file's name)"""
+    - where: the start of the message (such as the file's name)
+    - classifier: the lines are a classifier's examples, which have no stream mode to go to"""
     if longest > MAX_LINE_CHARS:
+        what = "a classifier" if classifier else "lines mode"
+        hint = "shorten or split such lines (each line is one labelled example)" if classifier else \
+            "train on long text with --mode stream"
         raise CorpusError(f"{where}a {which}line is {'at least ' if at_least else ''}{longest:,} characters long, "
-                          f"but lines mode takes each line as one example of at most {MAX_LINE_CHARS:,}; "
-                          f"train on long text with --mode stream")
+                          f"but {what} takes each line as one example of at most {MAX_LINE_CHARS:,}; {hint}")
 
 
 _LONG_LINE = re.compile(r"[^\n]{%d,}" % (MAX_LINE_CHARS + 1))  # a whole line: a maximal run between newlines
@@ -381,7 +385,7 @@ def check_text_lines(text, which: str = "", labelled: bool = False) -> None:
         for m in _LONG_LINE.finditer(piece):
             start = piece.find("\t", m.start(), m.end()) + 1 if labelled else m.start()
             longest = max(longest, m.end() - (start or m.start()))
-    check_line_lengths(longest, which)
+    check_line_lengths(longest, which, classifier=labelled)
 
 
 def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:
@@ -659,6 +663,31 @@ def release_pages(ids: np.ndarray) -> None:
     mapping = getattr(ids, "_mmap", None)  # np.memmap's mmap object
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap_module, "MADV_DONTNEED"):
         mapping.madvise(mmap_module.MADV_DONTNEED)
+
+
+def check_mapped(*arrays) -> None:
+    """CorpusError when the file under a memory-mapped id array is now shorter than its mapping (None and
+    arrays in memory pass).
+
+    Reading a mapped page past a file's end kills the process with SIGBUS, which no Python code can
+    catch or report: a trainer whose data file another process cut would die with no message and no
+    save. The loop calls this before each step and each evaluation, so such a cut is an error with a
+    message instead. It narrows the window, it cannot close it: a cut between this check and the reads
+    that follow still kills the process. The run's lock keeps charrnn itself from writing a run's data
+    while it trains; nothing keeps another program from it.
+    """
+    for ids in arrays:
+        filename = getattr(ids, "filename", None)  # np.memmap's file
+        if filename is None:
+            continue
+        try:
+            size = os.stat(filename).st_size
+        except OSError:  # gone: the mapping keeps the file's data alive
+            continue
+        if size < ids.offset + ids.nbytes:
+            raise CorpusError(f"{filename} was cut to {size:,} bytes while in use (it holds "
+                              f"{ids.offset + ids.nbytes:,}): the run's data is damaged; restore it or start "
+                              f"the run again")
 
 
 def load_ids(path, mmap: bool = True) -> np.ndarray:

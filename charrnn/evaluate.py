@@ -45,7 +45,9 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss) if self.tokens else math.nan
+        """exp(loss): inf when that is beyond the float range (a loss above about 709.78 nats), nan when
+        nothing was scored or the loss is nan."""
+        return exp_or_inf(self.loss) if self.tokens else math.nan
 
     @property
     def bits_per_token(self) -> float:
@@ -60,6 +62,26 @@ class Score:
         <Score loss 1.4644 nats/token, perplexity 4.325, 2.113 bits/token, 1,000 tokens (0 unknown)>."""
         return (f"<Score loss {self.loss:.4f} nats/token, perplexity {self.perplexity:.4g}, "
                 f"{self.bits_per_token:.4f} bits/token, {self.tokens:,} tokens ({self.unknown:,} unknown)>")
+
+
+def exp_or_inf(x: float) -> float:
+    """math.exp(x), but inf where the result is beyond the float range instead of an OverflowError."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def json_safe(value):
+    """value with every float that is not finite (NaN, an infinite loss or perplexity) made None, in dicts, lists
+    and tuples at any depth: JSON has no such numbers (json.dumps would write NaN, which no JSON reader takes)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def stream_count(n_targets: int, streams: int, min_length: int = MIN_STREAM) -> int:

@@ -27,6 +27,7 @@ QUIET_FP = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
 
 def validation_loss(run: Run) -> float:
     """Mean NLL per token on (the first eval_tokens of) the held-out data."""
+    corpus.check_mapped(run.val_ids, run.val_offsets)  # a cut file would kill the process (see there)
     limit = run.tconfig.eval_tokens
     if run.tconfig.mode == "stream":
         ids = run.val_ids if limit is None else run.val_ids[: limit + 1]
@@ -206,10 +207,23 @@ def _schedule_steps(run: Run, steps_per_sec: float | None) -> int | None:
     if tc.max_steps is not None:
         candidates.append(tc.max_steps)
     if tc.max_epochs is not None:
-        candidates.append(math.ceil(tc.max_epochs * run.steps_per_epoch))
+        candidates.append(_whole_steps(tc.max_epochs * run.steps_per_epoch))
     if tc.max_time is not None and steps_per_sec:
-        candidates.append(run.step + int((tc.max_time - run.elapsed) * steps_per_sec))
+        candidates.append(run.step + _whole_steps((tc.max_time - run.elapsed) * steps_per_sec, up=False))
     return max(1, min(candidates)) if candidates else None
+
+
+# The most steps a schedule counts: a budget that buys more (10**300 epochs, a century at a million steps a
+# second) is as good as endless, and an int stays storable in a run's files.
+MAX_SCHEDULE_STEPS = 2**62
+
+
+def _whole_steps(steps: float, up: bool = True) -> int:
+    """A step count from a float (rounded up, or down), at most MAX_SCHEDULE_STEPS: never an OverflowError
+    from an infinite product of a huge budget and a speed."""
+    if not steps < MAX_SCHEDULE_STEPS:
+        return MAX_SCHEDULE_STEPS
+    return max(0, math.ceil(steps) if up else math.floor(steps))
 
 
 def train(run: Run, should_stop=lambda: False, group=None):
@@ -259,6 +273,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
     reason = stop_reason(group.agree(should_stop(), run.elapsed)[0])
     while reason is None:
         step_start = time.monotonic()
+        corpus.check_mapped(run.train_ids, run.train_offsets)  # a cut file would kill the process (see there)
         x, y, mask, reset = _batch(run, run.step)
         state = None if reset or run.carry is None else run.carry
         # dropout masks come from generators fixed by (seed, step, block), so a resumed run draws the same

@@ -56,9 +56,10 @@ class ModelConfig:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
         for name in ("vocab_size", "layers", "hidden", "embed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+                raise ConfigError(f"{name} must be a positive integer below 2**31, got {value!r:.40}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.floating)) \
+                or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 0 \
                 or self.classes == 1:

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import atomic
 from .annotate import FEATURES, SATURATED_HIGH, SATURATED_LOW, Annotation
+from .evaluate import json_safe
 
 
 def quantize(values: np.ndarray) -> str:
@@ -71,8 +72,11 @@ def _finite(x: float):
 
 
 def json_for_script(data) -> str:
-    """JSON that is safe inside <script type="application/json">: ASCII only, and no < > & at all."""
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    """JSON that is safe inside <script type="application/json">: ASCII only, and no < > & at all.
+
+    A number that is not finite (a model whose scores overflow gives a log-probability of -inf or NaN) goes
+    in as null, which the page shows as "n/a": JSON has no such numbers."""
+    text = json.dumps(json_safe(data), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -179,13 +183,17 @@ SCRIPT = r"""
     if (tok === "\t") return "\u21e5";
     return tok;
   }
-  const pct = p => (100 * p).toFixed(1) + "%";
+  const pct = p => Number.isFinite(p) ? (100 * p).toFixed(1) + "%" : "n/a";
+  const nats = x => Number.isFinite(x) ? x.toFixed(2) : "n/a";
+  // a log-probability or probability that was not a finite number (an overflowing model) came as null
+  D.logprob = D.logprob.map(x => x === null ? NaN : x);
+  D.topP = D.topP.map(x => x === null ? NaN : x);
   const fmt = (x, d) => (x === null || x === undefined) ? "n/a" : x.toFixed(d);
 
   // ------------------------------------------------------------ colours
   // surprisal in bits, 0 (white) to 8 or more (deep red)
   function surpriseColour(bits) {
-    const a = Math.max(0, Math.min(1, bits / 8));
+    const a = Number.isNaN(bits) ? 1 : Math.max(0, Math.min(1, bits / 8));
     return "rgba(214, 48, 39, " + (0.85 * a).toFixed(3) + ")";
   }
   // a unit's value, -1 (blue) through 0 (white) to 1 (red)
@@ -300,8 +308,8 @@ SCRIPT = r"""
       }
       const foot = el("div", { class: "foot" });
       foot.textContent = (D.unknown[i] ? "unknown to the model, scored as \u2018unknown\u2019. " : "") +
-        "p = " + pct(p) + ", rank " + D.rank[row] + ", " + (-lp / LN2).toFixed(2) + " bits (" +
-        (-lp).toFixed(2) + " nats)";
+        "p = " + pct(p) + ", rank " + D.rank[row] + ", " + nats(-lp / LN2) + " bits (" +
+        nats(-lp) + " nats)";
       box.appendChild(foot);
     }
     if (mode() === "neuron" && D.step[i] >= 0) {

@@ -153,7 +153,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             tags = corpus.label_ids(tags, label_names, where[0]) if tags else None
         else:
             lines = corpus.lines_of(train_text)
-        _check_line_lengths(lines)
+        _check_line_lengths(lines, classifier=classify)
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
             order = np.random.default_rng(tconfig.seed).permutation(len(lines))
@@ -169,7 +169,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
                 val_tags = corpus.label_ids(val_tags, label_names, where[1])
             else:
                 val_lines = corpus.lines_of(val_text)
-            _check_line_lengths(val_lines, "validation ")
+            _check_line_lengths(val_lines, "validation ", classifier=classify)
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
         vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
@@ -215,9 +215,9 @@ def _checked_labels(labels, n: int | None, where: str) -> tuple:
     return tuple(labels)
 
 
-def _check_line_lengths(lines: list[str], which: str = "") -> None:
+def _check_line_lengths(lines: list[str], which: str = "", classifier: bool = False) -> None:
     """CorpusError when a line is too long to be one example of lines mode."""
-    corpus.check_line_lengths(max(map(len, lines), default=0), which)
+    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=classifier)
 
 
 def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
@@ -274,27 +274,32 @@ def run_of(model_file: str) -> str:
 def load_heldout(model_file: str, lines: bool):
     """(ids, offsets or None) of the validation split stored in the run beside model_file, for scoring.
 
-    ConfigError when there is none (a model file copied out of its run); CorpusError for damaged offsets.
+    ConfigError when there is none (a model file copied out of its run: then the command needs a TEXT_FILE);
+    CheckpointError when it is there but damaged (a broken run, exit 1 like every damaged file).
     """
     directory = run_of(model_file)
+    if not os.path.exists(_data_path(directory, "val.npy")):
+        raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE")
     try:
         ids, offsets = _read_split(directory, "val", lines)
-    except CharRNNError:
-        raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE") from None
-    if lines:
-        corpus.check_offsets(offsets, len(ids), _data_path(directory, "val_offsets.npy"))
+        if lines:
+            corpus.check_offsets(offsets, len(ids), _data_path(directory, "val_offsets.npy"))
+    except CharRNNError as exc:
+        raise CheckpointError(f"the held-out split stored in {data_dir(directory)} is damaged: {exc}") from None
     return ids, offsets
 
 
 def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
     """(n_lines,) label ids of a classifier's stored validation lines (beside model_file), checked."""
     path = _data_path(run_of(model_file), "val_labels.npy")
+    if not os.path.exists(path):
+        raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE")
     try:
         tags = corpus.load_ids(path)
-    except CharRNNError:
-        raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE") from None
+    except CharRNNError as exc:
+        raise CheckpointError(f"the held-out labels stored beside {model_file} are damaged: {exc}") from None
     if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
-        raise CorpusError(f"{path}: not one label id below {classes} per line")
+        raise CheckpointError(f"{path}: not one label id below {classes} per line")
     return tags
 
 
@@ -843,6 +848,14 @@ def check_model_meta(meta: dict, where: str) -> None:
                 break
         if problem is None and not isinstance(training.get("optimizer", ""), str):
             problem = f"bad training optimizer {training.get('optimizer')!r}"
+    if problem is None and "origin" in meta:
+        problem = _origin_problem(meta["origin"])
+    if problem is None:
+        strings = list(meta.get("tokens", [])) + list(meta.get("labels", []) or []) \
+            if isinstance(meta.get("tokens", []), list) and isinstance(meta.get("labels", []), list) else []
+        odd = next((t for t in strings if isinstance(t, str) and not _is_utf8(t)), None)
+        if odd is not None:  # a lone surrogate: no text holds one, and no terminal or file can take it
+            problem = f"the token or label {odd!r:.40} is not Unicode text (a lone surrogate)"
     if problem:
         raise CheckpointError(f"{where}: {problem}")
 
@@ -853,6 +866,35 @@ def _known_encoding(name) -> bool:
         return True
     except CharRNNError:
         return False
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _origin_problem(origin) -> str | None:
+    """What is wrong with a model file's "origin" entry (as _origin writes it), or None."""
+    if not isinstance(origin, dict):
+        return f"bad origin {origin!r:.40}: not a JSON object"
+    counts = {"step": True, "base_tokens": False, "unk_tokens": False, "n_unseen": False}  # name: may be None
+    for key, nullable in counts.items():
+        value = origin.get(key)
+        if key in origin and not ((value is None and nullable) or (is_number(value, integer=True)
+                                                                     and 0 <= value < 2**63)):
+            return f"bad origin {key} {value!r:.40}"
+    if not isinstance(origin.get("model_file", ""), str):
+        return f"bad origin model_file {origin.get('model_file')!r:.40}"
+    if origin.get("vocab", "kept") not in ("kept", "extended"):
+        return f"bad origin vocab {origin.get('vocab')!r:.40}"
+    for key in ("added", "unseen"):
+        value = origin.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(t, str) and _is_utf8(t) for t in value)):
+            return f"bad origin {key} {value!r:.40}: not a list of tokens"
+    return None
 
 
 def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None) -> str:
@@ -1091,13 +1133,16 @@ def novelty_index(model_file: str, lines: bool):
     ConfigError when no training data is stored beside the model (a model file copied out of its run).
     """
     directory = run_of(model_file)
+    if not os.path.exists(_data_path(directory, "train.npy")):
+        raise ConfigError(f"--novelty compares samples with the training text stored beside the model, and "
+                          f"{model_file} has none ({DATA_DIR}/train.npy)")
     try:
         ids, offsets = _read_split(directory, "train", lines)
-    except CharRNNError:
-        raise ConfigError(f"--novelty compares samples with the training text stored beside the model, and "
-                          f"{model_file} has none ({DATA_DIR}/train.npy)") from None
+        if lines:
+            corpus.check_offsets(offsets, len(ids), _data_path(directory, "train_offsets.npy"), min_lines=1)
+    except CharRNNError as exc:
+        raise CheckpointError(f"the training split stored in {data_dir(directory)} is damaged: {exc}") from None
     if lines:
-        corpus.check_offsets(offsets, len(ids), _data_path(directory, "train_offsets.npy"), min_lines=1)
         try:
             val = _read_split(directory, "val", True)
             corpus.check_offsets(val[1], len(val[0]), _data_path(directory, "val_offsets.npy"))

@@ -26,12 +26,21 @@ import tempfile
 import numpy as np
 
 from . import inference, model
+from .config import is_number
 from .errors import CharRNNError, CheckpointError, ConfigError, VocabError
 from .vocab import Vocab, tokenize
 
 
 def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int):
-    """Raise ConfigError for option values no sampling could use."""
+    """Raise ConfigError for option values (or types: the API's callers pass anything) no sampling could use."""
+    for name, value, integer, optional in (("--temp", temperature, False, False), ("--top-k", top_k, True, True),
+                                           ("--top-p", top_p, False, True), ("--length", length, True, False),
+                                           ("--num-samples", num_samples, True, False)):
+        if value is None and optional:
+            continue
+        if not (is_number(value, integer=integer) if integer else isinstance(value, (int, float, np.number))
+                and not isinstance(value, (bool, np.bool_))):
+            raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
     if not 0 <= temperature < math.inf:
         raise ConfigError(f"--temp must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
@@ -40,12 +49,14 @@ def check_options(temperature: float, top_k: int | None, top_p: float | None, le
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
     if length < 1:
         raise ConfigError(f"--length must be at least 1, got {length}")
-    if num_samples < 1:
-        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
+    if not 1 <= num_samples < 2**31:
+        raise ConfigError(f"--num-samples must be from 1 to 2**31 - 1, got {num_samples}")
 
 
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     """The prime's token ids, (n,) int64; VocabError naming any token the model has never seen."""
+    if not isinstance(prime, str):
+        raise ConfigError(f"the prime must be a str, got {type(prime).__name__}")
     known = set(vocab.tokens[3:])
     unknown = sorted({tok for tok in tokenize(prime, vocab.level) if tok not in known})
     if unknown:
@@ -142,6 +153,10 @@ def draw_next(logits, rng: np.random.Generator, temperature: float = 1.0, top_k:
         if not scale < np.finfo(logits.dtype).max:
             # so cold that every other token's weight underflows to zero
             return _checked_argmax(logits)
+        if scale < float(np.finfo(logits.dtype).tiny):
+            # so hot that 1 / temperature is no normal number of the logits' dtype (it would round to 0, and
+            # -inf * 0 is NaN): scale in float64, where it is a positive number for any finite temperature
+            logits = logits.astype(np.float64)
         logits *= scale
     np.exp(logits, out=logits)  # weights in [0, 1], each row's maximum exactly 1
     if top_p is not None and top_p < 1:
@@ -210,13 +225,20 @@ def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, sta
     state = model.zero_state(config, n)
     for token in start:
         logits, state = inference.step(weights, np.full(n, token), state)
-    noise = None
+    noise = hot = None
     if temperature > 0 and (top_p is None or top_p >= 1):
-        noise = gumbel_noise(rng, (n, config.vocab_size), temperature, np.dtype(config.dtype))
+        dtype = np.dtype(config.dtype)
+        # temperature * G overflows the dtype for a hot enough temperature (G, the Gumbel noise, reaches
+        # about 709): then argmax(z / T + G), the same draw, in float64, where z / T stays finite
+        hot = not temperature * _GUMBEL_MAX < float(np.finfo(dtype).max)
+        noise = gumbel_noise(rng, (n, config.vocab_size), 1.0 if hot else temperature,
+                             np.float64 if hot else dtype)
     alive = np.ones(n, dtype=bool)
     eos = vocab.eos
     for _ in range(length):
-        if noise is not None:
+        if hot:
+            tokens = draw_gumbel(logits.astype(np.float64) / temperature, next(noise), top_k)
+        elif noise is not None:
             tokens = draw_gumbel(logits, next(noise), top_k)
         else:
             tokens = draw_next(logits, rng, temperature, top_k, top_p)
@@ -302,6 +324,7 @@ class KeptTokens:
 # cumulative sums, and no overflow at any temperature.
 
 _NOISE_BLOCK = 1 << 16  # numbers drawn per block (at least one step's worth)
+_GUMBEL_MAX = -math.log(np.finfo(np.float64).tiny)  # the largest standard Gumbel number drawn, about 708.4
 
 
 def gumbel_noise(rng: np.random.Generator, shape, temperature: float, dtype):

@@ -358,8 +358,6 @@ def read_everywhere(runs, place, damage, which="a"):
     assert Snapshot(root, skip=["page.html"]) == before
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a loss above about 709 nats (here from a damaged weight): "
-                                             "OverflowError in Score.perplexity (eval, annotate)")
 @SWEEP
 @given(damage=FILE_DAMAGE)
 @example(damage=("flip_in", "head.weight", 3, 0x40))  # the exponent of the first weight: about 1e37
@@ -417,7 +415,6 @@ def test_a_vocabulary_of_hostile_tokens_is_refused_or_used_cleanly(runs, place, 
     read_everywhere(runs, place, token_edit(kind, index, token))
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "info on a vocabulary holding a lone surrogate (UnicodeEncodeError)")
 @pytest.mark.parametrize("index", [3, 10])
 def test_a_vocabulary_holding_a_lone_surrogate_is_refused_or_used_cleanly(runs, place, index):
     read_everywhere(runs, place, token_edit("surrogate", index))
@@ -430,8 +427,6 @@ def terminal_safe(text: str) -> bool:
                    "\u2066\u2067\u2068\u2069" for c in text)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "control characters and U+202E of a vocabulary or a label "
-                                             "printed raw to the terminal")
 @pytest.mark.parametrize("which", ["a", "clf"])
 def test_control_characters_in_a_vocabulary_or_label_never_reach_the_terminal_raw(runs, place, which):
     root = place()
@@ -456,8 +451,6 @@ ORIGIN = {"model_file": "/elsewhere/model.safetensors", "step": 3, "vocab": "kep
           "unk_tokens": 0, "unseen": [], "n_unseen": 0}
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "info on origin.added an int (TypeError), origin.unk_tokens a "
-                                             "string (ValueError)")
 @SWEEP
 @given(key=st.sampled_from(sorted(ORIGIN)), value=JSON_VALUES, vocab=st.sampled_from(["kept", "extended"]))
 @example(key="added", value=5, vocab="extended")
@@ -579,8 +572,6 @@ def test_a_log_with_hostile_lines_resumes_or_is_refused_cleanly(runs, place, lin
     log_damaged(runs, place, lines, where, plot=False)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "plot on log records of the wrong types (a list or a dict for a "
-                                             "step or a loss: TypeError, ValueError), a cousin of the plot cases")
 @settings(SWEEP, max_examples=15)
 @given(lines=st.lists(LOG_LINES.filter(lambda b: b not in (DEEP.encode(), LONG_NUMBER) and _utf8(b)), max_size=3),
        where=st.integers(0, 2000))
@@ -597,9 +588,6 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "plot on a log with invalid UTF-8 (UnicodeDecodeError), a "
-                                             "100,000-deep JSON line (RecursionError) or a 5,000-digit number "
-                                             "(ValueError)")
 @settings(SWEEP, max_examples=15)
 @given(lines=st.lists(LOG_LINES, min_size=1, max_size=3), where=st.integers(0, 2000))
 @example(lines=[b"\xff\xfe{"], where=0)
@@ -893,7 +881,6 @@ def test_hostile_option_values_are_clean_usage_errors_or_work(runs, place, comma
     option_outcome(runs, place(), command, option, value)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "sample --seed -1 (ValueError)")
 @pytest.mark.parametrize("value", ["-1", str(-(2**63))])
 def test_a_negative_sample_seed_is_a_clean_usage_error(runs, place, value):
     option_outcome(runs, place(), "sample", "--seed", value)
@@ -923,8 +910,6 @@ API_CALLS = {
 HUGE_WORK = {"generate length", "samples n", "annotate max_chars"}
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "the Python API raises raw TypeError/ValueError for wrong "
-                                             "argument types (a bytes or list path to charrnn.load, ...)")
 @settings(SWEEP, max_examples=40)
 @given(call=st.sampled_from(sorted(API_CALLS)), value=HOSTILE_ARGS)
 @example(call="load", value=b"run")
@@ -939,8 +924,6 @@ def test_the_api_returns_or_raises_its_own_errors_whatever_the_arguments(runs, c
         pass
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "classify(top_k=-1) drops the last label, top_k=0 returns "
-                                             "empty lists")
 @pytest.mark.parametrize("top_k", [-1, 0])
 def test_classify_refuses_a_top_k_below_one(runs, top_k):
     with pytest.raises(CharRNNError):
@@ -955,8 +938,6 @@ TRAIN_KWARGS = ["seq_len", "batch_size", "hidden", "lr", "max_steps", "eval_ever
 @given(key=st.sampled_from(TRAIN_KWARGS), value=HOSTILE_ARGS)
 @example(key="seq_len", value=np.int64(16))
 @example(key="seed", value=None)
-@pytest.mark.xfail(strict=True, reason=ISSUE + "the API's wrong argument types (charrnn.train(seed=None): "
-                                             "TypeError)")
 def test_charrnn_train_with_any_argument_trains_or_refuses_and_leaves_no_unusable_run(runs, place, key, value):
     if key in ("max_steps", "hidden", "batch_size", "seq_len") and isinstance(value, (int, float, np.number)) \
             and not isinstance(value, bool) and abs(value) > 1e4:
@@ -1085,8 +1066,6 @@ def test_a_model_file_declaring_a_huge_extra_tensor_is_refused_in_the_memory_of_
 # ---------------------------------------------------------------- a loss beyond exp's range
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a validation loss above about 709 nats: OverflowError in "
-                                             "Score.perplexity (eval, annotate, model.score())")
 @pytest.mark.parametrize("how", ["eval", "annotate", "score"])
 def test_a_loss_above_709_nats_is_reported_not_a_traceback(runs, place, how):
     root = place()
