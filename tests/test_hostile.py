@@ -924,12 +924,6 @@ def test_the_api_returns_or_raises_its_own_errors_whatever_the_arguments(runs, c
         pass
 
 
-@pytest.mark.parametrize("top_k", [-1, 0])
-def test_classify_refuses_a_top_k_below_one(runs, top_k):
-    with pytest.raises(CharRNNError):
-        charrnn.load(runs / "clf").classify(["def f"], top_k=top_k)
-
-
 TRAIN_KWARGS = ["seq_len", "batch_size", "hidden", "lr", "max_steps", "eval_every", "seed", "mode", "level",
                 "cell", "dropout", "val_frac"]
 

@@ -105,3 +105,20 @@ def test_python_api_example_runs(tmp_path, capsys):
     assert len(rows) == s.tokens and f"rank {rows[0].rank}" in out
     assert -np.mean([r.logprob for r in rows]) == pytest.approx(s.loss, abs=1e-6)
     assert namespace["states"].shape == (len("The quick brown fox"), 32)
+
+
+def test_every_test_a_guarantee_names_exists():
+    """docs/files.md's guarantees cite their tests as `tests/FILE.py::name` (or `::name` for the file
+    before): each must be a test function in that file, or the promise has nothing behind it."""
+    page = open(os.path.join(ROOT, "docs", "files.md"), encoding="utf-8").read()
+    table = page.split("## Guarantees", 1)[1]
+    cited, current = 0, None
+    for file, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", table):
+        current = file or current
+        if not name:
+            assert not file or os.path.exists(os.path.join(ROOT, file)), file
+            continue
+        source = open(os.path.join(ROOT, current), encoding="utf-8").read()
+        assert re.search(rf"^def {name}\(", source, re.M), f"{current}::{name} is cited but not defined"
+        cited += 1
+    assert cited > 40

@@ -567,6 +567,19 @@ def tiny_run(directory, **kw):
     return rundir.start_run(directory, stream_text(400), None, options, tconfig)
 
 
+def assert_ends_as_a_fresh_run(run, tmp_path):
+    """Train run (a resumed tiny_run) to its end and check its weights and log are those of a tiny_run
+    trained from scratch without interruption, bit for bit."""
+    for _ in tr.train(run):
+        pass
+    reference = tiny_run(tmp_path / "reference")
+    for _ in tr.train(reference):
+        pass
+    for name in run.params:
+        assert run.params[name].tobytes() == reference.params[name].tobytes(), name
+    assert untimed(read_log(run.directory)) == untimed(read_log(tmp_path / "reference"))
+
+
 class DiskFull:
     """Writes each checkpoint file in 256-byte pieces and counts them; once armed, the piece numbered
     `fail_at` (0-based) raises ENOSPC."""
@@ -612,14 +625,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_byte_identical
     monkeypatch.undo()
     resumed = rundir.resume_run(tmp_path / "run")
     assert resumed.step == 2
-    for _ in tr.train(resumed):
-        pass
-    reference = tiny_run(tmp_path / "reference")
-    for _ in tr.train(reference):
-        pass
-    for name in resumed.params:
-        assert resumed.params[name].tobytes() == reference.params[name].tobytes()
-    assert untimed(read_log(tmp_path / "run")) == untimed(read_log(tmp_path / "reference"))
+    assert_ends_as_a_fresh_run(resumed, tmp_path)
 
 
 def test_a_full_disk_through_the_cli_is_one_line_and_exit_1(tmp_path, corpus_file, monkeypatch):
@@ -1113,14 +1119,7 @@ def test_a_run_made_before_run_ids_adopts_one_and_resumes_bit_exact(tmp_path):
     assert resumed.step == 4
     adopted = json.loads((tmp_path / "run" / layout.RUN_FILE).read_text())["id"]
     assert re.fullmatch(r"[0-9a-f]{32}", adopted) and resumed.identity["id"] == adopted
-    for _ in tr.train(resumed):
-        pass
-    reference = tiny_run(tmp_path / "reference")
-    for _ in tr.train(reference):
-        pass
-    for name in resumed.params:
-        assert resumed.params[name].tobytes() == reference.params[name].tobytes(), name
-    assert untimed(read_log(tmp_path / "run")) == untimed(read_log(tmp_path / "reference"))
+    assert_ends_as_a_fresh_run(resumed, tmp_path)
     assert checkpoint.load_state(tmp_path / "run")[1]["run"]["id"] == adopted
     assert checkpoint.load_model(tmp_path / "run" / layout.MODEL_FILE)[2]["run_id"] == adopted
     # and from now on a state of another run is refused there too
