@@ -939,7 +939,8 @@ def test_charrnn_train_with_any_argument_trains_or_refuses_and_leaves_no_unusabl
     root = place()
     out = os.path.join(root, "out")
     options = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 8, "dropout": 0.0, "schedule": "constant",
-               "warmup": 0, "batch_size": 2, "seq_len": 8, "patience": 0, "max_steps": 2, "eval_every": 2}
+               "warmup": 0, "batch_size": 2, "seq_len": 8, "patience": 0, "max_steps": 2, "eval_every": 2,
+               "max_time": "2s"}  # max_steps=None would otherwise leave the default budget: five minutes
     options[key] = value
     try:
         charrnn.train(str(runs / "a.txt"), out, **options)
