@@ -22,7 +22,7 @@ from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling,
 from . import loop as training
 from .config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                      fill_auto_settings, parse_duration)
-from .errors import CheckpointError, ConfigError, CorpusError
+from .errors import CheckpointError, ConfigError, CorpusError, option
 from .model import ModelConfig
 from .evaluate import Score
 
@@ -235,7 +235,7 @@ class Model:
           model never saw count as unknown
         - top_k: pairs kept per text (None: every label)
         """
-        self._need("a classifier", "has no labels; train one with task='classify'")
+        self._need("a classifier", f"has no labels; train one with {option('task', 'classify')}")
         if top_k is not None:
             top_k = check_integer(top_k, "top_k", low=1)
         if isinstance(texts, str):
@@ -444,10 +444,10 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 
     if resume is not None:
         fixed = sorted(set(options) - set(RESUMABLE) - set(SCHEDULE_KEYS))
-        for flag, value in (("extend-vocab", extend_vocab), ("init-from", init_from), ("glob", glob),
-                            ("corpus", builtin)):
+        for name, value in (("extend_vocab", extend_vocab), ("init_from", init_from), ("glob", glob),
+                            ("builtin", builtin)):
             if value:
-                fixed.insert(0, flag)
+                fixed.insert(0, name)
         if out is not None:
             fixed.insert(0, "out")
         if errors is not None:
@@ -455,10 +455,10 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         if val is not None:
             fixed.insert(0, "val")
         if corpus_file or fixed:
-            what = "a corpus file" if corpus_file else "--" + fixed[0].replace("_", "-")
-            raise ConfigError(f"{what} cannot be given with --resume: the run keeps its data and settings "
-                              f"(only budgets and cadence can change, and --lr, --schedule and --warmup start a "
-                              f"new learning-rate schedule)")
+            what = "a corpus file" if corpus_file else option(fixed[0])
+            raise ConfigError(f"{what} cannot be given with {option('resume')}: the run keeps its data and "
+                              f"settings (only budgets and cadence can change, and {option('lr')}, "
+                              f"{option('schedule')} and {option('warmup')} start a new learning-rate schedule)")
         overrides = dict(options)
         if any(k in options for k in ("max_steps", "max_epochs", "max_time")):
             # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
@@ -486,32 +486,35 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if options.get("task") == "classify":
         options.setdefault("mode", "lines")  # a classifier's examples are lines
         if corpus_file is None:
-            raise ConfigError("--task classify needs a CORPUS_FILE of label<TAB>text lines; a built-in corpus "
-                              "has no labels")
+            raise ConfigError(f"{option('task', 'classify')} needs a {option('corpus_file')} of label<TAB>text "
+                              "lines; a built-in corpus has no labels")
         if os.path.isdir(corpus_file):
-            raise ConfigError("--task classify reads label<TAB>text lines from one file, not a folder")
+            raise ConfigError(f"{option('task', 'classify')} reads label<TAB>text lines from one file, not a folder")
         if init_from is not None:
-            raise ConfigError("--init-from fine-tunes a language model; --task classify starts a fresh classifier")
+            raise ConfigError(f"{option('init_from')} fine-tunes a language model; {option('task', 'classify')} "
+                              "starts a fresh classifier")
     elif "pool" in options:
-        raise ConfigError("--pool needs --task classify: a language model predicts at every step, it pools nothing")
+        raise ConfigError(f"{option('pool')} needs {option('task', 'classify')}: a language model predicts at "
+                          "every step, it pools nothing")
     if corpus_file is not None and builtin is not None:
-        raise ConfigError("give a CORPUS or --corpus NAME, not both")
+        raise ConfigError(f"give a {option('corpus_file')} or {option('builtin')} (a built-in corpus), not both")
     if glob is not None and (corpus_file is None or not os.path.isdir(corpus_file)):
-        raise ConfigError("--glob chooses files in a folder: give a folder as CORPUS")
+        raise ConfigError(f"{option('glob')} chooses files in a folder: give a folder as {option('corpus_file')}")
     if extend_vocab and init_from is None:
-        raise ConfigError("--extend-vocab extends the vocabulary of the model given by --init-from")
+        raise ConfigError(f"{option('extend_vocab')} extends the vocabulary of the model given by {option('init_from')}")
     model_options = {k: options.get(k, MODEL_DEFAULTS[k]) for k in MODEL_KEYS}
     init = None
     if init_from is not None:
         if "max_vocab" in options:
-            raise ConfigError("--max-vocab cannot be given with --init-from: the vocabulary is the model's "
-                              "(--extend-vocab adds the new characters)")
+            raise ConfigError(f"{option('max_vocab')} cannot be given with {option('init_from')}: the vocabulary is "
+                              f"the model's ({option('extend_vocab')} adds the new characters)")
         params, base, vocab, meta, model_file = rundir.load_checkpoint(init_from)
         if base.classes:
-            raise ConfigError(f"{model_file} is a classifier; --init-from fine-tunes a language model")
+            raise ConfigError(f"{model_file} is a classifier; {option('init_from')} fine-tunes a language model")
         model_options = rundir.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
         if "level" in options and options["level"] != vocab.level:
-            raise ConfigError(f"--level {options['level']} conflicts with the model of --init-from, which has a "
+            raise ConfigError(f"{option('level', options['level'])} conflicts with the model of {option('init_from')}, "
+                              f"which has a "
                               f"{vocab.level}-level vocabulary")
         options["level"] = vocab.level
         init = rundir.InitFrom(params, base, vocab, meta, model_file, extend=extend_vocab)
@@ -555,7 +558,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
             text, val_text, how = split
             say(f"Validation: {how}")
     if no_budget:
-        say("No budget given: training for 5 minutes (set --max-time, --max-steps or --max-epochs).")
+        say(f"No budget given: training for 5 minutes (set {option('max_time')}, {option('max_steps')} or "
+            f"{option('max_epochs')}).")
     chosen = _settings_line(text, val_text, tconfig, model_options)
     _check_ranks(tconfig, group)
     directory = out or rundir.fresh_run_dir(name)
@@ -616,11 +620,11 @@ def _origin_line(run) -> str:
         vocab = f"vocabulary kept ({o['base_tokens']} tokens)"
         if o["n_unseen"]:
             vocab += (f"; {o['unk_tokens']:,} tokens of the new text become UNK, {o['n_unseen']} characters the "
-                      f"model never saw: {_shown_tokens(o['unseen'])} (--extend-vocab learns them)")
+                      f"model never saw: {_shown_tokens(o['unseen'])} ({option('extend_vocab')} learns them)")
         else:
             vocab += ": every character of the new text is in it"
     if o["vocab"] == "extended" and o["unk_tokens"]:
-        vocab += f"; {o['unk_tokens']:,} tokens still UNK (validation-only or rarer than --min-count)"
+        vocab += f"; {o['unk_tokens']:,} tokens still UNK (validation-only or rarer than {option('min_count')})"
     return f"{start}; {vocab}"
 
 
@@ -635,7 +639,7 @@ def _train_events(run, emit, stop, group=None) -> None:
 def _check_ranks(tconfig, group) -> None:
     """ConfigError unless the MPI ranks divide the global batch (each owns batch_size / N streams)."""
     if tconfig.batch_size % group.size:
-        raise ConfigError(f"--batch-size {tconfig.batch_size} must be a multiple of the {group.size} MPI ranks "
+        raise ConfigError(f"{option('batch_size', tconfig.batch_size)} must be a multiple of the {group.size} MPI ranks "
                           f"(mpiexec -n); the batch is split between them by streams")
 
 

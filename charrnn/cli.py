@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from . import __version__, api, config, corpora, corpus, distributed, layout, optim, report, rundir, runtime, sampling
-from . import textfile
+from . import errors as errors_module, textfile
 from .annotate import MAX_CHARS
 from .classifier import DENSE_CONFUSION_LABELS, POOLS
 from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
@@ -1179,10 +1179,8 @@ def _main(argv=None) -> None:
     warnings.showwarning = _warning_line
     _stop_on_interrupt()
     try:
-        # under mpiexec, join the MPI world before parsing: a rank that then fails (a missing corpus)
-        # leaves MPI at once and mpiexec ends the job, where a rank gone before joining hangs the others
-        distributed.world()
-        cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
+        with errors_module.speaking(_flag):
+            _run_command(argv)
     except click.exceptions.Abort:
         _quiet_from_now_on()
         click.echo("Aborted.", err=True)
@@ -1208,6 +1206,35 @@ def _main(argv=None) -> None:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         _error(f"{exc.strerror or exc}{where}")
         sys.exit(FAILURE_EXIT)
+
+
+# The API's keywords that click's parameters name otherwise (`Model.samples(n)` is `-n/--num-samples`, ...)
+_PARAM_OF_KEYWORD = {"n": "num_samples", "glob": "pattern", "val": "val_file", "lock": "no_lock"}
+
+
+def _flag(name: str, value=None) -> str:
+    """A setting named in a library message (errors.option), spelled as on this command line: the flag of the
+    click option whose parameter it is, in the running command first (`--temp`, `--task classify`; a flag
+    alone for an on/off option, the metavar for an argument), derived from the commands' own options."""
+    param = _PARAM_OF_KEYWORD.get(name, name)
+    running = cli.commands.get(_running.get("command") or "")
+    for command in ([running] if running else []) + list(cli.commands.values()):
+        for p in command.params:
+            if p.name != param:
+                continue
+            if isinstance(p, click.Argument):
+                return p.human_readable_name.strip("[]")
+            flag = max(p.opts, key=len)
+            return flag if p.is_flag or not errors_module.has_value(value) else f"{flag} {value}"
+    flag = "--" + name.replace("_", "-")  # a setting no command takes (a run's own, say): the same style
+    return flag if not errors_module.has_value(value) else f"{flag} {value}"
+
+
+def _run_command(argv) -> None:
+    # under mpiexec, join the MPI world before parsing: a rank that then fails (a missing corpus)
+    # leaves MPI at once and mpiexec ends the job, where a rank gone before joining hangs the others
+    distributed.world()
+    cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
 
 
 def _error(message) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import optim
-from .errors import ConfigError
+from .errors import ConfigError, option
 
 MODES = ("stream", "lines")
 TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
@@ -82,63 +82,62 @@ class TrainConfig:
         self.encoding = text_encoding(self.encoding)  # its canonical name ("latin-1" -> "iso8859-1")
         if any(getattr(self, k) is None for k in AUTO_TRAIN_KEYS):
             if not partial:
-                raise ConfigError(f"{', '.join(AUTO_TRAIN_KEYS)} must be set")
+                raise ConfigError(f"{', '.join(option(k) for k in AUTO_TRAIN_KEYS)} must be set")
             # check the rest as if the open ones held their plain defaults
             filled = {k: getattr(TrainConfig, k) for k in AUTO_TRAIN_KEYS if getattr(self, k) is None}
             return TrainConfig(**{**asdict(self), **filled}).check()
         for name in ("task", "mode", "level", "optim", "schedule", "on_nonfinite"):
             if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name.replace('_', '-')} must be a str, got {getattr(self, name)!r:.40}")
+                raise ConfigError(f"{option(name)} must be a str, got {getattr(self, name)!r:.40}")
         for name in ("val_frac", "lr", "momentum", "weight_decay", "min_lr_ratio", "eval_every", "log_every",
                      "min_count", "seed", "warmup", "threads", "patience"):
             if getattr(self, name) is None:
-                raise ConfigError(f"{name.replace('_', '-')} must be given, got None")
+                raise ConfigError(f"{option(name)} must be given, got None")
         if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose stream or lines")
+            raise ConfigError(f"unknown {option('mode')} {self.mode!r}; choose stream or lines")
         if self.level not in ("char", "word"):
-            raise ConfigError(f"unknown level {self.level!r}; choose char or word")
+            raise ConfigError(f"unknown {option('level')} {self.level!r}; choose char or word")
         if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}; choose lm or classify")
+            raise ConfigError(f"unknown {option('task')} {self.task!r}; choose lm or classify")
         if self.task == "classify" and (self.mode != "lines" or self.level != "char"):
-            raise ConfigError("--task classify reads one example per line at character level: it takes "
-                              "neither --mode stream nor --level word")
+            raise ConfigError(f"{option('task', 'classify')} reads one example per line at character level: it "
+                              f"takes neither {option('mode', 'stream')} nor {option('level', 'word')}")
         if self.on_nonfinite not in NONFINITE:
-            raise ConfigError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+            raise ConfigError(f"{option('on_nonfinite')} must be stop or skip, got {self.on_nonfinite!r}")
         # types and magnitudes first (a resumed run reads these from a file), so the checks below
         # cannot fail otherwise; every value must also be storable as JSON in the state file
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count", "seed", "warmup",
                      "max_steps", "eval_tokens", "max_vocab", "threads", "patience", "keep"):
             value = getattr(self, name)
             if value is not None:
-                check_integer(value, name.replace("_", "-"))
+                check_integer(value, name)
         for name in ("val_frac", "lr", "momentum", "weight_decay", "clip", "clip_value", "min_lr_ratio",
                      "max_epochs", "max_time"):
             value = getattr(self, name)
             if value is not None and not is_number(value):
-                label = "learning rate" if name == "lr" else name.replace("_", "-")
-                raise ConfigError(f"{label} must be a finite number, got {value!r:.40}")
+                raise ConfigError(f"{option(name)} must be a finite number, got {value!r:.40}")
         check_seed(self.seed)
         if not 1 <= self.threads <= 64:
-            raise ConfigError(f"threads must be between 1 and 64, got {self.threads}")
+            raise ConfigError(f"{option('threads')} must be between 1 and 64, got {self.threads}")
         if self.keep < 0:
-            raise ConfigError(f"keep must be a non-negative integer (0: no snapshots), got {self.keep}")
+            raise ConfigError(f"{option('keep')} must be a non-negative integer (0: no snapshots), got {self.keep}")
         if self.patience < 0:
-            raise ConfigError(f"patience must be a non-negative integer (0: no early stopping), got {self.patience}")
+            raise ConfigError(f"{option('patience')} must be a non-negative integer (0: no early stopping), got {self.patience}")
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "min_count"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+                raise ConfigError(f"{option(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_epochs", "max_time", "eval_tokens", "max_vocab"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+                raise ConfigError(f"{option(name)} must be positive, got {value}")
         if not 0.0 <= self.val_frac < 1.0:
-            raise ConfigError(f"val-frac must be in [0, 1), got {self.val_frac}")
+            raise ConfigError(f"{option('val_frac')} must be in [0, 1), got {self.val_frac}")
         if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+            raise ConfigError(f"the learning rate {option('lr')} must be positive, got {self.lr}")
         for name in ("clip", "clip_value"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and not math.isnan(value)):
-                raise ConfigError(f"{name.replace('_', '-')} must be positive (or 0 for off), got {value}")
+                raise ConfigError(f"{option(name)} must be positive (or 0 for off), got {value}")
         optim.make_optimizer(self.optim, None, **self.optimizer_options())
         optim.learning_rate(0, self.lr, self.schedule or "constant", self.warmup or 0, 1, self.min_lr_ratio)
 
@@ -188,14 +187,14 @@ def parse_duration(value) -> float | None:
 
 
 def check_integer(value, name: str, low: int | None = None) -> int:
-    """value as an int: ConfigError naming `name` unless it is an integer (a NumPy one too, not a bool) in
-    [low, 2**63), the range a run's files store."""
+    """value as an int: ConfigError naming the setting `name` (by its Python name: errors.option) unless it
+    is an integer (a NumPy one too, not a bool) in [low, 2**63), the range a run's files store."""
     if not is_number(value, integer=True):
-        raise ConfigError(f"{name} must be an integer, got {value!r:.40}")
+        raise ConfigError(f"{option(name)} must be an integer, got {value!r:.40}")
     if not -2**63 <= value < 2**63:
-        raise ConfigError(f"{name} must be below 2**63, got {value!r:.40}")
+        raise ConfigError(f"{option(name)} must be below 2**63, got {value!r:.40}")
     if low is not None and value < low:
-        raise ConfigError(f"{name} must be at least {low}, got {value!r:.40}")
+        raise ConfigError(f"{option(name)} must be at least {low}, got {value!r:.40}")
     return int(value)
 
 
@@ -205,7 +204,7 @@ def check_seed(seed, optional: bool = False) -> int | None:
     if seed is None and optional:
         return None
     if not is_number(seed, integer=True) or not 0 <= seed < 2**63:
-        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed!r:.40}")
+        raise ConfigError(f"{option('seed')} must be an integer from 0 to 2**63 - 1, got {seed!r:.40}")
     return int(seed)
 
 

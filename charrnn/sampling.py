@@ -27,30 +27,30 @@ import numpy as np
 
 from . import inference, model
 from .config import is_number
-from .errors import CharRNNError, CheckpointError, ConfigError, VocabError
+from .errors import CharRNNError, CheckpointError, ConfigError, VocabError, option
 from .vocab import Vocab, tokenize
 
 
 def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int):
     """Raise ConfigError for option values (or types: the API's callers pass anything) no sampling could use."""
-    for name, value, integer, optional in (("--temp", temperature, False, False), ("--top-k", top_k, True, True),
-                                           ("--top-p", top_p, False, True), ("--length", length, True, False),
-                                           ("--num-samples", num_samples, True, False)):
+    for name, value, integer, optional in (("temperature", temperature, False, False), ("top_k", top_k, True, True),
+                                           ("top_p", top_p, False, True), ("length", length, True, False),
+                                           ("n", num_samples, True, False)):
         if value is None and optional:
             continue
         if not (is_number(value, integer=integer) if integer else isinstance(value, (int, float, np.number))
                 and not isinstance(value, (bool, np.bool_))):
-            raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
+            raise ConfigError(f"{option(name)} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
     if not 0 <= temperature < math.inf:
-        raise ConfigError(f"--temp must be a finite number >= 0, got {temperature}")
+        raise ConfigError(f"{option('temperature')} must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        raise ConfigError(f"{option('top_k')} must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"{option('top_p')} must be in (0, 1], got {top_p}")
     if length < 1:
-        raise ConfigError(f"--length must be at least 1, got {length}")
+        raise ConfigError(f"{option('length')} must be at least 1, got {length}")
     if not 1 <= num_samples < 2**31:
-        raise ConfigError(f"--num-samples must be from 1 to 2**31 - 1, got {num_samples}")
+        raise ConfigError(f"{option('n')} must be from 1 to 2**31 - 1, got {num_samples}")
 
 
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
