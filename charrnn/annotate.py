@@ -32,7 +32,7 @@ import numpy as np
 
 from . import cells, corpus
 from .cells import EXTRA, STATES
-from .errors import ConfigError, CorpusError
+from .errors import ConfigError, CorpusError, option
 from .evaluate import Score
 from .vocab import UNK, tokenize
 
@@ -149,9 +149,9 @@ def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CH
     Returns an Annotation. ConfigError when there is nothing to score or top_k < 1.
     """
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        raise ConfigError(f"{option('top_k')} must be at least 1, got {top_k}")
     if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
-        raise ConfigError(f"--max-chars must be at least 1, got {max_chars}")
+        raise ConfigError(f"{option('max_chars')} must be at least 1, got {max_chars}")
     text = corpus.normalize_newlines(text)
     cut = 0
     if max_chars is not None and len(text) > max_chars:

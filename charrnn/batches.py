@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import ConfigError, CorpusError
+from .errors import ConfigError, CorpusError, option
 
 
 def _check_positive(name: str, value) -> int:
@@ -41,7 +41,7 @@ def stream_windows(n_tokens: int, batch: int, seq_len: int) -> int:
             raise CorpusError(f"{have}, but training needs at least 2 (one to read, the next to predict); "
                               f"give a longer text")
         need = batch * seq_len + 1
-        smaller = " or ".join(name for name, value in (("--batch-size", batch), ("--seq-len", seq_len)) if value > 1)
+        smaller = " or ".join(option(name) for name, value in (("batch_size", batch), ("seq_len", seq_len)) if value > 1)
         raise CorpusError(f"{have} but batch size {batch} x sequence length {seq_len} needs at least {need:,}; "
                           f"use a smaller {smaller}")
     return windows

@@ -1208,8 +1208,10 @@ def _main(argv=None) -> None:
         sys.exit(FAILURE_EXIT)
 
 
-# The API's keywords that click's parameters name otherwise (`Model.samples(n)` is `-n/--num-samples`, ...)
-_PARAM_OF_KEYWORD = {"n": "num_samples", "glob": "pattern", "val": "val_file", "lock": "no_lock"}
+# The API's keywords that click's parameters name otherwise: `Model.samples(n)` is `-n/--num-samples`,
+# `charrnn.load(path)` is `-c/--checkpoint`, `train(lock=False)` is `--no-lock`, ...
+_PARAM_OF_KEYWORD = {"n": "num_samples", "glob": "pattern", "val": "val_file", "lock": "no_lock",
+                     "path": "checkpoint_path"}
 
 
 def _flag(name: str, value=None) -> str:
@@ -1225,9 +1227,9 @@ def _flag(name: str, value=None) -> str:
             if isinstance(p, click.Argument):
                 return p.human_readable_name.strip("[]")
             flag = max(p.opts, key=len)
-            return flag if p.is_flag or not errors_module.has_value(value) else f"{flag} {value}"
-    flag = "--" + name.replace("_", "-")  # a setting no command takes (a run's own, say): the same style
-    return flag if not errors_module.has_value(value) else f"{flag} {value}"
+            return flag if p.is_flag or not errors_module.has_value(value) else f"{flag} {shlex.quote(str(value))}"
+    # a setting no command takes (such as a run file's min_lr_ratio): its own name
+    return name if not errors_module.has_value(value) else f"{name} {value}"
 
 
 def _run_command(argv) -> None:

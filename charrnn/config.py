@@ -94,11 +94,11 @@ class TrainConfig:
             if getattr(self, name) is None:
                 raise ConfigError(f"{option(name)} must be given, got None")
         if self.mode not in MODES:
-            raise ConfigError(f"unknown {option('mode')} {self.mode!r}; choose stream or lines")
+            raise ConfigError(f"{option('mode')} must be stream or lines, got {self.mode!r:.40}")
         if self.level not in ("char", "word"):
-            raise ConfigError(f"unknown {option('level')} {self.level!r}; choose char or word")
+            raise ConfigError(f"{option('level')} must be char or word, got {self.level!r:.40}")
         if self.task not in TASKS:
-            raise ConfigError(f"unknown {option('task')} {self.task!r}; choose lm or classify")
+            raise ConfigError(f"{option('task')} must be lm or classify, got {self.task!r:.40}")
         if self.task == "classify" and (self.mode != "lines" or self.level != "char"):
             raise ConfigError(f"{option('task', 'classify')} reads one example per line at character level: it "
                               f"takes neither {option('mode', 'stream')} nor {option('level', 'word')}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .errors import ConfigError, CorpusError
+from .errors import ConfigError, CorpusError, option
 from .vocab import Vocab
 
 TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
@@ -105,9 +105,11 @@ def bad_bytes_error(name, encoding: str, offset: int, window: bytes = b"") -> Co
     if guess:
         what = "Windows-1252" if guess == "cp1252" else "Latin-1 (ISO 8859-1)"
         return CorpusError(f"{name}: invalid UTF-8 at byte offset {offset}; it looks like {what} text: re-run with "
-                           f"--encoding {guess} (or --errors replace to substitute U+FFFD for bad bytes)")
-    return CorpusError(f"{name}: invalid {label} at byte offset {offset}; re-run with --encoding NAME if it is "
-                       f"in another encoding, or --errors replace to substitute U+FFFD for bad bytes")
+                           f"{option('encoding', guess)} (or {option('errors', 'replace')} to substitute U+FFFD for "
+                           f"bad bytes)")
+    return CorpusError(f"{name}: invalid {label} at byte offset {offset}; re-run with {option('encoding', 'NAME')} "
+                       f"if it is in another encoding, or {option('errors', 'replace')} to substitute U+FFFD for "
+                       f"bad bytes")
 
 
 def error_window(data, start: int, size: int = 4096) -> bytes:
@@ -243,7 +245,7 @@ def _check_head(head: bytes, path: str, encoding: str = DEFAULT_ENCODING) -> Non
         return
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise CorpusError(f"{path}: looks like UTF-16 text (it starts with a UTF-16 byte order mark); "
-                          f"re-run with --encoding utf-16")
+                          f"re-run with {option('encoding', 'utf-16')}")
     if b"\0" in head[:_BINARY_SNIFF]:
         raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes); expected "
                           f"{'UTF-8' if _is_utf8(encoding) else encoding} text")
@@ -367,7 +369,7 @@ def check_line_lengths(longest: int, which: str = "", *, at_least: bool = False,
     if longest > MAX_LINE_CHARS:
         what = "a classifier" if classifier else "lines mode"
         hint = "shorten or split such lines (each line is one labelled example)" if classifier else \
-            "train on long text with --mode stream"
+            f"train on long text with {option('mode', 'stream')}"
         raise CorpusError(f"{where}a {which}line is {'at least ' if at_least else ''}{longest:,} characters long, "
                           f"but {what} takes each line as one example of at most {MAX_LINE_CHARS:,}; {hint}")
 
@@ -543,7 +545,7 @@ def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only:
     cut = split_index(len(docs), val_frac)
     total = len(docs)
     if total - cut == 0:
-        return docs, Documents([], []), "no validation split (--val-frac 0)"
+        return docs, Documents([], []), f"no validation split ({option('val_frac', 0)})"
     n = len(docs.texts)
     if n >= MIN_FILES_FOR_FILE_SPLIT:
         target = total - cut

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import batches, classifier, corpus, distributed, evaluate, model, optim, parallel, rundir
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, option
 from .layout import BEST_FILE, MODEL_FILE, STATE_FILE
 from .rundir import Run
 
@@ -244,10 +244,10 @@ def train(run: Run, should_stop=lambda: False, group=None):
     tc = run.tconfig
     group = group or distributed.Solo()
     if tc.max_steps is None and tc.max_epochs is None and tc.max_time is None:
-        raise ConfigError("no budget: give --max-steps, --max-epochs or --max-time")
+        raise ConfigError(f"no budget: give {option('max_steps')}, {option('max_epochs')} or {option('max_time')}")
     B = tc.batch_size
     if B % group.size:
-        raise ConfigError(f"--batch-size {B} must be a multiple of the {group.size} MPI ranks")
+        raise ConfigError(f"{option('batch_size', B)} must be a multiple of the {group.size} MPI ranks")
     writer = group.rank == 0
     if group.size > 1 and run.carry is not None:  # the saved state holds all B streams: keep this rank's
         rows = group.rows(B)
@@ -288,7 +288,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
         if not finite and tc.on_nonfinite == "stop":
             raise TrainingError(
                 f"the loss became non-finite at step {run.step + 1} (loss {loss}, gradient norm {grad_norm}); "
-                f"{_what_was_kept(run)}. Try a lower --lr or --clip, or --on-nonfinite skip")
+                f"{_what_was_kept(run)}. Try a lower {option('lr')} or {option('clip')}, or {option('on_nonfinite', 'skip')}")
         if tc.schedule == "cosine" and run.schedule_steps is None and timing_steps >= 5:
             # a time budget alone: fix the schedule's length from the measured speed, once
             run.schedule_steps = _schedule_steps(run, timing_steps / max(run.elapsed - timing_start, 1e-9))
@@ -305,7 +305,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
                 # finite gradients, yet an update overflowed: no later step can undo that, so even skip stops
                 raise TrainingError(
                     f"the weights became non-finite at step {run.step + 1} (an update overflowed at learning "
-                    f"rate {lr:g}); {_what_was_kept(run)}. Try a lower --lr")
+                    f"rate {lr:g}); {_what_was_kept(run)}. Try a lower {option('lr')}")
             run.carry = final if tc.mode == "stream" else None
         else:
             run.skipped += 1
@@ -367,7 +367,7 @@ def _what_was_kept(run: Run) -> str:
     """What a run that stops on an error leaves, for its message: the last checkpoint, or none yet."""
     if os.path.exists(run.path(STATE_FILE)):
         return "the last saved checkpoint is unchanged"
-    return f"no checkpoint was saved yet (the same command with --out {run.directory} starts the run again)"
+    return f"no checkpoint was saved yet (the same command with {option('out', run.directory)} starts the run again)"
 
 
 def _evaluate(run: Run):

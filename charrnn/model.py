@@ -25,7 +25,7 @@ import numpy as np
 
 from . import cells
 from .cells import CELLS, EXTRA, GATES, STATES
-from .errors import ConfigError
+from .errors import ConfigError, option
 
 DTYPES = ("float32", "float64")
 KERNELS = ("numba", "numpy")  # CHARRNN_KERNELS: the compiled kernels (default) or the NumPy reference
@@ -51,24 +51,24 @@ class ModelConfig:
             if isinstance(value, np.generic):
                 object.__setattr__(self, name, value.item())  # frozen: as dataclasses do in __init__
         if self.cell not in CELLS:
-            raise ConfigError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+            raise ConfigError(f"{option('cell')} must be one of {', '.join(CELLS)}, got {self.cell!r:.40}")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
+            raise ConfigError(f"{option('dtype')} must be float32 or float64, got {self.dtype!r:.40}")
         for name in ("vocab_size", "layers", "hidden", "embed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
-                raise ConfigError(f"{name} must be a positive integer below 2**31, got {value!r:.40}")
+                raise ConfigError(f"{name if name == 'vocab_size' else option(name)} must be a positive integer below 2**31, got {value!r:.40}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.floating)) \
                 or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{option('dropout')} must be in [0, 1), got {self.dropout}")
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 0 \
                 or self.classes == 1:
             raise ConfigError(f"a classifier needs at least 2 labels, got {self.classes!r}")
         if self.bidirectional is not False and not (self.bidirectional is True and self.classes):
-            raise ConfigError("bidirectional layers need a classifier (--task classify): a language model "
-                              "reads left to right, and a right-to-left pass would see the character it must predict")
+            raise ConfigError(f"{option('bidirectional')} layers need a classifier ({option('task', 'classify')}): a "
+                              "language model reads left to right, and a right-to-left pass would see the character it must predict")
         if self.pool not in ("mean", "last"):
-            raise ConfigError(f"unknown pooling {self.pool!r}; choose mean or last")
+            raise ConfigError(f"{option('pool')} must be mean or last, got {self.pool!r:.40}")
 
     @property
     def gates(self) -> int:

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, option
 
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -33,7 +33,7 @@ SCHEDULES = ("constant", "cosine")
 def _check_hyper(name: str, value, low: float, high: float | None = None, *, low_open=False, high_open=True):
     """Validate one hyperparameter: a finite real in [low, high) (bounds per flags); returns it as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
+        raise ConfigError(f"{option(name)} must be a number, got {value!r}")
     value = float(value)
     ok = math.isfinite(value) and (value > low if low_open else value >= low)
     if ok and high is not None:
@@ -41,7 +41,7 @@ def _check_hyper(name: str, value, low: float, high: float | None = None, *, low
     if not ok:
         lo = "(" if low_open else "["
         hi = (")" if high_open else "]") if high is not None else ")"
-        raise ConfigError(f"{name} must be in {lo}{low}, {high if high is not None else 'inf'}{hi}, got {value}")
+        raise ConfigError(f"{option(name)} must be in {lo}{low}, {high if high is not None else 'inf'}{hi}, got {value}")
     return value
 
 
@@ -448,7 +448,7 @@ def learning_rate(
         raise ConfigError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     base_lr = _check_hyper("learning rate", base_lr, 0.0)
     if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-        raise ConfigError(f"warmup must be a non-negative integer, got {warmup!r}")
+        raise ConfigError(f"{option('warmup')} must be a non-negative integer, got {warmup!r}")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ConfigError(f"step must be a non-negative integer, got {step!r}")
     if step < warmup:

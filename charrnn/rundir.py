@@ -41,7 +41,7 @@ import numpy as np
 from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfile
 from .cells import STATES
 from .config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
-from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError
+from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
 from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
                      SNAPSHOTS_DIR, STATE_FILE, run_model_file, snapshot_name)
 from .model import ModelConfig
@@ -194,7 +194,7 @@ def _check_data_dir(directory) -> None:
     path = data_dir(directory)
     if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
         raise CheckpointError(f"{path} is not a folder of the run (a symbolic link or a file); charrnn writes a "
-                              f"run's files only inside its directory: remove it, or choose another --out")
+                              f"run's files only inside its directory: remove it, or choose another {option('out')}")
 
 
 def read_labels(directory) -> tuple:
@@ -349,13 +349,13 @@ def _clear_unsaved_start(directory) -> None:
     """Make a directory ready for a fresh start: remove what a start that never saved left (its log, run.json,
     data files, temp files). ConfigError when it holds a saved run, or a log.jsonl that charrnn did not write."""
     if holds_run(directory):
-        raise ConfigError(f"{directory} already holds a run; continue it with --resume {directory} "
-                          f"or choose another --out")
+        raise ConfigError(f"{directory} already holds a run; continue it with {option('resume', directory)} "
+                          f"or choose another {option('out')}")
     log = os.path.join(directory, LOG_FILE)
     if not (os.path.lexists(log) or os.path.lexists(os.path.join(directory, RUN_FILE))):
         return  # nothing of a run here (a new directory, or one that holds only a data folder)
     if not unsaved_start(directory):
-        raise ConfigError(f"{directory} holds a {LOG_FILE} that is not a charrnn log; choose another --out")
+        raise ConfigError(f"{directory} holds a {LOG_FILE} that is not a charrnn log; choose another {option('out')}")
     _check_data_dir(directory)  # files are removed inside the run's own data folder only
     try:
         checkpoint.cleanup_temp_files(directory)
@@ -393,7 +393,7 @@ def init_model_options(base: ModelConfig, given: dict) -> dict:
     """
     for key in ARCHITECTURE:
         if given.get(key) is not None and given[key] != getattr(base, key):
-            raise ConfigError(f"--{key} {given[key]} conflicts with the model of --init-from, which has "
+            raise ConfigError(f"{option(key, given[key])} conflicts with the model of {option('init_from')}, which has "
                               f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
     options = {key: value for key, value in base.to_dict().items()
                if key not in ("vocab_size", "classes", "dropout")}
@@ -419,7 +419,7 @@ def start_run(directory, train_text, val_text, config_options: dict,
     classify = tconfig.task == "classify"
     ModelConfig(vocab_size=4, classes=2 if classify else 0, **config_options)  # fail before any file is written
     if init is not None and init.vocab.level != tconfig.level:
-        raise ConfigError(f"the model of --init-from has a {init.vocab.level}-level vocabulary, "
+        raise ConfigError(f"the model of {option('init_from')} has a {init.vocab.level}-level vocabulary, "
                           f"not {tconfig.level}")
     vocab = prepare_data(directory, train_text, val_text, tconfig,
                          init.vocab if init else None, init.extend if init else False, where)
@@ -493,7 +493,8 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     if not os.path.lexists(os.path.join(directory, STATE_FILE)):
         if unsaved_start(directory):
             raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE}: its run stopped before its "
-                                  f"first checkpoint. Start it again with the same options and --out {directory}")
+                                  f"first checkpoint. Start it again with the same options and "
+                                  f"{option('out', directory)}")
         raise CheckpointError(f"cannot resume: {directory} holds no {STATE_FILE} (was the run ever saved?)")
     where = os.path.join(directory, STATE_FILE)
     arrays, meta = checkpoint.load_state(where)
@@ -1056,7 +1057,7 @@ def find_checkpoint(path: str | None) -> str:
                     candidates.append((os.path.getmtime(model_file), entry.path))
         if not candidates:
             raise CheckpointError(f"no trained model under {CHECKPOINTS}/; train one with `charrnn train` "
-                                  f"or pass --checkpoint")
+                                  f"or pass {option('path')}")
         path = max(candidates)[1]
     if os.path.isdir(path):
         model_file = run_model_file(path)
@@ -1068,13 +1069,13 @@ def find_checkpoint(path: str | None) -> str:
             names = [name for _, name in sorted(runs, key=lambda r: r[1])]
             shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
             raise CheckpointError(f"{path} is a folder of runs, not a run: pass one of them, such as "
-                                  f"-c {os.path.join(path, runs[-1][1])} (the newest); it holds {shown}")
+                                  f"{option('path', os.path.join(path, runs[-1][1]))} (the newest); it holds {shown}")
         raise CheckpointError(f"{path} is a folder that holds no {MODEL_FILE}: neither a run directory nor a "
                               f"folder of runs")
     if not os.path.exists(path):
         raise CheckpointError(f"no such checkpoint: {path}")
     if _looks_like_text(path):
-        raise CheckpointError(f"{path} is a text file, not a model: --checkpoint takes a run directory or a "
+        raise CheckpointError(f"{path} is a text file, not a model: {option('path')} takes a run directory or a "
                               f".safetensors model file (to score this text: charrnn eval {path} -c RUN)")
     return path
 
@@ -1134,7 +1135,7 @@ def novelty_index(model_file: str, lines: bool):
     """
     directory = run_of(model_file)
     if not os.path.exists(_data_path(directory, "train.npy")):
-        raise ConfigError(f"--novelty compares samples with the training text stored beside the model, and "
+        raise ConfigError(f"{option('novelty')} compares samples with the training text stored beside the model, and "
                           f"{model_file} has none ({DATA_DIR}/train.npy)")
     try:
         ids, offsets = _read_split(directory, "train", lines)

@@ -33,7 +33,7 @@ import os
 import time
 
 from . import atomic
-from .errors import LockError, RunLockedError
+from .errors import LockError, RunLockedError, option
 from .layout import LOCK_FILE
 
 # flock's answers on a filesystem that cannot lock (as opposed to a lock that is taken)
@@ -58,14 +58,14 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunLockedError(f"{self.directory} is being trained by {self._holder()}; wait for it, "
-                                     f"or train into another --out") from None
+                                     f"or train into another {option('out')}") from None
             except OSError as exc:
                 os.close(fd)
                 if exc.errno not in _CANNOT_LOCK:
                     raise
                 raise LockError(f"cannot lock {self.directory}: the filesystem does not support locks "
                                 f"({os.strerror(exc.errno)}); if no other trainer writes this run, "
-                                f"give --no-lock") from None
+                                f"give {option('lock', False)}") from None
             try:
                 current = os.stat(self.directory)
             except FileNotFoundError:

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import atomic, batches, corpus
 from .config import TrainConfig
-from .errors import ConfigError, CorpusError
+from .errors import ConfigError, CorpusError, option
 from .vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, vocab_from_counts
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
@@ -388,7 +388,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             lines, keep = _kept_lines(text)
             if len(keep) != int(full.sum()):  # a non-empty line of bytes decodes to a non-empty line
                 raise CorpusError(f"{tf}: its lines between bytes {start} and {start + len(data)} do not decode "
-                                  f"one by one; train on it with --mode stream")
+                                  f"one by one; train on it with {option('mode', 'stream')}")
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
             s.n_nonblank += _nonblank(text, len(lines))
             if spaces:  # the speed estimate and a fine-tuned run's report count all the text's tokens

@@ -26,7 +26,7 @@ def test_too_short():
     with pytest.raises(CorpusError) as e:
         stream_windows(24, 4, 6)
     msg = str(e.value)
-    assert "24" in msg and "25" in msg and "--batch-size" in msg and "--seq-len" in msg
+    assert "24" in msg and "25" in msg and "batch_size=" in msg and "seq_len=" in msg  # the API's keywords
     with pytest.raises(CorpusError):
         stream_windows(0, 1, 1)
     with pytest.raises(ConfigError):

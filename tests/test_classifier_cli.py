@@ -80,7 +80,7 @@ def test_classify_reads_stdin(trained):
     (["--bidirectional"], "would see the character it must predict"),
     (["--pool", "last"], "--pool needs --task classify"),
     (["--task", "classify", "--mode", "stream"], "neither --mode stream"),
-    (["--task", "classify", "--max-steps", 1], "needs a CORPUS_FILE"),
+    (["--task", "classify", "--max-steps", 1], "--task classify needs a CORPUS of"),
 ])
 def test_options_that_need_a_classifier_are_one_line_errors(tmp_path, args, fragment):
     (tmp_path / "c.txt").write_text("some text to train on\n" * 20)

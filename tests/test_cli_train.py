@@ -378,20 +378,20 @@ def test_unusable_corpus_files_are_refused_in_one_line(tmp_path, content, fragme
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--hidden", "-3"], "hidden"),
-    (["--embed", "0"], "embed"),
-    (["--layers", "0"], "layers"),
-    (["--dropout", "1.5"], "dropout"),
-    (["--lr", "0"], "learning rate"),
-    (["--lr", "nan"], "learning rate"),
-    (["--clip", "-1"], "clip"),
-    (["--clip-value", "-5"], "clip-value"),
-    (["--momentum", "1.5", "--optim", "sgd"], "momentum"),
-    (["--warmup", "-2"], "warmup"),
-    (["--val-frac", "1"], "val-frac"),
-    (["--max-steps", "0"], "max-steps"),
-    (["--batch-size", "0"], "batch-size"),
+@pytest.mark.parametrize("args, fragment", [  # each error names the option with its dashes (errors.option)
+    (["--hidden", "-3"], "--hidden"),
+    (["--embed", "0"], "--embed"),
+    (["--layers", "0"], "--layers"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--clip", "-1"], "--clip"),
+    (["--clip-value", "-5"], "--clip-value"),
+    (["--momentum", "1.5", "--optim", "sgd"], "--momentum"),
+    (["--warmup", "-2"], "--warmup"),
+    (["--val-frac", "1"], "--val-frac"),
+    (["--max-steps", "0"], "--max-steps"),
+    (["--batch-size", "0"], "--batch-size"),
 ])
 def test_invalid_option_values_are_refused_in_one_line(tmp_path, corpus_file, args, fragment):
     out = tmp_path / "run"

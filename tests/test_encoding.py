@@ -70,8 +70,9 @@ def test_limited_read_drops_a_character_cut_short(tmp_path):
 # ---------------------------------------------------------------- the error names --encoding
 
 
-@pytest.mark.parametrize("text, encoding, option", [(LATIN, "latin-1", "--encoding latin-1"),
-                                                     (CURLY, "cp1252", "--encoding cp1252")])
+# called as a library, the error names the API's keyword; on the command line, the flag (test_cli_flags)
+@pytest.mark.parametrize("text, encoding, option", [(LATIN, "latin-1", "encoding='latin-1'"),
+                                                     (CURLY, "cp1252", "encoding='cp1252'")])
 def test_invalid_utf8_that_looks_single_byte_names_the_encoding(tmp_path, text, encoding, option):
     data = text.encode(encoding)
     path = _file(tmp_path, "t.txt", data)
@@ -90,12 +91,12 @@ def test_invalid_utf8_that_looks_single_byte_names_the_encoding(tmp_path, text, 
 def test_no_single_byte_guess_for_what_is_not_western_text(tmp_path, data):
     with pytest.raises(CorpusError) as e:
         corpus.read_text(_file(tmp_path, "t.txt", data))
-    assert "looks like" not in str(e.value) and "--errors replace" in str(e.value)
+    assert "looks like" not in str(e.value) and "errors='replace'" in str(e.value)
 
 
 def test_utf16_is_told_to_use_the_option(tmp_path):
     path = _file(tmp_path, "t.txt", FRENCH.encode("utf-16"))
-    with pytest.raises(CorpusError, match="--encoding utf-16"):
+    with pytest.raises(CorpusError, match="encoding='utf-16'"):
         corpus.read_text(path)
     assert corpus.read_text(path, encoding="utf-16") == FRENCH
 
