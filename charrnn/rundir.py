@@ -518,7 +518,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     ended = {key: getattr(tconfig, key) for key in SCHEDULE_KEYS}
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE + SCHEDULE_KEYS:
-            raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming a run")
+            raise ConfigError(f"{option(key)} cannot change when resuming a run")
         setattr(tconfig, key, value)
     new_schedule = any(key in SCHEDULE_KEYS for key in overrides or {})
     tconfig.check()
