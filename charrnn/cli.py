@@ -1214,7 +1214,7 @@ _PARAM_OF_KEYWORD = {"n": "num_samples", "glob": "pattern", "val": "val_file", "
                      "path": "checkpoint_path"}
 
 
-def _flag(name: str, value=None) -> str:
+def _flag(name: str, value) -> str:
     """A setting named in a library message (errors.option), spelled as on this command line: the flag of the
     click option whose parameter it is, in the running command first (`--temp`, `--task classify`; a flag
     alone for an on/off option, the metavar for an argument), derived from the commands' own options."""

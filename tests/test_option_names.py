@@ -117,6 +117,14 @@ def test_a_model_setting_is_named_as_a_flag_on_the_command_line_and_a_keyword_in
     assert "--" not in str(caught.value)
 
 
+@pytest.mark.parametrize("args, flag", [(["--hidden", 0], "--hidden"), (["--val-frac", 2], "--val-frac"),
+                                        (["--pool", "last"], "--pool")])
+def test_a_bad_value_is_refused_before_anything_is_said_about_the_budget(corpus_file, tmp_path, args, flag):
+    # no budget given: the five-minute default is announced only once the options are known to be good
+    line = _one_error(invoke(["train", corpus_file, *args, "--out", tmp_path / "out"]))
+    assert line.startswith(f"Error: {flag} ") and not (tmp_path / "out").exists()
+
+
 def test_the_command_line_spells_each_setting_as_its_commands_flag():
     # derived from click's own options: the running command's flag, a value after it, a flag alone for on/off
     with errors.speaking(cli._flag):
