@@ -19,6 +19,17 @@ by eval in float32, so the two differ by eval's float32 rounding: about 1e-7
 nats on tests/test_annotate.py's models, inside the 1e-6 the test pins.
 The cost is small: a 5,000-character text is 5,000 small NumPy steps per layer.
 
+Memory: the steps run a chunk at a time (CHUNK steps, every layer, each
+layer's state carried on), and what is kept grows with the text only by what
+is shown: per token its log-probability, rank and top-k; per step each
+layer's h and tanh(c) at the page's 8 bits (`Annotation.quantized`). The gates
+are only counted (their saturation) and the units only summed up against the
+features (their correlations), during that one pass. The float64 h, tanh(c)
+and gates are computed again, the same way, when asked for (`hidden`,
+`cell`, `gates`, `states`; `each_step_states` a chunk at a time). A 2 x 256
+LSTM holds about 1.5 KB per character, so tinyshakespeare's held-out split
+(111,540 characters) annotates in about 0.3 GB.
+
 Shapes: N scored tokens, S steps (tokens read), P pieces of text, H hidden,
 L layers, V vocabulary, k top guesses.
 """
@@ -26,6 +37,7 @@ L layers, V vocabulary, k top guesses.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,20 +89,45 @@ class Row:
         return -self.logprob / math.log(2)
 
 
-@dataclass
+class Rows(Sequence):
+    """The Rows of an Annotation, made when asked for from its arrays (a Row object per token would be
+    most of the memory of a long text)."""
+
+    def __init__(self, ann: "Annotation"):
+        self._ann = ann
+
+    def __len__(self):
+        return len(self._ann.logprob)
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            return [self[i] for i in range(*n.indices(len(self)))]
+        a = self._ann
+        n = range(len(self))[n]  # IndexError past the end, negative indices from the end
+        p, tid = int(a.row_piece[n]), int(a.target[n])
+        return Row(piece=p, token=a.pieces[p], id=tid, logprob=float(a.logprob[n]), rank=int(a.rank[n]),
+                   top=[(a.tokens[i], float(q)) for i, q in zip(a.top_ids[n], a.top_probs[n])],
+                   unknown=tid == UNK, end=tid == a.eos)
+
+
+@dataclass(eq=False)
 class Annotation:
-    """What `annotate` computes; iterate it for the Rows (one per scored token)."""
+    """What `annotate` computes; iterate it for the Rows (one per scored token).
+
+    What grows with the text is held compactly: per token its log-probability, rank and top-k, per step
+    each layer's h and tanh(c) at the page's 8 bits (`quantized`), and no gates at all (their saturation
+    and the units' correlations with the features are summed up during the one pass). The float64
+    activations (`hidden`, `cell`, `gates`, `states`) are computed again from the weights when asked for.
+    """
     pieces: list[str]                 # the text cut into tokens (P,); an end of line without "\n" is ""
     piece_row: np.ndarray             # (P,) the Row scoring each piece, -1 for none
     piece_step: np.ndarray            # (P,) the step that read each piece, -1 for none (lines: ends)
-    rows: list[Row]                   # (N,)
     logprob: np.ndarray               # (N,) float64
     rank: np.ndarray                  # (N,) int64
     top_ids: np.ndarray               # (N, k) int64, most likely first
     top_probs: np.ndarray             # (N, k) float64
-    hidden: list[np.ndarray]          # per layer (S, H): h after each step
-    cell: list[np.ndarray] | None     # LSTMs: per layer (S, H): tanh(c) after each step; else None
-    gates: list[dict]                 # per layer {gate name: (S, H)}: the gate values at each step
+    target: np.ndarray                # (N,) int64: the id each row scores
+    quantized: list[dict]             # per layer {"h", "c" (LSTMs)}: (H, S) uint8, 128 + round(127 v), unit-major
     step_piece: np.ndarray            # (S,) the piece each step read, -1 for a start token
     features: dict                    # name -> (S,) float64 feature of what each step read (NaN: a start token)
     score: Score                      # totals, the same figures as `charrnn eval`
@@ -98,7 +135,15 @@ class Annotation:
     cell_type: str
     cut: int = 0                      # characters cut off the end of the text (max_chars)
     text_chars: int = 0               # characters annotated
-    _look: list | None = field(default=None, repr=False)
+    eos: int = -1                     # the end token's id
+    _r: list = field(default_factory=list, repr=False)          # per layer (kinds, H, F) correlations
+    _saturation: list = field(default_factory=list, repr=False)
+    _walk: object = field(default=None, repr=False)            # () -> the steps again, see _walk
+    _full: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.rows = Rows(self)
+        self.row_piece = np.flatnonzero(self.piece_row >= 0)  # (N,) the piece each row scores
 
     def __iter__(self):
         return iter(self.rows)
@@ -109,16 +154,43 @@ class Annotation:
     def __getitem__(self, i):
         return self.rows[i]
 
+    def _activations(self):
+        if self._full is None:
+            chunks = list(self._walk())
+            layers = len(chunks[0][1])
+            hidden = [np.concatenate([h[k] for _, h, _, _ in chunks]) for k in range(layers)]
+            cell = None if chunks[0][2] is None else \
+                [np.concatenate([c[k] for _, _, c, _ in chunks]) for k in range(layers)]
+            gates = [{name: np.concatenate([g[k][name] for _, _, _, g in chunks]) for name in chunks[0][3][k]}
+                     for k in range(layers)]
+            self._full = hidden, cell, gates
+        return self._full
+
+    @property
+    def hidden(self) -> list[np.ndarray]:
+        """Per layer (S, H) float64: h after each step (computed on first use: 8 bytes per unit and step)."""
+        return self._activations()[0]
+
+    @property
+    def cell(self) -> list[np.ndarray] | None:
+        """LSTMs: per layer (S, H) float64 tanh(c) after each step; None for the other cells."""
+        return self._activations()[1]
+
+    @property
+    def gates(self) -> list[dict]:
+        """Per layer {gate name: (S, H) float64}: the gate values at each step."""
+        return self._activations()[2]
+
     def states(self, step: int) -> list[dict]:
         """The activations after one step: per layer {"h": (H,), "tanh_c": (H,) (LSTMs), "gates": {name: (H,)}}."""
-        out = []
-        for k, h in enumerate(self.hidden):
-            layer = {"h": h[step]}
-            if self.cell is not None:
-                layer["tanh_c"] = self.cell[k][step]
-            layer["gates"] = {name: g[step] for name, g in self.gates[k].items()}
-            out.append(layer)
-        return out
+        hidden, cell, gates = self._activations()
+        return _layer_states(hidden, cell, gates, step)
+
+    def each_step_states(self):
+        """states(step) for every step in order, computed a chunk of steps at a time (memory bounded)."""
+        for _, hidden, cell, gates in self._walk():
+            for t in range(len(hidden[0])):
+                yield _layer_states(hidden, cell, gates, t)
 
     def units_worth_a_look(self, per_layer: int = 6) -> list[dict]:
         """Per layer, the units whose value correlates most with a feature of the text.
@@ -126,18 +198,72 @@ class Annotation:
         Returns dicts {"layer", "kind" ("h" or "c", meaning tanh(c)), "unit", "feature", "r"}, the
         strongest first within each layer; features that do not vary in this text are left out.
         """
-        if self._look is None:
-            self._look = _units_worth_a_look(self, per_layer)
-        return self._look
+        return _units_worth_a_look(self._r, per_layer)
 
     def saturation(self) -> list[dict]:
         """Per layer {gate: (left (H,), right (H,))}: the share of steps each unit's gate spends below 0.1
         (left) and above 0.9 (right). Empty dicts for the RNN, which has no gates."""
-        out = []
-        for layer in self.gates:
-            out.append({name: ((g < SATURATED_LOW).mean(axis=0), (g > SATURATED_HIGH).mean(axis=0))
-                        for name, g in layer.items() if name in SATURATING.get(self.cell_type, ())})
-        return out
+        return self._saturation
+
+
+def _layer_states(hidden, cell, gates, step):
+    out = []
+    for k, h in enumerate(hidden):
+        layer = {"h": h[step]}
+        if cell is not None:
+            layer["tanh_c"] = cell[k][step]
+        layer["gates"] = {name: g[step] for name, g in gates[k].items()}
+        out.append(layer)
+    return out
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    """(S, H) values in [-1, 1] -> (S, H) uint8: 128 + round(127 v), the page's 8 bits per value."""
+    q = np.clip(np.rint(np.asarray(values, dtype=np.float64) * 127), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8)
+
+
+class _Pearson:
+    """Pearson's r of every unit with every feature, summed up a chunk of steps at a time.
+
+    The features are known before the pass, so their means are too: the cross term is sum v (f - mean f),
+    with no cancellation; each unit's spread is merged across chunks (Chan, Golub & LeVeque's pairwise
+    update), so the result equals `correlations` on the whole (S, H) to rounding."""
+
+    def __init__(self, H: int, feats: np.ndarray):
+        keep = ~np.isnan(feats).any(axis=1)
+        f = feats[keep]
+        mean = f.mean(axis=0) if len(f) else np.zeros(feats.shape[1])
+        self.centred = np.where(keep[:, None], feats - mean, 0.0)  # (S, F); 0 on left-out steps
+        self.keep = keep
+        self.fn = np.sqrt((self.centred * self.centred).sum(axis=0))  # (F,)
+        self.n = 0
+        self.mean, self.m2 = np.zeros(H), np.zeros(H)
+        self.cross = np.zeros((H, feats.shape[1]))
+        self.low, self.high = np.full(H, np.inf), np.full(H, -np.inf)
+
+    def add(self, s0: int, values: np.ndarray):
+        keep = self.keep[s0 : s0 + len(values)]
+        v = values[keep]
+        m = len(v)
+        if not m:
+            return
+        self.cross += v.T @ self.centred[s0 : s0 + len(values)][keep]
+        mean_b = v.mean(axis=0)
+        m2_b = ((v - mean_b) ** 2).sum(axis=0)
+        delta, n = mean_b - self.mean, self.n
+        self.mean = self.mean + delta * (m / (n + m))
+        self.m2 = self.m2 + m2_b + delta * delta * (n * m / (n + m))
+        self.n = n + m
+        self.low, self.high = np.minimum(self.low, v.min(axis=0)), np.maximum(self.high, v.max(axis=0))
+
+    def r(self) -> np.ndarray:
+        """(H, F); NaN for a unit or feature that does not vary."""
+        vn = np.where(self.low < self.high, np.sqrt(self.m2), 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = self.cross / np.outer(vn, self.fn)
+        r[~np.isfinite(r)] = np.nan
+        return r
 
 
 def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CHARS) -> Annotation:
@@ -163,42 +289,57 @@ def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CH
                           + (" (or one non-empty line)" if model.lines else ""))
     k = min(top_k, config.vocab_size)
     weights = _float64_layers(model.params, config)
+    step_piece = np.concatenate([steps for _, _, steps in sequences]).astype(np.int64)
+    target = np.concatenate([targets for _, targets, _ in sequences]).astype(np.int64)  # (N,)
+    features = _features(text, pieces, step_piece)
+    S, N, H = len(step_piece), len(target), config.hidden
 
-    hidden = [[] for _ in range(config.layers)]
-    cell = [[] for _ in range(config.layers)] if STATES[config.cell] == 2 else None
-    gates = [{name: [] for name in GATES_IN_CACHE.get(config.cell, {})} for _ in range(config.layers)]
-    logps, targets_all = [], []
-    for inputs, targets, _ in sequences:
-        top = _run(weights, config, inputs, hidden, cell, gates)  # (T, H)
-        logits = top @ weights["head_w"].T + weights["head_b"]  # (T, V)
+    def walk():
+        return _walk(weights, config, sequences)
+
+    lstm = STATES[config.cell] == 2
+    kinds = ("h", "c") if lstm else ("h",)
+    quantized = [{kind: np.empty((H, S), np.uint8) for kind in kinds} for _ in range(config.layers)]
+    feats = np.stack([features[name] for name in FEATURES], axis=1)  # (S, F)
+    pearson = [{kind: _Pearson(H, feats) for kind in kinds} for _ in range(config.layers)]
+    saturating = [name for name in GATES_IN_CACHE.get(config.cell, {}) if name in SATURATING.get(config.cell, ())]
+    shut = [{name: np.zeros(H, np.int64) for name in saturating} for _ in range(config.layers)]
+    opened = [{name: np.zeros(H, np.int64) for name in saturating} for _ in range(config.layers)]
+    logprob, rank = np.empty(N), np.empty(N, np.int64)
+    top_ids, top_probs = np.empty((N, k), np.int64), np.empty((N, k))
+    n = 0  # rows so far
+    for s0, hidden, cell, gates, scored in _scored(walk(), sequences):
+        for layer in range(config.layers):
+            for kind, values in (("h", hidden[layer]), ("c", None if cell is None else cell[layer])):
+                if kind in kinds:
+                    quantized[layer][kind][:, s0 : s0 + len(values)] = quantize(values).T
+                    pearson[layer][kind].add(s0, values)
+            for name in saturating:
+                shut[layer][name] += (gates[layer][name] < SATURATED_LOW).sum(axis=0)
+                opened[layer][name] += (gates[layer][name] > SATURATED_HIGH).sum(axis=0)
+        if not scored:
+            continue
+        logits = hidden[-1][:scored] @ weights["head_w"].T + weights["head_b"]  # (T, V)
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # (T, V) log-softmax
-        logps.append(logp[: len(targets)])  # a stream's last token predicts nothing
-        targets_all.append(targets)
-    logp = np.concatenate(logps)  # (N, V)
-    target = np.concatenate(targets_all).astype(np.int64)  # (N,)
-    picked = logp[np.arange(len(target)), target]  # (N,)
-    rank = 1 + (logp > picked[:, None]).sum(axis=1)  # (N,)
-    top_ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]  # (N, k)
-    top_probs = np.exp(np.take_along_axis(logp, top_ids, axis=1))  # (N, k)
-
-    names = [_token_name(t) for t in vocab.tokens]
-    rows = []
-    row_pieces = np.flatnonzero(piece_row >= 0)
-    for n, p in enumerate(row_pieces):
-        tid = int(target[n])
-        rows.append(Row(piece=int(p), token=pieces[p], id=tid, logprob=float(picked[n]), rank=int(rank[n]),
-                        top=[(names[i], float(q)) for i, q in zip(top_ids[n], top_probs[n])],
-                        unknown=tid == UNK, end=tid == vocab.eos))
-    step_piece = np.concatenate([steps for _, _, steps in sequences]).astype(np.int64)
-    score = Score(float(-picked.sum()), len(target), int(np.count_nonzero(target == UNK)))
+        tgt = target[n : n + scored]
+        picked = logp[np.arange(scored), tgt]
+        logprob[n : n + scored] = picked
+        rank[n : n + scored] = 1 + (logp > picked[:, None]).sum(axis=1)
+        ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+        top_ids[n : n + scored] = ids
+        top_probs[n : n + scored] = np.exp(np.take_along_axis(logp, ids, axis=1))
+        n += scored
+    assert n == N
+    saturation = [{name: (shut[layer][name] / S, opened[layer][name] / S) for name in saturating}
+                  for layer in range(config.layers)]
+    r = [(kinds, np.stack([pearson[layer][kind].r() for kind in kinds])) for layer in range(config.layers)]
+    score = Score(float(-logprob.sum()), N, int(np.count_nonzero(target == UNK)))
     return Annotation(
-        pieces=pieces, piece_row=piece_row, piece_step=piece_step, rows=rows, logprob=picked, rank=rank,
-        top_ids=top_ids, top_probs=top_probs, hidden=[np.stack(h) for h in hidden],
-        cell=None if cell is None else [np.stack(c) for c in cell],
-        gates=[{name: np.stack(v) for name, v in layer.items()} for layer in gates],
-        step_piece=step_piece, features=_features(text, pieces, step_piece), score=score,
-        tokens=tuple(names), cell_type=config.cell, cut=cut, text_chars=len(text))
+        pieces=pieces, piece_row=piece_row, piece_step=piece_step, logprob=logprob, rank=rank,
+        top_ids=top_ids, top_probs=top_probs, target=target, quantized=quantized, step_piece=step_piece,
+        features=features, score=score, tokens=tuple(_token_name(t) for t in vocab.tokens), cell_type=config.cell,
+        cut=cut, text_chars=len(text), eos=vocab.eos, _r=r, _saturation=saturation, _walk=walk)
 
 
 def _token_name(token: str) -> str:
@@ -260,27 +401,60 @@ def _float64_layers(params, config) -> dict:
                        for k in range(config.layers)]}
 
 
-def _run(weights, config, inputs, hidden, cell, gates):
-    """One sequence from a zero state through every layer with cells.step_forward, appending each step's
-    h, tanh(c) and gates per layer to the lists given. Returns the top layer's h, (T, H)."""
-    x = weights["embedding"][inputs]  # (T, E)
+CHUNK = 1024  # steps computed together: the memory of a pass is a chunk's activations, not the text's
+
+
+def _walk(weights, config, sequences):
+    """Every sequence from a zero state through every layer with cells.step_forward, CHUNK steps at a
+    time (each layer's state carried from chunk to chunk). Yields (first step, hidden, cell, gates): per
+    layer h (T, H), tanh(c) (T, H) (LSTMs, else None) and {gate: (T, H)}, all float64."""
+    chunk = CHUNK
     gate_at = GATES_IN_CACHE.get(config.cell, {})
     tanh_at = TANH_C_IN_CACHE.get(config.cell)
-    H = config.hidden
-    for k, (w_ih, b_ih, w_hh, b_hh, extra) in enumerate(weights["layers"]):
-        xp = x @ w_ih.T + b_ih  # (T, G*H): the whole sequence's input side in one product
-        state = tuple(np.zeros((1, H)) for _ in range(STATES[config.cell]))
-        hs = []
-        for t in range(len(inputs)):
-            state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh, extra)
-            hs.append(state[0][0])
-            for name, i in gate_at.items():
-                gates[k][name].append(cache[i][0])
-            if cell is not None:
-                cell[k].append(cache[tanh_at][0] if tanh_at is not None else np.tanh(state[1][0]))
-        x = np.stack(hs)  # (T, H)
-        hidden[k] += hs
-    return x
+    lstm = STATES[config.cell] == 2
+    H, s0 = config.hidden, 0
+    for inputs, _, _ in sequences:
+        states = [tuple(np.zeros((1, H)) for _ in range(STATES[config.cell])) for _ in weights["layers"]]
+        for t0 in range(0, len(inputs), chunk):
+            x = weights["embedding"][inputs[t0 : t0 + chunk]]  # (T, E)
+            T = len(x)
+            hidden, cell, gates = [], [] if lstm else None, []
+            for k, (w_ih, b_ih, w_hh, b_hh, extra) in enumerate(weights["layers"]):
+                xp = x @ w_ih.T + b_ih  # (T, G*H): the chunk's input side in one product
+                h = np.empty((T, H))
+                c = np.empty((T, H)) if lstm else None
+                g = {name: np.empty((T, H)) for name in gate_at}
+                state = states[k]
+                for t in range(T):
+                    state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh, extra)
+                    h[t] = state[0][0]
+                    for name, i in gate_at.items():
+                        g[name][t] = cache[i][0]
+                    if lstm:
+                        c[t] = cache[tanh_at][0] if tanh_at is not None else np.tanh(state[1][0])
+                states[k] = state
+                hidden.append(h)
+                gates.append(g)
+                if lstm:
+                    cell.append(c)
+                x = h
+            yield s0, hidden, cell, gates
+            s0 += T
+
+
+def _scored(chunks, sequences):
+    """_walk's chunks, each with how many of its first steps predict a target (a stream's last step does not)."""
+    ends, targets, s = [], [], 0
+    for inputs, tgt, _ in sequences:
+        ends.append(s + len(inputs))
+        targets.append(s + len(tgt))
+        s += len(inputs)
+    j = 0
+    for s0, hidden, cell, gates in chunks:
+        while s0 >= ends[j]:
+            j += 1
+        T = len(hidden[0])
+        yield s0, hidden, cell, gates, max(0, min(T, targets[j] - s0))
 
 
 def _features(text: str, pieces: list[str], step_piece: np.ndarray) -> dict:
@@ -334,14 +508,13 @@ def correlations(values: np.ndarray, features: np.ndarray) -> np.ndarray:
     return r
 
 
-def _units_worth_a_look(ann: Annotation, per_layer: int) -> list[dict]:
+def _units_worth_a_look(correlated: list, per_layer: int) -> list[dict]:
     """Per layer: for each feature its strongest unit first (so one feature cannot fill the list), then the
-    strongest of the rest; each unit once, as h or tanh(c), whichever correlates more; by |r|."""
-    feats = np.stack([ann.features[name] for name in FEATURES], axis=1)  # (S, F)
+    strongest of the rest; each unit once, as h or tanh(c), whichever correlates more; by |r|.
+
+    - correlated: per layer (kind names, r (kinds, H, F))"""
     found = []
-    for k in range(len(ann.hidden)):
-        kinds = [("h", ann.hidden[k])] + ([("c", ann.cell[k])] if ann.cell is not None else [])
-        r = np.stack([correlations(values, feats) for _, values in kinds])  # (kinds, H, F)
+    for k, (kinds, r) in enumerate(correlated):
         strength = np.where(np.isnan(r), -1.0, np.abs(r))
         kind_of = strength.argmax(axis=0)  # (H, F): the kind that correlates more
         best = strength.max(axis=0)  # (H, F)
@@ -362,7 +535,7 @@ def _units_worth_a_look(ann: Annotation, per_layer: int) -> list[dict]:
                 break
             if int(unit) not in taken and best[unit].max() >= 0:
                 picks.append((int(unit), int(best[unit].argmax())))
-        rows = [{"layer": k, "kind": kinds[kind_of[u, j]][0], "unit": u, "feature": FEATURES[j],
+        rows = [{"layer": k, "kind": kinds[kind_of[u, j]], "unit": u, "feature": FEATURES[j],
                  "r": float(r[kind_of[u, j], u, j])} for u, j in picks]
         rows.sort(key=lambda row: -abs(row["r"]))
         found += rows

@@ -98,7 +98,7 @@ class Model:
         sampling.check_options(temperature, top_k, top_p, length, n)
         stop = _stop_strings(stop)
         rng = np.random.default_rng(check_seed(seed, True))
-        group = sampling.group_size(n, self.config.vocab_size)
+        group = sampling.group_size(n, self.config.vocab_size, self.config.gates * self.config.hidden)
         first = self._steps(min(group, n), prime, length, temperature, top_k, top_p, rng)  # checks the prime now
         return self._samples(first, n, group, (prime, length, temperature, top_k, top_p, rng), stop)
 
@@ -207,6 +207,24 @@ class Model:
         if offsets is None:
             return self.vocab.decode(np.asarray(ids))
         return "".join(self.vocab.decode(np.asarray(ids[a:b])) + "\n" for a, b in zip(offsets[:-1], offsets[1:]))
+
+    def heldout_start(self, max_chars: int | None) -> tuple[str, int]:
+        """The first max_chars characters (or a little more) of heldout_text(), decoding no more of the
+        split than that, and how many characters the whole split holds. None: all of it."""
+        ids, offsets = rundir.load_heldout(self.path, self.lines)
+        ids = np.asarray(ids)
+        lengths = np.array([len(self.vocab.decode(np.array([i]))) for i in range(self.vocab.size)], np.int64)
+        if offsets is None:
+            total = int(lengths[ids].sum()) if len(ids) else 0
+            # each token is at least one character, except those that decode to nothing
+            end = len(ids) if max_chars is None else int(np.searchsorted(np.cumsum(lengths[ids]), max_chars)) + 1
+            return self.vocab.decode(ids[:end]), total
+        before = np.concatenate([[0], np.cumsum(lengths[ids])])  # characters before each token
+        offsets = np.asarray(offsets)
+        line_chars = before[offsets[1:]] - before[offsets[:-1]] + 1  # each line and its newline
+        total = int(line_chars.sum())
+        end = len(line_chars) if max_chars is None else int(np.searchsorted(np.cumsum(line_chars), max_chars)) + 1
+        return "".join(self.vocab.decode(ids[a:b]) + "\n" for a, b in zip(offsets[:end], offsets[1 : end + 1])), total
 
     def annotate(self, text: str, top_k: int = 5, max_chars: int | None = 5_000):
         """Per-token probabilities, ranks, top-k guesses, hidden states and gates of a text.

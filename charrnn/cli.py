@@ -941,8 +941,15 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
         if limit is not None and len(text) > max_chars:
             rest = _characters_after(text_file, errors, max_chars, encoding)
     else:
-        text, source = model.heldout_text(), "the held-out split"
+        # only the start that is shown is decoded; the rest is counted
+        shown_chars = max_chars if isinstance(max_chars, int) and max_chars >= 1 else None
+        text, held_chars = model.heldout_start(shown_chars)
+        source = "the held-out split"
+        if shown_chars is not None and held_chars > shown_chars:
+            rest = held_chars - shown_chars
     ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
+    if rest is not None:
+        ann.cut = rest  # only the start was read: the page's notice counts the whole input
     _using(model, quiet)
     if ann.cut:
         more = f"{rest:,} more are cut" if rest is not None else "the rest is cut" if text_file else \
@@ -953,6 +960,8 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
              f"scored as the unknown token)")
     if as_json:
         out = sys.stdout
+        # the states are computed again a chunk of steps at a time, in step order, as the rows need them
+        each_step, at = (ann.each_step_states() if states else None), -1
         try:
             for row in ann:
                 record = {"token": row.token, "id": row.id, "logprob": row.logprob, "prob": row.prob,
@@ -960,9 +969,11 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
                           "unknown": row.unknown, "end": row.end}
                 if states:
                     step = int(ann.piece_step[row.piece])
+                    while at < step:  # steps only go forward from row to row
+                        layers, at = next(each_step), at + 1
                     record["states"] = None if step < 0 else [
                         {key: (value.tolist() if key != "gates" else {g: v.tolist() for g, v in value.items()})
-                         for key, value in layer.items()} for layer in ann.states(step)]
+                         for key, value in layer.items()} for layer in layers]
                 out.write(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n")
             out.flush()
         except BrokenPipeError:
@@ -973,8 +984,8 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
     c = model.config
     model_line = (f"{c.cell.upper()} {c.layers} x {c.hidden}, {model.vocab.size} {model.vocab.level} tokens, "
                   f"{'lines' if model.lines else 'stream'} mode")
-    page.write(out_path, page.render(ann, title=f"What the model saw in {os.path.basename(source)}",
-                                     model_line=model_line, checkpoint=model.path, source=source))
+    page.write(out_path, ann, title=f"What the model saw in {os.path.basename(source)}",
+               model_line=model_line, checkpoint=model.path, source=source)
     s = ann.score
     info(f"Wrote {shown(out_path)}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
          f"open it in a browser")

@@ -13,7 +13,8 @@ the web may hold `</script>` or `<img onerror=...>`), so:
 
 Activations are stored as 8 bits per value (round(127 v) for v in [-1, 1]),
 unit-major and base64-encoded, decoded lazily per layer: 5,000 steps of a
-2 x 256 LSTM are 5 MB of page.
+2 x 256 LSTM are 5 MB of page. The page is written in pieces (page_parts): its
+memory is the annotation's, not several copies of the page.
 """
 
 from __future__ import annotations
@@ -26,45 +27,84 @@ import math
 
 import numpy as np
 
-from . import atomic
+from . import annotate, atomic
 from .annotate import FEATURES, SATURATED_HIGH, SATURATED_LOW, Annotation
 from .evaluate import json_safe
 
 
 def quantize(values: np.ndarray) -> str:
     """(S, H) values in [-1, 1] -> base64 of uint8 (H, S), unit-major: 128 + round(127 v)."""
-    q = np.clip(np.rint(np.asarray(values, dtype=np.float64) * 127), -127, 127).astype(np.int16) + 128
-    return base64.b64encode(np.ascontiguousarray(q.T).astype(np.uint8).tobytes()).decode("ascii")
+    return base64.b64encode(np.ascontiguousarray(annotate.quantize(values).T).tobytes()).decode("ascii")
+
+
+def _base64_parts(q: np.ndarray, size: int = 3 << 20):
+    """base64 of an array's bytes, in pieces (3-byte groups encode on their own, so the pieces join up)."""
+    data = memoryview(np.ascontiguousarray(q)).cast("B")
+    for i in range(0, len(data), size):
+        yield base64.b64encode(data[i : i + size]).decode("ascii")
+
+
+def _data_items(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str):
+    """The page's data as (key, value) pairs, in order, each value made when its turn comes; the
+    activations ("layers") come as a list of {kind: (H, S) uint8} left to the caller to encode."""
+    in_vocab = set(ann.tokens[3:])
+    s = ann.score
+    yield "title", title
+    yield "model", model_line
+    yield "checkpoint", checkpoint
+    yield "source", source
+    yield "cut", ann.cut
+    yield "chars", ann.text_chars
+    yield "cell", ann.cell_type
+    yield "vocab", list(ann.tokens)
+    yield "pieces", ann.pieces
+    yield "row", ann.piece_row.tolist()
+    yield "step", ann.piece_step.tolist()
+    yield "unknown", [bool(p) and p not in in_vocab for p in ann.pieces]  # a token the model never saw
+    yield "logprob", [round(float(x), 6) for x in ann.logprob]
+    yield "rank", ann.rank.tolist()
+    yield "k", int(ann.top_ids.shape[1])
+    yield "top", ann.top_ids.reshape(-1).tolist()
+    yield "topP", [round(float(x), 5) for x in ann.top_probs.reshape(-1)]
+    yield "steps", len(ann.step_piece)
+    yield "hidden", int(ann.quantized[0]["h"].shape[0])
+    yield "layers", ann.quantized
+    yield "look", [{**u, "r": round(u["r"], 3)} for u in ann.units_worth_a_look()]
+    yield "saturation", [{gate: [np.round(left, 4).tolist(), np.round(right, 4).tolist()]
+                          for gate, (left, right) in layer.items()} for layer in ann.saturation()]
+    yield "satLow", SATURATED_LOW
+    yield "satHigh", SATURATED_HIGH
+    yield "features", list(FEATURES)
+    yield "totals", {"tokens": s.tokens, "loss": _finite(s.loss), "perplexity": _finite(s.perplexity),
+                     "bits": _finite(s.bits_per_token), "unknown": s.unknown}
 
 
 def page_data(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str) -> dict:
-    """The JSON the page's script reads."""
-    in_vocab = set(ann.tokens[3:])
-    layers = []
-    for k, h in enumerate(ann.hidden):
-        kinds = {"h": quantize(h)}
-        if ann.cell is not None:
-            kinds["c"] = quantize(ann.cell[k])
-        layers.append(kinds)
-    saturation = [{gate: [np.round(left, 4).tolist(), np.round(right, 4).tolist()]
-                   for gate, (left, right) in layer.items()} for layer in ann.saturation()]
-    s = ann.score
-    return {
-        "title": title, "model": model_line, "checkpoint": checkpoint, "source": source,
-        "cut": ann.cut, "chars": ann.text_chars, "cell": ann.cell_type,
-        "vocab": list(ann.tokens),
-        "pieces": ann.pieces, "row": ann.piece_row.tolist(), "step": ann.piece_step.tolist(),
-        "unknown": [bool(p) and p not in in_vocab for p in ann.pieces],  # a token the model never saw
-        "logprob": [round(float(x), 6) for x in ann.logprob], "rank": ann.rank.tolist(),
-        "k": int(ann.top_ids.shape[1]), "top": ann.top_ids.reshape(-1).tolist(),
-        "topP": [round(float(x), 5) for x in ann.top_probs.reshape(-1)],
-        "steps": len(ann.step_piece), "hidden": int(ann.hidden[0].shape[1]), "layers": layers,
-        "look": [{**u, "r": round(u["r"], 3)} for u in ann.units_worth_a_look()],
-        "saturation": saturation, "satLow": SATURATED_LOW, "satHigh": SATURATED_HIGH,
-        "features": list(FEATURES),
-        "totals": {"tokens": s.tokens, "loss": _finite(s.loss), "perplexity": _finite(s.perplexity),
-                   "bits": _finite(s.bits_per_token), "unknown": s.unknown},
-    }
+    """The JSON the page's script reads, as one dict (the page itself is written in pieces, see _data_json)."""
+    data = dict(_data_items(ann, title=title, model_line=model_line, checkpoint=checkpoint, source=source))
+    data["layers"] = [{kind: "".join(_base64_parts(q)) for kind, q in layer.items()} for layer in data["layers"]]
+    return data
+
+
+def _data_json(ann: Annotation, **labels):
+    """json_for_script(page_data(...)) in pieces: one value at a time, the activations' base64 in chunks
+    (its alphabet needs no escaping), so the page's memory is not several copies of its own size."""
+    yield "{"
+    for i, (key, value) in enumerate(_data_items(ann, **labels)):
+        yield ("," if i else "") + json_for_script(key) + ":"
+        if key != "layers":
+            yield json_for_script(value)
+            continue
+        yield "["
+        for k, layer in enumerate(value):
+            yield "," if k else ""
+            for j, (kind, q) in enumerate(layer.items()):
+                yield ("{" if j == 0 else ",") + json_for_script(kind) + ':"'
+                yield from _base64_parts(q)
+                yield '"'
+            yield "}" if layer else "{}"
+        yield "]"
+    yield "}"
 
 
 def _finite(x: float):
@@ -80,26 +120,31 @@ def json_for_script(data) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def write(path: str, page: str) -> None:
-    """Write the page whole, through atomic.write_file: never half a page (OSError names path)."""
-    data = page.encode("utf-8")
-    atomic.write_file(path, lambda f: f.write(data))
+def page_parts(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str):
+    """The page as a sequence of strings (joined, they are `render`'s page)."""
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
+    csp = f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'"
+    yield ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+           f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">\n"
+           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+           f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+           "<script id=\"data\" type=\"application/json\">")
+    yield from _data_json(ann, title=title, model_line=model_line, checkpoint=checkpoint, source=source)
+    yield f"</script>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
 
 
 def render(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str) -> str:
     """The whole page as one string."""
-    data = json_for_script(page_data(ann, title=title, model_line=model_line, checkpoint=checkpoint,
-                                     source=source))
-    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
-    csp = f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-        f"<script id=\"data\" type=\"application/json\">{data}</script>\n"
-        f"<script>{SCRIPT}</script>\n</body>\n</html>\n"
-    )
+    return "".join(page_parts(ann, title=title, model_line=model_line, checkpoint=checkpoint, source=source))
+
+
+def write(path: str, ann: Annotation, **labels) -> None:
+    """Write the page (labels: title, model_line, checkpoint, source) through atomic.write_file, a piece
+    at a time: never half a page (OSError names path), never the whole page in memory."""
+    def write_parts(f):
+        for part in page_parts(ann, **labels):
+            f.write(part.encode("utf-8"))
+    atomic.write_file(path, write_parts)
 
 
 STYLE = """

@@ -281,3 +281,102 @@ def test_annotate_reads_only_what_it_shows(run, tmp_path):
     total = len(text.replace("\r\n", "\n")) * 300_000  # the rest is counted in chunks, not held
     assert f"first 50 characters of {tmp_path / 'big.txt'}; {total - 50:,} more are cut" in err
     assert peak < 6 << 20
+
+
+# ---------------------------------------------------------------- memory: what grows with the text is what is shown
+
+
+GOLDEN = __import__("pathlib").Path(__file__).with_name("annotate_golden.json")
+
+
+def _close(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-11)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize("case", ["stream-lstm", "lines-gru"])
+def test_page_and_json_are_what_the_whole_text_implementation_wrote(tmp_path, case):
+    # annotate_golden.json was written by the implementation that kept every step's float64 state and gates
+    # and rendered the page as one string (before the chunked pass): the page's data must be the same to
+    # the last digit it shows, the --json --states records the same numbers (stored there to 12 decimals)
+    mode, cell = case.split("-")
+    golden = json.loads(GOLDEN.read_text())[case]
+    text = 'bad "cafe" (a bead)\n\nHe fed a deaf hag\nzz a (b) "c"'
+    make_run(tmp_path / "r", 'abcdefgh \n"()H', mode=mode, cell=cell, layers=2, hidden=6)
+    (tmp_path / "t.txt").write_text(text)
+    code, out, err = invoke(["annotate", tmp_path / "t.txt", "-c", tmp_path / "r", "--json", "--states",
+                             "--top-k", 3])
+    assert code == 0, err
+    assert _close([json.loads(line) for line in out.splitlines()], golden["json"])
+    ann = charrnn.load(str(tmp_path / "r")).annotate(text, top_k=3)
+    html = page.render(ann, title="t", model_line="m", checkpoint="c", source="s")
+    raw = html.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(raw) == golden["page"]
+    page.write(tmp_path / "p.html", ann, title="t", model_line="m", checkpoint="c", source="s")
+    assert (tmp_path / "p.html").read_text() == html  # written in pieces, the same bytes
+
+
+def test_chunked_pass_equals_one_chunk(tmp_path, monkeypatch):
+    # states carried across chunk boundaries: a 3-step chunk gives what one chunk gives, on a text of 2 lines
+    make_run(tmp_path / "r", CHARS, mode="lines", cell="lstm", layers=2, hidden=8)
+    m = charrnn.load(str(tmp_path / "r"))
+    whole = m.annotate(TEXT)
+    monkeypatch.setattr(annotate, "CHUNK", 3)
+    chunked = m.annotate(TEXT)
+    np.testing.assert_allclose(chunked.logprob, whole.logprob, rtol=0, atol=1e-12)
+    for k in range(2):
+        np.testing.assert_allclose(chunked.hidden[k], whole.hidden[k], rtol=0, atol=1e-12)
+        assert (chunked.quantized[k]["c"] == whole.quantized[k]["c"]).all()
+    assert chunked.saturation()[1]["f"][1].tolist() == whole.saturation()[1]["f"][1].tolist()
+    assert [(u["unit"], u["feature"]) for u in chunked.units_worth_a_look()] == \
+        [(u["unit"], u["feature"]) for u in whole.units_worth_a_look()]
+
+
+def _page_peak(m, text, path) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        ann = m.annotate(text, max_chars=None)
+        page.write(path, ann, title="t", model_line="m", checkpoint="c", source="s")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_annotate_and_its_page_hold_a_bounded_amount_per_character(tmp_path, monkeypatch):
+    # A 2 x 32 LSTM: the page shows 4 x 32 bytes of activations per step (h and tanh(c), 8 bits each), and per
+    # token a log-probability, a rank and 5 guesses. Keeping every step's float64 h, tanh(c) and 4 gates
+    # (2 x 6 x 32 x 8 = 3,072 bytes, before the arrays' own overhead) and the page as several whole strings
+    # took 10,800 bytes per character (tracemalloc); now about 600. The growth from N to 4N must stay under 1,500.
+    monkeypatch.setattr(annotate, "CHUNK", 32)  # what a pass holds at once: the same for both texts
+    make_run(tmp_path / "r", CHARS, layers=2, hidden=32)
+    m = charrnn.load(str(tmp_path / "r"))
+    n = 300
+    small = _page_peak(m, (TEXT * 100)[:n], tmp_path / "a.html")
+    large = _page_peak(m, (TEXT * 400)[: 4 * n], tmp_path / "b.html")
+    assert (large - small) / (3 * n) < 1500, (small, large)
+    # and the page grows by a fixed amount per character: 4/3 x 128 bytes of base64 and the per-token data
+    growth = ((tmp_path / "b.html").stat().st_size - (tmp_path / "a.html").stat().st_size) / (3 * n)
+    assert 4 / 3 * 128 < growth < 300, growth
+
+
+def test_the_held_out_split_is_decoded_only_as_far_as_it_is_shown(tmp_path):
+    for mode in ("stream", "lines"):
+        run = tmp_path / mode
+        make_run(run, CHARS, mode=mode, hidden=8, val_text=TEXT * 20)
+        m = charrnn.load(str(run))
+        whole = m.heldout_text()
+        start, total = m.heldout_start(50)
+        assert total == len(whole) and whole.startswith(start) and 50 <= len(start) <= 50 + 30  # one line more
+        assert m.heldout_start(None) == (whole, len(whole))
+        code, out, err = invoke(["annotate", "-c", run, "--max-chars", 50, "--out", tmp_path / f"{mode}.html"])
+        assert code == 0, err
+        assert f"first 50 characters of the held-out split; {len(whole) - 50:,} more are cut" in err
+        raw = (tmp_path / f"{mode}.html").read_text().split('type="application/json">', 1)[1].split("</script>")[0]
+        assert json.loads(raw)["cut"] == len(whole) - 50
