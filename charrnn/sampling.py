@@ -262,12 +262,15 @@ def _steps(params, config, vocab, rng, n, length, temperature, top_k, top_p, sta
 # So memory holds a block and a step's (streams, V) arrays, whatever -n and --length are.
 
 STEP_NUMBERS = 1 << 22  # a group's streams x V (its logits and noise per step: 16 to 32 MB)
+GATE_NUMBERS = 1 << 22  # a group's streams x gates x H (a layer's gate pre-activations per step: 16 to 32 MB)
 KEEP_BLOCK_TOKENS = 1 << 22  # tokens of a group's kept samples held in memory (the rest on disk)
 
 
-def group_size(n: int, vocab_size: int) -> int:
-    """How many of n samples are generated together: all of them, up to STEP_NUMBERS // vocab_size."""
-    return max(1, min(n, STEP_NUMBERS // max(1, vocab_size)))
+def group_size(n: int, vocab_size: int, gate_width: int = 1) -> int:
+    """How many of n samples are generated together: all of them, up to STEP_NUMBERS // vocab_size and
+    GATE_NUMBERS // gate_width (gates x hidden: a step's widest state arrays, several live at once; a
+    2 x 256 LSTM's 63,550 streams, bounded by V alone, peaked at 2.2 GB)."""
+    return max(1, min(n, STEP_NUMBERS // max(1, vocab_size), GATE_NUMBERS // max(1, gate_width)))
 
 
 class KeptTokens:

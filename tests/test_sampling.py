@@ -469,3 +469,23 @@ def test_kept_samples_hold_one_block_in_memory_whatever_their_length():
     for i in range(1, k):
         assert np.array_equal(np.concatenate(list(kept.stream(i))), columns[:, i])
     kept.close()
+
+
+def test_a_wide_model_samples_in_smaller_groups(tmp_path, monkeypatch):
+    # Groups bounded by V alone put 63,550 streams of a 2 x 256 LSTM (V = 66) in one batch: -n 100000
+    # --length 5 peaked at 2.2 GB. The gate width (gates x hidden) bounds a group too.
+    import charrnn
+
+    assert sampling.group_size(100_000, 66, 4 * 256) == sampling.GATE_NUMBERS // 1024 == 4096
+    assert sampling.group_size(100_000, 66) == sampling.STEP_NUMBERS // 66  # no width given: as before
+    params, config, vocab, _ = make_run(tmp_path / "run", CHARS, edit=rare_eos)
+    monkeypatch.setattr(sampling, "GATE_NUMBERS", 2 * config.gates * config.hidden)  # groups of 2 streams
+    got = ["".join(p) for p in charrnn.load(str(tmp_path / "run")).sample_stream(3, length=30, seed=5)]
+    rng = np.random.default_rng(5)
+    expected = []
+    for k in (2, 1):  # the same Generator, group after group
+        tokens, _ = run_generate(params, config, vocab, rng=rng, num_samples=k, length=30)
+        for column in tokens.T:
+            ends = np.flatnonzero(column == EOS)
+            expected.append(vocab.decode(column[: ends[0] if ends.size else len(column)]))
+    assert got == expected
