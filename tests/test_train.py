@@ -243,9 +243,9 @@ def test_cosine_schedule_spans_a_budget_extended_on_resume_without_a_jump(tmp_pa
 def test_resume_refuses_options_that_define_the_run(tmp_path):
     run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=2)))
     for key, value in (("batch_size", 5), ("encoding", "latin-1"), ("mode", "lines"), ("seed", 3)):
-        with pytest.raises(ConfigError, match=key.replace("_", "-")):
+        with pytest.raises(ConfigError, match=f"{key}="):  # the library names a setting as its keyword
             rundir.resume_run(tmp_path / "r", {key: value})
-    with pytest.raises(ConfigError, match="max-steps"):
+    with pytest.raises(ConfigError, match="max_steps="):
         rundir.resume_run(tmp_path / "r", {"max_steps": 0})
 
 
