@@ -122,3 +122,39 @@ def test_every_test_a_guarantee_names_exists():
         assert re.search(rf"^def {name}\(", source, re.M), f"{current}::{name} is cited but not defined"
         cited += 1
     assert cited > 40
+
+
+def command_examples():
+    """(page, argv after `charrnn`) of every charrnn command in README's and docs' sh and text blocks."""
+    import shlex
+    pages = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    for page in pages:
+        text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+        for block in re.findall(r"```(?:sh|text)\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^\$ ", "", line.strip())
+                words = shlex.split(line, comments=True) if re.match(r"(\.venv/bin/)?charrnn\b", line) else []
+                if len(words) < 2:
+                    continue
+                argv = []
+                for word in words[1:]:
+                    if word in ("|", ">", "<", "&&", ";") or word.startswith((">", "2>")):
+                        break
+                    argv.append(word)
+                yield page, argv
+
+
+def test_every_command_example_names_a_real_command_and_real_options():
+    """Each `charrnn ...` line the manual shows uses a command and options that exist: an example that
+    has drifted from the command line (a renamed flag) fails here."""
+    from charrnn import cli
+    checked = 0
+    for page, argv in command_examples():
+        command = cli.cli.commands.get(argv[0])
+        assert command is not None, f"{page}: charrnn {argv[0]} is not a command"
+        known = {"--help"} | {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        for word in argv[1:]:
+            if word.startswith("-") and len(word) > 1 and not re.fullmatch(r"-[\d.e]+", word):
+                assert word.split("=", 1)[0] in known, f"{page}: charrnn {' '.join(argv)}: no option {word}"
+        checked += 1
+    assert checked > 25
