@@ -120,6 +120,7 @@ def test_a_damaged_log_line_is_one_error_naming_it_and_a_torn_last_one_is_skippe
 
 
 def test_plot_still_draws_a_healthy_log(tmp_path):
+    pytest.importorskip("matplotlib")  # the plot extra (.ci/run installs it)
     write_log(tmp_path / "run", GOOD + [b'{"step": 3, "loss": Infinity}\n', b'{"step": 4, "loss": [1, 2]}\n',
                                         b'{"step": 5, "loss": ' + b"9" * 400 + b', "val_loss": {"a": 1}}\n'])
     result = invoke(["plot", tmp_path / "run", "--out", tmp_path / "loss.png"])
