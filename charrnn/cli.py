@@ -1131,7 +1131,7 @@ def plot(run_dir, checkpoint_path, out_path):
         run_dir = os.path.dirname(rundir.find_checkpoint(None))
     elif not os.path.isdir(run_dir):  # a model file: its run directory
         run_dir = os.path.dirname(os.path.abspath(run_dir))
-    records = report.read_log(os.path.join(run_dir, layout.LOG_FILE))
+    records = rundir.read_log(os.path.join(run_dir, layout.LOG_FILE))
     out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
     report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
     info(f"Wrote {shown(out_path)}")

@@ -325,22 +325,18 @@ def unsaved_start(directory) -> bool:
 
 
 def _charrnn_log(path) -> bool:
-    """Whether path is a regular file every whole line of which is a JSON object with an integer "step"
-    (a line cut short by a kill may end it)."""
+    """Whether path is a regular file every whole line of which is a log record (a line cut short by a
+    kill may end it): what a start that never saved could have written, and so may be removed."""
     try:
         if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > _LEFTOVER_LOG_LIMIT:
             return False
         with open(path, "rb") as f:
-            data = f.read(_LEFTOVER_LOG_LIMIT + 1)
-        lines = data.decode("utf-8").split("\n")
-    except (OSError, UnicodeDecodeError):
+            lines = f.read(_LEFTOVER_LOG_LIMIT + 1).split(b"\n")
+    except OSError:
         return False
     for line in lines[:-1]:  # the last is empty, or a line cut short
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            return False
-        if not (isinstance(record, dict) and is_number(record.get("step"), integer=True)):
+        problem, record = _parse_log_line(line)
+        if problem is not None or record is None:  # not a record with a step
             return False
     return True
 
@@ -939,6 +935,69 @@ def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None)
         except OSError as e:
             raise CheckpointError(f"cannot remove the snapshot {path}: {e.strerror or e}") from None
     return run.path(MODEL_FILE)
+
+
+# A log line is a few hundred bytes; a longer one is not a record, and is not read whole.
+MAX_LOG_LINE = 1 << 20
+
+
+def read_log(path) -> list[dict]:
+    """The step records of a log.jsonl file, in order: the one reader of a run's log.
+
+    A torn last line (a crash mid-write) is skipped. Any other line that is not a record (not UTF-8, not
+    JSON, nested too deeply for the parser, longer than MAX_LOG_LINE bytes, or with a step that is not a
+    step number) is a CheckpointError naming its line: the log was damaged, and a plot of what is left
+    would mislead. Lines that are JSON objects without a step are passed over. Memory holds the records
+    and one line at a time.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no training log at {path}")
+    records, bad = [], None  # bad: the problem of the last bad line, an error once another line follows
+    try:
+        with open(path, "rb") as f:
+            number = 0
+            while True:
+                raw = f.readline(MAX_LOG_LINE + 1)
+                if not raw:
+                    break
+                number += 1
+                if not raw.strip():
+                    continue
+                if bad is not None:
+                    raise CheckpointError(bad)
+                if len(raw) > MAX_LOG_LINE:
+                    while raw and not raw.endswith(b"\n"):  # pass over the rest of the line
+                        raw = f.readline(MAX_LOG_LINE + 1)
+                    problem, record = f"longer than {MAX_LOG_LINE:,} bytes", None
+                else:
+                    problem, record = _parse_log_line(raw)
+                if problem is not None:
+                    bad = f"{path}, line {number}: {problem}"
+                elif record is not None:
+                    records.append(record)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return records
+
+
+def _parse_log_line(raw: bytes) -> tuple[str | None, dict | None]:
+    """(problem or None, the record or None) of one log line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 (byte {exc.start})", None
+    try:
+        record = json.loads(text)
+    except ValueError:  # not JSON, or an integer of more digits than Python converts (4,300)
+        return "not JSON", None
+    except RecursionError:
+        return "not a log record (JSON nested too deeply)", None
+    if not isinstance(record, dict) or "step" not in record:
+        return None, None
+    step = record["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r:.40} is not a step number", None
+    return None, record
 
 
 def _open_log(path, flags: int) -> int:

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, corpus, layout, loop as tr, report, rundir
+from charrnn import checkpoint, corpus, layout, loop as tr, rundir
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.runlock import RunLock
@@ -379,7 +379,7 @@ def test_readers_need_no_lock_and_always_see_a_complete_file(tmp_path, corpus_fi
                 assert code == 0 and all(line.startswith("Warning: ") for line in err.splitlines()), err
                 reads += 1
             seen.add(rundir.load_checkpoint(run)[3]["training"]["step"])
-            steps = [r["step"] for r in report.read_log(run / layout.LOG_FILE)]
+            steps = [r["step"] for r in rundir.read_log(run / layout.LOG_FILE)]
             assert steps == list(range(1, len(steps) + 1))
     finally:
         stop(proc)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from click.testing import CliRunner
 
-from charrnn import checkpoint, cli, corpus, layout, model, report
+from charrnn import checkpoint, cli, corpus, layout, model, rundir
 from charrnn.model import ModelConfig
 from charrnn.vocab import SPECIAL_TOKENS, Vocab
 
@@ -55,9 +55,9 @@ def stream_text(n_words: int, seed: int = 0) -> str:
 
 
 def read_log(run_dir) -> list[dict]:
-    """The records of RUN_DIR/log.jsonl, read by report.read_log; every non-blank line must be one."""
+    """The records of RUN_DIR/log.jsonl, read by rundir.read_log; every non-blank line must be one."""
     path = os.path.join(run_dir, layout.LOG_FILE)
-    records = report.read_log(path)
+    records = rundir.read_log(path)
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
     assert len(records) == len(lines), f"{path}: {len(lines) - len(records)} line(s) are not step records"
