@@ -58,7 +58,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
                 raise ConfigError(f"{name if name == 'vocab_size' else option(name)} must be a positive integer below 2**31, got {value!r:.40}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.floating)) \
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{option('dropout')} must be in [0, 1), got {self.dropout}")
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 0 \
