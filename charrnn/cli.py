@@ -88,7 +88,7 @@ def info(message: str, quiet: bool = False) -> None:
         except OSError as exc:
             if not _reader_gone(exc):
                 raise
-            _stderr_to_devnull()
+            _to_devnull(sys.stderr)
 
 
 def _reader_gone(exc: OSError) -> bool:
@@ -96,12 +96,12 @@ def _reader_gone(exc: OSError) -> bool:
     return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
 
 
-def _stderr_to_devnull() -> None:
-    """Send stderr to os.devnull from here on, once its reader has gone: messages are not the work, and a
-    trainer whose `| head` has exited trains on, silently, to its budget (Ctrl-C still saves and stops).
-    Python's own flush at exit then cannot fail either."""
+def _to_devnull(stream) -> None:
+    """Send stream (sys.stdout or sys.stderr) to os.devnull from here on, once its reader has gone
+    (`charrnn ... | head`): not an error, and Python's own flush at exit then cannot fail either. On stderr,
+    messages are not the work: a trainer trains on, silently, to its budget (Ctrl-C still saves and stops)."""
     try:
-        fd = sys.stderr.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (captured in-process): nothing to redirect
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -341,7 +341,7 @@ class _TrainingView:
         except OSError as exc:
             if not _reader_gone(exc):
                 raise
-            _stderr_to_devnull()
+            _to_devnull(sys.stderr)
             self.quiet, self.show_bar, self.bar = True, False, None
 
     def _show(self, event: dict, run) -> None:
@@ -631,9 +631,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, 
             out.write("\n")
             out.flush()
         except BrokenPipeError:
-            # the reader went away (`charrnn sample | head`): not an error. Point
-            # stdout at /dev/null so the flush at exit cannot raise again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _to_devnull(sys.stdout)  # the reader went away (`charrnn sample | head`)
             return
         if made is not None:
             _novelty_report(index, made, model.vocab, prime if model.lines else None)
@@ -888,7 +886,7 @@ def classify(text_file, checkpoint_path, top_k, errors, encoding):
             out.write("\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
         out.flush()
     except BrokenPipeError:  # `charrnn classify | head`: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull(sys.stdout)
 
 
 # ---------------------------------------------------------------- annotate
@@ -977,7 +975,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
                 out.write(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n")
             out.flush()
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _to_devnull(sys.stdout)
         return
     run_dir = os.path.dirname(os.path.abspath(model.path))
     out_path = out_path or os.path.join(run_dir, "annotate.html")
