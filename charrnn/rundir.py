@@ -850,7 +850,7 @@ def check_model_meta(meta: dict, where: str) -> None:
     if problem is None:
         strings = list(meta.get("tokens", [])) + list(meta.get("labels", []) or []) \
             if isinstance(meta.get("tokens", []), list) and isinstance(meta.get("labels", []), list) else []
-        odd = next((t for t in strings if isinstance(t, str) and not _is_utf8(t)), None)
+        odd = next((t for t in strings if isinstance(t, str) and not _encodable(t)), None)
         if odd is not None:  # a lone surrogate: no text holds one, and no terminal or file can take it
             problem = f"the token or label {odd!r:.40} is not Unicode text (a lone surrogate)"
     if problem:
@@ -865,7 +865,8 @@ def _known_encoding(name) -> bool:
         return False
 
 
-def _is_utf8(text: str) -> bool:
+def _encodable(text: str) -> bool:
+    """Whether text can be written as UTF-8: it holds no lone surrogate (corpus._is_utf8 is about an encoding's name)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -889,7 +890,7 @@ def _origin_problem(origin) -> str | None:
         return f"bad origin vocab {origin.get('vocab')!r:.40}"
     for key in ("added", "unseen"):
         value = origin.get(key, [])
-        if not (isinstance(value, list) and all(isinstance(t, str) and _is_utf8(t) for t in value)):
+        if not (isinstance(value, list) and all(isinstance(t, str) and _encodable(t) for t in value)):
             return f"bad origin {key} {value!r:.40}: not a list of tokens"
     return None
 
