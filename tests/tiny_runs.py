@@ -104,10 +104,10 @@ class Invoked(NamedTuple):
     stderr: str
 
 
-def invoke(args: list) -> Invoked:
-    """Run `charrnn ARGS` in-process through cli.main: (exit code, stdout, stderr)."""
+def invoke(args: list, input: str | None = None) -> Invoked:
+    """Run `charrnn ARGS` in-process through cli.main, with `input` on stdin: (exit code, stdout, stderr)."""
     runner = CliRunner()
-    with runner.isolation() as (out, err, _):
+    with runner.isolation(input=input) as (out, err, _):
         try:
             cli.main([str(a) for a in args])
             code = 0
