@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 
-from charrnn.model import ModelConfig, param_shapes
+from charrnn.core.model import ModelConfig, param_shapes
 from common import CORPUS  # this directory is on sys.path when the script runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))

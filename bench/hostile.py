@@ -237,7 +237,7 @@ class Sweep:
 
 
 def read_model(path):
-    from charrnn import checkpoint
+    from charrnn.files import checkpoint
     return checkpoint.load_tensors(path)
 
 
@@ -338,7 +338,7 @@ def _log_steps(run) -> list[int]:
 
 def _state_step(run) -> int | None:
     try:
-        from charrnn import checkpoint
+        from charrnn.files import checkpoint
         return checkpoint.load_state(run)[1]["progress"]["step"]
     except Exception:  # noqa: BLE001 - no state (yet), or unreadable
         return None
@@ -789,8 +789,9 @@ def sample_memory(s: Sweep, what):
 @scenario("memory")
 def classifier_with_10000_labels(s: Sweep, _):
     import numpy as np
-    from charrnn import checkpoint, model
-    from charrnn.model import ModelConfig
+    from charrnn.files import checkpoint
+    from charrnn.core import model
+    from charrnn.core.model import ModelConfig
     where = s.place()
     run = os.path.join(where, "run")
     os.makedirs(run)

@@ -70,8 +70,10 @@ def make_corpus(path: str, megabytes: int, seed: int = 0) -> int:
 # Prepares a corpus file as `charrnn train` does, in this fresh process; prints seconds and VmHWM growth.
 PREPARE = """
 import sys, time
-from charrnn import api, rundir, textfile
-from charrnn.config import TrainConfig
+from charrnn import api
+from charrnn.runs import rundir
+from charrnn.files import textfile
+from charrnn.files.config import TrainConfig
 def peak():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0]) * 1024

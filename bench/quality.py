@@ -45,7 +45,7 @@ def run_charrnn(corpus, minutes, out_dir, extra):
     cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--max-time", f"{minutes}m", "--out", run_dir, *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    from charrnn import checkpoint
+    from charrnn.files import checkpoint
     _, meta = checkpoint.load_state(run_dir)
     curve = []
     with open(os.path.join(run_dir, "log.jsonl")) as f:
@@ -77,8 +77,12 @@ def run_torch(run_dir, minutes, meta, eval_every_s):
     """The same model, data, batches and optimizer rule in PyTorch; [(elapsed s, val loss by charrnn's eval)]."""
     import torch
 
-    from charrnn import batches, corpus, evaluate, optim as our_optim, rundir
-    from charrnn.model import ModelConfig
+    from charrnn.data import batches
+    from charrnn.files import corpus
+    from charrnn.work import evaluate
+    from charrnn.core import optim as our_optim
+    from charrnn.runs import rundir
+    from charrnn.core.model import ModelConfig
     torch.set_num_threads(2)
     torch.manual_seed(0)
     config, tc = ModelConfig.from_dict(meta["model"]), meta["train"]

@@ -35,10 +35,12 @@ import statistics
 import numpy as np
 
 import charrnn
-from charrnn import evaluate, model, optim, parallel, sampling
-from charrnn.model import ModelConfig
-from charrnn.runtime import keep_freed_memory
-from charrnn.vocab import EOS, SPECIAL_TOKENS, Vocab
+from charrnn.work import evaluate, sampling
+from charrnn.core import model, optim
+from charrnn.step import parallel
+from charrnn.core.model import ModelConfig
+from charrnn.step.runtime import keep_freed_memory
+from charrnn.data.vocab import EOS, SPECIAL_TOKENS, Vocab
 from common import CORPUS, blas_kernel, measure, torch_lm  # this directory is on sys.path when the script runs
 
 

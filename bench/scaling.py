@@ -83,8 +83,10 @@ def run_chars_per_sec(ranks: int, steps: int, workdir: str) -> float:
 
 def step_seconds(cell: str, layers: int, hidden: int, reps: int) -> tuple[float, int]:
     """(median seconds of one training step with B 64, T 100, in this process; parameter count)."""
-    from charrnn import batches, corpus, model, optim
-    from charrnn.model import ModelConfig
+    from charrnn.data import batches
+    from charrnn.files import corpus
+    from charrnn.core import model, optim
+    from charrnn.core.model import ModelConfig
 
     text = corpus.read_text(CORPUS)
     vocab_size = len(set(text)) + 3

@@ -9,7 +9,7 @@ physical limit, the characters per second at which the model's matrix FLOPs
 would run at the float32 GEMM peak this script measures in the same run; and
 the fraction of that limit each framework reaches (charrnn's is its model
 FLOPs utilization, MFU). charrnn trains as `charrnn train` does: each batch in
---threads row blocks, one thread each (charrnn/parallel.py).
+--threads row blocks, one thread each (charrnn/step/parallel.py).
 
     python bench/speed.py            # reference model, cells, sizes, the sweep, sampling and eval
     python bench/speed.py --quick    # without the H x B sweep, and 3 rounds of sampling and eval
@@ -31,9 +31,10 @@ import sys
 
 import numpy as np
 
-from charrnn import model, optim, parallel
-from charrnn.model import ModelConfig
-from charrnn.runtime import keep_freed_memory
+from charrnn.core import model, optim
+from charrnn.step import parallel
+from charrnn.core.model import ModelConfig
+from charrnn.step.runtime import keep_freed_memory
 from common import blas_kernel, measure, torch_lm  # this directory is on sys.path when the script runs
 
 V = 65  # tinyshakespeare's character count
@@ -49,9 +50,9 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def step_product() -> str:
-    """Which step product float32 training runs: charrnn/gemm.py's microkernel (its shape) or NumPy's BLAS."""
+    """Which step product float32 training runs: charrnn/core/gemm.py's microkernel (its shape) or NumPy's BLAS."""
     try:
-        from charrnn import gemm
+        from charrnn.core import gemm
     except ImportError:
         return "NumPy's BLAS (no numba)"
     if not gemm.available():

@@ -18,13 +18,16 @@ import os
 
 import numpy as np
 
-from . import corpora, corpus, distributed, evaluate, rundir, runtime, sampling, textfile
-from . import loop as training
-from .config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
+from .files import corpora, corpus, textfile
+from .step import distributed, runtime
+from .work import evaluate, sampling
+from .runs import rundir
+from .work import loop as training
+from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                      fill_auto_settings, parse_duration)
 from .errors import CheckpointError, ConfigError, CorpusError, option
-from .model import ModelConfig
-from .evaluate import Score
+from .core.model import ModelConfig
+from .work.evaluate import Score
 
 
 class Model:
@@ -231,9 +234,9 @@ class Model:
 
         - top_k: guesses kept per token; max_chars: cut the text there (None: no limit)
         Returns an annotate.Annotation: iterate it for one Row per scored token (.token, .prob,
-        .surprisal, .bits, .rank, .top, .unknown); .score holds the totals. See charrnn/annotate.py.
+        .surprisal, .bits, .rank, .top, .unknown); .score holds the totals. See charrnn/work/annotate.py.
         """
-        from . import annotate
+        from .work import annotate
 
         self._need("a language model", "predicts no characters to annotate")
         return annotate.annotate(self, _text(text, "text"), top_k=top_k, max_chars=max_chars)

@@ -21,16 +21,22 @@ import warnings
 import click
 import numpy as np
 
-from . import __version__, api, config, corpora, corpus, distributed, layout, optim, report, rundir, runtime, sampling
-from . import errors as errors_module, textfile
-from .annotate import MAX_CHARS
-from .classifier import DENSE_CONFUSION_LABELS, POOLS
-from .config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
+from . import __version__, api
+from .files import config, corpora, corpus, layout
+from .step import distributed, runtime
+from .core import optim
+from .work import report, sampling
+from .runs import rundir
+from . import errors as errors_module
+from .files import textfile
+from .work.annotate import MAX_CHARS
+from .core.classifier import DENSE_CONFUSION_LABELS, POOLS
+from .files.config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
 from .errors import CharRNNError, ConfigError
-from .evaluate import json_safe
-from .cells import TORCH_CELLS
-from .model import CELLS, DTYPES
-from .vocab import LEVELS
+from .work.evaluate import json_safe
+from .core.cells import TORCH_CELLS
+from .core.model import CELLS, DTYPES
+from .data.vocab import LEVELS
 
 
 # ---------------------------------------------------------------- help text in groups
@@ -925,7 +931,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
       charrnn annotate poem.txt --out poem.html
       echo "To be, or not to be" | charrnn annotate - --json
     """
-    from . import page
+    from .work import page
 
     if states and not as_json:
         raise click.UsageError("--states goes with --json (the page always holds the activations)")

@@ -15,7 +15,7 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
 import pytest  # noqa: E402  (after the environment the test processes inherit)
 from hypothesis import settings  # noqa: E402
 
-from charrnn import model  # noqa: E402
+from charrnn.core import model  # noqa: E402
 from tiny_runs import NAMES, stream_text  # noqa: E402
 
 # Hypothesis fails an example that runs longer than 200 ms by default: a
@@ -31,7 +31,7 @@ def pytest_configure(config):
     show up only as tests skipped (or as the NumPy reference standing in for the kernels)."""
     if os.environ.get("CHARRNN_REQUIRE_KERNELS"):
         try:
-            from charrnn import gemm, kernels  # noqa: F401  (numba, llvmlite and the kernels must load)
+            from charrnn.core import gemm, kernels  # noqa: F401  (numba, llvmlite and the kernels must load)
         except Exception as exc:  # any failure to load is the finding
             raise pytest.UsageError(f"CHARRNN_REQUIRE_KERNELS is set but the compiled kernels do not load: {exc!r}")
         if not gemm.available():

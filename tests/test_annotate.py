@@ -9,8 +9,9 @@ import pytest
 import charrnn
 from click.testing import CliRunner
 
-from charrnn import annotate, cli, page
-from charrnn.vocab import EOS
+from charrnn.work import annotate, page
+from charrnn import cli
+from charrnn.data.vocab import EOS
 from reference import naive_step
 from tiny_runs import invoke, make_run
 

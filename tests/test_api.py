@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import charrnn
-from charrnn import checkpoint, layout
+from charrnn.files import checkpoint, layout
 from charrnn.errors import CheckpointError, ConfigError, CorpusError, VocabError
 from tiny_runs import invoke, make_run
 

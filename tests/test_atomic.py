@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from charrnn import atomic, corpus, report
+from charrnn.files import atomic, corpus
+from charrnn.work import report
 from charrnn.errors import CorpusError
 
 

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charrnn.batches import (
+from charrnn.data.batches import (
     line_batch,
     line_batches,
     line_batches_in_order,
@@ -11,9 +11,9 @@ from charrnn.batches import (
     stream_eval_batches,
     stream_windows,
 )
-from charrnn.corpus import encode_lines, load_ids, save_ids
+from charrnn.files.corpus import encode_lines, load_ids, save_ids
 from charrnn.errors import ConfigError, CorpusError
-from charrnn.vocab import build_vocab
+from charrnn.data.vocab import build_vocab
 
 
 def test_window_count():

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn import model, optim
-from charrnn.model import ModelConfig
+from charrnn.core import model, optim
+from charrnn.core.model import ModelConfig
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))

@@ -9,8 +9,8 @@ GRU is its own equations, and `info` says which cells load into torch.nn.
 import numpy as np
 import pytest
 
-from charrnn import cells, model
-from charrnn.model import ModelConfig
+from charrnn.core import cells, model
+from charrnn.core.model import ModelConfig
 from tiny_runs import invoke, make_run
 
 pytestmark = pytest.mark.usefixtures("backend")

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint
-from charrnn.checkpoint import FORMAT_VERSION, CheckpointError
-from charrnn.model import ModelConfig, param_shapes
+from charrnn.files import checkpoint
+from charrnn.files.checkpoint import FORMAT_VERSION, CheckpointError
+from charrnn.core.model import ModelConfig, param_shapes
 
 EXTRA = {"tokens": ["a", "b", "\n", "é", "\udc80"], "special": {"eos": 0, "unk": 1}, "data": {"file": "x.txt"}}
 
@@ -117,7 +117,7 @@ def test_state_file_is_not_a_model_and_vice_versa(tmp_path, valid_bytes):
 
 
 def test_optimizer_state_through_a_file_resumes_exactly(tmp_path):
-    from charrnn import optim
+    from charrnn.core import optim
 
     config = tiny_config("float32")
     params = tiny_params(config)

@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, layout, model, rundir
+from charrnn.files import checkpoint, layout
+from charrnn.core import model
+from charrnn.runs import rundir
 from tiny_runs import invoke, make_run
 
 CHARS = "abcdefgh \n"

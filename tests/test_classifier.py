@@ -4,9 +4,9 @@ differences, padding that changes nothing, and the stack against torch.nn.LSTM(b
 import numpy as np
 import pytest
 
-from charrnn import classifier, model
+from charrnn.core import classifier, model
 from charrnn.errors import ConfigError
-from charrnn.model import ModelConfig
+from charrnn.core.model import ModelConfig
 from test_model import numeric_grad, rel_error
 
 pytestmark = pytest.mark.usefixtures("backend")

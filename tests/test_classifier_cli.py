@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, layout
+from charrnn.files import checkpoint, layout
 from test_reliability import SLOW_SAVES, charrnn_run, popen, read_log, temp_files, untimed, wait_for
 from tiny_runs import REFERENCE, invoke
 
@@ -188,8 +188,9 @@ def test_python_api_classify_and_evaluate(trained):
 def test_preparing_many_labels_maps_each_line_in_linear_time(tmp_path):
     # 60,000 lines of 60,000 labels: looking each label up in the sorted list (list.index) was quadratic,
     # minutes here; a dict maps them at once. The ids are the labels' places in sorted order.
-    from charrnn import corpus, rundir
-    from charrnn.config import TrainConfig
+    from charrnn.files import corpus
+    from charrnn.runs import rundir
+    from charrnn.files.config import TrainConfig
 
     rng = np.random.default_rng(0)
     names = [f"L{i}" for i in rng.permutation(60_000)]

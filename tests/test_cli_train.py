@@ -14,7 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, model, optim, rundir
+from charrnn.files import checkpoint
+from charrnn.core import model, optim
+from charrnn.runs import rundir
 from charrnn.cli import format_duration, parse_duration
 from tiny_runs import REFERENCE, TINY, invoke, read_log, stream_text
 

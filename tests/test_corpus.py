@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from charrnn.corpus import (
+from charrnn.files.corpus import (
     default_corpus,
     encode_lines,
     load_ids,
@@ -15,7 +15,7 @@ from charrnn.corpus import (
     split_text,
 )
 from charrnn.errors import ConfigError, CorpusError
-from charrnn.vocab import build_vocab
+from charrnn.data.vocab import build_vocab
 
 
 def write(tmp_path, data: bytes, name="c.txt"):
@@ -121,7 +121,7 @@ def test_default_corpus_reads_as_prose():
 
 
 def test_as_prose():
-    from charrnn.corpus import as_prose
+    from charrnn.files.corpus import as_prose
 
     table = ("Options:\n\n"
              "   +-------+-----------+\n"
@@ -263,7 +263,7 @@ def test_an_endless_device_is_refused_by_its_first_bytes_wherever_it_is_read(tmp
 def test_an_endless_pipe_of_text_is_refused_at_the_bound(tmp_path, monkeypatch):
     import threading
 
-    from charrnn import corpus
+    from charrnn.files import corpus
 
     monkeypatch.setattr(corpus, "MAX_STREAM_BYTES", 1 << 16)
     fifo = tmp_path / "fifo"
@@ -287,7 +287,7 @@ def test_an_endless_pipe_of_text_is_refused_at_the_bound(tmp_path, monkeypatch):
 
 
 def test_standard_input_is_read_within_the_bound(tmp_path, monkeypatch):
-    from charrnn import corpus
+    from charrnn.files import corpus
 
     monkeypatch.setattr(corpus, "MAX_STREAM_BYTES", 1000)
     for size, fails in ((1000, False), (1001, True)):

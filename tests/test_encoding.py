@@ -6,7 +6,8 @@ The reference throughout is Python's own bytes.decode of the whole file."""
 import numpy as np
 import pytest
 
-from charrnn import api, checkpoint, corpus, textfile
+from charrnn import api
+from charrnn.files import checkpoint, corpus, textfile
 from charrnn.errors import CheckpointError, ConfigError, CorpusError
 from tiny_runs import TINY, invoke, make_run
 

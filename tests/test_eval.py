@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, evaluate, inference, model, rundir
-from charrnn.vocab import BOS, EOS, UNK
+from charrnn import cli
+from charrnn.work import evaluate
+from charrnn.step import inference
+from charrnn.core import model
+from charrnn.runs import rundir
+from charrnn.data.vocab import BOS, EOS, UNK
 from reference import naive_forward
 from tiny_runs import invoke, make_run
 
@@ -228,8 +232,8 @@ FILE_TEXT = ("bad cafe\r\nfaced  a bead\rhe fed\n\n   \n\ta deaf dög, é日本�
 @pytest.mark.parametrize("level", ["char", "word"])
 @pytest.mark.parametrize("chunk", [1, 3, 16, 1 << 20])
 def test_scoring_a_file_in_chunks_is_scoring_its_text(tmp_path, mode, level, chunk):
-    from charrnn import corpus
-    from charrnn.vocab import build_vocab
+    from charrnn.files import corpus
+    from charrnn.data.vocab import build_vocab
 
     path = tmp_path / "t.txt"
     path.write_bytes(b"\xef\xbb\xbf" + FILE_TEXT)

@@ -6,9 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from charrnn import batches, checkpoint, model, optim, rundir
-from charrnn.model import ModelConfig
-from charrnn.vocab import UNK
+from charrnn.data import batches
+from charrnn.files import checkpoint
+from charrnn.core import model, optim
+from charrnn.runs import rundir
+from charrnn.core.model import ModelConfig
+from charrnn.data.vocab import UNK
 from tiny_runs import invoke
 
 ARCH = ["--cell", "lstm", "--layers", "1", "--hidden", "12", "--embed", "6"]

@@ -8,9 +8,9 @@ import unicodedata
 import numpy as np
 import pytest
 
-from charrnn import corpora, corpus
+from charrnn.files import corpora, corpus
 from charrnn.errors import CorpusError
-from charrnn.vocab import EOS, build_vocab
+from charrnn.data.vocab import EOS, build_vocab
 from tiny_runs import invoke
 
 TINY = ["--cell", "gru", "--layers", "1", "--hidden", "8", "--embed", "4", "--batch-size", "2", "--seq-len", "6",
@@ -98,7 +98,7 @@ def test_lines_mode_pools_the_lines_of_every_file(tree, tmp_path):
     code, _, err = invoke(["train", tree, *TINY, "--mode", "lines", "--val-frac", "0.25", "--out", tmp_path / "r"])
     assert code == 0, err
     assert "a random 25% of the lines" in err
-    from charrnn import rundir
+    from charrnn.runs import rundir
     run = rundir.resume_run(str(tmp_path / "r"))
 
     def lines(ids, offsets):
@@ -177,7 +177,7 @@ def test_train_on_a_built_in_corpus_takes_its_mode_and_names_the_run(tmp_path, m
     monkeypatch.chdir(tmp_path)
     code, _, err = invoke(["train", "--corpus", "unicode-names", *TINY])
     assert code == 0, err
-    from charrnn import rundir
+    from charrnn.runs import rundir
     run = rundir.resume_run("checkpoints/unicode-names")
     assert run.tconfig.mode == "lines"
     assert run.vocab.decode(run.train_ids[run.train_offsets[0]:run.train_offsets[1]]) in \

@@ -1,4 +1,4 @@
-"""The packed step product (charrnn/gemm.py) against a float64 product, with a rounding bound.
+"""The packed step product (charrnn/core/gemm.py) against a float64 product, with a rounding bound.
 
 Each element of c is one chain of float32 fused multiply-adds over k, so its
 error next to the exact product is at most gamma_K * (|a| @ |w|), with
@@ -10,7 +10,7 @@ a lost chunk or a stray padding column exceed by orders of magnitude.
 import numpy as np
 import pytest
 
-gemm = pytest.importorskip("charrnn.gemm")
+gemm = pytest.importorskip("charrnn.core.gemm")
 
 if not gemm.available():
     pytest.skip("this machine has no AVX2/AVX-512 microkernel", allow_module_level=True)

@@ -36,7 +36,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import annotate as annotate_mod, checkpoint, layout
+from charrnn.work import annotate as annotate_mod
+from charrnn.files import checkpoint, layout
 from charrnn.errors import CharRNNError
 from tiny_runs import NAMES, REFERENCE, TINY, invoke, stream_text
 
@@ -969,7 +970,7 @@ def peak_of(fn) -> int:
 def test_sampling_several_samples_holds_a_block_whatever_their_length(tmp_path, monkeypatch):
     # the samples after a group's first are kept in one block of KEEP_BLOCK_TOKENS, the rest on disk: made
     # small here, 36,000 more kept tokens must cost about nothing (they cost 75 bytes each when all were held)
-    from charrnn import sampling
+    from charrnn.work import sampling
     from tiny_runs import make_run
     monkeypatch.setattr(sampling, "KEEP_BLOCK_TOKENS", 256)
     make_run(tmp_path, "abcdefgh ", layers=1, hidden=8, edit=no_eos)

@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 
 import charrnn
-from charrnn import cli, config, corpus, evaluate, layout, loop, rundir, sampling
+from charrnn import cli
+from charrnn.files import config, corpus, layout
+from charrnn.work import evaluate, loop, sampling
+from charrnn.runs import rundir
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
-from charrnn.evaluate import Score
+from charrnn.work.evaluate import Score
 from tiny_runs import NAMES, PINNED, REFERENCE, TINY, invoke, make_run, stream_text
 
 CHARS = "abcdefgh \n"
@@ -137,7 +140,7 @@ ORIGIN = {"model_file": "/elsewhere/model.safetensors", "step": 3, "vocab": "ext
 
 def model_with(directory, chars=CHARS, **meta):
     """A run directory whose model file's metadata holds meta on top of what make_run writes."""
-    from charrnn import checkpoint
+    from charrnn.files import checkpoint
     _, _, _, model_file = make_run(directory, chars, val_text=VAL if set(VAL) <= set(chars) else None)
     params, cfg, old = checkpoint.load_model(model_file)
     keep = {k: v for k, v in old.items() if k not in ("format_version", "charrnn_version", "kind", "model")}

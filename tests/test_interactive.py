@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn import model
+from charrnn.core import model
 from tiny_runs import REFERENCE, invoke, make_run
 
 pexpect = pytest.importorskip("pexpect")

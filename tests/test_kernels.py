@@ -1,4 +1,4 @@
-"""The compiled kernels (charrnn/kernels.py) against the NumPy reference (charrnn/cells.py).
+"""The compiled kernels (charrnn/core/kernels.py) against the NumPy reference (charrnn/core/cells.py).
 
 float64 kernels use the exact libm functions, so they must agree with the
 reference to rounding (1e-12). float32 kernels compute tanh as a rational
@@ -18,10 +18,11 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn import cells, inference, model
+from charrnn.core import cells, model
+from charrnn.step import inference
 from tiny_runs import make_run
 
-kernels = pytest.importorskip("charrnn.kernels")
+kernels = pytest.importorskip("charrnn.core.kernels")
 
 TANH_ERROR = 3.4e-7
 TOLERANCE = {np.float64: 1e-12, np.float32: 50 * TANH_ERROR}

@@ -5,8 +5,9 @@ runs on both the compiled kernels and the NumPy reference (the `backend` fixture
 import numpy as np
 import pytest
 
-from charrnn import inference, model
-from charrnn.model import ModelConfig
+from charrnn.step import inference
+from charrnn.core import model
+from charrnn.core.model import ModelConfig
 from reference import naive_forward, naive_loss, naive_loss_and_grads
 
 CELLS = ["rnn", "lstm", "gru", "peephole", "simple-gru"]

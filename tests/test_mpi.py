@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, distributed
+from charrnn.files import checkpoint
+from charrnn.step import distributed
 from tiny_runs import invoke, read_log
 
 if os.environ.get("CHARRNN_REQUIRE_MPI"):

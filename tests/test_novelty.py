@@ -1,10 +1,11 @@
-"""Is a sample new or copied? The indexes of charrnn/novelty.py against brute force, and `sample --novelty`."""
+"""Is a sample new or copied? The indexes of charrnn/data/novelty.py against brute force, and `sample --novelty`."""
 
 import numpy as np
 import pytest
 
-from charrnn import corpus, novelty
-from charrnn.vocab import SPECIAL_TOKENS, Vocab
+from charrnn.files import corpus
+from charrnn.data import novelty
+from charrnn.data.vocab import SPECIAL_TOKENS, Vocab
 from tiny_runs import invoke, make_run
 
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from charrnn import optim
+from charrnn.core import optim
 from charrnn.errors import ConfigError
 
 SHAPES = {"rnn.weight_hh_l0": (4, 3), "head.bias": (5,), "embedding.weight": (2, 3)}

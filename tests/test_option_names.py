@@ -164,7 +164,7 @@ def _keywords():
 def test_no_library_message_names_a_flag_or_a_keyword_literally():
     keyword = re.compile(r"\b(%s)=['\"\w]" % "|".join(sorted(_keywords())))
     found = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "cli.py":
             continue
         for line, text in _message_literals(ast.parse(path.read_text(encoding="utf-8"))):

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, model
+from charrnn.files import checkpoint
+from charrnn.core import model
 from tiny_runs import invoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -34,10 +34,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn import checkpoint, corpus, layout, loop as tr, rundir
-from charrnn.config import TrainConfig
+from charrnn.files import checkpoint, corpus, layout
+from charrnn.work import loop as tr
+from charrnn.runs import rundir
+from charrnn.files.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
-from charrnn.runlock import RunLock
+from charrnn.files.runlock import RunLock
 from tiny_runs import PINNED, REFERENCE, TINY, invoke, read_log, stream_text, untimed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
@@ -105,7 +107,7 @@ def model_step(directory):
 # first write of a save creates the file named by CHARRNN_TEST_SAVING, if set.
 SLOW_SAVES = r"""
 import os, sys, time
-from charrnn import checkpoint
+from charrnn.files import checkpoint
 real_write_all = checkpoint._write_all
 marker = os.environ.get("CHARRNN_TEST_SAVING")
 pause = float(os.environ.get("CHARRNN_TEST_PAUSE", "0.0002"))
@@ -501,7 +503,7 @@ def test_run_files_are_opened_for_writing_in_one_place():
     no link (os.fdopen wraps a descriptor it opened). The one exception is os.devnull, where the CLI
     sends output whose reader has gone."""
     writing_flags = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"}
-    for path in sorted(Path(charrnn.__file__).parent.glob("*.py")):
+    for path in sorted(Path(charrnn.__file__).parent.rglob("*.py")):
         if path.name == "atomic.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -842,7 +844,7 @@ def saved_runs(tmp_path_factory):
 # native code, which tracemalloc cannot see).
 PEAK_GROWTH = r"""
 import resource, sys
-from charrnn import checkpoint
+from charrnn.files import checkpoint
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     checkpoint.load_tensors(sys.argv[1])
@@ -1170,7 +1172,7 @@ PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "jobl
 def test_no_pickle_anywhere_in_the_package():
     """No module that unpickles is imported, torch.load is never called, every np.load passes
     allow_pickle=False, and nothing reads .npz archives."""
-    sources = sorted(Path(charrnn.__file__).parent.glob("*.py"))
+    sources = sorted(Path(charrnn.__file__).parent.rglob("*.py"))
     assert len(sources) > 10
     for path in sources:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))

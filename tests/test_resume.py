@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, layout
+from charrnn.files import checkpoint, layout
 from tiny_runs import NAMES, PINNED, read_log, stream_text, untimed
 
 
@@ -50,8 +50,10 @@ EXTRA_STEPS = 3  # N = steps_per_epoch + EXTRA_STEPS: the run crosses one epoch 
 # saving side made a config's runs in one process already, and now makes several configs' runs.)
 DRIVER = r"""
 import json, sys
-from charrnn import corpus, loop as tr, rundir
-from charrnn.config import TrainConfig
+from charrnn.files import corpus
+from charrnn.work import loop as tr
+from charrnn.runs import rundir
+from charrnn.files.config import TrainConfig
 made = {}
 for spec in json.loads(sys.argv[1]):
     text = corpus.read_text(spec["corpus"])
@@ -78,7 +80,8 @@ print(json.dumps(made))
 # Resumes each run directory given, in a fresh pinned process, through the library.
 RESUMER = r"""
 import sys
-from charrnn import loop as tr, rundir
+from charrnn.work import loop as tr
+from charrnn.runs import rundir
 for directory in sys.argv[1:]:
     run = rundir.resume_run(directory)
     for _ in tr.train(run):

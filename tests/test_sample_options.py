@@ -4,7 +4,7 @@ reason each sample ended), several temperatures in one call."""
 import pytest
 
 import charrnn
-from charrnn.vocab import EOS
+from charrnn.data.vocab import EOS
 from tiny_runs import invoke, make_run
 
 CHARS = "abcdefg \n"

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn import cli, inference, model, rundir, sampling
+from charrnn import cli
+from charrnn.step import inference
+from charrnn.core import model
+from charrnn.runs import rundir
+from charrnn.work import sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
-from charrnn.vocab import BOS, EOS, UNK
+from charrnn.data.vocab import BOS, EOS, UNK
 from reference import naive_probs, naive_step
 from tiny_runs import REFERENCE, invoke, make_run
 

@@ -10,8 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from charrnn import batches, checkpoint, layout, loop as tr, rundir
-from charrnn.config import MIN_WINDOWS, TrainConfig, auto_settings
+from charrnn.data import batches
+from charrnn.files import checkpoint, layout
+from charrnn.work import loop as tr
+from charrnn.runs import rundir
+from charrnn.files.config import MIN_WINDOWS, TrainConfig, auto_settings
 from tiny_runs import invoke, make_run
 
 TINY_MODEL = {"cell": "lstm", "layers": 1, "hidden": 8, "embed": 4, "dropout": 0.0}
@@ -131,7 +134,7 @@ def test_the_pass_estimate_uses_the_speed_it_is_given():
 
 
 def test_measured_speed_is_a_positive_rate():
-    from charrnn.model import ModelConfig
+    from charrnn.core.model import ModelConfig
     speed = tr.measure_speed(ModelConfig(vocab_size=12, **TINY_MODEL), TrainConfig(batch_size=2, seq_len=8),
                              seconds=0.05)
     assert speed > 0 and math.isfinite(speed)

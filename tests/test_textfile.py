@@ -12,10 +12,11 @@ import re
 import numpy as np
 import pytest
 
-from charrnn import checkpoint, config, corpus, rundir, textfile
-from charrnn.config import TrainConfig
+from charrnn.files import checkpoint, config, corpus, textfile
+from charrnn.runs import rundir
+from charrnn.files.config import TrainConfig
 from charrnn.errors import CorpusError
-from charrnn.vocab import UNK, build_vocab
+from charrnn.data.vocab import UNK, build_vocab
 from tiny_runs import stream_text
 
 # multi-byte characters (2, 3 and 4 bytes), CRLF and lone CR, blank and whitespace-only lines, a U+2028,
@@ -189,8 +190,9 @@ def test_encode_ascii_fast_path_is_the_table_lookup(extra):
 # Prepares a corpus file in a fresh process and prints how far its peak resident set (VmHWM) grew.
 _PREPARE = """
 import sys
-from charrnn import corpus, rundir, textfile
-from charrnn.config import TrainConfig
+from charrnn.files import corpus, textfile
+from charrnn.runs import rundir
+from charrnn.files.config import TrainConfig
 def peak():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0]) * 1024

@@ -9,8 +9,8 @@ without it (a word-level vocabulary, V > B*T).
 import numpy as np
 import pytest
 
-from charrnn import model
-from charrnn.model import ModelConfig
+from charrnn.core import model
+from charrnn.core.model import ModelConfig
 from reference import naive_forward
 
 torch = pytest.importorskip("torch")

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from charrnn import checkpoint, layout, loop as tr, optim, rundir
-from charrnn.config import TrainConfig
+from charrnn.files import checkpoint, layout
+from charrnn.work import loop as tr
+from charrnn.core import optim
+from charrnn.runs import rundir
+from charrnn.files.config import TrainConfig
 from charrnn.errors import ConfigError, CorpusError, TrainingError
 from tiny_runs import NAMES, read_log, stream_text
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.errors import ConfigError, VocabError
-from charrnn.vocab import Vocab, build_vocab, id_dtype, tokenize
+from charrnn.data.vocab import Vocab, build_vocab, id_dtype, tokenize
 
 
 def test_specials_and_sorted_order():

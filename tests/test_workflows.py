@@ -3,7 +3,7 @@ continuing a run with a new learning-rate schedule."""
 
 import shlex
 
-from charrnn import rundir
+from charrnn.runs import rundir
 from tiny_runs import TINY, invoke, read_log, stream_text
 
 
@@ -30,7 +30,7 @@ def test_training_ends_with_what_to_run_next(tmp_path):
 
 
 def test_auto_eval_every_by_hand():
-    from charrnn.config import auto_eval_every
+    from charrnn.files.config import auto_eval_every
 
     # a quarter of a pass: 627 steps a pass (tinyshakespeare at 16 x 100), 111k validation tokens scored
     # cost at most a tenth of the time: 111,540 / 3 / 0.1 / 1600 = 232.4 -> 233 steps
@@ -75,7 +75,7 @@ def test_small_text_is_evaluated_within_its_first_pass_and_the_cadence_is_saved(
 
 
 def _state(run):
-    from charrnn import checkpoint, layout
+    from charrnn.files import checkpoint, layout
 
     return checkpoint.load_state(str(run / layout.STATE_FILE))
 
@@ -144,7 +144,7 @@ def test_a_new_schedule_is_saved_so_a_plain_resume_continues_it_bit_for_bit(tmp_
 
 def test_a_state_saved_before_schedules_could_change_resumes_as_before(tmp_path):
     """A state file without schedule_start (an earlier version's) resumes exactly as one with it."""
-    from charrnn import checkpoint, layout
+    from charrnn.files import checkpoint, layout
 
     a, b = _first_part(tmp_path)
     arrays, meta = _state(b)
@@ -170,7 +170,7 @@ def test_keep_holds_the_model_files_of_the_n_best_evaluations(tmp_path):
     import json
     import os
 
-    from charrnn import layout
+    from charrnn.files import layout
 
     out = tmp_path / "run"
     r = invoke(["train", _corpus(tmp_path, 600), *TINY, "--max-steps", 16, "--eval-every", 2, "--keep", 3,
@@ -205,7 +205,7 @@ def test_word_level_trains_unk_by_default_so_its_own_held_out_split_scores_witho
         out = tmp_path / f"run{len(extra)}"
         r = invoke(["train", path, *TINY, "--level", "word", *extra, "--max-steps", 2, "--out", out, "-q"])
         assert r.exit_code == 0, r.stderr
-        from charrnn import checkpoint
+        from charrnn.files import checkpoint
 
         meta = checkpoint.load_model(out / "model.safetensors")[2]
         assert (meta["data"]["train_unknown"] > 0) == (not extra)

@@ -26,9 +26,12 @@ from typing import NamedTuple
 import numpy as np
 from click.testing import CliRunner
 
-from charrnn import checkpoint, cli, corpus, layout, model, rundir
-from charrnn.model import ModelConfig
-from charrnn.vocab import SPECIAL_TOKENS, Vocab
+from charrnn.files import checkpoint, corpus, layout
+from charrnn import cli
+from charrnn.core import model
+from charrnn.runs import rundir
+from charrnn.core.model import ModelConfig
+from charrnn.data.vocab import SPECIAL_TOKENS, Vocab
 
 NAMES = ("anna bob carl dave emma fred gina hugo iris jack kate liam mona nick olga paul "
          "quinn rosa sam tina ugo vera walt xena yann zoe").split()

@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cells, corpus
-from .cells import EXTRA, STATES
-from .errors import ConfigError, CorpusError, option
+from ..core import cells
+from ..files import corpus
+from ..core.cells import EXTRA, STATES
+from ..errors import ConfigError, CorpusError, option
 from .evaluate import Score
-from .vocab import UNK, tokenize
+from ..data.vocab import UNK, tokenize
 
 MAX_CHARS = 5_000  # the default cut: the page stays responsive, the activations small
 

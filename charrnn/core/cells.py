@@ -1,6 +1,6 @@
 """The recurrent cells in plain NumPy: the readable reference, forward and backward.
 
-This module is the specification. charrnn/kernels.py computes the same
+This module is the specification. charrnn/core/kernels.py computes the same
 numbers with fused compiled loops and is tested against these functions; when
 the kernels cannot run (CHARRNN_KERNELS=numpy, or numba missing), this module
 runs instead. The equations are PyTorch's (torch.nn.RNN / LSTM / GRU), gate

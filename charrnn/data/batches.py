@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import ConfigError, CorpusError, option
+from ..errors import ConfigError, CorpusError, option
 
 
 def _check_positive(name: str, value) -> int:

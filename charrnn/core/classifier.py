@@ -37,7 +37,7 @@ import numpy as np
 
 from . import model
 from .cells import EXTRA, STATES
-from .errors import ConfigError
+from ..errors import ConfigError
 
 POOLS = ("mean", "last")
 SUFFIXES = ("", "_reverse")  # the parameter name suffix of each direction

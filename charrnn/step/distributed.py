@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .errors import CharRNNError
+from ..errors import CharRNNError
 from .parallel import row_blocks
 
 # environment variables the MPI launchers set in every rank they start: the world's size

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, VocabError
+from ..errors import ConfigError, VocabError
 
 EOS, UNK, BOS = 0, 1, 2
 SPECIAL_IDS = {"eos": EOS, "unk": UNK, "bos": BOS}

@@ -38,15 +38,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import atomic, batches, checkpoint, corpus, model, novelty, optim, textfile
-from .cells import STATES
-from .config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
-from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
-from .layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
+from ..files import atomic, checkpoint, corpus, textfile
+from ..data import batches, novelty
+from ..core import model, optim
+from ..core.cells import STATES
+from ..files.config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
+from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
+from ..files.layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
                      SNAPSHOTS_DIR, STATE_FILE, run_model_file, snapshot_name)
-from .model import ModelConfig
-from .runlock import RunLock
-from .vocab import UNK, Vocab, build_vocab, extend_vocab
+from ..core.model import ModelConfig
+from ..files.runlock import RunLock
+from ..data.vocab import UNK, Vocab, build_vocab, extend_vocab
 
 
 

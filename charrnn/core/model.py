@@ -7,7 +7,7 @@ torch.nn.LSTM / GRU / RNN(batch_first=True) and torch.nn.Linear unchanged.
 Training, sampling and scoring share one walk through the layer stack
 (`walk`): layer 0's input projection (a row gather from a (V, G*H) table when
 the vocabulary is small), then each layer's recurrence, run by the compiled
-kernels (charrnn/kernels.py) or by the NumPy reference (charrnn/cells.py),
+kernels (charrnn/core/kernels.py) or by the NumPy reference (charrnn/core/cells.py),
 as `recurrence()` chooses.
 
 Shape legend: B batch, T time steps, V vocabulary, E embedding, H hidden,
@@ -25,7 +25,7 @@ import numpy as np
 
 from . import cells
 from .cells import CELLS, EXTRA, GATES, STATES
-from .errors import ConfigError, option
+from ..errors import ConfigError, option
 
 DTYPES = ("float32", "float64")
 KERNELS = ("numba", "numpy")  # CHARRNN_KERNELS: the compiled kernels (default) or the NumPy reference
@@ -41,7 +41,7 @@ class ModelConfig:
     dropout: float = 0.0               # inverted dropout between layers, training only
     dtype: str = "float32"             # "float32" (fast) or "float64" (gradient checks)
     forget_bias: float | None = None   # LSTM: set b_ih's forget slice to this (b_hh's to 0); None keeps the uniform init
-    classes: int = 0                   # C: a classifier over C labels (charrnn/classifier.py); 0: a language model
+    classes: int = 0                   # C: a classifier over C labels (charrnn/core/classifier.py); 0: a language model
     bidirectional: bool = False        # classifier: each layer also reads right to left
     pool: str = "mean"                 # classifier: pool the top outputs over time by "mean" or the "last" state
 

@@ -22,7 +22,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from . import corpus
-from .errors import ConfigError, CorpusError
+from ..errors import ConfigError, CorpusError
 
 # python-source takes whole files until it holds this many characters.
 SOURCE_CHARS = 3_000_000

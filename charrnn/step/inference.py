@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import model
-from .errors import ConfigError
-from .model import Weights
+from ..core import model
+from ..errors import ConfigError
+from ..core.model import Weights
 
 
 def step(weights: Weights, tokens, state):

@@ -22,8 +22,11 @@ import os
 import stat
 import tempfile
 
-from . import batches, classifier, corpus, inference, model, parallel, textfile
-from .errors import ConfigError
+from ..data import batches
+from ..core import classifier, model
+from ..files import corpus, textfile
+from ..step import inference, parallel
+from ..errors import ConfigError
 
 # The shortest piece a stream is cut into (see stream_count). Each piece starts
 # with no context: on tinyshakespeare's held-out tenth a 2 x 128 LSTM scored

@@ -28,7 +28,8 @@ import threading
 
 import numpy as np
 
-from . import blas, model
+from . import blas
+from ..core import model
 
 _pool = None
 _pool_lock = threading.Lock()

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import optim
-from .errors import ConfigError, option
+from ..core import optim
+from ..errors import ConfigError, option
 
 MODES = ("stream", "lines")
 TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
@@ -348,7 +348,7 @@ def count_tokens(text: str, level: str) -> int:
     """How many tokens text holds at this level (characters, or words as vocab.WORD_PATTERN splits them)."""
     if level == "char":
         return len(text)
-    from .vocab import WORD_PATTERN
+    from ..data.vocab import WORD_PATTERN
     return sum(1 for _ in WORD_PATTERN.finditer(text))
 
 

@@ -25,10 +25,11 @@ import tempfile
 
 import numpy as np
 
-from . import inference, model
-from .config import is_number
-from .errors import CharRNNError, CheckpointError, ConfigError, VocabError, option
-from .vocab import Vocab, tokenize
+from ..step import inference
+from ..core import model
+from ..files.config import is_number
+from ..errors import CharRNNError, CheckpointError, ConfigError, VocabError, option
+from ..data.vocab import Vocab, tokenize
 
 
 def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int):

@@ -16,10 +16,15 @@ import time
 
 import numpy as np
 
-from . import batches, classifier, corpus, distributed, evaluate, model, optim, parallel, rundir
-from .errors import ConfigError, TrainingError, option
-from .layout import BEST_FILE, MODEL_FILE, STATE_FILE
-from .rundir import Run
+from ..data import batches
+from ..core import classifier, model, optim
+from ..files import corpus
+from ..step import distributed, parallel
+from . import evaluate
+from ..runs import rundir
+from ..errors import ConfigError, TrainingError, option
+from ..files.layout import BEST_FILE, MODEL_FILE, STATE_FILE
+from ..runs.rundir import Run
 
 # Overflow and NaN in a step are detected and reported explicitly; NumPy's warnings about them are noise.
 QUIET_FP = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}

@@ -27,7 +27,8 @@ import math
 
 import numpy as np
 
-from . import annotate, atomic
+from . import annotate
+from ..files import atomic
 from .annotate import FEATURES, SATURATED_HIGH, SATURATED_LOW, Annotation
 from .evaluate import json_safe
 

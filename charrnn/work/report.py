@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-from . import atomic
-from .config import is_number
-from .errors import CharRNNError, CheckpointError
+from ..files import atomic
+from ..files.config import is_number
+from ..errors import CharRNNError, CheckpointError
 
 
 def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:

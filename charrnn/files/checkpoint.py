@@ -46,10 +46,11 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from . import __version__, atomic
-from .errors import CheckpointError, ConfigError
+from .. import __version__
+from . import atomic
+from ..errors import CheckpointError, ConfigError
 from .layout import STATE_FILE, run_model_file  # what load_state and load_model read when given a run directory
-from .model import ModelConfig, param_shapes
+from ..core.model import ModelConfig, param_shapes
 
 FORMAT_VERSION = 1
 RESERVED_META = ("format_version", "charrnn_version", "kind")

@@ -33,7 +33,7 @@ import os
 import time
 
 from . import atomic
-from .errors import LockError, RunLockedError, option
+from ..errors import LockError, RunLockedError, option
 from .layout import LOCK_FILE
 
 # flock's answers on a filesystem that cannot lock (as opposed to a lock that is taken)

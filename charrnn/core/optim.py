@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError, option
+from ..errors import ConfigError, option
 
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")

@@ -35,10 +35,11 @@ from itertools import compress
 
 import numpy as np
 
-from . import atomic, batches, corpus
+from . import atomic, corpus
+from ..data import batches
 from .config import TrainConfig
-from .errors import ConfigError, CorpusError, option
-from .vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, vocab_from_counts
+from ..errors import ConfigError, CorpusError, option
+from ..data.vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, vocab_from_counts
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .errors import ConfigError, CorpusError, option
-from .vocab import Vocab
+from ..errors import ConfigError, CorpusError, option
+from ..data.vocab import Vocab
 
 TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
 DEFAULT_ENCODING = "utf-8"
