@@ -6,7 +6,7 @@ letters permuted by a seeded permutation (so no two copies are alike, while
 the vocabulary stays the same), then measures
 
 - preparation alone, in a fresh process: `textfile.scan` and
-  `rundir.prepare_data` of the file as `charrnn train` runs them (read in
+  `prepare.prepare_data` of the file as `charrnn train` runs them (read in
   chunks, vocabulary, ids written), its wall time (throughput in MB/s of the
   file) and how far its peak resident set grows (VmHWM);
 - prepare + train: `charrnn train big.txt --max-steps 20 --hidden 64 ...`, a
@@ -71,7 +71,7 @@ def make_corpus(path: str, megabytes: int, seed: int = 0) -> int:
 PREPARE = """
 import sys, time
 from charrnn import api
-from charrnn.runs import rundir
+from charrnn.runs import prepare
 from charrnn.files import textfile
 from charrnn.files.config import TrainConfig
 def peak():
@@ -81,7 +81,7 @@ before = peak()
 start = time.perf_counter()
 tconfig = TrainConfig(batch_size=32, seq_len=64)
 text = api._read(sys.argv[1], "strict", tconfig)
-rundir.prepare_data(sys.argv[2], text, None, tconfig)
+prepare.prepare_data(sys.argv[2], text, None, tconfig)
 print(time.perf_counter() - start, peak() - before)
 """
 

@@ -81,14 +81,14 @@ def run_torch(run_dir, minutes, meta, eval_every_s):
     from charrnn.files import corpus
     from charrnn.work import evaluate
     from charrnn.core import optim as our_optim
-    from charrnn.runs import rundir
+    from charrnn.runs import prepare
     from charrnn.core.model import ModelConfig
     torch.set_num_threads(2)
     torch.manual_seed(0)
     config, tc = ModelConfig.from_dict(meta["model"]), meta["train"]
     if tc["mode"] != "stream":
         raise SystemExit("bench/quality.py compares stream-mode runs only")
-    train_ids, val_ids = (corpus.load_ids(os.path.join(rundir.data_dir(run_dir), f"{name}.npy"), mmap=False)
+    train_ids, val_ids = (corpus.load_ids(os.path.join(prepare.data_dir(run_dir), f"{name}.npy"), mmap=False)
                           for name in ("train", "val"))
     # what train.validation_loss scores in stream mode
     val_ids = val_ids if tc["eval_tokens"] is None else val_ids[: tc["eval_tokens"] + 1]

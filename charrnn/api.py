@@ -21,7 +21,7 @@ import numpy as np
 from .files import corpora, corpus, textfile
 from .step import distributed, runtime
 from .work import evaluate, sampling
-from .runs import rundir
+from .runs import finetune, models, prepare, rundir
 from .work import loop as training
 from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                      fill_auto_settings, parse_duration)
@@ -176,9 +176,9 @@ class Model:
         self._need("a language model", "scores labels, not text: use evaluate()")
         text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
-            ids, offsets = rundir.load_heldout(self.path, self.lines)
+            ids, offsets = models.load_heldout(self.path, self.lines)
             score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
-            source = f"the held-out split ({rundir.data_dir(rundir.run_of(self.path))})"
+            source = f"the held-out split ({prepare.data_dir(models.run_of(self.path))})"
         else:
             score = evaluate.score_text(self.params, self.config, self.vocab, corpus.normalize_newlines(text),
                                         self.lines)
@@ -206,7 +206,7 @@ class Model:
 
     def heldout_text(self) -> str:
         """The run's held-out split as text (a lines model's lines each end with a newline)."""
-        ids, offsets = rundir.load_heldout(self.path, self.lines)
+        ids, offsets = models.load_heldout(self.path, self.lines)
         if offsets is None:
             return self.vocab.decode(np.asarray(ids))
         return "".join(self.vocab.decode(np.asarray(ids[a:b])) + "\n" for a, b in zip(offsets[:-1], offsets[1:]))
@@ -214,7 +214,7 @@ class Model:
     def heldout_start(self, max_chars: int | None) -> tuple[str, int]:
         """The first max_chars characters (or a little more) of heldout_text(), decoding no more of the
         split than that, and how many characters the whole split holds. None: all of it."""
-        ids, offsets = rundir.load_heldout(self.path, self.lines)
+        ids, offsets = models.load_heldout(self.path, self.lines)
         ids = np.asarray(ids)
         lengths = np.array([len(self.vocab.decode(np.array([i]))) for i in range(self.vocab.size)], np.int64)
         if offsets is None:
@@ -282,13 +282,13 @@ class Model:
         self._need("a classifier", "has no labels; use score()")
         text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
-            ids, offsets = rundir.load_heldout(self.path, True)
-            tags = rundir.load_heldout_labels(self.path, self.config.classes)
+            ids, offsets = models.load_heldout(self.path, True)
+            tags = models.load_heldout_labels(self.path, self.config.classes)
             if tags.size != len(offsets) - 1:  # a damaged run: exit 1, as for any damaged file
                 raise CheckpointError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
                                   f"{tags.size} labels")
             result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
-            source = f"the held-out split ({rundir.data_dir(rundir.run_of(self.path))})"
+            source = f"the held-out split ({prepare.data_dir(models.run_of(self.path))})"
         else:
             result = evaluate.score_labelled(self.params, self.config, self.vocab, self.labels,
                                              corpus.normalize_newlines(text), name)
@@ -308,10 +308,10 @@ class Model:
 def load(path: str | None = None) -> Model:
     """Load a trained model: a run directory (its best.safetensors), a model file, or None for the newest run.
 
-    The same file that `charrnn sample` and `charrnn eval` pick (rundir.find_checkpoint).
+    The same file that `charrnn sample` and `charrnn eval` pick (models.find_checkpoint).
     Raises CheckpointError when there is none or it is damaged.
     """
-    params, config, vocab, meta, model_file = rundir.load_checkpoint(_path(path, "path"))
+    params, config, vocab, meta, model_file = models.load_checkpoint(_path(path, "path"))
     return Model(params, config, vocab, meta, model_file)
 
 
@@ -529,16 +529,16 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         if "max_vocab" in options:
             raise ConfigError(f"{option('max_vocab')} cannot be given with {option('init_from')}: the vocabulary is "
                               f"the model's ({option('extend_vocab')} adds the new characters)")
-        params, base, vocab, meta, model_file = rundir.load_checkpoint(init_from)
+        params, base, vocab, meta, model_file = models.load_checkpoint(init_from)
         if base.classes:
             raise ConfigError(f"{model_file} is a classifier; {option('init_from')} fine-tunes a language model")
-        model_options = rundir.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
+        model_options = finetune.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
         if "level" in options and options["level"] != vocab.level:
             raise ConfigError(f"{option('level', options['level'])} conflicts with the model of {option('init_from')}, "
                               f"which has a "
                               f"{vocab.level}-level vocabulary")
         options["level"] = vocab.level
-        init = rundir.InitFrom(params, base, vocab, meta, model_file, extend=extend_vocab)
+        init = finetune.InitFrom(params, base, vocab, meta, model_file, extend=extend_vocab)
     if builtin is not None and "mode" not in options:
         options["mode"] = corpora.lookup(builtin).mode
     tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})

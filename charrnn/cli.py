@@ -26,7 +26,7 @@ from .files import config, corpora, corpus, layout
 from .step import distributed, runtime
 from .core import optim
 from .work import report, sampling
-from .runs import rundir
+from .runs import models, prepare, runlog
 from . import errors as errors_module
 from .files import textfile
 from .work.annotate import MAX_CHARS
@@ -669,10 +669,10 @@ def _why_ended(sample, length: int, level: str) -> str:
 def _novelty_index(model_file: str, lines: bool):
     """The run's novelty index for --novelty, saying on stderr when it is built."""
     started = time.monotonic()
-    index, built = rundir.novelty_index(model_file, lines)
+    index, built = models.novelty_index(model_file, lines)
     if built and not lines:
         info(f"Indexed the {index.n:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
-             f"(kept in {rundir.data_dir(rundir.run_of(model_file))})")
+             f"(kept in {prepare.data_dir(models.run_of(model_file))})")
     return index
 
 
@@ -796,7 +796,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         return _eval_classifier(model, text_file, errors, encoding, as_json)
     if text_file is None:
         score = model.score()
-        source = f"held-out split ({rundir.data_dir(rundir.run_of(model.path))})"
+        source = f"held-out split ({prepare.data_dir(models.run_of(model.path))})"
     else:
         score = model.score_file(text_file, errors, encoding)
         source = corpus.input_name(text_file)
@@ -827,7 +827,7 @@ CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: 
 def _eval_classifier(model, text_file, errors, encoding, as_json):
     if text_file is None:
         result = model.evaluate()
-        source = f"held-out split ({rundir.data_dir(rundir.run_of(model.path))})"
+        source = f"held-out split ({prepare.data_dir(models.run_of(model.path))})"
     else:
         result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
         source = corpus.input_name(text_file)
@@ -1037,7 +1037,7 @@ def info_(checkpoint, checkpoint_path):
       charrnn info -c checkpoints/shakespeare/model.safetensors
     """
     checkpoint_path = _one_checkpoint(checkpoint, checkpoint_path, "CHECKPOINT")
-    params, config, vocab, meta, model_file = rundir.load_checkpoint(checkpoint_path)
+    params, config, vocab, meta, model_file = models.load_checkpoint(checkpoint_path)
     n_params = sum(p.size for p in params.values())
     data = meta.get("data", {})
     trained = meta.get("training", {})
@@ -1132,10 +1132,10 @@ def plot(run_dir, checkpoint_path, out_path):
     """
     run_dir = _one_checkpoint(run_dir, checkpoint_path, "RUN_DIR")
     if run_dir is None:
-        run_dir = os.path.dirname(rundir.find_checkpoint(None))
+        run_dir = os.path.dirname(models.find_checkpoint(None))
     elif not os.path.isdir(run_dir):  # a model file: its run directory
         run_dir = os.path.dirname(os.path.abspath(run_dir))
-    records = rundir.read_log(os.path.join(run_dir, layout.LOG_FILE))
+    records = runlog.read_log(os.path.join(run_dir, layout.LOG_FILE))
     out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
     report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
     info(f"Wrote {shown(out_path)}")

@@ -11,7 +11,7 @@ import pytest
 
 from charrnn.files import checkpoint, layout
 from charrnn.core import model
-from charrnn.runs import rundir
+from charrnn.runs import models
 from tiny_runs import invoke, make_run
 
 CHARS = "abcdefgh \n"
@@ -40,7 +40,7 @@ def run_dir(tmp_path):
 def test_python_load_model_of_a_run_directory_is_the_best_file_as_in_the_cli(run_dir):
     directory, best = run_dir
     from_python, _, _ = checkpoint.load_model(directory)
-    from_cli, _, _, _, model_file = rundir.load_checkpoint(str(directory))
+    from_cli, _, _, _, model_file = models.load_checkpoint(str(directory))
     assert model_file == os.path.join(str(directory), layout.BEST_FILE)
     for name, value in best.items():
         assert np.array_equal(from_python[name], value) and np.array_equal(from_cli[name], value), name

@@ -189,14 +189,14 @@ def test_preparing_many_labels_maps_each_line_in_linear_time(tmp_path):
     # 60,000 lines of 60,000 labels: looking each label up in the sorted list (list.index) was quadratic,
     # minutes here; a dict maps them at once. The ids are the labels' places in sorted order.
     from charrnn.files import corpus
-    from charrnn.runs import rundir
+    from charrnn.runs import prepare
     from charrnn.files.config import TrainConfig
 
     rng = np.random.default_rng(0)
     names = [f"L{i}" for i in rng.permutation(60_000)]
     text = "".join(f"{name}\tx\n" for name in names)
     tc = TrainConfig(task="classify", mode="lines", val_frac=0.0, batch_size=2, seq_len=8)
-    rundir.prepare_data(tmp_path, text, None, tc)
+    prepare.prepare_data(tmp_path, text, None, tc)
     labels = sorted(names)
     ids = corpus.load_ids(tmp_path / "data" / "train_labels.npy", mmap=False)
     assert [labels[i] for i in ids] == names

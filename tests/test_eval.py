@@ -11,7 +11,7 @@ from charrnn import cli
 from charrnn.work import evaluate
 from charrnn.step import inference
 from charrnn.core import model
-from charrnn.runs import rundir
+from charrnn.runs import models
 from charrnn.data.vocab import BOS, EOS, UNK
 from reference import naive_forward
 from tiny_runs import invoke, make_run
@@ -170,7 +170,7 @@ def test_eval_counts_unknown_tokens(run_dir, tmp_path):
 
 def test_eval_without_file_scores_the_stored_held_out_split(run_dir):
     result = eval_json(["-c", run_dir])
-    params, config, vocab, _, _ = rundir.load_checkpoint(str(run_dir))
+    params, config, vocab, _, _ = models.load_checkpoint(str(run_dir))
     expected = evaluate.score_stream(params, config, vocab.encode(TEXT), unk=UNK)
     assert result["tokens"] == len(TEXT) - 1
     assert result["loss"] == pytest.approx(expected.loss, rel=1e-12)

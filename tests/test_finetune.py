@@ -9,7 +9,7 @@ import pytest
 from charrnn.data import batches
 from charrnn.files import checkpoint
 from charrnn.core import model, optim
-from charrnn.runs import rundir
+from charrnn.runs import finetune, models, rundir
 from charrnn.core.model import ModelConfig
 from charrnn.data.vocab import UNK
 from tiny_runs import invoke
@@ -30,7 +30,7 @@ def base(tmp_path):
 
 
 def load(path):
-    return rundir.load_checkpoint(str(path))
+    return models.load_checkpoint(str(path))
 
 
 def test_keeping_the_vocabulary_starts_from_the_models_weights_and_turns_unseen_characters_into_unk(base):
@@ -91,10 +91,10 @@ def test_extend_vocab_appends_new_tokens_with_fresh_rows_and_keeps_every_old_id(
     assert not np.any(ids == UNK)
     np.testing.assert_array_equal(run.vocab.encode(OLD_TEXT), vocab.encode(OLD_TEXT))  # old ids unchanged
     # the weights before the step: the model's rows, then a fresh model's rows for the new ids
-    init = rundir.InitFrom(params, config, vocab, {}, "m", extend=True)
+    init = finetune.InitFrom(params, config, vocab, {}, "m", extend=True)
     fresh = model.init_params(ModelConfig(**{**config.to_dict(), "vocab_size": V + len(unseen)}),
                               np.random.default_rng(7))
-    start = rundir._inherit_params(init, fresh)
+    start = finetune.inherit_params(init, fresh)
     for name in ("embedding.weight", "head.weight", "head.bias"):
         np.testing.assert_array_equal(start[name][:V], params[name])
         np.testing.assert_array_equal(start[name][V:], fresh[name][V:])

@@ -447,7 +447,7 @@ def test_control_characters_in_a_vocabulary_or_label_never_reach_the_terminal_ra
             assert terminal_safe(out), (args, out)
 
 
-# The origin a fine-tuned run records (rundir._origin), as info shows it
+# The origin a fine-tuned run records (finetune.origin), as info shows it
 ORIGIN = {"model_file": "/elsewhere/model.safetensors", "step": 3, "vocab": "kept", "base_tokens": 5, "added": ["q"],
           "unk_tokens": 0, "unseen": [], "n_unseen": 0}
 

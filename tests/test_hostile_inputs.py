@@ -24,7 +24,7 @@ import charrnn
 from charrnn import cli
 from charrnn.files import config, corpus, layout
 from charrnn.work import evaluate, loop, sampling
-from charrnn.runs import rundir
+from charrnn.runs import runlog
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.work.evaluate import Score
 from tiny_runs import NAMES, PINNED, REFERENCE, TINY, invoke, make_run, stream_text
@@ -105,7 +105,7 @@ DAMAGED_LINES = {
     "not JSON": b"step 3 loss 2\n",
     "a 5,000-digit number": b'{"step": 3, "loss": ' + b"9" * 5000 + b"}\n",
     "a step that is no step": b'{"step": "three", "loss": 2.0}\n',
-    "a line over the limit": b'{"step": 3, "pad": "' + b"x" * (rundir.MAX_LOG_LINE + 10) + b'"}\n',
+    "a line over the limit": b'{"step": 3, "pad": "' + b"x" * (runlog.MAX_LOG_LINE + 10) + b'"}\n',
 }
 
 
@@ -114,12 +114,12 @@ def test_a_damaged_log_line_is_one_error_naming_it_and_a_torn_last_one_is_skippe
     bad = DAMAGED_LINES[what]
     path = write_log(tmp_path / "mid", [GOOD[0], bad, GOOD[1]])
     with pytest.raises(CheckpointError, match=r"line 2: "):
-        rundir.read_log(path)
+        runlog.read_log(path)
     line = one_line_error(invoke(["plot", tmp_path / "mid", "--out", tmp_path / "mid.png"]))
     assert "line 2" in line and not (tmp_path / "mid.png").exists()
     # the same line last: what a crash in the middle of a write leaves, passed over
     path = write_log(tmp_path / "last", [*GOOD, bad.rstrip(b"\n")])
-    assert [r["step"] for r in rundir.read_log(path)] == [1, 2]
+    assert [r["step"] for r in runlog.read_log(path)] == [1, 2]
 
 
 def test_plot_still_draws_a_healthy_log(tmp_path):

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 import charrnn
 from charrnn.files import checkpoint, corpus, layout
 from charrnn.work import loop as tr
-from charrnn.runs import rundir
+from charrnn.runs import models, runlog, rundir
 from charrnn.files.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.files.runlock import RunLock
@@ -380,8 +380,8 @@ def test_readers_need_no_lock_and_always_see_a_complete_file(tmp_path, corpus_fi
                 # stderr: nothing, or eval's warning that this tiny held-out split holds an unknown token
                 assert code == 0 and all(line.startswith("Warning: ") for line in err.splitlines()), err
                 reads += 1
-            seen.add(rundir.load_checkpoint(run)[3]["training"]["step"])
-            steps = [r["step"] for r in rundir.read_log(run / layout.LOG_FILE)]
+            seen.add(models.load_checkpoint(run)[3]["training"]["step"])
+            steps = [r["step"] for r in runlog.read_log(run / layout.LOG_FILE)]
             assert steps == list(range(1, len(steps) + 1))
     finally:
         stop(proc)

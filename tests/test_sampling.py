@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from charrnn import cli
 from charrnn.step import inference
 from charrnn.core import model
-from charrnn.runs import rundir
+from charrnn.runs import models
 from charrnn.work import sampling
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.data.vocab import BOS, EOS, UNK
@@ -57,7 +57,7 @@ def greedy_reference(params, config, start, length):
 
 
 def model_of(run_dir):
-    params, config, vocab, _, _ = rundir.load_checkpoint(str(run_dir))
+    params, config, vocab, _, _ = models.load_checkpoint(str(run_dir))
     return params, config, vocab
 
 

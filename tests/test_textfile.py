@@ -1,6 +1,6 @@
 """Preparation in chunks (textfile.py) against the in-memory path it replaces for corpus files.
 
-The reference is rundir.prepare_data on corpus.read_text's string: the same
+The reference is prepare.prepare_data on corpus.read_text's string: the same
 vocabulary, the same files byte for byte, and the same errors, for char and
 word level in stream and lines mode, with chunks so small that multi-byte
 characters, "\\r\\n" pairs and words straddle their boundaries.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from charrnn.files import checkpoint, config, corpus, textfile
-from charrnn.runs import rundir
+from charrnn.runs import prepare
 from charrnn.files.config import TrainConfig
 from charrnn.errors import CorpusError
 from charrnn.data.vocab import UNK, build_vocab
@@ -41,9 +41,9 @@ def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="s
         vpath.write_bytes(val)
     tc = TrainConfig(batch_size=2, seq_len=4, **options)
     ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
-    ref_vocab = rundir.prepare_data(ref_dir, corpus.read_text(path, errors),
+    ref_vocab = prepare.prepare_data(ref_dir, corpus.read_text(path, errors),
                                     corpus.read_text(vpath, errors) if vpath else None, tc, base, extend)
-    new_vocab = rundir.prepare_data(new_dir, textfile.open_text(path, errors, chunk),
+    new_vocab = prepare.prepare_data(new_dir, textfile.open_text(path, errors, chunk),
                                     textfile.open_text(vpath, errors, chunk) if vpath else None, tc, base, extend)
     return (ref_vocab, _files(ref_dir)), (new_vocab, _files(new_dir))
 
@@ -172,9 +172,9 @@ def test_lines_too_long_and_no_training_line(tmp_path):
         path.write_bytes(data)
         tc = TrainConfig(batch_size=1, seq_len=4, mode="lines", **options)
         with pytest.raises(CorpusError) as expected:
-            rundir.prepare_data(tmp_path / "ref", corpus.read_text(path), None, tc)
+            prepare.prepare_data(tmp_path / "ref", corpus.read_text(path), None, tc)
         with pytest.raises(CorpusError) as got:
-            rundir.prepare_data(tmp_path / "new", textfile.open_text(path, chunk_bytes=3), None, tc)
+            prepare.prepare_data(tmp_path / "new", textfile.open_text(path, chunk_bytes=3), None, tc)
         assert str(got.value) == str(expected.value)
         assert not os.path.exists(tmp_path / "new" / "data")
 
@@ -191,7 +191,7 @@ def test_encode_ascii_fast_path_is_the_table_lookup(extra):
 _PREPARE = """
 import sys
 from charrnn.files import corpus, textfile
-from charrnn.runs import rundir
+from charrnn.runs import prepare
 from charrnn.files.config import TrainConfig
 def peak():
     with open("/proc/self/status") as f:
@@ -202,7 +202,7 @@ if sys.argv[3] == "in-memory":
 else:
     text = textfile.open_text(sys.argv[1])
     textfile.scan(text, "char", "stream")
-rundir.prepare_data(sys.argv[2], text, None, TrainConfig(batch_size=16, seq_len=100))
+prepare.prepare_data(sys.argv[2], text, None, TrainConfig(batch_size=16, seq_len=100))
 print(peak() - before)
 """
 

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from charrnn.files import checkpoint, corpus, layout
 from charrnn import cli
 from charrnn.core import model
-from charrnn.runs import rundir
+from charrnn.runs import runlog
 from charrnn.core.model import ModelConfig
 from charrnn.data.vocab import SPECIAL_TOKENS, Vocab
 
@@ -58,9 +58,9 @@ def stream_text(n_words: int, seed: int = 0) -> str:
 
 
 def read_log(run_dir) -> list[dict]:
-    """The records of RUN_DIR/log.jsonl, read by rundir.read_log; every non-blank line must be one."""
+    """The records of RUN_DIR/log.jsonl, read by runlog.read_log; every non-blank line must be one."""
     path = os.path.join(run_dir, layout.LOG_FILE)
-    records = rundir.read_log(path)
+    records = runlog.read_log(path)
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if line.strip()]
     assert len(records) == len(lines), f"{path}: {len(lines) - len(records)} line(s) are not step records"

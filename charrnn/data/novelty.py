@@ -9,7 +9,7 @@ Nothing here scans the training text per sample; each index is built once:
   order, found by binary search; longer matches extend those candidates a
   token at a time, all together. The longest stretch is the best over the
   start positions that could still beat it.
-The math is on arrays only and touches no files (rundir stores the stream
+The math is on arrays only and touches no files (models.novelty_index stores the stream
 index beside the run's training ids).
 """
 

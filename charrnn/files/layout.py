@@ -15,7 +15,7 @@ PLOT_FILE = "loss.png"              # what `charrnn plot` writes by default
 DATA_DIR = "data"                   # the encoded training and validation ids (memory-mapped)
 LOCK_FILE = "train.lock"            # held (fcntl.flock) by the one trainer writing the run; see runlock.py
 LABELS_FILE = "labels.json"         # in DATA_DIR, task classify: the label names in id order
-RUN_FILE = "run.json"               # the run's id and its data's fingerprint (rundir: which run a state belongs to)
+RUN_FILE = "run.json"               # the run's id and its data's fingerprint (identity.py: which run a state belongs to)
 SNAPSHOTS_DIR = "snapshots"         # --keep N: the N best evaluations' model files, named by step and val loss
 
 

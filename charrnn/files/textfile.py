@@ -17,7 +17,7 @@ The text is never held whole: a chunk at a time, plus the counts (characters,
 or at word level the words and their counts) and, in lines mode, one byte per
 line saying which split it is in (and, while that is drawn, the seeded
 permutation of the lines that chooses it, 8 bytes per line, as before). Every result is that of the in-memory path
-(`rundir.prepare_data` on `corpus.read_text`'s string): the same split, the
+(`prepare.prepare_data` on `corpus.read_text`'s string): the same split, the
 same vocabulary and the same ids. Where a chunk is cut is never seen in the
 result: at word level it is cut only where a token ends (before a newline, or
 where a run of spaces starts), in lines mode only after a line end.
@@ -449,10 +449,10 @@ def line_blocks(tf: TextFile, level: str):
 
 def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: TrainConfig,
                  base_vocab: Vocab | None = None, extend: bool = False) -> Vocab:
-    """rundir.prepare_data for a corpus file (and a separate validation file, or None to hold out
+    """prepare.prepare_data for a corpus file (and a separate validation file, or None to hold out
     val_frac): the same vocabulary and the same files, the text read in chunks. Everything is counted
     and checked before the first file is written; the files are written together (atomic.write_files).
-    - base_vocab, extend: a fine-tuned model's vocabulary, kept or extended (as rundir.prepare_data)"""
+    - base_vocab, extend: a fine-tuned model's vocabulary, kept or extended (as prepare.prepare_data)"""
     make = _VocabMaker(tconfig, base_vocab, extend)
     if tconfig.mode == "lines":
         vocab, files = _lines(train, val, tconfig, make)
@@ -503,7 +503,7 @@ class _VocabMaker:
             return extend_from_counts(self.base, counts, tc.min_count, ("\n",) if lines is not None else ())
         if lines is None or tc.level == "char":
             return vocab_from_counts(counts, tc.level, tc.min_count, tc.max_vocab)
-        # as rundir._lines_vocab: at word level the lines are joined by "\n", a token dropped afterwards
+        # as prepare._lines_vocab: at word level the lines are joined by "\n", a token dropped afterwards
         counts = {**counts, **({"\n": lines - 1} if lines > 1 else {})}
         vocab = vocab_from_counts(counts, "word", tc.min_count, tc.max_vocab)
         return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
@@ -627,7 +627,7 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabM
     s = scan(train, level, "lines")
     corpus.check_line_lengths(s.longest)
     if val is None:
-        # as rundir.prepare_data: a seeded random share of the lines is held out (one bit per line here)
+        # as prepare.prepare_data: a seeded random share of the lines is held out (one bit per line here)
         order = np.random.default_rng(tc.seed).permutation(s.n_lines)
         held = np.zeros(s.n_lines, dtype=bool)
         held[order[: int(s.n_lines * tc.val_frac)]] = True

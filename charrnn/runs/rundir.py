@@ -1,4 +1,4 @@
-"""A run directory: preparing, starting, resuming and saving a run; finding and loading its model.
+"""A run: starting, resuming and saving it.
 
 `start_run` (a new run) and `resume_run` (continue one) return a `Run`, which
 the loop in loop.py advances and `save_checkpoint` writes. A run directory
@@ -7,18 +7,15 @@ holds the files named in layout.py:
     model.safetensors   latest weights + config + vocabulary (self-contained)
     best.safetensors    the weights with the lowest validation loss so far
     state.safetensors   everything needed to resume exactly (weights too)
-    log.jsonl           one JSON object per logging step, appended to on resume
-    data/               the encoded training and validation ids (memory-mapped)
-    run.json            the run's id and the fingerprint of its vocabulary and data
+    log.jsonl           one JSON object per logging step, appended to on resume (runlog.py)
+    data/               the encoded training and validation ids (memory-mapped; prepare.py)
+    run.json            the run's id and the fingerprint of its vocabulary and data (identity.py)
 
-A state file belongs to one run: it carries the run's id and that fingerprint,
-and `resume_run` checks them against run.json and the data (`_identity`, the one
-place a state is matched to its run) before anything in the directory is
-written. A run made before run ids adopts one on its first resume.
-
-A fresh run directory that never saved a checkpoint (its start was killed, ran
+A state file belongs to one run (identity.py): `resume_run` proves it before anything in the directory
+is written. A fresh run directory that never saved a checkpoint (its start was killed, ran
 out of disk or diverged before its first save) holds no run: starting again with
-the same --out clears what the failed start left (`start_run`).
+the same --out clears what the failed start left (`start_run`). `writing` is the claim on a run
+directory (its lock) while it is written; finding and loading models is models.py's.
 
 Exact resume needs no RNG state: batches are fixed by the step number (and
 for lines mode, a permutation seeded by (seed, epoch)), and dropout masks are
@@ -27,29 +24,30 @@ drawn from a generator seeded by (seed, step). Nothing here prints.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
-import secrets
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..files import atomic, checkpoint, corpus, textfile
-from ..data import batches, novelty
+from ..files import checkpoint, corpus
+from ..data import batches
 from ..core import model, optim
 from ..core.cells import STATES
-from ..files.config import MODES, RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
-from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
-from ..files.layout import (BEST_FILE, CHECKPOINTS, DATA_DIR, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
-                     SNAPSHOTS_DIR, STATE_FILE, run_model_file, snapshot_name)
+from ..files.config import RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
+from ..errors import CharRNNError, CheckpointError, ConfigError, option
+from ..files.layout import (BEST_FILE, CHECKPOINTS, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
+                            SNAPSHOTS_DIR, STATE_FILE, snapshot_name)
+from ..files.modelmeta import checked_labels
 from ..core.model import ModelConfig
 from ..files.runlock import RunLock
-from ..data.vocab import UNK, Vocab, build_vocab, extend_vocab
-
+from ..data.vocab import UNK, Vocab
+from . import finetune, runlog
+from .finetune import InitFrom
+from .identity import new_identity, proven_identity
+from .prepare import check_data_dir, data_dir, load_data, prepare_data, read_labels
 
 
 @dataclass
@@ -83,8 +81,8 @@ class Run:
     labels: tuple = ()                 # task classify: the label names, in id order
     train_labels: np.ndarray | None = None  # task classify: (n_lines,) label ids of the training lines
     val_labels: np.ndarray | None = None
-    origin: dict | None = None         # a fine-tuned run: the model it started from (rundir._origin)
-    identity: dict | None = None       # {"id", "vocab", "data"}: the run's id and fingerprints (rundir._identity)
+    origin: dict | None = None         # a fine-tuned run: the model it started from (finetune.origin)
+    identity: dict | None = None       # {"id", "vocab", "data"}: the run's id and fingerprints (identity.py)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -96,215 +94,6 @@ class Run:
         return os.path.join(self.directory, name)
 
 
-# ---------------------------------------------------------------- preparing a run
-
-
-def data_dir(directory) -> str:
-    """Where a run keeps its encoded ids."""
-    return os.path.join(directory, DATA_DIR)
-
-
-def _data_path(directory, name):
-    return os.path.join(directory, DATA_DIR, name)
-
-
-def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: Vocab | None = None,
-                 extend: bool = False, where: tuple = ("the corpus", "the validation text")) -> Vocab:
-    """Build the vocabulary from the training text and store encoded ids under directory/data.
-
-    - train_text: the corpus, a str or corpus.Documents (a folder: in stream mode EOS ends each file)
-    - val_text: a separate validation text (str or Documents), or None to hold out val_frac
-    - base_vocab: a fine-tuned model's vocabulary, kept (unseen tokens become UNK) or, with extend,
-      extended by the new tokens of the training text (see vocab.extend_vocab)
-    - where: the two texts' names, for errors
-    Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
-    Everything is encoded and checked before the first file is written, so a corpus
-    that cannot train leaves no files behind.
-    """
-    def make_vocab(text, exclude=()):
-        if base_vocab is None:
-            return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
-        return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
-
-    _check_data_dir(directory)
-    if isinstance(train_text, textfile.TextFile) and tconfig.task == "lm":  # read in chunks
-        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
-    arrays = {}
-    if tconfig.mode == "stream":
-        if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
-            # one token per character: encode the whole text once and split the ids, so that no
-            # copy of the text is held beside it (peak memory: the text plus its ids)
-            cut = corpus.split_index(len(train_text), tconfig.val_frac)
-            vocab = make_vocab(train_text[:cut])
-            ids = vocab.encode(train_text)
-            arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
-        else:
-            if val_text is None:
-                train_text, val_text = (corpus.split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
-                                        else corpus.split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
-            vocab = make_vocab(corpus.vocab_text(train_text))
-            arrays["train.npy"] = corpus.encode_stream(vocab, train_text)
-            arrays["val.npy"] = corpus.encode_stream(vocab, val_text)
-        # raises CorpusError (with the length and what is needed) when the text is too short for one batch
-        batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
-    else:
-        classify = tconfig.task == "classify"
-        if classify:
-            tags, lines = corpus.split_labelled(train_text, where[0])
-            label_names = sorted(set(tags))
-            tags = corpus.label_ids(tags, label_names, where[0]) if tags else None
-        else:
-            lines = corpus.lines_of(train_text)
-        _check_line_lengths(lines, classifier=classify)
-        if val_text is None:
-            # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
-            order = np.random.default_rng(tconfig.seed).permutation(len(lines))
-            n_val = int(len(lines) * tconfig.val_frac)
-            val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
-            val_lines = [lines[i] for i in val_rows]
-            lines = [lines[i] for i in train_rows]
-            if classify:
-                tags, val_tags = tags[train_rows], tags[val_rows]
-        else:
-            if classify:
-                val_tags, val_lines = corpus.split_labelled(val_text, where[1], min_labels=1)
-                val_tags = corpus.label_ids(val_tags, label_names, where[1])
-            else:
-                val_lines = corpus.lines_of(val_text)
-            _check_line_lengths(val_lines, "validation ", classifier=classify)
-        if not lines:
-            raise CorpusError("lines mode needs at least one non-empty training line")
-        vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
-            make_vocab("\n".join(lines), exclude=("\n",))
-        for name, part in (("train", lines), ("val", val_lines)):
-            arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
-        if classify:
-            arrays["train_labels.npy"], arrays["val_labels.npy"] = tags, val_tags
-            labels_json = json.dumps(label_names).encode("utf-8")
-    os.makedirs(data_dir(directory), exist_ok=True)
-    checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
-    for name, ids in arrays.items():
-        corpus.save_ids(_data_path(directory, name), ids)
-    if tconfig.task == "classify":
-        atomic.write_file(_data_path(directory, LABELS_FILE), lambda f: f.write(labels_json))
-    return vocab
-
-
-def _check_data_dir(directory) -> None:
-    """CheckpointError unless the run's data folder is missing or a real folder (never a symbolic link,
-    through which the id files would be written outside the run)."""
-    path = data_dir(directory)
-    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
-        raise CheckpointError(f"{path} is not a folder of the run (a symbolic link or a file); charrnn writes a "
-                              f"run's files only inside its directory: remove it, or choose another {option('out')}")
-
-
-def read_labels(directory) -> tuple:
-    """The label names of a classifier run, from its data folder; CheckpointError when missing or malformed."""
-    path = _data_path(directory, LABELS_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the run's labels {path}: {exc}") from None
-    return _checked_labels(labels, None, path)
-
-
-def _checked_labels(labels, n: int | None, where: str) -> tuple:
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)
-            and len(set(labels)) == len(labels) and (n is None or len(labels) == n)):
-        raise CheckpointError(f"{where}: the labels must be a list of {n or 'at least 2'} distinct names")
-    return tuple(labels)
-
-
-def _check_line_lengths(lines: list[str], which: str = "", classifier: bool = False) -> None:
-    """CorpusError when a line is too long to be one example of lines mode."""
-    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=classifier)
-
-
-def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
-    """The vocabulary of lines mode: the lines' tokens only.
-
-    No "\n" token: lines hold none, and a sampler that could emit one would
-    break the one-line-per-sample output. At word level the lines are joined
-    with "\n" (so words of neighbouring lines do not merge) and that token is
-    dropped afterwards, which may leave one token fewer than --max-vocab.
-    """
-    if tconfig.level == "char":
-        return build_vocab("".join(lines), "char", tconfig.min_count, tconfig.max_vocab)
-    vocab = build_vocab("\n".join(lines), "word", tconfig.min_count, tconfig.max_vocab)
-    return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
-
-
-def _read_split(directory, split: str, lines: bool):
-    """(ids, offsets or None) of a stored split ("train" or "val"); offsets only in lines mode, unchecked."""
-    ids = corpus.load_ids(_data_path(directory, f"{split}.npy"))
-    return ids, corpus.load_ids(_data_path(directory, f"{split}_offsets.npy")) if lines else None
-
-
-def _load_data(directory, mode, classes: int = 0):
-    lines = mode == "lines"
-    try:
-        (train_ids, train_off), (val_ids, val_off) = (_read_split(directory, s, lines) for s in ("train", "val"))
-        tags = tuple(corpus.load_ids(_data_path(directory, f"{s}_labels.npy")) for s in ("train", "val")) \
-            if classes else (None, None)
-    except Exception as exc:  # the data folder is part of the run: any failure is a broken run
-        raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
-    if lines:
-        try:
-            corpus.check_offsets(train_off, len(train_ids), "train_offsets.npy", min_lines=1)
-            corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
-        except CorpusError as exc:
-            raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {exc}") from None
-    if classes:
-        for tag, offsets, name in zip(tags, (train_off, val_off), ("train", "val")):
-            if tag.shape != (len(offsets) - 1,) or (tag.size and (tag.min() < 0 or tag.max() >= classes)):
-                raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {name}_labels.npy "
-                                      f"does not hold one label id below {classes} per line")
-        return train_ids, val_ids, train_off, val_off, tags
-    return train_ids, val_ids, train_off, val_off
-
-
-def run_of(model_file: str) -> str:
-    """The run directory a model file belongs to: its folder, or for a snapshot (--keep) the run above it."""
-    folder = os.path.dirname(model_file)
-    if os.path.basename(os.path.normpath(folder)) == SNAPSHOTS_DIR and os.path.isdir(data_dir(os.path.dirname(folder))):
-        return os.path.dirname(folder)
-    return folder
-
-
-def load_heldout(model_file: str, lines: bool):
-    """(ids, offsets or None) of the validation split stored in the run beside model_file, for scoring.
-
-    ConfigError when there is none (a model file copied out of its run: then the command needs a TEXT_FILE);
-    CheckpointError when it is there but damaged (a broken run, exit 1 like every damaged file).
-    """
-    directory = run_of(model_file)
-    if not os.path.exists(_data_path(directory, "val.npy")):
-        raise ConfigError(f"{model_file} has no stored held-out split beside it; pass a TEXT_FILE")
-    try:
-        ids, offsets = _read_split(directory, "val", lines)
-        if lines:
-            corpus.check_offsets(offsets, len(ids), _data_path(directory, "val_offsets.npy"))
-    except CharRNNError as exc:
-        raise CheckpointError(f"the held-out split stored in {data_dir(directory)} is damaged: {exc}") from None
-    return ids, offsets
-
-
-def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
-    """(n_lines,) label ids of a classifier's stored validation lines (beside model_file), checked."""
-    path = _data_path(run_of(model_file), "val_labels.npy")
-    if not os.path.exists(path):
-        raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE")
-    try:
-        tags = corpus.load_ids(path)
-    except CharRNNError as exc:
-        raise CheckpointError(f"the held-out labels stored beside {model_file} are damaged: {exc}") from None
-    if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
-        raise CheckpointError(f"{path}: not one label id below {classes} per line")
-    return tags
-
-
 def holds_run(directory) -> bool:
     """Whether directory holds a saved run: a checkpoint (state, latest or best model), never to be overwritten."""
     return any(os.path.lexists(os.path.join(directory, f)) for f in (STATE_FILE, MODEL_FILE, BEST_FILE))
@@ -313,7 +102,6 @@ def holds_run(directory) -> bool:
 # the files a start writes before its first checkpoint, under data/ (the novelty index: sample --novelty)
 _DATA_FILES = ("train.npy", "val.npy", "train_offsets.npy", "val_offsets.npy", "train_labels.npy", "val_labels.npy",
                LABELS_FILE, "train_index.npy")
-_LEFTOVER_LOG_LIMIT = 64 << 20  # bytes: a log longer than this is not one a start that never saved could write
 
 
 def unsaved_start(directory) -> bool:
@@ -323,24 +111,7 @@ def unsaved_start(directory) -> bool:
         return False
     if os.path.isfile(os.path.join(directory, RUN_FILE)) and not os.path.islink(os.path.join(directory, RUN_FILE)):
         return True
-    return _charrnn_log(os.path.join(directory, LOG_FILE))
-
-
-def _charrnn_log(path) -> bool:
-    """Whether path is a regular file every whole line of which is a log record (a line cut short by a
-    kill may end it): what a start that never saved could have written, and so may be removed."""
-    try:
-        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > _LEFTOVER_LOG_LIMIT:
-            return False
-        with open(path, "rb") as f:
-            lines = f.read(_LEFTOVER_LOG_LIMIT + 1).split(b"\n")
-    except OSError:
-        return False
-    for line in lines[:-1]:  # the last is empty, or a line cut short
-        problem, record = _parse_log_line(line)
-        if problem is not None or record is None:  # not a record with a step
-            return False
-    return True
+    return runlog.charrnn_log(os.path.join(directory, LOG_FILE))
 
 
 def _clear_unsaved_start(directory) -> None:
@@ -354,7 +125,7 @@ def _clear_unsaved_start(directory) -> None:
         return  # nothing of a run here (a new directory, or one that holds only a data folder)
     if not unsaved_start(directory):
         raise ConfigError(f"{directory} holds a {LOG_FILE} that is not a charrnn log; choose another {option('out')}")
-    _check_data_dir(directory)  # files are removed inside the run's own data folder only
+    check_data_dir(directory)  # files are removed inside the run's own data folder only
     try:
         checkpoint.cleanup_temp_files(directory)
         checkpoint.cleanup_temp_files(data_dir(directory))
@@ -367,36 +138,6 @@ def _clear_unsaved_start(directory) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot clear what the failed start left in {directory}: "
                               f"{exc.strerror or exc} ({exc.filename})") from None
-
-
-@dataclass
-class InitFrom:
-    """A trained model a new run starts from (`charrnn train --init-from`)."""
-    params: dict
-    config: ModelConfig
-    vocab: Vocab
-    meta: dict
-    model_file: str
-    extend: bool = False   # add the new text's tokens to the vocabulary (else they become UNK)
-
-
-# The options that make up a model's architecture: a fine-tuned run takes them from the model.
-ARCHITECTURE = ("cell", "layers", "hidden", "embed", "dtype")
-
-
-def init_model_options(base: ModelConfig, given: dict) -> dict:
-    """The ModelConfig options of a run fine-tuned from base: base's architecture, the dropout given (or None).
-
-    - given: the model options the user set (name -> value); a value differing from base's is a ConfigError
-    """
-    for key in ARCHITECTURE:
-        if given.get(key) is not None and given[key] != getattr(base, key):
-            raise ConfigError(f"{option(key, given[key])} conflicts with the model of {option('init_from')}, which has "
-                              f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
-    options = {key: value for key, value in base.to_dict().items()
-               if key not in ("vocab_size", "classes", "dropout")}
-    options["dropout"] = given.get("dropout")
-    return options
 
 
 def start_run(directory, train_text, val_text, config_options: dict,
@@ -426,52 +167,16 @@ def start_run(directory, train_text, val_text, config_options: dict,
     params = model.init_params(config, np.random.default_rng(tconfig.seed))
     origin = None
     if init is not None:
-        params = _inherit_params(init, params)
-        origin = _origin(init, vocab, directory, train_text, val_text, tconfig)
-    data = _load_data(directory, tconfig.mode, config.classes)
+        params = finetune.inherit_params(init, params)
+        origin = finetune.origin(init, vocab, directory, train_text, val_text, tconfig)
+    data = load_data(directory, tconfig.mode, config.classes)
     run = Run(directory, config, tconfig, vocab, params,
               optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()), *data[:4],
               labels=labels, origin=origin)
     if classify:
         run.train_labels, run.val_labels = data[4]
-    run.identity = {"id": secrets.token_hex(16), **fingerprint(vocab, labels, data)}
-    _write_identity(directory, run.identity)
+    run.identity = new_identity(directory, vocab, labels, data)
     return run
-
-
-def _inherit_params(init: InitFrom, fresh: dict) -> dict:
-    """The weights of init's model; where the vocabulary was extended, the new tokens' embedding and
-    head rows are those of the fresh initialization (`fresh`, of the new vocabulary size)."""
-    V = init.config.vocab_size
-    checkpoint.check_params(init.params, init.config, init.model_file)
-    params = {}
-    for name, value in fresh.items():
-        old = np.asarray(init.params[name], dtype=value.dtype)
-        if name in ("embedding.weight", "head.weight", "head.bias"):
-            params[name] = np.concatenate([old, value[V:]])  # ids < V keep their rows
-        else:
-            params[name] = old.copy()
-    return params
-
-
-def _origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconfig: TrainConfig) -> dict:
-    """What a fine-tuned run records about where it started: the model, and what became of the vocabulary."""
-    def tokens(text):
-        if isinstance(text, textfile.TextFile):
-            return tuple(textfile.seen_tokens(text, tconfig.level, tconfig.mode))
-        return build_vocab(corpus.vocab_text(text), tconfig.level).tokens[3:]
-    seen = tokens(train_text)
-    if val_text is not None:
-        seen += tokens(val_text)
-    known = set(vocab.tokens)
-    unseen = sorted(set(seen) - known - ({"\n"} if tconfig.mode == "lines" else set()))
-    unk = sum(int(np.count_nonzero(corpus.load_ids(_data_path(directory, f"{split}.npy")) == UNK))
-              for split in ("train", "val"))
-    training = init.meta.get("training", {}) if isinstance(init.meta.get("training"), dict) else {}
-    return {"model_file": os.path.abspath(init.model_file), "step": training.get("step"),
-            "vocab": "extended" if init.extend else "kept", "base_tokens": init.vocab.size,
-            "added": list(vocab.tokens[init.vocab.size:]), "unk_tokens": unk, "unseen": unseen[:200],
-            "n_unseen": len(unseen)}
 
 
 def resume_run(directory, overrides: dict | None = None, *, writer: bool = True) -> Run:
@@ -536,15 +241,15 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
     except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
         raise CheckpointError(str(exc)) from None
-    data = _load_data(directory, tconfig.mode, config.classes)
+    data = load_data(directory, tconfig.mode, config.classes)
     origin = meta.get("origin")
     run = Run(directory, config, tconfig, vocab, params, optimizer, *data[:4], carry=carry,
               origin=origin if isinstance(origin, dict) else None)
     if config.classes:
-        run.labels = _checked_labels(list(read_labels(directory)), config.classes, where)
+        run.labels = checked_labels(list(read_labels(directory)), config.classes, where)
         run.train_labels, run.val_labels = data[4]
     # before anything is written: the state must be this run's (a copied one would overwrite its model)
-    run.identity = _identity(directory, meta.get("run"), vocab, run.labels, data, where, writer)
+    run.identity = proven_identity(directory, meta.get("run"), vocab, run.labels, data, where, writer)
     since = (progress.pop("schedule_since_step"), progress.pop("schedule_since_progress"))
     if (since[0] is None) != (since[1] is None) or (since[1] is not None and not 0 <= since[1] <= 1):
         raise CheckpointError(f"{where}: progress schedule_since_step and schedule_since_progress do not fit")
@@ -554,7 +259,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     run.schedules = _checked_schedules(meta.get("schedules", []), where)
     run.best_val = math.inf if run.best_val is None else run.best_val
     if writer:
-        _cut_log(run)
+        runlog.cut_log(run.path(LOG_FILE), run.log_bytes)
         _catch_up_model(run)
     if new_schedule:
         # the schedule so far ends here, and is recorded; the new one starts at this step, its cosine (if
@@ -648,151 +353,6 @@ def _checked_carry(arrays: dict, config: ModelConfig, tconfig: TrainConfig, wher
     return tuple(arrays.pop(key) for key in keys)
 
 
-def _cut_log(run: Run) -> None:
-    """Drop log lines written after the checkpoint was saved (by a process killed before its next save).
-
-    The resumed run takes those steps again and logs them again, so the log reads as if
-    the run had never stopped; a line cut short by the crash goes too.
-    """
-    path = run.path(LOG_FILE)
-    if run.log_bytes and os.path.lexists(path):
-        fd = _open_log(path, os.O_WRONLY)
-        try:
-            if os.fstat(fd).st_size > run.log_bytes:
-                os.ftruncate(fd, run.log_bytes)
-        finally:
-            os.close(fd)
-
-
-# ---------------------------------------------------------------- which run a state belongs to
-
-_SAMPLES, _SAMPLE_IDS = 16, 8192  # an id file of more than 16 x 8192 ids is fingerprinted by 16 evenly spaced slices
-_HEX = {"id": re.compile(r"[0-9a-f]{32}"), "vocab": re.compile(r"[0-9a-f]{64}"), "data": re.compile(r"[0-9a-f]{64}")}
-
-
-def fingerprint(vocab: Vocab, labels: tuple, data: tuple) -> dict:
-    """{"vocab": hex, "data": hex}: sha256 of the vocabulary (and a classifier's labels), and of the stored ids.
-
-    - data: what _load_data returns (ids, offsets and label arrays, None where a mode has none)
-    The ids are hashed as values (int64), with their names and lengths, so a file written with another
-    dtype holds the same data; a long one by 16 slices of 8192 ids at evenly spaced places (its first
-    and last among them), so that resuming reads about a megabyte, not the corpus.
-    """
-    words = json.dumps([vocab.to_dict(), list(labels)], ensure_ascii=True, sort_keys=True)
-    h = hashlib.sha256()
-    names = ("train", "val", "train_offsets", "val_offsets", "labels")
-    for name, arr in zip(names, data):
-        for i, part in enumerate(arr if isinstance(arr, tuple) else (arr,)):
-            if part is None:
-                continue
-            n = len(part)
-            h.update(f"{name}.{i} {n};".encode("ascii"))
-            if n <= _SAMPLES * _SAMPLE_IDS:
-                h.update(np.asarray(part, dtype="<i8").tobytes())
-            else:
-                for k in range(_SAMPLES):
-                    start = (n - _SAMPLE_IDS) * k // (_SAMPLES - 1)
-                    h.update(np.asarray(part[start:start + _SAMPLE_IDS], dtype="<i8").tobytes())
-    return {"vocab": hashlib.sha256(words.encode("ascii")).hexdigest(), "data": h.hexdigest()}
-
-
-def _checked_identity(record, where: str) -> dict:
-    """A run identity as run.json or a state file holds it: {"id": 32 hex, "vocab": 64 hex, "data": 64 hex}."""
-    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) and pattern.fullmatch(record[k])
-                                             for k, pattern in _HEX.items())):
-        raise CheckpointError(f"{where}: the run's identity is malformed (expected an id and two fingerprints)")
-    return {k: record[k] for k in _HEX}
-
-
-def _read_identity(directory) -> dict | None:
-    """The identity recorded in directory/run.json; None when there is none (a run made before run ids)."""
-    path = os.path.join(directory, RUN_FILE)
-    if not os.path.lexists(path):
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        record = json.loads(data.decode("utf-8"))
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (ValueError, RecursionError):
-        raise CheckpointError(f"{path} is damaged: not the JSON charrnn writes") from None
-    return _checked_identity(record, path)
-
-
-def _write_identity(directory, identity: dict) -> None:
-    text = json.dumps({**identity, "note": "charrnn: this run's id and the fingerprints of its vocabulary and data"},
-                      indent=1, sort_keys=True) + "\n"
-    try:
-        atomic.write_file(os.path.join(directory, RUN_FILE), lambda f: f.write(text.encode("ascii")))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
-
-
-def _identity(directory, saved, vocab: Vocab, labels: tuple, data: tuple, where: str, writer: bool) -> dict:
-    """The run's identity, once the state file at `where` is proven to belong to the run in directory.
-
-    - saved: the state's "run" entry (None in a state saved before run ids)
-    - vocab, labels: the state's; data: the directory's stored ids (_load_data)
-    The one place a state is matched to its run, before anything is written: its id must be the one in
-    run.json, and the vocabulary and data it was saved with must be the directory's. A run without
-    run.json (made before run ids) is checked against what else it holds (its model file's vocabulary,
-    ids that fit the vocabulary) and adopts the state's id, or a new one: run.json is written (writer only).
-    CheckpointError names what does not fit.
-    """
-    own = fingerprint(vocab, labels, data)
-    if saved is not None:
-        saved = _checked_identity(saved, f"{where}: run")
-
-    def foreign(why):
-        return CheckpointError(f"{where} does not belong to the run in {directory}: {why}. Resuming it would "
-                               f"overwrite the run's model; put the run's own {STATE_FILE} back, or resume the "
-                               f"run it came from")
-    recorded = _read_identity(directory)
-    if recorded is not None:
-        if saved is not None and saved["id"] != recorded["id"]:
-            raise foreign(f"it was saved by run {saved['id'][:12]}, and this is run {recorded['id'][:12]}")
-        if saved is not None and saved != recorded:
-            raise foreign(f"its fingerprints are not those in {RUN_FILE}")
-        if own["vocab"] != recorded["vocab"]:
-            raise foreign("its vocabulary is not the run's")
-        if own["data"] != recorded["data"]:
-            raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} are not those it was started with "
-                                  f"({RUN_FILE} holds their fingerprint); put them back, or start a new run")
-        return recorded
-    # a run made before run ids (or whose run.json is gone)
-    if saved is not None:
-        if own["vocab"] != saved["vocab"]:
-            raise CheckpointError(f"{where}: its vocabulary does not match the fingerprint it was saved with")
-        if own["data"] != saved["data"]:
-            raise foreign(f"it was saved with other data than the run's ({DATA_DIR}/)")
-    for name, ids in (("train.npy", data[0]), ("val.npy", data[1])):
-        if len(ids) and int(ids.max()) >= vocab.size:
-            raise foreign(f"{DATA_DIR}/{name} holds token id {int(ids.max())}, beyond its {vocab.size}-token "
-                          f"vocabulary")
-    try:
-        meta = checkpoint.load_model(os.path.join(directory, MODEL_FILE))[2]
-        model_vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
-                                       "special": meta["special"]})
-    except (CharRNNError, OSError, KeyError, TypeError):
-        model_vocab, meta = None, {}  # missing or unreadable: nothing to compare (the catch-up writes it afresh)
-    if model_vocab is not None and model_vocab.to_dict() != vocab.to_dict():
-        raise foreign(f"its vocabulary is not that of the run's {MODEL_FILE}")
-    model_id = meta.get("run_id")
-    if saved is not None and isinstance(model_id, str) and model_id != saved["id"]:
-        raise foreign(f"it was saved by run {saved['id'][:12]}, and the run's {MODEL_FILE} by run {model_id[:12]}")
-    identity = {"id": saved["id"] if saved else secrets.token_hex(16), **own}
-    if writer:
-        _write_identity(directory, identity)
-    return identity
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
 def model_meta(run: Run) -> dict:
     """What sample and eval need beside the weights: vocabulary, data options, training summary."""
     return {
@@ -822,79 +382,6 @@ def _unknown_share(run: Run) -> float:
         corpus.release_pages(ids)
         run.extra["unknown_share"] = count / max(len(ids), 1)
     return run.extra["unknown_share"]
-
-
-def check_model_meta(meta: dict, where: str) -> None:
-    """CheckpointError unless the "data" and "training" entries of a model file's metadata (as model_meta
-    writes them, read by sample, eval and info) are well-formed where present."""
-    def number(value, integer=False):
-        return is_number(value, integer) and (not integer or abs(value) < 2**63)
-    data, training = meta.get("data", {}), meta.get("training", {})
-    problem = None
-    if not isinstance(data, dict) or not isinstance(training, dict):
-        problem = "'data' and 'training' must be JSON objects"
-    elif data.get("mode", "stream") not in MODES:
-        problem = f"unknown data mode {data.get('mode')!r}"
-    elif not number(data.get("seq_len", 1), integer=True):
-        problem = f"bad data seq_len {data.get('seq_len')!r}"
-    elif not _known_encoding(data.get("encoding", corpus.DEFAULT_ENCODING)):
-        problem = f"unknown data encoding {data.get('encoding')!r:.60}"
-    else:
-        for key in ("step", "epoch", "elapsed", "best_val_loss", "lr"):
-            value = training.get(key, 0)
-            if not (number(value, integer=key == "step") or (key == "best_val_loss" and value is None)):
-                problem = f"bad training {key} {value!r:.40}"
-                break
-        if problem is None and not isinstance(training.get("optimizer", ""), str):
-            problem = f"bad training optimizer {training.get('optimizer')!r}"
-    if problem is None and "origin" in meta:
-        problem = _origin_problem(meta["origin"])
-    if problem is None:
-        strings = list(meta.get("tokens", [])) + list(meta.get("labels", []) or []) \
-            if isinstance(meta.get("tokens", []), list) and isinstance(meta.get("labels", []), list) else []
-        odd = next((t for t in strings if isinstance(t, str) and not _encodable(t)), None)
-        if odd is not None:  # a lone surrogate: no text holds one, and no terminal or file can take it
-            problem = f"the token or label {odd!r:.40} is not Unicode text (a lone surrogate)"
-    if problem:
-        raise CheckpointError(f"{where}: {problem}")
-
-
-def _known_encoding(name) -> bool:
-    try:
-        corpus.text_encoding(name)
-        return True
-    except CharRNNError:
-        return False
-
-
-def _encodable(text: str) -> bool:
-    """Whether text can be written as UTF-8: it holds no lone surrogate (corpus._is_utf8 is about an encoding's name)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _origin_problem(origin) -> str | None:
-    """What is wrong with a model file's "origin" entry (as _origin writes it), or None."""
-    if not isinstance(origin, dict):
-        return f"bad origin {origin!r:.40}: not a JSON object"
-    counts = {"step": True, "base_tokens": False, "unk_tokens": False, "n_unseen": False}  # name: may be None
-    for key, nullable in counts.items():
-        value = origin.get(key)
-        if key in origin and not ((value is None and nullable) or (is_number(value, integer=True)
-                                                                     and 0 <= value < 2**63)):
-            return f"bad origin {key} {value!r:.40}"
-    if not isinstance(origin.get("model_file", ""), str):
-        return f"bad origin model_file {origin.get('model_file')!r:.40}"
-    if origin.get("vocab", "kept") not in ("kept", "extended"):
-        return f"bad origin vocab {origin.get('vocab')!r:.40}"
-    for key in ("added", "unseen"):
-        value = origin.get(key, [])
-        if not (isinstance(value, list) and all(isinstance(t, str) and _encodable(t) for t in value)):
-            return f"bad origin {key} {value!r:.40}: not a list of tokens"
-    return None
 
 
 def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None) -> str:
@@ -940,77 +427,6 @@ def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None)
     return run.path(MODEL_FILE)
 
 
-# A log line is a few hundred bytes; a longer one is not a record, and is not read whole.
-MAX_LOG_LINE = 1 << 20
-
-
-def read_log(path) -> list[dict]:
-    """The step records of a log.jsonl file, in order: the one reader of a run's log.
-
-    A torn last line (a crash mid-write) is skipped. Any other line that is not a record (not UTF-8, not
-    JSON, nested too deeply for the parser, longer than MAX_LOG_LINE bytes, or with a step that is not a
-    step number) is a CheckpointError naming its line: the log was damaged, and a plot of what is left
-    would mislead. Lines that are JSON objects without a step are passed over. Memory holds the records
-    and one line at a time.
-    """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no training log at {path}")
-    records, bad = [], None  # bad: the problem of the last bad line, an error once another line follows
-    try:
-        with open(path, "rb") as f:
-            number = 0
-            while True:
-                raw = f.readline(MAX_LOG_LINE + 1)
-                if not raw:
-                    break
-                number += 1
-                if not raw.strip():
-                    continue
-                if bad is not None:
-                    raise CheckpointError(bad)
-                if len(raw) > MAX_LOG_LINE:
-                    while raw and not raw.endswith(b"\n"):  # pass over the rest of the line
-                        raw = f.readline(MAX_LOG_LINE + 1)
-                    problem, record = f"longer than {MAX_LOG_LINE:,} bytes", None
-                else:
-                    problem, record = _parse_log_line(raw)
-                if problem is not None:
-                    bad = f"{path}, line {number}: {problem}"
-                elif record is not None:
-                    records.append(record)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return records
-
-
-def _parse_log_line(raw: bytes) -> tuple[str | None, dict | None]:
-    """(problem or None, the record or None) of one log line."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 (byte {exc.start})", None
-    try:
-        record = json.loads(text)
-    except ValueError:  # not JSON, or an integer of more digits than Python converts (4,300)
-        return "not JSON", None
-    except RecursionError:
-        return "not a log record (JSON nested too deeply)", None
-    if not isinstance(record, dict) or "step" not in record:
-        return None, None
-    step = record["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        return f"step {step!r:.40} is not a step number", None
-    return None, record
-
-
-def _open_log(path, flags: int) -> int:
-    """The run's log opened for writing (atomic.open_fd: never through a symbolic link); CheckpointError else."""
-    try:
-        return atomic.open_fd(path, flags)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write the run's log {path}: {exc.strerror or exc}") from None
-
-
 _SNAPSHOT = re.compile(r"step(\d{9})-val(\d+\.\d{4})\.safetensors")
 
 
@@ -1042,20 +458,6 @@ def _snapshot_plan(run: Run, val_loss: float):
     keep = ranked[: run.tconfig.keep]
     return (path if any(s[2] == path for s in keep) else None), later + [s[2] for s in ranked[run.tconfig.keep:]
                                                                           if s[2] != path]
-
-
-def append_log(run: Run, record: dict, sync: bool = False) -> None:
-    """Append one line to the run's log; sync: fsync it, as a checkpoint that counts it is about to be saved."""
-    fd = _open_log(run.path(LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    with os.fdopen(fd, "a", encoding="utf-8") as f:  # the descriptor atomic.open_fd opened
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-        run.log_bytes = f.tell()
-
-
-# ---------------------------------------------------------------- finding and loading a model
 
 
 def fresh_run_dir(name: str) -> str:
@@ -1106,127 +508,3 @@ def writing(directory, *, create: bool, lock: bool = True, made: bool = False):
                 os.rmdir(directory)  # only when empty
             except OSError:
                 pass
-
-
-def find_checkpoint(path: str | None) -> str:
-    """The model file to use: PATH (a file, or a run directory), else the newest run under checkpoints/."""
-    if path is None:
-        candidates = []
-        if os.path.isdir(CHECKPOINTS):
-            for entry in os.scandir(CHECKPOINTS):
-                model_file = os.path.join(entry.path, MODEL_FILE)
-                if entry.is_dir() and os.path.isfile(model_file):
-                    candidates.append((os.path.getmtime(model_file), entry.path))
-        if not candidates:
-            raise CheckpointError(f"no trained model under {CHECKPOINTS}/; train one with `charrnn train` "
-                                  f"or pass {option('path')}")
-        path = max(candidates)[1]
-    if os.path.isdir(path):
-        model_file = run_model_file(path)
-        if os.path.isfile(model_file):
-            return model_file
-        runs = sorted((os.path.getmtime(run_model_file(e.path)), e.name) for e in _entries(path)
-                      if e.is_dir() and os.path.isfile(run_model_file(e.path)))
-        if runs:
-            names = [name for _, name in sorted(runs, key=lambda r: r[1])]
-            shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
-            raise CheckpointError(f"{path} is a folder of runs, not a run: pass one of them, such as "
-                                  f"{option('path', os.path.join(path, runs[-1][1]))} (the newest); it holds {shown}")
-        raise CheckpointError(f"{path} is a folder that holds no {MODEL_FILE}: neither a run directory nor a "
-                              f"folder of runs")
-    if not os.path.exists(path):
-        raise CheckpointError(f"no such checkpoint: {path}")
-    if _looks_like_text(path):
-        raise CheckpointError(f"{path} is a text file, not a model: {option('path')} takes a run directory or a "
-                              f".safetensors model file (to score this text: charrnn eval {path} -c RUN)")
-    return path
-
-
-def _entries(path):
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except OSError:
-        return []
-
-
-def _looks_like_text(path) -> bool:
-    """Whether a file is text rather than a model: a safetensors file starts with its header's length (8
-    bytes, a NUL among them for any header under 72 PB) and then "{"; text has no NUL in its first bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False  # load_model names what is wrong
-    if len(head) >= 9 and head[8:9] == b"{":
-        return False
-    return bool(head) and b"\0" not in head
-
-
-def load_checkpoint(path: str | None):
-    """(params, config, vocab, meta, model_file) from a checkpoint path or the latest run (see find_checkpoint)."""
-    model_file = find_checkpoint(path)
-    params, config, meta = checkpoint.load_model(model_file)
-    try:
-        vocab = Vocab.from_dict({"level": meta.get("level", "char"), "tokens": meta["tokens"],
-                                 "special": meta["special"]})
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{model_file}: missing vocabulary entry {exc}") from None
-    except CharRNNError as exc:
-        raise CheckpointError(f"{model_file}: bad vocabulary: {exc}") from None
-    if vocab.size != config.vocab_size:
-        raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
-    check_model_meta(meta, model_file)
-    if config.classes:
-        meta["labels"] = list(_checked_labels(meta.get("labels"), config.classes, model_file))
-    return params, config, vocab, meta, model_file
-
-
-# ---------------------------------------------------------------- the novelty index (charrnn sample --novelty)
-
-NOVELTY_INDEX = "train_index.npy"  # in data/: the stream-mode index of the training ids (novelty.gram_order)
-
-
-def novelty_index(model_file: str, lines: bool):
-    """The index that tells how new a sample of the model in model_file is; returns (index, built now).
-
-    - lines: (LineIndex of the training lines, LineIndex of the validation lines or None)
-    - stream: a novelty.StreamIndex, read from data/train_index.npy or built and stored there (where the
-      run directory cannot be written, it is built for this call only)
-    ConfigError when no training data is stored beside the model (a model file copied out of its run).
-    """
-    directory = run_of(model_file)
-    if not os.path.exists(_data_path(directory, "train.npy")):
-        raise ConfigError(f"{option('novelty')} compares samples with the training text stored beside the model, and "
-                          f"{model_file} has none ({DATA_DIR}/train.npy)")
-    try:
-        ids, offsets = _read_split(directory, "train", lines)
-        if lines:
-            corpus.check_offsets(offsets, len(ids), _data_path(directory, "train_offsets.npy"), min_lines=1)
-    except CharRNNError as exc:
-        raise CheckpointError(f"the training split stored in {data_dir(directory)} is damaged: {exc}") from None
-    if lines:
-        try:
-            val = _read_split(directory, "val", True)
-            corpus.check_offsets(val[1], len(val[0]), _data_path(directory, "val_offsets.npy"))
-            val_index = novelty.LineIndex(*val)
-        except CharRNNError:
-            val_index = None
-        return (novelty.LineIndex(ids, offsets), val_index), True
-    path = _data_path(directory, NOVELTY_INDEX)
-    order = None
-    if os.path.exists(path):
-        try:
-            order = corpus.load_ids(path)
-        except CharRNNError:
-            order = None
-        if order is not None and len(order) != len(ids):
-            order = None  # not this run's: build it again
-    if order is not None:
-        return novelty.StreamIndex(ids, order), False
-    index = novelty.StreamIndex(ids)
-    try:
-        corpus.save_ids(path, index.order)
-    except CharRNNError:
-        pass  # a read-only run: the index serves this call only
-    return index, True

@@ -5,7 +5,7 @@ function; see api.py.)
 
 `train(run)` advances a `Run` (made by rundir.start_run or rundir.resume_run)
 and is a generator of event dicts that the CLI renders. Nothing here prints;
-the run directory's files are written through rundir.
+the run directory's files are written through rundir (and its log through runlog).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from ..core import classifier, model, optim
 from ..files import corpus
 from ..step import distributed, parallel
 from . import evaluate
-from ..runs import rundir
+from ..runs import rundir, runlog
 from ..errors import ConfigError, TrainingError, option
-from ..files.layout import BEST_FILE, MODEL_FILE, STATE_FILE
+from ..files.layout import BEST_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from ..runs.rundir import Run
 
 # Overflow and NaN in a step are detected and reported explicitly; NumPy's warnings about them are noise.
@@ -354,7 +354,7 @@ def train(run: Run, should_stop=lambda: False, group=None):
                 reason = "early_stop"  # rank 0 alone evaluated: its early stop ends every rank at this step
             # the line goes in before the save, so that the checkpoint counts it (run.log_bytes)
             if writer:
-                rundir.append_log(run, record, sync=evaluating)
+                run.log_bytes = runlog.append_log(run.path(LOG_FILE), record, sync=evaluating)
             if evaluating:
                 yield from _save(run, group, writer and improved,
                                  final_val is not None and math.isfinite(final_val), final_val)

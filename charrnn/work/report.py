@@ -1,4 +1,4 @@
-"""Drawing a run's loss curves (matplotlib, an optional extra) from its log records (rundir.read_log)."""
+"""Drawing a run's loss curves (matplotlib, an optional extra) from its log records (runlog.read_log)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,185 @@
+"""Preparing a run's data, and reading it back.
+
+`prepare_data` builds the vocabulary from the training text and stores the encoded ids under the run's
+data/ folder (memory-mapped afterwards); `load_data` reads and checks them when a run starts or
+resumes. Everything is encoded and checked before the first file is written, so a corpus that cannot
+train leaves no files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..files import atomic, checkpoint, corpus, textfile
+from ..data import batches
+from ..files.config import TrainConfig
+from ..files.layout import DATA_DIR, LABELS_FILE
+from ..files.modelmeta import checked_labels
+from ..errors import CheckpointError, CorpusError, option
+from ..data.vocab import Vocab, build_vocab, extend_vocab
+
+def data_dir(directory) -> str:
+    """Where a run keeps its encoded ids."""
+    return os.path.join(directory, DATA_DIR)
+
+
+def data_path(directory, name) -> str:
+    """The path of one file of a run's data folder."""
+    return os.path.join(directory, DATA_DIR, name)
+
+
+def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: Vocab | None = None,
+                 extend: bool = False, where: tuple = ("the corpus", "the validation text")) -> Vocab:
+    """Build the vocabulary from the training text and store encoded ids under directory/data.
+
+    - train_text: the corpus, a str or corpus.Documents (a folder: in stream mode EOS ends each file)
+    - val_text: a separate validation text (str or Documents), or None to hold out val_frac
+    - base_vocab: a fine-tuned model's vocabulary, kept (unseen tokens become UNK) or, with extend,
+      extended by the new tokens of the training text (see vocab.extend_vocab)
+    - where: the two texts' names, for errors
+    Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
+    Everything is encoded and checked before the first file is written, so a corpus
+    that cannot train leaves no files behind.
+    """
+    def make_vocab(text, exclude=()):
+        if base_vocab is None:
+            return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
+        return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
+
+    check_data_dir(directory)
+    if isinstance(train_text, textfile.TextFile) and tconfig.task == "lm":  # read in chunks
+        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
+    arrays = {}
+    if tconfig.mode == "stream":
+        if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
+            # one token per character: encode the whole text once and split the ids, so that no
+            # copy of the text is held beside it (peak memory: the text plus its ids)
+            cut = corpus.split_index(len(train_text), tconfig.val_frac)
+            vocab = make_vocab(train_text[:cut])
+            ids = vocab.encode(train_text)
+            arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
+        else:
+            if val_text is None:
+                train_text, val_text = (corpus.split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
+                                        else corpus.split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
+            vocab = make_vocab(corpus.vocab_text(train_text))
+            arrays["train.npy"] = corpus.encode_stream(vocab, train_text)
+            arrays["val.npy"] = corpus.encode_stream(vocab, val_text)
+        # raises CorpusError (with the length and what is needed) when the text is too short for one batch
+        batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
+    else:
+        classify = tconfig.task == "classify"
+        if classify:
+            tags, lines = corpus.split_labelled(train_text, where[0])
+            label_names = sorted(set(tags))
+            tags = corpus.label_ids(tags, label_names, where[0]) if tags else None
+        else:
+            lines = corpus.lines_of(train_text)
+        _check_line_lengths(lines, classifier=classify)
+        if val_text is None:
+            # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
+            order = np.random.default_rng(tconfig.seed).permutation(len(lines))
+            n_val = int(len(lines) * tconfig.val_frac)
+            val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+            val_lines = [lines[i] for i in val_rows]
+            lines = [lines[i] for i in train_rows]
+            if classify:
+                tags, val_tags = tags[train_rows], tags[val_rows]
+        else:
+            if classify:
+                val_tags, val_lines = corpus.split_labelled(val_text, where[1], min_labels=1)
+                val_tags = corpus.label_ids(val_tags, label_names, where[1])
+            else:
+                val_lines = corpus.lines_of(val_text)
+            _check_line_lengths(val_lines, "validation ", classifier=classify)
+        if not lines:
+            raise CorpusError("lines mode needs at least one non-empty training line")
+        vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
+            make_vocab("\n".join(lines), exclude=("\n",))
+        for name, part in (("train", lines), ("val", val_lines)):
+            arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
+        if classify:
+            arrays["train_labels.npy"], arrays["val_labels.npy"] = tags, val_tags
+            labels_json = json.dumps(label_names).encode("utf-8")
+    os.makedirs(data_dir(directory), exist_ok=True)
+    checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
+    for name, ids in arrays.items():
+        corpus.save_ids(data_path(directory, name), ids)
+    if tconfig.task == "classify":
+        atomic.write_file(data_path(directory, LABELS_FILE), lambda f: f.write(labels_json))
+    return vocab
+
+
+def check_data_dir(directory) -> None:
+    """CheckpointError unless the run's data folder is missing or a real folder (never a symbolic link,
+    through which the id files would be written outside the run)."""
+    path = data_dir(directory)
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        raise CheckpointError(f"{path} is not a folder of the run (a symbolic link or a file); charrnn writes a "
+                              f"run's files only inside its directory: remove it, or choose another {option('out')}")
+
+
+def read_labels(directory) -> tuple:
+    """The label names of a classifier run, from its data folder; CheckpointError when missing or malformed."""
+    path = data_path(directory, LABELS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            labels = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the run's labels {path}: {exc}") from None
+    return checked_labels(labels, None, path)
+
+
+def _check_line_lengths(lines: list[str], which: str = "", classifier: bool = False) -> None:
+    """CorpusError when a line is too long to be one example of lines mode."""
+    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=classifier)
+
+
+def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
+    """The vocabulary of lines mode: the lines' tokens only.
+
+    No "\n" token: lines hold none, and a sampler that could emit one would
+    break the one-line-per-sample output. At word level the lines are joined
+    with "\n" (so words of neighbouring lines do not merge) and that token is
+    dropped afterwards, which may leave one token fewer than --max-vocab.
+    """
+    if tconfig.level == "char":
+        return build_vocab("".join(lines), "char", tconfig.min_count, tconfig.max_vocab)
+    vocab = build_vocab("\n".join(lines), "word", tconfig.min_count, tconfig.max_vocab)
+    return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
+
+
+def read_split(directory, split: str, lines: bool):
+    """(ids, offsets or None) of a stored split ("train" or "val"); offsets only in lines mode, unchecked."""
+    ids = corpus.load_ids(data_path(directory, f"{split}.npy"))
+    return ids, corpus.load_ids(data_path(directory, f"{split}_offsets.npy")) if lines else None
+
+
+def load_data(directory, mode, classes: int = 0):
+    """(train ids, val ids, train offsets, val offsets[, (train labels, val labels)]) of a run's data folder,
+    memory-mapped and checked (the labels only for a classifier of that many classes); CheckpointError
+    when anything is missing or damaged, for the data folder is part of the run."""
+    lines = mode == "lines"
+    try:
+        (train_ids, train_off), (val_ids, val_off) = (read_split(directory, s, lines) for s in ("train", "val"))
+        tags = tuple(corpus.load_ids(data_path(directory, f"{s}_labels.npy")) for s in ("train", "val")) \
+            if classes else (None, None)
+    except Exception as exc:  # the data folder is part of the run: any failure is a broken run
+        raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
+    if lines:
+        try:
+            corpus.check_offsets(train_off, len(train_ids), "train_offsets.npy", min_lines=1)
+            corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
+        except CorpusError as exc:
+            raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {exc}") from None
+    if classes:
+        for tag, offsets, name in zip(tags, (train_off, val_off), ("train", "val")):
+            if tag.shape != (len(offsets) - 1,) or (tag.size and (tag.min() < 0 or tag.max() >= classes)):
+                raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {name}_labels.npy "
+                                      f"does not hold one label id below {classes} per line")
+        return train_ids, val_ids, train_off, val_off, tags
+    return train_ids, val_ids, train_off, val_off
+
