@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import model
+from .loss import softmax_nll, softmax_nll_backward
 from .cells import EXTRA, STATES
 from ..errors import ConfigError
 
@@ -218,16 +219,13 @@ def forward(params, config, tokens, lengths, labels=None, *, dropout_rng=None, k
     Y, stack_cache = stack_forward(params, config, tokens, lengths, keep=keep, dropout_rng=dropout_rng)
     pooled, pool_cache = pool_forward(Y, lengths, config.pool, directions(config))  # (B, D*H)
     logits = pooled @ params["head.weight"].T + params["head.bias"]  # (B, C)
-    logits -= logits.max(axis=1, keepdims=True)  # log-softmax with the row maximum subtracted
-    probs = np.exp(logits)
-    sums = probs.sum(axis=1)  # (B,)
-    probs /= sums[:, None]
     loss = 0.0
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != lengths.shape or labels.min() < 0 or labels.max() >= config.classes:
             raise ConfigError(f"labels must be (B,) ids in [0, {config.classes})")
-        nll = np.log(sums) - logits[np.arange(labels.size), labels]  # (B,)
+    probs, nll = softmax_nll(logits, labels)  # (B, C), (B,) or None
+    if nll is not None:
         loss = float(nll.mean(dtype=np.float64))
     cache = None
     if keep:
@@ -243,9 +241,7 @@ def backward(params, config, cache, count: int | None = None):
     """
     labels, probs = cache["labels"], cache["probs"]
     B = labels.size
-    d_logits = probs.copy()  # (B, C): softmax - onehot, over the mean
-    d_logits[np.arange(B), labels] -= 1.0
-    d_logits /= B if count is None else count
+    d_logits = softmax_nll_backward(probs.copy(), labels, B if count is None else count)  # (B, C)
     grads = {"head.weight": d_logits.T @ cache["pooled"], "head.bias": d_logits.sum(axis=0)}
     d_Y = pool_backward(d_logits @ params["head.weight"], cache["pool"])  # (T, B, D*H)
     grads.update(stack_backward(params, d_Y, cache["stack"]))

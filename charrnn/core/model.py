@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import cells
+from .loss import softmax_nll, softmax_nll_backward
 from .cells import CELLS, EXTRA, GATES, STATES
 from ..errors import ConfigError, option
 
@@ -320,12 +321,7 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
         if mask.shape != inputs.shape:
             raise ConfigError(f"mask shape {mask.shape} differs from inputs shape {inputs.shape}")
         weight = (mask.T.reshape(-1) != 0).astype(dtype)  # (T*B,)
-    # log-softmax with the row maximum subtracted; `probs` is reused as d logits in backward
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)  # (T*B, V)
-    sums = probs.sum(axis=1)  # (T*B,)
-    nll = np.log(sums) - logits[np.arange(T * B), tgt]  # (T*B,)
-    probs /= sums[:, None]
+    probs, nll = softmax_nll(logits, tgt)  # (T*B, V), (T*B,): probs is reused as d logits in backward
     if weight is None:
         count = T * B
         nll_sum = float(nll.sum(dtype=np.float64))
@@ -356,12 +352,7 @@ def backward(params, config, cache, d_state=None, count=None):
     rec = recurrence()
     grads = {}
 
-    # softmax cross-entropy: d logits = (softmax - onehot) / count on scored rows
-    d_logits = cache.pop("probs")  # (T*B, V), reused in place
-    d_logits[np.arange(T * B), tgt] -= 1.0
-    if weight is not None:
-        d_logits *= weight[:, None]
-    d_logits *= dtype.type(1.0 / count) if count else dtype.type(0.0)
+    d_logits = softmax_nll_backward(cache.pop("probs"), tgt, count, weight)  # (T*B, V), in place
     grads["head.weight"] = d_logits.T @ cache["top"]  # (V, H)
     grads["head.bias"] = d_logits.sum(axis=0)  # (V,)
     d_x = (d_logits @ params["head.weight"]).reshape(T, B, H)  # (T, B, H)

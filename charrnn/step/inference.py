@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import model
+from ..core import loss, model
 from ..errors import ConfigError
 from ..core.model import Weights
 
@@ -52,11 +52,7 @@ def score_chunk(weights: Weights, inputs, targets, mask=None, state=None):
     logits = top.reshape(T * B, -1) @ weights.head_w_t  # (T*B, V), time-major rows
     logits += weights.head_b
     tgt = targets.T.reshape(-1)  # (T*B,)
-    # log-softmax with the row maximum subtracted: nll = log(sum(exp(z))) - z[target]
-    logits -= logits.max(axis=1, keepdims=True)
-    picked = logits[np.arange(T * B), tgt]  # (T*B,)
-    np.exp(logits, out=logits)
-    nll = np.log(logits.sum(axis=1)) - picked  # (T*B,)
+    _, nll = loss.softmax_nll(logits, tgt, probs=False)  # (T*B,)
     if mask is None:
         return float(nll.sum(dtype=np.float64)), T * B, state
     mask = np.asarray(mask)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import cells
+from ..core import cells, loss
 from ..files import corpus
 from ..core.cells import EXTRA, STATES
 from ..errors import ConfigError, CorpusError, option
@@ -321,8 +321,7 @@ def annotate(model, text: str, *, top_k: int = 5, max_chars: int | None = MAX_CH
         if not scored:
             continue
         logits = hidden[-1][:scored] @ weights["head_w"].T + weights["head_b"]  # (T, V)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # (T, V) log-softmax
+        logp = loss.log_softmax(logits)  # (T, V)
         tgt = target[n : n + scored]
         picked = logp[np.arange(scored), tgt]
         logprob[n : n + scored] = picked
