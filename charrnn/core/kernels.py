@@ -35,6 +35,8 @@ Shapes: T steps, B batch, H hidden, G gates; a state is a tuple of (B, H) arrays
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import types
@@ -259,10 +261,28 @@ def simple_gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, da):
 
 
 # ---------------------------------------------------------------- a sequence
+# One time loop per cell and direction. Each step is `product(x, w, out)` (out = x @ w) and the
+# cell's fused loop. The same loop text runs two ways:
+# - compiled (numba), when w is gemm.py's packed operand: the whole loop is one call per chunk
+#   instead of two per step (their Python overhead was a tenth of a layer's time);
+# - as Python (the loop's py_func), when w is an array: NumPy's product (float64, short chunks,
+#   machines without the microkernel), with each step's fused loop still compiled.
 
 # Chunks of at least this many steps pack their step product's weight (gemm.py);
 # shorter ones (sampling's single steps) would spend more on packing than it saves.
 _PACK_MIN_STEPS = 4
+
+
+def product(x, w, out):
+    """out = x @ w: NumPy's product, for a w that is an array (the loops run as Python)."""
+    np.matmul(x, w, out=out)
+
+
+@overload(product, jit_options=_JIT)
+def _product_overload(x, w, out):
+    if isinstance(w, types.BaseTuple):  # gemm's packed operand (panels, nr, mr, tiles): the loops compiled
+        return lambda x, w, out: gemm.compiled_matmul(x, w[0], out, w[1], w[2], w[3])
+    return None
 
 
 def _packed(w, steps):
@@ -273,62 +293,108 @@ def _packed(w, steps):
     return None
 
 
-def _step_product(w, steps):
-    """product(x, out): out = x @ w for each of a chunk's `steps` steps (gemm.py's when _packed allows)."""
+def _runner(loop, w, steps):
+    """loop(operand, *args): compiled with gemm's packed w when _packed allows, else as Python with w itself."""
     packed = _packed(w, steps)
     if packed is not None:
-        panels, nr, mr, tiles = packed
-        return lambda x, out: gemm.compiled_matmul(x, panels, out, nr, mr, tiles)
-    return lambda x, out: np.matmul(x, w, out=out)
+        return lambda *args: loop(packed, *args)
+    return lambda *args: loop.py_func(w, *args)
 
 
-# With the packed product the whole time loop of the common cells is compiled: one call
-# per chunk instead of two per step (their Python overhead was a tenth of a layer's time).
-# They do what the Python loops in sequence_forward/backward do, step for step.
+# Forward loops: w multiplies h (W_hh transposed, (H, G*H)); hs (T+1, B, H) has h0 in hs[0] and
+# receives h_t in hs[t + 1]; hh (B, G*H) is the product's buffer. Without keep (no backward
+# follows) the step buffers act, tanh_cs and hns hold one step, and cs two that alternate.
 
 
 @numba.njit(**_JIT)
-def _rnn_forward_loop(xp, b, panels, nr, mr, tiles, hs, hh):
+def _rnn_forward(w, xp, b, hs, hh):
     for t in range(xp.shape[0]):
-        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        product(hs[t], w, hh)
         rnn_forward_step(hh, xp[t], b, hs[t + 1])
 
 
 @numba.njit(**_JIT)
-def _lstm_forward_loop(xp, b, panels, nr, mr, tiles, hs, cs, act, tanh_cs, hh, keep):
+def _lstm_forward(w, xp, b, hs, cs, act, tanh_cs, hh, keep):
     for t in range(xp.shape[0]):
         a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        product(hs[t], w, hh)
         lstm_forward_step(hh, xp[t], b, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
 
 
 @numba.njit(**_JIT)
-def _gru_forward_loop(xp, b, panels, nr, mr, tiles, hs, act, hns, hh, keep):
+def _gru_forward(w, xp, b, hs, act, hns, hh, keep):
     for t in range(xp.shape[0]):
         a = t if keep else 0
-        gemm.compiled_matmul(hs[t], panels, hh, nr, mr, tiles)
+        product(hs[t], w, hh)
         gru_forward_step(hh, xp[t], b, hs[t], act[a], hns[a], hs[t + 1])
 
 
 @numba.njit(**_JIT)
-def _rnn_backward_loop(d_hs, hs, panels, nr, mr, tiles, dh_rec, d_xp):
+def _peephole_forward(w, xp, b, w_ci, w_cf, w_co, hs, cs, act, tanh_cs, hh, keep):
+    for t in range(xp.shape[0]):
+        a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
+        product(hs[t], w, hh)
+        peephole_forward_step(hh, xp[t], b, cs[c_prev], w_ci, w_cf, w_co, act[a], cs[c], tanh_cs[a], hs[t + 1])
+
+
+@numba.njit(**_JIT)
+def _simple_gru_forward(w, xp, b, hs, act, hh, keep):
+    for t in range(xp.shape[0]):
+        product(hs[t], w, hh)
+        simple_gru_forward_step(hh, xp[t], b, hs[t], act[t if keep else 0], hs[t + 1])
+
+
+# Backward loops: w is W_hh (G*H, H); dh_rec (B, H) holds the gradient of h_t that came back through
+# W_hh (or from the final state), and receives d h0's; dc and dh_direct likewise carry the parts that
+# skip W_hh. d_xp (and gru's d_hp) (T, B, G*H) receive each step's gradients.
+
+
+@numba.njit(**_JIT)
+def _rnn_backward(w, d_hs, hs, dh_rec, d_xp):
     for t in range(d_hs.shape[0] - 1, -1, -1):
         rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
-        gemm.compiled_matmul(d_xp[t], panels, dh_rec, nr, mr, tiles)
+        product(d_xp[t], w, dh_rec)
 
 
 @numba.njit(**_JIT)
-def _lstm_backward_loop(d_hs, act, cs, tanh_cs, panels, nr, mr, tiles, dh_rec, dc, d_xp):
+def _lstm_backward(w, d_hs, act, cs, tanh_cs, dh_rec, dc, d_xp):
     for t in range(d_hs.shape[0] - 1, -1, -1):
         lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
-        gemm.compiled_matmul(d_xp[t], panels, dh_rec, nr, mr, tiles)
+        product(d_xp[t], w, dh_rec)
 
 
 @numba.njit(**_JIT)
-def _gru_backward_loop(d_hs, hs, act, hns, panels, nr, mr, tiles, dh_rec, dh_direct, d_xp, d_hp):
+def _gru_backward(w, d_hs, hs, act, hns, dh_rec, dh_direct, d_xp, d_hp):
     for t in range(d_hs.shape[0] - 1, -1, -1):
         gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
-        gemm.compiled_matmul(d_hp[t], panels, dh_rec, nr, mr, tiles)
+        product(d_hp[t], w, dh_rec)
+
+
+@numba.njit(**_JIT)
+def _peephole_backward(w, d_hs, act, cs, tanh_cs, w_ci, w_cf, w_co, dh_rec, dc, d_xp):
+    for t in range(d_hs.shape[0] - 1, -1, -1):
+        peephole_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], w_ci, w_cf, w_co, d_xp[t])
+        product(d_xp[t], w, dh_rec)
+
+
+@numba.njit(**_JIT)
+def _simple_gru_backward(w, d_hs, hs, act, dh_rec, dh_direct, d_xp):
+    for t in range(d_hs.shape[0] - 1, -1, -1):
+        simple_gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], d_xp[t])
+        product(d_xp[t], w, dh_rec)
+
+
+class Chunk(NamedTuple):
+    """What sequence_backward needs of a chunk that sequence_forward ran, whole arrays over time."""
+
+    cell: str
+    W_hh: np.ndarray                  # (G*H, H)
+    hs: np.ndarray                    # (T+1, B, H): hs[0] is h0, hs[t + 1] is h_t
+    act: np.ndarray | None = None     # (T, B, G*H): each step's gates after their nonlinearities (not rnn)
+    cs: np.ndarray | None = None      # (T+1, B, H): the cell states, cs[0] the initial one (lstm, peephole)
+    tanh_cs: np.ndarray | None = None  # (T, B, H): tanh of each new cell state (lstm, peephole)
+    hns: np.ndarray | None = None     # (T, B, H): W_hn h + b_hn (gru)
+    extra: tuple = ()                 # the cell's EXTRA parameters
 
 
 def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
@@ -339,193 +405,82 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     - W_hh_t: W_hh transposed and contiguous (H, G*H), when the caller has it
       (BLAS multiplies it about a fifth faster than the transposed view)
     - extra: the cell's EXTRA parameters (cells.EXTRA), a tuple of (H,) arrays
-    Returns (hs (T, B, H), state, cache); cache is None when keep is False.
+    Returns (hs (T, B, H), state, cache): cache is a Chunk, or None when keep is False.
     """
-    if cell in _ADDED_CELLS:
-        return _ADDED_CELLS[cell][0](xp, state0, W_hh, b_hh, keep, W_hh_t, extra)
+    if cell not in _FORWARD:
+        raise ValueError(f"unknown cell {cell!r}")
     T, B, GH = xp.shape
     H = W_hh.shape[1]
     dtype = xp.dtype
-    if W_hh_t is None:
-        W_hh_t = np.ascontiguousarray(W_hh.T)
-    hs = np.empty((T + 1, B, H), dtype)  # hs[0] is h0, so step t reads hs[t]
+    W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
+    run = _runner(_FORWARD[cell], W_hh_t, T)
+    hs = np.empty((T + 1, B, H), dtype)
     hs[0] = state0[0]
     hh = np.empty((B, GH), dtype)
-    packed = _packed(W_hh_t, T)
-    n_act = T if keep else 1
-    cache = {"cell": cell, "hs": hs, "W_hh": W_hh}
+    steps = T if keep else 1
+    act = None if cell == "rnn" else np.empty((steps, B, GH), dtype)
+    cs = tanh_cs = hns = None
     if cell == "rnn":
-        if packed is not None:
-            _rnn_forward_loop(xp, b_hh, *packed, hs, hh)
-        else:
-            for t in range(T):
-                np.matmul(hs[t], W_hh_t, out=hh)
-                rnn_forward_step(hh, xp[t], b_hh, hs[t + 1])
-        state = (hs[T].copy(),)
-    elif cell == "lstm":
-        act = np.empty((n_act, B, GH), dtype)
+        run(xp, b_hh, hs, hh)
+    elif cell in ("lstm", "peephole"):
         cs = np.empty((T + 1 if keep else 2, B, H), dtype)
-        tanh_cs = np.empty((n_act, B, H), dtype)
         cs[0] = state0[1]
-        if packed is not None:
-            _lstm_forward_loop(xp, b_hh, *packed, hs, cs, act, tanh_cs, hh, keep)
-        else:
-            for t in range(T):
-                a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-                np.matmul(hs[t], W_hh_t, out=hh)
-                lstm_forward_step(hh, xp[t], b_hh, cs[c_prev], act[a], cs[c], tanh_cs[a], hs[t + 1])
-        state = (hs[T].copy(), cs[T if keep else T % 2].copy())
-        cache.update(act=act, cs=cs, tanh_cs=tanh_cs)
+        tanh_cs = np.empty((steps, B, H), dtype)
+        run(xp, b_hh, *extra, hs, cs, act, tanh_cs, hh, keep)
     elif cell == "gru":
-        act = np.empty((n_act, B, GH), dtype)
-        hns = np.empty((n_act, B, H), dtype)
-        if packed is not None:
-            _gru_forward_loop(xp, b_hh, *packed, hs, act, hns, hh, keep)
-        else:
-            for t in range(T):
-                a = t if keep else 0
-                np.matmul(hs[t], W_hh_t, out=hh)
-                gru_forward_step(hh, xp[t], b_hh, hs[t], act[a], hns[a], hs[t + 1])
-        state = (hs[T].copy(),)
-        cache.update(act=act, hns=hns)
+        hns = np.empty((steps, B, H), dtype)
+        run(xp, b_hh, hs, act, hns, hh, keep)
     else:
-        raise ValueError(f"unknown cell {cell!r}")
-    return hs[1:], state, (cache if keep else None)
+        run(xp, b_hh, hs, act, hh, keep)
+    state = (hs[T].copy(),) if cs is None else (hs[T].copy(), cs[T if keep else T % 2].copy())
+    if not keep:
+        return hs[1:], state, None
+    return hs[1:], state, Chunk(cell, W_hh, hs, act, cs, tanh_cs, hns, tuple(extra))
 
 
-def sequence_backward(d_hs, d_state, cache):
+def sequence_backward(d_hs, d_state, cache: Chunk):
     """Backpropagate through one layer's recurrence; the same contract as cells.sequence_backward."""
-    if cache["cell"] in _ADDED_CELLS:
-        return _ADDED_CELLS[cache["cell"]][1](d_hs, d_state, cache)
-    cell, hs, W_hh = cache["cell"], cache["hs"], cache["W_hh"]
+    cell, hs, act = cache.cell, cache.hs, cache.act
     T, B, H = d_hs.shape
-    GH = W_hh.shape[0]
+    GH = cache.W_hh.shape[0]
     dtype = d_hs.dtype
     d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
-    zeros = np.zeros((B, H), dtype)
-    # dh_rec: the gradient of h_t that came back through W_hh (or from the final state)
-    dh_rec = zeros.copy() if d_state is None else np.array(d_state[0], dtype=dtype)
-    d_xp = np.empty((T, B, GH), dtype)
-    packed = _packed(W_hh, T)
+    run = _runner(_BACKWARD[cell], cache.W_hh, T)
+
+    def given(j):  # the final state's gradient, a fresh array that the loop overwrites
+        return np.zeros((B, H), dtype) if d_state is None else np.array(d_state[j], dtype=dtype)
+
+    dh_rec = given(0)
+    d_xp = d_hp = np.empty((T, B, GH), dtype)  # d_hp is d_xp but for gru
+    grads = {}
     if cell == "rnn":
-        if packed is not None:
-            _rnn_backward_loop(d_hs, hs, *packed, dh_rec, d_xp)
-        else:
-            for t in range(T - 1, -1, -1):
-                rnn_backward_step(dh_rec, d_hs[t], hs[t + 1], d_xp[t])
-                np.matmul(d_xp[t], W_hh, out=dh_rec)
-        d_hp, d_state0 = d_xp, (dh_rec,)
-    elif cell == "lstm":
-        act, cs, tanh_cs = cache["act"], cache["cs"], cache["tanh_cs"]
-        dc = zeros.copy() if d_state is None else np.array(d_state[1], dtype=dtype)
-        if packed is not None:
-            _lstm_backward_loop(d_hs, act, cs, tanh_cs, *packed, dh_rec, dc, d_xp)
-        else:
-            for t in range(T - 1, -1, -1):
-                lstm_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], d_xp[t])
-                np.matmul(d_xp[t], W_hh, out=dh_rec)
-        d_hp, d_state0 = d_xp, (dh_rec, dc)
+        run(d_hs, hs, dh_rec, d_xp)
+        d_state0 = (dh_rec,)
+    elif cell in ("lstm", "peephole"):
+        dc = given(1)
+        run(d_hs, act, cache.cs, cache.tanh_cs, *cache.extra, dh_rec, dc, d_xp)
+        d_state0 = (dh_rec, dc)
+        if cell == "peephole":
+            # each peephole's gradient: its gate's d pre-activation times the c it saw, summed over T and B
+            cs = cache.cs
+            grads["ci"] = np.einsum("tbh,tbh->h", d_xp[:, :, :H], cs[:-1])
+            grads["cf"] = np.einsum("tbh,tbh->h", d_xp[:, :, H : 2 * H], cs[:-1])
+            grads["co"] = np.einsum("tbh,tbh->h", d_xp[:, :, 3 * H :], cs[1:])
     else:
-        act, hns = cache["act"], cache["hns"]
-        d_hp = np.empty((T, B, GH), dtype)
-        dh_direct = zeros
-        if packed is not None:
-            _gru_backward_loop(d_hs, hs, act, hns, *packed, dh_rec, dh_direct, d_xp, d_hp)
+        dh_direct = np.zeros((B, H), dtype)
+        if cell == "gru":
+            d_hp = np.empty((T, B, GH), dtype)
+            run(d_hs, hs, act, cache.hns, dh_rec, dh_direct, d_xp, d_hp)
         else:
-            for t in range(T - 1, -1, -1):
-                gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], hns[t], d_xp[t], d_hp[t])
-                np.matmul(d_hp[t], W_hh, out=dh_rec)
+            run(d_hs, hs, act, dh_rec, dh_direct, d_xp)
         dh_rec += dh_direct
         d_state0 = (dh_rec,)
     d_hp_flat = d_hp.reshape(T * B, GH)
-    grads = {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, H), "b_hh": d_hp_flat.sum(axis=0)}
+    grads = {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, H), "b_hh": d_hp_flat.sum(axis=0), **grads}
     return d_xp, d_state0, grads
 
 
-# ---------------------------------------------------------------- the cells torch.nn lacks: peephole, simple-gru
-# The same contract as sequence_forward/backward, one function per cell and direction.
-
-
-def _start(xp, state0, W_hh, W_hh_t, keep, cell):
-    """What every sequence starts with: (T, B, H, hs (T+1, B, H) with hs[0] = h0, hh (B, G*H), product, cache)."""
-    T, B, GH = xp.shape
-    H = W_hh.shape[1]
-    hs = np.empty((T + 1, B, H), xp.dtype)
-    hs[0] = state0[0]
-    W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
-    return T, B, H, hs, np.empty((B, GH), xp.dtype), _step_product(W_hh_t, T), {"cell": cell, "hs": hs, "W_hh": W_hh}
-
-
-def _peephole_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
-    T, B, H, hs, hh, product, cache = _start(xp, state0, W_hh, W_hh_t, keep, "peephole")
-    w_ci, w_cf, w_co = extra
-    n_act = T if keep else 1
-    act = np.empty((n_act, B, 4 * H), xp.dtype)
-    cs = np.empty((T + 1 if keep else 2, B, H), xp.dtype)
-    tanh_cs = np.empty((n_act, B, H), xp.dtype)
-    cs[0] = state0[1]
-    for t in range(T):
-        a, c_prev, c = (t, t, t + 1) if keep else (0, t % 2, 1 - t % 2)
-        product(hs[t], hh)
-        peephole_forward_step(hh, xp[t], b_hh, cs[c_prev], w_ci, w_cf, w_co, act[a], cs[c], tanh_cs[a], hs[t + 1])
-    state = (hs[T].copy(), cs[T if keep else T % 2].copy())
-    cache.update(act=act, cs=cs, tanh_cs=tanh_cs, extra=extra)
-    return hs[1:], state, (cache if keep else None)
-
-
-def _peephole_backward(d_hs, d_state, cache):
-    hs, W_hh, act, cs, tanh_cs = cache["hs"], cache["W_hh"], cache["act"], cache["cs"], cache["tanh_cs"]
-    w_ci, w_cf, w_co = cache["extra"]
-    T, B, H = d_hs.shape
-    dtype = d_hs.dtype
-    d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
-    dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
-    dc = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[1], dtype=dtype)
-    d_xp = np.empty((T, B, 4 * H), dtype)
-    product = _step_product(W_hh, T)
-    for t in range(T - 1, -1, -1):
-        peephole_backward_step(dh_rec, d_hs[t], dc, act[t], cs[t], tanh_cs[t], w_ci, w_cf, w_co, d_xp[t])
-        product(d_xp[t], dh_rec)
-    grads = _recurrent_grads(d_xp, hs)
-    # each peephole's gradient: its gate's d pre-activation times the c it saw, summed over T and B
-    grads["ci"] = np.einsum("tbh,tbh->h", d_xp[:, :, :H], cs[:-1])
-    grads["cf"] = np.einsum("tbh,tbh->h", d_xp[:, :, H : 2 * H], cs[:-1])
-    grads["co"] = np.einsum("tbh,tbh->h", d_xp[:, :, 3 * H :], cs[1:])
-    return d_xp, (dh_rec, dc), grads
-
-
-def _simple_gru_forward(xp, state0, W_hh, b_hh, keep, W_hh_t, extra):
-    T, B, H, hs, hh, product, cache = _start(xp, state0, W_hh, W_hh_t, keep, "simple-gru")
-    act = np.empty((T if keep else 1, B, 2 * H), xp.dtype)
-    for t in range(T):
-        product(hs[t], hh)
-        simple_gru_forward_step(hh, xp[t], b_hh, hs[t], act[t if keep else 0], hs[t + 1])
-    cache.update(act=act)
-    return hs[1:], (hs[T].copy(),), (cache if keep else None)
-
-
-def _simple_gru_backward(d_hs, d_state, cache):
-    hs, W_hh, act = cache["hs"], cache["W_hh"], cache["act"]
-    T, B, H = d_hs.shape
-    dtype = d_hs.dtype
-    d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
-    dh_rec = np.zeros((B, H), dtype) if d_state is None else np.array(d_state[0], dtype=dtype)
-    dh_direct = np.zeros((B, H), dtype)
-    d_xp = np.empty((T, B, 2 * H), dtype)
-    product = _step_product(W_hh, T)
-    for t in range(T - 1, -1, -1):
-        simple_gru_backward_step(dh_rec, dh_direct, d_hs[t], hs[t], act[t], d_xp[t])
-        product(d_xp[t], dh_rec)
-    dh_rec += dh_direct
-    return d_xp, (dh_rec,), _recurrent_grads(d_xp, hs)
-
-
-def _recurrent_grads(d_hp, hs):
-    """W_hh's and b_hh's gradients as one product over all steps: d_hp (T, B, G*H), hs (T+1, B, H)."""
-    T, B, GH = d_hp.shape
-    d_hp_flat = d_hp.reshape(T * B, GH)
-    return {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, -1), "b_hh": d_hp_flat.sum(axis=0)}
-
-
-_ADDED_CELLS = {"peephole": (_peephole_forward, _peephole_backward),
-                "simple-gru": (_simple_gru_forward, _simple_gru_backward)}
+_FORWARD = {"rnn": _rnn_forward, "lstm": _lstm_forward, "gru": _gru_forward,
+            "peephole": _peephole_forward, "simple-gru": _simple_gru_forward}
+_BACKWARD = {"rnn": _rnn_backward, "lstm": _lstm_backward, "gru": _gru_backward,
+             "peephole": _peephole_backward, "simple-gru": _simple_gru_backward}
