@@ -34,6 +34,8 @@ and sequence_backward returns their gradients under the same names.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 CELLS = ("rnn", "lstm", "gru", "peephole", "simple-gru")
@@ -46,6 +48,54 @@ EXTRA = {"rnn": (), "lstm": (), "gru": (), "peephole": ("ci", "cf", "co"), "simp
 def sigmoid(x):
     """The logistic function, without overflow warnings for large negative x."""
     return 0.5 * np.tanh(0.5 * x) + 0.5
+
+
+# ---------------------------------------------------------------- what a step keeps
+# Each cell's step cache, a named tuple: what its backward step needs, read by name (annotate reads
+# the gates from it). Every one starts with h_prev, the state's h that the step read. All (B, H).
+
+
+class RnnStep(NamedTuple):
+    h_prev: np.ndarray
+    h: np.ndarray
+
+
+class LstmStep(NamedTuple):
+    h_prev: np.ndarray
+    c_prev: np.ndarray
+    i: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    o: np.ndarray
+    tanh_c: np.ndarray
+
+
+class GruStep(NamedTuple):
+    h_prev: np.ndarray
+    r: np.ndarray
+    z: np.ndarray
+    n: np.ndarray
+    hn: np.ndarray                    # W_hn h + b_hn
+
+
+class PeepholeStep(NamedTuple):
+    h_prev: np.ndarray
+    c_prev: np.ndarray
+    c: np.ndarray
+    i: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    o: np.ndarray
+    tanh_c: np.ndarray
+    w_ci: np.ndarray                  # the peepholes, (H,)
+    w_cf: np.ndarray
+    w_co: np.ndarray
+
+
+class SimpleGruStep(NamedTuple):
+    h_prev: np.ndarray
+    c_tilde: np.ndarray
+    u: np.ndarray
 
 
 # ---------------------------------------------------------------- one step, per cell
@@ -63,13 +113,12 @@ def sigmoid(x):
 
 def rnn_step_forward(xp_t, h_prev, W_hh, b_hh):
     h = np.tanh(xp_t + h_prev @ W_hh.T + b_hh)  # (B, H)
-    return (h,), (h_prev, h)
+    return (h,), RnnStep(h_prev, h)
 
 
 def rnn_step_backward(d_state, cache):
     (dh,) = d_state
-    h_prev, h = cache
-    da = dh * (1.0 - h * h)  # tanh'
+    da = dh * (1.0 - cache.h * cache.h)  # tanh'
     return da, da, (None,)  # d h_prev is da @ W_hh, taken by the caller (see step_backward)
 
 
@@ -83,7 +132,7 @@ def lstm_step_forward(xp_t, h_prev, c_prev, W_hh, b_hh):
     c = f * c_prev + i * g
     tanh_c = np.tanh(c)
     h = o * tanh_c
-    return (h, c), (h_prev, c_prev, i, f, g, o, tanh_c)
+    return (h, c), LstmStep(h_prev, c_prev, i, f, g, o, tanh_c)
 
 
 def lstm_step_backward(d_state, cache):
@@ -110,7 +159,7 @@ def gru_step_forward(xp_t, h_prev, W_hh, b_hh):
     hn = hp[:, 2 * H :]  # W_hn h + b_hn
     n = np.tanh(xp_t[:, 2 * H :] + r * hn)
     h = (1.0 - z) * n + z * h_prev
-    return (h,), (h_prev, r, z, n, hn)
+    return (h,), GruStep(h_prev, r, z, n, hn)
 
 
 def gru_step_backward(d_state, cache):
@@ -149,7 +198,7 @@ def peephole_step_forward(xp_t, h_prev, c_prev, W_hh, b_hh, w_ci, w_cf, w_co):
     o = sigmoid(a[:, 3 * H :] + w_co * c)
     tanh_c = np.tanh(c)
     h = o * tanh_c
-    return (h, c), (h_prev, c_prev, c, i, f, g, o, tanh_c, w_ci, w_cf, w_co)
+    return (h, c), PeepholeStep(h_prev, c_prev, c, i, f, g, o, tanh_c, w_ci, w_cf, w_co)
 
 
 def peephole_step_backward(d_state, cache):
@@ -170,7 +219,7 @@ def peephole_step_backward(d_state, cache):
 
 def peephole_param_grads(d_xp_t, cache):
     """This step's gradients of (w_ci, w_cf, w_co): each gate's d pre-activation times the c it saw."""
-    c_prev, c = cache[1], cache[2]
+    c_prev, c = cache.c_prev, cache.c
     H = c.shape[1]
     return ((d_xp_t[:, :H] * c_prev).sum(axis=0), (d_xp_t[:, H : 2 * H] * c_prev).sum(axis=0),
             (d_xp_t[:, 3 * H :] * c).sum(axis=0))
@@ -193,7 +242,7 @@ def simple_gru_step_forward(xp_t, h_prev, W_hh, b_hh):
     c_tilde = np.tanh(a[:, :H])
     u = sigmoid(a[:, H:])
     h = u * c_tilde + (1.0 - u) * h_prev
-    return (h,), (h_prev, c_tilde, u)
+    return (h,), SimpleGruStep(h_prev, c_tilde, u)
 
 
 def simple_gru_step_backward(d_state, cache):
@@ -244,6 +293,14 @@ def param_grads(cell, d_xp_t, cache):
 # ---------------------------------------------------------------- a sequence
 
 
+class Steps(NamedTuple):
+    """What sequence_backward needs of a chunk that sequence_forward ran: each step's cache."""
+
+    cell: str
+    W_hh: np.ndarray                  # (G*H, H)
+    steps: list                       # per step, its cell's step cache (RnnStep, LstmStep, ...)
+
+
 def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
     """Run one layer's recurrence over a chunk.
 
@@ -255,15 +312,14 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
       W_hh_t: ignored here (kernels.sequence_forward takes the same arguments)
     - extra: the cell's EXTRA parameters, a tuple of (H,) arrays
     Returns (hs, state, cache): hidden states (T, B, H), the final state, and
-    what sequence_backward needs.
+    what sequence_backward needs (a Steps; None when keep is False).
     """
     state, caches, hs = tuple(state0), [], []
     for t in range(xp.shape[0]):
         state, step_cache = step_forward(cell, xp[t], state, W_hh, b_hh, extra)
         hs.append(state[0])
         caches.append(step_cache)
-    cache = {"cell": cell, "steps": caches, "h_prev": [c[0] for c in caches], "W_hh": W_hh}
-    return np.stack(hs), state, (cache if keep else None)
+    return np.stack(hs), state, (Steps(cell, W_hh, caches) if keep else None)
 
 
 def sequence_backward(d_hs, d_state, cache):
@@ -276,17 +332,17 @@ def sequence_backward(d_hs, d_state, cache):
     gradient, tuple of (B, H) arrays; {"W_hh": (G*H, H), "b_hh": (G*H,)} and
     each EXTRA parameter's (H,) gradient under its name.
     """
-    cell, W_hh = cache["cell"], cache["W_hh"]
+    cell, W_hh = cache.cell, cache.W_hh
     T, B, H = d_hs.shape
     d = tuple(np.zeros((B, H), d_hs.dtype) for _ in range(STATES[cell])) if d_state is None else tuple(d_state)
     d_xp, d_hp = [None] * T, [None] * T
     d_extra = [np.zeros(H, d_hs.dtype) for _ in EXTRA[cell]]
     for t in range(T - 1, -1, -1):
         d = (d[0] + d_hs[t],) + d[1:]  # h_t feeds both the layer above and step t+1
-        d_xp[t], d_hp[t], d = step_backward(cell, d, cache["steps"][t], W_hh)
-        for acc, g in zip(d_extra, param_grads(cell, d_xp[t], cache["steps"][t])):
+        d_xp[t], d_hp[t], d = step_backward(cell, d, cache.steps[t], W_hh)
+        for acc, g in zip(d_extra, param_grads(cell, d_xp[t], cache.steps[t])):
             acc += g
     d_hp = np.stack(d_hp).reshape(T * B, -1)  # (T*B, G*H)
-    h_prev = np.stack(cache["h_prev"]).reshape(T * B, H)  # (T*B, H)
+    h_prev = np.stack([step.h_prev for step in cache.steps]).reshape(T * B, H)  # (T*B, H)
     grads = {"W_hh": d_hp.T @ h_prev, "b_hh": d_hp.sum(axis=0), **dict(zip(EXTRA[cell], d_extra))}
     return np.stack(d_xp), d, grads

@@ -117,7 +117,7 @@ def stack_forward(params, config, tokens, lengths, *, keep=True, dropout_rng=Non
         y = outs[0] if D == 1 else np.concatenate(outs, axis=2)  # (T, B, D*H)
         drop = model._dropout_mask(y.shape, p, dropout_rng, dtype) if p > 0.0 else None
         if keep:
-            layers.append({"x": x, "rec": recs, "drop": drop})
+            layers.append(model.Layer(x, recs, drop))
         x = y if drop is None else y * drop
     cache = {"tokens_tm": tokens_tm, "rev": rev, "layers": layers, "config": config} if keep else None
     return x, cache
@@ -137,16 +137,16 @@ def stack_backward(params, d_Y, cache):
     d_y = d_Y
     for k in range(config.layers - 1, -1, -1):
         layer = cache["layers"][k]
-        if layer["drop"] is not None:
-            d_y = d_y * layer["drop"]
-        x = layer["x"]  # (T, B, in)
+        if layer.drop is not None:
+            d_y = d_y * layer.drop
+        x = layer.x  # (T, B, in)
         d_x = np.zeros_like(x)
         for d in range(D):
             s = SUFFIXES[d]
             d_hs = d_y[:, :, d * H:(d + 1) * H]
             if d == 1:
                 d_hs = _take_time(d_hs, rev)  # into the reversed order the recurrence ran in
-            d_xp, _, g = rec.sequence_backward(np.ascontiguousarray(d_hs), None, layer["rec"][d])
+            d_xp, _, g = rec.sequence_backward(np.ascontiguousarray(d_hs), None, layer.rec[d])
             grads[f"rnn.weight_hh_l{k}{s}"] = g["W_hh"]
             grads[f"rnn.bias_hh_l{k}{s}"] = g["b_hh"]
             for n in EXTRA[config.cell]:

@@ -20,6 +20,7 @@ import functools
 import os
 import warnings
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -226,6 +227,15 @@ def prepare(params, config, *, table: bool = True) -> Weights:
         extra=tuple(tuple(params[f"rnn.weight_{n}_l{k}"] for n in EXTRA[config.cell]) for k in range(L)))
 
 
+class Layer(NamedTuple):
+    """What a layer's backward pass needs of its forward pass."""
+
+    x: np.ndarray | None              # its input (T, B, H); None for layer 0, which reads token ids
+    rec: object                       # the recurrence's cache (kernels.Chunk or cells.Steps), or a list of
+                                      # them, one per direction (the classifier)
+    drop: np.ndarray | None           # the dropout mask of its output, or None
+
+
 def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
     """Run the layer stack over time-major token ids, up to (not including) the head.
 
@@ -236,8 +246,8 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
     Returns (top, state, layers):
     - top: the last layer's output after dropout, of shape (T, B, H)
     - state: final state, tuple of (L, B, H) arrays
-    - layers: per layer {"x": its input (None for layer 0), "rec": the recurrence's
-      cache, "drop": the dropout mask or None}; empty when keep is False
+    - layers: per layer a Layer (its input, the recurrence's cache, the dropout mask);
+      empty when keep is False
     """
     config, rec = weights.config, recurrence()
     T, B = tokens_tm.shape
@@ -260,7 +270,7 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
             acc.append(s)
         drop = _dropout_mask(hs.shape, p, dropout_rng, dtype) if p > 0.0 else None
         if keep:
-            layers.append({"x": x, "rec": rec_cache, "drop": drop})
+            layers.append(Layer(x, rec_cache, drop))
         x = hs if drop is None else hs * drop  # (T, B, H)
     return x, tuple(np.stack(acc) for acc in final), layers
 
@@ -360,10 +370,10 @@ def backward(params, config, cache, d_state=None, count=None):
     d_state0 = [[None] * config.layers for _ in range(STATES[config.cell])]
     for k in range(config.layers - 1, -1, -1):
         layer = cache["layers"][k]
-        if layer["drop"] is not None:
-            d_x *= layer["drop"]
+        if layer.drop is not None:
+            d_x *= layer.drop
         d_layer_state = None if d_state is None else tuple(s[k] for s in d_state)
-        d_xp, d_s0, g = rec.sequence_backward(d_x, d_layer_state, layer["rec"])  # d_xp (T, B, G*H)
+        d_xp, d_s0, g = rec.sequence_backward(d_x, d_layer_state, layer.rec)  # d_xp (T, B, G*H)
         grads[f"rnn.weight_hh_l{k}"] = g["W_hh"]
         grads[f"rnn.bias_hh_l{k}"] = g["b_hh"]
         for name in EXTRA[config.cell]:
@@ -375,7 +385,7 @@ def backward(params, config, cache, d_state=None, count=None):
         grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0) if config.cell == "gru" else g["b_hh"].copy()
         W_ih = params[f"rnn.weight_ih_l{k}"]
         if k > 0:
-            grads[f"rnn.weight_ih_l{k}"] = d_xp_flat.T @ layer["x"].reshape(T * B, H)  # (G*H, H)
+            grads[f"rnn.weight_ih_l{k}"] = d_xp_flat.T @ layer.x.reshape(T * B, H)  # (G*H, H)
             d_x = (d_xp_flat @ W_ih).reshape(T, B, H)  # (T, B, H)
         else:
             tokens = cache["inputs"].T.reshape(-1)  # (T*B,)

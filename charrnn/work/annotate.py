@@ -51,10 +51,9 @@ from ..data.vocab import UNK, tokenize
 
 MAX_CHARS = 5_000  # the default cut: the page stays responsive, the activations small
 
-# Where each cell's gates sit in cells.*_step_forward's cache, and tanh(c) for the cells with one.
-GATES_IN_CACHE = {"lstm": {"i": 2, "f": 3, "g": 4, "o": 5}, "gru": {"r": 1, "z": 2, "n": 3}, "rnn": {},
-                  "peephole": {"i": 3, "f": 4, "g": 5, "o": 6}, "simple-gru": {"c~": 1, "u": 2}}
-TANH_C_IN_CACHE = {"lstm": 6, "peephole": 7}
+# Each cell's gates as the page names them, and their fields in cells.*_step_forward's cache (a named tuple).
+GATES_IN_CACHE = {"lstm": {"i": "i", "f": "f", "g": "g", "o": "o"}, "gru": {"r": "r", "z": "z", "n": "n"}, "rnn": {},
+                  "peephole": {"i": "i", "f": "f", "g": "g", "o": "o"}, "simple-gru": {"c~": "c_tilde", "u": "u"}}
 # The sigmoid gates, whose saturation the paper plots (g, n and c~ are tanh candidates, not gates).
 SATURATING = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"), "gru": ("r", "z"), "simple-gru": ("u",)}
 SATURATED_LOW, SATURATED_HIGH = 0.1, 0.9
@@ -410,7 +409,6 @@ def _walk(weights, config, sequences):
     layer h (T, H), tanh(c) (T, H) (LSTMs, else None) and {gate: (T, H)}, all float64."""
     chunk = CHUNK
     gate_at = GATES_IN_CACHE.get(config.cell, {})
-    tanh_at = TANH_C_IN_CACHE.get(config.cell)
     lstm = STATES[config.cell] == 2
     H, s0 = config.hidden, 0
     for inputs, _, _ in sequences:
@@ -428,10 +426,10 @@ def _walk(weights, config, sequences):
                 for t in range(T):
                     state, cache = cells.step_forward(config.cell, xp[t : t + 1], state, w_hh, b_hh, extra)
                     h[t] = state[0][0]
-                    for name, i in gate_at.items():
-                        g[name][t] = cache[i][0]
+                    for name, field in gate_at.items():
+                        g[name][t] = getattr(cache, field)[0]
                     if lstm:
-                        c[t] = cache[tanh_at][0] if tanh_at is not None else np.tanh(state[1][0])
+                        c[t] = cache.tanh_c[0]  # every cell with a cell state keeps its tanh
                 states[k] = state
                 hidden.append(h)
                 gates.append(g)
