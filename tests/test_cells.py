@@ -102,3 +102,37 @@ def test_info_says_whether_the_model_loads_into_torch_nn(tmp_path, cell):
         assert "loads into torch.nn.LSTM" in line
     else:
         assert "does not load" in line and cell in line
+
+
+def test_each_step_cache_names_the_gates_that_annotate_reads():
+    """A step's cache is a named tuple: annotate reads every gate by its field, and the field holds that gate
+    (computed here from the pre-activations, independently of cells.py)."""
+    from charrnn.work.annotate import GATES_IN_CACHE
+
+    def sig(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    rng = np.random.default_rng(4)
+    H, B = 5, 3
+    for cell in cells.CELLS:
+        G = cells.GATES[cell]
+        xp, W, b = rng.standard_normal((B, G * H)), rng.standard_normal((G * H, H)), rng.standard_normal(G * H)
+        state = tuple(rng.standard_normal((B, H)) for _ in range(cells.STATES[cell]))
+        extra = tuple(np.zeros(H) for _ in cells.EXTRA[cell])  # no peepholes: the gates are the LSTM's
+        _, cache = cells.step_forward(cell, xp, state, W, b, extra)
+        a = xp + state[0] @ W.T + b
+        part = [a[:, j * H : (j + 1) * H] for j in range(G)] + [np.zeros((B, H))] * (4 - G)  # the unused are 0
+        hp = state[0] @ W.T + b
+        lstm = {"i": sig(part[0]), "f": sig(part[1]), "g": np.tanh(part[2]), "o": sig(part[3])}
+        want = {"rnn": lambda: {}, "lstm": lambda: lstm, "peephole": lambda: lstm,
+                "gru": lambda: {"r": sig(part[0]), "z": sig(part[1]),
+                                "n": np.tanh(xp[:, 2 * H :] + sig(part[0]) * hp[:, 2 * H :])},
+                "simple-gru": lambda: {"c~": np.tanh(part[0]), "u": sig(part[1])}}[cell]()
+        assert type(cache)._fields[0] == "h_prev"
+        np.testing.assert_array_equal(cache.h_prev, state[0])
+        assert set(GATES_IN_CACHE[cell]) == set(want)
+        for name, field in GATES_IN_CACHE[cell].items():
+            np.testing.assert_allclose(getattr(cache, field), want[name], rtol=1e-12, atol=1e-12)
+        if cells.STATES[cell] == 2:
+            f, i, g = want["f"], want["i"], want["g"]
+            np.testing.assert_allclose(cache.tanh_c, np.tanh(f * state[1] + i * g), rtol=1e-12, atol=1e-12)
