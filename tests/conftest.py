@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 # Where PYTHONDONTWRITEBYTECODE is set, every `python -m charrnn` a test starts (a hundred or so)
 # compiled charrnn's modules from source again: 0.5 s to import charrnn.cli, against 0.35 s from
@@ -15,8 +16,8 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
 import pytest  # noqa: E402  (after the environment the test processes inherit)
 from hypothesis import settings  # noqa: E402
 
-from charrnn.core import model  # noqa: E402
-from tiny_runs import NAMES, stream_text  # noqa: E402
+from charrnn.core import cells, model  # noqa: E402
+from tiny_runs import NAMES, REQUIRE_KERNELS, stream_text, without_kernels  # noqa: E402
 
 # Hypothesis fails an example that runs longer than 200 ms by default: a
 # wall-clock assertion, which a busy machine breaks (a line-batch property
@@ -29,13 +30,14 @@ def pytest_configure(config):
     """Where CI requires a fast path or a tool (CHARRNN_REQUIRE_KERNELS, CHARRNN_REQUIRE_BROWSER), its absence
     stops the run at once: a compiled kernel that cannot load, or a browser that is missing, would otherwise
     show up only as tests skipped (or as the NumPy reference standing in for the kernels)."""
-    if os.environ.get("CHARRNN_REQUIRE_KERNELS"):
+    if REQUIRE_KERNELS:
         try:
             from charrnn.core import gemm, kernels  # noqa: F401  (numba, llvmlite and the kernels must load)
         except Exception as exc:  # any failure to load is the finding
             raise pytest.UsageError(f"CHARRNN_REQUIRE_KERNELS is set but the compiled kernels do not load: {exc!r}")
         if not gemm.available():
-            raise pytest.UsageError("CHARRNN_REQUIRE_KERNELS is set but gemm.py's microkernel is not available here")
+            raise pytest.UsageError(f"CHARRNN_REQUIRE_KERNELS is set but gemm.py's microkernel is not available "
+                                    f"here: {gemm.unavailable_reason()}")
     if os.environ.get("CHARRNN_REQUIRE_BROWSER"):
         try:
             import playwright.sync_api  # noqa: F401
@@ -47,9 +49,17 @@ def pytest_configure(config):
 
 @pytest.fixture(params=["numba", "numpy"])
 def backend(request, monkeypatch):
-    """Run the test once on the compiled kernels and once on the NumPy reference."""
+    """Run the test once on the compiled kernels and once on the NumPy reference. The numba case checks
+    that the kernels really run: where numba does not load, it skips (fails under CHARRNN_REQUIRE_KERNELS)
+    instead of running the reference a second time."""
     monkeypatch.setenv("CHARRNN_KERNELS", request.param)
     model.recurrence.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = model.recurrence()
+    if request.param == "numba" and chosen is cells:
+        without_kernels(f"the compiled kernels do not load: {'; '.join(str(w.message) for w in caught)}")
+    assert chosen.__name__ == {"numba": "charrnn.core.kernels", "numpy": "charrnn.core.cells"}[request.param]
     yield request.param
     model.recurrence.cache_clear()
 

@@ -26,7 +26,7 @@ MODULES = {name: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 FOLDER = {name: "" if path.parent == PACKAGE else path.parent.name for name, path in PATHS.items()}
 CORE = ("cells", "kernels", "gemm", "loss", "model", "optim")
 COMPILED = {"kernels": {"numba"}, "gemm": {"numba", "llvmlite"}}
-PURE_STDLIB = {"__future__", "math", "functools", "dataclasses", "typing", "warnings", "os"}  # model reads one environment variable
+PURE_STDLIB = {"__future__", "math", "functools", "dataclasses", "typing", "threading", "warnings", "os"}  # model reads one environment variable
 FILE_CALLS = {"open", "save", "savez", "load", "fromfile", "tofile", "memmap", "replace", "rename", "remove",
               "unlink", "mkdir", "makedirs", "rmdir", "write_file", "write_files"}
 

@@ -20,9 +20,9 @@ import pytest
 
 from charrnn.core import cells, model
 from charrnn.step import inference
-from tiny_runs import make_run
+from tiny_runs import compiled, make_run, without_kernels
 
-kernels = pytest.importorskip("charrnn.core.kernels")
+kernels = compiled("kernels")
 
 TANH_ERROR = 3.4e-7
 TOLERANCE = {np.float64: 1e-12, np.float32: 50 * TANH_ERROR}
@@ -32,6 +32,15 @@ def assert_close(actual, expected, dtype, what):
     scale = max(float(np.abs(expected).max()), 1e-30)
     err = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max()) / scale
     assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.2e}"
+
+
+@pytest.fixture
+def packs(monkeypatch):
+    """The weights packed for gemm.py's product while the test runs: the proof that its path was taken."""
+    packed = []
+    pack = kernels.gemm.pack
+    monkeypatch.setattr(kernels.gemm, "pack", lambda w, *args, **kw: packed.append(w.shape) or pack(w, *args, **kw))
+    return packed
 
 
 def layer_inputs(cell, B, T=7, H=16, dtype=np.float64, seed=0):
@@ -53,11 +62,11 @@ def layer_inputs(cell, B, T=7, H=16, dtype=np.float64, seed=0):
 @pytest.mark.parametrize("dtype,product", [(np.float64, "matmul"), (np.float32, "packed"), (np.float32, "matmul")])
 @pytest.mark.parametrize("cell", cells.CELLS)
 @pytest.mark.parametrize("B", [1, 3, 64])
-def test_sequence_forward_and_backward_match_the_reference(cell, B, dtype, product, monkeypatch):
+def test_sequence_forward_and_backward_match_the_reference(cell, B, dtype, product, monkeypatch, packs):
     if product == "matmul":
         monkeypatch.setattr(kernels, "_PACK_MIN_STEPS", 10**9)
     elif not kernels.gemm.available():
-        pytest.skip("this machine has no microkernel for the packed product")
+        without_kernels(f"gemm.py's microkernel is not available here: {kernels.gemm.unavailable_reason()}")
     xp, state, W_hh, b_hh, extra, d_hs, d_state = layer_inputs(cell, B, dtype=dtype)
     ref_hs, ref_state, ref_cache = cells.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, extra=extra)
     hs, final, cache = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, extra=extra)
@@ -83,12 +92,16 @@ def test_sequence_forward_and_backward_match_the_reference(cell, B, dtype, produ
         for name in ref[2]:
             assert got[2][name].dtype == dtype
             assert_close(got[2][name], ref[2][name], dtype, f"d {name}")
+    # the product asked for is the one that ran: with "packed" W_hh.T (forward) and W_hh (backward) were
+    # packed for gemm.py, with "matmul" nothing was
+    G, H = cells.GATES[cell], W_hh.shape[1]
+    assert set(packs) == (set() if product == "matmul" else {(H, G * H), (G * H, H)}), packs
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("cell", cells.CELLS)
 @pytest.mark.parametrize("masked", [False, True])
-def test_the_model_on_kernels_matches_the_model_on_the_reference(cell, dtype, masked, monkeypatch):
+def test_the_model_on_kernels_matches_the_model_on_the_reference(cell, dtype, masked, monkeypatch, packs):
     config = model.ModelConfig(vocab_size=9, cell=cell, layers=2, hidden=12, embed=5, dtype=dtype)
     params = model.init_params(config, np.random.default_rng(1))
     rng = np.random.default_rng(2)
@@ -98,10 +111,14 @@ def test_the_model_on_kernels_matches_the_model_on_the_reference(cell, dtype, ma
     for backend in ("numpy", "numba"):
         monkeypatch.setenv("CHARRNN_KERNELS", backend)
         model.recurrence.cache_clear()
+        assert model.recurrence() is {"numpy": cells, "numba": kernels}[backend]  # not the reference twice
+        del packs[:]
         loss, final, cache = model.forward(params, config, x, y, mask)
         grads, d_state0 = model.backward(params, config, cache, d_state=final)
         nll, count, _ = inference.score_chunk(model.prepare(params, config), x, y, mask)
         results[backend] = (loss, final, grads, d_state0, nll / count)
+        # float32 steps on the kernels multiply by gemm.py's packed weight where the CPU has the microkernel
+        assert bool(packs) == (backend == "numba" and dtype == "float32" and kernels.gemm.available()), packs
     model.recurrence.cache_clear()
     ref, got = results["numpy"], results["numba"]
     kind = np.dtype(dtype).type

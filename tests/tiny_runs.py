@@ -14,16 +14,20 @@
   computes the same numbers; `untimed`: log records without their timing fields
 - `REFERENCE`: the variable that runs a child process on the NumPy reference, for the
   tests about a process (signals, pipes, a terminal, kill -9, the lock) rather than its arithmetic
+- `compiled(name)`: charrnn.core.kernels or gemm, and `without_kernels(why)`: where a compiled
+  kernel cannot run, skip, or fail naming why where CI sets CHARRNN_REQUIRE_KERNELS
 
 The fixtures built on these (`corpus_file`, `names_file`, `backend`) are in conftest.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from charrnn.files import checkpoint, corpus, layout
@@ -47,6 +51,8 @@ PINNED = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MK
 # arithmetic, runs its children with this; the kernels are tested in-process against the reference
 # (test_kernels.py, the `backend` fixture) and across processes on numba (test_resume.py, test_mpi.py).
 REFERENCE = {"CHARRNN_KERNELS": "numpy"}
+# CI (.ci/run) requires the compiled kernels: there a kernel that cannot run fails the tests, never skips them
+REQUIRE_KERNELS = bool(os.environ.get("CHARRNN_REQUIRE_KERNELS"))
 TIMING = ("elapsed", "chars_per_sec")  # the only logged fields two runs of the same settings may differ in
 
 
@@ -55,6 +61,22 @@ def stream_text(n_words: int, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     words = "the quick brown fox jumps over a lazy dog and then sleeps".split()
     return " ".join(words[i] for i in rng.integers(0, len(words), n_words)) + "\n"
+
+
+def without_kernels(why: str):
+    """A compiled kernel cannot run here (`why`): skip the test (or module), or fail it where
+    CHARRNN_REQUIRE_KERNELS is set, so that CI never passes on the NumPy reference alone."""
+    if REQUIRE_KERNELS:
+        pytest.fail(f"CHARRNN_REQUIRE_KERNELS is set but {why}", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def compiled(name: str):
+    """The compiled module charrnn.core.<name> (kernels, gemm), or without_kernels(why it does not import)."""
+    try:
+        return importlib.import_module(f"charrnn.core.{name}")
+    except Exception as exc:  # numba or llvmlite missing, or broken on this machine
+        without_kernels(f"charrnn.core.{name} does not import ({type(exc).__name__}: {exc})")
 
 
 def read_log(run_dir) -> list[dict]:

@@ -23,13 +23,23 @@ in order (K is taken in chunks of KC, each continuing the chain), whatever
 the vector width, MR or the thread: the result's bits depend only on a and w.
 
 Shapes: a (M, K) C-contiguous; packed (P, K, NR); c (M, N) C-contiguous.
-`available()` is False on machines without AVX2 and FMA (or where llvmlite
-cannot compile), and the callers use NumPy's matmul there.
+
+Variants: AVX-512 (NR 32, MR 8) and AVX2 + FMA (NR 16, MR 6). The callers run
+the widest this CPU executes (`microkernels()`); `build(isa)` compiles a given
+one, so that the tests run every variant the host executes (an AVX-512 CPU
+runs the AVX2 tiles as an AVX2-only CPU would). Both give the same bits (the
+numerics above). `available()` is False on machines without AVX2 and FMA, and
+where LLVM cannot compile the code: the latter warns once and
+`unavailable_reason()` says why (CI sets CHARRNN_REQUIRE_KERNELS, and the
+tests fail on it). The callers use NumPy's matmul there.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -39,38 +49,130 @@ from numba.extending import intrinsic
 
 KC = 256  # k-chunk: one panel chunk (KC x NR floats, 32 KB on AVX-512) stays in the L1 cache
 MC = 256  # row block: its rows of a (MC x KC floats, 256 KB) stay in the L2 cache
+# The microkernel's variants, widest first: (floats a vector, MR, the CPU features it needs).
+# AVX-512: MR 8 (16 accumulators of 32 registers). AVX2 + FMA: MR 6 (12 accumulators of 16 registers).
+VARIANTS = {"avx512": (16, 8, ("avx512f",)), "avx2": (8, 6, ("avx2", "fma"))}
+# What an AVX-512 CPU must leave out to build the AVX2 variant exactly as an AVX2-only CPU would
+_WIDER_THAN_AVX2 = ("avx512", "avx10", "evex512", "amx")
 _ENGINES = []  # the llvmlite engines that own the compiled microkernels
+_LOCK = threading.Lock()
+
+
+class Microkernels(NamedTuple):
+    """One variant's compiled tiles: panel width NR (two vectors), MR, and the addresses of tile1..tileMR."""
+
+    nr: int
+    mr: int
+    tiles: tuple
+
+
+class MicrokernelError(RuntimeError):
+    """A variant cannot be built here: this CPU lacks its features, or LLVM rejects its code."""
+
+
+def host_variants() -> tuple:
+    """The variants this CPU executes, widest first (an AVX-512 CPU executes the AVX2 tiles too)."""
+    features = _host()[1]
+    return tuple(isa for isa, (_, _, needs) in VARIANTS.items() if all(features.get(f) for f in needs))
 
 
 @functools.cache
-def microkernels():
-    """(NR, MR, addresses of the row-count variants 1..MR) for this CPU, or None.
-
-    AVX-512: 16 floats a vector, MR 8 (16 accumulators of 32 registers).
-    AVX2 + FMA: 8 floats a vector, MR 6 (12 accumulators of 16 registers).
-    """
+def build(isa: str) -> Microkernels:
+    """Compile one variant's tiles for this CPU; MicrokernelError says why it cannot be."""
+    width, mr, _ = VARIANTS[isa]
+    if isa not in host_variants():
+        raise MicrokernelError(f"this CPU ({_host()[0]}) cannot execute the {isa} microkernel")
+    ll = _llvm()
     try:
-        import llvmlite.binding as ll
-
-        ll.initialize_native_target()
-        ll.initialize_native_asmprinter()
-        cpu, features = ll.get_host_cpu_name(), ll.get_host_cpu_features()
-        if features.get("avx512f"):
-            width, mr = 16, 8
-        elif features.get("avx2") and features.get("fma"):
-            width, mr = 8, 6
-        else:
-            return None
-        flat = features.flatten()
-        module = ll.parse_assembly(_module_ir(width, mr, cpu, flat))
-        module.verify()
-        machine = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=flat, opt=3)
+        module, machine = _compile(isa)
         engine = ll.create_mcjit_compiler(module, machine)
         engine.finalize_object()
-    except Exception:  # an unusual CPU or LLVM: NumPy's matmul serves
-        return None
+    except Exception as exc:  # the finding itself: an llvmlite or LLVM that rejects the IR
+        raise MicrokernelError(f"LLVM could not compile the {isa} microkernel ({_one_line(exc)})") from exc
     _ENGINES.append(engine)  # the compiled code lives as long as its engine, so keep it
-    return 2 * width, mr, tuple(engine.get_function_address(f"tile{r}") for r in range(1, mr + 1))
+    return Microkernels(2 * width, mr, tuple(engine.get_function_address(f"tile{r}") for r in range(1, mr + 1)))
+
+
+def microkernels() -> Microkernels | None:
+    """The widest variant this CPU executes, or None: then the callers use NumPy's matmul.
+
+    A CPU without AVX2 and FMA is expected to have none. A variant that fails to
+    compile is not: it warns once, and unavailable_reason() says why (the tests
+    fail on it where CHARRNN_REQUIRE_KERNELS is set).
+    """
+    return _host_microkernels()[0]
+
+
+def unavailable_reason() -> str | None:
+    """Why microkernels() is None on this machine, or None where it has a microkernel."""
+    return _host_microkernels()[1]
+
+
+def _host_microkernels() -> tuple:
+    """(the widest variant this CPU executes, None) or (None, why there is none), built once: a training
+    step's row blocks ask on several threads at once, and must not build it (and warn) twice."""
+    with _LOCK:
+        return _build_host()
+
+
+@functools.cache
+def _build_host() -> tuple:
+    try:
+        variants = host_variants()
+        if not variants:
+            return None, f"this CPU ({_host()[0]}) has neither AVX-512 nor AVX2 with FMA"
+        return build(variants[0]), None
+    except Exception as exc:  # MicrokernelError, or an llvmlite that cannot read this CPU
+        reason = str(exc) if isinstance(exc, MicrokernelError) else f"llvmlite failed ({_one_line(exc)})"
+    warnings.warn(f"the packed step product is unavailable: {reason}; float32 steps use NumPy's matmul, "
+                  f"which is slower", RuntimeWarning, stacklevel=4)
+    return None, reason
+
+
+def assembly(isa: str) -> str:
+    """The machine code of a variant's tiles as assembly text (the tests read which registers it uses)."""
+    module, machine = _compile(isa)
+    return machine.emit_assembly(module)
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception as one line (LLVM's messages quote the offending code over several), for a warning."""
+    said = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {said}"
+
+
+def _llvm():
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    return ll
+
+
+@functools.cache
+def _host() -> tuple:
+    """(this CPU's name, its features as LLVM names them)."""
+    ll = _llvm()
+    return ll.get_host_cpu_name(), ll.get_host_cpu_features()
+
+
+def _compile(isa: str):
+    """(the parsed and verified module of a variant's tiles, the target machine for it) for this CPU.
+
+    The AVX2 variant turns off every feature wider than AVX2, so that an AVX-512 CPU compiles it to
+    the instructions an AVX2-only CPU runs (VEX-coded, masked stores by vmaskmovps).
+    """
+    ll = _llvm()
+    width, mr, _ = VARIANTS[isa]
+    cpu, features = _host()
+    if isa == "avx2":
+        features = features.copy()
+        features.update({name: False for name in features if name.startswith(_WIDER_THAN_AVX2)})
+    flat = ",".join(f"{'+' if on else '-'}{name}" for name, on in sorted(features.items()))
+    module = ll.parse_assembly(_module_ir(width, mr, cpu, flat))
+    module.verify()
+    machine = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=flat, opt=3)
+    return module, machine
 
 
 def _module_ir(width: int, mr: int, cpu: str, features: str) -> str:
@@ -140,9 +242,12 @@ def available() -> bool:
     return microkernels() is not None
 
 
-def pack(w: np.ndarray) -> np.ndarray:
-    """w (K, N) float32 -> panels (P, K, NR), zero-padded past column N (see the module docstring)."""
-    nr = microkernels()[0]
+def pack(w: np.ndarray, nr: int | None = None) -> np.ndarray:
+    """w (K, N) float32 -> panels (P, K, NR), zero-padded past column N (see the module docstring).
+
+    nr: the panel width of the variant that will read the panels (default: this CPU's widest).
+    """
+    nr = nr or microkernels().nr
     K, N = w.shape
     P = -(-N // nr)
     panels = np.zeros((P, K, nr), np.float32)
@@ -153,11 +258,19 @@ def pack(w: np.ndarray) -> np.ndarray:
     return panels
 
 
-def matmul(a: np.ndarray, packed: np.ndarray, c: np.ndarray) -> None:
-    """c = a @ w, where packed = pack(w): a (M, K) and c (M, N) C-contiguous float32."""
+def matmul(a: np.ndarray, packed: np.ndarray, c: np.ndarray, variant: Microkernels | None = None) -> None:
+    """c = a @ w, where packed = pack(w, variant.nr): a (M, K) and c (M, N) C-contiguous float32.
+
+    variant: the tiles to run (build(isa)); default this CPU's widest (microkernels()).
+    The shapes are checked here, as the tiles read and write through raw pointers.
+    """
     if not all(x.dtype == np.float32 and x.flags.c_contiguous for x in (a, packed, c)):
         raise ValueError("gemm.matmul needs C-contiguous float32 arrays")
-    nr, mr, tiles = microkernels()
+    nr, mr, tiles = variant or microkernels()
+    (M, K), (P, K_w, nr_w), (M_c, N) = a.shape, packed.shape, c.shape
+    if K_w != K or nr_w != nr or M_c != M or P != -(-N // nr):
+        raise ValueError(f"gemm.matmul: shapes {a.shape} @ packed {packed.shape} -> {c.shape} do not fit "
+                         f"panels {nr} wide")
     compiled_matmul(a, packed, c, nr, mr, tiles)
 
 
