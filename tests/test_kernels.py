@@ -130,6 +130,29 @@ def test_the_model_on_kernels_matches_the_model_on_the_reference(cell, dtype, ma
         assert_close(got[2][name], ref[2][name], kind, name)
 
 
+@pytest.mark.parametrize("cell", cells.CELLS)
+def test_every_microkernel_variant_gives_the_layer_the_same_bits(cell, monkeypatch, packs):
+    # each variant the CPU executes (on AVX-512 also the AVX2 tiles: panels 16 wide, 6 rows a tile) runs
+    # the compiled time loops; each product element is the same FMA chain (test_gemm.py), so a layer's
+    # outputs and gradients are the same bits whichever variant the machine has
+    gemm = kernels.gemm
+    if not gemm.available():
+        without_kernels(f"gemm.py's microkernel is not available here: {gemm.unavailable_reason()}")
+    # H 20: G*H is no multiple of either panel width; B 64 is no multiple of 6
+    xp, state, W_hh, b_hh, extra, d_hs, d_state = layer_inputs(cell, 64, H=20, dtype=np.float32)
+    results = {}
+    for isa in gemm.host_variants():
+        monkeypatch.setattr(gemm, "microkernels", lambda isa=isa: gemm.build(isa))
+        del packs[:]
+        hs, final, cache = kernels.sequence_forward(cell, xp.copy(), state, W_hh, b_hh, extra=extra)
+        d_xp, d_state0, grads = kernels.sequence_backward(d_hs, d_state, cache)
+        assert packs and all(shape in ((20, cells.GATES[cell] * 20), (cells.GATES[cell] * 20, 20)) for shape in packs)
+        results[isa] = [hs, *final, d_xp, *d_state0, *(grads[name] for name in sorted(grads))]
+    for isa, arrays in results.items():
+        for a, b in zip(arrays, results[gemm.host_variants()[0]], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=isa)
+
+
 def test_float32_tanh_is_within_its_stated_error_and_keeps_nan():
     import numba
 
