@@ -56,9 +56,9 @@ def step_product() -> str:
     except ImportError:
         return "NumPy's BLAS (no numba)"
     if not gemm.available():
-        return "NumPy's BLAS (no microkernel for this CPU)"
+        return f"NumPy's BLAS ({gemm.unavailable_reason()})"
     nr, mr, _ = gemm.microkernels()
-    return f"packed microkernel, {mr} rows x {nr} columns ({'AVX-512' if nr == 32 else 'AVX2'})"
+    return f"packed microkernel, {mr} rows x {nr} columns ({gemm.host_variants()[0]})"
 
 
 def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
