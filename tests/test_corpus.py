@@ -160,6 +160,34 @@ def test_split_lines():
     assert split_lines("\n\n") == []
 
 
+# what str.splitlines breaks at besides "\n" and "\r": characters inside a line for charrnn
+NOT_LINE_ENDS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def test_a_line_ends_at_a_newline_and_nowhere_else(tmp_path, monkeypatch):
+    """One definition of a line: "\\n", "\\r\\n" or "\\r" ends one; the other characters str.splitlines
+    breaks at stay inside it, in the in-memory split, the chunked scan, eval's lines and the automatic
+    settings' line count alike (the reference is written out by hand)."""
+    from charrnn.files import config, textfile
+    from charrnn.files.config import TrainConfig
+    raw = "".join(f"a{c}b\n" for c in NOT_LINE_ENDS) + "cr\rcrlf\r\n" + "".join(NOT_LINE_ENDS) + "\nend"
+    expected = [f"a{c}b" for c in NOT_LINE_ENDS] + ["cr", "crlf", "end"]  # a line of only those is blank
+    assert len([line for line in raw.splitlines() if line.strip()]) == 2 * len(NOT_LINE_ENDS) + 3  # splitlines'
+
+    text = read_text(write(tmp_path, raw.encode()))
+    assert split_lines(text) == expected
+    tf = textfile.open_text(tmp_path / "c.txt", chunk_bytes=3)
+    assert [line for block in textfile.line_blocks(tf, "char") for line in block] == expected
+    assert textfile.scan(tf, "char", "lines").n_lines == len(expected)
+    counted = []
+    real = config.auto_settings
+    monkeypatch.setattr(config, "auto_settings", lambda *a, **k: counted.append(k["n_lines"]) or real(*a, **k))
+    for source in (text, tf):
+        config.fill_auto_settings(source, "x", TrainConfig(mode="lines", batch_size=None),
+                                  dict.fromkeys(("layers", "hidden", "embed", "dropout")))
+    assert counted == [len(expected)] * 2
+
+
 @pytest.mark.parametrize("level", ["char", "word"])
 def test_encode_lines_offsets(level):
     lines = ["ab c", "d", "ccc a"]

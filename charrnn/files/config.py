@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from . import corpus
 from ..core import optim
 from ..errors import ConfigError, option
 
@@ -371,12 +372,12 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     share = 1.0 if val_text is not None else 1 - tconfig.val_frac
     scan = getattr(text, "scans", {}).get((tconfig.level, tconfig.mode))  # a textfile.TextFile, read in chunks
     if scan is not None:
-        n_tokens, n_lines = scan.n_tokens, scan.n_nonblank
+        n_tokens, n_lines = scan.n_tokens, scan.n_lines
     else:
         if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
             text = "\n".join(text.texts)
         n_tokens = count_tokens(text, tconfig.level)
-        n_lines = len([line for line in text.splitlines() if line.strip()]) if tconfig.mode == "lines" else 0
+        n_lines = len(corpus.split_lines(text)) if tconfig.mode == "lines" else 0
     val_tokens = None if val_text is None else _tokens_of(val_text, tconfig)
     n_tokens = int(n_tokens * share)
     n_lines = int(n_lines * share) if tconfig.mode == "lines" else None

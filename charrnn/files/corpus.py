@@ -349,6 +349,11 @@ def split_index(length: int, val_frac: float) -> int:
 def split_lines(text: str) -> list[str]:
     """Lines of text for lines mode, without their "\\n"; whitespace-only lines are dropped.
 
+    This is charrnn's one definition of a line, everywhere (preparation, the settings' line count, eval,
+    classify, annotate, novelty): a line ends at "\\n", "\\r\\n" or a lone "\\r" (normalize_newlines makes
+    them all "\\n") and nowhere else. The other characters str.splitlines breaks at (vertical tab, form feed,
+    \\x1c-\\x1e, NEL \\x85, U+2028, U+2029) are characters inside a line: a form feed in source code or a
+    U+2028 in JSON text does not end the line a user sees, and in Latin-1 text \\x85 is a byte of the text.
     - text: the text ("\\n" line ends)
     - returns: list of lines, each with at least one non-whitespace character
     """

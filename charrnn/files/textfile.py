@@ -272,8 +272,7 @@ class Scan:
     - counts: the tokens' counts: the whole text (stream mode) or the kept lines (lines mode)
     - stream mode: pieces, [(origin, first character, tokens)] of each piece
     - lines mode: n_lines (corpus.split_lines), index (n_lines, 3) int64 memmap of (byte start, byte end,
-      tokens) per line, longest (characters), line_tokens (their sum), n_nonblank (lines by
-      str.splitlines with a non-space character: the automatic settings' count)
+      tokens) per line, longest (characters), line_tokens (their sum)
     """
     level: str
     mode: str
@@ -286,7 +285,6 @@ class Scan:
     index: np.ndarray | None = None
     longest: int = 0
     line_tokens: int = 0
-    n_nonblank: int = 0
     blank: set = field(default_factory=set)  # lines mode: the whitespace-only lines (each one word-level token)
     newline: bool = False                    # lines mode: whether the text holds a newline
 
@@ -354,18 +352,6 @@ def _decode_chunk(tf: TextFile, start: int, data: bytes) -> str:
         raise _bad_bytes(tf, start + e.start) from None
 
 
-# what str.splitlines splits at besides "\n" (and "\r", which normalized text does not hold)
-_OTHER_LINE_ENDS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
-
-
-def _nonblank(text: str, kept: int) -> int:
-    """len([line for line in text.splitlines() if line.strip()]), the automatic settings' line count, where
-    text holds `kept` lines that are neither empty nor whitespace only between its "\n"s."""
-    if any(end in text for end in _OTHER_LINE_ENDS):
-        return sum(map(bool, map(str.strip, text.splitlines())))
-    return kept  # str.strip drops what str.isspace calls whitespace
-
-
 def _kept_lines(text: str):
     """(corpus.split_lines(text), and for each non-empty line whether it is kept: not whitespace only)."""
     lines = [line for line in text.split("\n") if line]
@@ -391,7 +377,6 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 raise CorpusError(f"{tf}: its lines between bytes {start} and {start + len(data)} do not decode "
                                   f"one by one; train on it with {option('mode', 'stream')}")
             spaces = len(keep) - len(lines)  # whitespace-only lines: one token each at word level
-            s.n_nonblank += _nonblank(text, len(lines))
             if spaces:  # the speed estimate and a fine-tuned run's report count all the text's tokens
                 s.blank.update(compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
             s.newline = s.newline or "\n" in text
