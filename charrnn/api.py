@@ -603,11 +603,11 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 
 def _read(path: str, errors: str, tconfig: TrainConfig):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
-    not grow with its size), or its text where preparation needs it whole (a classifier) or where the
-    file cannot be read twice (a pipe, such as /dev/stdin) or in chunks (UTF-16: textfile.chunked)."""
-    if tconfig.task == "classify" or not textfile.chunked(path, tconfig.encoding):
+    not grow with its size; a pipe, such as /dev/stdin, or a UTF-16 file is spooled to a temporary file
+    first: textfile.open_source), or its text where preparation needs it whole (a classifier)."""
+    if tconfig.task == "classify":
         return corpus.read_text(path, errors, encoding=tconfig.encoding)
-    text = textfile.open_text(path, errors, encoding=tconfig.encoding)
+    text = textfile.open_source(path, errors, encoding=tconfig.encoding)
     textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid bytes are reported where they are
     return text
 

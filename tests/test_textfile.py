@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from charrnn.files import checkpoint, config, corpus, textfile
 from charrnn.runs import prepare
@@ -260,21 +262,64 @@ def test_a_run_whose_ids_have_another_dtype_still_resumes(tmp_path, mode):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
-def test_a_pipe_is_read_once_whole(tmp_path):
-    """A pipe cannot be read twice: `charrnn train /dev/stdin` and the like keep the in-memory path."""
+def test_a_pipe_is_spooled_to_a_temporary_file_and_read_in_chunks(tmp_path):
+    """A pipe cannot be read twice: `charrnn train /dev/stdin` and the like copy it to a temporary file
+    first, which is then read as a file is, and named as the pipe in messages; the file goes with it."""
     import threading
     from charrnn import api
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    data = ("x" * 9000 + "\nabc\n").encode()  # more than open_text's first look at a file
+    data = ("x" * 9000 + "\r\nabc\n").encode()  # more than open_text's first look at a file
     writer = threading.Thread(target=lambda: fifo.write_bytes(data))
     writer.start()
     text = api._read(str(fifo), "strict", TrainConfig())
     writer.join()
-    assert text == data.decode()
+    assert isinstance(text, textfile.TextFile) and str(text) == str(fifo) and text.path != str(fifo)
+    assert "".join(textfile.text_pieces(text, "char")) == corpus.normalize_newlines(data.decode())
+    spooled = text.path
+    del text
+    assert not os.path.exists(spooled)
     path = tmp_path / "c.txt"
     path.write_bytes(data)
-    assert isinstance(api._read(str(path), "strict", TrainConfig()), textfile.TextFile)
+    assert api._read(str(path), "strict", TrainConfig()).path == str(path)
+
+
+def _stdin(monkeypatch, data: bytes):
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def _outcome(read):
+    try:
+        return read()
+    except CorpusError as e:
+        return str(e)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+       encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-16-le", "utf-32", "shift_jis"]),
+       cut=st.integers(0, 200), junk=st.binary(max_size=3), errors=st.sampled_from(["strict", "replace"]),
+       chunk=st.sampled_from([1, 3, 1 << 20]))
+def test_a_spooled_input_is_the_text_read_text_reads(tmp_path, monkeypatch, text, encoding, cut, junk, errors, chunk):
+    """Standard input, or a file in an encoding read whole (UTF-16, UTF-32), spooled and read in chunks: the
+    text corpus.read_text gives of the same bytes, or the same error (bad bytes at the same offset, empty,
+    binary). The bytes are the text's in the encoding, with junk spliced in somewhere."""
+    data = text.encode(encoding, "replace")
+    data = data[:cut] + junk + data[cut:]
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+
+    def spooled(source):
+        tf = textfile.open_source(source, errors, chunk, encoding=encoding)
+        return "".join(textfile.text_pieces(tf, "char"))
+    whole = _outcome(lambda: corpus.read_text(path, errors, encoding=encoding))
+    assert _outcome(lambda: spooled(path)) == whole
+    _stdin(monkeypatch, data)
+    expected = whole.replace(str(path), "standard input") if isinstance(whole, str) and str(path) in whole \
+        else whole
+    assert _outcome(lambda: spooled("-")) == expected
 
 
 def test_a_long_word_level_line_without_spaces_is_searched_once(tmp_path, monkeypatch):
@@ -339,6 +384,8 @@ def test_a_line_too_long_in_a_text_held_in_memory_is_refused_before_its_tokens_a
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert code == 1 and err.startswith("Error: a line is 3,000,000 characters long") and err.count("\n") == 1, err
+    # a pipe is spooled and scanned as a file is: refused as soon as the line is known to be too long
+    start = "Error: a line is 3,000,000 characters long" if task == "classify" else f"Error: {fifo}: a line is at least "
+    assert code == 1 and err.startswith(start) and err.count("\n") == 1, err
     assert peak < 32 << 20  # the file's bytes and text (3 MB each): no list of its 2,000,000 tokens
     assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import functools
+import io
 import mmap as mmap_module
 import os
 import re
@@ -151,36 +152,58 @@ def read_text(path, errors: str = "strict", *, limit: int | None = None, encodin
 
 
 def read_input(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING) -> bytes:
-    """The bytes of a user's input: the one reader of a file, a pipe, a device or standard input ("-").
+    """The bytes of a user's input, whole: a file, a pipe, a device or standard input ("-").
 
     - limit: stop after this many bytes (None: read to the end)
-    A file that is not regular (a pipe, a terminal, a device) is read in blocks and refused, with a
-    CorpusError, once it passes MAX_STREAM_BYTES; its first bytes are checked as decode_text checks
-    them as soon as they arrive, so an endless binary device is refused at once.
+    A regular file is read at once; anything else as input_blocks reads it (within MAX_STREAM_BYTES).
+    """
+    if limit is None:
+        f = open_binary(path)
+        try:
+            if _regular(f):
+                return f.read()
+        except OSError as e:
+            raise CorpusError(f"{input_name(path)}: cannot read: {e.strerror or e}") from None
+        finally:
+            if f is not sys.stdin.buffer:
+                f.close()
+    return b"".join(input_blocks(path, limit, encoding))
+
+
+def _regular(f) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):  # a stream with no descriptor (io.BytesIO as stdin)
+        return False
+
+
+def input_blocks(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING):
+    """Yield the bytes of a user's input a block at a time: the one reader of a file, a pipe, a device or
+    standard input ("-") that is not read in chunks where it lies.
+
+    - limit: stop after this many bytes (None: read to the end)
+    A file that is not regular (a pipe, a terminal, a device) is refused, with a CorpusError, once it
+    passes MAX_STREAM_BYTES; the first bytes of any input are checked as decode_text checks them as soon
+    as they arrive, so an endless binary device is refused at once.
     """
     name = input_name(path)
     f = open_binary(path)
     try:
-        try:
-            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-        except (OSError, ValueError):  # a stream with no file descriptor (io.BytesIO as standard input)
-            regular = False
-        if regular and limit is None:
-            return f.read()
-        bound = limit if limit is not None else MAX_STREAM_BYTES + 1
-        blocks, total = [], 0
-        while total < bound:
-            block = f.read(min(_READ_BLOCK, bound - total))
+        regular = _regular(f)
+        bound = limit if limit is not None else None if regular else MAX_STREAM_BYTES + 1
+        head, total = b"", 0
+        while bound is None or total < bound:
+            block = f.read(_READ_BLOCK if bound is None else min(_READ_BLOCK, bound - total))
             if not block:
                 break
-            if total < _BINARY_SNIFF:
-                _check_head(b"".join(blocks)[:_BINARY_SNIFF] + block[:_BINARY_SNIFF], name, encoding)
-            blocks.append(block)
+            if len(head) < _BINARY_SNIFF:
+                head += block[: _BINARY_SNIFF - len(head)]
+                _check_head(head, name, encoding)
             total += len(block)
-        if limit is None and total > MAX_STREAM_BYTES:
-            raise CorpusError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes from a pipe or device, the most "
-                              f"that is read into memory; save the text to a file first")
-        return b"".join(blocks)
+            if limit is None and not regular and total > MAX_STREAM_BYTES:
+                raise CorpusError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes from a pipe or device, the most "
+                                  f"that is read into memory; save the text to a file first")
+            yield block
     except OSError as e:
         raise CorpusError(f"{name}: cannot read: {e.strerror or e}") from None
     finally:

@@ -31,7 +31,7 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import chain, compress
 
 import numpy as np
 
@@ -57,9 +57,11 @@ class TextFile:
     long_lines: bool = False  # lines mode: keep lines longer than corpus.MAX_LINE_CHARS (eval scores them)
     encoding: str = corpus.DEFAULT_ENCODING
     scans: dict = field(default_factory=dict, repr=False)  # (level, mode) -> Scan
+    name: str | None = None  # what messages call it (None: its path)
+    spool: object = field(default=None, repr=False)  # a spooled input's temporary file, deleted with it
 
     def __str__(self) -> str:
-        return str(self.path)
+        return str(self.path) if self.name is None else self.name
 
 
 def chunked(path, encoding: str = corpus.DEFAULT_ENCODING) -> bool:
@@ -68,12 +70,82 @@ def chunked(path, encoding: str = corpus.DEFAULT_ENCODING) -> bool:
     return os.path.isfile(path) and corpus.ascii_compatible(corpus.text_encoding(encoding))
 
 
+def open_source(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
+                encoding: str = corpus.DEFAULT_ENCODING) -> TextFile:
+    """Any input as a TextFile, checked as open_text checks a file: a regular file that can be read in
+    chunks (chunked) is read where it lies; anything else (a pipe, standard input "-", a device, a file in
+    UTF-16 or UTF-32) is spooled first to a temporary file (spool), which is then read as a file.
+    Raises CorpusError or ConfigError as corpus.read_text would for the same input."""
+    encoding = corpus.text_encoding(encoding)
+    if chunked(path, encoding):
+        return open_text(path, errors, chunk_bytes, long_lines, encoding)
+    return spool(path, errors, chunk_bytes, long_lines, encoding)
+
+
+def spool(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
+          encoding: str = corpus.DEFAULT_ENCODING) -> TextFile:
+    """An input copied, a block at a time (corpus.input_blocks: a pipe or device within
+    corpus.MAX_STREAM_BYTES), to a temporary file that lives as long as the TextFile, and opened as a
+    file. Its bytes are copied as they are, in an encoding that open_text reads (their offsets, and so
+    every message about them, are the input's); a file in another encoding (UTF-16) is decoded on the way
+    and stored as UTF-8, its invalid bytes reported at their offsets in the input as decode_text does."""
+    if errors not in corpus.TEXT_ERRORS:
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    encoding = corpus.text_encoding(encoding)
+    name = corpus.input_name(path)
+    out = tempfile.NamedTemporaryFile(prefix="charrnn-spool-")
+    try:
+        if corpus.ascii_compatible(encoding):
+            for block in corpus.input_blocks(path, encoding=encoding):
+                out.write(block)
+        else:
+            _transcode(corpus.input_blocks(path, encoding=encoding), out, name, errors, encoding)
+            encoding = corpus.DEFAULT_ENCODING
+        out.flush()
+        tf = open_text(out.name, errors, chunk_bytes, long_lines, encoding, name=name)
+    except BaseException:
+        out.close()
+        raise
+    tf.spool = out
+    return tf
+
+
+def _transcode(blocks, out, name: str, errors: str, encoding: str) -> None:
+    """Write text in an encoding whose line ends are not bytes (UTF-16) to out as UTF-8, checked as
+    corpus.decode_text checks it: empty, NUL characters near its start, invalid bytes (at their offsets)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    out.write(_BOM)  # the text's own leading U+FEFF, if any is left after the decoder's, stays text
+    offset, head, started, wrote = 0, "", False, False  # offset: bytes of the input given to the decoder
+    for data in chain(blocks, [None]):
+        final = data is None
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(b"" if final else data, final)
+        except UnicodeDecodeError as e:
+            raise corpus.bad_bytes_error(name, encoding, offset - pending + e.start) from None
+        if text and not started:  # a byte order mark the decoder left is no text
+            started, text = True, text[1:] if text.startswith("\ufeff") else text
+        if len(head) < corpus._BINARY_SNIFF:
+            head += text[: corpus._BINARY_SNIFF - len(head)]
+            if "\0" in head:
+                raise CorpusError(f"{name}: looks like a binary file (it holds NUL characters as {encoding}); "
+                                  f"expected {encoding} text")
+        if text:
+            out.write(text.encode("utf-8"))
+            wrote = True
+        if not final:
+            offset += len(data)
+    if not wrote:
+        raise CorpusError(f"{name}: the file is empty")
+
+
 def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
-              encoding: str = corpus.DEFAULT_ENCODING) -> TextFile:
+              encoding: str = corpus.DEFAULT_ENCODING, *, name: str | None = None) -> TextFile:
     """A corpus file checked as corpus.read_text checks it (missing, unreadable, a directory, empty, UTF-16,
     binary), reading only its first bytes; invalid bytes are found by scan. Raises CorpusError or ConfigError.
     - long_lines: a lines-mode scan keeps lines of any length (else it refuses one too long to train on)
-    - encoding: the file's; ConfigError unless corpus.ascii_compatible (see chunked)"""
+    - encoding: the file's; ConfigError unless corpus.ascii_compatible (see chunked)
+    - name: what messages call it (None: its path)"""
     if errors not in corpus.TEXT_ERRORS:
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     if int(chunk_bytes) < 1:
@@ -81,7 +153,7 @@ def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long
     encoding = corpus.text_encoding(encoding)
     if not corpus.ascii_compatible(encoding):
         raise ConfigError(f"a file in {encoding} cannot be read in chunks; read it with corpus.read_text")
-    tf = TextFile(os.fspath(path), errors, int(chunk_bytes), long_lines, encoding)
+    tf = TextFile(os.fspath(path), errors, int(chunk_bytes), long_lines, encoding, name=name)
     with _open(tf) as f:
         head = f.read(corpus._BINARY_SNIFF)
         start = len(_BOM) if _utf8(tf) and head.startswith(_BOM) else 0

@@ -14,13 +14,10 @@ caches.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-
-import os
-import stat
-import tempfile
 
 from ..data import batches
 from ..core import classifier, model
@@ -214,13 +211,9 @@ def score_file(params, config, vocab, path, lines: bool, errors: str = "strict",
                chunk_bytes: int = textfile.CHUNK_BYTES, encoding: str = corpus.DEFAULT_ENCODING) -> Score:
     """score_text of a file's text, without holding it: the file is read and encoded in chunks (as
     textfile prepares a corpus) into a temporary file of ids, scored memory-mapped. The same Score as
-    score_text(corpus.read_text(path, errors)); a pipe or device (which cannot be read twice) is read
-    whole by corpus.read_text, within its bound, and so is a file in an encoding that cannot be read in
-    chunks (textfile.chunked: UTF-16, UTF-32)."""
-    encoding = corpus.text_encoding(encoding)
-    if not stat.S_ISREG(_mode(path)) or not corpus.ascii_compatible(encoding):
-        return score_text(params, config, vocab, corpus.read_text(path, errors, encoding=encoding), lines)
-    tf = textfile.open_text(path, errors, chunk_bytes, long_lines=True, encoding=encoding)
+    score_text(corpus.read_text(path, errors)); a pipe or device (which cannot be read twice), or a file
+    in an encoding that cannot be read in chunks (UTF-16, UTF-32), is spooled first (textfile.open_source)."""
+    tf = textfile.open_source(path, errors, chunk_bytes, long_lines=True, encoding=encoding)
     with tempfile.TemporaryFile(prefix="charrnn-eval-") as ids_file, \
             tempfile.TemporaryFile(prefix="charrnn-eval-") as offsets_file:
         n = n_lines = 0
@@ -243,13 +236,6 @@ def score_file(params, config, vocab, path, lines: bool, errors: str = "strict",
             return score_ids(params, config, vocab, ids)
         offsets = np.memmap(offsets_file, dtype=np.int64, mode="r", shape=(n_lines + 1,))
         return score_ids(params, config, vocab, ids, offsets)
-
-
-def _mode(path) -> int:
-    try:
-        return os.stat(path).st_mode
-    except OSError:
-        return 0  # read_text names what is wrong
 
 
 # ---------------------------------------------------------------- classifiers
