@@ -420,7 +420,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
           extend_vocab: bool = False, **options) -> str:
     """Train a model (or continue one) and return its run directory.
 
-    - corpus_file: a UTF-8 text file or a folder of them (corpus.read_folder); None trains on a
+    - corpus_file: a UTF-8 text file or a folder of them (textfile.open_folder); None trains on a
       built-in corpus: `builtin` (a name of corpora.CORPORA), by default python-reference
     - glob: with a folder, only the files whose names match (such as "*.py")
     - init_from: fine-tune: start from this trained model (a run directory or a model file), with its
@@ -559,9 +559,10 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         if builtin is None:
             say("No corpus given: training on the Python language reference bundled with your Python.")
         else:
-            say(f"Built-in corpus {name}: {corpora.CORPORA[name].description}, {len(text):,} characters.")
+            say(f"Built-in corpus {name}: {corpora.CORPORA[name].description}, "
+                f"{textfile.characters(text):,} characters.")
     elif os.path.isdir(corpus_file):
-        text = corpus.read_folder(corpus_file, glob, errors, tconfig.encoding)
+        text = textfile.open_folder(corpus_file, glob, errors, tconfig.encoding)
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
     else:
@@ -570,14 +571,19 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if tconfig.mode == "lines":  # a text in memory: before its lines are split into tokens (the settings count them)
         corpus.check_text_lines(text, labelled=tconfig.task == "classify")
         corpus.check_text_lines(val_text, "validation ", labelled=tconfig.task == "classify")
-    if isinstance(text, corpus.Documents) and val_text is None:
-        split = corpus.split_documents(text, tconfig.val_frac, tconfig.seed, whole_only=tconfig.mode == "lines")
+    if isinstance(text, textfile.Folder):
+        split = textfile.split_folder(text, tconfig) if val_text is None else (text.whole, val_text, None)
         if split is None:
-            say(f"Validation: a random {tconfig.val_frac:.0%} of the lines ({len(text.texts)} files are too few "
+            say(f"Validation: a random {tconfig.val_frac:.0%} of the lines ({len(text.names)} files are too few "
                 f"to hold out whole ones)")
+            text = text.whole
         else:
             text, val_text, how = split
-            say(f"Validation: {how}")
+            if how:
+                say(f"Validation: {how}")
+    for part in (text, val_text):  # pass 1 now (the settings read its counts); _read's is done
+        if isinstance(part, textfile.TextFile):
+            textfile.scan(part, tconfig.level, tconfig.mode)
     if no_budget:
         say(f"No budget given: training for 5 minutes (set {option('max_time')}, {option('max_steps')} or "
             f"{option('max_epochs')}).")
@@ -614,7 +620,7 @@ def _read(path: str, errors: str, tconfig: TrainConfig):
 
 def _folder_line(root, docs) -> str:
     """What was read from a folder: files, characters, and the files skipped."""
-    line = f"Corpus folder {root}: {len(docs.texts):,} text files, {len(docs):,} characters"
+    line = f"Corpus folder {root}: {len(docs.names):,} text files, {len(docs):,} characters"
     if docs.skipped:
         shown = ", ".join(docs.skipped[:5]) + (", ..." if len(docs.skipped) > 5 else "")
         line += f"; skipped {len(docs.skipped)} binary or undecodable: {shown}"

@@ -7,8 +7,13 @@ import unicodedata
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from charrnn.files import corpora, corpus
+import oracle_prepare as oracle
+from charrnn.files import corpora, corpus, textfile
+from charrnn.files.config import TrainConfig
+from charrnn.runs import rundir
 from charrnn.errors import CorpusError
 from charrnn.data.vocab import EOS, build_vocab
 from tiny_runs import invoke
@@ -40,19 +45,86 @@ def data(run, name):
 
 
 def test_a_folder_is_read_recursively_in_sorted_order_skipping_binary_hidden_and_empty(tree):
-    docs = corpus.read_folder(tree)
+    docs = textfile.open_folder(tree)
     assert docs.names == ["a.txt", "b.txt", "sub/c.py", "sub/deeper/d.txt"]
-    assert docs.texts == [(tree / n).read_text() for n in docs.names]
+    assert oracle.folder_texts(docs) == [(tree / n).read_text() for n in docs.names]
     assert docs.skipped == ["latin1.txt", "pic.png", "utf16.txt"] and docs.empty == 1
-    assert len(docs) == sum(len(t) for t in docs.texts)
+    assert len(docs) == sum(len(t) for t in oracle.folder_texts(docs))
     # --errors replace keeps the undecodable file, with U+FFFD for its bad byte
-    assert "caf\ufffd\n" in corpus.read_folder(tree, errors="replace").texts
+    assert "caf\ufffd\n" in oracle.folder_texts(textfile.open_folder(tree, errors="replace"))
 
 
 def test_glob_matches_file_names_in_every_subfolder_or_a_relative_path(tree):
-    assert corpus.read_folder(tree, "*.py").names == ["sub/c.py"]
-    assert corpus.read_folder(tree, "*.txt").names == ["a.txt", "b.txt", "sub/deeper/d.txt"]
-    assert corpus.read_folder(tree, "sub/*/*.txt").names == ["sub/deeper/d.txt"]
+    assert textfile.open_folder(tree, "*.py").names == ["sub/c.py"]
+    assert textfile.open_folder(tree, "*.txt").names == ["a.txt", "b.txt", "sub/deeper/d.txt"]
+    assert textfile.open_folder(tree, "sub/*/*.txt").names == ["sub/deeper/d.txt"]
+
+
+def _prepared(directory):
+    data = os.path.join(directory, "data")
+    return {name: open(os.path.join(data, name), "rb").read() for name in sorted(os.listdir(data))}
+
+
+def _outcome(prepare, directory):
+    try:
+        return prepare(directory), _prepared(directory)
+    except CorpusError as e:
+        return str(e)
+
+
+def _engine(root, tc, errors, chunk, val=None):
+    def prepare(directory):
+        folder = textfile.open_folder(root, errors=errors, chunk_bytes=chunk)
+        text, val_text = folder.whole, val
+        if val is None:
+            split = textfile.split_folder(folder, tc)
+            if split is not None:
+                text, val_text, _ = split
+        return rundir.prepare_data(directory, text, val_text, tc)
+    return prepare
+
+
+def _oracle(root, tc, errors, val=None):
+    def prepare(directory):
+        docs = oracle.read_folder(root, errors=errors)
+        if not docs.texts:
+            raise CorpusError("no text file")
+        text, val_text = docs, val and corpus.read_text(val.path)
+        if val is None:
+            split = oracle.split_documents(docs, tc.val_frac, tc.seed, whole_only=tc.mode == "lines")
+            if split is not None:
+                text, val_text, _ = split
+        return oracle.prepare(directory, text, val_text, tc)
+    return prepare
+
+
+_DOC = st.one_of(st.text(st.sampled_from("ab c\n\r\té日\u2028"), max_size=30).map(str.encode),
+                 st.sampled_from([b"", b"\xef\xbb\xbf", b"caf\xe9\n", b"x\x00y", b"\xef\xbb\xbf\xef\xbb\xbfz\r"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=st.lists(_DOC, min_size=1, max_size=14), mode=st.sampled_from(["stream", "lines"]),
+       level=st.sampled_from(["char", "word"]), val_frac=st.sampled_from([0.0, 0.1, 0.3]),
+       seed=st.integers(0, 3), errors=st.sampled_from(["strict", "replace"]), chunk=st.sampled_from([1, 4, 1 << 20]),
+       val=st.booleans())
+def test_a_folder_prepared_by_the_engine_is_the_in_memory_oracle(tmp_path_factory, docs, mode, level, val_frac, seed,
+                                                                  errors, chunk, val):
+    """The same vocabulary, splits (whole files held out, or the last part with the file it starts in cut in
+    two, or a random share of the pooled lines) and ids, EOS after each file in stream mode, or the same error,
+    for folders of Hypothesis-made files (empty, binary, undecodable, CRLF and lone CR, BOMs)."""
+    tmp = tmp_path_factory.mktemp("f")
+    root = make_tree(tmp / "src", {f"d{i:02d}.txt": d for i, d in enumerate(docs)})
+    tc = TrainConfig(batch_size=1, seq_len=2, mode=mode, level=level, val_frac=val_frac, seed=seed)
+    vfile = None
+    if val:
+        (tmp / "v.txt").write_bytes(b"val text\nab\n")
+        vfile = textfile.open_text(tmp / "v.txt")
+    try:
+        textfile.open_folder(root, errors=errors)
+    except CorpusError:
+        return  # nothing to train on: test_a_folder_with_nothing_to_train_on_is_a_one_line_error
+    assert _outcome(_engine(root, tc, errors, chunk, vfile), tmp / "new") == \
+        _outcome(_oracle(root, tc, errors, vfile), tmp / "ref")
 
 
 def test_stream_mode_ends_every_file_with_eos_and_reports_what_it_skipped(tree, tmp_path):
@@ -146,17 +218,17 @@ def test_corpora_lists_every_built_in_corpus_with_its_mode_and_size():
     assert rows["python-reference"][1] == "stream"
     assert rows["python-reference"][2] == f"{len(corpus.default_corpus()):,}"
     assert rows["unicode-names"][1] == "lines"
-    assert rows["python-source"][2] == f"{len(corpora.python_source()):,}"
+    assert rows["python-source"][2] == f"{len(oracle.Documents([], oracle.folder_texts(corpora.python_source()))):,}"
 
 
 def test_python_source_is_a_deterministic_slice_of_whole_stdlib_files():
     docs = corpora.python_source()
     again = corpora.python_source()
-    assert docs.names == again.names and docs.texts == again.texts
+    assert docs.names == again.names and oracle.folder_texts(docs) == oracle.folder_texts(again)
     root = sysconfig.get_paths()["stdlib"]
     assert 2_000_000 <= len(docs) <= corpora.SOURCE_CHARS
     assert len(docs.names) > 50
-    for name, text in zip(docs.names, docs.texts):
+    for name, text in zip(docs.names, oracle.folder_texts(docs)):
         assert name.endswith(".py") and "test" not in name.split("/")[:-1] and "site-packages" not in name
         with open(os.path.join(root, name), encoding="utf-8") as f:
             assert text == corpus.normalize_newlines(f.read())
@@ -189,4 +261,4 @@ def test_train_on_a_built_in_corpus_takes_its_mode_and_names_the_run(tmp_path, m
 
 def test_read_folder_refuses_a_file():
     with pytest.raises(CorpusError, match="not a folder"):
-        corpus.read_folder(__file__)
+        textfile.open_folder(__file__)

@@ -21,7 +21,7 @@ import sysconfig
 import unicodedata
 from dataclasses import dataclass
 
-from . import corpus
+from . import corpus, textfile
 from ..errors import ConfigError, CorpusError
 
 # python-source takes whole files until it holds this many characters.
@@ -56,13 +56,13 @@ def lookup(name: str) -> BuiltIn:
 
 
 def build(name: str):
-    """The text of a built-in corpus: a str, or corpus.Documents for python-source."""
+    """A built-in corpus, spooled to a temporary file (textfile.spool_text): a textfile.TextFile, or a
+    textfile.Folder of whole files for python-source."""
     lookup(name)
-    if name == "python-reference":
-        return corpus.default_corpus()
     if name == "python-source":
         return python_source()
-    return unicode_names()
+    pieces = corpus.default_corpus_parts() if name == "python-reference" else unicode_name_lines()
+    return textfile.spool_text(pieces, name)
 
 
 def stdlib_sources() -> list[str]:
@@ -78,48 +78,56 @@ def stdlib_sources() -> list[str]:
     return sorted(found)
 
 
-def python_source(limit: int = SOURCE_CHARS) -> corpus.Documents:
-    """Whole standard-library .py files, in the order of the SHA-1 of their relative paths, while the
-    total stays under limit characters (a spread over the whole library, the same on every run)."""
+def python_source_files(limit: int = SOURCE_CHARS) -> list[tuple[str, str]]:
+    """Whole standard-library .py files [(relative path, path)], in the order of the SHA-1 of their relative
+    paths, while the total stays under limit characters (a spread over the whole library, the same on every
+    run); each is read, one at a time, to count its characters."""
     root = sysconfig.get_paths()["stdlib"]
     order = sorted(stdlib_sources(), key=lambda rel: hashlib.sha1(rel.encode()).hexdigest())
-    docs, total = corpus.Documents([], []), 0
+    chosen, total = [], 0
     for rel in order:
+        path = os.path.join(root, rel)
         try:
-            with open(os.path.join(root, rel), "rb") as f:
-                text = corpus.decode_text(f.read(), rel)
+            with open(path, "rb") as f:
+                size = len(corpus.decode_text(f.read(), rel))
         except (OSError, CorpusError):
             continue  # unreadable or not UTF-8 text: not part of the corpus
-        if total + len(text) > limit:
+        if total + size > limit:
             continue
-        docs.names.append(rel)
-        docs.texts.append(text)
-        docs.ends.append(True)
-        total += len(text)
-    if not docs.texts:
+        chosen.append((rel, path))
+        total += size
+    if not chosen:
         raise CorpusError(f"no standard-library source files found under {root}")
-    return docs
+    return chosen
 
 
-def unicode_names() -> str:
-    """The Unicode character names this Python knows, one a line in code point order.
+def python_source(limit: int = SOURCE_CHARS):
+    """python_source_files as one corpus, spooled: a textfile.Folder (EOS between files in stream mode)."""
+    return textfile.documents("python-source", python_source_files(limit))
+
+
+def unicode_name_lines():
+    """Yield the Unicode character names this Python knows, each with its "\\n", in code point order.
 
     Left out: names made from the code point itself (CJK UNIFIED IDEOGRAPH-4E00, TANGUT
     IDEOGRAPH-17000, ...) and the Hangul syllables, whose names are composed by a rule.
     """
-    out = []
     for cp in range(sys.maxunicode + 1):
         name = unicodedata.name(chr(cp), "")
         if not name or name.startswith("HANGUL SYLLABLE ") or name.endswith((f"{cp:04X}", f"{cp:05X}")):
             continue
-        out.append(name)
-    return "\n".join(out) + "\n"
+        yield name + "\n"
+
+
+def unicode_names() -> str:
+    """unicode_name_lines as one text."""
+    return "".join(unicode_name_lines())
 
 
 def describe(name: str) -> dict:
-    """{"name", "mode", "description", "characters", "files"} of a built-in corpus (it is built to count)."""
-    text = build(name)
-    files = len(text.texts) if isinstance(text, corpus.Documents) else None
-    lines = text.count("\n") if isinstance(text, str) and CORPORA[name].mode == "lines" else None
+    """{"name", "mode", "description", "characters", "files", "lines"} of a built-in corpus (it is built to count)."""
+    source = build(name)
+    folder = isinstance(source, textfile.Folder)
+    lines = textfile.scan(source, "char", "lines").n_lines if not folder and CORPORA[name].mode == "lines" else None
     return {"name": name, "mode": CORPORA[name].mode, "description": CORPORA[name].description,
-            "characters": len(text), "files": files, "lines": lines}
+            "characters": textfile.characters(source), "files": len(source.names) if folder else None, "lines": lines}

@@ -312,6 +312,11 @@ def default_corpus() -> str:
       runs of blanks removed
     Raises CorpusError when this Python lacks the pydoc_data module.
     """
+    return "".join(default_corpus_parts())
+
+
+def default_corpus_parts():
+    """Yield default_corpus() in pieces, a topic at a time (CorpusError as default_corpus)."""
     try:
         from pydoc_data.topics import topics
     except ImportError:
@@ -319,8 +324,13 @@ def default_corpus() -> str:
             "the built-in corpus needs the pydoc_data module, which this Python does not have; "
             "pass a text file to train on"
         ) from None
-    parts = [as_prose(normalize_newlines(topics[k])).strip("\n") for k in sorted(topics)]
-    return "\n\n".join(p for p in parts if p) + "\n"
+    first = True
+    for key in sorted(topics):
+        part = as_prose(normalize_newlines(topics[key])).strip("\n")
+        if part:
+            yield part if first else "\n\n" + part
+            first = False
+    yield "\n"
 
 
 _TABLE_BORDER = re.compile(r"[ \t]*\+[-=+]*[-=][-=+]*\+?[ \t]*")  # +-----+----+ or +=====+ (a grid table's)
@@ -559,41 +569,57 @@ def read_folder(root, pattern: str | None = None, errors: str = "strict",
     return docs
 
 
-def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only: bool = False):
-    """Hold out validation text from a folder's documents: whole files when there are enough, else the last tenth.
+def hold_out_files(lengths: list[int], val_frac: float, seed: int = 0):
+    """Which whole files of a folder are held out for validation, from their lengths in characters.
 
-    - val_frac: share of the characters to hold out
-    - seed: chooses which files are held out
-    Returns (train, val, how): how says in words which split was made; with whole_only, None
-    where whole files cannot be held out (lines mode then holds out a random share of the lines).
+    - val_frac: share of the characters to hold out; seed: chooses which files
+    Returns (held, how): held is the sorted indexes of the files held out, [] when nothing is held out, or
+    None when whole files cannot be held out, and then the last val_frac of the text is (the file it starts
+    in cut in two); how says in words which split was made.
     Whole files: with at least MIN_FILES_FOR_FILE_SPLIT files, a seeded random choice of files whose
     characters come to about val_frac of the total (a file that would overshoot half as much again is
-    passed over); if that cannot reach half the target, or would leave no training file, the last tenth.
+    passed over); if that cannot reach half the target, or would leave no training file, the last part.
     """
-    cut = split_index(len(docs), val_frac)
-    total = len(docs)
+    total = sum(lengths)
+    cut = split_index(total, val_frac)
     if total - cut == 0:
-        return docs, Documents([], []), f"no validation split ({option('val_frac', 0)})"
-    n = len(docs.texts)
+        return [], f"no validation split ({option('val_frac', 0)})"
+    n = len(lengths)
     if n >= MIN_FILES_FOR_FILE_SPLIT:
         target = total - cut
         chosen, held = [], 0
         for i in np.random.default_rng(seed).permutation(n):
-            size = len(docs.texts[i])
+            size = lengths[i]
             if held + size <= 1.5 * target:
                 chosen.append(int(i))
                 held += size
             if held >= target:
                 break
         if held >= 0.5 * target and len(chosen) < n:
-            keep = sorted(set(range(n)) - set(chosen))
-            chosen.sort()
-            pick = lambda idx: Documents([docs.names[i] for i in idx], [docs.texts[i] for i in idx])  # noqa: E731
-            return (pick(keep), pick(chosen),
+            return (sorted(chosen),
                     f"{len(chosen)} whole files held out for validation ({held / total:.1%} of the characters)")
+    reason = f"{n} files are too few to hold out whole ones" if n < MIN_FILES_FOR_FILE_SPLIT else \
+        "the files are too unequal in size to hold out whole ones"
+    return None, f"the last {val_frac:.0%} of the text held out for validation ({reason})"
+
+
+def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only: bool = False):
+    """Hold out validation text from a folder's documents as hold_out_files says: whole files, or the last part.
+
+    Returns (train, val, how); with whole_only, None where whole files cannot be held out (lines mode then
+    holds out a random share of the lines).
+    """
+    held, how = hold_out_files(list(map(len, docs.texts)), val_frac, seed)
+    if held == []:
+        return docs, Documents([], []), how
+    if held is not None:
+        keep = sorted(set(range(len(docs.texts))) - set(held))
+        pick = lambda idx: Documents([docs.names[i] for i in idx], [docs.texts[i] for i in idx])  # noqa: E731
+        return pick(keep), pick(held), how
     if whole_only:
         return None
-    # the last tenth of the text: the file it starts in is cut in two
+    # the last part of the text: the file it starts in is cut in two
+    cut = split_index(len(docs), val_frac)
     train, val, seen = Documents([], []), Documents([], []), 0
     for name, text in zip(docs.names, docs.texts):
         head = max(0, min(len(text), cut - seen))
@@ -602,9 +628,7 @@ def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only:
         if head < len(text):
             val.names.append(name), val.texts.append(text[head:]), val.ends.append(True)
         seen += len(text)
-    reason = f"{n} files are too few to hold out whole ones" if n < MIN_FILES_FOR_FILE_SPLIT else \
-        "the files are too unequal in size to hold out whole ones"
-    return train, val, f"the last {val_frac:.0%} of the text held out for validation ({reason})"
+    return train, val, how
 
 
 def encode_stream(vocab: Vocab, text) -> np.ndarray:

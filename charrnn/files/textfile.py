@@ -29,6 +29,7 @@ import codecs
 import os
 import re
 import tempfile
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, compress
@@ -59,6 +60,12 @@ class TextFile:
     scans: dict = field(default_factory=dict, repr=False)  # (level, mode) -> Scan
     name: str | None = None  # what messages call it (None: its path)
     spool: object = field(default=None, repr=False)  # a spooled input's temporary file, deleted with it
+    # stream mode, several files spooled as one (Folder): the characters, each a "\n" between two files,
+    # that stand for the EOS ending the file before them, and whether an EOS ends the text too
+    eos_at: np.ndarray | None = field(default=None, repr=False)
+    ends: bool = False
+    val_start: int | None = None  # where a validation part held out of it starts (None: corpus.split_index)
+    n_chars: int | None = None  # its characters, where known (characters())
 
     def __str__(self) -> str:
         return str(self.path) if self.name is None else self.name
@@ -93,29 +100,55 @@ def spool(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lin
         raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
     encoding = corpus.text_encoding(encoding)
     name = corpus.input_name(path)
-    out = tempfile.NamedTemporaryFile(prefix="charrnn-spool-")
+    blocks = corpus.input_blocks(path, encoding=encoding)
+    if not corpus.ascii_compatible(encoding):
+        blocks = _as_utf8(decoded(blocks, name, errors, encoding))
+        encoding = corpus.DEFAULT_ENCODING
+    return _spooled(blocks, name, errors, chunk_bytes, long_lines, encoding)
+
+
+def _as_utf8(texts):
+    """UTF-8 bytes of texts, after a byte order mark (so a text's own leading U+FEFF stays text)."""
+    yield _BOM
+    for text in texts:
+        yield text.encode("utf-8")
+
+
+def _spooled(blocks, name: str, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
+             encoding: str = corpus.DEFAULT_ENCODING) -> TextFile:
+    """A TextFile over a temporary file holding the blocks of bytes, removed when the TextFile goes.
+    - name: what messages call it"""
+    fd, path = tempfile.mkstemp(prefix="charrnn-spool-")
     try:
-        if corpus.ascii_compatible(encoding):
-            for block in corpus.input_blocks(path, encoding=encoding):
+        with os.fdopen(fd, "wb") as out:
+            for block in blocks:
                 out.write(block)
-        else:
-            _transcode(corpus.input_blocks(path, encoding=encoding), out, name, errors, encoding)
-            encoding = corpus.DEFAULT_ENCODING
-        out.flush()
-        tf = open_text(out.name, errors, chunk_bytes, long_lines, encoding, name=name)
+        tf = open_text(path, errors, chunk_bytes, long_lines, encoding, name=name)
     except BaseException:
-        out.close()
+        _remove(path)
         raise
-    tf.spool = out
+    tf.spool = weakref.finalize(tf, _remove, path)
     return tf
 
 
-def _transcode(blocks, out, name: str, errors: str, encoding: str) -> None:
-    """Write text in an encoding whose line ends are not bytes (UTF-16) to out as UTF-8, checked as
-    corpus.decode_text checks it: empty, NUL characters near its start, invalid bytes (at their offsets)."""
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def decoded(blocks, name: str, errors: str = "strict", encoding: str = corpus.DEFAULT_ENCODING):
+    """Yield the text of an input given as blocks of bytes, a block at a time, as corpus.decode_text gives it
+    whole: a leading byte order mark dropped, newlines normalized (a "\\r" that ends a block waits for the
+    next), and the same CorpusError for an empty text, NUL characters near its start (an encoding whose
+    bytes are not ASCII's: the bytes themselves are checked by corpus.input_blocks), or invalid bytes (at
+    their offset in the input).
+    - name: what messages call the input"""
     decoder = codecs.getincrementaldecoder(encoding)(errors)
-    out.write(_BOM)  # the text's own leading U+FEFF, if any is left after the decoder's, stays text
-    offset, head, started, wrote = 0, "", False, False  # offset: bytes of the input given to the decoder
+    bom = corpus._is_utf8(encoding) or not corpus.ascii_compatible(encoding)
+    sniff = not corpus.ascii_compatible(encoding)
+    offset, head, started, held, wrote = 0, "", False, "", False  # offset: the input's bytes decoded so far
     for data in chain(blocks, [None]):
         final = data is None
         pending = len(decoder.getstate()[0])
@@ -123,20 +156,192 @@ def _transcode(blocks, out, name: str, errors: str, encoding: str) -> None:
             text = decoder.decode(b"" if final else data, final)
         except UnicodeDecodeError as e:
             raise corpus.bad_bytes_error(name, encoding, offset - pending + e.start) from None
-        if text and not started:  # a byte order mark the decoder left is no text
-            started, text = True, text[1:] if text.startswith("\ufeff") else text
-        if len(head) < corpus._BINARY_SNIFF:
+        if text and not started:
+            started, text = True, text[1:] if bom and text.startswith("\ufeff") else text
+        if sniff and len(head) < corpus._BINARY_SNIFF:
             head += text[: corpus._BINARY_SNIFF - len(head)]
             if "\0" in head:
                 raise CorpusError(f"{name}: looks like a binary file (it holds NUL characters as {encoding}); "
                                   f"expected {encoding} text")
+        text, held = held + text, ""
+        if not final and text.endswith("\r"):
+            text, held = text[:-1], "\r"
         if text:
-            out.write(text.encode("utf-8"))
             wrote = True
+            yield corpus.normalize_newlines(text)
         if not final:
             offset += len(data)
     if not wrote:
         raise CorpusError(f"{name}: the file is empty")
+
+
+def spool_text(pieces, name: str, chunk_bytes: int = CHUNK_BYTES) -> TextFile:
+    """A text given as pieces of str ("\\n" line ends), such as a built-in corpus, spooled as UTF-8."""
+    count = [0]
+
+    def counted():
+        for piece in pieces:
+            count[0] += len(piece)
+            yield piece
+    tf = _spooled(_as_utf8(counted()), name, chunk_bytes=chunk_bytes)
+    tf.n_chars = count[0]
+    return tf
+
+
+def characters(source) -> int:
+    """How many characters a TextFile or a Folder holds."""
+    if isinstance(source, Folder):
+        return len(source)
+    if source.n_chars is None:
+        scans = list(source.scans.values())
+        source.n_chars = (scans[0] if scans else scan(source, "char", "stream")).n_chars
+    return source.n_chars
+
+
+# ---------------------------------------------------------------- several files as one corpus
+
+
+@dataclass(eq=False)
+class Folder:
+    """Several text files as one corpus (a folder, or the built-in python-source), spooled: their texts,
+    each decoded and checked as corpus.decode_text does and its newlines normalized, joined by "\\n" into
+    one temporary UTF-8 file, `whole` (the text a vocabulary is counted from: the "\\n" keeps the words of
+    two files apart). In stream mode each file ends with EOS: the "\\n" after a file stands for its EOS
+    (TextFile.eos_at), and an EOS follows the last. len() is the number of characters, as for a str.
+    - names: each file's name (relative to the folder); lengths: its characters; spans: its bytes in whole
+    - skipped: the files left out (binary or undecodable); empty: how many were left out as empty"""
+    root: str
+    names: list
+    lengths: list
+    spans: list
+    whole: TextFile
+    skipped: list
+    empty: int
+
+    def __len__(self) -> int:
+        return sum(self.lengths)
+
+
+def open_folder(root, pattern: str | None = None, errors: str = "strict",
+                encoding: str = corpus.DEFAULT_ENCODING, chunk_bytes: int = CHUNK_BYTES) -> Folder:
+    """Every text file under root (corpus.folder_files: recursive, sorted, hidden ones left out) as a Folder.
+
+    - pattern: a glob such as "*.py" (matched against file names; against relative paths if it has a "/")
+    - errors: invalid bytes skip the file ("strict") or become U+FFFD ("replace")
+    - encoding: every file's encoding (corpus.text_encoding)
+    Raises CorpusError when root is no folder or no file is left to train on, or a file cannot be opened.
+    """
+    if errors not in corpus.TEXT_ERRORS:
+        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
+    if not os.path.isdir(root):
+        raise CorpusError(f"{root}: not a folder")
+    names = corpus.folder_files(root, pattern)
+    if not names:
+        which = f" matching {pattern!r}" if pattern else ""
+        raise CorpusError(f"{root}: the folder holds no files{which}")
+    folder = documents(str(root), [(name, os.path.join(root, name)) for name in names], errors, encoding, chunk_bytes)
+    if not folder.names:
+        what = []
+        if folder.skipped:
+            what.append(f"{len(folder.skipped)} binary or undecodable ({', '.join(folder.skipped[:3])}"
+                        f"{', ...' if len(folder.skipped) > 3 else ''})")
+        if folder.empty:
+            what.append(f"{folder.empty} empty")
+        raise CorpusError(f"{root}: no text file to train on among its {len(names)} files: {' and '.join(what)}")
+    return folder
+
+
+def documents(root: str, files, errors: str = "strict", encoding: str = corpus.DEFAULT_ENCODING,
+              chunk_bytes: int = CHUNK_BYTES) -> Folder:
+    """A Folder of files [(name, path)], spooled a block at a time; a file is left out as empty (no bytes,
+    or only a byte order mark) or as skipped (binary or undecodable: corpus.decode_text's errors).
+    CorpusError for a file that cannot be opened. A Folder with no file has no `whole` (None)."""
+    encoding = corpus.text_encoding(encoding)
+    names, lengths, spans, skipped, empty = [], [], [], [], 0
+    fd, path = tempfile.mkstemp(prefix="charrnn-spool-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(_BOM)
+            for name, file in files:
+                with corpus.open_binary(file) as f:  # cannot be opened: an error, not a file left out
+                    head = f.read(len(_BOM) + 1)
+                if head in (b"", _BOM):
+                    empty += 1
+                    continue
+                start = out.tell()
+                if names:
+                    out.write(b"\n")
+                n = 0
+                try:
+                    for text in decoded(corpus.input_blocks(file, encoding=encoding), name, errors, encoding):
+                        out.write(text.encode("utf-8"))
+                        n += len(text)
+                except CorpusError:
+                    out.seek(start)
+                    out.truncate()
+                    skipped.append(name)
+                    continue
+                names.append(name)
+                lengths.append(n)
+                spans.append((start + (len(names) > 1), out.tell()))
+        whole = open_text(path, chunk_bytes=chunk_bytes, name=root) if names else None
+    except BaseException:
+        _remove(path)
+        raise
+    if whole is None:
+        _remove(path)
+    else:
+        whole.spool = weakref.finalize(whole, _remove, path)
+        _mark_files(whole, lengths)
+    return Folder(root, names, lengths, spans, whole, skipped, empty)
+
+
+def _mark_files(tf: TextFile, lengths) -> None:
+    """Files of these lengths joined by "\\n" in tf: each "\\n" between two is an EOS, and one ends the text."""
+    tf.eos_at = (np.cumsum(lengths[:-1], dtype=np.int64) + np.arange(len(lengths) - 1)) if len(lengths) else \
+        np.zeros(0, dtype=np.int64)
+    tf.ends = True
+
+
+def _part(folder: Folder, which: list[int], name: str) -> TextFile:
+    """The files `which` of a folder, in order, spooled as a Folder's whole is (copied from it)."""
+    def blocks():
+        yield _BOM
+        with _open(folder.whole) as f:
+            for k, i in enumerate(which):
+                if k:
+                    yield b"\n"
+                begin, end = folder.spans[i]
+                f.seek(begin)
+                while begin < end:
+                    data = f.read(min(CHUNK_BYTES, end - begin))
+                    if not data:
+                        raise CorpusError(f"{name}: its spooled text is cut short; run again")
+                    begin += len(data)
+                    yield data
+    tf = _spooled(blocks(), name, chunk_bytes=folder.whole.chunk_bytes)
+    _mark_files(tf, [folder.lengths[i] for i in which])
+    return tf
+
+
+def split_folder(folder: Folder, tc: TrainConfig):
+    """Hold out a folder's validation text (corpus.hold_out_files). Returns (train, val, how):
+    - whole files held out: TextFiles of the files kept and of those held out
+    - nothing held out: (whole, None, how), with val_start at its end
+    - the last part (stream mode): (whole, None, how), whole.val_start the character where validation
+      starts: the files' cut (corpus.split_index of their characters, one after another) in whole, where a
+      "\\n" stands between two files
+    - None in lines mode where whole files cannot be held out (a random share of the lines is)"""
+    held, how = corpus.hold_out_files(folder.lengths, tc.val_frac, tc.seed)
+    if held is not None and held:
+        keep = sorted(set(range(len(folder.names))) - set(held))
+        return _part(folder, keep, folder.root), _part(folder, held, folder.root), how
+    if held is None and tc.mode == "lines":
+        return None
+    cut = corpus.split_index(len(folder), tc.val_frac)
+    ends = np.cumsum(folder.lengths)
+    folder.whole.val_start = cut + int(np.searchsorted(ends, cut))  # "\n"s before the file of the cut's last character
+    return folder.whole, None, how
 
 
 def open_text(path, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, long_lines: bool = False,
@@ -514,7 +719,7 @@ def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: Train
     if tconfig.mode == "lines":
         vocab, files = _lines(train, val, tconfig, make)
     else:
-        vocab, files = _stream(train, val, tconfig, make)
+        vocab, files = _stream(train, val, tconfig, make, train.val_start)
     os.makedirs(data_dir, exist_ok=True)
     atomic.cleanup_temp_files(data_dir)  # left by a start that was killed
     try:
@@ -576,41 +781,81 @@ def seen_tokens(tf: TextFile, level: str, mode: str, s: Scan | None = None) -> s
     return seen
 
 
-def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabMaker):
+def _stream(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabMaker, cut: int | None = None):
+    """- cut: with no val, the character where validation starts (None: corpus.split_index of val_frac)"""
     level = tc.level
     s = scan(train, level, "stream")
     if val is None:
-        cut = corpus.split_index(s.n_chars, tc.val_frac)
+        cut = corpus.split_index(s.n_chars, tc.val_frac) if cut is None else cut
         counts, n_train, n_val, first = _split_counts(train, s, cut)
+        eos = _eos_at(train, cut, s.n_chars)  # an EOS at the cut ends the training part
+        inside = cut < s.n_chars
+        n_train += eos
+        n_val += (train.ends and inside) - (eos and inside)  # the validation part's own EOS; not the cut's
     else:
-        cut, first = s.n_chars, None
-        counts, n_train, n_val = s.counts, s.n_tokens, scan(val, level, "stream").n_tokens
+        cut, first, eos, inside = s.n_chars, None, train.ends, False
+        counts, n_train, n_val = s.counts, s.n_tokens + train.ends, scan(val, level, "stream").n_tokens + val.ends
     vocab = make(counts.as_dict())
     # raises CorpusError (with the length and what is needed) when the text is too short for one batch
     batches.stream_windows(n_train, tc.batch_size, tc.seq_len)
+    end = np.full(1, vocab.eos, dtype=vocab.dtype)
 
     def train_ids():
-        pos = 0
-        for piece in _replay(train, level):
-            if pos >= cut:
-                return
-            yield vocab.encode(piece[: cut - pos])
-            pos += len(piece)
+        yield from _ids(vocab, train.eos_at, _cut_pieces(train, level, (0, 0), 0, 0, cut))
+        if eos:
+            yield end
 
     def val_ids():
         if val is not None:
-            yield from map(vocab.encode, _replay(val, level))
+            yield from _ids(vocab, val.eos_at, _cut_pieces(val, level, (0, 0), 0, 0, None))
+            if val.ends:
+                yield end
             return
         if first is None:
             return
         origin, pos, _ = s.pieces[first]
-        for piece in _replay(train, level, origin):
-            if pos + len(piece) > cut:
-                yield vocab.encode(piece[max(0, cut - pos):])
-            pos += len(piece)
+        yield from _ids(vocab, train.eos_at, _cut_pieces(train, level, origin, pos, cut + (eos and inside), None))
+        if train.ends and inside:
+            yield end
 
     return vocab, {"train.npy": _npy(vocab.dtype, n_train, train_ids, train),
                    "val.npy": _npy(vocab.dtype, n_val, val_ids, val or train)}
+
+
+def _eos_at(tf: TextFile, pos: int, n_chars: int) -> bool:
+    """Whether an EOS stands at character pos of tf's text of n_chars (a "\\n" between two files, or its end)."""
+    if not tf.ends:
+        return False
+    i = int(np.searchsorted(tf.eos_at, pos))
+    return pos == n_chars or (i < len(tf.eos_at) and int(tf.eos_at[i]) == pos)
+
+
+def _cut_pieces(tf: TextFile, level: str, origin, pos: int, begin: int, end: int | None):
+    """Yield (start, piece): the pieces of tf's text[begin:end] (end None: to its end), replayed from origin,
+    a piece starting at character pos; start is each piece's first character in the text."""
+    for piece in _replay(tf, level, origin):
+        if end is not None and pos >= end:
+            return
+        lo, hi = max(0, begin - pos), len(piece) if end is None else min(len(piece), end - pos)
+        if hi > lo:
+            yield pos + lo, piece[lo:hi]
+        pos += len(piece)
+
+
+def _ids(vocab: Vocab, eos_at, pieces):
+    """The ids of (start, piece) pieces, a character at an eos_at position (a "\\n" between two files)
+    encoded as EOS: a "\\n" is a token of its own at either level, so the pieces are cut there."""
+    for start, piece in pieces:
+        if eos_at is None or not len(eos_at):
+            yield vocab.encode(piece)
+            continue
+        lo, hi = np.searchsorted(eos_at, [start, start + len(piece)])
+        at = 0
+        for e in (eos_at[lo:hi] - start).tolist():
+            yield vocab.encode(piece[at:e])
+            yield np.full(1, vocab.eos, dtype=vocab.dtype)
+            at = e + 1
+        yield vocab.encode(piece[at:])
 
 
 def _split_counts(tf: TextFile, s: Scan, cut: int):
