@@ -151,3 +151,32 @@ def line_batch(ids, offsets: np.ndarray, line_indices, bos: int, eos: int):
     y[:, :-1][inside] = tokens
     mask = np.arange(t_max) <= lengths[:, None]  # (B, Tmax)
     return x, y, mask
+
+
+# Length buckets: an epoch's shuffled lines are cut into pools of this many batches; each pool is sorted by
+# length and cut into batches, and the batches of the whole epoch are shuffled. A batch then holds lines of
+# nearly one length (little padding), while every epoch still mixes them afresh.
+BUCKET_POOL = 32
+
+
+def bucketed_line_batches(lengths, batch: int, seed: int, epoch: int, pool: int = BUCKET_POOL) -> list[np.ndarray]:
+    """One epoch's batches of line indices, each of lines of similar length, in an order fixed by (seed, epoch).
+
+    - lengths: (n_lines,) each line's length in tokens (what decides its padding)
+    - batch: lines per batch B; seed, epoch: non-negative integers; pool: batches per sorted pool
+    - returns: a list of int64 arrays covering every line once; at most one per pool holds fewer than B
+      lines, and the shuffle draws only from (seed, epoch), so the batches are a function of the
+      lengths, the settings and the seed
+    """
+    batch, pool = _check_positive("batch size", batch), _check_positive("bucket pool", pool)
+    if seed < 0 or epoch < 0:
+        raise ConfigError(f"seed and epoch must be non-negative, got seed {seed} and epoch {epoch}")
+    lengths = np.asarray(lengths).reshape(-1)
+    rng = np.random.default_rng([int(seed), int(epoch), 1])  # a stream of its own beside line_batches'
+    order = rng.permutation(lengths.size)
+    out = []
+    for start in range(0, lengths.size, batch * pool):
+        chunk = order[start:start + batch * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]  # ties keep the shuffled order
+        out += [chunk[i:i + batch] for i in range(0, chunk.size, batch)]
+    return [out[i] for i in rng.permutation(len(out))]
