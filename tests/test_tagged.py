@@ -67,3 +67,14 @@ def test_a_sequence_too_long_and_an_empty_file_are_refused():
         list(tagged.sequences(["", "  "], "conll", "word", "f"))
     with pytest.raises(CorpusError, match="unknown tagged format"):
         list(tagged.sequences([], "csv", "word", "f"))
+
+
+def test_inputs_to_tag_are_plain_lines_or_json_lines():
+    lines = ["Harry Potter", "", json.dumps({"tokens": ["a", "b"], "tags": ["x", "y"], "probs": [1, 1]}),
+             json.dumps({"tokens": "ab"})]
+    assert list(tagged.inputs(lines[:3], "word", "f")) == [["Harry", "Potter"], ["a", "b"]]
+    assert list(tagged.inputs(lines, "char", "f")) == [list("Harry Potter"), ["a", "b"], ["a", "b"]]
+    for bad, reason in (("{oops", "bad JSON"), ('{"tags": []}', 'not an object with "tokens"'),
+                        ('{"tokens": []}', "non-empty list"), ('{"tokens": ["a b"]}', "non-blank")):
+        with pytest.raises(CorpusError, match=f"f: line 2: .*{reason}"):
+            list(tagged.inputs(["ok", bad], "word", "f"))

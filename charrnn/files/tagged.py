@@ -155,3 +155,38 @@ def sequences(lines, fmt: str, level: str, where: str):
                           f"{reason}")
     if not count:
         raise CorpusError(f"{where}: no tagged sequence found")
+
+
+def inputs(lines, level: str, where: str):
+    """Yield the token lists to tag, one per non-blank line of `lines` (what `charrnn tag` reads).
+
+    - a line that opens a JSON object is JSON Lines: its "tokens" (a list, or a string at char level; any
+      "tags" it holds are ignored, so the tagger's own output reads back);
+    - any other line is plain text: its characters at char level, its whitespace-split words at word level.
+    A malformed JSON line is a CorpusError naming its number, raised when it is reached.
+    """
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                value = json.loads(line)
+                if not isinstance(value, dict) or "tokens" not in value:
+                    raise _Bad('not an object with "tokens"')
+                tokens = value["tokens"]
+                if isinstance(tokens, str) and level == "char":
+                    tokens = list(tokens)
+                if not isinstance(tokens, list) or not tokens:
+                    raise _Bad('"tokens" must be a non-empty list' + (" or string" if level == "char" else ""))
+                tokens = [_token(t, level) for t in tokens]
+            except (ValueError, RecursionError) as exc:
+                raise CorpusError(f"{where}: line {number}: bad JSON ({str(exc)[:60]})") from None
+            except _Bad as exc:
+                raise CorpusError(f"{where}: line {number}: {exc}") from None
+        else:
+            tokens = list(line) if level == "char" else line.split()
+        if len(tokens) > MAX_TOKENS:
+            raise CorpusError(f"{where}: line {number}: {len(tokens):,} tokens, above the {MAX_TOKENS:,} of one "
+                              "sequence; split it")
+        yield tokens
