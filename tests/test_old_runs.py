@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from charrnn.core import model
 from tiny_runs import invoke, read_log
 
 OLD = Path(__file__).resolve().parent / "old_runs"
@@ -17,11 +18,13 @@ EXPECTED = json.loads((OLD / "expected.json").read_text(encoding="utf-8"))
 def old(tmp_path, monkeypatch):
     """A copy of an old run directory (the originals are never written)."""
     monkeypatch.setenv("CHARRNN_KERNELS", "numpy")  # as they were made; the kernels agree with it (test_kernels)
+    model.recurrence.cache_clear()  # the choice is made once per process: make it again, and again after
 
     def copy(name):
         shutil.copytree(OLD / name, tmp_path / name)
         return str(tmp_path / name)
-    return copy
+    yield copy
+    model.recurrence.cache_clear()
 
 
 def close(got: dict, want: dict):
