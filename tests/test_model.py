@@ -96,7 +96,7 @@ def test_gradients_match_finite_differences_at_word_level(cell, layers, masked):
     params = model.init_params(config, rng)
     x, y = batch(config, B=2, T=4, seed=layers)
     x[1, 2] = x[0, 0]  # one token twice: its embedding row gathers two gradients
-    assert not model._uses_table(config, x.size)
+    assert not model.uses_table(config, x.size)
     mask = (rng.random(x.shape) > 0.4) if masked else None
     state = random_state(config, x.shape[0], rng)
     proj = random_state(config, x.shape[0], rng)
@@ -115,7 +115,7 @@ def test_gradients_equal_the_naive_backward(cell, layers, masked, vocab_size):
     rng = np.random.default_rng(20 + layers)
     params = model.init_params(config, rng)
     x, y = batch(config, B=3, T=5, seed=layers)
-    assert model._uses_table(config, x.size) == (vocab_size <= x.size)
+    assert model.uses_table(config, x.size) == (vocab_size <= x.size)
     mask = (rng.random(x.shape) > 0.4) if masked else None
     state = random_state(config, x.shape[0], rng)
     proj = random_state(config, x.shape[0], rng)
@@ -294,3 +294,34 @@ def test_bad_token_ids_are_refused():
     params = model.init_params(config, np.random.default_rng(0))
     with pytest.raises(ConfigError):
         model.forward(params, config, np.array([[0, 6]]), np.array([[0, 1]]))
+
+
+@pytest.mark.parametrize("vocab_size", [9, 15, 25, 40])  # the table in both blocks, one, none (built), none
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weights_prepared_once_per_step_give_each_blocks_own_bits(vocab_size, cell):
+    """parallel.loss_and_grads prepares the weights once for its blocks (and the loop once for a step's chunks);
+    each block's loss, gradients and state are bit for bit those of the block run alone, preparing its own."""
+    from charrnn.step import parallel
+
+    config = ModelConfig(vocab_size=vocab_size, cell=cell, layers=2, hidden=6, embed=4, dtype="float32")
+    params = model.init_params(config, np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    B, T, parts = 5, 6, 2  # blocks of 2 and 3 rows: 12 and 18 tokens, around the table's threshold
+    x, y = rng.integers(0, vocab_size, (B, T)), rng.integers(0, vocab_size, (B, T))
+    mask = rng.random((B, T)) > 0.2
+    count = int(mask.sum())
+    alone = []
+    for rows in parallel.row_blocks(B, parts):
+        _, final, cache = model.forward(params, config, x[rows], y[rows], mask[rows])
+        alone.append((cache["nll_sum"], model.backward(params, config, cache, count=count)[0], final))
+    nll, grads = alone[0][0] + alone[1][0], {k: alone[0][1][k] + alone[1][1][k] for k in params}
+    final = tuple(np.concatenate([alone[0][2][j], alone[1][2][j]], axis=1) for j in range(2 if cell == "lstm" else 1))
+    whole = parallel.prepare(params, config, (B, T + 4), parts)  # as the loop lays them out for a longer batch
+    for weights in (None, whole):
+        got_nll, got_grads, got_final = parallel.loss_and_grads(params, config, x, y, mask, None, count=count,
+                                                                parts=parts, weights=weights)
+        assert got_nll == nll
+        for name in params:
+            np.testing.assert_array_equal(got_grads[name], grads[name], err_msg=name)
+        for a, b in zip(got_final, final):
+            np.testing.assert_array_equal(a, b)

@@ -55,7 +55,7 @@ def test_matches_torch(cell, layers, vocab_size, backend):
     x = rng.integers(0, vocab_size, (3, 7))
     y = rng.integers(0, vocab_size, (3, 7))
     x[2, 5] = x[0, 1]  # one token twice: its embedding row gathers two gradients
-    assert model._uses_table(config, x.size) == (vocab_size <= x.size)
+    assert model.uses_table(config, x.size) == (vocab_size <= x.size)
     mask = rng.random((3, 7)) > 0.3
     state = tuple(rng.standard_normal(s.shape) for s in model.zero_state(config, 3))
 

@@ -236,13 +236,14 @@ class Layer(NamedTuple):
     drop: np.ndarray | None           # the dropout mask of its output, or None
 
 
-def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
+def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, table: bool = True):
     """Run the layer stack over time-major token ids, up to (not including) the head.
 
     - weights: from prepare; tokens_tm: token ids, of shape (T, B), already checked
     - state: initial state, tuple of (L, B, H) arrays
     - keep: keep what `backward` needs (training), or nothing (sampling, scoring)
     - dropout_rng: a Generator to drop out each layer's output (config.dropout > 0), or None
+    - table: project layer 0 through weights.table when it has one (False: by the product)
     Returns (top, state, layers):
     - top: the last layer's output after dropout, of shape (T, B, H)
     - state: final state, tuple of (L, B, H) arrays
@@ -255,7 +256,7 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None):
     p = config.dropout if dropout_rng is not None else 0.0
     x, layers, final = None, [], [[] for _ in state]
     for k in range(config.layers):
-        if k == 0 and weights.table is not None:
+        if k == 0 and table and weights.table is not None:
             xp = weights.table[tokens_tm]  # (T, B, G*H): a row gather
         else:
             below = weights.embedding[tokens_tm.reshape(-1)] if k == 0 else x.reshape(T * B, -1)
@@ -285,7 +286,7 @@ def _dropout_mask(shape, p, rng, dtype):
 
 
 def forward(params, config, inputs, targets=None, mask=None, state=None, *,
-            dropout_rng=None, want_logits=False):
+            dropout_rng=None, want_logits=False, weights=None):
     """Run the model over a batch of token ids.
 
     - params: parameter dict (see param_shapes)
@@ -295,6 +296,8 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
     - state: initial state, tuple of (L, B, H) arrays, or None for zeros
     - dropout_rng: a Generator to train with dropout (config.dropout > 0); None evaluates
     - want_logits: also return the logits
+    - weights: `prepare(params, config)`, laid out once for every block of a step (see
+      parallel.prepare), or None to lay them out here
     Returns (loss, state, cache):
     - loss: mean negative log-likelihood per scored token in nats (0.0 when nothing is scored or no targets)
     - state: final state, tuple of (L, B, H) arrays
@@ -309,8 +312,10 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
     if state is None:
         state = zero_state(config, B)
     tokens_tm = inputs.T  # (T, B)
-    weights = prepare(params, config, table=_uses_table(config, tokens_tm.size))
-    x, final_state, layers = walk(weights, tokens_tm, state, keep=True, dropout_rng=dropout_rng)
+    table = uses_table(config, tokens_tm.size)  # decided by this block's own size, whoever prepared the weights
+    if weights is None:
+        weights = prepare(params, config, table=table)
+    x, final_state, layers = walk(weights, tokens_tm, state, keep=True, dropout_rng=dropout_rng, table=table)
 
     top = x.reshape(T * B, config.hidden)
     logits = top @ weights.head_w_t  # (T*B, V)
@@ -398,7 +403,7 @@ def backward(params, config, cache, d_state=None, count=None):
 # ---------------------------------------------------------------- layer 0's input side
 
 
-def _uses_table(config, n_tokens: int) -> bool:
+def uses_table(config, n_tokens: int) -> bool:
     """Whether layer 0 projects through a (V, G*H) table: when V is small next to the batch."""
     return config.vocab_size <= n_tokens
 
@@ -414,7 +419,7 @@ def _embedding_backward(params, config, tokens, d_xp_flat):
     both gradients.
     """
     emb, W = params["embedding.weight"], params["rnn.weight_ih_l0"]
-    if _uses_table(config, tokens.size):
+    if uses_table(config, tokens.size):
         order = np.argsort(tokens, kind="stable")
         sorted_tokens, rows = tokens[order].astype(np.intp), d_xp_flat[order]  # (T*B,), (T*B, G*H)
         bounds = np.flatnonzero(np.diff(sorted_tokens, prepend=-1, append=config.vocab_size))

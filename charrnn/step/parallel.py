@@ -73,7 +73,18 @@ def row_blocks(batch: int, parts: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def loss_and_grads(params, config, inputs, targets, mask, state, *, count: int, rngs=None, parts: int = 1):
+def prepare(params, config, shape, parts: int):
+    """The weights laid out once (model.prepare) for every block of a step's chunks of at most
+    shape = (B, T) tokens, cut into `parts` row blocks: layer 0's table is built when the largest
+    block uses it, and each block uses it as it would alone (model.forward), so the bits are those of
+    a block that prepared its own."""
+    B, T = shape
+    rows = max((s.stop - s.start for s in row_blocks(B, parts)), default=0)
+    return model.prepare(params, config, table=model.uses_table(config, rows * T))
+
+
+def loss_and_grads(params, config, inputs, targets, mask, state, *, count: int, rngs=None, parts: int = 1,
+                   weights=None):
     """Forward and backward of one chunk, its rows in `parts` blocks (see the module docstring).
 
     - params, config: the model
@@ -81,17 +92,21 @@ def loss_and_grads(params, config, inputs, targets, mask, state, *, count: int, 
     - count: the number of scored tokens the loss is a mean over (a whole batch's, when it is
       taken in chunks), so that gradients of chunks and blocks simply add
     - rngs: one dropout Generator per block, or None for no dropout; parts: the number of blocks
+    - weights: from `prepare` for this chunk's shape or a larger one (a step's first chunk), shared
+      by every block; None prepares them here, once for the blocks
     Returns (nll_sum, grads, final_state): the chunk's summed NLL in nats, the gradient
     of (summed NLL / count) w.r.t. every parameter, and the final state (L, B, H) arrays.
     """
     blocks = row_blocks(inputs.shape[0], parts)
+    if weights is None:
+        weights = prepare(params, config, inputs.shape, parts)
 
     def block(p):
         rows = blocks[p]
         st = None if state is None else tuple(s[:, rows] for s in state)
         _, final, cache = model.forward(params, config, inputs[rows], targets[rows],
                                         None if mask is None else mask[rows], st,
-                                        dropout_rng=None if rngs is None else rngs[p])
+                                        dropout_rng=None if rngs is None else rngs[p], weights=weights)
         grads, _ = model.backward(params, config, cache, count=count)
         return cache["nll_sum"], grads, final
 

@@ -92,11 +92,12 @@ def _loss_and_grads(run: Run, x, y, mask, state, rngs, group=distributed.Solo())
             zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
             return _summed(run, group, 0.0, zeros, total) + (state, total)
     grads, nll = None, 0.0
+    weights = parallel.prepare(run.params, run.config, (x.shape[0], min(T, x.shape[1])), run.tconfig.threads)
     for t0 in range(0, x.shape[1], T):
         sl = slice(t0, t0 + T)
         chunk_nll, g, state = parallel.loss_and_grads(
             run.params, run.config, x[:, sl], y[:, sl], None if mask is None else mask[:, sl], state,
-            count=total, rngs=rngs, parts=run.tconfig.threads)
+            count=total, rngs=rngs, parts=run.tconfig.threads, weights=weights)
         nll += chunk_nll
         if grads is None:
             grads = g
