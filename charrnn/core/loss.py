@@ -1,8 +1,8 @@
 """The softmax cross-entropy: the one log-softmax and NLL of every head, and its gradient.
 
-Training (model.forward/backward), scoring (inference.score_chunk), the
-classifier and annotate all score their logits here, so that a number printed
-by `eval` is the number training minimized, to the last bit.
+Training (model.forward/backward), scoring (inference.score_chunk), every
+task's head (the classifier's, the tagger's) and annotate score their logits
+here, so that a number printed by `eval` is the number training minimized.
 
 The row maximum is subtracted first (so exp never overflows), then
     nll = log(sum(exp(z))) - z[target],   z = logits - max(logits)

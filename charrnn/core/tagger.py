@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import classifier
+from .loss import softmax_nll, softmax_nll_backward
 from ..errors import ConfigError
 
 
@@ -51,10 +52,6 @@ def forward(params, config, tokens, lengths, tags=None, *, dropout_rng=None, kee
     Y, stack_cache = classifier.stack_forward(params, config, tokens, lengths, keep=keep, dropout_rng=dropout_rng)
     T, B, DH = Y.shape
     logits = Y.reshape(T * B, DH) @ params["head.weight"].T + params["head.bias"]  # (T*B, C)
-    logits -= logits.max(axis=1, keepdims=True)  # log-softmax with the row maximum subtracted
-    probs = np.exp(logits)
-    sums = probs.sum(axis=1)  # (T*B,)
-    probs /= sums[:, None]
     inside = _inside(lengths, T).reshape(-1)  # (T*B,)
     loss, targets = 0.0, None
     if tags is not None:
@@ -65,8 +62,10 @@ def forward(params, config, tokens, lengths, tags=None, *, dropout_rng=None, kee
         real = targets[inside]
         if real.size and (real.min() < 0 or real.max() >= config.classes):
             raise ConfigError(f"tags must be ids in [0, {config.classes})")
-        nll = np.log(sums[inside]) - logits[inside, real]  # (real tokens,)
-        loss = float(nll.sum(dtype=np.float64) / max(real.size, 1))
+        targets = np.where(inside, targets, 0)  # padding scores tag 0, masked out below
+    probs, nll = softmax_nll(logits, targets)  # (T*B, C), (T*B,) or None
+    if nll is not None:
+        loss = float(nll[inside].sum(dtype=np.float64) / max(int(inside.sum()), 1))
     cache = None
     if keep:
         cache = {"stack": stack_cache, "Y": Y, "probs": probs, "targets": targets, "inside": inside}
@@ -81,10 +80,8 @@ def backward(params, config, cache, count: int | None = None):
     """
     probs, targets, inside, Y = cache["probs"], cache["targets"], cache["inside"], cache["Y"]
     T, B, DH = Y.shape
-    d_logits = probs.copy()  # (T*B, C): softmax - onehot on real tokens, 0 on padding
-    d_logits[np.flatnonzero(inside), targets[inside]] -= 1.0
-    d_logits[~inside] = 0.0
-    d_logits /= max(int(inside.sum()), 1) if count is None else count
+    count = max(int(inside.sum()), 1) if count is None else count
+    d_logits = softmax_nll_backward(probs.copy(), targets, count, inside.astype(probs.dtype))  # 0 on padding
     Y_flat = Y.reshape(T * B, DH)
     grads = {"head.weight": d_logits.T @ Y_flat, "head.bias": d_logits.sum(axis=0)}
     d_Y = (d_logits @ params["head.weight"]).reshape(T, B, DH)
