@@ -42,3 +42,12 @@ def test_the_gradient_is_pytorchs_on_the_scored_rows(seed):
     got = loss.softmax_nll_backward(p, targets, count, weight)
     np.testing.assert_allclose(got, x.grad.numpy(), rtol=1e-12, atol=1e-15)
     assert not loss.softmax_nll_backward(loss.softmax_nll(logits.copy(), targets)[0], targets, 0).any()
+
+
+def test_the_mean_nll_of_probabilities_is_pytorchs_and_survives_a_zero():
+    logits, targets = _case(5)
+    probs = torch.softmax(torch.tensor(logits), 1)
+    ref = torch.nn.functional.nll_loss(torch.log(probs), torch.tensor(targets)).item()
+    assert loss.mean_nll(probs.numpy(), targets) == pytest.approx(ref, rel=1e-12)
+    assert loss.mean_nll(np.array([[0.0, 1.0]]), [0]) == pytest.approx(-np.log(1e-300))  # finite, not inf
+    assert np.isnan(loss.mean_nll(np.zeros((0, 2)), []))

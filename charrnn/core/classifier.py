@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import model
-from .loss import softmax_nll, softmax_nll_backward
+from .loss import mean_nll, softmax_nll, softmax_nll_backward  # mean_nll: also classifier's, for its callers
 from .cells import EXTRA, STATES
 from ..errors import ConfigError
 
@@ -285,15 +285,6 @@ def predict(params, config, ids, offsets, batch_size: int = 64, max_tokens: int 
 # prints it); above, only its non-zero cells: a dense table of C x C counts grows with the square of the
 # labels (10,000 labels: 10^8 numbers at every evaluation, and a 700 MB table printed).
 DENSE_CONFUSION_LABELS = 50
-
-
-def mean_nll(probs, labels) -> float:
-    """The mean NLL (nats) of the true labels (N,) under probs (N, C); nan for no lines."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if not labels.size:
-        return float("nan")
-    picked = probs[np.arange(labels.size), labels]
-    return float(-np.log(np.maximum(picked, 1e-300)).mean())
 
 
 def metrics(probs, labels, n_classes: int) -> dict:

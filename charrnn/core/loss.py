@@ -2,7 +2,7 @@
 
 Training (model.forward/backward), scoring (inference.score_chunk), every
 task's head (the classifier's, the tagger's) and annotate score their logits
-here, so that a number printed by `eval` is the number training minimized.
+here, so that a language model's `eval` prints the number training minimized.
 
 The row maximum is subtracted first (so exp never overflows), then
     nll = log(sum(exp(z))) - z[target],   z = logits - max(logits)
@@ -39,6 +39,16 @@ def log_softmax(logits):
     """Log-probabilities (N, V) of logits (N, V), a new array (logits are left as they were)."""
     z = logits - logits.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def mean_nll(probs, targets) -> float:
+    """The mean NLL (nats) of the targets (N,) under probabilities already computed (N, C), such as
+    a whole set's predictions (a classifier's, a tagger's); nan for no rows."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not targets.size:
+        return float("nan")
+    picked = probs[np.arange(targets.size), targets]
+    return float(-np.log(np.maximum(picked, 1e-300)).mean())
 
 
 def softmax_nll_backward(p, targets, count: int, weight=None):
