@@ -58,14 +58,13 @@ def forward(params, config, tokens, lengths, tags=None, *, dropout_rng=None, kee
         tags = np.asarray(tags, dtype=np.int64)
         if tags.shape != (B, T):
             raise ConfigError(f"tags must be (B, T) = {(B, T)}, got {tags.shape}")
-        targets = tags.T.reshape(-1)  # (T*B,) in time-major order, as the logits
-        real = targets[inside]
-        if real.size and (real.min() < 0 or real.max() >= config.classes):
+        targets = np.where(inside, tags.T.reshape(-1), 0)  # (T*B,) time-major, as the logits; padding: id 0
+        if targets.size and (targets.min() < 0 or targets.max() >= config.classes):
             raise ConfigError(f"tags must be ids in [0, {config.classes})")
-        targets = np.where(inside, targets, 0)  # padding scores tag 0, masked out below
     probs, nll = softmax_nll(logits, targets)  # (T*B, C), (T*B,) or None
     if nll is not None:
-        loss = float(nll[inside].sum(dtype=np.float64) / max(int(inside.sum()), 1))
+        n = int(inside.sum())
+        loss = float(nll[inside].sum(dtype=np.float64) / max(n, 1))
     cache = None
     if keep:
         cache = {"stack": stack_cache, "Y": Y, "probs": probs, "targets": targets, "inside": inside}
@@ -81,7 +80,8 @@ def backward(params, config, cache, count: int | None = None):
     probs, targets, inside, Y = cache["probs"], cache["targets"], cache["inside"], cache["Y"]
     T, B, DH = Y.shape
     count = max(int(inside.sum()), 1) if count is None else count
-    d_logits = softmax_nll_backward(probs.copy(), targets, count, inside.astype(probs.dtype))  # 0 on padding
+    weight = inside.astype(probs.dtype)  # (T*B,): 1 on real tokens, 0 on padding
+    d_logits = softmax_nll_backward(probs.copy(), targets, count, weight)  # (T*B, C)
     Y_flat = Y.reshape(T * B, DH)
     grads = {"head.weight": d_logits.T @ Y_flat, "head.bias": d_logits.sum(axis=0)}
     d_Y = (d_logits @ params["head.weight"]).reshape(T, B, DH)
