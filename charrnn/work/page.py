@@ -132,9 +132,10 @@ def asset(name: str) -> str:
     return "\n" + resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def page_parts(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str):
-    """The page as a sequence of strings (joined, they are `render`'s page)."""
-    style, script = asset("page.css"), asset("page.js")
+def _page(style_name: str, script_name: str, title: str, data_parts):
+    """A page as a sequence of strings: the head with its Content-Security-Policy (the one script allowed
+    by its hash, no network), the data block (data_parts: pieces of json_for_script's JSON), the script."""
+    style, script = asset(style_name), asset(script_name)
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     csp = f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'"
     yield ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -142,8 +143,14 @@ def page_parts(ann: Annotation, *, title: str, model_line: str, checkpoint: str,
            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
            f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
            "<script id=\"data\" type=\"application/json\">")
-    yield from _data_json(ann, title=title, model_line=model_line, checkpoint=checkpoint, source=source)
+    yield from data_parts
     yield f"</script>\n<script>{script}</script>\n</body>\n</html>\n"
+
+
+def page_parts(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str):
+    """The page as a sequence of strings (joined, they are `render`'s page)."""
+    yield from _page("page.css", "page.js", title,
+                     _data_json(ann, title=title, model_line=model_line, checkpoint=checkpoint, source=source))
 
 
 def render(ann: Annotation, *, title: str, model_line: str, checkpoint: str, source: str) -> str:
@@ -159,3 +166,43 @@ def write(path: str, ann: Annotation, **labels) -> None:
             f.write(part.encode("utf-8"))
     atomic.write_file(path, write_parts)
 
+
+
+# ---------------------------------------------------------------- a tagger's page
+
+
+def tag_page_parts(sequences, probs, tags, *, level: str, title: str, model_line: str, checkpoint: str,
+                   source: str, cut: int = 0):
+    """A tagger's page as a sequence of strings: each token coloured by its most likely tag, every tag's
+    probability on hover (tags.js), as safe as the language model's page (the same head and data block).
+
+    - sequences: token lists; probs: (N, C) each token's tag probabilities, the sequences back to back
+    - tags: the tag names in id order; level: "char" (tokens shown side by side) or "word" (with spaces)
+    - cut: how many sequences after these were not shown (a notice says so)
+    """
+    def data():
+        yield "{"
+        for key, value in (("title", title), ("model", model_line), ("checkpoint", checkpoint), ("source", source),
+                           ("level", level), ("tags", list(tags)), ("cut", cut)):
+            yield json_for_script(key) + ":" + json_for_script(value) + ","
+        yield '"sequences":['
+        at = 0
+        for i, tokens in enumerate(sequences):
+            p = probs[at:at + len(tokens)]
+            at += len(tokens)
+            rows = [[_finite4(x) for x in row] for row in p.tolist()]
+            yield ("," if i else "") + json_for_script([list(tokens), p.argmax(axis=1).tolist(), rows])
+        yield "]}"
+    yield from _page("tags.css", "tags.js", title, data())
+
+
+def _finite4(x: float):
+    return round(x, 4) if math.isfinite(x) else None
+
+
+def write_tags(path: str, sequences, probs, tags, **labels) -> None:
+    """Write a tagger's page (tag_page_parts) through atomic.write_file, a piece at a time."""
+    def write_parts(f):
+        for part in tag_page_parts(sequences, probs, tags, **labels):
+            f.write(part.encode("utf-8"))
+    atomic.write_file(path, write_parts)
