@@ -28,6 +28,7 @@ from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer,
 from .errors import CheckpointError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
 from .work.evaluate import Score
+from .work.report import format_duration  # noqa: F401  (durations as the messages write them)
 
 
 class Model:

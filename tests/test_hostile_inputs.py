@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import charrnn
-from charrnn import cli
+from charrnn import cli, progress
 from charrnn.files import config, corpus, layout
 from charrnn.work import evaluate, loop, sampling
 from charrnn.runs import runlog
@@ -542,7 +542,7 @@ def test_the_out_of_memory_message_names_the_commands_own_options(tmp_path, monk
 
 
 def test_a_run_stopped_before_its_first_evaluation_has_no_validation_loss_yet(tmp_path, corpus_file, capsys):
-    view = cli._TrainingView(quiet=False)
+    view = progress.TrainingView(quiet=False)
     charrnn.train(str(corpus_file), str(tmp_path / "run"), max_steps=5, on_event=view, should_stop=lambda: True,
                   **TRAIN_OPTIONS)
     err = capsys.readouterr().err

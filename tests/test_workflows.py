@@ -249,26 +249,26 @@ def test_model_options_are_checked_before_anything_is_said(tmp_path):
 def test_the_bar_has_a_width_where_the_terminal_reports_none(monkeypatch):
     import os
 
-    from charrnn import cli
+    from charrnn import progress
 
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((0, 0)))
-    assert cli._bar_width() == {"ncols": cli.BAR_COLUMNS}
+    assert progress.bar_width() == {"ncols": progress.BAR_COLUMNS}
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((120, 40)))
-    assert cli._bar_width() == {"dynamic_ncols": True}
+    assert progress.bar_width() == {"dynamic_ncols": True}
 
 
 def test_the_last_line_formats_its_numbers_alike_and_says_when_nothing_was_written(tmp_path):
     from click.testing import CliRunner
 
-    from charrnn import cli
+    from charrnn import progress
 
     model = tmp_path / "model.safetensors"
     model.write_bytes(b"x")
     event = {"best_val": 1.5, "best_step": 2200, "reason": "max_steps", "skipped": 0, "step": 2641,
              "elapsed": 60.0, "model": str(model), "best": str(tmp_path / "best.safetensors")}
     with CliRunner().isolation() as (_, err, _):
-        cli._summary(event, False, "char")
-        cli._summary(event, False, "char", wrote=False)
+        progress.summary(event, False, "char")
+        progress.summary(event, False, "char", wrote=False)
     first, second = err.getvalue().decode().splitlines()
     assert "2,641 steps" in first and "at step 2,200" in first and f"saved {model}" in first
     assert "nothing new written" in second and "saved" not in second
@@ -277,13 +277,13 @@ def test_the_last_line_formats_its_numbers_alike_and_says_when_nothing_was_writt
 def test_a_run_far_worse_than_a_uniform_guess_is_warned_about(tmp_path):
     from click.testing import CliRunner
 
-    from charrnn import cli
+    from charrnn import progress
 
     run = rundir.resume_run(str(_first_part(tmp_path)[0]), writer=False)
     with CliRunner().isolation() as (_, err, _):
-        cli._diverged({"best_val": 5416935.5}, run, False)
-        cli._diverged({"best_val": 2.0}, run, False)
-        cli._diverged({"best_val": None}, run, False)
+        progress.diverged({"best_val": 5416935.5}, run, False)
+        progress.diverged({"best_val": 2.0}, run, False)
+        progress.diverged({"best_val": None}, run, False)
     lines = err.getvalue().decode().splitlines()
     assert len(lines) == 1 and "far above that of a uniform guess" in lines[0] and "--lr" in lines[0]
 
@@ -295,9 +295,9 @@ def test_resuming_a_finished_run_writes_nothing_and_says_so(tmp_path):
 
 
 def test_the_bar_shows_the_sessions_average_speed():
-    from charrnn import cli
+    from charrnn import progress
 
-    view = cli._TrainingView(quiet=True)
+    view = progress.TrainingView(quiet=True)
     view.start_step, view.start_elapsed, view.tokens_per_step = 100, 40.0, 1600
     # 50 steps of 1,600 tokens in 20 s: 4,000 tokens/s, whatever the last step took
     assert view.speed({"step": 150, "elapsed": 60.0, "chars_per_sec": 9_999.0}) == 4_000.0

@@ -1,4 +1,5 @@
-"""Drawing a run's loss curves (matplotlib, an optional extra) from its log records (runlog.read_log)."""
+"""What a run says about itself: its loss curves drawn from its log records (runlog.read_log; matplotlib, an
+optional extra), and durations as its messages write them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ from __future__ import annotations
 from ..files import atomic
 from ..files.config import is_number
 from ..errors import CharRNNError, CheckpointError
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the messages write a duration: 45s, 2m05s, 1h02m05s (config.parse_duration reads these)."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
