@@ -20,7 +20,7 @@ import numpy as np
 
 from .files import corpora, corpus, textfile
 from .step import distributed, runtime
-from .work import evaluate, sampling
+from .work import evaluate, report, sampling
 from .runs import finetune, models, prepare, rundir
 from .work import loop as training
 from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
@@ -28,7 +28,8 @@ from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer,
 from .errors import CheckpointError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
 from .work.evaluate import Score
-from .work.report import format_duration  # noqa: F401  (durations as the messages write them)
+
+format_duration = report.format_duration  # durations as the messages write them (2m05s)
 
 
 class Model:
@@ -54,6 +55,13 @@ class Model:
     def training(self) -> dict:
         """What the checkpoint says about its training: step, epoch, best_val_loss, ... (may be empty)."""
         return dict(self.meta.get("training", {}))
+
+    def describe(self) -> list[tuple[str, str]]:
+        """What `charrnn info` prints about this model, as (label, text) rows in order: architecture,
+        parameters, whether it loads into torch.nn, vocabulary, a preview of its tokens, data, training
+        (for a trained file), the model it was fine-tuned from, its file and run directory. The texts
+        quote the file's tokens, labels and paths as they are (escape them before a terminal shows them)."""
+        return report.describe(self.params, self.config, self.vocab, self.meta, self.path)
 
     # ---------------------------------------------------------------- sampling
 

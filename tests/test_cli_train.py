@@ -17,7 +17,8 @@ import pytest
 from charrnn.files import checkpoint
 from charrnn.core import model, optim
 from charrnn.runs import rundir
-from charrnn.cli import format_duration, parse_duration
+from charrnn.api import format_duration
+from charrnn.cli import parse_duration
 from tiny_runs import REFERENCE, TINY, invoke, read_log, stream_text
 
 
