@@ -18,18 +18,24 @@ import os
 
 import numpy as np
 
-from .files import corpora, corpus, textfile
+from typing import NamedTuple
+
+from .files import corpora, corpus, layout, textfile
 from .step import distributed, runtime
 from .work import evaluate, report, sampling
-from .runs import finetune, models, prepare, rundir
+from .runs import finetune, models, prepare, rundir, runlog
 from .work import loop as training
 from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                      fill_auto_settings, parse_duration)
-from .errors import CheckpointError, ConfigError, CorpusError, option
+from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
-from .work.evaluate import Score
+from .work.evaluate import Score, json_safe
 
-format_duration = report.format_duration  # durations as the messages write them (2m05s)
+# What the command line shares with the library, so that it writes what the library reads and says:
+# parse_duration ("1m30s" -> 90.0) and format_duration (90.0 -> "1m30s"), json_safe (non-finite numbers as
+# None, for JSON), input_name ("standard input" for "-")
+format_duration = report.format_duration
+input_name = corpus.input_name
 
 
 class Model:
@@ -63,7 +69,34 @@ class Model:
         quote the file's tokens, labels and paths as they are (escape them before a terminal shows them)."""
         return report.describe(self.params, self.config, self.vocab, self.meta, self.path)
 
+    @property
+    def data_dir(self) -> str:
+        """The folder of the run's stored splits (data/ in the run directory; a snapshot's run is the folder
+        above it), whether or not it exists (a model file copied out of its run has none)."""
+        return prepare.data_dir(models.run_of(self.path))
+
     # ---------------------------------------------------------------- sampling
+
+    def novelty(self) -> Novelty:
+        """How new this model's samples are (`charrnn sample --novelty`): a Novelty over the training text
+        stored in its run, its index built now or read where an earlier call stored it (stream mode; a
+        lines model indexes its training and validation lines). ConfigError when the run stores no
+        training data beside the model (a model file copied out of its run)."""
+        self._need("a language model", "generates no text")
+        index, built = models.novelty_index(self.path, self.lines)
+        return Novelty(self, index, built)
+
+    def session(self, prime: str = "", temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, seed: int | None = None) -> Session:
+        """A text written together with the model (`charrnn sample --interactive`): a Session that starts
+        from the prime, offers the likeliest next tokens, takes the user's text or picks, and lets the
+        model write with these sampling options. The prime is checked first, then the options."""
+        self._need("a language model", "generates no text")
+        rng = np.random.default_rng(check_seed(seed, True))
+        state = sampling.Session(self.params, self.config, self.vocab, self.lines, prime, rng)
+        sampling.check_options(temperature, top_k, top_p, 1, 1)
+        return Session(state, temperature, top_k, top_p)
+
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop=()):
@@ -187,7 +220,7 @@ class Model:
         if text is None:
             ids, offsets = models.load_heldout(self.path, self.lines)
             score = evaluate.score_ids(self.params, self.config, self.vocab, ids, offsets)
-            source = f"the held-out split ({prepare.data_dir(models.run_of(self.path))})"
+            source = f"the held-out split ({self.data_dir})"
         else:
             score = evaluate.score_text(self.params, self.config, self.vocab, corpus.normalize_newlines(text),
                                         self.lines)
@@ -212,6 +245,14 @@ class Model:
         """The text of a file (or "-", standard input) as corpus.read_text reads it, in `encoding` (None: the
         model's, self.encoding); limit: read at most this many bytes."""
         return corpus.read_text(path, errors, limit=limit, encoding=encoding or self.encoding)
+
+    def read_lines(self, path, errors: str = "strict", encoding: str | None = None) -> list[str]:
+        """The non-blank lines of a file, or of standard input ("-", which may be empty), as
+        `charrnn classify` labels them; read in `encoding` (None: the model's)."""
+        encoding = encoding or self.encoding
+        raw = corpus.read_stdin(errors, encoding) if os.fspath(path) == corpus.STDIN else \
+            self.read_text(path, errors, encoding)
+        return corpus.split_lines(raw)
 
     def heldout_text(self) -> str:
         """The run's held-out split as text (a lines model's lines each end with a newline)."""
@@ -250,6 +291,50 @@ class Model:
         self._need("a language model", "predicts no characters to annotate")
         return annotate.annotate(self, _text(text, "text"), top_k=top_k, max_chars=max_chars)
 
+
+    def annotate_input(self, path=None, top_k: int = 5, max_chars: int | None = 5_000, errors: str = "strict",
+                       encoding: str | None = None) -> tuple:
+        """annotate() of the start of a file ("-": standard input) or, for None, of the run's held-out split,
+        as `charrnn annotate` does: only the max_chars characters shown are read or decoded, and the rest
+        is counted where it can be (the Annotation's `cut` then counts the whole input's characters left out).
+
+        Returns (Annotation, source, counted): source names the input in messages; counted is False where
+        the rest could not be counted (a pipe, an encoding not read in chunks, a rest that does not decode),
+        and `cut` then counts only what was read beyond max_chars."""
+        self._need("a language model", "predicts no characters to annotate")
+        rest = None  # how many characters are cut, where only the start of the input was read
+        shown = max_chars if isinstance(max_chars, int) and not isinstance(max_chars, bool) and max_chars >= 1 \
+            else None
+        if path is not None:
+            # only what is shown is read: max_chars characters are at most 4 bytes each, after a BOM
+            encoding = corpus.text_encoding(encoding or self.encoding)
+            limit = 4 * shown + 8 if shown is not None else None
+            text, source = self.read_text(path, errors, encoding, limit=limit), corpus.input_name(path)
+            if limit is not None and len(text) > shown:
+                rest = _characters_after(path, errors, shown, encoding)
+        else:
+            # only the start that is shown is decoded; the rest is counted
+            text, held_chars = self.heldout_start(shown)
+            source = "the held-out split"
+            if shown is not None and held_chars > shown:
+                rest = held_chars - shown
+        ann = self.annotate(text, top_k=top_k, max_chars=max_chars)
+        if rest is not None:
+            ann.cut = rest  # only the start was read: the page's notice counts the whole input
+        return ann, source, rest is not None or path is None
+
+    def write_page(self, ann, path: str | None = None, source: str = "the text") -> str:
+        """Write an annotation (from annotate or annotate_input) as one self-contained HTML page, atomically;
+        path None: annotate.html beside the model file. Returns the page's path."""
+        from .work import page
+
+        path = _path(path, "path") or os.path.join(os.path.dirname(os.path.abspath(self.path)), "annotate.html")
+        c = self.config
+        model_line = (f"{c.cell.upper()} {c.layers} x {c.hidden}, {self.vocab.size} {self.vocab.level} tokens, "
+                      f"{'lines' if self.lines else 'stream'} mode")
+        page.write(path, ann, title=f"What the model saw in {os.path.basename(source)}",
+                   model_line=model_line, checkpoint=self.path, source=source)
+        return path
 
     # ---------------------------------------------------------------- classifiers (train with task="classify")
 
@@ -297,7 +382,7 @@ class Model:
                 raise CheckpointError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
                                   f"{tags.size} labels")
             result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
-            source = f"the held-out split ({prepare.data_dir(models.run_of(self.path))})"
+            source = f"the held-out split ({self.data_dir})"
         else:
             result = evaluate.score_labelled(self.params, self.config, self.vocab, self.labels,
                                              corpus.normalize_newlines(text), name)
@@ -322,6 +407,159 @@ def load(path: str | None = None) -> Model:
     """
     params, config, vocab, meta, model_file = models.load_checkpoint(_path(path, "path"))
     return Model(params, config, vocab, meta, model_file)
+
+
+def _characters_after(path, errors: str, shown: int, encoding: str = "utf-8") -> int | None:
+    """How many characters of a file follow its first `shown`, counted in chunks (None: a pipe or device,
+    which cannot be read again, a file in an encoding not read in chunks, or one whose rest does not decode)."""
+    if not textfile.chunked(path, encoding):
+        return None
+    try:
+        pieces = textfile.text_pieces(textfile.open_text(path, errors, 1 << 16, encoding=encoding), "char")
+        return sum(map(len, pieces)) - shown
+    except CharRNNError:
+        return None
+
+
+def annotation_records(ann, states: bool = False):
+    """The rows of an Annotation as JSON-ready dicts, one per scored token (`charrnn annotate --json`):
+    token, id, logprob, prob, bits, rank, top_k, unknown, end, and with states every layer's h, tanh(c)
+    and gates after the token (None before the first step). Non-finite numbers are None."""
+    # the states are computed again a chunk of steps at a time, in step order, as the rows need them
+    each_step, at = (ann.each_step_states() if states else None), -1
+    for row in ann:
+        record = {"token": row.token, "id": row.id, "logprob": row.logprob, "prob": row.prob,
+                  "bits": row.bits, "rank": row.rank, "top_k": [[t, p] for t, p in row.top],
+                  "unknown": row.unknown, "end": row.end}
+        if states:
+            step = int(ann.piece_step[row.piece])
+            while at < step:  # steps only go forward from row to row
+                layers, at = next(each_step), at + 1
+            record["states"] = None if step < 0 else [
+                {key: (value.tolist() if key != "gates" else {g: v.tolist() for g, v in value.items()})
+                 for key, value in layer.items()} for layer in layers]
+        yield json_safe(record)
+
+
+class Novelty:
+    """How new a model's samples are, against the training text stored in its run (Model.novelty()).
+
+    - lines: the model was trained on lines; then `copied` tells whether a line copies a stored one, else
+      `longest` finds a sample's longest stretch in the training text
+    - tokens: stream mode, the training tokens indexed; built: the index was built by this call
+    - kept_in: the folder the index is stored in (the run's data/)
+    """
+
+    def __init__(self, model: Model, index, built: bool):
+        self._vocab, self._index, self.lines, self.built = model.vocab, index, model.lines, built
+        self.tokens = None if model.lines else index.n
+        self.kept_in = model.data_dir
+        self.unit = "characters" if model.vocab.level == "char" else "tokens"
+
+    def copied(self, line: str) -> str | None:
+        """Lines mode: "train" or "validation" when the line (the prime and a sample's text) is one of the
+        run's stored lines of that split, else None."""
+        train, val = self._index
+        ids = self._vocab.encode(line)
+        return "train" if ids in train else "validation" if val is not None and ids in val else None
+
+    def longest(self, text: str) -> tuple[int, int, str]:
+        """Stream mode: the longest stretch of text found verbatim in the training text, as (its tokens,
+        the text's tokens, the stretch itself)."""
+        ids = self._vocab.encode(text)
+        length, start = self._index.longest_match(ids)
+        return length, len(ids), self._vocab.decode(ids[start : start + length])
+
+
+class Choice(NamedTuple):
+    """A next token a Session offers: its id, its text, whether it ends the text, its probability."""
+    id: int
+    text: str
+    end: bool
+    prob: float
+
+
+class Session:
+    """A text written together with the model (Model.session()): `text` so far; `choices(n)` offers the
+    likeliest next tokens; `pick` one, `type` text, or let the model `write` tokens."""
+
+    def __init__(self, state, temperature, top_k, top_p):
+        self._state, self._options = state, (temperature, top_k, top_p)
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    def choices(self, n: int) -> list[Choice]:
+        """The n likeliest next tokens under the model (at temperature 1), likeliest first."""
+        vocab = self._state.vocab
+        return [Choice(t, "" if t == vocab.eos else vocab.decode([t]), t == vocab.eos, p)
+                for t, p in self._state.top(n)]
+
+    def pick(self, choice: Choice) -> None:
+        """Add an offered token to the text (an end token ends nothing here: the caller ends the text)."""
+        self._state.add([choice.id])
+
+    def type(self, text: str) -> None:
+        """Add text as it is; VocabError naming a token the model has never seen (nothing is added)."""
+        self._state.add(sampling.encode_prime(self._state.vocab, _text(text, "text")))
+
+    def write(self, n: int) -> tuple[int, bool]:
+        """Let the model write up to n tokens; returns (tokens written, whether it stopped at its end token)."""
+        return self._state.write(check_integer(n, "n", low=1), *self._options)
+
+
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   length: int = 500, n: int = 1) -> None:
+    """ConfigError for sampling options no sample could use, as Model.sample_stream checks them (a caller
+    that starts several, one after the other, checks them all before the first)."""
+    sampling.check_options(temperature, top_k, top_p, length, n)
+
+
+def builtin_corpora() -> list[dict]:
+    """The built-in corpora (`charrnn corpora`), each {"name", "mode", "description", "characters",
+    "files", "lines"} (files: a folder-like corpus's file count, lines: a lines corpus's; else None).
+    Each is built to be counted."""
+    return [corpora.describe(name) for name in corpora.names()]
+
+
+def plot(path: str | None = None, out: str | None = None) -> str:
+    """Draw a run's training and validation loss curves to a PNG (`charrnn plot`; needs matplotlib).
+
+    - path: a run directory, or a model file in one (None: the newest run under checkpoints/)
+    - out: the PNG (None: loss.png in the run directory)
+    Returns the path written."""
+    path, out = _path(path, "path"), _path(out, "out")
+    if path is None:
+        run_dir = os.path.dirname(models.find_checkpoint(None))
+    elif not os.path.isdir(path):  # a model file: its run directory
+        run_dir = os.path.dirname(os.path.abspath(path))
+    else:
+        run_dir = path
+    records = runlog.read_log(os.path.join(run_dir, layout.LOG_FILE))
+    out = out or os.path.join(run_dir, layout.PLOT_FILE)
+    report.plot_losses(records, out, title=os.path.basename(os.path.abspath(run_dir)))
+    return out
+
+
+# ---------------------------------------------------------------- the process (the command line's)
+
+
+def prepare_process() -> None:
+    """What a program that runs charrnn's commands does once at its start: keep glibc from returning freed
+    memory to the system every step (runtime.keep_freed_memory; it changes no number, only speed)."""
+    runtime.keep_freed_memory()
+
+
+def mpi_rank() -> int:
+    """This process's rank under `mpiexec -n N` (0 in a plain process); the first call joins the MPI world."""
+    return distributed.world().rank
+
+
+def under_mpi() -> bool:
+    """Whether this process has joined an MPI world of more than itself (then a failing rank must leave at
+    once: see distributed.py)."""
+    return distributed.active()
 
 
 def _stop_strings(stop) -> tuple:

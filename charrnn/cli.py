@@ -1,8 +1,9 @@
 """The `charrnn` command line: train, sample, eval, info, plot.
 
-The only module that prints, exits or draws progress bars. Generated text goes
-to stdout; progress, logs and errors go to stderr. Every library error becomes
-one line, `Error: ...`, and a non-zero exit.
+The only module that exits, and with progress.py the only one that prints or draws progress bars.
+Generated text goes to stdout; progress, logs and errors go to stderr. Every library error becomes
+one line, `Error: ...`, and a non-zero exit. A thin layer: it imports nothing of charrnn but the API,
+the errors, the constants and progress.py (tests/test_cli_thin.py checks), and renders what the API returns.
 """
 
 from __future__ import annotations
@@ -13,28 +14,18 @@ import os
 import re
 import shlex
 import signal
+import statistics
 import sys
 import time
 import warnings
 
 import click
-import numpy as np
 
 from . import __version__, api
-from .files import config, corpora, corpus, layout
-from .step import distributed, runtime
-from .core import optim
-from .work import report, sampling
-from .runs import models, prepare, runlog
 from . import errors as errors_module
-from .files import textfile
-from .work.annotate import MAX_CHARS
-from .core.classifier import DENSE_CONFUSION_LABELS, POOLS
-from .files.config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
+from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DENSE_CONFUSION_LABELS, DTYPES, LEVELS, MAX_CHARS,
+                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASKS, TEXT_ERRORS)
 from .errors import CharRNNError, ConfigError
-from .work.evaluate import json_safe
-from .core.model import CELLS, DTYPES
-from .data.vocab import LEVELS
 from .progress import TrainingView, info, shown, to_devnull
 
 
@@ -71,10 +62,10 @@ def option(*args, **kwargs):
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1m30s', '1h30m', '1.5h', '2d' or plain seconds -> seconds (config.parse_duration);
+    """'90s', '10m', '1m30s', '1h30m', '1.5h', '2d' or plain seconds -> seconds (api.parse_duration);
     a usage error (exit 2) otherwise."""
     try:
-        return config.parse_duration(text)
+        return api.parse_duration(text)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-time") from None
 
@@ -128,7 +119,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Tokens seen fewer times become UNK.  [default: 1; 2 at word level, so that the model learns <unk> "
              "from the words seen once]")
 @option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
-@option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", group=DATA,
+@option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @option("--encoding", default="utf-8", metavar="CODEC", group=DATA,
         help="The text encoding of CORPUS and --val: any Python knows, such as latin-1, cp1252 or utf-16. "
@@ -150,7 +141,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
              "model file); the optimizer and schedule start fresh.  [default: a fresh model]")
 @option("--extend-vocab", is_flag=True, default=False, group=MODEL,
         help="With --init-from: add the new text's unseen characters to the vocabulary (else they become UNK).")
-@option("--optim", type=click.Choice(optim.OPTIMIZERS), default="adagrad", group=OPTIM,
+@option("--optim", type=click.Choice(OPTIMIZERS), default="adagrad", group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see docs/performance.md).")
 @option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
 @option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
@@ -158,7 +149,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
 @option("--clip-value", type=float, default=None, group=OPTIM,
         help="Elementwise gradient limit, as min-char-rnn's 5 (default: off).")
-@option("--schedule", type=click.Choice(optim.SCHEDULES), default=None, group=OPTIM,
+@option("--schedule", type=click.Choice(SCHEDULES), default=None, group=OPTIM,
         help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget." + AUTO)
 @option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up." + AUTO)
 @option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
@@ -222,7 +213,7 @@ def train(ctx, corpus_file, builtin, pattern, val_file, errors, out, resume, qui
              if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if ctx.get_parameter_source("errors") != click.core.ParameterSource.COMMANDLINE:
         errors = None
-    follower = distributed.world().rank != 0  # under MPI the other ranks print nothing but errors
+    follower = api.mpi_rank() != 0  # under MPI the other ranks print nothing but errors
     show = TrainingView(quiet or follower)
     with StopRequest(quiet=follower) as stop:
         api.train(corpus_file, out, resume=resume, val=val_file, errors=errors, lock=not no_lock,
@@ -299,7 +290,7 @@ def _using(model, quiet: bool) -> None:
     parts = [f"step {training['step']:,}"] if "step" in training else []
     best = training.get("best_val_loss")
     if best is not None:
-        label = "val" if os.path.basename(model_file) == layout.BEST_FILE else "best val so far"
+        label = "val" if os.path.basename(model_file) == BEST_FILE else "best val so far"
         parts.append(f"{label} {best:.3f}")
     info(f"using {shown(model_file)}" + (f" ({', '.join(parts)})" if parts else ""), quiet)
 
@@ -373,8 +364,8 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, 
         _using(model, quiet)
         return _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed)
     for t in temperatures:  # every temperature is checked before anything is written
-        sampling.check_options(t, top_k, top_p, length, num_samples)
-    index = _novelty_index(model.path, model.lines) if novelty else None
+        api.check_sampling(t, top_k, top_p, length, num_samples)
+    index = _novelty_index(model) if novelty else None
     # the options and the prime are checked here, before anything is written
     groups = [model.sample_stream(num_samples, prime=prime, length=length, temperature=t,
                                   top_k=top_k, top_p=top_p, seed=seed, stop=stops) if i == 0 else None
@@ -412,7 +403,7 @@ def sample(checkpoint_path, temperature, top_k, top_p, prime, prime_file, stop, 
             to_devnull(sys.stdout)  # the reader went away (`charrnn sample | head`)
             return
         if made is not None:
-            _novelty_report(index, made, model.vocab, prime if model.lines else None)
+            _novelty_report(index, made, prime if model.lines else None)
 
 
 def _temperatures(value: str) -> list[float]:
@@ -438,27 +429,24 @@ def _why_ended(sample, length: int, level: str) -> str:
     return f"reached the length limit ({length:,} {'characters' if level == 'char' else 'tokens'})"
 
 
-def _novelty_index(model_file: str, lines: bool):
-    """The run's novelty index for --novelty, saying on stderr when it is built."""
+def _novelty_index(model):
+    """The model's novelty index for --novelty (api.Novelty), saying on stderr when it is built."""
     started = time.monotonic()
-    index, built = models.novelty_index(model_file, lines)
-    if built and not lines:
-        info(f"Indexed the {index.n:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
-             f"(kept in {prepare.data_dir(models.run_of(model_file))})")
+    index = model.novelty()
+    if index.built and not index.lines:
+        info(f"Indexed the {index.tokens:,} training tokens for --novelty in {time.monotonic() - started:.1f}s "
+             f"(kept in {index.kept_in})")
     return index
 
 
-def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None:
+def _novelty_report(index, samples: list[str], prime: str | None) -> None:
     """Per sample and in total, on stderr: copies of training/validation lines (lines mode: prime is the
     prime, part of each line), or the longest stretch of each generated text found verbatim in training."""
-    unit = "characters" if vocab.level == "char" else "tokens"
     if prime is not None:
-        train, val = index
         labels = []
         for i, text in enumerate(samples, 1):
-            line = vocab.encode(prime + text)
-            labels.append("in train" if line in train else "in validation" if val is not None and line in val
-                          else "new")
+            copied = index.copied(prime + text)
+            labels.append(f"in {copied}" if copied else "new")
             shown = text if len(text) <= 60 else text[:57] + "..."
             info(f"sample {i}: {labels[-1]}: {prime + shown!r}")
         info(f"novelty: {len(samples)} samples: {labels.count('in train')} in train, "
@@ -466,25 +454,20 @@ def _novelty_report(index, samples: list[str], vocab, prime: str | None) -> None
         return
     longest = []
     for i, text in enumerate(samples, 1):
-        ids = vocab.encode(text)
-        length, start = index.longest_match(ids)
+        length, tokens, stretch = index.longest(text)
         longest.append(length)
-        stretch = vocab.decode(ids[start : start + length])
         quoted = repr(stretch if len(stretch) <= 60 else stretch[:57] + "...")
-        info(f"sample {i}: longest stretch found in the training text: {length} {unit} of {len(ids)}"
+        info(f"sample {i}: longest stretch found in the training text: {length} {index.unit} of {tokens}"
              + (f": {quoted}" if length else ""))
-    info(f"novelty: the longest verbatim stretch per sample is {int(np.median(longest))} {unit} at the median, "
-         f"{max(longest)} at most")
+    info(f"novelty: the longest verbatim stretch per sample is {int(statistics.median(longest))} {index.unit} at "
+         f"the median, {max(longest)} at most")
 
 
 def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) -> None:
     """Write a text together with the model: the display and the prompts on stderr, the final text on stdout."""
     if choices < 1 or chunk < 1:
         raise ConfigError("--choices and --chunk must be at least 1")
-    vocab = model.vocab
-    session = sampling.Session(model.params, model.config, vocab, model.lines, prime,
-                               np.random.default_rng(config.check_seed(seed, optional=True)))
-    sampling.check_options(temperature, top_k, top_p, chunk, 1)
+    session = model.session(prime, temperature, top_k, top_p, seed)
     tell = lambda text="": click.echo(text, err=True)  # noqa: E731
     tell("Interactive sampling: a number picks that token, text you type is added as it is (a leading \\ "
          f"types a number), Enter lets the model write {chunk} tokens, Ctrl-D ends (the text goes to stdout).")
@@ -494,8 +477,8 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
         tell("\n" + "-" * 60 + "\n" + ("..." if len(session.text) > 400 else "") + tail + "\u2588")
         if note:
             tell(note)
-        top = session.top(choices)
-        tell("  ".join(f"{i}) {_token_label(vocab, t)} {p:.1%}" for i, (t, p) in enumerate(top, 1)))
+        top = session.choices(choices)
+        tell("  ".join(f"{i}) {'(end)' if c.end else repr(c.text)} {c.prob:.1%}" for i, c in enumerate(top, 1)))
         click.echo("> ", err=True, nl=False)
         line = sys.stdin.readline()
         if line == "":
@@ -503,17 +486,17 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
         entry = line[:-1] if line.endswith("\n") else line
         note = ""
         if entry == "":
-            wrote, ended = session.write(chunk, temperature, top_k, top_p)
+            wrote, ended = session.write(chunk)
             note = "(the model ended the text here)" if ended and not wrote else ""
         elif entry.strip().isdigit() and 1 <= int(entry) <= len(top):
-            token = top[int(entry) - 1][0]
-            if token == vocab.eos:
+            choice = top[int(entry) - 1]
+            if choice.end:
                 break
-            session.add([token])
+            session.pick(choice)
         else:
             typed = entry[1:] if entry.startswith("\\") else entry  # "\\3" types a 3 instead of picking
             try:
-                session.add(sampling.encode_prime(vocab, typed))
+                session.type(typed)
             except CharRNNError as exc:
                 note = f"not added: {exc}"
         if not line.endswith("\n"):
@@ -521,13 +504,6 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
     tell("")
     sys.stdout.write(session.text + "\n")
     sys.stdout.flush()
-
-
-def _token_label(vocab, token: int) -> str:
-    if token == vocab.eos:
-        return "(end)"
-    text = vocab.decode([token])
-    return repr(text)
 
 
 # ---------------------------------------------------------------- eval
@@ -541,7 +517,7 @@ UNKNOWN_WARN_TRAINED = 5
 @cli.command("eval")
 @click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_checkpoint_option
-@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
+@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
 @click.option("--encoding", default=None, metavar="CODEC",
               help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
@@ -568,10 +544,10 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         return _eval_classifier(model, text_file, errors, encoding, as_json)
     if text_file is None:
         score = model.score()
-        source = f"held-out split ({prepare.data_dir(models.run_of(model.path))})"
+        source = f"held-out split ({model.data_dir})"
     else:
         score = model.score_file(text_file, errors, encoding)
-        source = corpus.input_name(text_file)
+        source = api.input_name(text_file)
     _using(model, quiet)
     result = score.as_dict()
     # a model that trained <unk> about as often as the text holds it scores such tokens as it learned to
@@ -584,7 +560,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
              f"about this text; train on text like it, or with --min-count or --max-vocab to give <unk> examples.")
     if as_json:
         # NaN and infinity are not JSON: a broken model's non-finite figures become null
-        click.echo(json.dumps(json_safe(result), allow_nan=False))
+        click.echo(json.dumps(api.json_safe(result), allow_nan=False))
         return
     unit = "char" if model.vocab.level == "char" else "token"
     click.echo(f"{shown(source)}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
@@ -599,12 +575,12 @@ CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: 
 def _eval_classifier(model, text_file, errors, encoding, as_json):
     if text_file is None:
         result = model.evaluate()
-        source = f"held-out split ({prepare.data_dir(models.run_of(model.path))})"
+        source = f"held-out split ({model.data_dir})"
     else:
         result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
-        source = corpus.input_name(text_file)
+        source = api.input_name(text_file)
     if as_json:
-        click.echo(json.dumps(json_safe(result), allow_nan=False))
+        click.echo(json.dumps(api.json_safe(result), allow_nan=False))
         return
     labels = [shown(name) for name in result["labels"]]
     click.echo(f"{shown(source)}: {result['lines']:,} lines\n"
@@ -634,7 +610,7 @@ def _eval_classifier(model, text_file, errors, encoding, as_json):
 @click.argument("text_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
 @_checkpoint_option
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels printed per line, most likely first.")
-@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
+@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @click.option("--encoding", default=None, metavar="CODEC",
               help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
@@ -654,9 +630,7 @@ def classify(text_file, checkpoint_path, top_k, errors, encoding):
     model = api.load(checkpoint_path)
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    raw = corpus.read_stdin(errors, encoding or model.encoding) if text_file == "-" else \
-        model.read_text(text_file, errors, encoding)
-    texts = corpus.split_lines(raw)
+    texts = model.read_lines(text_file, errors, encoding)
     ranked = model.classify(texts, top_k=top_k)
     out = sys.stdout
     try:
@@ -681,7 +655,7 @@ def classify(text_file, checkpoint_path, top_k, errors, encoding):
 @click.option("--top-k", type=int, default=5, show_default=True, help="Guesses kept per token.")
 @click.option("--max-chars", type=int, default=MAX_CHARS, show_default=True,
               help="Annotate at most this many characters (the rest is cut, with a notice).")
-@click.option("--errors", type=click.Choice(corpus.TEXT_ERRORS), default="strict", show_default=True,
+@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
               help="Invalid UTF-8 in TEXT_FILE: stop with an error, or replace the bad bytes.")
 @click.option("--encoding", default=None, metavar="CODEC",
               help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
@@ -703,80 +677,30 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
       charrnn annotate poem.txt --out poem.html
       echo "To be, or not to be" | charrnn annotate - --json
     """
-    from .work import page
-
     if states and not as_json:
         raise click.UsageError("--states goes with --json (the page always holds the activations)")
     model = api.load(checkpoint_path)
-    rest = None  # how many characters are cut, where only the start of the input was read
-    if text_file is not None:
-        # only what is shown is read: max_chars characters are at most 4 bytes each, after a BOM
-        encoding = corpus.text_encoding(encoding or model.encoding)
-        limit = 4 * max_chars + 8 if isinstance(max_chars, int) and max_chars >= 1 else None
-        text, source = model.read_text(text_file, errors, encoding, limit=limit), corpus.input_name(text_file)
-        if limit is not None and len(text) > max_chars:
-            rest = _characters_after(text_file, errors, max_chars, encoding)
-    else:
-        # only the start that is shown is decoded; the rest is counted
-        shown_chars = max_chars if isinstance(max_chars, int) and max_chars >= 1 else None
-        text, held_chars = model.heldout_start(shown_chars)
-        source = "the held-out split"
-        if shown_chars is not None and held_chars > shown_chars:
-            rest = held_chars - shown_chars
-    ann = model.annotate(text, top_k=top_k, max_chars=max_chars)
-    if rest is not None:
-        ann.cut = rest  # only the start was read: the page's notice counts the whole input
+    ann, source, counted = model.annotate_input(text_file, top_k, max_chars, errors, encoding)
     _using(model, quiet)
     if ann.cut:
-        more = f"{rest:,} more are cut" if rest is not None else "the rest is cut" if text_file else \
-            f"{ann.cut:,} more are cut"
+        more = f"{ann.cut:,} more are cut" if counted else "the rest is cut"
         info(f"Annotating the first {ann.text_chars:,} characters of {source}; {more} (--max-chars sets the limit)")
     if ann.score.unknown:
         info(f"{ann.score.unknown:,} of {ann.score.tokens:,} tokens are unknown to the model (marked; "
              f"scored as the unknown token)")
     if as_json:
         out = sys.stdout
-        # the states are computed again a chunk of steps at a time, in step order, as the rows need them
-        each_step, at = (ann.each_step_states() if states else None), -1
         try:
-            for row in ann:
-                record = {"token": row.token, "id": row.id, "logprob": row.logprob, "prob": row.prob,
-                          "bits": row.bits, "rank": row.rank, "top_k": [[t, p] for t, p in row.top],
-                          "unknown": row.unknown, "end": row.end}
-                if states:
-                    step = int(ann.piece_step[row.piece])
-                    while at < step:  # steps only go forward from row to row
-                        layers, at = next(each_step), at + 1
-                    record["states"] = None if step < 0 else [
-                        {key: (value.tolist() if key != "gates" else {g: v.tolist() for g, v in value.items()})
-                         for key, value in layer.items()} for layer in layers]
-                out.write(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n")
+            for record in api.annotation_records(ann, states):
+                out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             out.flush()
         except BrokenPipeError:
             to_devnull(sys.stdout)
         return
-    run_dir = os.path.dirname(os.path.abspath(model.path))
-    out_path = out_path or os.path.join(run_dir, "annotate.html")
-    c = model.config
-    model_line = (f"{c.cell.upper()} {c.layers} x {c.hidden}, {model.vocab.size} {model.vocab.level} tokens, "
-                  f"{'lines' if model.lines else 'stream'} mode")
-    page.write(out_path, ann, title=f"What the model saw in {os.path.basename(source)}",
-               model_line=model_line, checkpoint=model.path, source=source)
+    out_path = model.write_page(ann, out_path, source)
     s = ann.score
     info(f"Wrote {shown(out_path)}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
          f"open it in a browser")
-
-
-def _characters_after(path, errors: str, shown: int, encoding: str = "utf-8") -> int | None:
-    """How many characters of a file follow its first `shown`, counted in chunks (None: a pipe or device,
-    which cannot be read again, a file in an encoding not read in chunks, or one whose rest does not decode)."""
-    if not textfile.chunked(path, encoding):
-        return None
-    try:
-        pieces = textfile.text_pieces(textfile.open_text(path, errors, 1 << 16, encoding=encoding), "char")
-        return sum(map(len, pieces)) - shown
-    except CharRNNError:
-        return None
 
 
 # ---------------------------------------------------------------- info and plot
@@ -811,7 +735,7 @@ def corpora_():
     Each is built from what your Python carries (nothing is downloaded);
     train on one with `charrnn train --corpus NAME`.
     """
-    rows = [corpora.describe(name) for name in corpora.names()]
+    rows = api.builtin_corpora()
     click.echo(f"{'name':<18}{'mode':<8}{'characters':>12}  {'in':<14}  what")
     for r in rows:
         parts = f"{r['files']:,} files" if r["files"] else f"{r['lines']:,} lines" if r["lines"] else "one text"
@@ -835,14 +759,7 @@ def plot(run_dir, checkpoint_path, out_path):
       charrnn plot checkpoints/shakespeare
       charrnn plot -c checkpoints/shakespeare --out curves.png
     """
-    run_dir = _one_checkpoint(run_dir, checkpoint_path, "RUN_DIR")
-    if run_dir is None:
-        run_dir = os.path.dirname(models.find_checkpoint(None))
-    elif not os.path.isdir(run_dir):  # a model file: its run directory
-        run_dir = os.path.dirname(os.path.abspath(run_dir))
-    records = runlog.read_log(os.path.join(run_dir, layout.LOG_FILE))
-    out_path = out_path or os.path.join(run_dir, layout.PLOT_FILE)
-    report.plot_losses(records, out_path, title=os.path.basename(os.path.abspath(run_dir)))
+    out_path = api.plot(_one_checkpoint(run_dir, checkpoint_path, "RUN_DIR"), out_path)
     info(f"Wrote {shown(out_path)}")
 
 
@@ -871,11 +788,11 @@ def main(argv=None) -> None:
         _main(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code and distributed.active():
+        if code and api.under_mpi():
             _leave_now(code)
         raise
     except BaseException:
-        if not distributed.active():
+        if not api.under_mpi():
             raise
         import traceback
         traceback.print_exc()
@@ -895,7 +812,7 @@ def _leave_now(code: int) -> None:
 
 
 def _main(argv=None) -> None:
-    runtime.keep_freed_memory()
+    api.prepare_process()
     warnings.showwarning = _warning_line
     _stop_on_interrupt()
     try:
@@ -955,7 +872,7 @@ def _flag(name: str, value) -> str:
 def _run_command(argv) -> None:
     # under mpiexec, join the MPI world before parsing: a rank that then fails (a missing corpus)
     # leaves MPI at once and mpiexec ends the job, where a rank gone before joining hangs the others
-    distributed.world()
+    api.mpi_rank()
     cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
 
 

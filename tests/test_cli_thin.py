@@ -39,8 +39,7 @@ def charrnn_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", [pytest.param("cli", marks=pytest.mark.xfail(
-    strict=True, reason="the thin CLI lands step by step; its last step removes this mark")), "progress"])
+@pytest.mark.parametrize("name", ["cli", "progress"])
 def test_the_command_line_imports_only_the_api_the_errors_and_the_constants(name):
     found = charrnn_imports(ROOT / "charrnn" / f"{name}.py")
     extra = sorted(found - ALLOWED - {""})  # "": the package's __version__, for --version
@@ -92,3 +91,77 @@ def test_describe_says_which_cells_torch_cannot_load(tmp_path):
         described = dict(charrnn.load(tmp_path / cell).describe())
         assert described["torch.nn"].startswith(f"does not load: torch.nn has no {cell} cell")
         assert "training" not in described  # a file that records no training says nothing of it
+
+
+def test_novelty_finds_each_samples_longest_stretch_and_copied_lines(old_run):
+    stream = charrnn.load(old_run("lm-stream"))
+    index = stream.novelty()
+    train = stream.vocab.decode(np.load(stream.data_dir + "/train.npy"))
+    assert index.built and not index.lines and index.tokens == len(train) and index.kept_in == stream.data_dir
+    assert not stream.novelty().built  # stored beside the run: read back the second time
+    for text in ("the quick brown fox sleeps", "zzq the lazy dogxx", "qqq", ""):
+        # brute force, on characters: the longest piece of the text that the training text holds
+        best = max((j - i for i in range(len(text)) for j in range(i + 1, len(text) + 1) if text[i:j] in train),
+                   default=0)
+        length, tokens, stretch = index.longest(text)
+        assert (length, tokens) == (best, len(text)) and len(stretch) == best and stretch in train and stretch in text
+    lines = charrnn.load(old_run("lm-lines"))
+    index = lines.novelty()
+    stored = {}
+    for split in ("train", "val"):
+        ids, offsets = (np.load(f"{lines.data_dir}/{split}{x}.npy") for x in ("", "_offsets"))
+        stored[split] = {lines.vocab.decode(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:])}
+    assert index.lines and index.tokens is None
+    for line in sorted(stored["train"])[:3] + sorted(stored["val"] - stored["train"])[:3] + ["zzyzx"]:
+        want = "train" if line in stored["train"] else "validation" if line in stored["val"] else None
+        assert index.copied(line) == want
+
+
+def test_a_session_offers_picks_types_and_writes(old_run):
+    model = charrnn.load(old_run("lm-stream"))
+    session = model.session("the ", temperature=0.8, seed=5)
+    assert session.text == "the "
+    choices = session.choices(model.vocab.size)
+    probs = [c.prob for c in choices]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0)
+    assert {c.id for c in choices}.isdisjoint({model.vocab.unk, model.vocab.bos})  # never offered
+    assert all(c.text == model.vocab.decode([c.id]) and not c.end for c in choices if c.id != model.vocab.eos)
+    session.pick(choices[0])
+    session.type("og")
+    assert session.text == "the " + choices[0].text + "og"
+    with pytest.raises(charrnn.VocabError):
+        session.type("Ω")  # a character the model never saw: nothing is added
+    assert session.text == "the " + choices[0].text + "og"
+    wrote, ended = session.write(25)
+    again = model.session("the ", temperature=0.8, seed=5)
+    again.pick(choices[0]), again.type("og"), again.write(25)
+    assert again.text == session.text and len(session.text) == len("the og") + 1 + wrote and (wrote == 25 or ended)
+    with pytest.raises(charrnn.ConfigError):
+        model.session("the ", temperature=-1)
+
+
+def test_read_lines_gives_the_non_blank_lines_and_annotate_input_counts_what_it_cut(old_run, tmp_path):
+    model = charrnn.load(old_run("lm-stream"))
+    text = "the dog\n\n  \nsleeps over\r\nthe fox\n"
+    (tmp_path / "t.txt").write_bytes(text.encode())
+    assert model.read_lines(tmp_path / "t.txt") == ["the dog", "sleeps over", "the fox"]
+    (tmp_path / "long.txt").write_text("the lazy dog " * 50)
+    ann, source, counted = model.annotate_input(str(tmp_path / "long.txt"), top_k=2, max_chars=100)
+    assert (source, counted, ann.text_chars, ann.cut) == (str(tmp_path / "long.txt"), True, 100, 13 * 50 - 100)
+    ann, source, counted = model.annotate_input(None, max_chars=50)
+    held = model.heldout_text()
+    assert (source, counted, ann.text_chars, ann.cut) == ("the held-out split", True, 50, len(held) - 50)
+    page = model.write_page(ann, str(tmp_path / "p.html"), source)
+    assert page == str(tmp_path / "p.html") and "<html" in (tmp_path / "p.html").read_text()
+
+
+def test_plot_and_the_built_in_corpora_through_the_api(old_run, tmp_path):
+    run = old_run("lm-stream")
+    assert charrnn.api.plot(str(run / "best.safetensors")) == str(run / "loss.png")
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert charrnn.api.plot(str(run), str(tmp_path / "c.png")) == str(tmp_path / "c.png")
+    from charrnn.files import corpora
+
+    rows = charrnn.api.builtin_corpora()
+    assert [r["name"] for r in rows] == list(corpora.CORPORA)
+    assert all(r["characters"] > 0 and r["mode"] in ("stream", "lines") for r in rows)

@@ -108,6 +108,28 @@ def test_python_api_example_runs(tmp_path, capsys):
     assert namespace["states"].shape == (len("The quick brown fox"), 32)
 
 
+def test_the_api_pages_example_of_what_the_other_commands_use_runs(tmp_path, capsys):
+    test_python_api_example_runs(tmp_path, capsys)  # its run, checkpoints/mine, and corpus.txt
+    page = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    section = page.split("## What the other commands use\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        exec(compile(code, "docs/api.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("model") and "found verbatim in the training text" in out
+    session, model = namespace["session"], namespace["model"]
+    assert session.text.startswith("The " + namespace["choices"][0].text + "quick ")
+    assert namespace["novelty"].built and namespace["ann"].text_chars == 300
+    assert namespace["page"] == "corpus.html" and (tmp_path / "corpus.html").exists()
+    assert len(model.describe()) == len([line for line in out.splitlines() if line.startswith(
+        tuple(f"{label:<16}  " for label, _ in model.describe()))])
+
+
 def test_every_test_a_guarantee_names_exists():
     """docs/files.md's guarantees cite their tests as `tests/FILE.py::name` (or `::name` for the file
     before): each must be a test function in that file, or the promise has nothing behind it."""

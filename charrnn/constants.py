@@ -1,0 +1,18 @@
+"""The names and limits the command line offers, as the rooms that own them define them: the choices of
+its options (cells, modes, optimizers, ...), the numbers its help and messages quote, and the file names of
+a run directory. Each is defined once, below; this module only gathers them for cli.py, which imports
+nothing of the library but this, the API and the errors (tests/test_cli_thin.py checks).
+"""
+
+from .core.cells import CELLS
+from .core.classifier import DENSE_CONFUSION_LABELS, POOLS
+from .core.model import DTYPES
+from .core.optim import OPTIMIZERS, SCHEDULES
+from .data.vocab import LEVELS
+from .files.config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
+from .files.corpus import TEXT_ERRORS
+from .files.layout import BEST_FILE
+from .work.annotate import MAX_CHARS
+
+__all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DENSE_CONFUSION_LABELS", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
+           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TEXT_ERRORS"]
