@@ -14,6 +14,7 @@ message the CLI prints. Nothing here prints.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -36,6 +37,10 @@ from .work.evaluate import Score, json_safe
 # None, for JSON), input_name ("standard input" for "-")
 format_duration = report.format_duration
 input_name = corpus.input_name
+
+
+UNKNOWN_SHARE = 0.01  # Model.mostly_unseen: more of a score's tokens than this are unknown ...
+UNKNOWN_TRAINED = 5   # ... and more than this many times the share of <unk> in the model's training tokens
 
 
 class Model:
@@ -228,6 +233,15 @@ class Model:
         if score.tokens == 0:
             raise CorpusError(f"nothing to score in {source}: it needs at least two tokens")
         return score
+
+    def mostly_unseen(self, score: Score) -> bool:
+        """Whether so many of a score's tokens are unknown to the model that its figures say little about the
+        text (`charrnn eval` then warns): more than UNKNOWN_SHARE of them, and more than UNKNOWN_TRAINED times
+        the share of <unk> in the model's training tokens (rare words made <unk> by min_count: a model that
+        learned <unk> from them about as often as the text holds it scores such tokens as it learned to)."""
+        trained = self.meta.get("data", {}).get("train_unknown", 0.0)
+        trained = trained if isinstance(trained, (int, float)) and math.isfinite(trained) else 0.0
+        return score.unknown > max(UNKNOWN_SHARE, UNKNOWN_TRAINED * trained) * score.tokens
 
     def score_file(self, path, errors: str = "strict", encoding: str | None = None) -> Score:
         """score(the file's text), read and scored in chunks, so memory does not grow with the file

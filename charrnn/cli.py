@@ -9,7 +9,6 @@ the errors, the constants and progress.py (tests/test_cli_thin.py checks), and r
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -508,12 +507,6 @@ def _interactive(model, prime, temperature, top_k, top_p, choices, chunk, seed) 
 
 # ---------------------------------------------------------------- eval
 
-UNKNOWN_WARN_SHARE = 0.01  # eval warns when more of the scored tokens than this are unknown
-# ... and than this many times the share of <unk> in the model's training tokens (rare words made <unk> by
-# --min-count: a model that learned <unk> from them scores new words as it learned to)
-UNKNOWN_WARN_TRAINED = 5
-
-
 @cli.command("eval")
 @click.argument("text_file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_checkpoint_option
@@ -550,10 +543,7 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         source = api.input_name(text_file)
     _using(model, quiet)
     result = score.as_dict()
-    # a model that trained <unk> about as often as the text holds it scores such tokens as it learned to
-    trained = model.meta.get("data", {}).get("train_unknown", 0.0)
-    trained = trained if isinstance(trained, (int, float)) and math.isfinite(trained) else 0.0
-    if result["unknown"] > max(UNKNOWN_WARN_SHARE, UNKNOWN_WARN_TRAINED * trained) * result["tokens"]:
+    if model.mostly_unseen(score):
         info(f"Warning: {result['unknown']:,} of the {result['tokens']:,} tokens scored "
              f"({result['unknown'] / result['tokens']:.1%}) are not in the model's vocabulary. Each is scored as the "
              f"model's probability of its unknown token, which training rarely saw, so the figures below say little "

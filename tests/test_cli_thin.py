@@ -165,3 +165,14 @@ def test_plot_and_the_built_in_corpora_through_the_api(old_run, tmp_path):
     rows = charrnn.api.builtin_corpora()
     assert [r["name"] for r in rows] == list(corpora.CORPORA)
     assert all(r["characters"] > 0 and r["mode"] in ("stream", "lines") for r in rows)
+
+
+def test_eval_warns_of_unknown_tokens_beyond_what_the_model_trained_on(old_run):
+    from charrnn.api import Score
+
+    model = charrnn.load(old_run("lm-stream"))
+    for trained, unknown, warned in ((0.0, 1, False), (0.0, 2, True), (0.01, 5, False), (0.01, 6, True),
+                                     (float("nan"), 2, True), ("x", 1, False)):
+        model.meta["data"]["train_unknown"] = trained
+        # more than 1% of 100 tokens, and more than five times the share the model trained on
+        assert model.mostly_unseen(Score(0.0, 100, unknown)) is warned, (trained, unknown)
