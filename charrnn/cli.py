@@ -285,7 +285,7 @@ def _one_checkpoint(positional: str | None, option_value: str | None, name: str)
 
 def _using(model, quiet: bool) -> None:
     """One stderr line naming the model file a command reads (an api.Model), with its step and validation loss."""
-    model_file, training = model.path, model.meta.get("training", {})
+    model_file, training = model.path, model.training
     parts = [f"step {training['step']:,}"] if "step" in training else []
     best = training.get("best_val_loss")
     if best is not None:
