@@ -46,6 +46,15 @@ def test_the_command_line_imports_only_the_api_the_errors_and_the_constants(name
     assert not extra, f"{name}.py imports charrnn.{extra}: go through charrnn.api"
 
 
+def test_the_command_line_opens_no_file_itself():
+    """eval, classify, annotate and sample --prime-file read their input through the API (corpus.read_input,
+    the one reader, below it); cli.py opens nothing."""
+    tree = ast.parse((ROOT / "charrnn" / "cli.py").read_text(encoding="utf-8"))
+    calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    called = {f.id if isinstance(f, ast.Name) else f.attr for f in calls if isinstance(f, (ast.Name, ast.Attribute))}
+    assert not called & {"open", "fdopen", "read_bytes", "read_input", "read_stdin", "listdir", "scandir"}
+
+
 def test_the_import_check_sees_every_spelling(tmp_path):
     source = tmp_path / "x.py"
     source.write_text("from . import api, __version__\nfrom .files import corpus\nfrom .work.sampling import X\n"
