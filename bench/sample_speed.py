@@ -38,6 +38,7 @@ import charrnn
 from charrnn.work import evaluate, sampling
 from charrnn.core import model, optim
 from charrnn.step import parallel
+from charrnn.tasks import lm
 from charrnn.core.model import ModelConfig
 from charrnn.step.runtime import keep_freed_memory
 from charrnn.data.vocab import EOS, SPECIAL_TOKENS, Vocab
@@ -165,7 +166,7 @@ def main():
     train_steps, train_chars = charrnn_train_steps_fn(params, config, args.train_steps)
 
     n_targets = len(ids) - 1
-    streams = evaluate.stream_count(n_targets, 128)
+    streams = lm.stream_count(n_targets, 128)
     print(f"charrnn {charrnn.__version__}, torch {torch.__version__}, numpy {np.__version__}; "
           f"LSTM 2x256, E 64, V {config.vocab_size}, float32; {blas_kernel()}")
     print(f"eval: {len(ids):,} tokens; loss charrnn {evaluate.score_stream(params, config, ids).loss:.6f}, "

@@ -25,10 +25,11 @@ from .files import corpora, corpus, layout, textfile
 from .step import distributed, runtime
 from .work import evaluate, report, sampling
 from .runs import finetune, models, prepare, rundir, runlog
+from .tasks import registry as tasks
 from .work import loop as training
 from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                      fill_auto_settings, parse_duration)
-from .errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
+from .errors import CharRNNError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
 from .work.evaluate import Score, json_safe
 
@@ -55,6 +56,7 @@ class Model:
 
     def __init__(self, params, config, vocab, meta, path):
         self.params, self.config, self.vocab, self.meta, self.path = params, config, vocab, meta, path
+        self.task = tasks.of_model(config, meta, path)  # what it was trained for (charrnn/tasks/)
         self.lines = meta.get("data", {}).get("mode") == "lines"
         self.encoding = corpus.text_encoding(meta.get("data", {}).get("encoding", corpus.DEFAULT_ENCODING))
 
@@ -87,7 +89,7 @@ class Model:
         stored in its run, its index built now or read where an earlier call stored it (stream mode; a
         lines model indexes its training and validation lines). ConfigError when the run stores no
         training data beside the model (a model file copied out of its run)."""
-        self._need("a language model", "generates no text")
+        self._need("sample", "generates no text")
         index, built = models.novelty_index(self.path, self.lines)
         return Novelty(self, index, built)
 
@@ -96,7 +98,7 @@ class Model:
         """A text written together with the model (`charrnn sample --interactive`): a Session that starts
         from the prime, offers the likeliest next tokens, takes the user's text or picks, and lets the
         model write with these sampling options. The prime is checked first, then the options."""
-        self._need("a language model", "generates no text")
+        self._need("sample", "generates no text")
         rng = np.random.default_rng(check_seed(seed, True))
         state = sampling.Session(self.params, self.config, self.vocab, self.lines, prime, rng)
         sampling.check_options(temperature, top_k, top_p, 1, 1)
@@ -144,7 +146,7 @@ class Model:
         sample is yielded as it is made, its others once it ends (kept meanwhile in blocks, on disk beyond
         one), so memory does not grow with n or length. Options and the prime are checked at this call.
         """
-        self._need("a language model", "generates no text")
+        self._need("sample", "generates no text")
         sampling.check_options(temperature, top_k, top_p, length, n)
         stop = _stop_strings(stop)
         rng = np.random.default_rng(check_seed(seed, True))
@@ -188,7 +190,7 @@ class Model:
         return "length"
 
     def _steps(self, n, prime, length, temperature, top_k, top_p, rng):
-        self._need("a language model", "generates no text")
+        self._need("sample", "generates no text")
         # generate checks the options and the prime now, before anything is generated
         return sampling.generate(self.params, self.config, self.vocab, rng=rng,
                                  num_samples=n, length=length, temperature=temperature, top_k=top_k,
@@ -220,7 +222,7 @@ class Model:
         Returns a Score: .loss (nats per token), .perplexity, .bits_per_token, .tokens, .unknown.
         CorpusError when there is nothing to score (fewer than two tokens).
         """
-        self._need("a language model", "scores labels, not text: use evaluate()")
+        self._need("score", "scores labels, not text: use evaluate()")
         text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
             ids, offsets = models.load_heldout(self.path, self.lines)
@@ -247,7 +249,7 @@ class Model:
         """score(the file's text), read and scored in chunks, so memory does not grow with the file
         (`charrnn eval FILE`); errors: "strict" or "replace" for invalid bytes; encoding: the file's
         (None: the model's, self.encoding)."""
-        self._need("a language model", "scores labels, not text: use evaluate()")
+        self._need("score", "scores labels, not text: use evaluate()")
         score = evaluate.score_file(self.params, self.config, self.vocab, path, self.lines, errors,
                                     encoding=encoding or self.encoding)
         if score.tokens == 0:
@@ -302,7 +304,7 @@ class Model:
         """
         from .work import annotate
 
-        self._need("a language model", "predicts no characters to annotate")
+        self._need("annotate", "predicts no characters to annotate")
         return annotate.annotate(self, _text(text, "text"), top_k=top_k, max_chars=max_chars)
 
 
@@ -315,7 +317,7 @@ class Model:
         Returns (Annotation, source, counted): source names the input in messages; counted is False where
         the rest could not be counted (a pipe, an encoding not read in chunks, a rest that does not decode),
         and `cut` then counts only what was read beyond max_chars."""
-        self._need("a language model", "predicts no characters to annotate")
+        self._need("annotate", "predicts no characters to annotate")
         rest = None  # how many characters are cut, where only the start of the input was read
         shown = max_chars if isinstance(max_chars, int) and not isinstance(max_chars, bool) and max_chars >= 1 \
             else None
@@ -355,7 +357,7 @@ class Model:
     @property
     def labels(self) -> list[str]:
         """A classifier's label names, in id order (empty for a language model)."""
-        return list(self.meta.get("labels", [])) if self.config.classes else []
+        return self.task.labels(self.meta)
 
     def classify(self, texts, top_k: int | None = None) -> list[list[tuple[str, float]]]:
         """Label texts with a classifier: for each text, (label, probability) pairs, most likely first.
@@ -364,7 +366,7 @@ class Model:
           model never saw count as unknown
         - top_k: pairs kept per text (None: every label)
         """
-        self._need("a classifier", f"has no labels; train one with {option('task', 'classify')}")
+        self._need("classify", "has no labels; train one with {task}")
         if top_k is not None:
             top_k = check_integer(top_k, "top_k", low=1)
         if isinstance(texts, str):
@@ -373,10 +375,7 @@ class Model:
             texts = [_text(t, "each text") for t in texts]  # any iterable of strings
         except TypeError:
             raise ConfigError(f"texts must be a string or a list of strings, got {type(texts).__name__}") from None
-        probs = evaluate.classify_texts(self.params, self.config, self.vocab, texts)
-        k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+        return self.task.classify(self.params, self.config, self.vocab, self.labels, texts, top_k)
 
     def evaluate(self, text: str | None = None, *, name: str = "the text") -> dict:
         """A classifier's accuracy, macro-F1, loss (nats per line) and confusion matrix, as `charrnn eval`.
@@ -387,30 +386,29 @@ class Model:
         label i predicted as j, for up to classifier.DENSE_CONFUSION_LABELS labels (None above: it would
         hold C x C numbers). ConfigError when there is nothing to score.
         """
-        self._need("a classifier", "has no labels; use score()")
+        self._need("evaluate", "has no labels; use score()")
         text, name = _text(text, "text", optional=True), _text(name, "name")
         if text is None:
-            ids, offsets = models.load_heldout(self.path, True)
-            tags = models.load_heldout_labels(self.path, self.config.classes)
-            if tags.size != len(offsets) - 1:  # a damaged run: exit 1, as for any damaged file
-                raise CheckpointError(f"the held-out split beside {self.path} has {len(offsets) - 1} lines but "
-                                  f"{tags.size} labels")
-            result = evaluate.score_heldout_labelled(self.params, self.config, self.labels, ids, offsets, tags)
+            heldout = models.load_heldout(self.path, True)
+            result = self.task.evaluate_heldout(self.params, self.config, self.labels, *heldout,
+                                                models.run_of(self.path), self.path)
             source = f"the held-out split ({self.data_dir})"
         else:
-            result = evaluate.score_labelled(self.params, self.config, self.vocab, self.labels,
-                                             corpus.normalize_newlines(text), name)
+            result = self.task.evaluate(self.params, self.config, self.vocab, self.labels,
+                                        corpus.normalize_newlines(text), name)
             source = name
         if result["lines"] == 0:
             raise ConfigError(f"nothing to score in {source}: it holds no labelled lines")
         return result
 
-    def _need(self, kind: str, why: str) -> None:
-        """ConfigError unless this model is `kind` (a classifier, or a language model)."""
-        if bool(self.config.classes) != (kind == "a classifier"):
-            other = "a classifier" if self.config.classes else "a language model"
-            hint = "; use `charrnn classify`" if self.config.classes and why == "generates no text" else ""
-            raise ConfigError(f"this model is {other}, not {kind}: it {why}{hint}")
+    def _need(self, method: str, why: str) -> None:
+        """ConfigError unless this model's task offers `method` (Task.methods): why says what the model
+        cannot do, {task} in it standing for the name of the task that can."""
+        if method not in self.task.methods:
+            other = tasks.offering(method)
+            hint = f"; use `charrnn {self.task.command}`" if why == "generates no text" else ""
+            raise ConfigError(f"this model is {self.task.noun}, not {other.noun}: it "
+                              f"{why.format(task=option('task', other.name))}{hint}")
 
 
 def load(path: str | None = None) -> Model:
@@ -765,19 +763,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         return _follow(group, None, emit, stop)  # a fresh run: rank 0 saves its step-0 state, every option applied
 
     errors = errors or "strict"
-    if options.get("task") == "classify":
-        options.setdefault("mode", "lines")  # a classifier's examples are lines
-        if corpus_file is None:
-            raise ConfigError(f"{option('task', 'classify')} needs a {option('corpus_file')} of label<TAB>text "
-                              "lines; a built-in corpus has no labels")
-        if os.path.isdir(corpus_file):
-            raise ConfigError(f"{option('task', 'classify')} reads label<TAB>text lines from one file, not a folder")
-        if init_from is not None:
-            raise ConfigError(f"{option('init_from')} fine-tunes a language model; {option('task', 'classify')} "
-                              "starts a fresh classifier")
-    elif "pool" in options:
-        raise ConfigError(f"{option('pool')} needs {option('task', 'classify')}: a language model predicts at "
-                          "every step, it pools nothing")
+    task = tasks.get(options.get("task", TrainConfig.task))
+    task.check_request(builtin=corpus_file is None, folder=corpus_file is not None and os.path.isdir(corpus_file),
+                       init_from=init_from is not None, options=options)  # it sets its own defaults in options
     if corpus_file is not None and builtin is not None:
         raise ConfigError(f"give a {option('corpus_file')} or {option('builtin')} (a built-in corpus), not both")
     if glob is not None and (corpus_file is None or not os.path.isdir(corpus_file)):
@@ -791,8 +779,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
             raise ConfigError(f"{option('max_vocab')} cannot be given with {option('init_from')}: the vocabulary is "
                               f"the model's ({option('extend_vocab')} adds the new characters)")
         params, base, vocab, meta, model_file = models.load_checkpoint(init_from)
-        if base.classes:
-            raise ConfigError(f"{model_file} is a classifier; {option('init_from')} fine-tunes a language model")
+        base_task = tasks.of_model(base, meta, model_file)
+        if not base_task.fine_tunes:
+            raise ConfigError(f"{model_file} is {base_task.noun}; {option('init_from')} fine-tunes a language model")
         model_options = finetune.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
         if "level" in options and options["level"] != vocab.level:
             raise ConfigError(f"{option('level', options['level'])} conflicts with the model of {option('init_from')}, "
@@ -809,8 +798,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if no_budget:
         tconfig.max_time = 300.0
     tconfig.check(partial=True)
+    task.check(tconfig)
     # the model options given are checked now too, before the corpus is read or anything is said
-    ModelConfig(vocab_size=4, classes=2 if tconfig.task == "classify" else 0,
+    ModelConfig(vocab_size=4, **task.model_fields(),
                 **{"layers": 1, "hidden": 1, "embed": 1, "dropout": 0.0,
                    **{k: v for k, v in model_options.items() if v is not None}})
     say = lambda text, run=None: emit({"event": "message", "text": text}, run)  # noqa: E731
@@ -830,8 +820,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = _read(val, errors, tconfig) if val else None
     if tconfig.mode == "lines":  # a text in memory: before its lines are split into tokens (the settings count them)
-        corpus.check_text_lines(text, labelled=tconfig.task == "classify")
-        corpus.check_text_lines(val_text, "validation ", labelled=tconfig.task == "classify")
+        corpus.check_text_lines(text, labelled=task.labelled())
+        corpus.check_text_lines(val_text, "validation ", labelled=task.labelled())
     if isinstance(text, textfile.Folder):
         split = textfile.split_folder(text, tconfig) if val_text is None else (text.whole, val_text, None)
         if split is None:
@@ -871,8 +861,9 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
 def _read(path: str, errors: str, tconfig: TrainConfig):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
     not grow with its size; a pipe, such as /dev/stdin, or a UTF-16 file is spooled to a temporary file
-    first: textfile.open_source), or its text where preparation needs it whole (a classifier)."""
-    if tconfig.task == "classify":
+    first: textfile.open_source), or its text where preparation needs it whole (a task the chunked engine
+    does not prepare: Task.chunked)."""
+    if not tasks.get(tconfig.task).chunked:
         return corpus.read_text(path, errors, encoding=tconfig.encoding)
     text = textfile.open_source(path, errors, encoding=tconfig.encoding)
     textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid bytes are reported where they are

@@ -9,10 +9,13 @@ from .core.classifier import DENSE_CONFUSION_LABELS, POOLS
 from .core.model import DTYPES
 from .core.optim import OPTIMIZERS, SCHEDULES
 from .data.vocab import LEVELS
-from .files.config import DEFAULT_PATIENCE, MODES, NONFINITE, TASKS
+from .files.config import DEFAULT_PATIENCE, MODES, NONFINITE
 from .files.corpus import TEXT_ERRORS
 from .files.layout import BEST_FILE
+from .tasks.registry import TASKS as _REGISTERED
 from .work.annotate import MAX_CHARS
+
+TASKS = tuple(_REGISTERED)  # the --task names, in the registry's order
 
 __all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DENSE_CONFUSION_LABELS", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
            "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TEXT_ERRORS"]

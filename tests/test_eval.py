@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from charrnn import cli
 from charrnn.work import evaluate
+from charrnn.tasks import lm
 from charrnn.step import inference
 from charrnn.core import model
 from charrnn.runs import models
@@ -91,12 +92,12 @@ def test_score_stream_equals_scoring_each_piece_from_a_zero_state():
 
 
 def test_stream_count_keeps_pieces_long():
-    assert evaluate.stream_count(100_000, 128, 1000) == 96  # 100 rounded down to a multiple of 16
-    assert evaluate.stream_count(10_000_000, 128, 1000) == 128
-    assert evaluate.stream_count(15_500, 128, 1000) == 15  # 16 or fewer: not rounded
-    assert evaluate.stream_count(33_000, 128, 1000) == 32
-    assert evaluate.stream_count(500, 128, 1000) == 1
-    assert evaluate.stream_count(100, 37, 0) == 37  # min_length 0: exactly min(streams, n_targets)
+    assert lm.stream_count(100_000, 128, 1000) == 96  # 100 rounded down to a multiple of 16
+    assert lm.stream_count(10_000_000, 128, 1000) == 128
+    assert lm.stream_count(15_500, 128, 1000) == 15  # 16 or fewer: not rounded
+    assert lm.stream_count(33_000, 128, 1000) == 32
+    assert lm.stream_count(500, 128, 1000) == 1
+    assert lm.stream_count(100, 37, 0) == 37  # min_length 0: exactly min(streams, n_targets)
     params, config = random_model("gru")
     ids = np.random.default_rng(5).integers(0, 11, 2500)
     # 2499 targets at the default minimum length: two pieces, as if streams were 2

@@ -37,6 +37,7 @@ import charrnn
 from charrnn.files import checkpoint, corpus, layout
 from charrnn.work import loop as tr
 from charrnn.runs import models, runlog, rundir
+from charrnn.tasks import registry as tasks
 from charrnn.files.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.files.runlock import RunLock
@@ -719,14 +720,15 @@ def test_on_nonfinite_skip_skips_and_counts_through_the_cli(tmp_path, corpus_fil
 
 
 def test_a_nan_at_a_given_step_through_the_cli(tmp_path, corpus_file, monkeypatch):
-    real = tr._loss_and_grads
+    task = tasks.get("lm")
+    real = task.loss_and_grads
 
     def nan_at_step_5(run, *args):
         loss, grads, final, n = real(run, *args)
         if run.step + 1 == 5:
             grads = {k: np.full_like(v, np.nan) for k, v in grads.items()}  # a finite loss, a NaN gradient
         return loss, grads, final, n
-    monkeypatch.setattr(tr, "_loss_and_grads", nan_at_step_5)
+    monkeypatch.setattr(task, "loss_and_grads", nan_at_step_5)
     run = tmp_path / "run"
     code, out, err = invoke(["train", corpus_file, *TINY, "--max-steps", 10, "--eval-every", 3, "-q", "--out", run])
     assert_one_line_error(code, out, err, "non-finite at step 5")

@@ -13,6 +13,7 @@ from charrnn.files import checkpoint, layout
 from charrnn.work import loop as tr
 from charrnn.core import optim
 from charrnn.runs import rundir
+from charrnn.tasks import registry as tasks
 from charrnn.files.config import TrainConfig
 from charrnn.errors import ConfigError, CorpusError, TrainingError
 from tiny_runs import NAMES, read_log, stream_text
@@ -254,12 +255,13 @@ def test_resume_refuses_options_that_define_the_run(tmp_path):
 
 def poison_steps(monkeypatch, bad_steps):
     """Make the loss of the given (1-based) steps NaN."""
-    real = tr._loss_and_grads
+    task = tasks.get("lm")
+    real = task.loss_and_grads
 
     def loss_and_grads(run, *args):
         loss, grads, final, n = real(run, *args)
         return (math.nan if run.step + 1 in bad_steps else loss), grads, final, n
-    monkeypatch.setattr(tr, "_loss_and_grads", loss_and_grads)
+    monkeypatch.setattr(task, "loss_and_grads", loss_and_grads)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

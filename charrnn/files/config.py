@@ -18,7 +18,6 @@ from ..core import optim
 from ..errors import ConfigError, option
 
 MODES = ("stream", "lines")
-TASKS = ("lm", "classify")  # a language model, or a classifier of label<TAB>text lines
 NONFINITE = ("stop", "skip")
 # Early stopping: evaluations in a row without a new best validation loss before a run stops. A run that
 # still learns sets a new best at almost every evaluation; one that only overfits never does.
@@ -28,7 +27,7 @@ DEFAULT_PATIENCE = 5
 @dataclass
 class TrainConfig:
     # data
-    task: str = "lm"                   # "lm": a language model; "classify": label<TAB>text lines (mode "lines")
+    task: str = "lm"                   # the task's name (charrnn/tasks/: "lm", "classify"), which checks its own settings
     mode: str = "stream"               # "stream": one long text; "lines": each non-empty line is an example
     level: str = "char"                # "char" or "word" tokens
     min_count: int = 1                 # rarer tokens become UNK
@@ -98,11 +97,6 @@ class TrainConfig:
             raise ConfigError(f"{option('mode')} must be stream or lines, got {self.mode!r:.40}")
         if self.level not in ("char", "word"):
             raise ConfigError(f"{option('level')} must be char or word, got {self.level!r:.40}")
-        if self.task not in TASKS:
-            raise ConfigError(f"{option('task')} must be lm or classify, got {self.task!r:.40}")
-        if self.task == "classify" and (self.mode != "lines" or self.level != "char"):
-            raise ConfigError(f"{option('task', 'classify')} reads one example per line at character level: it "
-                              f"takes neither {option('mode', 'stream')} nor {option('level', 'word')}")
         if self.on_nonfinite not in NONFINITE:
             raise ConfigError(f"{option('on_nonfinite')} must be stop or skip, got {self.on_nonfinite!r}")
         # types and magnitudes first (a resumed run reads these from a file), so the checks below

@@ -25,18 +25,19 @@ _SAMPLES, _SAMPLE_IDS = 16, 8192  # an id file of more than 16 x 8192 ids is fin
 _HEX = {"id": re.compile(r"[0-9a-f]{32}"), "vocab": re.compile(r"[0-9a-f]{64}"), "data": re.compile(r"[0-9a-f]{64}")}
 
 
-def fingerprint(vocab: Vocab, labels: tuple, data: tuple) -> dict:
-    """{"vocab": hex, "data": hex}: sha256 of the vocabulary (and a classifier's labels), and of the stored ids.
+def fingerprint(vocab: Vocab, data: tuple) -> dict:
+    """{"vocab": hex, "data": hex}: sha256 of the vocabulary (and the task's names: a classifier's labels), and
+    of the stored ids (and the task's arrays: a classifier's label ids).
 
-    - data: what prepare.load_data returns (ids, offsets and label arrays, None where a mode has none)
+    - data: what prepare.load_data returns (ids and offsets, None where a mode has none, and the task's data)
     The ids are hashed as values (int64), with their names and lengths, so a file written with another
     dtype holds the same data; a long one by 16 slices of 8192 ids at evenly spaced places (its first
     and last among them), so that resuming reads about a megabyte, not the corpus.
     """
-    words = json.dumps([vocab.to_dict(), list(labels)], ensure_ascii=True, sort_keys=True)
+    words = json.dumps([vocab.to_dict(), list(data[4].names)], ensure_ascii=True, sort_keys=True)
     h = hashlib.sha256()
-    names = ("train", "val", "train_offsets", "val_offsets", "labels")
-    for name, arr in zip(names, data):
+    names = ("train", "val", "train_offsets", "val_offsets", "labels")  # the last: the task's arrays
+    for name, arr in zip(names, (*data[:4], data[4].arrays)):
         for i, part in enumerate(arr if isinstance(arr, tuple) else (arr,)):
             if part is None:
                 continue
@@ -87,18 +88,18 @@ def write_identity(directory, identity: dict) -> None:
         raise CheckpointError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
 
 
-def proven_identity(directory, saved, vocab: Vocab, labels: tuple, data: tuple, where: str, writer: bool) -> dict:
+def proven_identity(directory, saved, vocab: Vocab, data: tuple, where: str, writer: bool) -> dict:
     """The run's identity, once the state file at `where` is proven to belong to the run in directory.
 
     - saved: the state's "run" entry (None in a state saved before run ids)
-    - vocab, labels: the state's; data: the directory's stored ids (prepare.load_data)
+    - vocab: the state's; data: the directory's stored ids and the task's data (prepare.load_data)
     The one place a state is matched to its run, before anything is written: its id must be the one in
     run.json, and the vocabulary and data it was saved with must be the directory's. A run without
     run.json (made before run ids) is checked against what else it holds (its model file's vocabulary,
     ids that fit the vocabulary) and adopts the state's id, or a new one: run.json is written (writer only).
     CheckpointError names what does not fit.
     """
-    own = fingerprint(vocab, labels, data)
+    own = fingerprint(vocab, data)
     if saved is not None:
         saved = _checked_identity(saved, f"{where}: run")
 
@@ -146,8 +147,8 @@ def proven_identity(directory, saved, vocab: Vocab, labels: tuple, data: tuple, 
 
 
 
-def new_identity(directory, vocab: Vocab, labels: tuple, data: tuple) -> dict:
+def new_identity(directory, vocab: Vocab, data: tuple) -> dict:
     """A new run's identity (a fresh id and the fingerprints of its data), written to its run.json."""
-    identity = {"id": secrets.token_hex(16), **fingerprint(vocab, labels, data)}
+    identity = {"id": secrets.token_hex(16), **fingerprint(vocab, data)}
     write_identity(directory, identity)
     return identity

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from ..files import checkpoint, corpus
 from ..data import novelty
 from ..files.layout import CHECKPOINTS, DATA_DIR, MODEL_FILE, SNAPSHOTS_DIR, run_model_file
-from ..files.modelmeta import check_model_meta, checked_labels
+from ..files.modelmeta import check_model_meta
+from ..tasks import registry as tasks
 from ..errors import CharRNNError, CheckpointError, ConfigError, option
 from ..data.vocab import Vocab
 from .prepare import data_dir, data_path, read_split
@@ -46,20 +46,6 @@ def load_heldout(model_file: str, lines: bool):
     except CharRNNError as exc:
         raise CheckpointError(f"the held-out split stored in {data_dir(directory)} is damaged: {exc}") from None
     return ids, offsets
-
-
-def load_heldout_labels(model_file: str, classes: int) -> np.ndarray:
-    """(n_lines,) label ids of a classifier's stored validation lines (beside model_file), checked."""
-    path = data_path(run_of(model_file), "val_labels.npy")
-    if not os.path.exists(path):
-        raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE")
-    try:
-        tags = corpus.load_ids(path)
-    except CharRNNError as exc:
-        raise CheckpointError(f"the held-out labels stored beside {model_file} are damaged: {exc}") from None
-    if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
-        raise CheckpointError(f"{path}: not one label id below {classes} per line")
-    return tags
 
 
 
@@ -132,8 +118,7 @@ def load_checkpoint(path: str | None):
     if vocab.size != config.vocab_size:
         raise CheckpointError(f"{model_file}: {vocab.size} tokens but the model expects {config.vocab_size}")
     check_model_meta(meta, model_file)
-    if config.classes:
-        meta["labels"] = list(checked_labels(meta.get("labels"), config.classes, model_file))
+    tasks.of_model(config, meta, model_file)  # the task's own entries (a classifier's labels), checked
     return params, config, vocab, meta, model_file
 
 

@@ -8,18 +8,18 @@ train leaves no files behind.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from ..files import atomic, checkpoint, corpus, textfile
+from ..files import checkpoint, corpus, textfile
 from ..data import batches
 from ..files.config import TrainConfig
-from ..files.layout import DATA_DIR, LABELS_FILE
-from ..files.modelmeta import checked_labels
+from ..files.layout import DATA_DIR
+from ..tasks import registry as tasks
 from ..errors import CheckpointError, CorpusError, option
 from ..data.vocab import Vocab, build_vocab, extend_vocab
+
 
 def data_dir(directory) -> str:
     """Where a run keeps its encoded ids."""
@@ -49,8 +49,9 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
         return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
 
+    task = tasks.get(tconfig.task)
     check_data_dir(directory)
-    if isinstance(train_text, textfile.TextFile) and tconfig.task == "lm":  # read in chunks
+    if isinstance(train_text, textfile.TextFile) and task.chunked:  # read in chunks
         return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
     arrays = {}
     if tconfig.mode == "stream":
@@ -71,14 +72,9 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
         # raises CorpusError (with the length and what is needed) when the text is too short for one batch
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
-        classify = tconfig.task == "classify"
-        if classify:
-            tags, lines = corpus.split_labelled(train_text, where[0])
-            label_names = sorted(set(tags))
-            tags = corpus.label_ids(tags, label_names, where[0]) if tags else None
-        else:
-            lines = corpus.lines_of(train_text)
-        _check_line_lengths(lines, classifier=classify)
+        # the task's examples: its lines, and what it predicts of each (None: the lines' own tokens)
+        lines, tags, names = task.read_lines(train_text, where[0])
+        _check_line_lengths(lines, labelled=task.labelled())
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
             order = np.random.default_rng(tconfig.seed).permutation(len(lines))
@@ -86,30 +82,23 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
             val_lines = [lines[i] for i in val_rows]
             lines = [lines[i] for i in train_rows]
-            if classify:
+            if tags is not None:
                 tags, val_tags = tags[train_rows], tags[val_rows]
         else:
-            if classify:
-                val_tags, val_lines = corpus.split_labelled(val_text, where[1], min_labels=1)
-                val_tags = corpus.label_ids(val_tags, label_names, where[1])
-            else:
-                val_lines = corpus.lines_of(val_text)
-            _check_line_lengths(val_lines, "validation ", classifier=classify)
+            val_lines, val_tags, _ = task.read_lines(val_text, where[1], names)
+            _check_line_lengths(val_lines, "validation ", labelled=task.labelled())
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
         vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
             make_vocab("\n".join(lines), exclude=("\n",))
         for name, part in (("train", lines), ("val", val_lines)):
             arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
-        if classify:
-            arrays["train_labels.npy"], arrays["val_labels.npy"] = tags, val_tags
-            labels_json = json.dumps(label_names).encode("utf-8")
     os.makedirs(data_dir(directory), exist_ok=True)
     checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
     for name, ids in arrays.items():
         corpus.save_ids(data_path(directory, name), ids)
-    if tconfig.task == "classify":
-        atomic.write_file(data_path(directory, LABELS_FILE), lambda f: f.write(labels_json))
+    if tconfig.mode == "lines" and tags is not None:
+        task.store(data_dir(directory), names, (tags, val_tags))
     return vocab
 
 
@@ -122,20 +111,9 @@ def check_data_dir(directory) -> None:
                               f"run's files only inside its directory: remove it, or choose another {option('out')}")
 
 
-def read_labels(directory) -> tuple:
-    """The label names of a classifier run, from its data folder; CheckpointError when missing or malformed."""
-    path = data_path(directory, LABELS_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the run's labels {path}: {exc}") from None
-    return checked_labels(labels, None, path)
-
-
-def _check_line_lengths(lines: list[str], which: str = "", classifier: bool = False) -> None:
-    """CorpusError when a line is too long to be one example of lines mode."""
-    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=classifier)
+def _check_line_lengths(lines: list[str], which: str = "", labelled: bool = False) -> None:
+    """CorpusError when a line is too long to be one example of lines mode (labelled: a task's labelled one)."""
+    corpus.check_line_lengths(max(map(len, lines), default=0), which, classifier=labelled)
 
 
 def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
@@ -158,15 +136,13 @@ def read_split(directory, split: str, lines: bool):
     return ids, corpus.load_ids(data_path(directory, f"{split}_offsets.npy")) if lines else None
 
 
-def load_data(directory, mode, classes: int = 0):
-    """(train ids, val ids, train offsets, val offsets[, (train labels, val labels)]) of a run's data folder,
-    memory-mapped and checked (the labels only for a classifier of that many classes); CheckpointError
-    when anything is missing or damaged, for the data folder is part of the run."""
-    lines = mode == "lines"
+def load_data(directory, tconfig: TrainConfig):
+    """(train ids, val ids, train offsets, val offsets, the task's data: Task.load) of a run's data folder,
+    memory-mapped and checked; CheckpointError when anything is missing or damaged, for the data folder is
+    part of the run."""
+    lines = tconfig.mode == "lines"
     try:
         (train_ids, train_off), (val_ids, val_off) = (read_split(directory, s, lines) for s in ("train", "val"))
-        tags = tuple(corpus.load_ids(data_path(directory, f"{s}_labels.npy")) for s in ("train", "val")) \
-            if classes else (None, None)
     except Exception as exc:  # the data folder is part of the run: any failure is a broken run
         raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
     if lines:
@@ -175,11 +151,5 @@ def load_data(directory, mode, classes: int = 0):
             corpus.check_offsets(val_off, len(val_ids), "val_offsets.npy")
         except CorpusError as exc:
             raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {exc}") from None
-    if classes:
-        for tag, offsets, name in zip(tags, (train_off, val_off), ("train", "val")):
-            if tag.shape != (len(offsets) - 1,) or (tag.size and (tag.min() < 0 or tag.max() >= classes)):
-                raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {name}_labels.npy "
-                                      f"does not hold one label id below {classes} per line")
-        return train_ids, val_ids, train_off, val_off, tags
-    return train_ids, val_ids, train_off, val_off
+    return train_ids, val_ids, train_off, val_off, tasks.get(tconfig.task).load(directory, (train_off, val_off))
 

@@ -38,16 +38,17 @@ from ..core import model, optim
 from ..core.cells import STATES
 from ..files.config import RESUMABLE, SCHEDULE_KEYS, TrainConfig, is_number
 from ..errors import CharRNNError, CheckpointError, ConfigError, option
-from ..files.layout import (BEST_FILE, CHECKPOINTS, LABELS_FILE, LOG_FILE, MODEL_FILE, RUN_FILE,
+from ..files.layout import (BEST_FILE, CHECKPOINTS, LOG_FILE, MODEL_FILE, RUN_FILE,
                             SNAPSHOTS_DIR, STATE_FILE, snapshot_name)
-from ..files.modelmeta import checked_labels
+from ..tasks import registry as tasks
+from ..tasks.base import Task, TaskData
 from ..core.model import ModelConfig
 from ..files.runlock import RunLock
 from ..data.vocab import UNK, Vocab
 from . import finetune, runlog
 from .finetune import InitFrom
 from .identity import new_identity, proven_identity
-from .prepare import check_data_dir, data_dir, load_data, prepare_data, read_labels
+from .prepare import check_data_dir, data_dir, load_data, prepare_data
 
 
 @dataclass
@@ -77,12 +78,15 @@ class Run:
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
     log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
-    extra: dict = field(default_factory=dict)  # per-process caches: this epoch's line order
-    labels: tuple = ()                 # task classify: the label names, in id order
-    train_labels: np.ndarray | None = None  # task classify: (n_lines,) label ids of the training lines
-    val_labels: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)  # per-process caches and messages (the unknown share, lr_before)
+    data: TaskData = field(default_factory=TaskData)  # the task's own data (labels...) and batching cache
     origin: dict | None = None         # a fine-tuned run: the model it started from (finetune.origin)
     identity: dict | None = None       # {"id", "vocab", "data"}: the run's id and fingerprints (identity.py)
+
+    @property
+    def task(self) -> Task:
+        """The run's task (tasks/): what it reads, batches, and how it scores."""
+        return tasks.get(self.tconfig.task)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -100,8 +104,8 @@ def holds_run(directory) -> bool:
 
 
 # the files a start writes before its first checkpoint, under data/ (the novelty index: sample --novelty)
-_DATA_FILES = ("train.npy", "val.npy", "train_offsets.npy", "val_offsets.npy", "train_labels.npy", "val_labels.npy",
-               LABELS_FILE, "train_index.npy")
+_DATA_FILES = ("train.npy", "val.npy", "train_offsets.npy", "val_offsets.npy", "train_index.npy",
+               *dict.fromkeys(name for task in tasks.TASKS.values() for name in task.files))
 
 
 def unsaved_start(directory) -> bool:
@@ -155,27 +159,25 @@ def start_run(directory, train_text, val_text, config_options: dict,
     """
     tconfig.check()
     _clear_unsaved_start(directory)
-    classify = tconfig.task == "classify"
-    ModelConfig(vocab_size=4, classes=2 if classify else 0, **config_options)  # fail before any file is written
+    task = tasks.get(tconfig.task)
+    task.check(tconfig)
+    ModelConfig(vocab_size=4, **task.model_fields(), **config_options)  # fail before any file is written
     if init is not None and init.vocab.level != tconfig.level:
         raise ConfigError(f"the model of {option('init_from')} has a {init.vocab.level}-level vocabulary, "
                           f"not {tconfig.level}")
     vocab = prepare_data(directory, train_text, val_text, tconfig,
                          init.vocab if init else None, init.extend if init else False, where)
-    labels = read_labels(directory) if classify else ()
-    config = ModelConfig(vocab_size=vocab.size, classes=len(labels), **config_options)
+    data = load_data(directory, tconfig)
+    config = ModelConfig(vocab_size=vocab.size, **task.model_fields(data[4]), **config_options)
     params = model.init_params(config, np.random.default_rng(tconfig.seed))
     origin = None
     if init is not None:
         params = finetune.inherit_params(init, params)
         origin = finetune.origin(init, vocab, directory, train_text, val_text, tconfig)
-    data = load_data(directory, tconfig.mode, config.classes)
     run = Run(directory, config, tconfig, vocab, params,
               optim.make_optimizer(tconfig.optim, params, **tconfig.optimizer_options()), *data[:4],
-              labels=labels, origin=origin)
-    if classify:
-        run.train_labels, run.val_labels = data[4]
-    run.identity = new_identity(directory, vocab, labels, data)
+              data=data[4], origin=origin)
+    run.identity = new_identity(directory, vocab, data)
     return run
 
 
@@ -207,6 +209,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         # runs saved before the threads setting existed took each batch as one block
         tconfig = TrainConfig.from_dict({"threads": 1, **meta["train"]})
         tconfig.check()
+        tasks.get(tconfig.task).check(tconfig)
         vocab = Vocab.from_dict(meta["vocab"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{where}: missing or malformed entry {exc}") from None
@@ -241,15 +244,13 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
     except ValueError as exc:  # the optimizer names what does not fit; here that makes a bad checkpoint
         raise CheckpointError(str(exc)) from None
-    data = load_data(directory, tconfig.mode, config.classes)
+    data = load_data(directory, tconfig)
+    tasks.get(tconfig.task).check_data(data[4], config, where)
     origin = meta.get("origin")
     run = Run(directory, config, tconfig, vocab, params, optimizer, *data[:4], carry=carry,
-              origin=origin if isinstance(origin, dict) else None)
-    if config.classes:
-        run.labels = checked_labels(list(read_labels(directory)), config.classes, where)
-        run.train_labels, run.val_labels = data[4]
+              data=data[4], origin=origin if isinstance(origin, dict) else None)
     # before anything is written: the state must be this run's (a copied one would overwrite its model)
-    run.identity = proven_identity(directory, meta.get("run"), vocab, run.labels, data, where, writer)
+    run.identity = proven_identity(directory, meta.get("run"), vocab, data, where, writer)
     since = (progress.pop("schedule_since_step"), progress.pop("schedule_since_progress"))
     if (since[0] is None) != (since[1] is None) or (since[1] is not None and not 0 <= since[1] <= 1):
         raise CheckpointError(f"{where}: progress schedule_since_step and schedule_since_progress do not fit")
@@ -363,7 +364,7 @@ def model_meta(run: Run) -> dict:
                  "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype),  # as data/*.npy's headers say
                  "encoding": run.tconfig.encoding,  # eval, annotate and classify read files in it
                  "train_unknown": _unknown_share(run)},  # how often training saw <unk> (eval's warning)
-        **({"labels": list(run.labels)} if run.labels else {}),
+        **run.task.metadata(run),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
                      "optimizer": run.tconfig.optim, "lr": run.tconfig.lr},

@@ -16,11 +16,9 @@ import time
 
 import numpy as np
 
-from ..data import batches
-from ..core import classifier, model, optim
+from ..core import model, optim
 from ..files import corpus
 from ..step import distributed, parallel
-from . import evaluate
 from ..runs import rundir, runlog
 from ..errors import ConfigError, TrainingError, option
 from ..files.layout import BEST_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
@@ -31,112 +29,9 @@ QUIET_FP = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
 
 
 def validation_loss(run: Run) -> float:
-    """Mean NLL per token on (the first eval_tokens of) the held-out data."""
+    """The run's task's mean loss on (the first eval_tokens of) the held-out data; nan when there is none."""
     corpus.check_mapped(run.val_ids, run.val_offsets)  # a cut file would kill the process (see there)
-    limit = run.tconfig.eval_tokens
-    if run.tconfig.mode == "stream":
-        ids = run.val_ids if limit is None else run.val_ids[: limit + 1]
-        if len(ids) < 2:
-            return math.nan
-        return evaluate.score_stream(run.params, run.config, ids, threads=run.tconfig.threads).loss
-    offsets = run.val_offsets
-    if len(offsets) < 2:
-        return math.nan
-    if limit is not None:  # whole lines, up to the token limit
-        n_lines = max(1, int(np.searchsorted(offsets, limit, side="right")) - 1)
-        offsets = offsets[: n_lines + 1]
-    if run.config.classes:
-        probs = classifier.predict(run.params, run.config, run.val_ids, offsets)
-        return classifier.mean_nll(probs, run.val_labels[: len(offsets) - 1])
-    return evaluate.score_lines(run.params, run.config, run.val_ids, offsets,
-                                run.vocab.bos, run.vocab.eos, threads=run.tconfig.threads).loss
-
-
-def _batch(run: Run, step: int):
-    """The batch for one step: (x, y, mask or None, reset) where reset starts from a zero state."""
-    tc = run.tconfig
-    epoch, index = divmod(step, run.steps_per_epoch)
-    if tc.mode == "stream":
-        x, y = batches.stream_batch(run.train_ids, tc.batch_size, tc.seq_len, index)
-        return x, y, None, index == 0
-    cached_epoch, order = run.extra.get("order", (None, None))
-    if cached_epoch != epoch:  # one permutation per epoch, fixed by (seed, epoch)
-        order = batches.line_batches(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
-        run.extra["order"] = (epoch, order)
-    if run.config.classes:  # a classifier: (tokens, label ids, lengths)
-        tokens, lengths = classifier.batch(run.train_ids, run.train_offsets, order[index])
-        return tokens, run.train_labels[order[index]], lengths, True
-    x, y, mask = batches.line_batch(run.train_ids, run.train_offsets, order[index],
-                                    run.vocab.bos, run.vocab.eos)
-    return x, y, mask, True
-
-
-def _loss_and_grads(run: Run, x, y, mask, state, rngs, group=distributed.Solo()):
-    """Loss and gradients of one batch, in seq_len chunks with the state carried (truncated BPTT).
-
-    Each chunk's rows run in tconfig.threads blocks (see parallel.py); rngs holds
-    one dropout Generator per block, or None. Under MPI this rank computes only its
-    rows (group.rows; state holds those rows only), and the ranks' gradients are
-    summed in rank order (see distributed.py). Returns (loss, grads, final_state,
-    tokens): the mean NLL over the whole batch's scored tokens, the summed gradients,
-    this rank's final state, and how many tokens the whole batch scored.
-    """
-    if run.config.classes:  # a whole line at a time: y holds the labels, mask the lengths
-        return _classifier_loss_and_grads(run, x, y, mask, rngs, group)
-    T = run.tconfig.seq_len
-    total = int(np.count_nonzero(mask)) if mask is not None else y.size
-    if group.size > 1:
-        rows = group.rows(x.shape[0])
-        x, y, mask = x[rows], y[rows], None if mask is None else mask[rows]
-        if x.shape[0] == 0:  # a short last batch of lines can leave a rank no rows: it adds zeros
-            zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
-            return _summed(run, group, 0.0, zeros, total) + (state, total)
-    grads, nll = None, 0.0
-    weights = parallel.prepare(run.params, run.config, (x.shape[0], min(T, x.shape[1])), run.tconfig.threads)
-    for t0 in range(0, x.shape[1], T):
-        sl = slice(t0, t0 + T)
-        chunk_nll, g, state = parallel.loss_and_grads(
-            run.params, run.config, x[:, sl], y[:, sl], None if mask is None else mask[:, sl], state,
-            count=total, rngs=rngs, parts=run.tconfig.threads, weights=weights)
-        nll += chunk_nll
-        if grads is None:
-            grads = g
-        else:
-            for k, v in g.items():
-                grads[k] += v
-    if group.size > 1:
-        return _summed(run, group, nll, grads, total) + (state, total)
-    return (nll / total if total else 0.0), grads, state, total
-
-
-def _classifier_loss_and_grads(run: Run, tokens, labels, lengths, rngs, group=distributed.Solo()):
-    """A classifier's batch, its lines in tconfig.threads row blocks as parallel.py cuts them; the
-    blocks' gradients (each of its summed loss over the whole batch's lines) add in block order.
-    Under MPI this rank takes only its lines (group.rows), and the ranks' sums add in rank order."""
-    count, n_tokens = labels.size, int(lengths.sum())  # the whole batch's
-    if group.size > 1:
-        rows = group.rows(count)
-        tokens, labels, lengths = tokens[rows], labels[rows], lengths[rows]
-        if labels.size == 0:  # a short last batch can leave a rank no lines: it adds zeros
-            zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
-            return _summed(run, group, 0.0, zeros, count) + (None, n_tokens)
-    blocks = parallel.row_blocks(labels.size, run.tconfig.threads)
-
-    def block(p):
-        rows = blocks[p]
-        loss, grads = classifier.loss_and_grads(run.params, run.config, tokens[rows], lengths[rows], labels[rows],
-                                                dropout_rng=None if rngs is None else rngs[p], count=count)
-        return loss * (rows.stop - rows.start), grads
-
-    results = parallel.run_blocks(block, len(blocks))
-    nll, grads = results[0]
-    for other_nll, other_grads in results[1:]:
-        nll += other_nll
-        for name, g in other_grads.items():
-            grads[name] += g
-    if group.size > 1:
-        return _summed(run, group, nll, grads, count) + (None, n_tokens)
-    return nll / count, grads, None, n_tokens
+    return run.task.validation_loss(run)
 
 
 def measure_speed(config: model.ModelConfig, tconfig, line_length: int | None = None, seconds: float = 0.5,
@@ -173,19 +68,6 @@ def measure_speed(config: model.ModelConfig, tconfig, line_length: int | None = 
                 timed += 1
                 if timed >= max_steps or (timed >= 2 and now - start >= seconds):
                     return timed * x.size / max(now - start, 1e-9)
-
-
-def _summed(run: Run, group, nll: float, grads: dict, total: int):
-    """(loss, grads) summed over the ranks in rank order; grads travel as one flat buffer."""
-    names = list(run.params)  # the same order on every rank
-    flat = group.sum_in_rank_order(np.concatenate([grads[k].ravel() for k in names]))
-    out, at = {}, 0
-    for k in names:
-        n = run.params[k].size
-        out[k] = flat[at:at + n].reshape(run.params[k].shape)
-        at += n
-    nll = float(group.sum_in_rank_order(np.array([nll], np.float64))[0])
-    return (nll / total if total else 0.0), out
 
 
 def _budget_reached(run: Run):
@@ -280,14 +162,16 @@ def train(run: Run, should_stop=lambda: False, group=None):
     while reason is None:
         step_start = time.monotonic()
         corpus.check_mapped(run.train_ids, run.train_offsets)  # a cut file would kill the process (see there)
-        x, y, mask, reset = _batch(run, run.step)
-        state = None if reset or run.carry is None else run.carry
+        batch = run.task.batch(run, run.step)
+        state = None if batch.reset or run.carry is None else run.carry
         # dropout masks come from generators fixed by (seed, step, block), so a resumed run draws the same
         # (under MPI the blocks are numbered across ranks: rank r's blocks follow rank r-1's)
         rngs = ([np.random.default_rng([tc.seed, run.step, group.rank * tc.threads + p]) for p in range(tc.threads)]
                 if run.config.dropout > 0 else None)
         with np.errstate(**QUIET_FP):
-            loss, grads, final, n_tokens = _loss_and_grads(run, x, y, mask, state, rngs, group)
+            # the loss and the gradients summed in a fixed order of row blocks (and of MPI ranks), and the
+            # final state to carry (stream) and the tokens the whole batch scored (see the task's)
+            loss, grads, final, n_tokens = run.task.loss_and_grads(run, batch, state, rngs, group)
             grad_norm = optim.clip_grad_norm(grads, tc.clip)
             optim.clip_grad_value(grads, tc.clip_value)
         finite = math.isfinite(loss) and math.isfinite(grad_norm)

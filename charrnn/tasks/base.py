@@ -1,0 +1,212 @@
+"""The task contract: what differs between a language model, a classifier and every task to come.
+
+A task is one module in this folder with one class that subclasses `Task`, and one line in
+`tasks/registry.py` that registers an instance under its name (the `--task` option's value). The layers
+above (the run code in runs/, the loop and scoring in work/, api.py and cli.py) hold no task's name and read
+no task's fields: they ask the run's task (`run.task`, `registry.get(name)`, `registry.of_model(config, meta, where)`).
+
+What a task decides, and the method that says it:
+
+- its options: which modes and levels it reads (`modes`, `levels`; the first mode is its default), which
+  model options only it has (`model_options`: the classifier's pool and bidirectional), and the checks of a
+  training request (`check`, `check_request`);
+- how examples are read and split: `prepare` turns the texts into stored arrays under the run's data folder
+  (a language model's token ids through the corpus engine; a classifier's label<TAB>text lines into ids and
+  label ids); `load` reads back what only the task stores (labels), checked, as a `TaskData`;
+- the head and the loss: `model_fields` (the ModelConfig fields the data decides: a classifier's number of
+  labels); `batch` (the batch of a step: inputs, targets, mask or lengths) and `loss_and_grads` (the mean
+  loss and the gradients of one batch, over threads and MPI ranks); the math itself stays in core/
+  (model.py, classifier.py): a task calls it;
+- the validation loss `validation_loss`, and `evaluate`: the metrics `charrnn eval` reports, as data;
+- what its model file records (`metadata`: a classifier's labels) and the checks of what it reads back
+  (`check_metadata`), and the words the front ends use for it (`noun`, `unit`).
+
+The shapes of the course notes' architectures, and how each fits:
+
+- many-to-many, equal lengths (the language model; a tagger: one label per token): `batch` gives (B, T)
+  inputs and (B, T) targets with a (B, T) mask, and `loss_and_grads` runs the stack over seq_len chunks
+  with the state carried (model.py's head at every step: a tagger's head scores its tags instead of the
+  vocabulary). A tagger's module reads JSON Lines or CoNLL in `prepare`, stores (n_tokens,) tag ids beside
+  the token ids, and reports seqeval-style metrics from `evaluate`.
+- many-to-one (the classifier): `batch` gives padded lines, their lengths and (B,) label ids; the head
+  reads the pooled outputs (classifier.py).
+- many-to-many, different lengths (an encoder-decoder, a later issue): `prepare` stores source and target
+  lines as two id arrays with their offsets (task data, like a classifier's labels), `batch` gives the
+  padded source, the padded target and both masks, and `loss_and_grads` runs an encoder stack and a decoder
+  stack in core/ and returns the target tokens it scored; the loop, the run code and the front ends stay as
+  they are, because they only pass a batch from `batch` to `loss_and_grads` and report the count it gives.
+
+Every method has a plain default here where one exists; a task overrides what it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import batches
+from ..errors import ConfigError, option
+
+
+@dataclass
+class TaskData:
+    """What a task keeps beside a run's token ids: what it stored (see Task.load) and its batching cache.
+
+    Subclasses add their arrays (a classifier: its label names and label ids). `arrays` lists what the
+    run's fingerprint covers beyond the ids (None: nothing)."""
+    order: tuple = (None, None)   # (epoch, permutation of the lines) of lines mode, one per epoch
+
+    def epoch_order(self, n_lines: int, batch_size: int, seed: int, epoch: int) -> list:
+        """The line batches of an epoch (batches.line_batches, fixed by (seed, epoch)), made once per epoch."""
+        cached_epoch, order = self.order
+        if cached_epoch != epoch:
+            order = batches.line_batches(n_lines, batch_size, seed, epoch)
+            self.order = (epoch, order)
+        return order
+
+    @property
+    def names(self) -> tuple:
+        """Words the run's vocabulary fingerprint covers beside its tokens (a classifier's label names)."""
+        return ()
+
+    @property
+    def arrays(self):
+        """Arrays the run's data fingerprint covers beside the ids, as a tuple, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's batch as the task made it; the loop passes it back to the task's loss_and_grads.
+
+    - inputs: (B, T) token ids
+    - targets: (B, T) next-token ids (a language model), (B,) label ids (a classifier), ...
+    - mask: (B, T) bool of the scored positions, (B,) lengths (a classifier), or None (all scored)
+    - reset: the batch starts from a zero state (lines); False: it goes on from the carried state (stream)
+    """
+    inputs: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray | None
+    reset: bool
+
+
+class Task:
+    """The contract every task keeps (see the module's docstring); a task overrides what it changes.
+
+    Attributes:
+    - name: its `--task` value; noun: what the model is, in messages ("a language model")
+    - unit: what the loss is per, in progress lines and `info` ("token", "line")
+    - modes, levels: the data modes and token levels it reads; the first mode is its default
+    - model_options: the ModelConfig options only this task has (others must leave them at their defaults)
+    - fine_tunes: whether a run of it can start from a trained model (`--init-from`)
+    - methods: the methods of api.Model its models offer (`sample`, `score`, `annotate`; `classify`,
+      `evaluate`); command: its own command (`charrnn sample`, `charrnn classify`)
+    - chunked: whether the chunked corpus engine (textfile.py) prepares its examples from a file
+    - files: the files it stores in a run's data folder beside the ids (a start that failed clears them)
+    """
+    name = ""
+    noun = ""
+    unit = "token"
+    modes = ("stream", "lines")
+    levels = ("char", "word")
+    model_options: tuple = ()
+    fine_tunes = False
+    methods: tuple = ()
+    command = ""
+    chunked = False
+    files: tuple = ()
+
+    # ------------------------------------------------------------ options
+
+    def check(self, tconfig) -> None:
+        """ConfigError for settings this task cannot train with (a TrainConfig, after its own check)."""
+        if tconfig.mode not in self.modes or tconfig.level not in self.levels:
+            raise ConfigError(f"{option('task', self.name)} takes {' or '.join(option('mode', m) for m in self.modes)} "
+                              f"at {' or '.join(self.levels)} level, not {option('mode', tconfig.mode)} at "
+                              f"{option('level', tconfig.level)}")
+
+    def check_request(self, *, builtin: bool, folder: bool, init_from: bool, options: dict) -> None:
+        """ConfigError for a training request this task cannot take, before any corpus is read.
+
+        - builtin, folder, init_from: whether the corpus is a built-in one or a folder, and whether the run
+          fine-tunes a model; options: the options given by name (a task sets its own defaults in it)
+        """
+        if init_from and not self.fine_tunes:
+            raise ConfigError(f"{option('init_from')} fine-tunes a language model; {option('task', self.name)} "
+                              f"starts a fresh {self.noun.split(' ', 1)[1]}")
+
+    def model_check(self, base_config) -> None:
+        """ConfigError unless base_config, a model to fine-tune, is one this task fine-tunes."""
+
+    # ------------------------------------------------------------ examples
+
+    def labelled(self) -> bool:
+        """Whether its lines hold a label before a TAB (what check_text_lines skips of a line)."""
+        return False
+
+    def read_lines(self, text, where: str, names=None):
+        """(lines, targets, names): the examples of a text in lines mode (a str, or Documents where the task
+        reads folders). lines: the texts whose tokens are the inputs; targets: an array of what is predicted
+        of each line beside its tokens (a classifier's label ids), or None; names: the target names in id
+        order. names given: a validation text, whose targets map by the training text's names."""
+        raise NotImplementedError
+
+    def store(self, data_dir, names: tuple, targets: tuple) -> None:
+        """Write the targets of the two splits (train, val) and their names in the run's data folder (through
+        atomic.py, as every file); only called when read_lines gave targets."""
+        raise NotImplementedError
+
+    def load(self, directory, offsets: tuple) -> TaskData:
+        """The task's own stored data of a run (offsets: the train and val line boundaries, or Nones),
+        checked against them; CheckpointError when it is damaged."""
+        return TaskData()
+
+    def model_fields(self, data: TaskData | None = None) -> dict:
+        """The ModelConfig fields its data decides (a classifier: how many labels); data None: values that
+        pass the model's checks before the data is read, so that bad options fail before any file is written."""
+        return {}
+
+    def check_data(self, data: TaskData, config, where: str) -> None:
+        """CheckpointError unless a resumed model (config, from the state file at `where`) fits the task's data."""
+
+    # ------------------------------------------------------------ training
+
+    def batch(self, run, step: int) -> Batch:
+        """The batch of a step (pure in the step number, the settings and the data: resume needs it)."""
+        raise NotImplementedError
+
+    def loss_and_grads(self, run, batch: Batch, state, rngs, group):
+        """(mean loss, grads, final state or None, tokens scored) of one batch (see loop._loss_and_grads)."""
+        raise NotImplementedError
+
+    def validation_loss(self, run) -> float:
+        """The mean loss on (up to tconfig.eval_tokens of) the held-out data; nan when there is none."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the model file
+
+    def metadata(self, run) -> dict:
+        """Entries the model file records for this task, beside the vocabulary and settings."""
+        return {}
+
+    def check_metadata(self, meta: dict, config, where: str) -> None:
+        """CheckpointError unless what metadata() wrote reads back well-formed for config (in place)."""
+
+    def labels(self, meta: dict) -> list:
+        """The names of what its model predicts, from a model file's metadata (a classifier's labels; [] for
+        a model whose outputs are its vocabulary)."""
+        return []
+
+
+def summed_over_ranks(params: dict, group, nll: float, grads: dict, total: int):
+    """(loss, grads) summed over the MPI ranks in rank order; grads travel as one flat buffer."""
+    names = list(params)  # the same order on every rank
+    flat = group.sum_in_rank_order(np.concatenate([grads[k].ravel() for k in names]))
+    out, at = {}, 0
+    for k in names:
+        n = params[k].size
+        out[k] = flat[at:at + n].reshape(params[k].shape)
+        at += n
+    nll = float(group.sum_in_rank_order(np.array([nll], np.float64))[0])
+    return (nll / total if total else 0.0), out

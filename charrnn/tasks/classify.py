@@ -1,0 +1,243 @@
+"""The classifier task: one label per line (many-to-one).
+
+Its examples are `label<TAB>text` lines (corpus.split_labelled), read in lines mode at character level; the
+label names, sorted, are stored in the run's data folder (labels.json) and in its model files, and each
+split's (n_lines,) label ids beside its token ids (train_labels.npy, val_labels.npy). Its model is
+classifier.py's: the recurrent stack (one or two directions), pooling over time (--pool) and a head over the
+labels; its loss is the mean NLL per line, and its metrics accuracy, macro-F1, loss and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core import classifier
+from ..errors import CharRNNError, CheckpointError, ConfigError, option
+from ..files import atomic, corpus
+from ..files.layout import DATA_DIR, LABELS_FILE
+from ..files.modelmeta import checked_labels
+from ..step import distributed, parallel
+from .base import Batch, Task, TaskData, summed_over_ranks
+from .lm import heldout_lines  # a classifier scores the same share of the held-out lines as a language model
+
+
+@dataclass
+class Labels(TaskData):
+    """A classifier run's labels: their names in id order, and each split's (n_lines,) label ids."""
+    labels: tuple = ()
+    train: np.ndarray | None = None
+    val: np.ndarray | None = None
+
+    @property
+    def names(self) -> tuple:
+        return self.labels
+
+    @property
+    def arrays(self):
+        return (self.train, self.val)
+
+
+class Classifier(Task):
+    """Label each line (see the module's docstring)."""
+    name = "classify"
+    noun = "a classifier"
+    unit = "line"
+    modes = ("lines",)
+    levels = ("char",)
+    model_options = ("bidirectional", "pool")
+    methods = ("classify", "evaluate")
+    command = "classify"
+    files = ("train_labels.npy", "val_labels.npy", LABELS_FILE)
+
+    # ------------------------------------------------------------ options
+
+    def check(self, tconfig) -> None:
+        if tconfig.mode != "lines" or tconfig.level != "char":
+            raise ConfigError(f"{option('task', 'classify')} reads one example per line at character level: it "
+                              f"takes neither {option('mode', 'stream')} nor {option('level', 'word')}")
+
+    def check_request(self, *, builtin: bool, folder: bool, init_from: bool, options: dict) -> None:
+        options.setdefault("mode", "lines")  # a classifier's examples are lines
+        if builtin:
+            raise ConfigError(f"{option('task', 'classify')} needs a {option('corpus_file')} of label<TAB>text "
+                              "lines; a built-in corpus has no labels")
+        if folder:
+            raise ConfigError(f"{option('task', 'classify')} reads label<TAB>text lines from one file, not a folder")
+        super().check_request(builtin=builtin, folder=folder, init_from=init_from, options=options)
+
+    # ------------------------------------------------------------ examples
+
+    def labelled(self) -> bool:
+        return True
+
+    def read_lines(self, text, where: str, names=None):
+        """(texts, label ids, label names) of label<TAB>text lines; names None: a training text, whose
+        sorted labels are the names (at least 2); else the names to map a validation text's labels by."""
+        if names is None:
+            tags, lines = corpus.split_labelled(text, where)
+            names = sorted(set(tags))
+        else:
+            tags, lines = corpus.split_labelled(text, where, min_labels=1)
+        return lines, corpus.label_ids(tags, names, where) if tags else None, tuple(names)
+
+    def store(self, data_dir, names: tuple, targets: tuple) -> None:
+        """Write the label ids of the two splits and the label names (atomically, as every file)."""
+        for split, tags in zip(("train", "val"), targets):
+            corpus.save_ids(os.path.join(data_dir, f"{split}_labels.npy"), tags)
+        text = json.dumps(list(names)).encode("utf-8")
+        atomic.write_file(os.path.join(data_dir, LABELS_FILE), lambda f: f.write(text))
+
+    def load(self, directory, offsets: tuple) -> Labels:
+        path = os.path.join(directory, DATA_DIR, LABELS_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                names = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read the run's labels {path}: {exc}") from None
+        names = checked_labels(names, None, path)
+        classes = len(names)
+        try:
+            tags = tuple(corpus.load_ids(os.path.join(directory, DATA_DIR, f"{s}_labels.npy")) for s in ("train", "val"))
+        except Exception as exc:  # the data folder is part of the run: any failure is a broken run
+            raise CheckpointError(f"cannot read the run's data in {directory}/{DATA_DIR}: {exc}") from None
+        for tag, lines, name in zip(tags, offsets, ("train", "val")):
+            if tag.shape != (len(lines) - 1,) or (tag.size and (tag.min() < 0 or tag.max() >= classes)):
+                raise CheckpointError(f"the run's data in {directory}/{DATA_DIR} is damaged: {name}_labels.npy "
+                                      f"does not hold one label id below {classes} per line")
+        return Labels(labels=names, train=tags[0], val=tags[1])
+
+    def model_fields(self, data: Labels | None = None) -> dict:
+        return {"classes": 2 if data is None else len(data.labels)}
+
+    def check_data(self, data: Labels, config, where: str) -> None:
+        checked_labels(list(data.labels), config.classes, where)
+
+    # ------------------------------------------------------------ training
+
+    def batch(self, run, step: int) -> Batch:
+        """Whole lines: (tokens, label ids, lengths), a fresh state each."""
+        tc = run.tconfig
+        epoch, index = divmod(step, run.steps_per_epoch)
+        order = run.data.epoch_order(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
+        tokens, lengths = classifier.batch(run.train_ids, run.train_offsets, order[index])
+        return Batch(tokens, run.data.train[order[index]], lengths, True)
+
+    def loss_and_grads(self, run, batch: Batch, state, rngs, group=distributed.Solo()):
+        """The batch's lines in tconfig.threads row blocks as parallel.py cuts them; the blocks' gradients
+        (each of its summed loss over the whole batch's lines) add in block order. Under MPI this rank takes
+        only its lines (group.rows), and the ranks' sums add in rank order. The loss is per line; the tokens
+        counted are the lines' tokens."""
+        tokens, labels, lengths = batch.inputs, batch.targets, batch.mask
+        count, n_tokens = labels.size, int(lengths.sum())  # the whole batch's
+        if group.size > 1:
+            rows = group.rows(count)
+            tokens, labels, lengths = tokens[rows], labels[rows], lengths[rows]
+            if labels.size == 0:  # a short last batch can leave a rank no lines: it adds zeros
+                zeros = {k: np.zeros_like(v) for k, v in run.params.items()}
+                return summed_over_ranks(run.params, group, 0.0, zeros, count) + (None, n_tokens)
+        blocks = parallel.row_blocks(labels.size, run.tconfig.threads)
+
+        def block(p):
+            rows = blocks[p]
+            loss, grads = classifier.loss_and_grads(run.params, run.config, tokens[rows], lengths[rows], labels[rows],
+                                                    dropout_rng=None if rngs is None else rngs[p], count=count)
+            return loss * (rows.stop - rows.start), grads
+
+        results = parallel.run_blocks(block, len(blocks))
+        nll, grads = results[0]
+        for other_nll, other_grads in results[1:]:
+            nll += other_nll
+            for name, g in other_grads.items():
+                grads[name] += g
+        if group.size > 1:
+            return summed_over_ranks(run.params, group, nll, grads, count) + (None, n_tokens)
+        return nll / count, grads, None, n_tokens
+
+    def validation_loss(self, run) -> float:
+        """Mean NLL per line on the held-out lines (whole lines up to eval_tokens tokens)."""
+        offsets = heldout_lines(run.val_offsets, run.tconfig.eval_tokens)
+        if offsets is None:
+            return math.nan
+        probs = classifier.predict(run.params, run.config, run.val_ids, offsets)
+        return classifier.mean_nll(probs, run.data.val[: len(offsets) - 1])
+
+    # ------------------------------------------------------------ the model file
+
+    def metadata(self, run) -> dict:
+        return {"labels": list(run.data.labels)}
+
+    def check_metadata(self, meta: dict, config, where: str) -> None:
+        meta["labels"] = list(checked_labels(meta.get("labels"), config.classes, where))
+
+    def labels(self, meta: dict) -> list:
+        return list(meta.get("labels", []))
+
+    # ------------------------------------------------------------ a trained model's own commands
+
+    def classify(self, params, config, vocab, labels, texts: list[str], top_k: int | None) -> list:
+        """For each text, (label, probability) pairs, most likely first (top_k of them; None: all)."""
+        probs = classify_texts(params, config, vocab, texts)
+        k = len(labels) if top_k is None else min(top_k, len(labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+    def evaluate(self, params, config, vocab, labels, text: str, where: str) -> dict:
+        """The metrics of label<TAB>text lines (see score_labelled)."""
+        return score_labelled(params, config, vocab, labels, text, where)
+
+    def evaluate_heldout(self, params, config, labels, ids, offsets, directory, model_file) -> dict:
+        """The metrics of a run's stored held-out lines (ids, offsets) and their stored label ids, read from
+        the run's directory (the one model_file belongs to)."""
+        tags = self.heldout_labels(directory, model_file, config.classes)
+        if tags.size != len(offsets) - 1:  # a damaged run: exit 1, as for any damaged file
+            raise CheckpointError(f"the held-out split beside {model_file} has {len(offsets) - 1} lines but "
+                                  f"{tags.size} labels")
+        return score_heldout_labelled(params, config, labels, ids, offsets, tags)
+
+    @staticmethod
+    def heldout_labels(directory, model_file: str, classes: int) -> np.ndarray:
+        """(n_lines,) label ids of the stored validation lines in directory, checked."""
+        path = os.path.join(directory, DATA_DIR, "val_labels.npy")
+        if not os.path.exists(path):
+            raise ConfigError(f"{model_file} has no stored held-out labels beside it; pass a labelled FILE")
+        try:
+            tags = corpus.load_ids(path)
+        except CharRNNError as exc:
+            raise CheckpointError(f"the held-out labels stored beside {model_file} are damaged: {exc}") from None
+        if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
+            raise CheckpointError(f"{path}: not one label id below {classes} per line")
+        return tags
+
+
+# ---------------------------------------------------------------- scoring a trained classifier
+
+
+def classify_texts(params, config, vocab, texts: list[str]) -> np.ndarray:
+    """Label probabilities (n, C) of each text (each at least one character), forward only."""
+    ids, offsets = corpus.encode_lines(vocab, texts)
+    if len(texts) and np.diff(offsets).min() < 1:
+        raise ConfigError("every text to classify needs at least one token")
+    return classifier.predict(params, config, ids, offsets)
+
+
+def score_labelled(params, config, vocab, label_names, text: str, where: str) -> dict:
+    """A classifier's accuracy, macro-F1, loss and confusion matrix on `label<TAB>text` lines.
+
+    - label_names: the model's labels in id order; where: the text's name, for errors
+    Returns classifier.metrics' dict plus "labels" (the names, the confusion matrix's order).
+    """
+    names, texts = corpus.split_labelled(text, where, min_labels=1)
+    tags = corpus.label_ids(names, list(label_names), where)
+    probs = classify_texts(params, config, vocab, texts)
+    return {**classifier.metrics(probs, tags, config.classes), "labels": list(label_names)}
+
+
+def score_heldout_labelled(params, config, label_names, ids, offsets, tags) -> dict:
+    """score_labelled on encoded lines (a run's stored validation split): ids, offsets, (n,) label ids."""
+    probs = classifier.predict(params, config, ids, offsets)
+    return {**classifier.metrics(probs, tags, config.classes), "labels": list(label_names)}
