@@ -14,7 +14,6 @@ message the CLI prints. Nothing here prints.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -32,6 +31,7 @@ from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer,
 from .errors import CharRNNError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
 from .work.evaluate import Score, json_safe
+from .tasks.lm import mostly_unseen
 
 # What the command line shares with the library, so that it writes what the library reads and says:
 # parse_duration ("1m30s" -> 90.0) and format_duration (90.0 -> "1m30s"), json_safe (non-finite numbers as
@@ -40,8 +40,6 @@ format_duration = report.format_duration
 input_name = corpus.input_name
 
 
-UNKNOWN_SHARE = 0.01  # Model.mostly_unseen: more of a score's tokens than this are unknown ...
-UNKNOWN_TRAINED = 5   # ... and more than this many times the share of <unk> in the model's training tokens
 
 
 class Model:
@@ -74,7 +72,7 @@ class Model:
         parameters, whether it loads into torch.nn, vocabulary, a preview of its tokens, data, training
         (for a trained file), the model it was fine-tuned from, its file and run directory. The texts
         quote the file's tokens, labels and paths as they are (escape them before a terminal shows them)."""
-        return report.describe(self.params, self.config, self.vocab, self.meta, self.path)
+        return report.describe(self.params, self.config, self.vocab, self.meta, self.path, self.task)
 
     @property
     def data_dir(self) -> str:
@@ -238,12 +236,10 @@ class Model:
 
     def mostly_unseen(self, score: Score) -> bool:
         """Whether so many of a score's tokens are unknown to the model that its figures say little about the
-        text (`charrnn eval` then warns): more than UNKNOWN_SHARE of them, and more than UNKNOWN_TRAINED times
+        text (`charrnn eval` then warns): more than lm.UNKNOWN_SHARE of them, and more than lm.UNKNOWN_TRAINED times
         the share of <unk> in the model's training tokens (rare words made <unk> by min_count: a model that
         learned <unk> from them about as often as the text holds it scores such tokens as it learned to)."""
-        trained = self.meta.get("data", {}).get("train_unknown", 0.0)
-        trained = trained if isinstance(trained, (int, float)) and math.isfinite(trained) else 0.0
-        return score.unknown > max(UNKNOWN_SHARE, UNKNOWN_TRAINED * trained) * score.tokens
+        return mostly_unseen(score.unknown, score.tokens, self.meta)
 
     def score_file(self, path, errors: str = "strict", encoding: str | None = None) -> Score:
         """score(the file's text), read and scored in chunks, so memory does not grow with the file
@@ -400,6 +396,26 @@ class Model:
         if result["lines"] == 0:
             raise ConfigError(f"nothing to score in {source}: it holds no labelled lines")
         return result
+
+    def evaluate_file(self, path, errors: str = "strict", encoding: str | None = None) -> dict:
+        """evaluate() of a file's label<TAB>text lines (or "-", standard input), read in `encoding` (None: the
+        model's)."""
+        return self.evaluate(self.read_text(path, errors, encoding), name=path)
+
+    # ---------------------------------------------------------------- any task
+
+    def metrics(self, path=None, errors: str = "strict", encoding: str | None = None) -> tuple[dict, str]:
+        """What `charrnn eval` reports, for the model's task: (its metrics as a dict, the name of what was
+        scored): of the file at path (or "-"), or (None) of the held-out split stored in the run. A language
+        model's are Score.as_dict()'s, a classifier's evaluate()'s."""
+        heldout, of_file = self.task.eval_methods
+        if path is None:
+            value = getattr(self, heldout)()
+            source = f"held-out split ({prepare.data_dir(models.run_of(self.path))})"
+        else:
+            value = getattr(self, of_file)(path, errors, encoding)
+            source = corpus.input_name(path)
+        return self.task.eval_result(value), source
 
     def _need(self, method: str, why: str) -> None:
         """ConfigError unless this model's task offers `method` (Task.methods): why says what the model

@@ -22,7 +22,7 @@ import click
 
 from . import __version__, api
 from . import errors as errors_module
-from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DENSE_CONFUSION_LABELS, DTYPES, LEVELS, MAX_CHARS,
+from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DTYPES, LEVELS, MAX_CHARS,
                         MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASKS, TEXT_ERRORS)
 from .errors import CharRNNError, ConfigError
 from .progress import TrainingView, info, shown, to_devnull
@@ -533,64 +533,17 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
       cat notes.txt | charrnn eval -
     """
     model = api.load(checkpoint_path)
-    if model.config.classes:
-        return _eval_classifier(model, text_file, errors, encoding, as_json)
-    if text_file is None:
-        score = model.score()
-        source = f"held-out split ({model.data_dir})"
-    else:
-        score = model.score_file(text_file, errors, encoding)
-        source = api.input_name(text_file)
+    result, source = model.metrics(text_file, errors, encoding)
     _using(model, quiet)
-    result = score.as_dict()
-    if model.mostly_unseen(score):
-        info(f"Warning: {result['unknown']:,} of the {result['tokens']:,} tokens scored "
-             f"({result['unknown'] / result['tokens']:.1%}) are not in the model's vocabulary. Each is scored as the "
-             f"model's probability of its unknown token, which training rarely saw, so the figures below say little "
-             f"about this text; train on text like it, or with --min-count or --max-vocab to give <unk> examples.")
+    warning = model.task.eval_warning(result, model.meta)
+    if warning:
+        info(warning)
     if as_json:
         # NaN and infinity are not JSON: a broken model's non-finite figures become null
         click.echo(json.dumps(api.json_safe(result), allow_nan=False))
         return
-    unit = "char" if model.vocab.level == "char" else "token"
-    click.echo(f"{shown(source)}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)\n"
-               f"loss        {result['loss']:.4f} nats/{unit}\n"
-               f"perplexity  {result['perplexity']:.3f}\n"
-               f"bits        {result['bits_per_token']:.4f} bits/{unit}")
-
-
-CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: its most frequent mistakes
-
-
-def _eval_classifier(model, text_file, errors, encoding, as_json):
-    if text_file is None:
-        result = model.evaluate()
-        source = f"held-out split ({model.data_dir})"
-    else:
-        result = model.evaluate(model.read_text(text_file, errors, encoding), name=text_file)
-        source = api.input_name(text_file)
-    if as_json:
-        click.echo(json.dumps(api.json_safe(result), allow_nan=False))
-        return
-    labels = [shown(name) for name in result["labels"]]
-    click.echo(f"{shown(source)}: {result['lines']:,} lines\n"
-               f"accuracy  {result['accuracy']:.4f}\n"
-               f"macro-F1  {result['macro_f1']:.4f}\n"
-               f"loss      {result['loss']:.4f} nats/line")
-    if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
-        mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
-        listed = mistakes[:CONFUSIONS_SHOWN]
-        click.echo(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
-                   f"{DENSE_CONFUSION_LABELS}; --json gives every non-zero cell as \"pairs\"); "
-                   f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
-        for true, predicted, count in listed:
-            click.echo(f"  {count:>8,}  {labels[true]} -> {labels[predicted]}")
-        return
-    click.echo("confusion (rows: true label, columns: predicted)")
-    width = max(max(len(n) for n in labels), max(len(f"{c:,}") for row in result["confusion"] for c in row))
-    click.echo(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in labels))
-    for name, row in zip(labels, result["confusion"]):
-        click.echo(f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row))
+    for line in model.task.eval_lines(result, source, model.task.count_unit(model.vocab.level), shown):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- classify

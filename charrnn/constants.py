@@ -5,7 +5,7 @@ nothing of the library but this, the API and the errors (tests/test_cli_thin.py 
 """
 
 from .core.cells import CELLS
-from .core.classifier import DENSE_CONFUSION_LABELS, POOLS
+from .core.classifier import POOLS
 from .core.model import DTYPES
 from .core.optim import OPTIMIZERS, SCHEDULES
 from .data.vocab import LEVELS
@@ -17,5 +17,5 @@ from .work.annotate import MAX_CHARS
 
 TASKS = tuple(_REGISTERED)  # the --task names, in the registry's order
 
-__all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DENSE_CONFUSION_LABELS", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
+__all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
            "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TEXT_ERRORS"]

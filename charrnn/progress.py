@@ -111,7 +111,7 @@ class TrainingView:
             self.val_tokens = event["val_tokens"]
             info(f"Run directory: {shown(run.directory)}\n"
                  f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}"
-                 f"{f', classifier over {run.config.classes} labels' if run.config.classes else ''}, "
+                 f"{run.task.model_summary(run.config)}, "
                  f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
                  f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
             self.speed_key = "chars/s" if run.vocab.level == "char" else "tokens/s"
@@ -153,7 +153,7 @@ class TrainingView:
             elif event["reason"] != "interrupted" and event["step"] == self.start_step:
                 info("The run has already reached its budget; give a larger --max-steps, --max-epochs "
                      "or --max-time to train further.", quiet)
-            summary(event, quiet, "line" if run.config.classes else "char" if run.vocab.level == "char" else "token",
+            summary(event, quiet, run.task.count_unit(run.vocab.level),
                      wrote=event["step"] != self.start_step, has_val=bool(self.val_tokens))
             diverged(event, run, quiet)
             next_steps(event, run, quiet)
@@ -224,11 +224,11 @@ def diverged(event: dict, run, quiet: bool) -> None:
     """Warn when even the best validation loss is far above a uniform guess over the outputs (ln V, or ln C
     for a classifier): the loss exploded without going non-finite, and the model is worse than no model."""
     best = event.get("best_val")
-    outputs = run.config.classes or run.vocab.size  # a language model's softmax is over its whole vocabulary
+    outputs, what = run.task.outputs(run.config)  # a language model's softmax is over its whole vocabulary
     uniform = math.log(max(outputs, 2))
     if best is not None and math.isfinite(best) and best > DIVERGED_RATIO * uniform:
         info(f"Warning: the best validation loss, {best:,.4g}, is far above that of a uniform guess over the "
-             f"{outputs:,} {'labels' if run.config.classes else 'tokens'} (ln {outputs:,} = {uniform:.3f}): the "
+             f"{outputs:,} {what} (ln {outputs:,} = {uniform:.3f}): the "
              f"training diverged; try a lower --lr or --clip", quiet)
 
 
@@ -237,7 +237,4 @@ def next_steps(event: dict, run, quiet: bool) -> None:
     if not os.path.exists(event["model"]):
         return
     c = f"-c {shlex.quote(run.directory)}"
-    if run.config.classes:
-        info(f"Next: charrnn classify FILE {c} (label lines), charrnn eval {c} (accuracy on the held-out lines)", quiet)
-    else:
-        info(f"Next: charrnn sample {c} (new text), charrnn eval {c} (the held-out loss)", quiet)
+    info(f"Next: {run.task.next_line(c)}", quiet)

@@ -154,3 +154,49 @@ def test_a_third_task_trains_end_to_end_with_only_its_module_and_a_registration_
         loaded.generate("a")
     with pytest.raises(ConfigError, match="this model is a case tagger, not a classifier"):
         loaded.classify("a")
+
+
+# ---------------------------------------------------------------- no branch on the task outside the tasks
+
+PACKAGE = __import__("pathlib").Path(charrnn.__file__).parent
+TASK_NAMES = {"lm", "classify"}
+# the fields only one task has: the classifier's model options (ModelConfig's classes,
+# bidirectional, pool), and the label arrays a Run held before tasks
+TASK_FIELDS = {"classes", "bidirectional", "pool", "train_labels", "val_labels"}
+
+
+def task_branches(source: str) -> list:
+    """(line, what) of every comparison with a task's name and every read of a task's own field in source."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                items = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+                names = {item.value for item in items if isinstance(item, ast.Constant)} & TASK_NAMES
+                found += [(node.lineno, f"compares with {name!r}") for name in sorted(names)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and node.attr in TASK_FIELDS:
+            found.append((node.lineno, f"reads .{node.attr}"))
+    return sorted(found)
+
+
+def test_the_scan_finds_branches_on_the_task():
+    planted = ("if tconfig.task == 'classify':\n    pass\n"
+               "x = 'lm' if mode in ('lm', 'other') else run.config.classes\n"
+               "y = model.classes\nz = run.train_labels[0]\nw = config.pool\nv = config.bidirectional\n")
+    assert task_branches(planted) == [(1, "compares with 'classify'"), (3, "compares with 'lm'"),
+                                      (3, "reads .classes"), (4, "reads .classes"), (5, "reads .train_labels"),
+                                      (6, "reads .pool"), (7, "reads .bidirectional")]
+    assert task_branches("task = registry.get(name)\nrun.task.batch(run, step)\nx = 'lm'\n") == []
+
+
+def test_nothing_outside_the_tasks_and_the_math_core_branches_on_the_task():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        folder = path.relative_to(PACKAGE).parts[0]
+        if folder in ("tasks", "core"):
+            continue
+        found += [f"{path.relative_to(PACKAGE)}:{line}: {what}"
+                  for line, what in task_branches(path.read_text(encoding="utf-8"))]
+    assert found == []

@@ -198,6 +198,56 @@ class Task:
         a model whose outputs are its vocabulary)."""
         return []
 
+    # ------------------------------------------------------------ what the front ends say of it (as text)
+
+    def count_unit(self, level: str) -> str:
+        """What training's progress and `eval` count a loss per, at this token level ("char", "token", "line")."""
+        return self.unit
+
+    def outputs(self, config) -> tuple:
+        """(how many, what) the head scores: (V, "tokens") for a language model, (C, "labels") for a classifier."""
+        raise NotImplementedError
+
+    def model_summary(self, config) -> str:
+        """What follows the cell and size in training's first line (", classifier over 3 labels"), or ""."""
+        return ""
+
+    def model_details(self, config, meta: dict) -> str:
+        """What follows the model's settings in `info` (a classifier's labels and pooling), or ""."""
+        return ""
+
+    def data_line(self, data: dict) -> str:
+        """`info`'s line about the training data, from the model file's "data" entry."""
+        return f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"
+
+    def torch_options(self, config) -> dict:
+        """The torch.nn module's keyword arguments beyond its defaults that the model needs (a bidirectional
+        classifier's), by name."""
+        return {}
+
+    def next_line(self, c: str) -> str:
+        """The commands to try a trained model with, `c` the option naming its run ("-c checkpoints/x")."""
+        return f"charrnn eval {c} (the held-out loss)"
+
+    # ------------------------------------------------------------ `charrnn eval`
+
+    # The api.Model methods that give its metrics: of the stored held-out split (no arguments), and of a file
+    # (path, errors, encoding). Their results become a dict by eval_result.
+    eval_methods: tuple = ()
+
+    def eval_result(self, value) -> dict:
+        """The metrics an eval method gave, as the dict `charrnn eval --json` prints."""
+        return dict(value)
+
+    def eval_warning(self, result: dict, meta: dict) -> str | None:
+        """A warning about what the figures mean for this text (printed before them), or None."""
+        return None
+
+    def eval_lines(self, result: dict, source: str, unit: str, shown) -> list:
+        """The lines `charrnn eval` prints of result: the source's name, its figures, and whatever table the
+        task has. shown: the front end's escape of a name read from a file (a label), applied to every one."""
+        raise NotImplementedError
+
 
 def summed_over_ranks(params: dict, group, nll: float, grads: dict, total: int):
     """(loss, grads) summed over the MPI ranks in rank order; grads travel as one flat buffer."""

@@ -177,6 +177,52 @@ class Classifier(Task):
     def labels(self, meta: dict) -> list:
         return list(meta.get("labels", []))
 
+    # ------------------------------------------------------------ what the front ends say of it
+
+    def outputs(self, config) -> tuple:
+        return config.classes, "labels"
+
+    def model_summary(self, config) -> str:
+        return f", classifier over {config.classes} labels"
+
+    def model_details(self, config, meta: dict) -> str:
+        return (f", {'bidirectional ' if config.bidirectional else ''}classifier over {config.classes} labels "
+                f"({', '.join(meta['labels'][:8])}{' ...' if config.classes > 8 else ''}), {config.pool} pooling")
+
+    def data_line(self, data: dict) -> str:
+        return "label<TAB>text lines"
+
+    def torch_options(self, config) -> dict:
+        return {"bidirectional": True} if config.bidirectional else {}
+
+    def next_line(self, c: str) -> str:
+        return f"charrnn classify FILE {c} (label lines), charrnn eval {c} (accuracy on the held-out lines)"
+
+    eval_methods = ("evaluate", "evaluate_file")
+
+    def eval_lines(self, result: dict, source: str, unit: str, shown) -> list:
+        """The figures, then the confusion matrix as a table, or (too many labels for one) its most frequent
+        mistakes."""
+        labels = [shown(name) for name in result["labels"]]
+        lines = [f"{shown(source)}: {result['lines']:,} lines",
+                 f"accuracy  {result['accuracy']:.4f}",
+                 f"macro-F1  {result['macro_f1']:.4f}",
+                 f"loss      {result['loss']:.4f} nats/line"]
+        if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
+            mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
+            listed = mistakes[:CONFUSIONS_SHOWN]
+            lines.append(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
+                         f"{classifier.DENSE_CONFUSION_LABELS}; {option('as_json')} gives every non-zero cell as \"pairs\"); "
+                         f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
+            lines += [f"  {count:>8,}  {labels[true]} -> {labels[predicted]}" for true, predicted, count in listed]
+            return lines
+        lines.append("confusion (rows: true label, columns: predicted)")
+        width = max(max(len(n) for n in labels), max(len(f"{c:,}") for row in result["confusion"] for c in row))
+        lines.append(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in labels))
+        lines += [f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row)
+                  for name, row in zip(labels, result["confusion"])]
+        return lines
+
     # ------------------------------------------------------------ a trained model's own commands
 
     def classify(self, params, config, vocab, labels, texts: list[str], top_k: int | None) -> list:
@@ -212,6 +258,9 @@ class Classifier(Task):
         if tags.ndim != 1 or (tags.size and (tags.min() < 0 or tags.max() >= classes)):
             raise CheckpointError(f"{path}: not one label id below {classes} per line")
         return tags
+
+
+CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: its most frequent mistakes
 
 
 # ---------------------------------------------------------------- scoring a trained classifier

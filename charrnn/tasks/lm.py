@@ -37,6 +37,9 @@ from .base import Batch, Task, summed_over_ranks
 # pieces of 435 and 1.9242 in pieces of 108.
 MIN_STREAM = 1000
 
+UNKNOWN_SHARE = 0.01  # mostly_unseen: more of a score's tokens than this are unknown ...
+UNKNOWN_TRAINED = 5   # ... and more than this many times the share of <unk> in the model's training tokens
+
 
 @dataclass(frozen=True)
 class Score:
@@ -270,12 +273,54 @@ class LanguageModel(Task):
                            run.vocab.bos, run.vocab.eos, threads=run.tconfig.threads).loss
 
 
+    # ------------------------------------------------------------ what the front ends say of it
+
+    def count_unit(self, level: str) -> str:
+        return "char" if level == "char" else "token"
+
+    def outputs(self, config) -> tuple:
+        return config.vocab_size, "tokens"  # its softmax is over the whole vocabulary
+
+    def next_line(self, c: str) -> str:
+        return f"charrnn sample {c} (new text), charrnn eval {c} (the held-out loss)"
+
+    eval_methods = ("score", "score_file")
+
+    def eval_result(self, value) -> dict:
+        return value.as_dict()
+
+    def eval_warning(self, result: dict, meta: dict) -> str | None:
+        """When the text is mostly unseen (see mostly_unseen)."""
+        if not mostly_unseen(result["unknown"], result["tokens"], meta):
+            return None
+        return (f"Warning: {result['unknown']:,} of the {result['tokens']:,} tokens scored "
+                f"({result['unknown'] / result['tokens']:.1%}) are not in the model's vocabulary. Each is scored as "
+                f"the model's probability of its unknown token, which training rarely saw, so the figures below say "
+                f"little about this text; train on text like it, or with {option('min_count')} or "
+                f"{option('max_vocab')} to give <unk> examples.")
+
+    def eval_lines(self, result: dict, source: str, unit: str, shown) -> list:
+        return [f"{shown(source)}: {result['tokens']:,} tokens scored ({result['unknown']:,} unknown)",
+                f"loss        {result['loss']:.4f} nats/{unit}",
+                f"perplexity  {result['perplexity']:.3f}",
+                f"bits        {result['bits_per_token']:.4f} bits/{unit}"]
+
     def check_data(self, data, config, where: str) -> None:
         self.check_metadata({}, config, where)
 
     def check_metadata(self, meta: dict, config, where: str) -> None:
         if config.classes:
             raise CheckpointError(f"{where}: a language model's file, but its model has {config.classes} labels")
+
+
+def mostly_unseen(unknown: int, tokens: int, meta: dict) -> bool:
+    """Whether so many of a score's tokens are unknown to the model (meta: its file's metadata) that its
+    figures say little about the text: more than UNKNOWN_SHARE of them, and more than UNKNOWN_TRAINED times
+    the share of <unk> in the model's training tokens (rare words made <unk> by min_count: a model that
+    learned <unk> from them about as often as the text holds it scores such tokens as it learned to)."""
+    trained = meta.get("data", {}).get("train_unknown", 0.0)
+    trained = trained if isinstance(trained, (int, float)) and math.isfinite(trained) else 0.0
+    return unknown > max(UNKNOWN_SHARE, UNKNOWN_TRAINED * trained) * tokens
 
 
 def heldout_lines(offsets, limit: int | None):

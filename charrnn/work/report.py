@@ -21,10 +21,11 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def describe(params, config, vocab, meta: dict, model_file: str) -> list[tuple[str, str]]:
+def describe(params, config, vocab, meta: dict, model_file: str, task) -> list[tuple[str, str]]:
     """What `charrnn info` says about a model file: (label, text) rows, in order (architecture, parameters,
-    whether it loads into torch.nn, vocabulary, tokens, data, training, origin, files). The texts quote
-    the file's tokens, labels and paths as they are: a caller that prints them escapes them."""
+    whether it loads into torch.nn, vocabulary, tokens, data, training, origin, files); task: the model's
+    (tasks/), which words its own rows. The texts quote the file's tokens, labels and paths as they are: a
+    caller that prints them escapes them."""
     n_params = sum(p.size for p in params.values())
     data = meta.get("data", {})
     trained = meta.get("training", {})
@@ -34,23 +35,19 @@ def describe(params, config, vocab, meta: dict, model_file: str) -> list[tuple[s
             (" ..." if len(regular) > 60 else "")
     else:
         preview = _word_preview(regular)
-    kind = ""
-    if config.classes:
-        kind = (f", {'bidirectional ' if config.bidirectional else ''}classifier over {config.classes} labels "
-                f"({', '.join(meta['labels'][:8])}{' ...' if config.classes > 8 else ''}), {config.pool} pooling")
+    kind = task.model_details(config, meta)
     rows = [
         ("model", f"{config.cell} {config.layers} x {config.hidden}, embedding {config.embed}, "
                   f"dropout {config.dropout}, {config.dtype}{kind}"),
         ("parameters", f"{n_params:,}"),
-        ("torch.nn", torch_loadable(config)),
+        ("torch.nn", torch_loadable(config, task)),
         ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
         ("tokens", preview),
-        ("data", "label<TAB>text lines" if config.classes else
-                 f"{data.get('mode', '?')} mode, sequence length {data.get('seq_len', '?')}"),
+        ("data", task.data_line(data)),
     ]
     if trained:
         best = trained.get("best_val_loss")
-        best_text = f"{best:.4f} nats ({best / math.log(2):.3f} bits) per {'line' if config.classes else 'token'}" \
+        best_text = f"{best:.4f} nats ({best / math.log(2):.3f} bits) per {task.unit}" \
             if best is not None else "none"
         rows += [
             ("training", f"{trained.get('step', 0):,} steps, {trained.get('epoch', 0):.2f} epochs, "
@@ -73,12 +70,13 @@ def describe(params, config, vocab, meta: dict, model_file: str) -> list[tuple[s
     return rows
 
 
-def torch_loadable(config) -> str:
+def torch_loadable(config, task) -> str:
     """Whether a model's recurrent layers load into a torch.nn module, in words (a row of describe)."""
     cell = config.cell
     if cell in TORCH_CELLS:
         module = {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[cell]
-        return f"loads into torch.nn.{module}{'(bidirectional=True)' if config.bidirectional else ''} " \
+        options = ", ".join(f"{key}={value!r}" for key, value in task.torch_options(config).items())
+        return f"loads into torch.nn.{module}{f'({options})' if options else ''} " \
                f"(load_state_dict, strict)"
     what = {"peephole": "the peephole weights rnn.weight_c{i,f,o}_l*", "simple-gru": "the simplified GRU's two gates"}
     return f"does not load: torch.nn has no {cell} cell ({what[cell]} fit no torch.nn module)"
