@@ -17,9 +17,11 @@ What a task decides, and the method that says it:
   labels); `batch` (the batch of a step: inputs, targets, mask or lengths) and `loss_and_grads` (the mean
   loss and the gradients of one batch, over threads and MPI ranks); the math itself stays in core/
   (model.py, classifier.py): a task calls it;
-- the validation loss `validation_loss`, and `evaluate`: the metrics `charrnn eval` reports, as data;
+- the validation loss `validation_loss`, and what `charrnn eval` reports: the api.Model methods that give
+  its metrics (`eval_methods`, as a dict by `eval_result`) and the lines that show them (`eval_lines`);
 - what its model file records (`metadata`: a classifier's labels) and the checks of what it reads back
-  (`check_metadata`), and the words the front ends use for it (`noun`, `unit`).
+  (`check_metadata`, `check_data`), which api.Model methods its models offer (`methods`: `sample` or
+  `classify`, and its own command), and the words the front ends use for it (`noun`, `unit`, ...).
 
 The shapes of the course notes' architectures, and how each fits:
 
