@@ -83,7 +83,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             val_lines = [lines[i] for i in val_rows]
             lines = [lines[i] for i in train_rows]
             if tags is not None:
-                tags, val_tags = tags[train_rows], tags[val_rows]
+                tags, val_tags = task.take(tags, train_rows), task.take(tags, val_rows)
         else:
             val_lines, val_tags, _ = task.read_lines(val_text, where[1], names)
             _check_line_lengths(val_lines, "validation ", labelled=task.labelled())

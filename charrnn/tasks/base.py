@@ -154,6 +154,12 @@ class Task:
         order. names given: a validation text, whose targets map by the training text's names."""
         raise NotImplementedError
 
+    def take(self, targets, rows):
+        """The targets of the lines at `rows` (an index array, ascending), of targets as read_lines gave them
+        for every line: how the held-out share is split off (a per-line array: targets[rows]; per-token
+        targets, such as a tagger's, take each line's)."""
+        return targets[rows]
+
     def store(self, data_dir, names: tuple, targets: tuple) -> None:
         """Write the targets of the two splits (train, val) and their names in the run's data folder (through
         atomic.py, as every file); only called when read_lines gave targets."""
