@@ -82,10 +82,6 @@ class CaseTask(Task):
     methods = ("tag",)
     command = "tag"
 
-    def check_request(self, *, builtin, folder, init_from, options):
-        options.setdefault("mode", "lines")
-        super().check_request(builtin=builtin, folder=folder, init_from=init_from, options=options)
-
     def read_lines(self, text, where, names=None):
         return corpus.lines_of(text), None, ()  # the tags come from the tokens themselves
 

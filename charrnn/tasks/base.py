@@ -7,12 +7,14 @@ no task's fields: they ask the run's task (`run.task`, `registry.get(name)`, `re
 
 What a task decides, and the method that says it:
 
-- its options: which modes and levels it reads (`modes`, `levels`; the first mode is its default), which
+- its options: which modes and levels it reads (`modes`, `levels`; a single mode is its default), which
   model options only it has (`model_options`: the classifier's pool and bidirectional), and the checks of a
   training request (`check`, `check_request`);
-- how examples are read and split: `prepare` turns the texts into stored arrays under the run's data folder
-  (a language model's token ids through the corpus engine; a classifier's label<TAB>text lines into ids and
-  label ids); `load` reads back what only the task stores (labels), checked, as a `TaskData`;
+- how examples are read and split: the run's preparation (runs/prepare.py) reads a corpus through the
+  chunked engine where the task can (`chunked`: a language model), else asks `read_lines` for a text's
+  examples and what is predicted of each (a classifier's label<TAB>text lines: the texts, their label ids
+  and the label names), splits them with `take` and saves them with `store`; `load` reads back what only
+  the task stores (labels), checked, as a `TaskData`;
 - the head and the loss: `model_fields` (the ModelConfig fields the data decides: a classifier's number of
   labels); `batch` (the batch of a step: inputs, targets, mask or lengths) and `loss_and_grads` (the mean
   loss and the gradients of one batch, over threads and MPI ranks); the math itself stays in core/
@@ -28,15 +30,18 @@ The shapes of the course notes' architectures, and how each fits:
 - many-to-many, equal lengths (the language model; a tagger: one label per token): `batch` gives (B, T)
   inputs and (B, T) targets with a (B, T) mask, and `loss_and_grads` runs the stack over seq_len chunks
   with the state carried (model.py's head at every step: a tagger's head scores its tags instead of the
-  vocabulary). A tagger's module reads JSON Lines or CoNLL in `prepare`, stores (n_tokens,) tag ids beside
-  the token ids, and reports seqeval-style metrics from `evaluate`.
+  vocabulary). A tagger's module reads JSON Lines or CoNLL in `read_lines` (each line's tag ids as its
+  targets, split by `take`), stores (n_tokens,) tag ids beside the token ids in `store`, and reports
+  seqeval-style metrics through its `eval_methods` and `eval_lines`.
 - many-to-one (the classifier): `batch` gives padded lines, their lengths and (B,) label ids; the head
   reads the pooled outputs (classifier.py).
-- many-to-many, different lengths (an encoder-decoder, a later issue): `prepare` stores source and target
-  lines as two id arrays with their offsets (task data, like a classifier's labels), `batch` gives the
-  padded source, the padded target and both masks, and `loss_and_grads` runs an encoder stack and a decoder
-  stack in core/ and returns the target tokens it scored; the loop, the run code and the front ends stay as
-  they are, because they only pass a batch from `batch` to `loss_and_grads` and report the count it gives.
+- many-to-many, different lengths (an encoder-decoder, a later issue): `read_lines` gives the source lines
+  and, as targets, the target lines' ids, which `store` saves as a second id array with its offsets (task
+  data, like a classifier's labels); `batch` gives the padded source as inputs and the padded target as
+  targets, with both masks in `mask` (a Batch's fields are the task's to fill: only its own
+  `loss_and_grads` reads them), and `loss_and_grads` runs an encoder stack and a decoder stack in core/ and
+  returns the target tokens it scored; the loop, the run code and the front ends stay as they are, because
+  they only pass a batch from `batch` to `loss_and_grads` and report the count it gives.
 
 Every method has a plain default here where one exists; a task overrides what it changes.
 """
@@ -99,7 +104,7 @@ class Task:
     Attributes:
     - name: its `--task` value; noun: what the model is, in messages ("a language model")
     - unit: what the loss is per, in progress lines and `info` ("token", "line")
-    - modes, levels: the data modes and token levels it reads; the first mode is its default
+    - modes, levels: the data modes and token levels it reads (a task that reads one mode has it by default)
     - model_options: the ModelConfig options only this task has (others must leave them at their defaults)
     - fine_tunes: whether a run of it can start from a trained model (`--init-from`)
     - methods: the methods of api.Model its models offer (`sample`, `score`, `annotate`; `classify`,
@@ -134,6 +139,8 @@ class Task:
         - builtin, folder, init_from: whether the corpus is a built-in one or a folder, and whether the run
           fine-tunes a model; options: the options given by name (a task sets its own defaults in it)
         """
+        if len(self.modes) == 1:
+            options.setdefault("mode", self.modes[0])  # the one mode it reads (a classifier: lines)
         if init_from and not self.fine_tunes:
             raise ConfigError(f"{option('init_from')} fine-tunes a language model; {option('task', self.name)} "
                               f"starts a fresh {self.noun.split(' ', 1)[1]}")

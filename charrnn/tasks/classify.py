@@ -62,7 +62,6 @@ class Classifier(Task):
                               f"takes neither {option('mode', 'stream')} nor {option('level', 'word')}")
 
     def check_request(self, *, builtin: bool, folder: bool, init_from: bool, options: dict) -> None:
-        options.setdefault("mode", "lines")  # a classifier's examples are lines
         if builtin:
             raise ConfigError(f"{option('task', 'classify')} needs a {option('corpus_file')} of label<TAB>text "
                               "lines; a built-in corpus has no labels")
