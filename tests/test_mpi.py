@@ -137,6 +137,70 @@ def test_against_one_process_of_one_block_the_weights_agree_to_float32_rounding(
     assert_within_rounding(mixed, shared["two"], 20)
 
 
+# Each rank of `mpiexec -n N python -c RING_CHECK` sums buffers of many sizes, dtypes and chunk sizes (the
+# ring's chunks of 8 bytes up to the default; a buffer of one chunk or less takes the gather) and compares the
+# bits with an independent sum in NumPy: every rank's share, made again here from its seed, added in rank
+# order. That order is not just one of many: for N > 2 another order of the same shares gives other bits.
+RING_CHECK = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from charrnn.step import distributed
+
+comm = MPI.COMM_WORLD
+N, me = comm.Get_size(), comm.Get_rank()
+
+def share(rank, n, dtype):  # magnitudes over 12 decades, so that the order of the additions shows in the bits
+    rng = np.random.default_rng([n, rank, np.dtype(dtype).itemsize])
+    return (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 7, n)).astype(dtype)
+
+checked = other_order_differs = 0
+for chunk in (8, 24, 4096, distributed.CHUNK_BYTES):
+    group = distributed.MPIGroup(comm, chunk_bytes=chunk)
+    for dtype in (np.float32, np.float64):
+        for n in (0, 1, 2, 7, 64, 1000, 40000):
+            expect = share(0, n, dtype).copy()
+            for r in range(1, N):
+                expect = expect + share(r, n, dtype)
+            got = group.sum_in_rank_order(share(me, n, dtype))
+            assert got.dtype == dtype and got.shape == (n,), (got.dtype, got.shape)
+            assert got.tobytes() == expect.tobytes(), (chunk, dtype, n)
+            backwards = share(N - 1, n, dtype).copy()
+            for r in reversed(range(N - 1)):
+                backwards = backwards + share(r, n, dtype)
+            other_order_differs += backwards.tobytes() != expect.tobytes()
+            checked += 1
+with open(f"{sys.argv[1]}/rank{me}", "w") as f:  # a file each: the ranks' printed lines may interleave
+    f.write(f"{checked} sums bitwise equal, {other_order_differs} differ in another order")
+"""
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_the_ring_sum_has_the_bits_of_a_sum_in_rank_order_on_every_rank(n, tmp_path):
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-c", RING_CHECK, str(tmp_path)]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"rank{k}" for k in range(n)]
+    for k in range(n):
+        checked, differ = (int(w) for w in (tmp_path / f"rank{k}").read_text().split() if w.isdigit())
+        assert checked == 56
+        assert (differ > 20) if n > 2 else (differ == 0)  # two shares add the same either way
+
+
+def test_three_ranks_rerun_to_the_same_bits_which_are_one_process_cutting_three_blocks(corpus_file, tmp_path):
+    # H 96: the gradients (about 0.5 MB) travel the ring as several chunks; a rerun gives the same bits, and
+    # so does one process adding its three row blocks in the same order
+    args = [corpus_file, "--max-steps", 6, *TINY, "--hidden", 96, "--batch-size", 6]  # the last of a flag counts
+    for name in ("first", "again"):
+        r = charrnn(["train", "--out", tmp_path / name, *args, "-q"], n=3)
+        assert r.returncode == 0, r.stderr
+    arrays, _ = weights(tmp_path / "first")
+    assert sum(a.nbytes for k, a in arrays.items() if k.startswith("param/")) > 4 * distributed.CHUNK_BYTES
+    assert_same_bits(tmp_path / "again", tmp_path / "first", 6)
+    one_process(["--out", tmp_path / "one", *args, "--threads", "3", "-q"])
+    assert_same_bits(tmp_path / "first", tmp_path / "one", 6)
+
+
 def test_rank_0_alone_prints_and_writes(shared):
     fresh = shared["fresh"]
     assert fresh.stdout == ""

@@ -1,16 +1,28 @@
 """Data parallelism over MPI ranks: who this process is, and the few collectives training needs.
 
-`mpiexec -n N charrnn train ...` starts N processes (ranks). Rank r owns a
-fixed contiguous share of the batch's B rows (parallel.row_blocks(B, N)[r]):
-for stream mode those are B/N of the streams and their carried hidden state.
-Each rank computes its rows' gradients, scaled by the whole batch's token
-count, so that the ranks' gradients simply add. They are added in a fixed
-order: gathered to rank 0 and summed in rank order, then broadcast. Nothing
-depends on which rank finishes first, so a run with the same N is
-bit-reproducible and resumes bit-exactly.
+`mpiexec -n N charrnn train ...` starts N processes (ranks), on one host or on
+several (a host file: docs/mpi.md). Rank r owns a fixed contiguous share of the
+batch's B rows (parallel.row_blocks(B, N)[r]): for stream mode those are B/N of
+the streams and their carried hidden state. Each rank computes its rows'
+gradients, scaled by the whole batch's token count, so that the ranks'
+gradients simply add.
 
-Only buffer-based collectives (Gather, Bcast, Gatherv) are used: MPI moves
-the arrays' bytes, nothing is pickled.
+They are added in rank order, element by element: ((g_0 + g_1) + g_2) + ...,
+which is the order in which one process with --threads N adds its N row blocks.
+Nothing depends on which rank finishes first, nor on how the buffer travels, so
+a run with the same N is bit-reproducible, resumes bit-exactly, and gives the
+bits of one process cutting the same blocks. A step's gradients travel along a
+ring (rank r sends to r + 1 only), pipelined in chunks of CHUNK_BYTES: each
+chunk starts at rank 0 and picks up every rank's share in ring order until
+rank N - 1 holds its sum, which then goes on round the ring to every rank. Each
+link carries about twice the buffer whatever N is (a gather to one rank would
+take N - 1 buffers into its link), and nothing waits for a whole buffer before
+passing it on. A buffer of one chunk or less (the loss) takes MPI's Gather and
+Bcast, whose trees need log N hops where the ring needs 2 (N - 1); it is added
+on rank 0 in the same rank order.
+
+Only buffer-based calls (Send, Recv, Sendrecv, Gather, Bcast, Gatherv) are used:
+MPI moves the arrays' bytes, nothing is pickled.
 
 `world()` returns `Solo()` for a plain process (and for `mpiexec -n 1`),
 where every collective is the identity, so the loop has one code path.
@@ -28,6 +40,10 @@ from .parallel import row_blocks
 # environment variables the MPI launchers set in every rank they start: the world's size
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
 INSTALL_HINT = 'pip install -e ".[mpi]"'
+# the ring's message: a 3.5 MB gradient (the reference LSTM) travels as 54 chunks, so the pipeline's
+# fill (N - 2 hops) costs a few chunks' time, not a whole buffer's; bench/scaling.py models the choice
+CHUNK_BYTES = 64 * 1024
+_RING_TAG = 28
 
 
 def launched_size() -> int:
@@ -68,8 +84,8 @@ class Solo:
 class MPIGroup(Solo):
     """The ranks of MPI.COMM_WORLD."""
 
-    def __init__(self, comm):
-        self.comm = comm
+    def __init__(self, comm, chunk_bytes: int = CHUNK_BYTES):
+        self.comm, self.chunk_bytes = comm, chunk_bytes
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def rows(self, batch: int) -> slice:
@@ -77,8 +93,54 @@ class MPIGroup(Solo):
         return self.rows_of(self.rank, batch)
 
     def sum_in_rank_order(self, flat: np.ndarray) -> np.ndarray:
-        """The sum over ranks of flat (n,), added on rank 0 in rank order and broadcast: the same bits everywhere."""
+        """The sum over ranks of flat (n,), added element by element in rank order: the same bits on every rank.
+
+        Over CHUNK_BYTES it travels the ring (see the module docstring); one chunk or less is gathered
+        to rank 0, added there and broadcast. Both add ((g_0 + g_1) + g_2) + ..., so the bits do not
+        depend on which way, nor on the chunk size.
+        """
         flat = np.ascontiguousarray(flat)
+        if flat.nbytes <= self.chunk_bytes:
+            return self._gathered_sum(flat)
+        total = flat.copy()
+        incoming = np.empty(max(1, self.chunk_bytes // flat.itemsize), flat.dtype)
+        # reduce: ring position r is rank r; rank 0's chunk is its own share, rank r adds its share to the
+        # partial sum of ranks 0..r-1 that arrives from r - 1; rank N - 1 ends with every chunk's sum
+        self._pipeline(total, position=self.rank, own=flat, incoming=incoming)
+        # broadcast: the sums go on round the ring from rank N - 1 (position 0) through 0, 1, ..., N - 2
+        self._pipeline(total, position=(self.rank + 1) % self.size)
+        return total
+
+    def _pipeline(self, buf: np.ndarray, position: int, own=None, incoming=None) -> None:
+        """Pass buf's chunks along the ring's positions 0 -> 1 -> ... -> N - 1 (position p is on a rank whose
+        next rank is position p + 1's), one hop a step, so that all links work at once once the pipe is full.
+
+        At step s position p sends chunk s - p and receives chunk s - p + 1. With `own`, a received chunk
+        is added to this rank's share (partial + own) into buf; without, it is copied into buf as it is.
+        """
+        n, last = buf.size, self.size - 1
+        step = max(1, self.chunk_bytes // buf.itemsize)
+        chunks = -(-n // step)
+        nxt, prev = (self.rank + 1) % self.size, (self.rank - 1) % self.size
+        for s in range(chunks + last - 1):
+            out, into = s - position, s - position + 1
+            send = buf[out * step:(out + 1) * step] if position < last and 0 <= out < chunks else None
+            if position > 0 and 0 <= into < chunks:
+                sl = slice(into * step, min(n, (into + 1) * step))
+                recv = buf[sl] if own is None else incoming[:sl.stop - sl.start]
+            else:
+                recv = None
+            if send is not None and recv is not None:
+                self.comm.Sendrecv(send, dest=nxt, sendtag=_RING_TAG, recvbuf=recv, source=prev, recvtag=_RING_TAG)
+            elif send is not None:
+                self.comm.Send(send, dest=nxt, tag=_RING_TAG)
+            elif recv is not None:
+                self.comm.Recv(recv, source=prev, tag=_RING_TAG)
+            if recv is not None and own is not None:
+                np.add(recv, own[sl], out=buf[sl])
+
+    def _gathered_sum(self, flat: np.ndarray) -> np.ndarray:
+        """sum_in_rank_order of a small buffer: gathered to rank 0, added there in rank order, broadcast."""
         gathered = np.empty((self.size, flat.size), flat.dtype) if self.rank == 0 else None  # (N, n)
         self.comm.Gather(flat, gathered, root=0)
         total = np.empty_like(flat)
