@@ -275,10 +275,11 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-def _start_long_run(corpus_file, out):
-    """A 2-rank run with no end in sight, once it has saved after its first evaluation."""
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "charrnn", "train", str(corpus_file), "--out", str(out),
-           "--max-steps", "1000000", *TINY]
+def _start_long_run(corpus_file, out, launch=None):
+    """A 2-rank run with no end in sight, once it has saved after its first evaluation; launch: the
+    command of `mpiexec ... charrnn ARGS` (None: 2 ranks on this host)."""
+    args = ["train", str(corpus_file), "--out", str(out), "--max-steps", "1000000", *TINY]
+    cmd = launch(args) if launch else [str(MPIEXEC), "-n", "2", sys.executable, "-m", "charrnn", *args]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "state.safetensors").exists() or weights(out)[1] == 0:  # the step-0 save comes first
@@ -321,3 +322,119 @@ def test_under_mpiexec_without_mpi4py_is_one_line_naming_the_extra(monkeypatch, 
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("Error: ") and 'pip install -e ".[mpi]"' in err
     assert not (tmp_path / "r").exists()
+
+
+# Two "hosts" on this machine: two network namespaces joined by a veth pair, each with its own address. mpiexec
+# runs in the first with a host file naming both, so MPICH's ranks are on two nodes and talk over TCP through
+# the veth link, not shared memory. Hydra starts the remote rank's proxy the way it would over ssh, but its
+# launcher is a script that enters the other namespace (`ip netns exec`) instead of logging in to a machine.
+LAUNCHER = """#!/bin/sh
+# what hydra runs instead of ssh: [-x] HOST COMMAND
+[ "$1" = "-x" ] && shift
+case "$1" in
+  {a_addr}) ns={a} ;;
+  {b_addr}) ns={b} ;;
+  *) echo "no such host: $1" >&2; exit 255 ;;
+esac
+shift
+exec ip netns exec "$ns" sh -c "$*"
+"""
+
+
+# MPICH's UCX would still find shared memory between the namespaces (one kernel: the same boot id, IPC and
+# process namespaces), which two real hosts do not share; TCP only, as between them
+UCX_AS_BETWEEN_HOSTS = ["-genv", "UCX_TLS", "tcp,self"]
+
+
+class TwoHosts:
+    """Namespaces a and b (addresses 10.128.0.1 and .2 on the veth pair), the host file and the launcher."""
+
+    def __init__(self, tmp: Path):
+        tag = str(os.getpid())
+        self.a, self.b = f"charrnn{tag}a", f"charrnn{tag}b"
+        self.link = f"cr{tag}a"
+        self.addrs = {self.a: "10.128.0.1", self.b: "10.128.0.2"}
+        self.hostfile, self.launcher = tmp / "hosts", tmp / "launch-in-netns"
+        self.hostfile.write_text("".join(f"{addr}:1\n" for addr in self.addrs.values()))
+        self.launcher.write_text(LAUNCHER.format(a=self.a, b=self.b, a_addr=self.addrs[self.a],
+                                                 b_addr=self.addrs[self.b]))
+        self.launcher.chmod(0o755)
+
+    def create(self) -> None:
+        ends = {self.a: self.link, self.b: self.link[:-1] + "b"}
+        self._ip("netns", "add", self.a)
+        self._ip("netns", "add", self.b)
+        self._ip("link", "add", ends[self.a], "type", "veth", "peer", "name", ends[self.b])
+        for ns, end in ends.items():
+            self._ip("link", "set", end, "netns", ns)
+            self._ip("-n", ns, "addr", "add", self.addrs[ns] + "/24", "dev", end)
+            self._ip("-n", ns, "link", "set", end, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    def remove(self) -> None:
+        for ns in (self.a, self.b):  # the veth pair goes with its namespaces
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+    def mpiexec(self, args) -> list[str]:
+        """`mpiexec -f HOSTS -n 2 charrnn ARGS`, run in namespace a: rank 0 there, rank 1 in b."""
+        return ["ip", "netns", "exec", self.a, str(MPIEXEC), "-f", str(self.hostfile), "-n", "2",
+                "-launcher", "ssh", "-launcher-exec", str(self.launcher), *UCX_AS_BETWEEN_HOSTS,
+                sys.executable, "-m", "charrnn", *map(str, args)]
+
+    def bytes_sent_from_a(self) -> int:
+        """Bytes namespace a's end of the veth pair has sent: what crossed from host a to host b."""
+        stats = json.loads(self._ip("-n", self.a, "-j", "-s", "link", "show", "dev", self.link))
+        return int(stats[0]["stats64"]["tx"]["bytes"])
+
+    @staticmethod
+    def _ip(*args) -> str:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        if r.returncode:
+            raise OSError(f"`ip {' '.join(args)}` failed: {r.stderr.strip()}")
+        return r.stdout
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory):
+    """TwoHosts, created for this module's tests; a skip that says why where namespaces cannot be made
+    (not root, no `ip`), except under CHARRNN_REQUIRE_MPI (CI, as root), where that fails."""
+    hosts = TwoHosts(tmp_path_factory.mktemp("hosts"))
+    try:
+        if os.geteuid() != 0:
+            raise OSError("creating network namespaces needs root")
+        if shutil.which("ip") is None:
+            raise OSError("the `ip` command (iproute2) is not installed")
+        hosts.create()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        hosts.remove()
+        if os.environ.get("CHARRNN_REQUIRE_MPI"):
+            pytest.fail(f"two hosts in network namespaces are required here (CHARRNN_REQUIRE_MPI): {exc}")
+        pytest.skip(f"two hosts in network namespaces cannot be made here: {exc}")
+    yield hosts
+    hosts.remove()
+
+
+def test_two_hosts_give_the_bits_of_two_ranks_on_one_host_over_tcp(corpus_file, shared, two_hosts, tmp_path):
+    out = tmp_path / "two_hosts"
+    before = two_hosts.bytes_sent_from_a()
+    r = subprocess.run(two_hosts.mpiexec(["train", corpus_file, "--out", out, "--max-steps", 10, *TINY]),
+                       env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert_same_bits(out, shared["at10"], 10)
+    # the ranks talked over the veth link: each step's gradients (both ways) at least once
+    arrays, _ = weights(out)
+    step_bytes = sum(a.nbytes for k, a in arrays.items() if k.startswith("param/"))
+    assert two_hosts.bytes_sent_from_a() - before > 10 * step_bytes
+
+
+def test_kill_9_of_the_remote_rank_ends_the_job_and_the_last_checkpoint_resumes(corpus_file, two_hosts, tmp_path):
+    out = tmp_path / "killed"
+    proc = _start_long_run(corpus_file, out, launch=two_hosts.mpiexec)
+    pid = _rank_pid(str(out), 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)  # never a hang: rank 0's host learns of it over the network and ends
+    assert proc.returncode != 0
+    step = weights(out)[1]
+    one_process(["--resume", out, "--max-steps", step + 2, "-q"])
+    assert weights(out)[1] == step + 2
