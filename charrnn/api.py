@@ -854,7 +854,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     if no_budget:
         say(f"No budget given: training for 5 minutes (set {option('max_time')}, {option('max_steps')} or "
             f"{option('max_epochs')}).")
-    chosen = _settings_line(text, val_text, tconfig, model_options)
+    chosen = _settings_line(text, val_text, tconfig, model_options, group.size)
     _check_ranks(tconfig, group)
     directory = out or rundir.fresh_run_dir(name)
     with rundir.writing(directory, create=True, made=out is None, lock=lock):
@@ -981,9 +981,10 @@ def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | No
     return training.measure_speed(config, tconfig, line_length)
 
 
-def _settings_line(text, val_text, tconfig, model_options) -> str | None:
-    """Choose the model size, dropout and schedule the user left open; returns a line saying what."""
-    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure)
+def _settings_line(text, val_text, tconfig, model_options, ranks: int = 1) -> str | None:
+    """Choose the model size, dropout and schedule the user left open (a batch the MPI ranks divide);
+    returns a line saying what."""
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure, ranks=ranks)
     if chosen is None:
         return None
     values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"

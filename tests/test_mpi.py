@@ -201,6 +201,15 @@ def test_three_ranks_rerun_to_the_same_bits_which_are_one_process_cutting_three_
     assert_same_bits(tmp_path / "first", tmp_path / "one", 6)
 
 
+def test_an_automatic_batch_is_one_three_ranks_divide(corpus_file, tmp_path):
+    # one process would take 16 streams here; 3 ranks take 15 (a given --batch-size is checked instead)
+    auto = [a for a in TINY if a not in ("--batch-size", "4")]
+    r = charrnn(["train", corpus_file, "--out", tmp_path / "r", "--max-steps", 2, *auto], n=3)
+    assert r.returncode == 0, r.stderr
+    assert "batch_size 15" in r.stderr and r.stderr.count("Settings for") == 1
+    assert weights(tmp_path / "r")[0]["carry/0"].shape[1] == 15
+
+
 def test_rank_0_alone_prints_and_writes(shared):
     fresh = shared["fresh"]
     assert fresh.stdout == ""

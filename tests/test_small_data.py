@@ -114,6 +114,21 @@ def test_auto_batch_and_sequence_length_fit_any_stream_length(n):
     assert auto_settings(n, TrainConfig(batch_size=None, seq_len=50, max_steps=1))["seq_len"] == 50
 
 
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("n", [9, 1_350, 50_000, 6_000_000])
+def test_an_automatic_batch_is_a_multiple_of_the_mpi_ranks(n, mode):
+    def batch(ranks, **options):
+        tc = TrainConfig(batch_size=None, seq_len=None, max_steps=100, mode=mode, **options)
+        return auto_settings(n, tc, n_lines=max(1, n // 40) if mode == "lines" else None, ranks=ranks)["batch_size"]
+    alone = batch(1)
+    for ranks in (2, 3, 5, 7, 64):
+        # the largest multiple of the ranks not above what one process would take, or one row per rank
+        expect = max(ranks, alone // ranks * ranks)
+        assert batch(ranks) == expect and expect % ranks == 0, (ranks, alone)
+    tc = TrainConfig(batch_size=4, seq_len=None, max_steps=100, mode=mode)  # a given batch is the user's
+    assert auto_settings(n, tc, n_lines=max(1, n // 40), ranks=3)["batch_size"] == 4
+
+
 def test_auto_model_size_grows_with_the_corpus():
     sizes = [auto_settings(n, TrainConfig(batch_size=None, seq_len=None, max_steps=1))
              for n in (300, 19_999, 20_000, 199_999, 200_000, 5_000_000)]

@@ -268,7 +268,7 @@ def auto_eval_every(steps_per_pass: float, tokens_per_step: float, val_tokens: i
 
 
 def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", chars_per_sec: float | None = None,
-                  n_lines: int | None = None, val_tokens: int | None = None) -> dict:
+                  n_lines: int | None = None, val_tokens: int | None = None, ranks: int = 1) -> dict:
     """Model size, batch, sequence length, learning rate, dropout and schedule for n_tokens and the budget.
 
     Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
@@ -277,7 +277,8 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
       256 below 5 million, else 512 (two layers from 20 thousand)
     - batch: 16 streams below 5 million tokens, else 32; seq_len 100; in stream
       mode both shrink (seq_len to no less than 8 first, then the batch) until
-      the text makes MIN_WINDOWS batches; in lines mode at most a quarter of the lines
+      the text makes MIN_WINDOWS batches; in lines mode at most a quarter of the lines;
+      then down to a multiple of `ranks`, the MPI ranks that split it (at least one row each)
     - lr by optimizer (AUTO_LR)
     - dropout: by the passes over the data the budget buys: none under 3,
       0.1 under 8, else 0.2 (small data seen many times needs it most)
@@ -300,11 +301,11 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
         if tconfig.seq_len is None:
             seq_len = min(100, max(8, (n - 1) // (MIN_WINDOWS * batch)))
         if tconfig.batch_size is None:
-            batch = min(batch, max(1, (n - 1) // (MIN_WINDOWS * seq_len)))
+            batch = _multiple(min(batch, max(1, (n - 1) // (MIN_WINDOWS * seq_len))), ranks)
         if tconfig.seq_len is None and (n - 1) // (batch * seq_len) < 1:
             seq_len = max(1, (n - 1) // batch)  # a text too short for 8: the windows it can make
-    elif tconfig.batch_size is None and n_lines is not None:
-        batch = min(batch, max(1, n_lines // MIN_WINDOWS))
+    elif tconfig.batch_size is None:
+        batch = _multiple(batch if n_lines is None else min(batch, max(1, n_lines // MIN_WINDOWS)), ranks)
     budgets, speed = [], None
     if tconfig.max_time is not None:
         speed = chars_per_sec or NOMINAL_CHARS_PER_SEC[hidden]
@@ -331,6 +332,11 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
             "speed_measured": speed is not None and chars_per_sec is not None}
 
 
+def _multiple(batch: int, ranks: int) -> int:
+    """batch rounded down to a multiple of ranks, and at least ranks: the MPI ranks split it evenly."""
+    return max(ranks, batch - batch % ranks)
+
+
 def _tokens_of(text, tconfig: TrainConfig) -> int:
     """How many tokens a validation text holds: a str, a folder's Documents, or a scanned textfile.TextFile."""
     scan = getattr(text, "scans", {}).get((tconfig.level, tconfig.mode))
@@ -348,13 +354,14 @@ def count_tokens(text: str, level: str) -> int:
 
 
 def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, model_options: dict,
-                       measure=None) -> dict | None:
+                       measure=None, ranks: int = 1) -> dict | None:
     """Choose the AUTO_KEYS the user left open (None) in tconfig and model_options, in place.
 
     - text, val_text: the corpus and the separate validation text (None: val_frac is held out)
     - measure: optional function(model_options, tconfig, text) -> tokens per second of training steps for
       the chosen settings; called when a time budget bounds the run and the dropout is open (it depends
       on the passes the budget buys); without it the passes come from NOMINAL_CHARS_PER_SEC
+    - ranks: the MPI ranks the run trains on; an automatic batch size is a multiple of it
     Returns None when nothing was open, else {"keys": the keys chosen, "n_tokens": the training
     tokens they were chosen for, "passes": the passes over them the budget buys, "speed" and
     "speed_measured": the tokens per second that estimate assumed (None: no time budget)}.
@@ -375,7 +382,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     val_tokens = None if val_text is None else _tokens_of(val_text, tconfig)
     n_tokens = int(n_tokens * share)
     n_lines = int(n_lines * share) if tconfig.mode == "lines" else None
-    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines, val_tokens=val_tokens)
+    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines, val_tokens=val_tokens, ranks=ranks)
     for key in open_keys:
         if key in model_options:
             model_options[key] = auto[key]
@@ -385,7 +392,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
         speed = measure(model_options, tconfig, text)
         if speed:
             measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines,
-                                     val_tokens=val_tokens)
+                                     val_tokens=val_tokens, ranks=ranks)
             model_options["dropout"] = measured["dropout"]
             if "eval_every" in open_keys:
                 tconfig.eval_every = measured["eval_every"]
