@@ -138,7 +138,7 @@ def test_against_one_process_of_one_block_the_weights_agree_to_float32_rounding(
 
 
 # Each rank of `mpiexec -n N python -c RING_CHECK` sums buffers of many sizes, dtypes and chunk sizes (the
-# ring's chunks of 8 bytes up to the default; a buffer of one chunk or less takes the gather) and compares the
+# ring's chunks of 8 bytes up to ring_chunk's; a buffer of one chunk, or of MIN_CHUNK, or less takes the trees) and compares the
 # bits with an independent sum in NumPy: every rank's share, made again here from its seed, added in rank
 # order. That order is not just one of many: for N > 2 another order of the same shares gives other bits.
 RING_CHECK = """
@@ -155,7 +155,7 @@ def share(rank, n, dtype):  # magnitudes over 12 decades, so that the order of t
     return (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 7, n)).astype(dtype)
 
 checked = other_order_differs = 0
-for chunk in (8, 24, 4096, distributed.CHUNK_BYTES):
+for chunk in (8, 24, 4096, None):  # None: the size ring_chunk chooses
     group = distributed.MPIGroup(comm, chunk_bytes=chunk)
     for dtype in (np.float32, np.float64):
         for n in (0, 1, 2, 7, 64, 1000, 40000):
@@ -195,7 +195,8 @@ def test_three_ranks_rerun_to_the_same_bits_which_are_one_process_cutting_three_
         r = charrnn(["train", "--out", tmp_path / name, *args, "-q"], n=3)
         assert r.returncode == 0, r.stderr
     arrays, _ = weights(tmp_path / "first")
-    assert sum(a.nbytes for k, a in arrays.items() if k.startswith("param/")) > 4 * distributed.CHUNK_BYTES
+    nbytes = sum(a.nbytes for k, a in arrays.items() if k.startswith("param/"))
+    assert distributed.ring_chunk(nbytes, 3) < nbytes / 1.5  # two chunks or more
     assert_same_bits(tmp_path / "again", tmp_path / "first", 6)
     one_process(["--out", tmp_path / "one", *args, "--threads", "3", "-q"])
     assert_same_bits(tmp_path / "first", tmp_path / "one", 6)

@@ -12,12 +12,12 @@ which is the order in which one process with --threads N adds its N row blocks.
 Nothing depends on which rank finishes first, nor on how the buffer travels, so
 a run with the same N is bit-reproducible, resumes bit-exactly, and gives the
 bits of one process cutting the same blocks. A step's gradients travel along a
-ring (rank r sends to r + 1 only), pipelined in chunks of CHUNK_BYTES: each
+ring (rank r sends to r + 1 only), pipelined in chunks (ring_chunk): each
 chunk starts at rank 0 and picks up every rank's share in ring order until
 rank N - 1 holds its sum, which then goes on round the ring to every rank. Each
 link carries about twice the buffer whatever N is (a gather to one rank would
 take N - 1 buffers into its link), and nothing waits for a whole buffer before
-passing it on. A buffer of one chunk or less (the loss) takes MPI's Gather and
+passing it on. A buffer of MIN_CHUNK or less (the loss) takes MPI's Gather and
 Bcast, whose trees need log N hops where the ring needs 2 (N - 1); it is added
 on rank 0 in the same rank order.
 
@@ -30,6 +30,7 @@ where every collective is the identity, so the loop has one code path.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -40,10 +41,23 @@ from .parallel import row_blocks
 # environment variables the MPI launchers set in every rank they start: the world's size
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
 INSTALL_HINT = 'pip install -e ".[mpi]"'
-# the ring's message: a 3.5 MB gradient (the reference LSTM) travels as 54 chunks, so the pipeline's
-# fill (N - 2 hops) costs a few chunks' time, not a whole buffer's; bench/scaling.py models the choice
-CHUNK_BYTES = 64 * 1024
+# The ring's chunks (ring_chunk): what a link moves in the time of one message's latency (about 50 us at
+# 25 Gbit/s) sets their size; a buffer of MIN_CHUNK or less takes the trees instead.
+LATENCY_BYTES = 160 * 1024
+MIN_CHUNK = 4096
 _RING_TAG = 28
+
+
+def ring_chunk(nbytes: int, ranks: int) -> int:
+    """The ring's chunk size in bytes for a buffer of nbytes on `ranks` ranks (the bits do not depend on it).
+
+    The buffer passes round the ring twice, one hop a step, in C chunks: 2 (C + N - 2) steps of one
+    chunk's transfer and one latency. More chunks fill the pipe sooner but pay more latencies; the
+    time is least at C = sqrt((N - 2) nbytes / LATENCY_BYTES). Two ranks gain nothing from a pipe.
+    """
+    if ranks <= 2:
+        return max(nbytes, 1)
+    return int(min(max(nbytes, 1), max(MIN_CHUNK, math.sqrt(nbytes * LATENCY_BYTES / (ranks - 2)))))
 
 
 def launched_size() -> int:
@@ -84,7 +98,9 @@ class Solo:
 class MPIGroup(Solo):
     """The ranks of MPI.COMM_WORLD."""
 
-    def __init__(self, comm, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, comm, chunk_bytes: int | None = None):
+        """comm: MPI.COMM_WORLD; chunk_bytes: the ring's chunk (None: ring_chunk's, and the trees up to
+        MIN_CHUNK), fixed only by tests."""
         self.comm, self.chunk_bytes = comm, chunk_bytes
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
@@ -95,23 +111,24 @@ class MPIGroup(Solo):
     def sum_in_rank_order(self, flat: np.ndarray) -> np.ndarray:
         """The sum over ranks of flat (n,), added element by element in rank order: the same bits on every rank.
 
-        Over CHUNK_BYTES it travels the ring (see the module docstring); one chunk or less is gathered
-        to rank 0, added there and broadcast. Both add ((g_0 + g_1) + g_2) + ..., so the bits do not
+        Over MIN_CHUNK it travels the ring in chunks of ring_chunk's size (see the module docstring); a
+        smaller buffer is gathered to rank 0, added there and broadcast. Both add ((g_0 + g_1) + g_2) + ..., so the bits do not
         depend on which way, nor on the chunk size.
         """
         flat = np.ascontiguousarray(flat)
-        if flat.nbytes <= self.chunk_bytes:
+        if flat.nbytes <= (self.chunk_bytes or MIN_CHUNK):
             return self._gathered_sum(flat)
+        step = max(1, (self.chunk_bytes or ring_chunk(flat.nbytes, self.size)) // flat.itemsize)
         total = flat.copy()
-        incoming = np.empty(max(1, self.chunk_bytes // flat.itemsize), flat.dtype)
+        incoming = np.empty(step, flat.dtype)
         # reduce: ring position r is rank r; rank 0's chunk is its own share, rank r adds its share to the
         # partial sum of ranks 0..r-1 that arrives from r - 1; rank N - 1 ends with every chunk's sum
-        self._pipeline(total, position=self.rank, own=flat, incoming=incoming)
+        self._pipeline(total, step, position=self.rank, own=flat, incoming=incoming)
         # broadcast: the sums go on round the ring from rank N - 1 (position 0) through 0, 1, ..., N - 2
-        self._pipeline(total, position=(self.rank + 1) % self.size)
+        self._pipeline(total, step, position=(self.rank + 1) % self.size)
         return total
 
-    def _pipeline(self, buf: np.ndarray, position: int, own=None, incoming=None) -> None:
+    def _pipeline(self, buf: np.ndarray, step: int, position: int, own=None, incoming=None) -> None:
         """Pass buf's chunks along the ring's positions 0 -> 1 -> ... -> N - 1 (position p is on a rank whose
         next rank is position p + 1's), one hop a step, so that all links work at once once the pipe is full.
 
@@ -119,7 +136,6 @@ class MPIGroup(Solo):
         is added to this rank's share (partial + own) into buf; without, it is copied into buf as it is.
         """
         n, last = buf.size, self.size - 1
-        step = max(1, self.chunk_bytes // buf.itemsize)
         chunks = -(-n // step)
         nxt, prev = (self.rank + 1) % self.size, (self.rank - 1) % self.size
         for s in range(chunks + last - 1):
