@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import classifier
-from .loss import softmax_nll, softmax_nll_backward
+from .loss import mean_nll, softmax_nll, softmax_nll_backward
 from ..errors import ConfigError
 
 
@@ -201,7 +201,7 @@ def metrics(predicted, true, offsets, names, probs=None) -> dict:
         dense = np.zeros(C * C, dtype=np.int64)
         dense[cells] = counts
         confusion = dense.reshape(C, C).tolist()
-    loss = classifier.mean_nll(probs, true) if probs is not None else float("nan")
+    loss = mean_nll(probs, true) if probs is not None else float("nan")
     return {"sequences": int(len(offsets) - 1), "tokens": N,
             "accuracy": float(tp.sum() / N) if N else float("nan"), "loss": loss, "tags": rows,
             "entities": _entity_scores(predicted, true, offsets, names) if is_bio(names) else None,
