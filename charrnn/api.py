@@ -402,6 +402,37 @@ class Model:
         model's)."""
         return self.evaluate(self.read_text(path, errors, encoding), name=path)
 
+    # ---------------------------------------------------------------- taggers (train with task="tag")
+
+    def tag(self, texts) -> list:
+        """Tag sequences with a tagger: for each, a Tagged with .tokens, .tags (the most likely tag of each
+        token) and .probs (that tag's probability); .as_json() and .as_conll() give `charrnn tag`'s lines.
+
+        - texts: a list of sequences (or one string): a string is its characters (char level) or its
+          whitespace-split words (word level); a list holds the tokens themselves. Tokens the model never
+          saw count as unknown.
+        """
+        self._need("tag", "tags no tokens; train one with {task}")
+        if isinstance(texts, str):
+            texts = [texts]
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise ConfigError(f"texts must be a string or a list, got {type(texts).__name__}") from None
+        return self.task.tag(self.params, self.config, self.vocab, self.labels,
+                             self.task.tokens_of(texts, self.vocab.level))
+
+    def tag_file(self, path, errors: str = "strict", encoding: str | None = None) -> list:
+        """tag() of a file's (or standard input's, "-") sequences as `charrnn tag` reads them: plain lines
+        (characters or whitespace-split words) or JSON Lines with "tokens" (its own output reads back);
+        blank lines are skipped."""
+        self._need("tag", "tags no tokens; train one with {task}")
+        encoding = encoding or self.encoding
+        raw = corpus.read_stdin(errors, encoding) if os.fspath(path) == corpus.STDIN else \
+            self.read_text(path, errors, encoding)
+        sequences = self.task.inputs(corpus.normalize_newlines(raw), self.vocab.level, corpus.input_name(path))
+        return self.task.tag(self.params, self.config, self.vocab, self.labels, sequences) if sequences else []
+
     # ---------------------------------------------------------------- any task
 
     def metrics(self, path=None, errors: str = "strict", encoding: str | None = None) -> tuple[dict, str]:
@@ -836,8 +867,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = _read(val, errors, tconfig) if val else None
     if tconfig.mode == "lines":  # a text in memory: before its lines are split into tokens (the settings count them)
-        corpus.check_text_lines(text, labelled=task.labelled())
-        corpus.check_text_lines(val_text, "validation ", labelled=task.labelled())
+        task.check_text(text)
+        task.check_text(val_text, "validation ")
     if isinstance(text, textfile.Folder):
         split = textfile.split_folder(text, tconfig) if val_text is None else (text.whole, val_text, None)
         if split is None:

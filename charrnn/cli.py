@@ -85,6 +85,7 @@ def cli(ctx):
     charrnn annotate text.txt     a web page of per-character scores and neurons
     charrnn info                  what a checkpoint holds
     charrnn classify lines.txt    label lines with a classifier (train --task classify)
+    charrnn tag sentences.txt     tag each token with a tagger (train --task tag)
     charrnn plot                  a run's loss curves as a PNG
     charrnn corpora               the built-in corpora (charrnn train --corpus NAME)
 
@@ -581,6 +582,45 @@ def classify(text_file, checkpoint_path, top_k, errors, encoding):
             out.write("\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
         out.flush()
     except BrokenPipeError:  # `charrnn classify | head`: not an error
+        to_devnull(sys.stdout)
+
+
+# ---------------------------------------------------------------- tag
+
+
+@cli.command()
+@click.argument("text_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@_checkpoint_option
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "conll"]), default="jsonl", show_default=True,
+              help="One JSON object per sequence (tokens, tags, probs), or CoNLL columns (token, tag, probability).")
+@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
+              help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
+                   "unless it was trained with another]")
+def tag(text_file, checkpoint_path, output_format, errors, encoding):
+    """Tag each token of TEXT_FILE (or stdin, "-") with a trained tagger.
+
+    Reads plain lines (their characters at char level, their words at word
+    level) or JSON Lines with "tokens" (its own output reads back); blank
+    lines are skipped. Writes one JSON object per sequence with its tokens,
+    their tags and each tag's probability, or with --format conll a
+    token<TAB>tag<TAB>probability line per token and a blank line after each
+    sequence. Tokens the model never saw count as unknown.
+
+    \b
+    Examples:
+      charrnn tag sentences.txt -c checkpoints/ner
+      echo "Harry met Hermione" | charrnn tag --format conll
+    """
+    model = api.load(checkpoint_path)
+    results = model.tag_file(text_file, errors, encoding)
+    out = sys.stdout
+    try:
+        for result in results:
+            out.write(result.as_json() + "\n" if output_format == "jsonl" else result.as_conll())
+        out.flush()
+    except BrokenPipeError:  # `charrnn tag | head`: not an error
         to_devnull(sys.stdout)
 
 

@@ -146,7 +146,7 @@ def test_metrics_against_a_hand_count():
     flat = lambda seqs: np.array([ix[t] for s in seqs for t in s])
     m = tagger.metrics(flat(pred), flat(true), [0, 4, 8], names)
     # tokens: 8; right: B-PER I-PER O (3) + O B-PER (2) = 5
-    assert (m["sequences"], m["tokens"], m["accuracy"]) == (2, 8, 5 / 8)
+    assert (m["lines"], m["tokens"], m["accuracy"]) == (2, 8, 5 / 8)
     rows = {r["tag"]: r for r in m["tags"]}
     # B-LOC: true at 3 and 9-th position (2), predicted never -> p 0, r 0
     assert (rows["B-LOC"]["precision"], rows["B-LOC"]["recall"], rows["B-LOC"]["support"]) == (0.0, 0.0, 2)

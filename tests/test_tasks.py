@@ -23,15 +23,15 @@ from tiny_runs import read_log
 # ---------------------------------------------------------------- the registry
 
 
-def test_the_registry_holds_the_language_model_and_the_classifier_by_their_names():
-    assert list(tasks.TASKS) == ["lm", "classify"]
+def test_the_registry_holds_the_language_model_the_classifier_and_the_tagger_by_their_names():
+    assert list(tasks.TASKS) == ["lm", "classify", "tag"]
     for name, task in tasks.TASKS.items():
         assert tasks.get(name) is task and task.name == name
 
 
-@pytest.mark.parametrize("name", ["tag", "", "LM", None, 3])
+@pytest.mark.parametrize("name", ["ner", "", "LM", None, 3])
 def test_an_unknown_task_is_a_config_error_naming_the_choices(name):
-    with pytest.raises(ConfigError, match=r"must be lm or classify, got "):
+    with pytest.raises(ConfigError, match=r"must be lm, classify or tag, got "):
         tasks.get(name)
 
 
@@ -63,9 +63,9 @@ def test_each_registered_task_keeps_the_contract(name):
     assert task.noun and task.unit and task.command in task.methods
     assert task.modes and set(task.modes) <= {"stream", "lines"} and set(task.levels) <= {"char", "word"}
     assert isinstance(task.model_fields(), dict)
-    # every method an api.Model offers belongs to exactly one task, which `tasks.offering` finds
+    # every method an api.Model offers belongs to a task that `tasks.offering` finds (evaluate: several)
     for method in task.methods:
-        assert tasks.offering(method) is task
+        assert method in tasks.offering(method).methods
 
 
 # ---------------------------------------------------------------- a third task, registered by a test
@@ -82,7 +82,7 @@ class CaseTask(Task):
     methods = ("tag",)
     command = "tag"
 
-    def read_lines(self, text, where, names=None):
+    def read_lines(self, text, where, names=None, level="char"):
         return corpus.lines_of(text), None, ()  # the tags come from the tokens themselves
 
     def model_fields(self, data=None):

@@ -175,7 +175,8 @@ def metrics(predicted, true, offsets, names, probs=None) -> dict:
 
     - predicted, true: (N,) tag ids of many sequences back to back; offsets: (n + 1,) their bounds
     - names: the tag names, by id; probs: (N, C) the predicted probabilities, for the loss (or None)
-    Returns {"sequences", "tokens", "accuracy", "loss", "tags", "entities", "pairs", "confusion"}:
+    Returns {"lines", "tokens", "accuracy", "loss", "tags", "entities", "pairs", "confusion"}:
+    - lines: how many sequences were scored (each one line of lines mode), tokens: how many tokens;
     - tags: one row per tag, in id order: {"tag", "precision", "recall", "f1", "support"} (token level);
     - entities: None unless every tag is BIO (`is_bio`), else {"precision", "recall", "f1", "true",
       "predicted", "correct", "types": [{"type", "precision", "recall", "f1", "support"}, ...]}: an
@@ -202,7 +203,7 @@ def metrics(predicted, true, offsets, names, probs=None) -> dict:
         dense[cells] = counts
         confusion = dense.reshape(C, C).tolist()
     loss = mean_nll(probs, true) if probs is not None else float("nan")
-    return {"sequences": int(len(offsets) - 1), "tokens": N,
+    return {"lines": int(len(offsets) - 1), "tokens": N,
             "accuracy": float(tp.sum() / N) if N else float("nan"), "loss": loss, "tags": rows,
             "entities": _entity_scores(predicted, true, offsets, names) if is_bio(names) else None,
             "pairs": [[int(c // C), int(c % C), int(k)] for c, k in zip(cells, counts)], "confusion": confusion}

@@ -176,6 +176,11 @@ class Vocab:
     def dtype(self) -> np.dtype:
         return id_dtype(self.size)
 
+    def encode_tokens(self, tokens) -> np.ndarray:
+        """(n,) ids of n tokens taken whole (a tagger's words: never split), UNK for a token not in the vocabulary."""
+        index = self._index
+        return np.fromiter((index.get(t, UNK) for t in tokens), dtype=self.dtype, count=len(tokens))
+
     def encode(self, text: str) -> np.ndarray:
         """Map text to ids; tokens not in the vocabulary become UNK.
 

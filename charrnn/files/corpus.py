@@ -661,11 +661,15 @@ def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray
     """Encode lines into one flat id array plus offsets.
 
     - vocab: the vocabulary
-    - lines: list of n_lines strings
+    - lines: list of n_lines strings, or of n_lines token lists (each token one id, taken whole)
     - returns ids: (total_tokens,) dtype vocab.dtype, the lines' ids back to back
     - returns offsets: (n_lines + 1,) int64; line i is ids[offsets[i]:offsets[i + 1]]
     """
     offsets = np.zeros(len(lines) + 1, dtype=np.int64)
+    if lines and not isinstance(lines[0], str):  # token lists: one id per token, each taken whole
+        offsets[1:] = np.cumsum([len(line) for line in lines])
+        encoded = [vocab.encode_tokens(line) for line in lines]
+        return (np.concatenate(encoded) if encoded else np.empty(0, vocab.dtype)).astype(vocab.dtype, copy=False), offsets
     if vocab.level == "char":
         # One token per character: encode all lines in one vectorized call.
         offsets[1:] = np.cumsum([len(line) for line in lines])

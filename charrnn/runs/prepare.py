@@ -9,6 +9,7 @@ train leaves no files behind.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from ..files.config import TrainConfig
 from ..files.layout import DATA_DIR
 from ..tasks import registry as tasks
 from ..errors import CheckpointError, CorpusError, option
-from ..data.vocab import Vocab, build_vocab, extend_vocab
+from ..data.vocab import Vocab, build_vocab, extend_vocab, vocab_from_counts
 
 
 def data_dir(directory) -> str:
@@ -73,7 +74,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
         batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
     else:
         # the task's examples: its lines, and what it predicts of each (None: the lines' own tokens)
-        lines, tags, names = task.read_lines(train_text, where[0])
+        lines, tags, names = task.read_lines(train_text, where[0], level=tconfig.level)
         _check_line_lengths(lines, labelled=task.labelled())
         if val_text is None:
             # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
@@ -85,7 +86,7 @@ def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_voc
             if tags is not None:
                 tags, val_tags = task.take(tags, train_rows), task.take(tags, val_rows)
         else:
-            val_lines, val_tags, _ = task.read_lines(val_text, where[1], names)
+            val_lines, val_tags, _ = task.read_lines(val_text, where[1], names, level=tconfig.level)
             _check_line_lengths(val_lines, "validation ", labelled=task.labelled())
         if not lines:
             raise CorpusError("lines mode needs at least one non-empty training line")
@@ -122,8 +123,12 @@ def _lines_vocab(lines: list[str], tconfig: TrainConfig) -> Vocab:
     No "\n" token: lines hold none, and a sampler that could emit one would
     break the one-line-per-sample output. At word level the lines are joined
     with "\n" (so words of neighbouring lines do not merge) and that token is
-    dropped afterwards, which may leave one token fewer than --max-vocab.
+    dropped afterwards, which may leave one token fewer than --max-vocab. Lines given as token lists (a
+    tagger's) count each token whole.
     """
+    if lines and not isinstance(lines[0], str):  # token lists (Task.read_lines): each token whole
+        counts = Counter(token for line in lines for token in line)
+        return vocab_from_counts(counts, tconfig.level, tconfig.min_count, tconfig.max_vocab)
     if tconfig.level == "char":
         return build_vocab("".join(lines), "char", tconfig.min_count, tconfig.max_vocab)
     vocab = build_vocab("\n".join(lines), "word", tconfig.min_count, tconfig.max_vocab)

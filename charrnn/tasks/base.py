@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import batches
+from ..files import corpus
 from ..errors import ConfigError, option
 
 
@@ -150,15 +151,22 @@ class Task:
 
     # ------------------------------------------------------------ examples
 
+    def check_text(self, text, which: str = "") -> None:
+        """CorpusError when a line of a text in memory is too long to be one example (corpus.check_text_lines),
+        before it is split into examples; `which`: "validation " or ""."""
+        corpus.check_text_lines(text, which, labelled=self.labelled())
+
     def labelled(self) -> bool:
         """Whether its lines hold a label before a TAB (what check_text_lines skips of a line)."""
         return False
 
-    def read_lines(self, text, where: str, names=None):
+    def read_lines(self, text, where: str, names=None, level: str = "char"):
         """(lines, targets, names): the examples of a text in lines mode (a str, or Documents where the task
-        reads folders). lines: the texts whose tokens are the inputs; targets: an array of what is predicted
-        of each line beside its tokens (a classifier's label ids), or None; names: the target names in id
-        order. names given: a validation text, whose targets map by the training text's names."""
+        reads folders) at token level `level`. lines: the texts whose tokens are the inputs, or lists of
+        tokens taken whole (one id each, never split further); targets: an array indexed by line of what is
+        predicted of each line beside its tokens (a classifier's label ids; a tagger's, one array of tag ids
+        per line), or None; names: the target names in id order. names given: a validation text, whose
+        targets map by the training text's names."""
         raise NotImplementedError
 
     def take(self, targets, rows):

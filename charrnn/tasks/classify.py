@@ -74,7 +74,7 @@ class Classifier(Task):
     def labelled(self) -> bool:
         return True
 
-    def read_lines(self, text, where: str, names=None):
+    def read_lines(self, text, where: str, names=None, level: str = "char"):
         """(texts, label ids, label names) of label<TAB>text lines; names None: a training text, whose
         sorted labels are the names (at least 2); else the names to map a validation text's labels by."""
         if names is None:

@@ -210,7 +210,7 @@ class LanguageModel(Task):
 
     # ------------------------------------------------------------ examples
 
-    def read_lines(self, text, where: str, names=None):
+    def read_lines(self, text, where: str, names=None, level: str = "char"):
         """(lines, None, ()): the non-empty lines of a text (a str or Documents), no targets beside them."""
         return corpus.lines_of(text), None, ()
 

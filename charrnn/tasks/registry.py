@@ -7,10 +7,12 @@ from ..errors import CheckpointError, ConfigError, option
 from .base import Task
 from .classify import Classifier
 from .lm import LanguageModel
+from .tag import Tagger
 
 TASKS = {
     "lm": LanguageModel(),     # a language model: predict each next token
     "classify": Classifier(),  # a classifier of label<TAB>text lines
+    "tag": Tagger(),           # a tagger of each token (JSON Lines or CoNLL columns)
 }
 
 
