@@ -155,7 +155,7 @@ def test_a_third_task_trains_end_to_end_with_only_its_module_and_a_registration_
 # ---------------------------------------------------------------- no branch on the task outside the tasks
 
 PACKAGE = __import__("pathlib").Path(charrnn.__file__).parent
-TASK_NAMES = {"lm", "classify"}
+TASK_NAMES = {"lm", "classify", "tag"}
 # the fields only one task has: the classifier's model options (ModelConfig's classes,
 # bidirectional, pool), and the label arrays a Run held before tasks
 TASK_FIELDS = {"classes", "bidirectional", "pool", "train_labels", "val_labels"}
