@@ -271,7 +271,8 @@ class Model:
         ids, offsets = models.load_heldout(self.path, self.lines)
         if offsets is None:
             return self.vocab.decode(np.asarray(ids))
-        return "".join(self.vocab.decode(np.asarray(ids[a:b])) + "\n" for a, b in zip(offsets[:-1], offsets[1:]))
+        return "".join(self.task.line_text(self.vocab, np.asarray(ids[a:b])) + "\n"
+                       for a, b in zip(offsets[:-1], offsets[1:]))
 
     def heldout_start(self, max_chars: int | None) -> tuple[str, int]:
         """The first max_chars characters (or a little more) of heldout_text(), decoding no more of the
@@ -289,7 +290,8 @@ class Model:
         line_chars = before[offsets[1:]] - before[offsets[:-1]] + 1  # each line and its newline
         total = int(line_chars.sum())
         end = len(line_chars) if max_chars is None else int(np.searchsorted(np.cumsum(line_chars), max_chars)) + 1
-        return "".join(self.vocab.decode(ids[a:b]) + "\n" for a, b in zip(offsets[:end], offsets[1 : end + 1])), total
+        return "".join(self.task.line_text(self.vocab, ids[a:b]) + "\n"
+                       for a, b in zip(offsets[:end], offsets[1 : end + 1])), total
 
     def annotate(self, text: str, top_k: int = 5, max_chars: int | None = 5_000):
         """Per-token probabilities, ranks, top-k guesses, hidden states and gates of a text.
@@ -301,6 +303,9 @@ class Model:
         from .work import annotate
 
         self._need("annotate", "predicts no characters to annotate")
+        own = self.task.annotate(self.params, self.config, self.vocab, self.labels, _text(text, "text"), max_chars)
+        if own is not None:  # a task with its own view of a text (a tagger's tags)
+            return own
         return annotate.annotate(self, _text(text, "text"), top_k=top_k, max_chars=max_chars)
 
 
@@ -338,14 +343,18 @@ class Model:
     def write_page(self, ann, path: str | None = None, source: str = "the text") -> str:
         """Write an annotation (from annotate or annotate_input) as one self-contained HTML page, atomically;
         path None: annotate.html beside the model file. Returns the page's path."""
-        from .work import page
+        from .work import annotate, page
 
         path = _path(path, "path") or os.path.join(os.path.dirname(os.path.abspath(self.path)), "annotate.html")
         c = self.config
         model_line = (f"{c.cell.upper()} {c.layers} x {c.hidden}, {self.vocab.size} {self.vocab.level} tokens, "
                       f"{'lines' if self.lines else 'stream'} mode")
-        page.write(path, ann, title=f"What the model saw in {os.path.basename(source)}",
-                   model_line=model_line, checkpoint=self.path, source=source)
+        labels = dict(title=f"What the model saw in {os.path.basename(source)}", model_line=model_line,
+                      checkpoint=self.path, source=source)
+        if isinstance(ann, annotate.Annotation):
+            page.write(path, ann, **labels)
+        else:  # a task's own view (Task.annotate): a tagger's tags
+            page.write_tags(path, ann.sequences, ann.probs, ann.tags, level=ann.level, cut=ann.cut, **labels)
         return path
 
     # ---------------------------------------------------------------- classifiers (train with task="classify")
@@ -484,6 +493,13 @@ def annotation_records(ann, states: bool = False):
     """The rows of an Annotation as JSON-ready dicts, one per scored token (`charrnn annotate --json`):
     token, id, logprob, prob, bits, rank, top_k, unknown, end, and with states every layer's h, tanh(c)
     and gates after the token (None before the first step). Non-finite numbers are None."""
+    from .work import annotate
+
+    if not isinstance(ann, annotate.Annotation):  # a task's own view (Task.annotate): its records
+        if states:
+            raise ConfigError(f"{option('states')} shows a language model's states; this model has none to show")
+        yield from map(json_safe, ann.records())
+        return
     # the states are computed again a chunk of steps at a time, in step order, as the rows need them
     each_step, at = (ann.each_step_states() if states else None), -1
     for row in ann:

@@ -681,9 +681,7 @@ def annotate_(text_file, checkpoint_path, out_path, as_json, states, top_k, max_
             to_devnull(sys.stdout)
         return
     out_path = model.write_page(ann, out_path, source)
-    s = ann.score
-    info(f"Wrote {shown(out_path)}: {s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token; "
-         f"open it in a browser")
+    info(f"Wrote {shown(out_path)}: {ann.summary()}; open it in a browser")
 
 
 # ---------------------------------------------------------------- info and plot

@@ -186,3 +186,24 @@ def test_metrics_of_a_run_match_a_hand_count_through_the_api(runs):
     assert result["tokens"] == 8 and result["accuracy"] == pytest.approx(right / 8)
     assert result["entities"] is None and result["labels"] == ["L", "S", "U"]
     assert tagger.is_bio(["O", "B-PER"])
+
+
+def test_annotate_writes_the_tag_page_and_json_records(runs, tmp_path):
+    text = "Harry met Potter\nin London\n"
+    (tmp_path / "in.txt").write_text(text)
+    code, _, err = invoke(["annotate", tmp_path / "in.txt", "-c", runs / "word", "--out", tmp_path / "p.html"])
+    assert code == 0 and "5 tokens in 2 sequences" in err, err
+    html = (tmp_path / "p.html").read_text()
+    data = json.loads(html[html.index('type="application/json">') + 24:html.index("</script>")])
+    tagged = charrnn.load(str(runs / "word")).tag(text.splitlines())
+    assert [s[0] for s in data["sequences"]] == [r.tokens for r in tagged]
+    assert [[data["tags"][t] for t in s[1]] for s in data["sequences"]] == [r.tags for r in tagged]
+    code, out, err = invoke(["annotate", "-", "-c", runs / "word", "--json"], input=text)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["tags"] for r in records] == [r.tags for r in tagged]
+    assert all(abs(sum(p.values()) - 1) < 1e-5 for r in records for p in r["probs"])
+    code, _, err = invoke(["annotate", "-c", runs / "word", "--out", tmp_path / "held.html"])  # the held-out split
+    assert code == 0 and (tmp_path / "held.html").exists(), err
+    code, _, err = invoke(["annotate", "-", "-c", runs / "word", "--json", "--states"], input=text)
+    assert code != 0 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("Error: --states")

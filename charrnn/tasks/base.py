@@ -216,6 +216,16 @@ class Task:
     def check_metadata(self, meta: dict, config, where: str) -> None:
         """CheckpointError unless what metadata() wrote reads back well-formed for config (in place)."""
 
+    def line_text(self, vocab, ids) -> str:
+        """One stored line (its ids) as text that the task's own commands read back (a tagger's: a JSON line
+        of its tokens, which may hold spaces between them that no decoding could tell from its words)."""
+        return vocab.decode(ids)
+
+    def annotate(self, params, config, vocab, names, text: str, max_chars: int | None):
+        """What `annotate` shows of a text, for a task whose models show their own view of it (a tagger: each
+        token's tags, a TagAnnotation); None: the language model's per-step annotation (work/annotate.py)."""
+        return None
+
     def labels(self, meta: dict) -> list:
         """The names of what its model predicts, from a model file's metadata (a classifier's labels; [] for
         a model whose outputs are its vocabulary)."""

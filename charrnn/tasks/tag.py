@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import classifier, loss, tagger
+from ..data.vocab import UNK
 from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
 from ..files import atomic, corpus, tagged
 from ..files.layout import DATA_DIR
@@ -65,6 +66,40 @@ class Tagged:
         return "".join(f"{t}\t{g}\t{p:.4f}\n" for t, g, p in zip(self.tokens, self.tags, self.probs)) + "\n"
 
 
+@dataclass
+class TagScore:
+    """The totals `annotate` reports of a tagged text: tokens and unknown tokens (no loss: no true tags)."""
+    tokens: int
+    unknown: int
+    sequences: int
+
+
+@dataclass
+class TagAnnotation:
+    """A tagger's view of a text for `annotate`: its sequences, each token's tag probabilities (N, C) back
+    to back, the tag names; cut: characters of the text left out after max_chars; text_chars: shown."""
+    sequences: list
+    probs: np.ndarray
+    tags: list
+    level: str
+    cut: int
+    text_chars: int
+    score: TagScore
+
+    def records(self):
+        """One JSON-ready dict per sequence: tokens, the most likely tags, and every tag's probability."""
+        at = 0
+        for tokens in self.sequences:
+            p = self.probs[at:at + len(tokens)]
+            at += len(tokens)
+            yield {"tokens": list(tokens), "tags": [self.tags[j] for j in p.argmax(axis=1)],
+                   "probs": [{t: float(x) for t, x in zip(self.tags, row)} for row in p]}
+
+    def summary(self) -> str:
+        n = self.score.sequences
+        return f"{self.score.tokens:,} tokens in {n:,} sequence{'' if n == 1 else 's'}, tagged"
+
+
 class Tagger(Task):
     """Tag each token (see the module's docstring)."""
     name = "tag"
@@ -73,7 +108,7 @@ class Tagger(Task):
     modes = ("lines",)
     levels = ("char", "word")
     model_options = ("bidirectional",)
-    methods = ("tag", "evaluate")
+    methods = ("tag", "evaluate", "annotate")
     command = "tag"
     files = ("train_tags.npy", "val_tags.npy", TAGS_FILE)
 
@@ -271,6 +306,26 @@ class Tagger(Task):
         chosen = probs[np.arange(best.size), best]
         return [Tagged(list(tokens), [names[j] for j in best[a:b]], chosen[a:b].tolist())
                 for tokens, a, b in zip(sequences, offsets[:-1].tolist(), offsets[1:].tolist())]
+
+    def line_text(self, vocab, ids) -> str:
+        return json.dumps({"tokens": [vocab.tokens[i] for i in np.asarray(ids).tolist()]}, ensure_ascii=False)
+
+    def annotate(self, params, config, vocab, names, text: str, max_chars: int | None) -> TagAnnotation:
+        """The sequences of a text (as `charrnn tag` reads them) up to max_chars characters of tokens, each
+        token's tag probabilities, and how many characters are cut."""
+        sequences, shown, cut = [], 0, 0
+        for tokens in self.inputs(text, vocab.level, "the text"):
+            chars = sum(map(len, tokens))
+            if cut or (max_chars is not None and sequences and shown + chars > max_chars):
+                cut += chars
+                continue
+            sequences.append(tokens)
+            shown += chars
+        ids, offsets = corpus.encode_lines(vocab, sequences)
+        probs = tagger.predict(params, config, ids, offsets) if sequences else np.zeros((0, len(names)))
+        score = TagScore(tokens=int(offsets[-1]), unknown=int(np.count_nonzero(np.asarray(ids) == UNK)),
+                         sequences=len(sequences))
+        return TagAnnotation(sequences, probs, list(names), vocab.level, cut, shown, score)
 
     @staticmethod
     def tokens_of(texts, level: str) -> list[list[str]]:

@@ -148,6 +148,11 @@ class Annotation:
     def __iter__(self):
         return iter(self.rows)
 
+    def summary(self) -> str:
+        """The totals as `charrnn annotate` reports them after writing the page."""
+        s = self.score
+        return f"{s.tokens:,} tokens, loss {s.loss:.4f} nats ({s.bits_per_token:.3f} bits) per token"
+
     def __len__(self):
         return len(self.rows)
 

@@ -178,7 +178,7 @@ def tag_page_parts(sequences, probs, tags, *, level: str, title: str, model_line
 
     - sequences: token lists; probs: (N, C) each token's tag probabilities, the sequences back to back
     - tags: the tag names in id order; level: "char" (tokens shown side by side) or "word" (with spaces)
-    - cut: how many sequences after these were not shown (a notice says so)
+    - cut: how many characters after these sequences were not shown (a notice says so)
     """
     def data():
         yield "{"

@@ -24,7 +24,7 @@
   add(main, el("h1", null, D.title));
   add(main, el("p", "muted small", D.model + " \u00b7 " + D.checkpoint + " \u00b7 " + D.source));
   if (D.cut) add(main, el("p", "notice", "Only the first " + D.sequences.length + " sequences are shown; " +
-                          D.cut + " more are cut."));
+                          D.cut + " more characters are cut."));
   const legend = el("div", "legend");
   legend.id = "legend";
   for (let t = 0; t < C; t++) {
