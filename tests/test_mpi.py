@@ -253,6 +253,26 @@ def test_a_classifier_on_two_ranks_gives_the_bits_of_one_process(tmp_path):
     assert_same_bits(tmp_path / "two", tmp_path / "one", 15)
 
 
+def test_a_tagger_on_two_ranks_gives_the_bits_of_one_process(tmp_path):
+    """Each rank tags its rows of a batch of sequences of different lengths; the ranks' sums are the
+    one process's, to the bit (the loss is over the whole batch's real tokens)."""
+    rng = np.random.default_rng(2)
+    lines = []
+    for _ in range(120):
+        words = rng.choice(["Harry", "met", "London", "in", "Potter"], rng.integers(1, 7))
+        tags = ["B-PER" if w == "Harry" else "I-PER" if w == "Potter" else "B-LOC" if w == "London" else "O"
+                for w in words]
+        lines.append(json.dumps({"tokens": words.tolist(), "tags": tags}))
+    (tmp_path / "ner.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [tmp_path / "ner.jsonl", "--task", "tag", "--level", "word", "--bidirectional", "--max-steps", 12,
+            "--hidden", "8", "--embed", "6", "--layers", "1", "--batch-size", "4", "--threads", "1",
+            "--dropout", "0", "--lr", "0.3", "--eval-every", "4", "--schedule", "constant", "--warmup", "0"]
+    r = charrnn(["train", "--out", tmp_path / "two", *args, "-q"])
+    assert r.returncode == 0, r.stderr
+    one_process(["--out", tmp_path / "one", *args, *ONE_PROCESS_SAME_BLOCKS])
+    assert_same_bits(tmp_path / "two", tmp_path / "one", 12)
+
+
 def test_batch_not_divisible_by_the_ranks_is_one_line_and_writes_nothing(corpus_file, tmp_path):
     args = [a if a != "4" else "5" for a in TINY]
     r = charrnn(["train", corpus_file, "--out", tmp_path / "r", "--max-steps", 2, *args])
