@@ -133,7 +133,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--dtype", type=click.Choice(DTYPES), default="float32", group=MODEL,
         help="Floating-point precision.")
 @option("--bidirectional", is_flag=True, default=False, group=MODEL,
-        help="Classifier: every layer also reads the line right to left.")
+        help="Classifier or tagger: every layer also reads the line right to left.")
 @option("--pool", type=click.Choice(POOLS), default="mean", group=MODEL,
         help="Classifier: pool the top layer over time by the mean of its outputs, or its last state.")
 @option("--init-from", type=click.Path(exists=True), default=None, metavar="RUN_OR_MODEL", group=MODEL,
@@ -155,6 +155,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
 @option("--seq-len", type=int, default=None, group=OPTIM, help="Time steps per truncated-BPTT window." + AUTO)
 @option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
+@option("--buckets/--no-buckets", default=True, group=OPTIM,
+        help="Lines mode: batch lines of similar length together, so that little of a batch is padding (the "
+             "batches are still drawn afresh each epoch from the seed); --no-buckets: shuffled lines.")
 @option("--threads", type=int, default=2, group=OPTIM,
         help="Cut each batch into this many row blocks, one thread each. A setting, not a count of cores: "
              "the same value gives the same numbers on any machine.")

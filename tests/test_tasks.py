@@ -98,9 +98,8 @@ class CaseTask(Task):
         return np.where(mask, upper[x], 0).astype(np.int64)
 
     def batch(self, run, step):
-        tc = run.tconfig
         epoch, index = divmod(step, run.steps_per_epoch)
-        order = run.data.epoch_order(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
+        order = run.data.epoch_order(run, epoch)
         x, _, mask = batches.line_batch(run.train_ids, run.train_offsets, order[index], run.vocab.bos, run.vocab.eos)
         return Batch(x, self.tags(run.vocab, x, mask), mask, True)
 

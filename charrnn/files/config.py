@@ -35,6 +35,8 @@ class TrainConfig:
     val_frac: float = 0.1              # held-out share when no separate validation file is given
     encoding: str = "utf-8"            # the corpus files' text encoding (the model records it for eval)
     batch_size: int = 64               # B: parallel streams (stream) or lines per batch (lines)
+    buckets: bool = True               # lines: batch lines of similar length (batches.bucketed_line_batches);
+                                       # runs saved before this setting: False, their shuffled batches
     seq_len: int = 100                 # T: truncated-BPTT window
     # optimization
     optim: str = "adagrad"             # adagrad, adam, rmsprop or sgd

@@ -207,7 +207,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
     try:
         config = ModelConfig.from_dict(meta["model"])
         # runs saved before the threads setting existed took each batch as one block
-        tconfig = TrainConfig.from_dict({"threads": 1, **meta["train"]})
+        tconfig = TrainConfig.from_dict({"threads": 1, "buckets": False, **meta["train"]})
         tconfig.check()
         tasks.get(tconfig.task).check(tconfig)
         vocab = Vocab.from_dict(meta["vocab"])

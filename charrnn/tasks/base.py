@@ -65,11 +65,17 @@ class TaskData:
     run's fingerprint covers beyond the ids (None: nothing)."""
     order: tuple = (None, None)   # (epoch, permutation of the lines) of lines mode, one per epoch
 
-    def epoch_order(self, n_lines: int, batch_size: int, seed: int, epoch: int) -> list:
-        """The line batches of an epoch (batches.line_batches, fixed by (seed, epoch)), made once per epoch."""
+    def epoch_order(self, run, epoch: int) -> list:
+        """The line batches of an epoch of run's training lines, fixed by (seed, epoch) and made once per epoch:
+        lines of similar length together (batches.bucketed_line_batches) when tconfig.buckets, else
+        shuffled (batches.line_batches)."""
         cached_epoch, order = self.order
         if cached_epoch != epoch:
-            order = batches.line_batches(n_lines, batch_size, seed, epoch)
+            tc = run.tconfig
+            if tc.buckets:
+                order = batches.bucketed_line_batches(np.diff(run.train_offsets), tc.batch_size, tc.seed, epoch)
+            else:
+                order = batches.line_batches(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
             self.order = (epoch, order)
         return order
 

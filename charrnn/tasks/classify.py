@@ -120,9 +120,8 @@ class Classifier(Task):
 
     def batch(self, run, step: int) -> Batch:
         """Whole lines: (tokens, label ids, lengths), a fresh state each."""
-        tc = run.tconfig
         epoch, index = divmod(step, run.steps_per_epoch)
-        order = run.data.epoch_order(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
+        order = run.data.epoch_order(run, epoch)
         tokens, lengths = classifier.batch(run.train_ids, run.train_offsets, order[index])
         return Batch(tokens, run.data.train[order[index]], lengths, True)
 

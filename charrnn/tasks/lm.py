@@ -222,7 +222,7 @@ class LanguageModel(Task):
         if tc.mode == "stream":
             x, y = batches.stream_batch(run.train_ids, tc.batch_size, tc.seq_len, index)
             return Batch(x, y, None, index == 0)
-        order = run.data.epoch_order(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)
+        order = run.data.epoch_order(run, epoch)
         x, y, mask = batches.line_batch(run.train_ids, run.train_offsets, order[index], run.vocab.bos, run.vocab.eos)
         return Batch(x, y, mask, True)
 

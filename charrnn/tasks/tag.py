@@ -179,9 +179,8 @@ class Tagger(Task):
 
     def batch(self, run, step: int) -> Batch:
         """Whole sequences: (tokens, tag ids, lengths), a fresh state each."""
-        tc = run.tconfig
         epoch, index = divmod(step, run.steps_per_epoch)
-        rows = run.data.epoch_order(len(run.train_offsets) - 1, tc.batch_size, tc.seed, epoch)[index]
+        rows = run.data.epoch_order(run, epoch)[index]
         tokens, lengths = classifier.batch(run.train_ids, run.train_offsets, rows)
         tags, _ = classifier.batch(run.data.train, run.train_offsets, rows)  # (B, T), padded with tag 0
         return Batch(tokens, tags, lengths, True)
