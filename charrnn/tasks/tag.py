@@ -120,7 +120,6 @@ class Tagger(Task):
                               f"{option('mode', 'stream')}")
 
     def check_request(self, *, builtin: bool, folder: bool, init_from: bool, options: dict) -> None:
-        options.setdefault("mode", "lines")  # a tagger's examples are sequences
         if builtin or folder:
             raise ConfigError(f"{option('task', 'tag')} needs a {option('corpus_file')} of tagged sequences "
                               f"(JSON Lines or CoNLL columns), not {'a built-in corpus' if builtin else 'a folder'}")
