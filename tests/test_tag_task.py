@@ -207,3 +207,20 @@ def test_annotate_writes_the_tag_page_and_json_records(runs, tmp_path):
     assert code == 0 and (tmp_path / "held.html").exists(), err
     code, _, err = invoke(["annotate", "-", "-c", runs / "word", "--json", "--states"], input=text)
     assert code != 0 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("Error: --states")
+
+
+def test_tag_refuses_bad_input_and_other_models_in_one_line(runs, tmp_path):
+    from tiny_runs import make_run
+
+    (tmp_path / "bad.jsonl").write_text('Harry met\n{"tokens": ["a", "b"\n')
+    make_run(tmp_path / "lm", "abc de\n")
+    for args, fragment in ((["tag", tmp_path / "bad.jsonl", "-c", runs / "word"], "bad.jsonl: line 2: bad JSON"),
+                           (["tag", "/dev/zero", "-c", runs / "word"], "Error: "),
+                           (["tag", "-", "-c", tmp_path / "lm"], "not a tagger"),
+                           (["classify", "-", "-c", runs / "word"], "this model is a tagger"),
+                           (["tag", "-", "-c", runs / "word", "--format", "xml"], "--format")):
+        code, out, err = invoke(args, input="Harry\n")
+        assert code != 0 and out == "" and fragment in err and "Traceback" not in err, (args, err)
+        assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
+    code, out, err = invoke(["tag", "-", "-c", runs / "word"], input="\n  \n")  # nothing to tag: nothing out
+    assert code == 0 and out == "", err
