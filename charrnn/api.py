@@ -879,6 +879,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         text = textfile.open_folder(corpus_file, glob, errors, tconfig.encoding)
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
+        text = task.read_folder(text) or text  # a task that reads a folder its own way (a classifier's labels)
     else:
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = _read(val, errors, tconfig) if val else None

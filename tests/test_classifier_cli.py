@@ -90,11 +90,13 @@ def test_options_that_need_a_classifier_are_one_line_errors(tmp_path, args, frag
     assert not (tmp_path / "r").exists()
 
 
-def test_a_folder_or_init_from_with_task_classify_is_a_one_line_error(trained, tmp_path):
+def test_a_folder_without_label_subfolders_or_init_from_with_task_classify_is_a_one_line_error(trained, tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.tsv").write_text(labelled(CODE, PROSE))
     code, out, err = invoke(["train", tmp_path / "docs", *TINY, "--max-steps", 1, "--out", tmp_path / "r"])
-    assert code == 2 and err.strip() == "Error: --task classify reads label<TAB>text lines from one file, not a folder"
+    assert code != 0 and err.strip().splitlines()[-1] == (
+        f"Error: {tmp_path / 'docs'}: 'a.tsv' is not in a subfolder; --task classify takes a folder with one "
+        "subfolder per label, the files of each its examples")
     code, out, err = invoke(["train", trained / "train.tsv", *TINY, "--max-steps", 1, "--init-from",
                              trained / "run", "--out", tmp_path / "r"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "starts a fresh classifier" in err, err
@@ -103,6 +105,25 @@ def test_a_folder_or_init_from_with_task_classify_is_a_one_line_error(trained, t
                              "--out", tmp_path / "r"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is a classifier" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_of_label_subfolders_trains_as_its_labelled_lines_would(tmp_path):
+    """code/*.txt and prose/*.txt: each line an example of its subfolder's label, the same run to the bit as
+    the label<TAB>line file of those lines in the folder's sorted order."""
+    root = tmp_path / "kinds"
+    for label, lines in (("code", CODE), ("prose", PROSE)):
+        (root / label).mkdir(parents=True)
+        (root / label / "a.txt").write_text("\n".join(lines[:5]) + "\n\n")
+        (root / label / "b.txt").write_text("\n".join(lines[5:]))
+    (tmp_path / "kinds.tsv").write_text("".join(f"{label}\t{line}\n" for label, lines in (("code", CODE), ("prose", PROSE))
+                                                for line in lines))
+    for corpus, out in ((root, "folder"), (tmp_path / "kinds.tsv", "file")):
+        code, _, err = invoke(["train", corpus, *TINY, "--max-steps", 6, "--eval-every", 3, "--out", tmp_path / out, "-q"])
+        assert code == 0, err
+    a, _ = checkpoint.load_state(tmp_path / "folder" / "state.safetensors")
+    b, _ = checkpoint.load_state(tmp_path / "file" / "state.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "folder" / "data" / "labels.json").read_text()) == ["code", "prose"]
 
 
 def test_malformed_lines_name_the_first_line_and_count_them(tmp_path):

@@ -162,6 +162,12 @@ class Task:
         before it is split into examples; `which`: "validation " or ""."""
         corpus.check_text_lines(text, which, labelled=self.labelled())
 
+    def read_folder(self, folder):
+        """A folder's corpus (a textfile.Folder) as the text this task reads from it, or None: the folder's
+        files are its text as they are (a classifier makes label<TAB>text lines of them, the label each
+        file's subfolder)."""
+        return None
+
     def labelled(self) -> bool:
         """Whether its lines hold a label before a TAB (what check_text_lines skips of a line)."""
         return False

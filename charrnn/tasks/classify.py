@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import classifier
-from ..errors import CharRNNError, CheckpointError, ConfigError, option
+from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
 from ..files import atomic, corpus
 from ..files.layout import DATA_DIR, LABELS_FILE
 from ..files.modelmeta import checked_labels
@@ -65,11 +65,26 @@ class Classifier(Task):
         if builtin:
             raise ConfigError(f"{option('task', 'classify')} needs a {option('corpus_file')} of label<TAB>text "
                               "lines; a built-in corpus has no labels")
-        if folder:
-            raise ConfigError(f"{option('task', 'classify')} reads label<TAB>text lines from one file, not a folder")
         super().check_request(builtin=builtin, folder=folder, init_from=init_from, options=options)
 
     # ------------------------------------------------------------ examples
+
+    def read_folder(self, folder) -> str:
+        """A folder with one subfolder per label: every non-blank line of every file under LABEL/ is one
+        example of LABEL, as the line LABEL<TAB>line of a labelled file (files in folder_files' order)."""
+        out = []
+        with open(folder.whole.path, "rb") as f:
+            for name, (start, stop) in zip(folder.names, folder.spans):
+                label, slash, _ = name.replace(os.sep, "/").partition("/")
+                if not slash:
+                    raise CorpusError(f"{folder.root}: {name!r} is not in a subfolder; {option('task', 'classify')} "
+                                      f"takes a folder with one subfolder per label, the files of each its examples")
+                if not label.strip() or any(c in label for c in "\t\r\n"):
+                    raise CorpusError(f"{folder.root}: the subfolder name {label!r} cannot be a label")
+                f.seek(start)
+                text = f.read(stop - start).decode("utf-8")
+                out += [f"{label}\t{line}\n" for line in corpus.split_lines(text)]
+        return "".join(out)
 
     def labelled(self) -> bool:
         return True
