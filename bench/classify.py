@@ -33,10 +33,12 @@ import tokenize
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = {  # name -> extra `charrnn train` options
+VARIANTS = {  # name -> extra `charrnn train` options: pooling x directions, and batches without buckets
     "lstm, mean pooling": [],
+    "lstm, last state": ["--pool", "last"],
     "lstm, bidirectional, mean pooling": ["--bidirectional"],
     "lstm, bidirectional, last state": ["--bidirectional", "--pool", "last"],
+    "lstm, mean pooling, shuffled batches (no buckets)": ["--no-buckets"],
 }
 
 
