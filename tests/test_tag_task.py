@@ -72,6 +72,9 @@ def test_training_learns_and_saves_the_tags(runs):
     [result] = model.tag(["Harry in London"])
     assert result.tokens == list("Harry in London") and len(result.tags) == len(result.probs) == 15
     assert sum(t == g for t, g in zip(result.tags, "ULLLLSLLSULLLLL")) >= 12
+    code, out, err = invoke(["info", runs / "char"])
+    assert code == 0 and "bidirectional tagger over 3 tags (L, S, U)" in out, err
+    assert "loads into torch.nn.LSTM(bidirectional=True)" in out and "tagged sequences" in out
 
 
 def test_eval_on_the_held_out_split_and_on_a_file_agree_with_the_api(runs, tmp_path):
