@@ -390,6 +390,9 @@ class Model:
         confusion matrix's non-zero cells [true id, predicted id, lines]; confusion[i][j] counts lines of
         label i predicted as j, for up to classifier.DENSE_CONFUSION_LABELS labels (None above: it would
         hold C x C numbers). ConfigError when there is nothing to score.
+        A tagger's (text: JSON Lines or CoNLL columns) are core/tagger.metrics' figures: lines (sequences),
+        tokens, accuracy (per token), loss (nats per token), tags (each tag's precision, recall, F1 and
+        support), entities (for BIO tags, counted as seqeval counts them; else None), pairs, confusion, labels.
         """
         self._need("evaluate", "has no labels; use score()")
         text, name = _text(text, "text", optional=True), _text(name, "name")
