@@ -640,6 +640,12 @@ def under_mpi() -> bool:
     return distributed.active()
 
 
+def error_once(text: str) -> str:
+    """What this process prints of its error text: all of it, except under MPI where an error that every
+    rank hits is printed by rank 0 alone (distributed.MPIGroup.error_once; it waits a few seconds to know)."""
+    return distributed.world().error_once(text) if distributed.active() else text
+
+
 def _stop_strings(stop) -> tuple:
     """The stop strings of sample_stream: a str or an iterable of non-empty strs."""
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())

@@ -8,6 +8,8 @@ the errors, the constants and progress.py (tests/test_cli_thin.py checks), and r
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -809,7 +811,8 @@ def _main(argv=None) -> None:
     except click.ClickException as exc:
         message = exc.format_message()
         exc.format_message = lambda: shown(message)  # a file name on the command line may hold a newline
-        exc.show()
+        with _once_per_job():
+            exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -862,7 +865,24 @@ def _run_command(argv) -> None:
 
 def _error(message) -> None:
     """The one line every failure prints: `Error: MESSAGE`, its untrusted parts made harmless (see shown)."""
-    click.echo(f"Error: {shown(message)}", err=True)
+    with _once_per_job():
+        click.echo(f"Error: {shown(message)}", err=True)
+
+
+@contextlib.contextmanager
+def _once_per_job():
+    """What the block writes to stderr, printed once for a whole MPI job when every rank fails alike
+    (api.error_once); outside MPI, printed as it is written."""
+    if not api.under_mpi():
+        yield
+        return
+    real, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        yield
+    finally:
+        held, sys.stderr = sys.stderr.getvalue(), real
+        real.write(api.error_once(held))
+        real.flush()
 
 
 # What the out-of-memory error suggests, per command: the options that set how much a command holds.

@@ -294,6 +294,30 @@ def test_a_corpus_missing_on_one_rank_is_its_error_and_the_job_fails(corpus_file
     assert "Traceback" not in r.stderr
 
 
+def test_an_error_every_rank_hits_is_printed_once(corpus_file, shared, tmp_path):
+    # click's usage error (every rank parses the same command line) and a library error raised on every
+    # rank before rank 0 takes the run (a setting --resume cannot take)
+    usage = charrnn(["train", corpus_file, "--out", tmp_path / "r", "--hidden", "abc"], n=3)
+    fixed = charrnn(["train", "--resume", shared["two"], "--out", tmp_path / "r", "--max-steps", 30], n=3)
+    for r in (usage, fixed):
+        assert r.returncode == 2
+        assert r.stderr.count("Error: ") == 1, r.stderr
+    assert "Invalid value for '--hidden': 'abc'" in usage.stderr and usage.stderr.count("Usage:") == 1
+    assert fixed.stderr.strip() == "Error: --out cannot be given with --resume: the run keeps its data and " \
+        "settings (only budgets and cadence can change, and --lr, --schedule and --warmup start a new " \
+        "learning-rate schedule)"
+    assert not (tmp_path / "r").exists()
+
+
+def test_different_errors_on_two_ranks_are_each_printed(corpus_file, tmp_path):
+    rank = [sys.executable, "-m", "charrnn", "train", corpus_file, "--out", tmp_path / "r"]
+    cmd = [MPIEXEC, "-n", "1", *rank, "--hidden", "abc", ":", "-n", "1", *rank, "--embed", "xyz"]
+    r = subprocess.run(list(map(str, cmd)), env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.count("Error: ") == 2, r.stderr
+    assert r.stderr.count("'--hidden': 'abc'") == r.stderr.count("'--embed': 'xyz'") == 1
+
+
 def _rank_pid(marker: str, rank: int) -> int | None:
     """The pid of the charrnn process of the given rank whose command line holds marker."""
     for entry in Path("/proc").iterdir():

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
@@ -46,6 +47,10 @@ INSTALL_HINT = 'pip install -e ".[mpi]"'
 LATENCY_BYTES = 160 * 1024
 MIN_CHUNK = 4096
 _RING_TAG = 28
+_ERROR_TAG, _HEARD_TAG = 29, 30
+# How long a failing rank waits to hear whether rank 0 fails alike (and rank 0 for the others' errors): ranks
+# that hit the same error reach it within the spread of their start-ups, which this easily covers
+ERROR_WAIT = 3.0
 
 
 def ring_chunk(nbytes: int, ranks: int) -> int:
@@ -92,6 +97,10 @@ class Solo:
         pass
 
     def broadcast_text(self, text: str | None) -> str:
+        return text
+
+    def error_once(self, text: str, wait: float = ERROR_WAIT) -> str:
+        """What this failing process prints of its error text: here, all of it."""
         return text
 
 
@@ -212,6 +221,42 @@ class MPIGroup(Solo):
         buf = data.copy() if self.rank == 0 else np.empty(int(n[0]), np.uint8)
         self.comm.Bcast(buf, root=0)
         return buf.tobytes().decode("utf-8")
+
+
+    def error_once(self, text: str, wait: float = ERROR_WAIT) -> str:
+        """What this failing rank prints of its error text, so that an error every rank hits is printed once.
+
+        A failing rank other than 0 sends its text to rank 0 and waits up to `wait` seconds to hear that
+        rank 0 has it: then it prints nothing; if not (rank 0 did not fail, and waits in a collective for
+        this rank), it prints its own. A failing rank 0 takes the others' texts for up to `wait` seconds
+        (until every rank's has come) and prints its own and each different one once. Plain sends of the
+        UTF-8 bytes (nothing pickled) that nothing else uses, so any collective in flight is untouched.
+        """
+        from mpi4py import MPI
+
+        deadline = time.monotonic() + wait
+        if self.rank != 0:
+            self.comm.Isend(np.frombuffer(text.encode("utf-8"), np.uint8), dest=0, tag=_ERROR_TAG)
+            heard = np.zeros(1, np.uint8)
+            request = self.comm.Irecv(heard, source=0, tag=_HEARD_TAG)
+            while not request.Test():
+                if time.monotonic() > deadline:
+                    return text  # rank 0 did not fail alike: this rank's error is its own to tell
+                time.sleep(0.01)
+            return ""
+        texts, status = [text], MPI.Status()
+        for _ in range(self.size - 1):
+            while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status):
+                if time.monotonic() > deadline:
+                    return "".join(texts)
+                time.sleep(0.01)
+            data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            self.comm.Recv(data, source=status.Get_source(), tag=_ERROR_TAG)
+            self.comm.Send(np.ones(1, np.uint8), dest=status.Get_source(), tag=_HEARD_TAG)
+            other = data.tobytes().decode("utf-8", errors="replace")
+            if other not in texts:
+                texts.append(other)
+        return "".join(texts)
 
 
 _world = None
