@@ -41,13 +41,15 @@ from charrnn.tasks import registry as tasks
 from charrnn.files.config import TrainConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.files.runlock import RunLock
-from tiny_runs import PINNED, REFERENCE, TINY, invoke, read_log, stream_text, untimed
+from tiny_runs import PINNED, REFERENCE, TINY, compiled, invoke, read_log, stream_text, untimed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and permissions")
 
 
 # The children here test the process and its files (signals, kill -9, the lock), not the arithmetic, so
-# they run the NumPy reference (tiny_runs.REFERENCE says why): the kill -9 test alone starts 28.
+# most run the NumPy reference (tiny_runs.REFERENCE says why): the kill -9 test alone starts 28. More than
+# a quarter of the kills land on the compiled kernels all the same (the path users run):
+# test_kill_9_on_the_compiled_kernels_never_tears_a_checkpoint.
 CHILD_ENV = {**PINNED, **REFERENCE}
 
 
@@ -58,8 +60,8 @@ def popen(args, code=None, **env):
                             stderr=subprocess.PIPE, text=True)
 
 
-def charrnn_run(*args, code=None, timeout=60):
-    proc = popen(args, code)
+def charrnn_run(*args, code=None, timeout=60, **env):
+    proc = popen(args, code, **env)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -151,16 +153,31 @@ def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path, corpus_file
     inside a save). After each: every checkpoint loads, the model is the state's step or the one before,
     and the log holds the state's steps (plus at most the one being saved). The next --resume removes the
     leftover temp files. In the end the run, finished normally, equals a run that was never killed."""
+    kill_at_random_moments(tmp_path, corpus_file, trials=25, seed=20240606, min_torn=5)
+
+
+def test_kill_9_on_the_compiled_kernels_never_tears_a_checkpoint(tmp_path, corpus_file):
+    """The same on the path users run: 10 kills (of the file's 37, more than a quarter) of children on the
+    compiled kernels, in their own run (its bits are not the reference's), ending equal to a run of
+    those kernels that was never killed."""
+    compiled("kernels")  # numba loads here (else a skip, or CI's failure, naming why)
+    kill_at_random_moments(tmp_path, corpus_file, trials=10, seed=20261207, min_torn=2, CHARRNN_KERNELS="numba")
+
+
+def kill_at_random_moments(tmp_path, corpus_file, trials: int, seed: int, min_torn: int, **env):
+    """`trials` seeded SIGKILLs of `train --resume` children (env: their extra environment), checked as
+    test_kill_9_at_random_moments_never_tears_a_checkpoint says; at least min_torn of them inside a save."""
     run = tmp_path / "run"
     code, _, err = charrnn_run("train", corpus_file, *TINY, "--max-steps", 2, "--eval-every", 1, "--quiet",
-                               "--out", run)
+                               "--out", run, **env)
     assert code == 0, err
-    rng = random.Random(20240606)
+    rng = random.Random(seed)
     torn = 0
-    for trial in range(25):
+    for trial in range(trials):
         leftovers = temp_files(run)
         log_size = os.path.getsize(run / layout.LOG_FILE)
-        proc = popen(["train", "--resume", run, "--max-steps", 10**6, "--eval-every", 1, "--quiet"], SLOW_SAVES)
+        proc = popen(["train", "--resume", run, "--max-steps", 10**6, "--eval-every", 1, "--quiet"], SLOW_SAVES,
+                     **env)
         try:
             if trial % 5 == 4:  # now and then, at any moment from the start: importing, resuming, training
                 time.sleep(rng.uniform(0.0, 0.4))
@@ -183,16 +200,16 @@ def test_kill_9_at_random_moments_never_tears_a_checkpoint(tmp_path, corpus_file
         checkpoint.load_model(run / layout.BEST_FILE)
         logged = [r["step"] for r in read_log(run)]
         assert logged in (list(range(1, step + 1)), list(range(1, step + 2))), (step, logged[-3:])
-    assert torn >= 5, "too few kills landed inside a save to test it"
+    assert torn >= min_torn, "too few kills landed inside a save to test it"
 
     # finish the run normally, then compare with a run that was never interrupted
     _, meta = checkpoint.load_state(run)
     final = meta["progress"]["step"] + 3
-    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", final, "--quiet")
-    assert code == 0, err
+    code, _, err = charrnn_run("train", "--resume", run, "--max-steps", final, "--quiet", **env)
+    assert code == 0 and "Warning" not in err, err  # no fall-back from the kernels asked for
     assert temp_files(run) == []
     code, _, err = charrnn_run("train", corpus_file, *TINY, "--max-steps", final, "--eval-every", 1, "--quiet",
-                               "--out", tmp_path / "reference")
+                               "--out", tmp_path / "reference", **env)
     assert code == 0, err
     a, meta_a = checkpoint.load_state(run)
     b, meta_b = checkpoint.load_state(tmp_path / "reference")
