@@ -1,7 +1,7 @@
 """Data parallelism over MPI ranks: who this process is, and the few collectives training needs.
 
 `mpiexec -n N charrnn train ...` starts N processes (ranks), on one host or on
-several (a host file: docs/mpi.md). Rank r owns a fixed contiguous share of the
+several (a host file: docs/commands.md, "Across machines"). Rank r owns a fixed contiguous share of the
 batch's B rows (parallel.row_blocks(B, N)[r]): for stream mode those are B/N of
 the streams and their carried hidden state. Each rank computes its rows'
 gradients, scaled by the whole batch's token count, so that the ranks'
@@ -21,8 +21,9 @@ passing it on. A buffer of MIN_CHUNK or less (the loss) takes MPI's Gather and
 Bcast, whose trees need log N hops where the ring needs 2 (N - 1); it is added
 on rank 0 in the same rank order.
 
-Only buffer-based calls (Send, Recv, Sendrecv, Gather, Bcast, Gatherv) are used:
-MPI moves the arrays' bytes, nothing is pickled.
+Only buffer-based calls (Send, Recv, Sendrecv, Gather, Bcast, Gatherv, and
+error_once's Isend, Irecv, Iprobe) are used: MPI moves the arrays' bytes,
+nothing is pickled.
 
 `world()` returns `Solo()` for a plain process (and for `mpiexec -n 1`),
 where every collective is the identity, so the loop has one code path.
