@@ -157,17 +157,7 @@ def read_input(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING)
     - limit: stop after this many bytes (None: read to the end)
     A regular file is read at once; anything else as input_blocks reads it (within MAX_STREAM_BYTES).
     """
-    if limit is None:
-        f = open_binary(path)
-        try:
-            if _regular(f):
-                return f.read()
-        except OSError as e:
-            raise CorpusError(f"{input_name(path)}: cannot read: {e.strerror or e}") from None
-        finally:
-            if f is not sys.stdin.buffer:
-                f.close()
-    return b"".join(input_blocks(path, limit, encoding))
+    return b"".join(input_blocks(path, limit, encoding, whole=True))
 
 
 def _regular(f) -> bool:
@@ -177,19 +167,23 @@ def _regular(f) -> bool:
         return False
 
 
-def input_blocks(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING):
+def input_blocks(path, limit: int | None = None, encoding: str = DEFAULT_ENCODING, *, whole: bool = False):
     """Yield the bytes of a user's input a block at a time: the one reader of a file, a pipe, a device or
     standard input ("-") that is not read in chunks where it lies.
 
     - limit: stop after this many bytes (None: read to the end)
+    - whole: a regular file read to its end comes as one block (read_input)
     A file that is not regular (a pipe, a terminal, a device) is refused, with a CorpusError, once it
-    passes MAX_STREAM_BYTES; the first bytes of any input are checked as decode_text checks them as soon
-    as they arrive, so an endless binary device is refused at once.
+    passes MAX_STREAM_BYTES; the first bytes of anything else are checked as decode_text checks them as
+    soon as they arrive, so an endless binary device is refused at once.
     """
     name = input_name(path)
     f = open_binary(path)
     try:
         regular = _regular(f)
+        if regular and whole and limit is None:
+            yield f.read()
+            return
         bound = limit if limit is not None else None if regular else MAX_STREAM_BYTES + 1
         head, total = b"", 0
         while bound is None or total < bound:
