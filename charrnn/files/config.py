@@ -340,11 +340,9 @@ def _multiple(batch: int, ranks: int) -> int:
 
 
 def _tokens_of(text, tconfig: TrainConfig) -> int:
-    """How many tokens a validation text holds: a str, a folder's Documents, or a scanned textfile.TextFile."""
+    """How many tokens a validation text holds: a str, or a scanned textfile.TextFile."""
     scan = getattr(text, "scans", {}).get((tconfig.level, tconfig.mode))
-    if scan is not None:
-        return scan.n_tokens
-    return count_tokens(text if isinstance(text, str) else "\n".join(getattr(text, "texts", [])), tconfig.level)
+    return count_tokens(text, tconfig.level) if scan is None else scan.n_tokens
 
 
 def count_tokens(text: str, level: str) -> int:
@@ -377,8 +375,6 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     if scan is not None:
         n_tokens, n_lines = scan.n_tokens, scan.n_lines
     else:
-        if not isinstance(text, str):  # a folder's corpus.Documents: its files' texts, one after another
-            text = "\n".join(text.texts)
         n_tokens = count_tokens(text, tconfig.level)
         n_lines = len(corpus.split_lines(text)) if tconfig.mode == "lines" else 0
     val_tokens = None if val_text is None else _tokens_of(val_text, tconfig)

@@ -16,7 +16,6 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -351,19 +350,8 @@ def as_prose(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text)
 
 
-def split_text(text: str, val_frac: float) -> tuple[str, str]:
-    """Split text into training and validation parts, validation last.
-
-    - text: the whole text
-    - val_frac: fraction of characters held out, in [0, 1)
-    - returns: (train, val); val is the last floor(len(text) * val_frac) characters
-    """
-    cut = split_index(len(text), val_frac)
-    return text[:cut], text[cut:]
-
-
 def split_index(length: int, val_frac: float) -> int:
-    """Where split_text cuts a text of `length` characters: length - floor(length * val_frac)."""
+    """Where the validation part of a text of `length` characters starts: length - floor(length * val_frac)."""
     try:
         frac = float(val_frac)
     except (TypeError, ValueError):
@@ -410,45 +398,73 @@ _LONG_LINE = re.compile(r"[^\n]{%d,}" % (MAX_LINE_CHARS + 1))  # a whole line: a
 
 
 def check_text_lines(text, which: str = "", labelled: bool = False) -> None:
-    """check_line_lengths of a text held in memory (a str or Documents; None and others pass), by one scan
-    that copies nothing, before anything splits it into lines or tokens.
+    """check_line_lengths of a text held in memory (a str; None and others, such as a TextFile, pass), by one
+    scan that copies nothing, before anything splits it into lines or tokens (a task that reads its text
+    whole: Task.chunked False).
     - labelled: label<TAB>text lines (a classifier's): the text after the first TAB is the example"""
-    texts = text.texts if isinstance(text, Documents) else [text] if isinstance(text, str) else []
     longest = 0
-    for piece in texts:
-        for m in _LONG_LINE.finditer(piece):
-            start = piece.find("\t", m.start(), m.end()) + 1 if labelled else m.start()
-            longest = max(longest, m.end() - (start or m.start()))
+    for m in _LONG_LINE.finditer(text if isinstance(text, str) else ""):
+        start = text.find("\t", m.start(), m.end()) + 1 if labelled else m.start()
+        longest = max(longest, m.end() - (start or m.start()))
     check_line_lengths(longest, which, classifier=labelled)
 
 
+class LabelledLines:
+    """What a line of a classifier's file means: `label<TAB>text`, the hook the corpus engine calls on each
+    non-blank line (textfile.py: TextFile.parse) and split_labelled on a text in memory.
+
+    - min_labels: how many distinct labels a file must hold (2 to train; 1 for a file to score)"""
+    classifier = True  # its lines are a classifier's examples (corpus.check_line_lengths says so)
+
+    def __init__(self, min_labels: int = 2):
+        self.min_labels = min_labels
+
+    @staticmethod
+    def parse(line: str):
+        """(label, start) of a non-blank line: the label stripped of surrounding whitespace, and where its
+        example starts (after the first TAB; the example is kept as written, more TABs and all); None when
+        the line is malformed (no TAB, an empty label or an empty example)."""
+        label, tab, rest = line.partition("\t")
+        if not tab or not label.strip() or not rest or rest.isspace():
+            return None
+        return label.strip(), len(label) + 1
+
+    @staticmethod
+    def malformed(where: str, count: int, number: int, line: str) -> CorpusError:
+        """The error for `count` malformed lines, the first of them line `number` (from 1), `line`."""
+        return CorpusError(f"{where}: {count:,} malformed line{'s' if count > 1 else ''} (each must be "
+                           f"label<TAB>text, both non-empty); the first is line {number}: {line[:60]!r}")
+
+    def check_labels(self, labels: list[str], where: str) -> None:
+        """CorpusError unless labels (the distinct labels, in the order of their first line) are enough."""
+        if len(labels) < self.min_labels:
+            raise CorpusError(f"{where}: a classifier needs at least {self.min_labels} "
+                              f"label{'s' if self.min_labels > 1 else ''}, found "
+                              f"{len(labels)}{': ' + repr(labels[0]) if labels else ''}")
+
+
 def split_labelled(text: str, where: str, min_labels: int = 2) -> tuple[list[str], list[str]]:
-    """Labelled lines for a classifier: each non-blank line is `label<TAB>text`.
+    """Labelled lines for a classifier held in memory (LabelledLines: each non-blank line is `label<TAB>text`).
 
     - text: the file's text ("\n" line ends); where: its name, for errors
-    - min_labels: how many distinct labels it must hold (2 to train; 1 for a file to score)
-    - returns (labels, texts): one entry per example; the label is stripped of surrounding
-      whitespace, the text kept as written (it may hold more TABs)
-    CorpusError when a line has no TAB, an empty label or an empty text: the message names the
-    first such line's number and how many there are.
+    - returns (labels, texts): one entry per example
+    CorpusError when a line is malformed (the message names the first such line's number and how many
+    there are), or there are fewer than min_labels labels.
     """
+    parser = LabelledLines(min_labels)
     labels, texts, bad = [], [], []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line or line.isspace():
             continue
-        label, tab, rest = line.partition("\t")
-        if not tab or not label.strip() or not rest or rest.isspace():
-            bad.append(number)
+        parsed = parser.parse(line)
+        if parsed is None:
+            bad.append((number, line))
             continue
-        labels.append(label.strip())
-        texts.append(rest)
+        labels.append(parsed[0])
+        texts.append(line[parsed[1]:])
     if bad:
-        first = text.split("\n")[bad[0] - 1]
-        raise CorpusError(f"{where}: {len(bad):,} malformed line{'s' if len(bad) > 1 else ''} (each must be "
-                          f"label<TAB>text, both non-empty); the first is line {bad[0]}: {first[:60]!r}")
-    if len(set(labels)) < min_labels:
-        raise CorpusError(f"{where}: a classifier needs at least {min_labels} label{'s' if min_labels > 1 else ''}, found "
-                          f"{len(set(labels))}{': ' + repr(labels[0]) if labels else ''}")
+        raise parser.malformed(where, len(bad), *bad[0])
+    parser.check_labels(list(dict.fromkeys(labels)), where)
     return labels, texts
 
 
@@ -466,31 +482,6 @@ def label_ids(names: list[str], labels: list[str], where: str) -> np.ndarray:
 
 # Below this many files a folder's validation split is the last tenth of its text, not whole files.
 MIN_FILES_FOR_FILE_SPLIT = 10
-
-
-@dataclass
-class Documents:
-    """The texts of several files, in order: a corpus read from a folder.
-
-    - names: each piece's file name (relative to the folder)
-    - texts: each piece's text
-    - ends: whether each piece ends its file (False only where a split cut a file in two);
-      in stream mode every end of a file is followed by the EOS token
-    - skipped: names of files left out (binary or undecodable); empty: files left out as empty
-    len() is the number of characters, as for a str.
-    """
-    names: list[str]
-    texts: list[str]
-    ends: list[bool] = None
-    skipped: list[str] = field(default_factory=list)
-    empty: int = 0
-
-    def __post_init__(self):
-        if self.ends is None:
-            self.ends = [True] * len(self.texts)
-
-    def __len__(self) -> int:
-        return sum(map(len, self.texts))
 
 
 def _matches(relative: str, pattern: str | None) -> bool:
@@ -516,51 +507,6 @@ def folder_files(root, pattern: str | None = None) -> list[str]:
             if _matches(relative, pattern) and os.path.isfile(os.path.join(here, name)):
                 found.append(relative)
     return sorted(found)
-
-
-def read_folder(root, pattern: str | None = None, errors: str = "strict",
-                encoding: str = DEFAULT_ENCODING) -> Documents:
-    """Every text file under root as one corpus (see folder_files for which files, in which order).
-
-    - pattern: a glob such as "*.py" (matched against file names; against relative paths if it has a "/")
-    - errors: invalid UTF-8 skips the file ("strict") or becomes U+FFFD ("replace")
-    - encoding: every file's encoding (text_encoding)
-    Binary and undecodable files are skipped (Documents.skipped), empty ones counted (Documents.empty).
-    Raises CorpusError when no file is left to train on.
-    """
-    if errors not in TEXT_ERRORS:
-        raise ConfigError(f"unknown text error handling {errors!r}; expected 'strict' or 'replace'")
-    root = Path(root)
-    if not root.is_dir():
-        raise CorpusError(f"{root}: not a folder")
-    names = folder_files(root, pattern)
-    if not names:
-        which = f" matching {pattern!r}" if pattern else ""
-        raise CorpusError(f"{root}: the folder holds no files{which}")
-    docs = Documents([], [])
-    for name in names:
-        path = root / name
-        data = read_input(path, encoding=encoding)
-        if not data or data == _BOM:
-            docs.empty += 1
-            continue
-        try:
-            text = decode_text(data, path, errors, encoding)
-        except CorpusError:
-            docs.skipped.append(name)
-            continue
-        docs.names.append(name)
-        docs.texts.append(text)
-        docs.ends.append(True)
-    if not docs.texts:
-        what = []
-        if docs.skipped:
-            what.append(f"{len(docs.skipped)} binary or undecodable ({', '.join(docs.skipped[:3])}"
-                        f"{', ...' if len(docs.skipped) > 3 else ''})")
-        if docs.empty:
-            what.append(f"{docs.empty} empty")
-        raise CorpusError(f"{root}: no text file to train on among its {len(names)} files: {' and '.join(what)}")
-    return docs
 
 
 def hold_out_files(lengths: list[int], val_frac: float, seed: int = 0):
@@ -595,60 +541,6 @@ def hold_out_files(lengths: list[int], val_frac: float, seed: int = 0):
     reason = f"{n} files are too few to hold out whole ones" if n < MIN_FILES_FOR_FILE_SPLIT else \
         "the files are too unequal in size to hold out whole ones"
     return None, f"the last {val_frac:.0%} of the text held out for validation ({reason})"
-
-
-def split_documents(docs: Documents, val_frac: float, seed: int = 0, whole_only: bool = False):
-    """Hold out validation text from a folder's documents as hold_out_files says: whole files, or the last part.
-
-    Returns (train, val, how); with whole_only, None where whole files cannot be held out (lines mode then
-    holds out a random share of the lines).
-    """
-    held, how = hold_out_files(list(map(len, docs.texts)), val_frac, seed)
-    if held == []:
-        return docs, Documents([], []), how
-    if held is not None:
-        keep = sorted(set(range(len(docs.texts))) - set(held))
-        pick = lambda idx: Documents([docs.names[i] for i in idx], [docs.texts[i] for i in idx])  # noqa: E731
-        return pick(keep), pick(held), how
-    if whole_only:
-        return None
-    # the last part of the text: the file it starts in is cut in two
-    cut = split_index(len(docs), val_frac)
-    train, val, seen = Documents([], []), Documents([], []), 0
-    for name, text in zip(docs.names, docs.texts):
-        head = max(0, min(len(text), cut - seen))
-        if head:
-            train.names.append(name), train.texts.append(text[:head]), train.ends.append(head == len(text))
-        if head < len(text):
-            val.names.append(name), val.texts.append(text[head:]), val.ends.append(True)
-        seen += len(text)
-    return train, val, how
-
-
-def encode_stream(vocab: Vocab, text) -> np.ndarray:
-    """Ids of a stream-mode text: vocab.encode(text), or for Documents each piece's ids followed by
-    EOS where the piece ends its file. Returns (n_tokens,) of dtype vocab.dtype."""
-    if not isinstance(text, Documents):
-        return vocab.encode(text)
-    parts = []
-    for piece, end in zip(text.texts, text.ends):
-        parts.append(vocab.encode(piece))
-        if end:
-            parts.append(np.array([vocab.eos], dtype=vocab.dtype))
-    return np.concatenate(parts) if parts else np.empty(0, dtype=vocab.dtype)
-
-
-def vocab_text(text) -> str:
-    """The text a vocabulary is counted from: the text itself, or the documents joined by newlines
-    (so that words of neighbouring files do not merge)."""
-    return "\n".join(text.texts) if isinstance(text, Documents) else text
-
-
-def lines_of(text) -> list[str]:
-    """split_lines of a text, or of every document of a Documents, pooled in order."""
-    if isinstance(text, Documents):
-        return [line for piece in text.texts for line in split_lines(piece)]
-    return split_lines(text)
 
 
 def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ where a run of spaces starts), in lines mode only after a line end.
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import re
 import tempfile
@@ -36,7 +37,7 @@ from itertools import chain, compress
 
 import numpy as np
 
-from . import atomic, corpus
+from . import atomic, corpus, layout
 from ..data import batches
 from .config import TrainConfig
 from ..errors import ConfigError, CorpusError, option
@@ -65,6 +66,9 @@ class TextFile:
     eos_at: np.ndarray | None = field(default=None, repr=False)
     ends: bool = False
     val_start: int | None = None  # where a validation part held out of it starts (None: corpus.split_index)
+    # lines mode: what a line means: None, the line is the example; else the task's line parser (such as
+    # corpus.LabelledLines), whose parse(line) gives (tag, where the example starts) or None (malformed)
+    parse: object = field(default=None, repr=False)
     n_chars: int | None = None  # its characters, where known (characters())
 
     def __str__(self) -> str:
@@ -548,8 +552,9 @@ class Scan:
       vocabulary)
     - counts: the tokens' counts: the whole text (stream mode) or the kept lines (lines mode)
     - stream mode: pieces, [(origin, first character, tokens)] of each piece
-    - lines mode: n_lines (corpus.split_lines), index (n_lines, 3) int64 memmap of (byte start, byte end,
-      tokens) per line, longest (characters), line_tokens (their sum)
+    - lines mode: n_lines (corpus.split_lines; with a line parser, the examples), index (n_lines, COLUMNS)
+      int64 memmap of (byte start, byte end, tokens, characters before the example, tag code) per line,
+      longest (characters of an example), line_tokens (their sum)
     """
     level: str
     mode: str
@@ -564,6 +569,13 @@ class Scan:
     line_tokens: int = 0
     blank: set = field(default_factory=set)  # lines mode: the whitespace-only lines (each one word-level token)
     newline: bool = False                    # lines mode: whether the text holds a newline
+    # lines mode with a line parser (TextFile.parse): the tags in the order of their first line (tag -> its
+    # code in the index's last column), the text before each example (a set), the malformed lines: how many,
+    # and the first's (number from 1, text)
+    tags: dict = field(default_factory=dict)
+    prefixes: set = field(default_factory=set)
+    bad: int = 0
+    first_bad: tuple | None = None
 
 
 def scan(tf: TextFile, level: str, mode: str) -> Scan:
@@ -601,7 +613,7 @@ def _line_chunks(tf: TextFile):
         parts, held = [], 0  # the bytes read since the last line end
         while True:
             if held > _MAX_LINE_BYTES and not tf.long_lines:
-                corpus.check_line_lengths(-(-held // 4), at_least=True, where=f"{tf}: ")
+                corpus.check_line_lengths(-(-held // 4), at_least=True, where=f"{tf}: ", classifier=_tagged(tf))
             data = f.read(tf.chunk_bytes)
             if not data:
                 if held:
@@ -636,9 +648,38 @@ def _kept_lines(text: str):
     return list(compress(lines, keep)), keep
 
 
+COLUMNS = 5  # of a lines index: byte start, byte end, tokens, characters before the example, tag code
+
+
+def _tagged(tf: TextFile) -> bool:
+    return bool(getattr(tf.parse, "classifier", False))
+
+
+def _parsed(tf: TextFile, s: Scan, text: str, lines: list, numbered: int):
+    """The examples of the kept lines under tf.parse: (examples, (skip, tag code) per example, which lines are
+    good); a malformed line is counted (s.bad) and the first remembered, with its number (numbered: the lines
+    of the text before this chunk)."""
+    parsed = list(map(tf.parse.parse, lines))
+    good = [p is not None for p in parsed]
+    if not all(good):
+        if s.first_bad is None:
+            for number, line in enumerate(text.split("\n"), start=numbered + 1):
+                if line and not line.isspace() and tf.parse.parse(line) is None:
+                    s.first_bad = (number, line)
+                    break
+        s.bad += good.count(False)
+        parsed = list(compress(parsed, good))
+        lines = list(compress(lines, good))
+    skips = [start for _, start in parsed]
+    codes = [s.tags.setdefault(tag, len(s.tags)) for tag, _ in parsed]
+    s.prefixes.update(line[:k] for line, k in zip(lines, skips))
+    return [line[k:] for line, k in zip(lines, skips)], skips, codes, good
+
+
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level))
     words = set()
+    numbered = 0  # lines of the text before this chunk ("\n"s)
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
         for start, data in _line_chunks(tf):
@@ -657,9 +698,20 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             if spaces:  # the speed estimate and a fine-tuned run's report count all the text's tokens
                 s.blank.update(compress(text.split("\n"), [line.isspace() for line in text.split("\n")]))
             s.newline = s.newline or "\n" in text
-            rows = np.empty((len(lines), 3), dtype=np.int64)
-            rows[:, 0] = begins[full][keep] + start
-            rows[:, 1] = ends[full][keep] + start
+            begins, ends = begins[full][keep], ends[full][keep]
+            skips = codes = 0
+            if tf.parse is not None:
+                whole = lines
+                lines, skips, codes, good = _parsed(tf, s, text, lines, numbered)
+                begins, ends = begins[good], ends[good]
+                if level == "word":  # the labels' tokens too: the settings count the whole text's
+                    s.n_tokens += sum(len(WORD_PATTERN.findall(line[:k])) for line, k in zip(whole, skips))
+            numbered += text.count("\n")
+            rows = np.empty((len(lines), COLUMNS), dtype=np.int64)
+            rows[:, 0] = begins + start
+            rows[:, 1] = ends + start
+            rows[:, 3] = skips
+            rows[:, 4] = codes
             if level == "char":
                 rows[:, 2] = list(map(len, lines))
                 if lines:
@@ -681,10 +733,10 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             s.n_tokens = s.n_chars
             s.distinct = len(seen_tokens(tf, "char", "lines", s))  # set(text)
         else:
-            s.distinct = len(words)
+            s.distinct = len(words.union(*(p.split() for p in s.prefixes)))
         out.flush()
-        s.index = np.memmap(out, dtype=np.int64, mode="r", shape=(s.n_lines, 3)) if s.n_lines else \
-            np.zeros((0, 3), dtype=np.int64)
+        s.index = np.memmap(out, dtype=np.int64, mode="r", shape=(s.n_lines, COLUMNS)) if s.n_lines else \
+            np.zeros((0, COLUMNS), dtype=np.int64)
     finally:
         if not s.n_lines:
             out.close()
@@ -765,7 +817,8 @@ class _VocabMaker:
             return extend_from_counts(self.base, counts, tc.min_count, ("\n",) if lines is not None else ())
         if lines is None or tc.level == "char":
             return vocab_from_counts(counts, tc.level, tc.min_count, tc.max_vocab)
-        # as prepare._lines_vocab: at word level the lines are joined by "\n", a token dropped afterwards
+        # lines mode: no "\n" token (a sample is one line); at word level the lines are counted as joined by
+        # "\n" (so words of neighbouring lines do not merge), and that token is dropped afterwards
         counts = {**counts, **({"\n": lines - 1} if lines > 1 else {})}
         vocab = vocab_from_counts(counts, "word", tc.min_count, tc.max_vocab)
         return Vocab(tuple(t for t in vocab.tokens if t != "\n"), "word")
@@ -775,8 +828,9 @@ def seen_tokens(tf: TextFile, level: str, mode: str, s: Scan | None = None) -> s
     """Every token of the file's whole text (what build_vocab of it would hold), from its scan (s, or tf's)."""
     s = s or scan(tf, level, mode)
     seen = set(s.counts.as_dict())
-    if mode == "lines":  # the counts are the kept lines': add the whitespace-only lines' and the newline
-        seen |= set().union(*s.blank) if level == "char" else s.blank
+    if mode == "lines":  # the counts are the examples': add the whitespace-only lines', the text before
+        seen |= set().union(*s.blank) if level == "char" else s.blank  # each example and the newline
+        seen |= set().union(*s.prefixes) if level == "char" else {t for p in s.prefixes for t in _tokens(p, level)}
         seen |= {"\n"} if s.newline else set()
     return seen
 
@@ -859,7 +913,7 @@ def _ids(vocab: Vocab, eos_at, pieces):
 
 
 def _split_counts(tf: TextFile, s: Scan, cut: int):
-    """The counts and token numbers of text[:cut] and text[cut:] (split_text's two parts), from the whole
+    """The counts and token numbers of text[:cut] and text[cut:] (the training and validation parts), from the whole
     text's counts: the pieces from the one holding the cut on are read again.
 
     Returns (counts of the training part, its tokens, the validation part's tokens, the index of the
@@ -908,10 +962,11 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
                 f.seek(begin)
                 data = f.read(int(block[hi - 1, 1]) - begin)
                 pick = None if chosen is None else chosen[lo:hi]
+                rows = block[lo:hi] if pick is None else block[lo:hi][pick]
                 try:
                     if pick is not None and 4 * np.count_nonzero(pick) < len(pick):  # a few: decode those alone
-                        view, rows = memoryview(data), block[lo:hi][pick] - begin
-                        lines = [str(view[b:e], tf.encoding, tf.errors) for b, e in rows[:, :2].tolist()]
+                        view = memoryview(data)
+                        lines = [str(view[b:e], tf.encoding, tf.errors) for b, e in (rows[:, :2] - begin).tolist()]
                     else:
                         lines = _kept_lines(corpus.normalize_newlines(str(data, tf.encoding, tf.errors)))[0]
                         if len(lines) != hi - lo:
@@ -920,6 +975,8 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
                             lines = list(compress(lines, pick.tolist()))
                 except UnicodeDecodeError:
                     raise CorpusError(f"{tf}: the file changed while it was being prepared; run again") from None
+                if tf.parse is not None:  # the examples, after what comes before them (a label)
+                    lines = [line[k:] for line, k in zip(lines, rows[:, 3].tolist())]
                 yield lines
                 lo = hi
 
@@ -927,7 +984,8 @@ def _selected_lines(tf: TextFile, index: np.ndarray, select: np.ndarray | None):
 def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabMaker):
     level = tc.level
     s = scan(train, level, "lines")
-    corpus.check_line_lengths(s.longest)
+    corpus.check_line_lengths(s.longest, classifier=_tagged(train))
+    _check_parsed(train, s)
     if val is None:
         # as prepare.prepare_data: a seeded random share of the lines is held out (one bit per line here)
         order = np.random.default_rng(tc.seed).permutation(s.n_lines)
@@ -937,7 +995,8 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabM
         parts = {"train": (train, s, ~held), "val": (train, s, held)}
     else:
         v = scan(val, level, "lines")
-        corpus.check_line_lengths(v.longest, "validation ")
+        corpus.check_line_lengths(v.longest, "validation ", classifier=_tagged(val))
+        _check_parsed(val, v)
         held = None
         parts = {"train": (train, s, None), "val": (val, v, None)}
     sizes = {}
@@ -976,4 +1035,32 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabM
         n_lines, n_tokens = sizes[name]
         files[f"{name}.npy"] = _npy(vocab.dtype, n_tokens, ids, tf)
         files[f"{name}_offsets.npy"] = _npy(np.int64, n_lines + 1, offsets, tf)
+    if train.parse is not None:
+        files.update(_tag_files(parts, sizes))
     return vocab, files
+
+
+def _check_parsed(tf: TextFile, s: Scan) -> None:
+    """The line parser's errors for a scan: its malformed lines, or too few tags."""
+    if tf.parse is None:
+        return
+    if s.bad:
+        raise tf.parse.malformed(str(tf), s.bad, *s.first_bad)
+    tf.parse.check_labels(list(s.tags), str(tf))
+
+
+def _tag_files(parts: dict, sizes: dict) -> dict:
+    """The tag of each example ({name}_labels.npy, int64: its index in the sorted training tags) and the
+    training tags in that order (layout.LABELS_FILE, JSON); CorpusError for a validation tag not among them."""
+    tf, s, _ = parts["train"]
+    names = sorted(s.tags)
+    files = {layout.LABELS_FILE: lambda f: f.write(json.dumps(names).encode("utf-8"))}
+    for name, (tf, sc, select) in parts.items():
+        # the scan's codes (in order of first appearance) -> ids among the training tags
+        ids = corpus.label_ids(list(sc.tags), names, str(tf)) if len(sc.tags) else np.zeros(0, dtype=np.int64)
+
+        def tags(sc=sc, select=select, ids=ids):
+            for rows in _index_blocks(sc.index, select):
+                yield ids[rows[:, 4]]
+        files[f"{name}_labels.npy"] = _npy(np.int64, sizes[name][0], tags, tf)
+    return files

@@ -17,8 +17,9 @@ from ..files import checkpoint, corpus, textfile
 from ..files.config import TrainConfig
 from ..core.model import ModelConfig
 from ..errors import ConfigError, option
-from ..data.vocab import UNK, Vocab, build_vocab
-from .prepare import data_path
+from ..data.vocab import UNK, Vocab
+from ..tasks import registry as tasks
+from .prepare import data_path, source
 
 
 @dataclass
@@ -69,9 +70,7 @@ def inherit_params(init: InitFrom, fresh: dict) -> dict:
 def origin(init: InitFrom, vocab: Vocab, directory, train_text, val_text, tconfig: TrainConfig) -> dict:
     """What a fine-tuned run records about where it started: the model, and what became of the vocabulary."""
     def tokens(text):
-        if isinstance(text, textfile.TextFile):
-            return tuple(textfile.seen_tokens(text, tconfig.level, tconfig.mode))
-        return build_vocab(corpus.vocab_text(text), tconfig.level).tokens[3:]
+        return tuple(textfile.seen_tokens(source(text, "", tasks.get(tconfig.task)), tconfig.level, tconfig.mode))
     seen = tokens(train_text)
     if val_text is not None:
         seen += tokens(val_text)

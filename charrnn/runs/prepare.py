@@ -14,7 +14,6 @@ from collections import Counter
 import numpy as np
 
 from ..files import checkpoint, corpus, textfile
-from ..data import batches
 from ..files.config import TrainConfig
 from ..files.layout import DATA_DIR
 from ..tasks import registry as tasks
@@ -34,73 +33,69 @@ def data_path(directory, name) -> str:
 
 def prepare_data(directory, train_text, val_text, tconfig: TrainConfig, base_vocab: Vocab | None = None,
                  extend: bool = False, where: tuple = ("the corpus", "the validation text")) -> Vocab:
-    """Build the vocabulary from the training text and store encoded ids under directory/data.
+    """Build the vocabulary from the training text and store encoded ids under directory/data, through the
+    one corpus engine (textfile.prepare_data, which reads the text in chunks).
 
-    - train_text: the corpus, a str or corpus.Documents (a folder: in stream mode EOS ends each file)
-    - val_text: a separate validation text (str or Documents), or None to hold out val_frac
+    - train_text: the corpus, a textfile.TextFile (a file, a pipe, a folder's or a built-in corpus's spool)
+      or a str (spooled first: source)
+    - val_text: a separate validation text (TextFile or str), or None to hold out val_frac
     - base_vocab: a fine-tuned model's vocabulary, kept (unseen tokens become UNK) or, with extend,
       extended by the new tokens of the training text (see vocab.extend_vocab)
-    - where: the two texts' names, for errors
+    - where: the two texts' names, for errors about a str
     Returns the vocabulary. Afterwards training reads only the memory-mapped arrays.
-    Everything is encoded and checked before the first file is written, so a corpus
-    that cannot train leaves no files behind.
     """
+    task = tasks.get(tconfig.task)
+    check_data_dir(directory)
+    if task.chunked:  # the one corpus engine
+        train_text = source(train_text, where[0], task)
+        val_text = source(val_text, where[1], task, validation=True)
+        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
+    # a task whose examples the engine does not read (Task.chunked False): its lines, in memory
+
     def make_vocab(text, exclude=()):
         if base_vocab is None:
             return build_vocab(text, tconfig.level, tconfig.min_count, tconfig.max_vocab)
         return extend_vocab(base_vocab, text, tconfig.min_count, exclude) if extend else base_vocab
 
-    task = tasks.get(tconfig.task)
-    check_data_dir(directory)
-    if isinstance(train_text, textfile.TextFile) and task.chunked:  # read in chunks
-        return textfile.prepare_data(data_dir(directory), train_text, val_text, tconfig, base_vocab, extend)
     arrays = {}
-    if tconfig.mode == "stream":
-        if val_text is None and tconfig.level == "char" and isinstance(train_text, str):
-            # one token per character: encode the whole text once and split the ids, so that no
-            # copy of the text is held beside it (peak memory: the text plus its ids)
-            cut = corpus.split_index(len(train_text), tconfig.val_frac)
-            vocab = make_vocab(train_text[:cut])
-            ids = vocab.encode(train_text)
-            arrays["train.npy"], arrays["val.npy"] = ids[:cut], ids[cut:]
-        else:
-            if val_text is None:
-                train_text, val_text = (corpus.split_text(train_text, tconfig.val_frac) if isinstance(train_text, str)
-                                        else corpus.split_documents(train_text, tconfig.val_frac, tconfig.seed)[:2])
-            vocab = make_vocab(corpus.vocab_text(train_text))
-            arrays["train.npy"] = corpus.encode_stream(vocab, train_text)
-            arrays["val.npy"] = corpus.encode_stream(vocab, val_text)
-        # raises CorpusError (with the length and what is needed) when the text is too short for one batch
-        batches.stream_windows(len(arrays["train.npy"]), tconfig.batch_size, tconfig.seq_len)
+    # lines mode: the task's examples: its lines, and what it predicts of each (None: the lines' own tokens)
+    lines, tags, names = task.read_lines(train_text, where[0], level=tconfig.level)
+    _check_line_lengths(lines, labelled=task.labelled())
+    if val_text is None:
+        # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
+        order = np.random.default_rng(tconfig.seed).permutation(len(lines))
+        n_val = int(len(lines) * tconfig.val_frac)
+        val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+        val_lines = [lines[i] for i in val_rows]
+        lines = [lines[i] for i in train_rows]
+        if tags is not None:
+            tags, val_tags = task.take(tags, train_rows), task.take(tags, val_rows)
     else:
-        # the task's examples: its lines, and what it predicts of each (None: the lines' own tokens)
-        lines, tags, names = task.read_lines(train_text, where[0], level=tconfig.level)
-        _check_line_lengths(lines, labelled=task.labelled())
-        if val_text is None:
-            # lists (names, titles) are often sorted: hold out a seeded random share, not the tail
-            order = np.random.default_rng(tconfig.seed).permutation(len(lines))
-            n_val = int(len(lines) * tconfig.val_frac)
-            val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
-            val_lines = [lines[i] for i in val_rows]
-            lines = [lines[i] for i in train_rows]
-            if tags is not None:
-                tags, val_tags = task.take(tags, train_rows), task.take(tags, val_rows)
-        else:
-            val_lines, val_tags, _ = task.read_lines(val_text, where[1], names, level=tconfig.level)
-            _check_line_lengths(val_lines, "validation ", labelled=task.labelled())
-        if not lines:
-            raise CorpusError("lines mode needs at least one non-empty training line")
-        vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
-            make_vocab("\n".join(lines), exclude=("\n",))
-        for name, part in (("train", lines), ("val", val_lines)):
-            arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
+        val_lines, val_tags, _ = task.read_lines(val_text, where[1], names, level=tconfig.level)
+        _check_line_lengths(val_lines, "validation ", labelled=task.labelled())
+    if not lines:
+        raise CorpusError("lines mode needs at least one non-empty training line")
+    vocab = _lines_vocab(lines, tconfig) if base_vocab is None else \
+        make_vocab("\n".join(lines), exclude=("\n",))
+    for name, part in (("train", lines), ("val", val_lines)):
+        arrays[f"{name}.npy"], arrays[f"{name}_offsets.npy"] = corpus.encode_lines(vocab, part)
     os.makedirs(data_dir(directory), exist_ok=True)
     checkpoint.cleanup_temp_files(data_dir(directory))  # left by a start that was killed
     for name, ids in arrays.items():
         corpus.save_ids(data_path(directory, name), ids)
-    if tconfig.mode == "lines" and tags is not None:
+    if tags is not None:
         task.store(data_dir(directory), names, (tags, val_tags))
     return vocab
+
+
+def source(text, name: str, task, validation: bool = False):
+    """A text for the engine: a TextFile (or None) as it is, a str spooled; its lines are the task's
+    (Task.line_parser: a classifier's label<TAB>text)."""
+    if not isinstance(text, str):
+        return text
+    tf = textfile.spool_text([corpus.normalize_newlines(text)], name)
+    tf.parse = task.line_parser(validation)
+    return tf
 
 
 def check_data_dir(directory) -> None:

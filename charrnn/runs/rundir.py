@@ -149,7 +149,7 @@ def start_run(directory, train_text, val_text, config_options: dict,
               where: tuple = ("the corpus", "the validation text")) -> Run:
     """Create a new run directory and initialize the model.
 
-    - train_text, val_text: str or corpus.Documents (see prepare_data)
+    - train_text, val_text: textfile.TextFile or str (see prepare_data)
     - config_options: ModelConfig fields except vocab_size and classes (taken from the data)
     - init: start from this trained model's weights (its architecture is in config_options, as
       init_model_options gives it); the optimizer and the schedule start fresh

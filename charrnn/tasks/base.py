@@ -11,10 +11,10 @@ What a task decides, and the method that says it:
   model options only it has (`model_options`: the classifier's pool and bidirectional), and the checks of a
   training request (`check`, `check_request`);
 - how examples are read and split: the run's preparation (runs/prepare.py) reads a corpus through the
-  chunked engine where the task can (`chunked`: a language model), else asks `read_lines` for a text's
-  examples and what is predicted of each (a classifier's label<TAB>text lines: the texts, their label ids
-  and the label names), splits them with `take` and saves them with `store`; `load` reads back what only
-  the task stores (labels), checked, as a `TaskData`;
+  chunked engine where the task can (`chunked`: a language model, and a classifier, whose `line_parser`
+  says what a line holds: label<TAB>text), else asks `read_lines` for a text's examples and what is
+  predicted of each (a tagger's tag ids), splits them with `take` and saves them with `store`; `load`
+  reads back what only the task stores (labels), checked, as a `TaskData`;
 - the head and the loss: `model_fields` (the ModelConfig fields the data decides: a classifier's number of
   labels); `batch` (the batch of a step: inputs, targets, mask or lengths) and `loss_and_grads` (the mean
   loss and the gradients of one batch, over threads and MPI ranks); the math itself stays in core/
@@ -116,7 +116,8 @@ class Task:
     - fine_tunes: whether a run of it can start from a trained model (`--init-from`)
     - methods: the methods of api.Model its models offer (`sample`, `score`, `annotate`; `classify`,
       `evaluate`); command: its own command (`charrnn sample`, `charrnn classify`)
-    - chunked: whether the chunked corpus engine (textfile.py) prepares its examples from a file
+    - chunked: whether the corpus engine (textfile.py) prepares its examples (see line_parser); False: its
+      own read_lines and store do, in memory (a tagger's JSON Lines or CoNLL)
     - files: the files it stores in a run's data folder beside the ids (a start that failed clears them)
     """
     name = ""
@@ -171,6 +172,14 @@ class Task:
     def labelled(self) -> bool:
         """Whether its lines hold a label before a TAB (what check_text_lines skips of a line)."""
         return False
+
+    def line_parser(self, validation: bool = False):
+        """What a line of its corpus means to the chunked engine (textfile.py, for a task that is `chunked`):
+        None, the line is the example (a language model); else a parser (corpus.LabelledLines) whose
+        parse(line) gives (the line's tag, where its example starts) or None for a malformed line, with the
+        messages for those (malformed, check_labels); the engine stores the tags' ids beside the ids.
+        - validation: for a separate validation file"""
+        return None
 
     def read_lines(self, text, where: str, names=None, level: str = "char"):
         """(lines, targets, names): the examples of a text in lines mode (a str, or Documents where the task

@@ -1,6 +1,6 @@
 """The classifier task: one label per line (many-to-one).
 
-Its examples are `label<TAB>text` lines (corpus.split_labelled), read in lines mode at character level; the
+Its examples are `label<TAB>text` lines (corpus.LabelledLines, the corpus engine's line parser), read in lines mode at character level; the
 label names, sorted, are stored in the run's data folder (labels.json) and in its model files, and each
 split's (n_lines,) label ids beside its token ids (train_labels.npy, val_labels.npy). Its model is
 classifier.py's: the recurrent stack (one or two directions), pooling over time (--pool) and a head over the
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import classifier
 from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
-from ..files import atomic, corpus
+from ..files import corpus
 from ..files.layout import DATA_DIR, LABELS_FILE
 from ..files.modelmeta import checked_labels
 from ..step import distributed, parallel
@@ -52,6 +52,7 @@ class Classifier(Task):
     model_options = ("bidirectional", "pool")
     methods = ("classify", "evaluate")
     command = "classify"
+    chunked = True
     files = ("train_labels.npy", "val_labels.npy", LABELS_FILE)
 
     # ------------------------------------------------------------ options
@@ -89,22 +90,11 @@ class Classifier(Task):
     def labelled(self) -> bool:
         return True
 
-    def read_lines(self, text, where: str, names=None, level: str = "char"):
-        """(texts, label ids, label names) of label<TAB>text lines; names None: a training text, whose
-        sorted labels are the names (at least 2); else the names to map a validation text's labels by."""
-        if names is None:
-            tags, lines = corpus.split_labelled(text, where)
-            names = sorted(set(tags))
-        else:
-            tags, lines = corpus.split_labelled(text, where, min_labels=1)
-        return lines, corpus.label_ids(tags, names, where) if tags else None, tuple(names)
-
-    def store(self, data_dir, names: tuple, targets: tuple) -> None:
-        """Write the label ids of the two splits and the label names (atomically, as every file)."""
-        for split, tags in zip(("train", "val"), targets):
-            corpus.save_ids(os.path.join(data_dir, f"{split}_labels.npy"), tags)
-        text = json.dumps(list(names)).encode("utf-8")
-        atomic.write_file(os.path.join(data_dir, LABELS_FILE), lambda f: f.write(text))
+    def line_parser(self, validation: bool = False):
+        """label<TAB>text (corpus.LabelledLines): the corpus engine stores each line's label id beside its
+        tokens ({split}_labels.npy) and the sorted training labels (labels.json); a validation file needs one
+        label, and only labels the training lines have."""
+        return corpus.LabelledLines(1 if validation else 2)
 
     def load(self, directory, offsets: tuple) -> Labels:
         path = os.path.join(directory, DATA_DIR, LABELS_FILE)

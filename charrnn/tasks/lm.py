@@ -208,12 +208,6 @@ class LanguageModel(Task):
             raise ConfigError(f"{option('pool')} needs {option('task', 'classify')}: a language model predicts at "
                               "every step, it pools nothing")
 
-    # ------------------------------------------------------------ examples
-
-    def read_lines(self, text, where: str, names=None, level: str = "char"):
-        """(lines, None, ()): the non-empty lines of a text (a str or Documents), no targets beside them."""
-        return corpus.lines_of(text), None, ()
-
     # ------------------------------------------------------------ training
 
     def batch(self, run, step: int) -> Batch:
