@@ -447,6 +447,15 @@ class Model:
 
     # ---------------------------------------------------------------- any task
 
+    def run_command(self, command: str, path="-", errors: str = "strict", encoding: str | None = None,
+                    shown=str, **options):
+        """The lines a task's own command prints (`charrnn classify`: tasks.Task.command_lines), for the
+        input at path ("-": standard input) read with errors and encoding (None: the model's); shown: how a
+        name read from the model file is escaped for the screen; options: the command's own (top_k).
+        ConfigError for a command no task has, and from the command when this model cannot run it."""
+        task = tasks.commanding(command)
+        return task.command_lines(self, path, errors, encoding, shown, **options)
+
     def metrics(self, path=None, errors: str = "strict", encoding: str | None = None) -> tuple[dict, str]:
         """What `charrnn eval` reports, for the model's task: (its metrics as a dict, the name of what was
         scored): of the file at path (or "-"), or (None) of the held-out split stored in the run. A language

@@ -25,7 +25,7 @@ import click
 from . import __version__, api
 from . import errors as errors_module
 from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DTYPES, LEVELS, MAX_CHARS,
-                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASKS, TEXT_ERRORS)
+                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASK_COMMANDS, TASKS, TEXT_ERRORS)
 from .errors import CharRNNError, ConfigError
 from .progress import TrainingView, info, shown, to_devnull
 
@@ -552,42 +552,40 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         click.echo(line)
 
 
-# ---------------------------------------------------------------- classify
+# ---------------------------------------------------------------- a task's own command (classify)
 
 
-@cli.command()
-@click.argument("text_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
-@_checkpoint_option
-@click.option("--top-k", type=int, default=1, show_default=True, help="Labels printed per line, most likely first.")
-@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
-              help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
-@click.option("--encoding", default=None, metavar="CODEC",
-              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
-                   "unless it was trained with another]")
-def classify(text_file, checkpoint_path, top_k, errors, encoding):
-    """Label each line of TEXT_FILE (or stdin, "-") with a trained classifier.
+def _task_command(name: str, help_text: str, options: tuple) -> None:
+    """Add a task's own command (`charrnn classify`), built from what the task says of it (constants.
+    TASK_COMMANDS): TEXT_FILE (or "-"), -c, the task's options, --errors and --encoding; it prints the lines
+    api.Model.run_command gives."""
+    def command(text_file, checkpoint_path, errors, encoding, **given):
+        model = api.load(checkpoint_path)
+        out = sys.stdout
+        try:
+            for line in model.run_command(name, text_file, errors, encoding, shown, **given):
+                out.write(line + "\n")
+            out.flush()
+        except BrokenPipeError:  # `charrnn classify | head`: not an error
+            to_devnull(sys.stdout)
 
-    Prints label<TAB>probability<TAB>text per line; with --top-k K, K
-    label<TAB>probability pairs before the text, most likely first. Blank
-    lines are skipped. Characters the model never saw count as unknown.
+    command.__doc__ = help_text
+    command = click.option("--encoding", default=None, metavar="CODEC",
+                           help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, "
+                                "utf-8 unless it was trained with another]")(command)
+    command = click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
+                           help="Invalid UTF-8: stop with an error, or replace the bad bytes.")(command)
+    for spec in reversed(options):
+        command = click.option("--" + spec.name.replace("_", "-"), spec.name, type=spec.type, default=spec.default,
+                               show_default=True, help=spec.help)(command)
+    command = _checkpoint_option(command)
+    command = click.argument("text_file", required=False, default="-",
+                             type=click.Path(dir_okay=False, allow_dash=True))(command)
+    cli.command(name)(command)
 
-    \b
-    Examples:
-      charrnn classify lines.txt -c checkpoints/kinds
-      echo "def f(x): return x" | charrnn classify --top-k 2
-    """
-    model = api.load(checkpoint_path)
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    texts = model.read_lines(text_file, errors, encoding)
-    ranked = model.classify(texts, top_k=top_k)
-    out = sys.stdout
-    try:
-        for text, pairs in zip(texts, ranked):
-            out.write("\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n")
-        out.flush()
-    except BrokenPipeError:  # `charrnn classify | head`: not an error
-        to_devnull(sys.stdout)
+
+for _name, _help, _options in TASK_COMMANDS:
+    _task_command(_name, _help, _options)
 
 
 # ---------------------------------------------------------------- tag

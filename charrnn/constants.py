@@ -16,6 +16,9 @@ from .tasks.registry import TASKS as _REGISTERED
 from .work.annotate import MAX_CHARS
 
 TASKS = tuple(_REGISTERED)  # the --task names, in the registry's order
+# the tasks' own commands that the command line builds from them (`charrnn classify`): (name, help, options)
+TASK_COMMANDS = tuple((task.command, task.command_lines.__doc__, task.command_options)
+                      for task in _REGISTERED.values() if task.own_command)
 
 __all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
-           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TEXT_ERRORS"]
+           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TASK_COMMANDS", "TEXT_ERRORS"]

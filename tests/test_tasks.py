@@ -12,12 +12,14 @@ from charrnn.tasks import registry as tasks
 from charrnn.core import model
 from charrnn.data import batches
 from charrnn.errors import CheckpointError, ConfigError
+from charrnn.files import corpus
 from charrnn.step import inference, parallel
 from charrnn.runs import models
 from charrnn.tasks.base import Batch, Task
 
 from reference import naive_forward, naive_loss
-from tiny_runs import read_log
+from charrnn import cli
+from tiny_runs import invoke, read_log
 
 # ---------------------------------------------------------------- the registry
 
@@ -80,7 +82,7 @@ class CaseTask(Task):
     modes = ("lines",)
     levels = ("char",)
     methods = ("tag",)
-    command = "tag"
+    command = "case"
     chunked = True  # the corpus engine reads its lines
 
     def model_fields(self, data=None):
@@ -107,6 +109,15 @@ class CaseTask(Task):
                                                 None, count=count, rngs=rngs, parts=run.tconfig.threads)
         return nll / count, grads, None, count
 
+    def command_lines(self, model, path, errors, encoding, shown):
+        """Print each line's characters with their most likely tag (1 upper, 0 otherwise)."""
+        lines = model.read_lines(path, errors, encoding)
+        ids, offsets = corpus.encode_lines(model.vocab, lines)
+        x, _, mask = batches.line_batch(ids, offsets, np.arange(len(lines)), model.vocab.bos, model.vocab.eos)
+        logits = model_logits(model.params, model.config, x)
+        for line, tags in zip(lines, logits.argmax(axis=2)):
+            yield line + "\t" + "".join(str(t) for t in tags[1 : len(line) + 1])  # each character's tag
+
     def validation_loss(self, run):
         n = len(run.val_offsets) - 1
         if n < 1:
@@ -115,6 +126,12 @@ class CaseTask(Task):
         nll, count, _ = inference.score_chunk(model.prepare(run.params, run.config), x,
                                               self.tags(run.vocab, x, mask), mask)
         return nll / count
+
+
+def model_logits(params, config, x):
+    """(B, T, 2) tag scores of a case tagger, forward only."""
+    _, _, cache = model.forward(params, config, x, np.zeros_like(x), want_logits=True)
+    return cache["logits"]
 
 
 def test_a_third_task_trains_end_to_end_with_only_its_module_and_a_registration_line(tmp_path, monkeypatch):
@@ -147,6 +164,18 @@ def test_a_third_task_trains_end_to_end_with_only_its_module_and_a_registration_
         loaded.generate("a")
     with pytest.raises(ConfigError, match="this model is a case tagger, not a classifier"):
         loaded.classify("a")
+    # its own command, through the API and as the command line builds it from the task
+    (tmp_path / "in.txt").write_text("Abc dEf\nmno\n")
+    lines = list(loaded.run_command("case", tmp_path / "in.txt"))
+    assert [line.split("\t")[0] for line in lines] == ["Abc dEf", "mno"]
+    assert lines[1] == "mno\t000" and len(lines[0].split("\t")[1]) == 7
+    cli._task_command("case", CaseTask.command_lines.__doc__, CaseTask.command_options)
+    try:
+        result = invoke(["case", tmp_path / "in.txt", "-c", out])
+        assert result.exit_code == 0 and result.stdout.splitlines() == lines
+        assert "most likely tag" in invoke(["case", "--help"]).stdout
+    finally:
+        cli.cli.commands.pop("case")
 
 
 # ---------------------------------------------------------------- no branch on the task outside the tasks

@@ -91,6 +91,16 @@ class TaskData:
 
 
 @dataclass(frozen=True)
+class CommandOption:
+    """An option of a task's own command (Task.command_options), as data the command line makes a flag of
+    (`top_k`: `--top-k`)."""
+    name: str           # its Python name: the keyword of api.Model.run_command, the flag's words
+    type: type          # int, float, str
+    default: object
+    help: str
+
+
+@dataclass(frozen=True)
 class Batch:
     """One step's batch as the task made it; the loop passes it back to the task's loss_and_grads.
 
@@ -116,6 +126,8 @@ class Task:
     - fine_tunes: whether a run of it can start from a trained model (`--init-from`)
     - methods: the methods of api.Model its models offer (`sample`, `score`, `annotate`; `classify`,
       `evaluate`); command: its own command (`charrnn sample`, `charrnn classify`)
+    - command_options: the options of its own command where the command line builds it from the task
+      (`own_command`), beside the input file, -c, --errors and --encoding
     - chunked: whether the corpus engine (textfile.py) prepares its examples (see line_parser); False: its
       own read_lines and store do, in memory (a tagger's JSON Lines or CoNLL)
     - files: the files it stores in a run's data folder beside the ids (a start that failed clears them)
@@ -129,6 +141,7 @@ class Task:
     fine_tunes = False
     methods: tuple = ()
     command = ""
+    command_options: tuple = ()
     chunked = False
     files: tuple = ()
 
@@ -282,6 +295,21 @@ class Task:
     def next_line(self, c: str) -> str:
         """The commands to try a trained model with, `c` the option naming its run ("-c checkpoints/x")."""
         return f"charrnn eval {c} (the held-out loss)"
+
+    # ------------------------------------------------------------ its own command
+
+    @property
+    def own_command(self) -> bool:
+        """Whether the command line builds the task's command from it (command_lines, command_options, and
+        command_lines' docstring as its help); a language model's `sample` is written out in cli.py."""
+        return type(self).command_lines is not Task.command_lines
+
+    def command_lines(self, model, path, errors: str, encoding, shown, **options):
+        """The lines the task's own command prints for the input at path ("-": standard input), read with
+        errors and encoding (None: the model's), of an api.Model whose methods it calls; shown: the front
+        end's escape of a name read from the model file; options: its command_options by name. Checks come
+        before the first line. Its docstring, in a task that defines it, is the command's help."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ `charrnn eval`
 

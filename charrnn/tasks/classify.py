@@ -22,7 +22,7 @@ from ..files import corpus
 from ..files.layout import DATA_DIR, LABELS_FILE
 from ..files.modelmeta import checked_labels
 from ..step import distributed, parallel
-from .base import Batch, Task, TaskData, summed_over_ranks
+from .base import Batch, CommandOption, Task, TaskData, summed_over_ranks
 from .lm import heldout_lines  # a classifier scores the same share of the held-out lines as a language model
 
 
@@ -53,6 +53,7 @@ class Classifier(Task):
     methods = ("classify", "evaluate")
     command = "classify"
     chunked = True
+    command_options = (CommandOption("top_k", int, 1, "Labels printed per line, most likely first."),)
     files = ("train_labels.npy", "val_labels.npy", LABELS_FILE)
 
     # ------------------------------------------------------------ options
@@ -227,6 +228,25 @@ class Classifier(Task):
         return lines
 
     # ------------------------------------------------------------ a trained model's own commands
+
+    def command_lines(self, model, path, errors: str, encoding, shown, top_k: int = 1):
+        """Label each line of TEXT_FILE (or stdin, "-") with a trained classifier.
+
+        Prints label<TAB>probability<TAB>text per line; with --top-k K, K
+        label<TAB>probability pairs before the text, most likely first. Blank
+        lines are skipped. Characters the model never saw count as unknown.
+
+        \b
+        Examples:
+          charrnn classify lines.txt -c checkpoints/kinds
+          echo "def f(x): return x" | charrnn classify --top-k 2
+        """
+        if top_k < 1:
+            raise ConfigError(f"{option('top_k')} must be at least 1, got {top_k}")
+        texts = model.read_lines(path, errors, encoding)
+        ranked = model.classify(texts, top_k=top_k)
+        for text, pairs in zip(texts, ranked):
+            yield "\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}"
 
     def classify(self, params, config, vocab, labels, texts: list[str], top_k: int | None) -> list:
         """For each text, (label, probability) pairs, most likely first (top_k of them; None: all)."""

@@ -31,6 +31,14 @@ def offering(method: str) -> Task:
     return next(task for task in TASKS.values() if method in task.methods)
 
 
+def commanding(command: str) -> Task:
+    """The task whose own command is `command` (Task.command); ConfigError for any other."""
+    task = next((task for task in TASKS.values() if task.command == command and task.own_command), None)
+    if task is None:
+        raise ConfigError(f"no task has the command {command!r:.40}")
+    return task
+
+
 def of_model(config, meta: dict, where: str) -> Task:
     """The task of a model file (config, meta: its model settings and metadata), by the name its metadata
     records (one without: the classifier's if its model has labels, else the language model's), once its
