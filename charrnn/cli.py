@@ -25,7 +25,8 @@ import click
 from . import __version__, api
 from . import errors as errors_module
 from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DTYPES, LEVELS, MAX_CHARS,
-                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASK_COMMANDS, TASKS, TEXT_ERRORS)
+                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASK_COMMANDS, TASKS, TASKS_HELP,
+                        TEXT_ERRORS)
 from .errors import CharRNNError, ConfigError
 from .progress import TrainingView, info, shown, to_devnull
 
@@ -113,7 +114,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
 @option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
 @option("--task", type=click.Choice(TASKS), default="lm", group=DATA,
-        help="lm: a language model; classify: a classifier of label<TAB>text lines.")
+        help=TASKS_HELP)
 @option("--mode", type=click.Choice(MODES), default="stream", group=DATA,
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
 @option("--level", type=click.Choice(LEVELS), default="char", group=DATA, help="Token unit.")

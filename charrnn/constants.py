@@ -16,9 +16,11 @@ from .tasks.registry import TASKS as _REGISTERED
 from .work.annotate import MAX_CHARS
 
 TASKS = tuple(_REGISTERED)  # the --task names, in the registry's order
+TASKS_HELP = "; ".join(f"{name}: {task.summary}" for name, task in _REGISTERED.items()) + "."  # --task's help
 # the tasks' own commands that the command line builds from them (`charrnn classify`): (name, help, options)
 TASK_COMMANDS = tuple((task.command, task.command_lines.__doc__, task.command_options)
                       for task in _REGISTERED.values() if task.own_command)
 
 __all__ = ["BEST_FILE", "CELLS", "DEFAULT_PATIENCE", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
-           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TASK_COMMANDS", "TEXT_ERRORS"]
+           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TASKS_HELP", "TASK_COMMANDS",
+           "TEXT_ERRORS"]

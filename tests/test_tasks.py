@@ -61,7 +61,7 @@ def test_each_registered_task_keeps_the_contract(name):
     assert isinstance(task, Task)
     for method in REQUIRED + (() if task.chunked else ("read_lines", "store")):  # what the base class cannot know
         assert getattr(type(task), method) is not getattr(Task, method), f"{name} does not define {method}"
-    assert task.noun and task.unit and task.command in task.methods
+    assert task.noun and task.summary and task.unit and task.command in task.methods
     assert task.modes and set(task.modes) <= {"stream", "lines"} and set(task.levels) <= {"char", "word"}
     assert isinstance(task.model_fields(), dict)
     # every method an api.Model offers belongs to a task that `tasks.offering` finds (evaluate: several)

@@ -119,7 +119,8 @@ class Task:
     """The contract every task keeps (see the module's docstring); a task overrides what it changes.
 
     Attributes:
-    - name: its `--task` value; noun: what the model is, in messages ("a language model")
+    - name: its `--task` value; noun: what the model is, in messages ("a language model"); summary: what
+      it trains, in `--task`'s help
     - unit: what the loss is per, in progress lines and `info` ("token", "line")
     - modes, levels: the data modes and token levels it reads (a task that reads one mode has it by default)
     - model_options: the ModelConfig options only this task has (others must leave them at their defaults)
@@ -134,6 +135,7 @@ class Task:
     """
     name = ""
     noun = ""
+    summary = ""
     unit = "token"
     modes = ("stream", "lines")
     levels = ("char", "word")

@@ -46,6 +46,7 @@ class Classifier(Task):
     """Label each line (see the module's docstring)."""
     name = "classify"
     noun = "a classifier"
+    summary = "a classifier of label<TAB>text lines"
     unit = "line"
     modes = ("lines",)
     levels = ("char",)

@@ -195,6 +195,7 @@ class LanguageModel(Task):
     """Predict every next token: a stream's or a line's (see the module's docstring)."""
     name = "lm"
     noun = "a language model"
+    summary = "a language model"
     unit = "token"
     modes = ("stream", "lines")
     levels = ("char", "word")
