@@ -104,6 +104,7 @@ class Tagger(Task):
     """Tag each token (see the module's docstring)."""
     name = "tag"
     noun = "a tagger"
+    summary = "a tagger of tokens (JSON Lines or CoNLL columns)"
     unit = "token"
     modes = ("lines",)
     levels = ("char", "word")
