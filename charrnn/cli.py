@@ -622,7 +622,7 @@ def tag(text_file, checkpoint_path, output_format, errors, encoding):
     out = sys.stdout
     try:
         for result in results:
-            out.write(result.as_json() + "\n" if output_format == "jsonl" else result.as_conll())
+            out.write(result.as_json() + "\n" if output_format == "jsonl" else result.as_conll(shown))
         out.flush()
     except BrokenPipeError:  # `charrnn tag | head`: not an error
         to_devnull(sys.stdout)

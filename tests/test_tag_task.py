@@ -227,3 +227,30 @@ def test_tag_refuses_bad_input_and_other_models_in_one_line(runs, tmp_path):
         assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
     code, out, err = invoke(["tag", "-", "-c", runs / "word"], input="\n  \n")  # nothing to tag: nothing out
     assert code == 0 and out == "", err
+
+
+def test_control_characters_in_tokens_or_tags_never_reach_the_terminal_raw(runs, tmp_path):
+    """A hostile model file's tags and a hostile input's tokens: `charrnn tag` escapes every character that is
+    not printable, as JSON escapes (its lines still read back) or, in CoNLL columns, as the CLI escapes text."""
+    import shutil
+
+    from charrnn.files import layout
+    from test_hostile import read_file, terminal_safe, write_raw
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "word", run)
+    hostile_tags = ["\x1b]0;pwned\x07", "\u202eB-PER", "I-PER\x9b", "O"]
+    for name in (layout.BEST_FILE, layout.MODEL_FILE):
+        arrays, meta = read_file(run / name)
+        meta["tags"] = hostile_tags
+        write_raw(run / name, arrays, meta)
+    line = json.dumps({"tokens": ["Harry\x1b[2J", "\u202emet", "\ud800x", "tab\there"[:3]]})
+    code, out, err = invoke(["tag", "-", "-c", run], input=line + "\n")
+    assert code == 0 and terminal_safe(out) and terminal_safe(err), err
+    [row] = [json.loads(x) for x in out.splitlines()]
+    assert row["tokens"] == ["Harry\x1b[2J", "\u202emet", "\ud800x", "tab"] and set(row["tags"]) <= set(hostile_tags)
+    code, out, err = invoke(["tag", "-", "-c", run, "--format", "conll"], input=line + "\n")
+    assert code == 0 and terminal_safe(out), err
+    assert [len(x.split("\t")) for x in out.strip("\n").split("\n")] == [3, 3, 3, 3]
+    code, out, err = invoke(["eval", "-c", run])
+    assert code == 0 and terminal_safe(out) and terminal_safe(err), err

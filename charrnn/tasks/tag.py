@@ -56,14 +56,19 @@ class Tagged:
     probs: list
 
     def as_json(self) -> str:
-        """One JSON Lines object, {"tokens", "tags", "probs"} (probabilities to 4 decimals): `charrnn tag`'s line."""
-        return json.dumps({"tokens": self.tokens, "tags": self.tags,
+        """One JSON Lines object, {"tokens", "tags", "probs"} (probabilities to 4 decimals): `charrnn tag`'s line.
+        Every character that is not printable (controls, bidirectional overrides, a lone surrogate) is a JSON
+        escape, so that the line is safe on a terminal and reads back as it was."""
+        text = json.dumps({"tokens": self.tokens, "tags": self.tags,
                            "probs": [round(p, 4) if math.isfinite(p) else None for p in self.probs]},
                           ensure_ascii=False)
+        return text if text.isprintable() else "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
-    def as_conll(self) -> str:
-        """CoNLL columns, token<TAB>tag<TAB>probability a line, then a blank line."""
-        return "".join(f"{t}\t{g}\t{p:.4f}\n" for t, g, p in zip(self.tokens, self.tags, self.probs)) + "\n"
+    def as_conll(self, escape=str) -> str:
+        """CoNLL columns, token<TAB>tag<TAB>probability a line, then a blank line; escape: what makes a token or
+        tag safe to print (the command line's `shown`: a TAB or newline token as \\t or \\n, keeping the columns)."""
+        return "".join(f"{escape(t)}\t{escape(g)}\t{p:.4f}\n"
+                       for t, g, p in zip(self.tokens, self.tags, self.probs)) + "\n"
 
 
 @dataclass
