@@ -254,3 +254,18 @@ def test_control_characters_in_tokens_or_tags_never_reach_the_terminal_raw(runs,
     assert [len(x.split("\t")) for x in out.strip("\n").split("\n")] == [3, 3, 3, 3]
     code, out, err = invoke(["eval", "-c", run])
     assert code == 0 and terminal_safe(out) and terminal_safe(err), err
+
+
+def test_a_validation_file_is_the_held_out_split_and_its_tags_must_be_known(tmp_path):
+    (tmp_path / "train.conll").write_text(ner_conll(40))
+    (tmp_path / "val.conll").write_text(ner_conll(8, seed=9))
+    code, _, err = invoke(["train", tmp_path / "train.conll", "--val", tmp_path / "val.conll", *TINY, "--level", "word",
+                           "--max-steps", 6, "--out", tmp_path / "run"])
+    assert code == 0, err
+    model = charrnn.load(str(tmp_path / "run"))
+    held, of_file = model.evaluate(), model.evaluate((tmp_path / "val.conll").read_text())
+    assert held == of_file and held["lines"] == 8
+    (tmp_path / "odd.conll").write_text("Harry\tB-ORG\n")
+    code, _, err = invoke(["train", tmp_path / "train.conll", "--val", tmp_path / "odd.conll", *TINY, "--level", "word",
+                           "--max-steps", 2, "--out", tmp_path / "run2"])
+    assert code != 0 and "the tag 'B-ORG' is not one of the training text's tags" in err and "Traceback" not in err
