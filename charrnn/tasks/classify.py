@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import classifier
 from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
-from ..files import corpus
+from ..files import corpus, textfile
 from ..files.layout import DATA_DIR, LABELS_FILE
 from ..files.modelmeta import checked_labels
 from ..step import distributed, parallel
@@ -72,22 +72,25 @@ class Classifier(Task):
 
     # ------------------------------------------------------------ examples
 
-    def read_folder(self, folder) -> str:
+    def read_folder(self, folder):
         """A folder with one subfolder per label: every non-blank line of every file under LABEL/ is one
-        example of LABEL, as the line LABEL<TAB>line of a labelled file (files in folder_files' order)."""
-        out = []
-        with open(folder.whole.path, "rb") as f:
-            for name, (start, stop) in zip(folder.names, folder.spans):
-                label, slash, _ = name.replace(os.sep, "/").partition("/")
-                if not slash:
-                    raise CorpusError(f"{folder.root}: {name!r} is not in a subfolder; {option('task', 'classify')} "
-                                      f"takes a folder with one subfolder per label, the files of each its examples")
-                if not label.strip() or any(c in label for c in "\t\r\n"):
-                    raise CorpusError(f"{folder.root}: the subfolder name {label!r} cannot be a label")
-                f.seek(start)
-                text = f.read(stop - start).decode("utf-8")
-                out += [f"{label}\t{line}\n" for line in corpus.split_lines(text)]
-        return "".join(out)
+        example of LABEL, as the line LABEL<TAB>line of a labelled file (files in folder_files' order). The
+        lines are spooled as such a file (one file's text in memory at a time) for the corpus engine."""
+        def lines():
+            with open(folder.whole.path, "rb") as f:
+                for name, (start, stop) in zip(folder.names, folder.spans):
+                    label, slash, _ = name.replace(os.sep, "/").partition("/")
+                    if not slash:
+                        raise CorpusError(f"{folder.root}: {name!r} is not in a subfolder; {option('task', 'classify')}"
+                                          f" takes a folder with one subfolder per label, the files of each its examples")
+                    if not label.strip() or any(c in label for c in "\t\r\n"):
+                        raise CorpusError(f"{folder.root}: the subfolder name {label!r} cannot be a label")
+                    f.seek(start)
+                    for line in corpus.split_lines(f.read(stop - start).decode("utf-8")):
+                        yield f"{label}\t{line}\n"
+        text = textfile.spool_text(lines(), folder.root)
+        text.parse = self.line_parser()
+        return text
 
     def labelled(self) -> bool:
         return True
