@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 
 from .corpus import MAX_LINE_CHARS
-from ..errors import CorpusError
+from ..errors import CorpusError, option
 
 FORMATS = ("jsonl", "conll")
 MAX_TOKENS = MAX_LINE_CHARS  # a sequence is one example of lines mode
@@ -43,7 +43,8 @@ def _token(value, level: str) -> str:
         raise _Bad(f"a token must be a string, got {type(value).__name__}")
     if level == "char":
         if len(value) != 1:
-            raise _Bad(f"at char level a token is one character, got {value[:20]!r}")
+            raise _Bad(f"at char level a token is one character, got {value[:20]!r} (tokens that are words need "
+                       f"{option('level', 'word')})")
     elif not value or value.split() != [value]:
         raise _Bad(f"at word level a token is a run of non-blank characters, got {value[:20]!r}")
     return value
