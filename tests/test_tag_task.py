@@ -170,7 +170,8 @@ def test_malformed_files_are_one_line_errors(tmp_path, text, fragment):
 
 
 def test_options_a_tagger_cannot_take_are_one_line_errors(runs, tmp_path):
-    for args, fragment in ((["--mode", "stream"], "--mode stream"), ([], "built-in corpus")):
+    for args, fragment in ((["--mode", "stream"], "--mode stream"), ([], "built-in corpus"),
+                           (["--pool", "last"], "--pool pools a classifier's outputs")):
         corpus = [] if not args else [runs / "case.jsonl"]
         code, _, err = invoke(["train", *corpus, *TINY, *args, "--max-steps", 2, "--out", tmp_path / "x"])
         assert code != 0 and fragment in err and "Traceback" not in err, err

@@ -129,6 +129,9 @@ class Tagger(Task):
         if builtin or folder:
             raise ConfigError(f"{option('task', 'tag')} needs a {option('corpus_file')} of tagged sequences "
                               f"(JSON Lines or CoNLL columns), not {'a built-in corpus' if builtin else 'a folder'}")
+        if "pool" in options:
+            raise ConfigError(f"{option('pool')} pools a classifier's outputs over a line; {option('task', 'tag')} "
+                              "has a head at every step and pools nothing")
         super().check_request(builtin=builtin, folder=folder, init_from=init_from, options=options)
 
     # ------------------------------------------------------------ examples
