@@ -434,16 +434,17 @@ class Model:
         return self.task.tag(self.params, self.config, self.vocab, self.labels,
                              self.task.tokens_of(texts, self.vocab.level))
 
-    def tag_file(self, path, errors: str = "strict", encoding: str | None = None) -> list:
+    def tag_file(self, path, errors: str = "strict", encoding: str | None = None):
         """tag() of a file's (or standard input's, "-") sequences as `charrnn tag` reads them: plain lines
         (characters or whitespace-split words) or JSON Lines with "tokens" (its own output reads back);
-        blank lines are skipped."""
+        blank lines are skipped. An iterator of Tagged, tagged a block of sequences at a time, so that the
+        tags' probabilities of a long file are never all held at once."""
         self._need("tag", "tags no tokens; train one with {task}")
         encoding = encoding or self.encoding
         raw = corpus.read_stdin(errors, encoding) if os.fspath(path) == corpus.STDIN else \
             self.read_text(path, errors, encoding)
         sequences = self.task.inputs(corpus.normalize_newlines(raw), self.vocab.level, corpus.input_name(path))
-        return self.task.tag(self.params, self.config, self.vocab, self.labels, sequences) if sequences else []
+        return self.task.tag_blocks(self.params, self.config, self.vocab, self.labels, sequences)
 
     # ---------------------------------------------------------------- any task
 

@@ -270,3 +270,13 @@ def test_a_validation_file_is_the_held_out_split_and_its_tags_must_be_known(tmp_
     code, _, err = invoke(["train", tmp_path / "train.conll", "--val", tmp_path / "odd.conll", *TINY, "--level", "word",
                            "--max-steps", 2, "--out", tmp_path / "run2"])
     assert code != 0 and "the tag 'B-ORG' is not one of the training text's tags" in err and "Traceback" not in err
+
+
+def test_tagging_in_blocks_equals_tagging_at_once(runs):
+    model = charrnn.load(str(runs / "char"))
+    texts = [case_jsonl(1, seed=s).split('"tokens": "')[1].split('"')[0] for s in range(7)]
+    whole = model.tag(texts)
+    sequences = [list(t) for t in texts]
+    blocks = list(model.task.tag_blocks(model.params, model.config, model.vocab, model.labels, iter(sequences),
+                                        block_tokens=20))
+    assert [b.as_json() for b in blocks] == [w.as_json() for w in whole]

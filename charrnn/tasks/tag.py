@@ -30,6 +30,7 @@ from .base import Batch, Task, TaskData, summed_over_ranks
 from .lm import heldout_lines
 
 TAGS_FILE = "tags.json"  # in DATA_DIR: the tag names in id order
+TAG_BLOCK_TOKENS = 1 << 16  # `charrnn tag` tags this many tokens at a time (their probabilities: C floats each)
 
 
 @dataclass
@@ -355,9 +356,22 @@ class Tagger(Task):
         return out
 
     @staticmethod
-    def inputs(text: str, level: str, where: str) -> list[list[str]]:
-        """The token lists `charrnn tag` reads from a text (tagged.inputs: plain lines or JSON Lines)."""
-        return list(tagged.inputs(text.split("\n"), level, where))
+    def inputs(text: str, level: str, where: str):
+        """The token lists `charrnn tag` reads from a text (tagged.inputs: plain lines or JSON Lines), an
+        iterator (a malformed line's error comes when it is reached)."""
+        return tagged.inputs(text.split("\n"), level, where)
+
+    def tag_blocks(self, params, config, vocab, names, sequences, block_tokens: int = TAG_BLOCK_TOKENS):
+        """tag() of an iterable of token lists, a block of about block_tokens tokens at a time: an iterator."""
+        block, size = [], 0
+        for tokens in sequences:
+            block.append(tokens)
+            size += len(tokens)
+            if size >= block_tokens:
+                yield from self.tag(params, config, vocab, names, block)
+                block, size = [], 0
+        if block:
+            yield from self.tag(params, config, vocab, names, block)
 
     def evaluate(self, params, config, vocab, names, text: str, where: str) -> dict:
         """The metrics (tagger.metrics, plus "labels": the tag names) of a tagged text, JSON Lines or CoNLL."""
