@@ -23,11 +23,12 @@ from typing import NamedTuple
 from .files import corpora, corpus, layout, textfile
 from .step import distributed, runtime
 from .work import evaluate, report, sampling
-from .runs import finetune, models, prepare, rundir, runlog
+from .runs import models, prepare, rundir, runlog
+from .runs.request import TrainingRequest
 from .tasks import registry as tasks
 from .work import loop as training
-from .files.config import (RESUMABLE, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
-                     fill_auto_settings, parse_duration)
+from .files.config import (DEFAULTS, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
+                           fill_auto_settings, parse_duration)
 from .errors import CharRNNError, ConfigError, CorpusError, option
 from .core.model import ModelConfig
 from .work.evaluate import Score, json_safe
@@ -744,17 +745,6 @@ def _function(value, name: str):
 
 # ---------------------------------------------------------------- training
 
-MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool")
-# What a fresh run uses for an option not given. None: chosen from the corpus and the budget (auto).
-MODEL_DEFAULTS = {"cell": "lstm", "layers": None, "hidden": None, "embed": None, "dropout": None,
-                  "dtype": "float32", "bidirectional": False, "pool": "mean"}
-TRAIN_AUTO = {"batch_size": None, "seq_len": None, "lr": None, "schedule": None, "warmup": None, "eval_every": None}
-TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f != "min_lr_ratio")
-# A word-level run's --min-count unless given: the words seen once become <unk>, so the model learns <unk>
-# (with 1 it never would, and every unseen word of new text, its own held-out split's too, is scored blind)
-WORD_MIN_COUNT = 2
-
-
 def train(corpus_file: str | None = None, out: str | None = None, *, resume: str | None = None,
           val: str | None = None, errors: str | None = None, lock: bool = True, on_event=None,
           should_stop=None, builtin: str | None = None, glob: str | None = None, init_from: str | None = None,
@@ -779,132 +769,106 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
       between steps (True: save and stop)
     - options: any `charrnn train` option by its Python name: max_time ("2m", "90s" or seconds),
       max_steps, max_epochs, hidden, layers, cell, lr, batch_size, seq_len, mode, ... Those not
-      given take the command line's defaults (the model size, batch and schedule fit the data).
+      given take the defaults of config.DEFAULTS (constants.TRAIN_DEFAULTS; the command line shows the same),
+      where the model size, batch and schedule fit the data.
     Without any budget a fresh run trains for 5 minutes.
 
     Under `mpiexec -n N` every rank calls this alike (see distributed.py): rank 0 prepares,
     locks and writes the run; the others train in step with it and write nothing.
     """
-    corpus_file, out, resume, val, init_from = (_path(v, n) for v, n in (
-        (corpus_file, "corpus_file"), (out, "out"), (resume, "resume"), (val, "val"), (init_from, "init_from")))
+    paths = {name: _path(value, name) for name, value in (
+        ("corpus_file", corpus_file), ("out", out), ("resume", resume), ("val", val), ("init_from", init_from))}
     for value, name in ((builtin, "builtin"), (glob, "glob"), (errors, "errors")):
         _optional(value, name, str, "a str")
     for value, name in ((lock, "lock"), (extend_vocab, "extend_vocab")):
         if not isinstance(value, (bool, np.bool_)):
             raise ConfigError(f"{name} must be True or False, got {type(value).__name__}")
-    group = distributed.world()
     emit = _function(on_event, "on_event") or (lambda event, run: None)
     stop = _function(should_stop, "should_stop") or (lambda: False)
-    known = set(MODEL_KEYS) | set(TRAIN_KEYS)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown training option {unknown[0]!r}; see `charrnn train --help`")
-    if "max_time" in options:
-        options["max_time"] = parse_duration(options["max_time"])
-    if options.get("clip") == 0:
-        options["clip"] = None
-
-    if resume is not None:
-        fixed = sorted(set(options) - set(RESUMABLE) - set(SCHEDULE_KEYS))
-        for name, value in (("extend_vocab", extend_vocab), ("init_from", init_from), ("glob", glob),
-                            ("builtin", builtin)):
-            if value:
-                fixed.insert(0, name)
-        if out is not None:
-            fixed.insert(0, "out")
-        if errors is not None:
-            fixed.insert(0, "errors")
-        if val is not None:
-            fixed.insert(0, "val")
-        if corpus_file or fixed:
-            what = "a corpus file" if corpus_file else option(fixed[0])
-            raise ConfigError(f"{what} cannot be given with {option('resume')}: the run keeps its data and "
-                              f"settings (only budgets and cadence can change, and {option('lr')}, "
-                              f"{option('schedule')} and {option('warmup')} start a new learning-rate schedule)")
-        overrides = dict(options)
-        if any(k in options for k in ("max_steps", "max_epochs", "max_time")):
-            # budgets given now replace the run's own (such as the implicit 5 minutes of a first run)
-            overrides.update({k: options.get(k) for k in ("max_steps", "max_epochs", "max_time")})
+    request = TrainingRequest.check(**paths, errors=errors, builtin=builtin, glob=glob,
+                                    extend_vocab=bool(extend_vocab), options=dict(options))
+    group = distributed.world()
+    if request.resume is not None:
         if group.rank != 0:
-            return _follow(group, overrides, emit, stop)
-        with rundir.writing(resume, create=False, lock=lock):
-            run = rundir.resume_run(resume, overrides)
-            _check_ranks(run.tconfig, group)
-            group.broadcast_text(resume)  # the other ranks read the run once it is cleaned up
-            emit({"event": "message", "text": f"Resuming {resume} at step {run.step}"}, run)
-            if any(key in options for key in SCHEDULE_KEYS):
-                emit({"event": "message", "text": _new_schedule_line(run)}, run)
-            elif "lr_before" in run.extra:
-                tc = run.tconfig
-                emit({"event": "message", "text": f"The budget changed: the learning rate goes on from "
-                      f"{run.extra['lr_before']:.3g} and its cosine decay now ends, at {tc.lr * tc.min_lr_ratio:.3g}, "
-                      f"with the new budget."}, run)
-            _train_events(run, emit, stop, group)
-        return resume
+            return _follow(group, request.overrides(), emit, stop)
+        return _resume(request, lock, emit, stop, group)
     if group.rank != 0:
         return _follow(group, None, emit, stop)  # a fresh run: rank 0 saves its step-0 state, every option applied
+    return _start(request, lock, emit, stop, group)
 
-    errors = errors or "strict"
-    task = tasks.get(options.get("task", TrainConfig.task))
-    task.check_request(builtin=corpus_file is None, folder=corpus_file is not None and os.path.isdir(corpus_file),
-                       init_from=init_from is not None, options=options)  # it sets its own defaults in options
-    if corpus_file is not None and builtin is not None:
-        raise ConfigError(f"give a {option('corpus_file')} or {option('builtin')} (a built-in corpus), not both")
-    if glob is not None and (corpus_file is None or not os.path.isdir(corpus_file)):
-        raise ConfigError(f"{option('glob')} chooses files in a folder: give a folder as {option('corpus_file')}")
-    if extend_vocab and init_from is None:
-        raise ConfigError(f"{option('extend_vocab')} extends the vocabulary of the model given by {option('init_from')}")
-    model_options = {k: options.get(k, MODEL_DEFAULTS[k]) for k in MODEL_KEYS}
-    init = None
-    if init_from is not None:
-        if "max_vocab" in options:
-            raise ConfigError(f"{option('max_vocab')} cannot be given with {option('init_from')}: the vocabulary is "
-                              f"the model's ({option('extend_vocab')} adds the new characters)")
-        params, base, vocab, meta, model_file = models.load_checkpoint(init_from)
-        base_task = tasks.of_model(base, meta, model_file)
-        if not base_task.fine_tunes:
-            raise ConfigError(f"{model_file} is {base_task.noun}; {option('init_from')} fine-tunes a language model")
-        model_options = finetune.init_model_options(base, {k: v for k, v in options.items() if k in MODEL_KEYS})
-        if "level" in options and options["level"] != vocab.level:
-            raise ConfigError(f"{option('level', options['level'])} conflicts with the model of {option('init_from')}, "
-                              f"which has a "
-                              f"{vocab.level}-level vocabulary")
-        options["level"] = vocab.level
-        init = finetune.InitFrom(params, base, vocab, meta, model_file, extend=extend_vocab)
-    if builtin is not None and "mode" not in options:
-        options["mode"] = corpora.lookup(builtin).mode
-    tconfig = TrainConfig(**{**TRAIN_AUTO, **{k: v for k, v in options.items() if k in TRAIN_KEYS}})
-    if tconfig.level == "word" and options.get("min_count") is None:
-        tconfig.min_count = WORD_MIN_COUNT
-    no_budget = tconfig.max_steps is None and tconfig.max_epochs is None and tconfig.max_time is None
-    if no_budget:
-        tconfig.max_time = 300.0
-    tconfig.check(partial=True)
-    task.check(tconfig)
-    # the model options given are checked now too, before the corpus is read or anything is said
-    ModelConfig(vocab_size=4, **task.model_fields(),
-                **{"layers": 1, "hidden": 1, "embed": 1, "dropout": 0.0,
-                   **{k: v for k, v in model_options.items() if v is not None}})
+
+def _resume(request: TrainingRequest, lock: bool, emit, stop, group) -> str:
+    """Rank 0 of a resumed run: clean it up, tell the other ranks, train."""
+    directory = request.resume
+    with rundir.writing(directory, create=False, lock=lock):
+        run = rundir.resume_run(directory, request.overrides())
+        _check_ranks(run.tconfig, group)
+        group.broadcast_text(directory)  # the other ranks read the run once it is cleaned up
+        emit({"event": "message", "text": f"Resuming {directory} at step {run.step}"}, run)
+        if any(key in request.options for key in SCHEDULE_KEYS):
+            emit({"event": "message", "text": _new_schedule_line(run)}, run)
+        elif run.reaimed_lr is not None:
+            tc = run.tconfig
+            emit({"event": "message", "text": f"The budget changed: the learning rate goes on from "
+                  f"{run.reaimed_lr:.3g} and its cosine decay now ends, at {tc.lr * tc.min_lr_ratio:.3g}, "
+                  f"with the new budget."}, run)
+        _train_events(run, emit, stop, group)
+    return directory
+
+
+def _start(request: TrainingRequest, lock: bool, emit, stop, group) -> str:
+    """Rank 0 of a fresh run: read the corpus, choose the settings left open, start the run, train."""
+    init = request.fine_tune(*models.load_checkpoint(request.init_from)) if request.init_from else None
+    tconfig, model_options = request.tconfig, request.model
     say = lambda text, run=None: emit({"event": "message", "text": text}, run)  # noqa: E731
+    text, val_text, name = _corpus(request, tconfig, say)
+    if not request.given_budget:
+        say(f"No budget given: training for 5 minutes (set {option('max_time')}, {option('max_steps')} or "
+            f"{option('max_epochs')}).")
+    chosen = _settings_line(text, val_text, tconfig, model_options, group.size)
+    _check_ranks(tconfig, group)
+    directory = request.out or rundir.fresh_run_dir(name)
+    with rundir.writing(directory, create=True, made=request.out is None, lock=lock):
+        run = rundir.start_run(directory, text, val_text, model_options, tconfig, init,
+                               where=(request.corpus_file or "the built-in corpus", request.val))
+        if chosen:
+            say(chosen, run)
+        if run.origin is not None:
+            say(_origin_line(run), run)
+        del text, val_text  # training reads only the memory-mapped ids from here on
+        runtime.release_freed_memory()
+        if group.size > 1:
+            # the other ranks start from this step-0 state, exactly as a resumed run would
+            rundir.save_checkpoint(run)
+            group.broadcast_text(directory)
+        _train_events(run, emit, stop, group)
+    return directory
+
+
+def _corpus(request: TrainingRequest, tconfig: TrainConfig, say):
+    """(the training text, the validation text or None, the corpus's name for a fresh run directory): a
+    built-in corpus, a folder's Documents (its validation files held out) or a file (_read)."""
+    errors = request.errors or DEFAULTS["errors"]
+    corpus_file, val = request.corpus_file, request.val
     if corpus_file is None:
-        name = builtin or corpora.DEFAULT
+        name = request.builtin or corpora.DEFAULT
         text = corpora.build(name)
-        if builtin is None:
+        if request.builtin is None:
             say("No corpus given: training on the Python language reference bundled with your Python.")
         else:
             say(f"Built-in corpus {name}: {corpora.CORPORA[name].description}, "
                 f"{textfile.characters(text):,} characters.")
     elif os.path.isdir(corpus_file):
-        text = textfile.open_folder(corpus_file, glob, errors, tconfig.encoding)
+        text = textfile.open_folder(corpus_file, request.glob, errors, tconfig.encoding)
         name = os.path.basename(os.path.normpath(os.path.abspath(corpus_file)))
         say(_folder_line(corpus_file, text))
-        text = task.read_folder(text) or text  # a task that reads a folder its own way (a classifier's labels)
+        text = request.task.read_folder(text) or text  # a task that reads a folder its own way (a classifier's labels)
     else:
         text, name = _read(corpus_file, errors, tconfig), os.path.splitext(os.path.basename(corpus_file))[0]
     val_text = _read(val, errors, tconfig, validation=True) if val else None
     if tconfig.mode == "lines":  # a text in memory (a task's own reader): before its lines are split into tokens (the settings count them)
-        task.check_text(text)
-        task.check_text(val_text, "validation ")
+        request.task.check_text(text)
+        request.task.check_text(val_text, "validation ")
     if isinstance(text, textfile.Folder):
         split = textfile.split_folder(text, tconfig) if val_text is None else (text.whole, val_text, None)
         if split is None:
@@ -918,27 +882,7 @@ def train(corpus_file: str | None = None, out: str | None = None, *, resume: str
     for part in (text, val_text):  # pass 1 now (the settings read its counts); _read's is done
         if isinstance(part, textfile.TextFile):
             textfile.scan(part, tconfig.level, tconfig.mode)
-    if no_budget:
-        say(f"No budget given: training for 5 minutes (set {option('max_time')}, {option('max_steps')} or "
-            f"{option('max_epochs')}).")
-    chosen = _settings_line(text, val_text, tconfig, model_options, group.size)
-    _check_ranks(tconfig, group)
-    directory = out or rundir.fresh_run_dir(name)
-    with rundir.writing(directory, create=True, made=out is None, lock=lock):
-        run = rundir.start_run(directory, text, val_text, model_options, tconfig, init,
-                               where=(corpus_file or "the built-in corpus", val))
-        if chosen:
-            say(chosen, run)
-        if run.origin is not None:
-            say(_origin_line(run), run)
-        del text, val_text  # training reads only the memory-mapped ids from here on
-        runtime.release_freed_memory()
-        if group.size > 1:
-            # the other ranks start from this step-0 state, exactly as a resumed run would
-            rundir.save_checkpoint(run)
-            group.broadcast_text(directory)
-        _train_events(run, emit, stop, group)
-    return directory
+    return text, val_text, name
 
 
 def _read(path: str, errors: str, tconfig: TrainConfig, validation: bool = False):

@@ -24,9 +24,8 @@ import click
 
 from . import __version__, api
 from . import errors as errors_module
-from .constants import (BEST_FILE, CELLS, DEFAULT_PATIENCE, DTYPES, LEVELS, MAX_CHARS,
-                        MODES, NONFINITE, OPTIMIZERS, POOLS, SCHEDULES, TASK_COMMANDS, TASKS, TASKS_HELP,
-                        TEXT_ERRORS)
+from .constants import (BEST_FILE, CELLS, DTYPES, LEVELS, MAX_CHARS, MODES, NONFINITE, OPTIMIZERS, POOLS,
+                        SCHEDULES, TASKS, TASKS_HELP, TASK_COMMANDS, TEXT_ERRORS, TRAIN_DEFAULTS)
 from .errors import CharRNNError, ConfigError
 from .progress import TrainingView, info, shown, to_devnull
 
@@ -53,9 +52,18 @@ class GroupedCommand(click.Command):
 
 
 class GroupedOption(click.Option):
-    def __init__(self, *args, group: str | None = None, **kwargs):
+    """An option of `charrnn train`, listed under its group; a training option's default is the library's
+    (TRAIN_DEFAULTS), never one of its own."""
+
+    def __init__(self, param_decls, group: str | None = None, **kwargs):
         kwargs.setdefault("show_default", True)
-        super().__init__(*args, **kwargs)
+        names = [d for d in param_decls if d.isidentifier()]  # the name click gives it: its own, or its flag's
+        name = names[0] if names else max((d.split("/")[0] for d in param_decls), key=len).lstrip("-").replace("-", "_")
+        if name in TRAIN_DEFAULTS:
+            assert "default" not in kwargs, f"--{name}: its default is the library's"
+            kwargs["default"] = TRAIN_DEFAULTS[name]
+        super().__init__(param_decls, **kwargs)
+        assert self.name == name, (self.name, name)
         self.group = group
 
 
@@ -112,75 +120,75 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="With a folder as CORPUS: only the files whose names match, such as '*.py'.  [default: every file]")
 @option("--val", "val_file", type=click.Path(exists=True, dir_okay=False), default=None, group=DATA,
         help="Validation text file (default: hold out the last --val-frac of the corpus).")
-@option("--val-frac", type=float, default=0.1, group=DATA, help="Share of the corpus held out for validation.")
-@option("--task", type=click.Choice(TASKS), default="lm", group=DATA,
+@option("--val-frac", type=float, group=DATA, help="Share of the corpus held out for validation.")
+@option("--task", type=click.Choice(TASKS), group=DATA,
         help=TASKS_HELP)
-@option("--mode", type=click.Choice(MODES), default="stream", group=DATA,
+@option("--mode", type=click.Choice(MODES), group=DATA,
         help="stream: one long text; lines: every non-empty line is one example (names, titles).")
-@option("--level", type=click.Choice(LEVELS), default="char", group=DATA, help="Token unit.")
-@option("--min-count", type=int, default=None, group=DATA,
+@option("--level", type=click.Choice(LEVELS), group=DATA, help="Token unit.")
+@option("--min-count", type=int, group=DATA,
         help="Tokens seen fewer times become UNK.  [default: 1; 2 at word level, so that the model learns <unk> "
              "from the words seen once]")
-@option("--max-vocab", type=int, default=None, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
-@option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", group=DATA,
+@option("--max-vocab", type=int, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
+@option("--errors", type=click.Choice(TEXT_ERRORS), group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
-@option("--encoding", default="utf-8", metavar="CODEC", group=DATA,
+@option("--encoding", metavar="CODEC", group=DATA,
         help="The text encoding of CORPUS and --val: any Python knows, such as latin-1, cp1252 or utf-16. "
              "The model records it: eval, annotate and classify read files in it.")
-@option("--cell", type=click.Choice(CELLS), default="lstm", group=MODEL, help="Recurrent cell.")
-@option("--layers", type=int, default=None, group=MODEL, help="Stacked recurrent layers." + AUTO)
-@option("--hidden", type=int, default=None, group=MODEL, help="Hidden units per layer." + AUTO)
-@option("--embed", type=int, default=None, group=MODEL, help="Embedding width." + AUTO)
-@option("--dropout", type=float, default=None, group=MODEL,
+@option("--cell", type=click.Choice(CELLS), group=MODEL, help="Recurrent cell.")
+@option("--layers", type=int, group=MODEL, help="Stacked recurrent layers." + AUTO)
+@option("--hidden", type=int, group=MODEL, help="Hidden units per layer." + AUTO)
+@option("--embed", type=int, group=MODEL, help="Embedding width." + AUTO)
+@option("--dropout", type=float, group=MODEL,
         help="Dropout on each layer's output (training only)." + AUTO)
-@option("--dtype", type=click.Choice(DTYPES), default="float32", group=MODEL,
+@option("--dtype", type=click.Choice(DTYPES), group=MODEL,
         help="Floating-point precision.")
-@option("--bidirectional", is_flag=True, default=False, group=MODEL,
+@option("--bidirectional", is_flag=True, group=MODEL,
         help="Classifier or tagger: every layer also reads the line right to left.")
-@option("--pool", type=click.Choice(POOLS), default="mean", group=MODEL,
+@option("--pool", type=click.Choice(POOLS), group=MODEL,
         help="Classifier: pool the top layer over time by the mean of its outputs, or its last state.")
 @option("--init-from", type=click.Path(exists=True), default=None, metavar="RUN_OR_MODEL", group=MODEL,
         help="Fine-tune: start from this trained model's weights and architecture (a run directory or a "
              "model file); the optimizer and schedule start fresh.  [default: a fresh model]")
 @option("--extend-vocab", is_flag=True, default=False, group=MODEL,
         help="With --init-from: add the new text's unseen characters to the vocabulary (else they become UNK).")
-@option("--optim", type=click.Choice(OPTIMIZERS), default="adagrad", group=OPTIM,
+@option("--optim", type=click.Choice(OPTIMIZERS), group=OPTIM,
         help="Optimizer (adagrad learns fastest on the reference benchmark; see docs/performance.md).")
-@option("--lr", type=float, default=None, group=OPTIM, help="Peak learning rate." + AUTO)
-@option("--momentum", type=float, default=0.9, group=OPTIM, help="Momentum (sgd).")
-@option("--weight-decay", type=float, default=0.0, group=OPTIM, help="Decoupled weight decay (adam).")
-@option("--clip", type=float, default=5.0, group=OPTIM, help="Global gradient-norm limit (0: off).")
-@option("--clip-value", type=float, default=None, group=OPTIM,
+@option("--lr", type=float, group=OPTIM, help="Peak learning rate." + AUTO)
+@option("--momentum", type=float, group=OPTIM, help="Momentum (sgd).")
+@option("--weight-decay", type=float, group=OPTIM, help="Decoupled weight decay (adam).")
+@option("--clip", type=float, group=OPTIM, help="Global gradient-norm limit (0: off).")
+@option("--clip-value", type=float, group=OPTIM,
         help="Elementwise gradient limit, as min-char-rnn's 5 (default: off).")
-@option("--schedule", type=click.Choice(SCHEDULES), default=None, group=OPTIM,
+@option("--schedule", type=click.Choice(SCHEDULES), group=OPTIM,
         help="Learning-rate schedule; cosine decays to a tenth of --lr by the end of the budget." + AUTO)
-@option("--warmup", type=int, default=None, group=OPTIM, help="Steps of linear learning-rate warm-up." + AUTO)
-@option("--batch-size", type=int, default=None, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
-@option("--seq-len", type=int, default=None, group=OPTIM, help="Time steps per truncated-BPTT window." + AUTO)
-@option("--seed", type=int, default=0, group=OPTIM, help="Seed for initialization, batches and dropout.")
-@option("--buckets/--no-buckets", default=True, group=OPTIM,
+@option("--warmup", type=int, group=OPTIM, help="Steps of linear learning-rate warm-up." + AUTO)
+@option("--batch-size", type=int, group=OPTIM, help="Parallel streams (or lines) per step." + AUTO)
+@option("--seq-len", type=int, group=OPTIM, help="Time steps per truncated-BPTT window." + AUTO)
+@option("--seed", type=int, group=OPTIM, help="Seed for initialization, batches and dropout.")
+@option("--buckets/--no-buckets", group=OPTIM,
         help="Lines mode: batch lines of similar length together, so that little of a batch is padding (the "
              "batches are still drawn afresh each epoch from the seed); --no-buckets: shuffled lines.")
-@option("--threads", type=int, default=2, group=OPTIM,
+@option("--threads", type=int, group=OPTIM,
         help="Cut each batch into this many row blocks, one thread each. A setting, not a count of cores: "
              "the same value gives the same numbers on any machine.")
-@option("--max-steps", type=int, default=None, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
-@option("--max-epochs", type=float, default=None, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
-@option("--max-time", type=str, default=None, metavar="DURATION", group=OUTPUT,
+@option("--max-steps", type=int, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
+@option("--max-epochs", type=float, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
+@option("--max-time", type=str, metavar="DURATION", group=OUTPUT,
         help="Stop after this much wall time, such as 90s, 10m, 1m30s, 1h30m, 1.5h.  [default: 5m when no budget is given]")
-@option("--eval-every", type=int, default=None, group=OUTPUT,
+@option("--eval-every", type=int, group=OUTPUT,
         help="Evaluate and save every N steps.  [default: auto, a quarter of a pass over the data, at least 10 "
              "times in the budget and once a minute, as often as keeps evaluation to about a tenth of the time]")
-@option("--patience", type=int, default=DEFAULT_PATIENCE, group=OUTPUT,
+@option("--patience", type=int, group=OUTPUT,
         help="Stop after this many evaluations in a row without a new best validation loss, keeping the best "
              "(0: never stop early).")
-@option("--keep", type=int, default=0, metavar="N", group=OUTPUT,
+@option("--keep", type=int, metavar="N", group=OUTPUT,
         help="Keep the model files of the N best evaluations in RUN/snapshots, named by step and validation "
              "loss (sample and eval take them with -c).  [default: 0, none]")
-@option("--eval-tokens", type=int, default=200_000, group=OUTPUT,
+@option("--eval-tokens", type=int, group=OUTPUT,
         help="Validation tokens scored per evaluation (charrnn eval scores them all).")
-@option("--log-every", type=int, default=10, group=OUTPUT, help="Write a log.jsonl line every N steps.")
-@option("--on-nonfinite", type=click.Choice(NONFINITE), default="stop", group=OUTPUT,
+@option("--log-every", type=int, group=OUTPUT, help="Write a log.jsonl line every N steps.")
+@option("--on-nonfinite", type=click.Choice(NONFINITE), group=OUTPUT,
         help="What to do when the loss or a gradient is not finite.")
 @option("--out", type=click.Path(file_okay=False), default=None, group=OUTPUT,
         help="Run directory.  [default: checkpoints/<corpus name>]")

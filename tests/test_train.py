@@ -224,7 +224,7 @@ def test_cosine_schedule_spans_a_budget_extended_on_resume_without_a_jump(tmp_pa
     run_all(rundir.start_run(tmp_path / "r", stream_text(60), None, model_options(), tconfig(max_steps=8, **kw)),
             should_stop=lambda: next(stops))
     resumed = rundir.resume_run(tmp_path / "r", {"max_steps": 16})
-    assert resumed.extra["lr_before"] == pytest.approx(optim.learning_rate(5, 0.01, "cosine", 2, 8))
+    assert resumed.reaimed_lr == pytest.approx(optim.learning_rate(5, 0.01, "cosine", 2, 8))
     run_all(resumed)
     lrs = [r["lr"] for r in read_log(tmp_path / "r")]
     assert len(lrs) == 16

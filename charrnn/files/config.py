@@ -15,6 +15,7 @@ import numpy as np
 
 from . import corpus
 from ..core import optim
+from ..core.model import ModelConfig
 from ..errors import ConfigError, option
 
 MODES = ("stream", "lines")
@@ -234,6 +235,22 @@ AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
 AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
+# The model options of a training request (ModelConfig's fields that a user sets); the rest are TrainConfig's.
+MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "min_lr_ratio")
+# A word-level run's min_count unless given: the words seen once become <unk>, so the model learns <unk>
+# (with 1 it never would, and every unseen word of new text, its own held-out split's too, is scored blind)
+WORD_MIN_COUNT = 2
+DEFAULT_MAX_TIME = 300.0  # seconds: the budget of a fresh run given none
+DEFAULT_ERRORS = "strict"  # invalid bytes in a corpus: an error (corpus.TEXT_ERRORS)
+
+
+def _defaults() -> dict:
+    model = {f.name: f.default for f in fields(ModelConfig) if f.name in MODEL_KEYS}
+    train = {f.name: f.default for f in fields(TrainConfig) if f.name in TRAIN_KEYS}
+    return {**model, **train, **dict.fromkeys(AUTO_KEYS), "min_count": None, "errors": DEFAULT_ERRORS}
+
+
 MIN_WINDOWS = 4  # stream mode: a small text still makes at least this many batches per pass
 # The automatic evaluation cadence (auto_eval_every): this many evaluations a pass over the data, and at
 # least EVALS_PER_BUDGET over the budget and one every EVAL_SECONDS of a time budget, at most every
@@ -397,3 +414,11 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             auto = measured
     return {"keys": open_keys, "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
             "speed_measured": auto["speed_measured"]}
+
+
+# What a fresh run uses for each option of a training request not given, by its Python name: the one
+# table of defaults (`charrnn train --help` shows it). ModelConfig's and TrainConfig's own field defaults,
+# except None where the value is chosen when the run starts: the AUTO_KEYS from the corpus size and the
+# budget (auto_settings), min_count by the level (1, or WORD_MIN_COUNT at word level), and the budget
+# (DEFAULT_MAX_TIME when none is given).
+DEFAULTS = _defaults()

@@ -16,7 +16,6 @@ import numpy as np
 from ..files import checkpoint, corpus, textfile
 from ..files.config import TrainConfig
 from ..core.model import ModelConfig
-from ..errors import ConfigError, option
 from ..data.vocab import UNK, Vocab
 from ..tasks import registry as tasks
 from .prepare import data_path, source
@@ -40,12 +39,9 @@ ARCHITECTURE = ("cell", "layers", "hidden", "embed", "dtype")
 def init_model_options(base: ModelConfig, given: dict) -> dict:
     """The ModelConfig options of a run fine-tuned from base: base's architecture, the dropout given (or None).
 
-    - given: the model options the user set (name -> value); a value differing from base's is a ConfigError
+    - given: the model options the user set (name -> value); the request has checked that they fit base's
+      architecture (request.TrainingRequest.fine_tune)
     """
-    for key in ARCHITECTURE:
-        if given.get(key) is not None and given[key] != getattr(base, key):
-            raise ConfigError(f"{option(key, given[key])} conflicts with the model of {option('init_from')}, which has "
-                              f"{key} {getattr(base, key)}; a fine-tuned run keeps the model's architecture")
     options = {key: value for key, value in base.to_dict().items()
                if key not in ("vocab_size", "classes", "dropout")}
     options["dropout"] = given.get("dropout")

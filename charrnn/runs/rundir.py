@@ -29,6 +29,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -78,7 +79,8 @@ class Run:
     log_sum: float = 0.0               # loss summed since the last log line
     log_count: int = 0
     log_bytes: int = 0                 # length of log.jsonl after its last line (saved: resume cuts what follows)
-    extra: dict = field(default_factory=dict)  # per-process caches and messages (the unknown share, lr_before)
+    reaimed_lr: float | None = None    # set by resume_run when a new budget re-aimed the cosine decay: the
+                                       # learning rate it goes on from (what api.train tells the user)
     data: TaskData = field(default_factory=TaskData)  # the task's own data (labels...) and batching cache
     origin: dict | None = None         # a fine-tuned run: the model it started from (finetune.origin)
     identity: dict | None = None       # {"id", "vocab", "data"}: the run's id and fingerprints (identity.py)
@@ -96,6 +98,16 @@ class Run:
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
+
+    @cached_property
+    def unknown_share(self) -> float:
+        """The share of the training tokens that are <unk> (a model file records it for eval's warning),
+        counted once per process in blocks (the ids are memory-mapped)."""
+        ids, count = self.train_ids, 0
+        for i in range(0, len(ids), 1 << 24):
+            count += int(np.count_nonzero(np.asarray(ids[i : i + (1 << 24)]) == UNK))
+        corpus.release_pages(ids)
+        return count / max(len(ids), 1)
 
 
 def holds_run(directory) -> bool:
@@ -151,8 +163,8 @@ def start_run(directory, train_text, val_text, config_options: dict,
 
     - train_text, val_text: textfile.TextFile or str (see prepare_data)
     - config_options: ModelConfig fields except vocab_size and classes (taken from the data)
-    - init: start from this trained model's weights (its architecture is in config_options, as
-      init_model_options gives it); the optimizer and the schedule start fresh
+    - init: start from this trained model's weights (its architecture is in config_options and its level in
+      tconfig, as request.TrainingRequest.fine_tune checks them); the optimizer and the schedule start fresh
     - where: the two texts' names, for errors
     Refuses a directory that already holds a run, so nothing is overwritten; one whose start never
     saved a checkpoint is cleared and started again (see _clear_unsaved_start).
@@ -162,9 +174,6 @@ def start_run(directory, train_text, val_text, config_options: dict,
     task = tasks.get(tconfig.task)
     task.check(tconfig)
     ModelConfig(vocab_size=4, **task.model_fields(), **config_options)  # fail before any file is written
-    if init is not None and init.vocab.level != tconfig.level:
-        raise ConfigError(f"the model of {option('init_from')} has a {init.vocab.level}-level vocabulary, "
-                          f"not {tconfig.level}")
     vocab = prepare_data(directory, train_text, val_text, tconfig,
                          init.vocab if init else None, init.extend if init else False, where)
     data = load_data(directory, tconfig)
@@ -273,7 +282,7 @@ def resume_run(directory, overrides: dict | None = None, *, writer: bool = True)
         # goes on from where it stands to the floor at the new end, so the learning rate does not jump
         progress = optim.cosine_progress(run.step, tconfig.warmup, run.schedule_steps, run.schedule_since,
                                          run.schedule_start)
-        run.extra["lr_before"] = optim.cosine_lr(progress, tconfig.lr, tconfig.min_lr_ratio)
+        run.reaimed_lr = optim.cosine_lr(progress, tconfig.lr, tconfig.min_lr_ratio)
         run.schedule_since, run.schedule_steps = (run.step, progress), None
     elif budget_changed:
         run.schedule_steps = None
@@ -363,7 +372,7 @@ def model_meta(run: Run) -> dict:
         "data": {"mode": run.tconfig.mode, "level": run.tconfig.level, "seq_len": run.tconfig.seq_len,
                  "task": run.tconfig.task, "ids_dtype": str(run.train_ids.dtype),  # as data/*.npy's headers say
                  "encoding": run.tconfig.encoding,  # eval, annotate and classify read files in it
-                 "train_unknown": _unknown_share(run)},  # how often training saw <unk> (eval's warning)
+                 "train_unknown": run.unknown_share},  # how often training saw <unk> (eval's warning)
         **run.task.metadata(run),
         "training": {"step": run.step, "epoch": run.step / run.steps_per_epoch, "elapsed": run.elapsed,
                      "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
@@ -371,18 +380,6 @@ def model_meta(run: Run) -> dict:
         **({"origin": run.origin} if run.origin else {}),
         **({"run_id": run.identity["id"]} if run.identity else {}),
     }
-
-
-def _unknown_share(run: Run) -> float:
-    """The share of the training tokens that are <unk>, counted once per process in blocks (the ids are
-    memory-mapped)."""
-    if "unknown_share" not in run.extra:
-        ids, count = run.train_ids, 0
-        for i in range(0, len(ids), 1 << 24):
-            count += int(np.count_nonzero(np.asarray(ids[i : i + (1 << 24)]) == UNK))
-        corpus.release_pages(ids)
-        run.extra["unknown_share"] = count / max(len(ids), 1)
-    return run.extra["unknown_share"]
 
 
 def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None) -> str:
