@@ -1,9 +1,13 @@
-"""A run's log (log.jsonl): one JSON object per logging step, written and read back here only.
+"""A run's log (log.jsonl): one JSON object per logging step, its format written and read here only.
 
-The loop appends a record per logging step (`append_log`, which returns the log's new length: a state
-file saves it, and a resume cuts what a killed process wrote after its last save, `cut_log`). `read_log`
-is the one reader (plot, report, info); `charrnn_log` tells whether a file is a log that a start which
-never saved could have left, and so may be removed. The log is never opened through a symbolic link.
+A record (`step_record`) is what the loop's "step" or "skip" event says (step, epoch, lr, elapsed, and for
+a step its gradient norm and tokens per second), with the mean training loss since the last line ("loss"),
+the steps skipped so far for a non-finite loss ("skipped_nonfinite", a skip) and the validation loss of
+an evaluated step ("val_loss"). The loop appends one per logging step (`append_log`, which returns the
+log's new length: a state file saves it, and a resume cuts what a killed process wrote after its last
+save, `cut_log`). `read_log` is the one reader, and `losses` the curves it holds (`charrnn plot`);
+`charrnn_log` tells whether a file is a log that a start which never saved could have left, and so may
+be removed. The log is never opened through a symbolic link.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 
 from ..files import atomic
+from ..files.config import is_number
 from ..errors import CheckpointError
 
 # A log line is a few hundred bytes; a longer one is not a record, and is not read whole.
@@ -83,6 +88,29 @@ def _open_log(path, flags: int) -> int:
         return atomic.open_fd(path, flags)
     except OSError as exc:
         raise CheckpointError(f"cannot write the run's log {path}: {exc.strerror or exc}") from None
+
+
+def step_record(event: dict, loss: float | None = None, val_loss: float | None = None) -> dict:
+    """The log record of a loop's "step" or "skip" event (see the module's docstring).
+
+    - loss: a step's mean training loss over the steps since the last record
+    - val_loss: the validation loss when the step was evaluated (None: not evaluated, or no validation data)
+    """
+    record = {k: v for k, v in event.items() if k != "event"}
+    if event["event"] == "skip":
+        record["skipped_nonfinite"] = record.pop("skipped")
+    else:
+        record["loss"] = loss
+    if val_loss is not None:
+        record["val_loss"] = val_loss
+    return record
+
+
+def losses(records: list[dict]) -> tuple[list, list]:
+    """(training, validation) losses of a log's records, each a list of (step, loss): finite numbers only."""
+    train = [(r["step"], r["loss"]) for r in records if is_number(r.get("loss"))]
+    val = [(r["step"], r["val_loss"]) for r in records if is_number(r.get("val_loss"))]
+    return train, val
 
 
 def append_log(path, record: dict, sync: bool = False) -> int:

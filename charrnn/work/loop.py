@@ -222,24 +222,22 @@ def train(run: Run, should_stop=lambda: False, group=None):
                      "elapsed": run.elapsed}
         yield event
         if not finite or logging:
-            record = {k: v for k, v in event.items() if k != "event"}
+            mean_loss = val_loss = None
             if finite:
-                record["loss"] = run.log_sum / run.log_count  # mean over the steps since the last line
+                mean_loss = run.log_sum / run.log_count  # mean over the steps since the last line
                 # reset before saving, so a resumed run never counts these losses again
                 run.log_sum, run.log_count = 0.0, 0
-            else:
-                record["skipped_nonfinite"] = record.pop("skipped")
             if evaluating and writer:  # rank 0 evaluates alone (the others wait at the next step)
                 final_val, improved = yield from _evaluate(run)
-                if final_val is not None:  # None: no validation data
-                    record["val_loss"] = final_val
+                val_loss = final_val  # None: no validation data
                 if reason is None and _stopped_early(run):
                     reason = "early_stop"
             if evaluating and group.size > 1 and group.root_says(reason == "early_stop"):
                 reason = "early_stop"  # rank 0 alone evaluated: its early stop ends every rank at this step
             # the line goes in before the save, so that the checkpoint counts it (run.log_bytes)
             if writer:
-                run.log_bytes = runlog.append_log(run.path(LOG_FILE), record, sync=evaluating)
+                run.log_bytes = runlog.append_log(run.path(LOG_FILE), runlog.step_record(event, mean_loss, val_loss),
+                                                  sync=evaluating)
             if evaluating:
                 yield from _save(run, group, writer and improved,
                                  final_val is not None and math.isfinite(final_val), final_val)

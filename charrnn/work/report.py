@@ -9,7 +9,7 @@ import os
 
 from ..core.cells import TORCH_CELLS
 from ..files import atomic, layout
-from ..files.config import is_number
+from ..runs import runlog
 from ..errors import CharRNNError, CheckpointError
 
 
@@ -104,8 +104,7 @@ def plot_losses(records: list[dict], out_path: str, title: str = "") -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CharRNNError("charrnn plot needs matplotlib: pip install matplotlib") from None
-    train = [(r["step"], r["loss"]) for r in records if is_number(r.get("loss"))]  # finite, within a float
-    val = [(r["step"], r["val_loss"]) for r in records if is_number(r.get("val_loss"))]
+    train, val = runlog.losses(records)
     if not train and not val:
         raise CheckpointError("the log has no losses to plot yet")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
