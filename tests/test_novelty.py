@@ -125,3 +125,102 @@ def test_novelty_needs_the_training_data_beside_the_model(tmp_path):
     code, out, err = invoke(["sample", "-c", model_file, "--novelty", "--length", "5"])
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("Error: ")
     assert "--novelty" in err and "training" in err
+
+
+# ---------------------------------------------------------------- the index built by an external merge sort
+
+
+def brute_order(ids):
+    """Every position sorted by its next k tokens (a shorter tail first), ties by position: by Python tuples."""
+    _, k = novelty.gram_width(ids)
+    return sorted(range(len(ids)), key=lambda p: (tuple(int(x) for x in ids[p:p + k]), p))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_merged_runs_are_the_brute_force_order(tmp_path, monkeypatch, seed):
+    from charrnn.runs import models
+    rng = np.random.default_rng(seed)
+    for trial in range(12):
+        n = int(rng.integers(1, 400))
+        ids = rng.integers(0, [2, 3, 40, 300][trial % 4], n).astype(np.uint16)
+        run_tokens = int(rng.integers(1, 60))  # many runs, merged a few positions of each at a time
+        monkeypatch.setattr(models, "RUN_TOKENS", run_tokens)
+        spill = tmp_path / f"{seed}-{trial}"
+        spill.mkdir()
+        models.build_stream_index(ids, str(spill / "index.npy"), str(spill), b"\x07" * 32)
+        stored = corpus.load_ids(spill / "index.npy")
+        assert stored.dtype == np.uint32 and stored[:8].tobytes() == b"\x07" * 32
+        assert stored[8:].tolist() == brute_order(ids) == novelty.gram_order(ids).tolist()
+        assert len(list(spill.iterdir())) == 1 + -(-n // run_tokens)  # the index, and one file a run
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 13, 1000])
+def test_a_merge_a_few_positions_at_a_time_still_takes_ties_in_position_order(budget):
+    ids = np.array([1, 1, 1, 1, 2, 1, 1, 1, 1, 2] * 30 + [0, 1, 2] * 40, dtype=np.uint8)
+    for k in (1, 2, 3, 8):  # short keys: many ties, between runs and across the merge's steps
+        runs = [novelty.sorted_run(ids, a, min(len(ids), a + 7), 2, k) for a in range(0, len(ids), 7)]
+        merged = np.concatenate(list(novelty.merge_runs(ids, runs, 2, k, budget=budget)))
+        expected = sorted(range(len(ids)), key=lambda p: (tuple(int(x) for x in ids[p:p + k]), p))
+        assert merged.tolist() == expected
+
+
+def test_the_stored_index_is_rebuilt_when_the_training_ids_change_but_not_their_length(tmp_path, monkeypatch):
+    from charrnn.runs import models
+    monkeypatch.setattr(models, "RUN_TOKENS", 16)  # several runs through the command line too
+    train_text = "the cat sat on the mat. " * 3 + "a dog ran far away."
+    vocab, _ = stream_run(tmp_path, train_text)
+    args = ["sample", "-c", tmp_path / "run", "-n", "2", "--length", "40", "--seed", "3", "--novelty"]
+    code, out, err = invoke(args)
+    assert code == 0 and "Indexed" in err, err
+    changed = train_text.replace("cat", "dog").replace("mat", "rat")  # the same length, other text
+    corpus.save_ids(tmp_path / "run" / "data" / "train.npy", vocab.encode(changed))
+    code, out, err = invoke(args)
+    assert code == 0 and "Indexed" in err, err  # built again: the stamp is the ids' digest, not their length
+    for i, text in enumerate(out.rstrip("\n").split("\n\n"), 1):
+        expected = brute_longest(vocab.encode(changed), vocab.encode(text))
+        assert f"sample {i}: longest stretch found in the training text: {expected} characters" in err, err
+    assert sorted(p.name for p in (tmp_path / "run" / "data").iterdir()) == ["train.npy", "train_index.npy",
+                                                                             "val.npy"]  # no spill left
+
+
+def test_an_index_from_the_previous_version_is_rebuilt_with_its_stamp(tmp_path):
+    train_text = "abcabcabd" * 5
+    vocab, _ = stream_run(tmp_path, train_text)
+    ids = vocab.encode(train_text)
+    corpus.save_ids(tmp_path / "run" / "data" / "train_index.npy", novelty.gram_order(ids))  # no stamp
+    code, out, err = invoke(["sample", "-c", tmp_path / "run", "--length", "10", "--novelty"])
+    assert code == 0 and "Indexed" in err, err
+    assert len(corpus.load_ids(tmp_path / "run" / "data" / "train_index.npy")) == len(ids) + 8
+
+
+_BUILD = """
+import sys, numpy as np
+from charrnn.files import corpus
+from charrnn.runs import models
+def peak():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+ids = corpus.load_ids(sys.argv[1])
+models.RUN_TOKENS = 1 << 18
+before = peak()
+models.build_stream_index(ids, sys.argv[2], sys.argv[3], models.ids_digest(ids))
+print(peak() - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_building_the_index_of_16_million_tokens_holds_a_constant_not_the_sort(tmp_path):
+    """The in-memory sort held about 30 bytes a token (keys, their argsort): 480 MB here. The external sort
+    holds its run (2**18 positions) and the merge's blocks, plus the mapped ids (16 MB), within 64 MB."""
+    import subprocess
+    import sys
+    n = 1 << 24
+    ids = (np.random.default_rng(0).zipf(1.3, n) % 90).astype(np.uint8)
+    corpus.save_ids(tmp_path / "train.npy", ids)
+    del ids
+    out = subprocess.run([sys.executable, "-c", _BUILD, tmp_path / "train.npy", tmp_path / "index.npy", tmp_path],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    grew = int(out)
+    assert grew < 64 << 20, f"building the index grew the peak resident set by {grew / 2**20:.0f} MB"
+    index = corpus.load_ids(tmp_path / "index.npy")
+    assert len(index) == n + 8

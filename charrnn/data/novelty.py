@@ -4,13 +4,14 @@ Nothing here scans the training text per sample; each index is built once:
 - lines mode, `LineIndex`: a 64-bit polynomial hash of every line, sorted; a
   sample line is looked up by binary search and confirmed by comparing ids.
 - stream mode, `StreamIndex`: every training position sorted by the next k
-  tokens packed into one integer (`gram_order`: one sort, stored beside the
-  run's ids). A sample's matches at a start position are one range of that
+  tokens packed into one integer, ties by position (`gram_order` in memory;
+  `sorted_run` and `merge_runs`, the pieces of the external merge sort that
+  builds it in bounded memory for the run). A sample's matches at a start position are one range of that
   order, found by binary search; longer matches extend those candidates a
   token at a time, all together. The longest stretch is the best over the
   start positions that could still beat it.
-The math is on arrays only and touches no files (models.novelty_index stores the stream
-index beside the run's training ids).
+The math is on arrays only and touches no files (models.novelty_index spills the runs
+and stores the stream index beside the run's training ids).
 """
 
 from __future__ import annotations
@@ -96,15 +97,89 @@ def _pack(ids, bits: int, k: int) -> np.ndarray:
     return key
 
 
+def keys_at(ids, positions, bits: int, k: int) -> np.ndarray:
+    """The packed key (as _pack makes it) of each of the given positions of ids; (P,) int64."""
+    positions = np.asarray(positions, dtype=np.int64)
+    n = len(ids)
+    key = np.zeros(len(positions), dtype=np.int64)
+    for j in range(k):
+        at = positions + j
+        inside = at < n
+        symbols = np.zeros(len(positions), dtype=np.int64)
+        symbols[inside] = np.asarray(ids[at[inside]], dtype=np.int64) + 1
+        key |= symbols << (bits * (k - 1 - j))
+    return key
+
+
+def order_dtype(n: int):
+    """The dtype of an index over n positions: uint32, int64 from 2**32 tokens on."""
+    return np.dtype(np.uint32 if n < 2**32 else np.int64)
+
+
+def sorted_run(ids, start: int, stop: int, bits: int, k: int) -> np.ndarray:
+    """Positions start..stop-1 of ids sorted by their packed key, ties by position; (stop - start,) int64.
+
+    Reads ids[start : stop + k - 1] only, so a run's memory is its own length's, whatever the length of ids.
+    """
+    window = np.asarray(ids[start : min(len(ids), stop + k - 1)])
+    keys = _pack(window, bits, k)[: stop - start]
+    return np.argsort(keys, kind="stable").astype(np.int64) + start
+
+
+def merge_runs(ids, runs, bits: int, k: int, budget: int = 1 << 22):
+    """Merge sorted runs of positions (as sorted_run makes them, in position order: each run's positions
+    below the next run's) into one order by (key, position); yields the order a block at a time.
+
+    - runs: sequences of positions (memory-mapped files: only a block of each is read at a time)
+    - budget: positions held at once over all runs (with their keys, 16 bytes each): the memory is this
+      constant, whatever the number and length of the runs
+    Each step takes from every run what is at most the smallest last (key, position) read among the runs
+    that have more to read, so nothing taken can be preceded by what is still unread, ties included. The
+    parts taken are sorted stably in run order: ties in position order.
+    """
+    block = max(1, budget // max(1, len(runs)))
+    read = [0] * len(runs)           # positions of each run read so far
+    held_pos = [None] * len(runs)    # (b,) positions read and not yet given out, per run
+    held_key = [None] * len(runs)
+
+    def refill(r):
+        part = np.asarray(runs[r][read[r] : read[r] + block], dtype=np.int64)
+        read[r] += len(part)
+        held_pos[r], held_key[r] = part, keys_at(ids, part, bits, k)
+
+    for r in range(len(runs)):
+        refill(r)
+    while True:
+        live = [r for r in range(len(runs)) if len(held_pos[r])]
+        if not live:
+            return
+        more = [(held_key[r][-1], held_pos[r][-1]) for r in live if read[r] < len(runs[r])]
+        limit = min(more) if more else None  # (key, position): what is still unread sorts after it
+        pos_parts, key_parts = [], []
+        for r in live:
+            take = len(held_key[r])
+            if limit is not None:
+                lo, hi = np.searchsorted(held_key[r], limit[0], side="left"), np.searchsorted(held_key[r], limit[0],
+                                                                                             side="right")
+                take = int(lo + np.searchsorted(held_pos[r][lo:hi], limit[1], side="right"))
+            pos_parts.append(held_pos[r][:take])
+            key_parts.append(held_key[r][:take])
+            held_pos[r], held_key[r] = held_pos[r][take:], held_key[r][take:]
+            if not len(held_pos[r]) and read[r] < len(runs[r]):
+                refill(r)
+        positions = np.concatenate(pos_parts)
+        yield positions[np.argsort(np.concatenate(key_parts), kind="stable")]
+
+
 def gram_order(ids) -> np.ndarray:
-    """The training positions sorted by the next gram_width(ids)[1] tokens (ties in any order): the index.
+    """The training positions sorted by the next gram_width(ids)[1] tokens, ties by position: the index,
+    in memory (models.novelty_index builds it in bounded runs merged from disk instead; the same order).
 
     - ids: (N,) non-negative token ids
     - returns: (N,) uint32 (int64 from 2**32 tokens on); one sort of packed keys, no per-position Python work
     """
     bits, k = gram_width(ids)
-    order = np.argsort(_pack(ids, bits, k))
-    return order.astype(np.uint32 if len(ids) < 2**32 else np.int64)
+    return sorted_run(ids, 0, len(ids), bits, k).astype(order_dtype(len(ids)))
 
 
 class StreamIndex:

@@ -9,15 +9,19 @@ stores for the next call when the run can be written.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 
+import numpy as np
 
-from ..files import checkpoint, corpus
+from ..files import atomic, checkpoint, corpus
 from ..data import novelty
 from ..files.layout import CHECKPOINTS, DATA_DIR, MODEL_FILE, SNAPSHOTS_DIR, run_model_file
 from ..files.modelmeta import check_model_meta
 from ..tasks import registry as tasks
-from ..errors import CharRNNError, CheckpointError, ConfigError, option
+from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, option
 from ..data.vocab import Vocab
 from .prepare import data_dir, data_path, read_split
 
@@ -125,6 +129,69 @@ def load_checkpoint(path: str | None):
 # ---------------------------------------------------------------- the novelty index (charrnn sample --novelty)
 
 NOVELTY_INDEX = "train_index.npy"  # in data/: the stream-mode index of the training ids (novelty.gram_order)
+RUN_TOKENS = 1 << 20               # positions sorted in memory at once while the index is built (one run)
+_STAMP_BYTES = 32                  # the index file starts with the sha256 of the ids it indexes
+
+
+def ids_digest(ids) -> bytes:
+    """sha256 of an id array's values as stored (its dtype and length too), read a slice at a time."""
+    h = hashlib.sha256(f"{np.dtype(ids.dtype).str} {len(ids)};".encode("ascii"))
+    step = 1 << 24
+    for start in range(0, len(ids), step):
+        h.update(np.ascontiguousarray(ids[start : start + step]))
+    corpus.release_pages(ids)
+    return h.digest()
+
+
+def _stored_order(path: str, ids, digest: bytes):
+    """The order stored at path when it is the index of exactly these ids (its stamp is their digest), else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        stored = corpus.load_ids(path)
+    except CharRNNError:
+        return None
+    head = _STAMP_BYTES // stored.dtype.itemsize
+    if stored.dtype != novelty.order_dtype(len(ids)) or len(stored) != head + len(ids):
+        return None
+    if np.asarray(stored[:head]).tobytes() != digest:
+        return None  # another corpus's (same length or not): build it again
+    return stored[head:]
+
+
+def build_stream_index(ids, path: str, spill: str, digest: bytes) -> None:
+    """Write the stream index of ids to path (atomically): its digest, then every position sorted by its
+    packed key, ties by position (novelty.gram_order's order), by an external merge sort.
+
+    Runs of RUN_TOKENS positions are sorted in memory one at a time and written to the folder spill; they
+    are then merged a block of each at a time (novelty.merge_runs), straight into path. Memory is a
+    constant (a run, the merge's blocks) plus the memory-mapped ids; the disk holds the runs meanwhile
+    (4 or 8 bytes a token, as the index). CorpusError when a file cannot be written.
+    """
+    n = len(ids)
+    bits, k = novelty.gram_width(ids) if n else (1, 1)
+    dtype = novelty.order_dtype(n)
+    runs = []
+    for number, start in enumerate(range(0, n, RUN_TOKENS)):
+        run_path = os.path.join(spill, f"run{number}.npy")
+        corpus.save_ids(run_path, novelty.sorted_run(ids, start, min(n, start + RUN_TOKENS), bits, k).astype(dtype))
+        runs.append(corpus.load_ids(run_path))
+        corpus.release_pages(ids)
+    stamp = np.frombuffer(digest, dtype=dtype)
+
+    def write(f):
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": (len(stamp) + n,)})
+        f.write(stamp.tobytes())
+        for part in novelty.merge_runs(ids, runs, bits, k, RUN_TOKENS):
+            f.write(part.astype(dtype).tobytes())
+            corpus.release_pages(ids)
+            for run in runs:
+                corpus.release_pages(run)
+    try:
+        atomic.write_file(path, write)
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot write the novelty index: {e.strerror or e}") from None
 
 
 def novelty_index(model_file: str, lines: bool):
@@ -132,7 +199,9 @@ def novelty_index(model_file: str, lines: bool):
 
     - lines: (LineIndex of the training lines, LineIndex of the validation lines or None)
     - stream: a novelty.StreamIndex, read from data/train_index.npy or built and stored there (where the
-      run directory cannot be written, it is built for this call only)
+      run directory cannot be written, it is built in a temp folder for this call only). The stored index
+      starts with the sha256 of the training ids it indexes: ids that changed, whatever their length,
+      get a new index. It is built by an external merge sort (build_stream_index), in bounded memory.
     ConfigError when no training data is stored beside the model (a model file copied out of its run).
     """
     directory = run_of(model_file)
@@ -154,19 +223,20 @@ def novelty_index(model_file: str, lines: bool):
             val_index = None
         return (novelty.LineIndex(ids, offsets), val_index), True
     path = data_path(directory, NOVELTY_INDEX)
-    order = None
-    if os.path.exists(path):
-        try:
-            order = corpus.load_ids(path)
-        except CharRNNError:
-            order = None
-        if order is not None and len(order) != len(ids):
-            order = None  # not this run's: build it again
+    digest = ids_digest(ids)
+    order = _stored_order(path, ids, digest)
     if order is not None:
         return novelty.StreamIndex(ids, order), False
-    index = novelty.StreamIndex(ids)
     try:
-        corpus.save_ids(path, index.order)
-    except CharRNNError:
-        pass  # a read-only run: the index serves this call only
-    return index, True
+        with tempfile.TemporaryDirectory(prefix=".train_index.", suffix=".tmp", dir=data_dir(directory)) as spill:
+            build_stream_index(ids, path, spill, digest)
+    except (OSError, CorpusError):  # a read-only run: the index serves this call only, built in a temp folder
+        spill = tempfile.mkdtemp(prefix="charrnn-index-")
+        try:
+            path = os.path.join(spill, NOVELTY_INDEX)
+            build_stream_index(ids, path, spill, digest)
+            order = _stored_order(path, ids, digest)  # mapped; the folder's files go, the mapping stays
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+        return novelty.StreamIndex(ids, order), True
+    return novelty.StreamIndex(ids, _stored_order(path, ids, digest)), True
