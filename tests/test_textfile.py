@@ -499,3 +499,31 @@ def test_a_labelled_file_prepared_in_chunks_is_the_in_memory_oracle(tmp_path_fac
     if not any(line.strip() for line in lines) or (val and not any(line.strip() for line in val)):
         return  # an empty file: test_files_refused_as_read_text_refuses_them
     assert outcome(engine, tmp / "new") == outcome(reference, tmp / "ref")
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("change", ["swap", "same_length_other_words"])
+def test_a_file_changed_between_the_passes_is_refused_even_with_the_same_token_counts(tmp_path, mode, level, change):
+    """Pass 2 found a change only where it changed a token count (the id files' lengths). Now the bytes pass 1
+    read are checked (a CRC-32 and their number) before any file is renamed into place: a change that keeps
+    every count (two characters swapped: the same tokens, in another order) is refused, and no data written."""
+    path = tmp_path / "c.txt"
+    text = "the cat sat on the mat\nthe dog ran far away\n" * 40
+    path.write_text(text, encoding="utf-8")
+    tc = TrainConfig(batch_size=2, seq_len=4, mode=mode, level=level)
+    tf = textfile.open_text(path, chunk_bytes=64)
+    textfile.scan(tf, level, mode)  # pass 1
+    if change == "swap":
+        changed = text.replace("cat sat", "sat cat", 1)  # every character and word count kept
+    else:
+        changed = text.replace("dog", "cow", 1) if level == "word" else text.replace("dog", "god", 1)
+    path.write_text(changed, encoding="utf-8")
+    with pytest.raises(CorpusError, match="changed while it was being prepared"):
+        prepare.prepare_data(tmp_path / "run", tf, None, tc)
+    assert not (tmp_path / "run" / "data").exists() or not [
+        name for name in os.listdir(tmp_path / "run" / "data") if name.endswith(".npy")]
+    # unchanged since its pass 1, the same file is prepared
+    tf = textfile.open_text(path, chunk_bytes=64)
+    prepare.prepare_data(tmp_path / "run", tf, None, tc)
+    assert (tmp_path / "run" / "data" / "train.npy").exists()

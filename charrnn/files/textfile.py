@@ -12,6 +12,10 @@ lines (byte start, byte end, tokens) to an anonymous temporary file, read
 back memory-mapped. `prepare_data` (pass 2) builds the vocabulary from the counts
 and encodes the text straight into the run's .npy id files, in the vocabulary's
 smallest unsigned dtype (`vocab.id_dtype`, recorded in each file's header).
+Pass 1 keeps a CRC-32 of the bytes it read (`_Digest`); once every file is
+staged, and before any is renamed into place, the file is read again for it
+(`check_unchanged`): a file changed between the passes is refused even where
+the change kept every token count.
 
 The text is never held whole: a chunk at a time, plus the counts (characters,
 or at word level the words and their counts) and, in lines mode, one byte per
@@ -31,6 +35,7 @@ import os
 import re
 import tempfile
 import weakref
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, compress
@@ -403,10 +408,11 @@ def _start(f, tf: TextFile) -> int:
 # ---------------------------------------------------------------- the text in chunks
 
 
-def _blocks(tf: TextFile, resume: int = 0):
+def _blocks(tf: TextFile, resume: int = 0, digest: "_Digest | None" = None):
     """Yield (resume, text): the file's text in blocks, newlines normalized, decoded incrementally.
 
     - resume: 0 for the file's start (its BOM dropped), else a position an earlier block reported
+    - digest: takes every byte read (pass 1: what pass 2 is checked against)
     Each block's resume is the byte from which a fresh decoder gives that block's text first (a block
     ends before a "\\r", which waits for the next block in case a "\\n" follows it).
     """
@@ -423,6 +429,8 @@ def _blocks(tf: TextFile, resume: int = 0):
             block_resume = pos - pending - len(held)
             data = f.read(tf.chunk_bytes)
             final = not data
+            if digest is not None:
+                digest.add(data)
             try:
                 text = decoder.decode(data, final)
             except UnicodeDecodeError as e:
@@ -540,6 +548,39 @@ class _Counts:
         return {t: c for t, c in self.words.items() if c > 0}
 
 
+class _Digest:
+    """A CRC-32 of the bytes given, and their number: what pass 1 read of a file, for pass 2 to check that
+    the file still holds it (a change of any byte is caught, whatever it does to the token count; two
+    texts of one length share a CRC-32 by chance once in 2**32)."""
+
+    def __init__(self):
+        self.crc, self.size = 0, 0
+
+    def add(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Digest) and (self.crc, self.size) == (other.crc, other.size)
+
+
+def file_digest(tf: TextFile) -> _Digest:
+    """The _Digest of the file's bytes after its BOM, read again in large blocks (the check of pass 2)."""
+    digest = _Digest()
+    with _open(tf) as f:
+        _start(f, tf)
+        while data := f.read(max(tf.chunk_bytes, 1 << 22)):
+            digest.add(data)
+    return digest
+
+
+def check_unchanged(tf: TextFile, s: Scan) -> None:
+    """CorpusError when the file no longer holds the bytes its scan s read (a file of ours, spooled, is
+    nobody else's to change: not read again)."""
+    if tf.spool is None and s.digest is not None and file_digest(tf) != s.digest:
+        raise CorpusError(f"{tf}: the file changed while it was being prepared; run again")
+
+
 # ---------------------------------------------------------------- pass 1: the scan
 
 
@@ -576,6 +617,7 @@ class Scan:
     prefixes: set = field(default_factory=set)
     bad: int = 0
     first_bad: tuple | None = None
+    digest: "_Digest | None" = None  # of the bytes pass 1 read (the file after its BOM): pass 2 is checked against it
 
 
 def scan(tf: TextFile, level: str, mode: str) -> Scan:
@@ -587,9 +629,9 @@ def scan(tf: TextFile, level: str, mode: str) -> Scan:
 
 
 def _scan_stream(tf: TextFile, level: str) -> Scan:
-    s = Scan(level, "stream", counts=_Counts(level))
+    s = Scan(level, "stream", counts=_Counts(level), digest=_Digest())
     words = set()
-    for origin, piece in _pieces(_blocks(tf), level, _limit(tf)):
+    for origin, piece in _pieces(_blocks(tf, digest=s.digest), level, _limit(tf)):
         n = s.counts.add(piece)
         s.pieces.append((origin, s.n_chars, n))
         s.n_chars += len(piece)
@@ -600,7 +642,7 @@ def _scan_stream(tf: TextFile, level: str) -> Scan:
     return s
 
 
-def _line_chunks(tf: TextFile):
+def _line_chunks(tf: TextFile, digest: "_Digest | None" = None):
     """Yield (byte start, bytes): the file (BOM dropped) in chunks that end after a line end, or at its end.
 
     A chunk ends after a "\\n", or after a "\\r" whose next byte is read (and is no "\\n"), so each chunk
@@ -615,6 +657,8 @@ def _line_chunks(tf: TextFile):
             if held > _MAX_LINE_BYTES and not tf.long_lines:
                 corpus.check_line_lengths(-(-held // 4), at_least=True, where=f"{tf}: ", classifier=_tagged(tf))
             data = f.read(tf.chunk_bytes)
+            if digest is not None:
+                digest.add(data)
             if not data:
                 if held:
                     yield pos, b"".join(parts)
@@ -677,12 +721,12 @@ def _parsed(tf: TextFile, s: Scan, text: str, lines: list, numbered: int):
 
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
-    s = Scan(level, "lines", counts=_Counts(level))
+    s = Scan(level, "lines", counts=_Counts(level), digest=_Digest())
     words = set()
     numbered = 0  # lines of the text before this chunk ("\n"s)
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
-        for start, data in _line_chunks(tf):
+        for start, data in _line_chunks(tf, s.digest):
             text = _decode_chunk(tf, start, data)
             s.n_chars += len(text)
             arr = np.frombuffer(data, dtype=np.uint8)
@@ -772,6 +816,9 @@ def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: Train
         vocab, files = _lines(train, val, tconfig, make)
     else:
         vocab, files = _stream(train, val, tconfig, make, train.val_start)
+    *_, last = files
+    files[last] = _then_unchanged(files[last], [(tf, scan(tf, tconfig.level, tconfig.mode))
+                                                for tf in (train, val) if tf is not None])
     os.makedirs(data_dir, exist_ok=True)
     atomic.cleanup_temp_files(data_dir)  # left by a start that was killed
     try:
@@ -779,6 +826,17 @@ def prepare_data(data_dir, train: TextFile, val: TextFile | None, tconfig: Train
     except OSError as e:
         raise CorpusError(f"{e.filename}: cannot write token ids: {e.strerror or e}") from None
     return vocab
+
+
+def _then_unchanged(write, sources):
+    """write, followed by check_unchanged of each (TextFile, Scan): run as the last file is staged, so a file
+    that changed between the passes is refused before any file is renamed into place, even where the
+    change kept the token counts that _npy checks."""
+    def checked(f):
+        write(f)
+        for tf, s in sources:
+            check_unchanged(tf, s)
+    return checked
 
 
 def _npy(dtype, n: int, arrays, where: TextFile):
