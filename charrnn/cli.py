@@ -129,7 +129,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--min-count", type=int, group=DATA,
         help="Tokens seen fewer times become UNK.  [default: 1; 2 at word level, so that the model learns <unk> "
              "from the words seen once]")
-@option("--max-vocab", type=int, group=DATA, help="Keep only the most frequent tokens.  [default: no limit]")
+@option("--max-vocab", type=int, group=DATA, help="Keep only the most frequent tokens.  [default: no limit; word level "
+        "counts at most 1,048,576 distinct words, the rarest dropped past that]")
 @option("--errors", type=click.Choice(TEXT_ERRORS), group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @option("--encoding", metavar="CODEC", group=DATA,

@@ -527,3 +527,63 @@ def test_a_file_changed_between_the_passes_is_refused_even_with_the_same_token_c
     tf = textfile.open_text(path, chunk_bytes=64)
     prepare.prepare_data(tmp_path / "run", tf, None, tc)
     assert (tmp_path / "run" / "data" / "train.npy").exists()
+
+
+def _open_vocabulary_text(n_words: int, seed: int = 0) -> str:
+    """Words of a Zipf-like law with an open vocabulary: a few frequent words, and new words that keep coming."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.zipf(1.2, n_words)
+    words = [f"w{r}" for r in ranks.tolist()]
+    return "\n".join(" ".join(words[i:i + 12]) for i in range(0, n_words, 12)) + "\n"
+
+
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_word_counts_past_the_table_keep_the_frequent_words_exactly(tmp_path, monkeypatch, mode):
+    """Past WORD_TABLE distinct words the rarest are dropped as the scan goes (the memory stays bounded);
+    the frequent words' counts stay exact, so a vocabulary of the most frequent words is the exact one."""
+    text = _open_vocabulary_text(20_000)
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    exact = build_vocab(text, "word", max_vocab=20)
+    monkeypatch.setattr(textfile, "WORD_TABLE", 256)
+    s = textfile.scan(textfile.open_text(path, chunk_bytes=512), "word", mode)
+    assert len(s.counts.words) <= 256 + 12 * 60  # the table, and what one chunk's lines can add before a prune
+    counts = s.counts.as_dict()
+    top = sorted(exact.tokens[3:], key=lambda w: -text.split().count(w))[:10]
+    for word in top:
+        assert counts[word] == len(re.findall(rf"(?<!\S){word}(?!\S)", text))
+    tc = TrainConfig(batch_size=2, seq_len=4, mode=mode, level="word", max_vocab=20, val_frac=0.0)
+    vocab = prepare.prepare_data(tmp_path / "run", textfile.open_text(path, chunk_bytes=512), None, tc)
+    assert vocab.tokens == exact.tokens if mode == "stream" else set(vocab.tokens) - {"\n"} == set(exact.tokens) - {"\n"}
+
+
+_COUNT_WORDS = """
+import sys
+from charrnn.files import textfile
+def peak():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+textfile.WORD_TABLE = 1 << 15
+before = peak()
+s = textfile.scan(textfile.open_text(sys.argv[1]), "word", sys.argv[2])
+print(peak() - before, len(s.counts.words))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+@pytest.mark.parametrize("mode", ["stream", "lines"])
+def test_counting_a_million_distinct_words_holds_the_table_not_the_words(tmp_path, mode):
+    """A Counter of every distinct word grew with the corpus (about 100 bytes a word: 100 MB here); the
+    table keeps at most WORD_TABLE of them (2**15 in this child), within 48 MB with the chunks."""
+    import subprocess
+    import sys
+    path = tmp_path / "words.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for block in range(10):
+            f.write("\n".join(" ".join(f"new{block}x{i + j}" for j in range(10)) for i in range(0, 100_000, 10)))
+            f.write("\n")
+    out = subprocess.run([sys.executable, "-c", _COUNT_WORDS, path, mode], capture_output=True, text=True,
+                         timeout=600, check=True).stdout.split()
+    grew, kept = int(out[0]), int(out[1])
+    assert kept <= (1 << 15) + 100_000, kept
+    assert grew < 48 << 20, f"counting a million distinct words grew the peak resident set by {grew / 2**20:.0f} MB"

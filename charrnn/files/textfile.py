@@ -18,7 +18,8 @@ staged, and before any is renamed into place, the file is read again for it
 the change kept every token count.
 
 The text is never held whole: a chunk at a time, plus the counts (characters,
-or at word level the words and their counts) and, in lines mode, one byte per
+or at word level the words and their counts, at most WORD_TABLE of them: past
+that the rarest are dropped as the scan goes, `_Counts.bound`) and, in lines mode, one byte per
 line saying which split it is in (and, while that is drawn, the seeded
 permutation of the lines that chooses it, 8 bytes per line, as before). Every result is that of the in-memory path
 (`prepare.prepare_data` on `corpus.read_text`'s string): the same split, the
@@ -53,6 +54,9 @@ _BOM = corpus._BOM
 _SPACE_START = re.compile(r"\S(?=[^\S\n])")  # a token ends and a run of spaces starts right after it
 _LINE_ENDS = (10, 13)  # "\n" and "\r": never inside a multi-byte UTF-8 character
 _MAX_LINE_BYTES = 4 * corpus.MAX_LINE_CHARS  # a longer line has more characters than lines mode takes
+# word level: the most distinct words counted at once. Past it the rarest are dropped (_Counts.bound), so the
+# counts' memory is bounded (about 200 MB) whatever the corpus; exact up to this many distinct words
+WORD_TABLE = 1 << 20
 
 
 @dataclass(eq=False)
@@ -537,9 +541,23 @@ class _Counts:
         toks = WORD_PATTERN.findall(piece)
         if sign > 0:
             self.words.update(toks)
+            self.bound()
         else:
             self.words.subtract(toks)
         return len(toks)
+
+    def bound(self) -> None:
+        """Past WORD_TABLE distinct words, drop the rarest: keep the words counted more often than the count
+        at rank WORD_TABLE // 2 (at most half the table; none of a tie is kept or dropped alone, so what is
+        kept does not depend on the order the words came in). A word dropped and met again counts afresh:
+        its count is then short, which can only matter for words rarer than those kept (lossy counting).
+        Exact for a corpus of up to WORD_TABLE distinct words; beyond, the vocabulary holds fewer than
+        WORD_TABLE words, a function of the corpus (and the reading's chunks)."""
+        if len(self.words) <= WORD_TABLE:
+            return
+        counts = np.fromiter(self.words.values(), dtype=np.int64, count=len(self.words))
+        floor = int(-np.partition(-counts, WORD_TABLE // 2)[WORD_TABLE // 2])
+        self.words = Counter({word: n for word, n in self.words.items() if n > floor})
 
     def as_dict(self) -> dict:
         if self.level == "char":
@@ -579,6 +597,18 @@ def check_unchanged(tf: TextFile, s: Scan) -> None:
     nobody else's to change: not read again)."""
     if tf.spool is None and s.digest is not None and file_digest(tf) != s.digest:
         raise CorpusError(f"{tf}: the file changed while it was being prepared; run again")
+
+
+class _Seen:
+    """The distinct words met (the speed estimate's vocabulary), up to WORD_TABLE of them: beyond, the
+    estimate's vocabulary is at least that (the counts keep fewer words: see _Counts.bound)."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def update(self, words) -> None:
+        if len(self.seen) <= WORD_TABLE:
+            self.seen.update(words)
 
 
 # ---------------------------------------------------------------- pass 1: the scan
@@ -630,7 +660,7 @@ def scan(tf: TextFile, level: str, mode: str) -> Scan:
 
 def _scan_stream(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "stream", counts=_Counts(level), digest=_Digest())
-    words = set()
+    words = _Seen()
     for origin, piece in _pieces(_blocks(tf, digest=s.digest), level, _limit(tf)):
         n = s.counts.add(piece)
         s.pieces.append((origin, s.n_chars, n))
@@ -638,7 +668,7 @@ def _scan_stream(tf: TextFile, level: str) -> Scan:
         s.n_tokens += n
         if level == "word":
             words.update(piece.split())
-    s.distinct = len(words) if level == "word" else int(np.count_nonzero(s.counts.hist))
+    s.distinct = len(words.seen) if level == "word" else int(np.count_nonzero(s.counts.hist))
     return s
 
 
@@ -722,7 +752,7 @@ def _parsed(tf: TextFile, s: Scan, text: str, lines: list, numbered: int):
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level), digest=_Digest())
-    words = set()
+    words = _Seen()
     numbered = 0  # lines of the text before this chunk ("\n"s)
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
@@ -765,6 +795,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 rows[:, 2] = [len(t) for t in toks]
                 for t in toks:
                     s.counts.words.update(t)
+                s.counts.bound()
                 for line in lines:
                     words.update(line.split())
                 s.n_tokens += int(rows[:, 2].sum()) + spaces + text.count("\n")
@@ -777,7 +808,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
             s.n_tokens = s.n_chars
             s.distinct = len(seen_tokens(tf, "char", "lines", s))  # set(text)
         else:
-            s.distinct = len(words.union(*(p.split() for p in s.prefixes)))
+            s.distinct = len(words.seen.union(*(p.split() for p in s.prefixes)))
         out.flush()
         s.index = np.memmap(out, dtype=np.int64, mode="r", shape=(s.n_lines, COLUMNS)) if s.n_lines else \
             np.zeros((0, COLUMNS), dtype=np.int64)
