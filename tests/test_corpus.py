@@ -310,8 +310,8 @@ def test_an_endless_pipe_of_text_is_refused_at_the_bound(tmp_path, monkeypatch):
         corpus.read_text(fifo)
     writer.join(timeout=10)
     assert not writer.is_alive()
-    assert str(info.value) == (f"{fifo}: more than 65,536 bytes from a pipe or device, the most that is read into "
-                               f"memory; save the text to a file first")
+    assert str(info.value) == (f"{fifo}: more than 65,536 bytes from a pipe or device, the most charrnn takes "
+                               f"from one; save the text to a file first")
 
 
 def test_standard_input_is_read_within_the_bound(tmp_path, monkeypatch):

@@ -587,3 +587,13 @@ def test_counting_a_million_distinct_words_holds_the_table_not_the_words(tmp_pat
     grew, kept = int(out[0]), int(out[1])
     assert kept <= (1 << 15) + 100_000, kept
     assert grew < 48 << 20, f"counting a million distinct words grew the peak resident set by {grew / 2**20:.0f} MB"
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 65_537, 1_000_003])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_held_out_lines_are_drawn_as_the_64_bit_permutation_drew_them(n, seed):
+    """Lines mode's held-out share is the start of a seeded permutation; it is now shuffled as 4-byte line
+    numbers, which must be the order Generator.permutation(n) gives (8 bytes a line): the same split."""
+    order = np.arange(n, dtype=np.uint32)
+    np.random.default_rng(seed).shuffle(order)
+    assert np.array_equal(order, np.random.default_rng(seed).permutation(n))

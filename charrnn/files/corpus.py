@@ -195,7 +195,7 @@ def input_blocks(path, limit: int | None = None, encoding: str = DEFAULT_ENCODIN
             total += len(block)
             if limit is None and not regular and total > MAX_STREAM_BYTES:
                 raise CorpusError(f"{name}: more than {MAX_STREAM_BYTES:,} bytes from a pipe or device, the most "
-                                  f"that is read into memory; save the text to a file first")
+                                  f"charrnn takes from one; save the text to a file first")
             yield block
     except OSError as e:
         raise CorpusError(f"{name}: cannot read: {e.strerror or e}") from None

@@ -21,7 +21,8 @@ The text is never held whole: a chunk at a time, plus the counts (characters,
 or at word level the words and their counts, at most WORD_TABLE of them: past
 that the rarest are dropped as the scan goes, `_Counts.bound`) and, in lines mode, one byte per
 line saying which split it is in (and, while that is drawn, the seeded
-permutation of the lines that chooses it, 8 bytes per line, as before). Every result is that of the in-memory path
+permutation of the lines that chooses it, 4 bytes per line: the order
+`permutation` gives, drawn by `shuffle` on 32-bit line numbers). Every result is that of the in-memory path
 (`prepare.prepare_data` on `corpus.read_text`'s string): the same split, the
 same vocabulary and the same ids. Where a chunk is cut is never seen in the
 result: at word level it is cut only where a token ends (before a newline, or
@@ -1076,8 +1077,11 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabM
     corpus.check_line_lengths(s.longest, classifier=_tagged(train))
     _check_parsed(train, s)
     if val is None:
-        # as prepare.prepare_data: a seeded random share of the lines is held out (one bit per line here)
-        order = np.random.default_rng(tc.seed).permutation(s.n_lines)
+        # as prepare.prepare_data: a seeded random share of the lines is held out (one byte per line here). The
+        # permutation is shuffled in place as 4-byte line numbers (Generator.shuffle draws what permutation(n)
+        # draws, so the order is the same: tests/test_textfile.py compares), not permutation(n)'s 8 bytes
+        order = np.arange(s.n_lines, dtype=np.uint32 if s.n_lines < 2**32 else np.int64)
+        np.random.default_rng(tc.seed).shuffle(order)
         held = np.zeros(s.n_lines, dtype=bool)
         held[order[: int(s.n_lines * tc.val_frac)]] = True
         del order
