@@ -597,3 +597,12 @@ def test_the_held_out_lines_are_drawn_as_the_64_bit_permutation_drew_them(n, see
     order = np.arange(n, dtype=np.uint32)
     np.random.default_rng(seed).shuffle(order)
     assert np.array_equal(order, np.random.default_rng(seed).permutation(n))
+
+
+@given(st.text(alphabet=st.sampled_from("ab \t\n\u00a0\u2028é."), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_the_last_run_of_spaces_is_found_as_walking_every_match_finds_it(text):
+    last = None
+    for last in textfile._SPACE_START.finditer(text):
+        pass
+    assert textfile._last_space_start(text) == (None if last is None else last.end())

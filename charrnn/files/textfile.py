@@ -53,6 +53,7 @@ from ..data.vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, v
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
 _SPACE_START = re.compile(r"\S(?=[^\S\n])")  # a token ends and a run of spaces starts right after it
+_SPACE_START_REVERSED = re.compile(r"[^\S\n]\S")  # the same, in the reversed text: its first match is the last
 _LINE_ENDS = (10, 13)  # "\n" and "\r": never inside a multi-byte UTF-8 character
 _MAX_LINE_BYTES = 4 * corpus.MAX_LINE_CHARS  # a longer line has more characters than lines mode takes
 # word level: the most distinct words counted at once. Past it the rarest are dropped (_Counts.bound), so the
@@ -470,11 +471,9 @@ def _pieces(blocks, level: str, limit: int):
             origin = (resume, 0)
         # the runs of spaces starting in this block (its first may start right after the kept text's last character)
         before = parts[-1][-1:] if parts else ""
-        last = None
-        for last in _SPACE_START.finditer(before + text):
-            pass
+        last = _last_space_start(before + text)
         if last is not None:
-            space = size - len(before) + last.end()
+            space = size - len(before) + last
         nl = text.rfind("\n")
         parts.append(text)
         total = size + len(text)
@@ -494,6 +493,13 @@ def _pieces(blocks, level: str, limit: int):
             parts, size = [], 0
     if parts:
         yield origin, "".join(parts)
+
+
+def _last_space_start(text: str) -> int | None:
+    """The end of _SPACE_START's last match in text (just after a token that a run of spaces follows), or None;
+    found by one search of the reversed text, not by walking every match (a Python step per word)."""
+    found = _SPACE_START_REVERSED.search(text[::-1])
+    return None if found is None else len(text) - found.start() - 1
 
 
 def _replay(tf: TextFile, level: str, origin=(0, 0)):
