@@ -562,19 +562,19 @@ def eval_(text_file, checkpoint_path, errors, encoding, as_json, quiet):
         click.echo(line)
 
 
-# ---------------------------------------------------------------- a task's own command (classify)
+# ---------------------------------------------------------------- a task's own command (classify, tag)
 
 
 def _task_command(name: str, help_text: str, options: tuple) -> None:
     """Add a task's own command (`charrnn classify`), built from what the task says of it (constants.
-    TASK_COMMANDS): TEXT_FILE (or "-"), -c, the task's options, --errors and --encoding; it prints the lines
+    TASK_COMMANDS): TEXT_FILE (or "-"), -c, the task's options, --errors and --encoding; it prints what
     api.Model.run_command gives."""
     def command(text_file, checkpoint_path, errors, encoding, **given):
         model = api.load(checkpoint_path)
         out = sys.stdout
         try:
-            for line in model.run_command(name, text_file, errors, encoding, shown, **given):
-                out.write(line + "\n")
+            for piece in model.run_command(name, text_file, errors, encoding, shown, **given):
+                out.write(piece)
             out.flush()
         except BrokenPipeError:  # `charrnn classify | head`: not an error
             to_devnull(sys.stdout)
@@ -586,7 +586,8 @@ def _task_command(name: str, help_text: str, options: tuple) -> None:
     command = click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
                            help="Invalid UTF-8: stop with an error, or replace the bad bytes.")(command)
     for spec in reversed(options):
-        command = click.option("--" + spec.name.replace("_", "-"), spec.name, type=spec.type, default=spec.default,
+        command = click.option("--" + (spec.flag or spec.name).replace("_", "-"), spec.name,
+                               type=click.Choice(spec.choices) if spec.choices else spec.type, default=spec.default,
                                show_default=True, help=spec.help)(command)
     command = _checkpoint_option(command)
     command = click.argument("text_file", required=False, default="-",
@@ -596,45 +597,6 @@ def _task_command(name: str, help_text: str, options: tuple) -> None:
 
 for _name, _help, _options in TASK_COMMANDS:
     _task_command(_name, _help, _options)
-
-
-# ---------------------------------------------------------------- tag
-
-
-@cli.command()
-@click.argument("text_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
-@_checkpoint_option
-@click.option("--format", "output_format", type=click.Choice(["jsonl", "conll"]), default="jsonl", show_default=True,
-              help="One JSON object per sequence (tokens, tags, probs), or CoNLL columns (token, tag, probability).")
-@click.option("--errors", type=click.Choice(TEXT_ERRORS), default="strict", show_default=True,
-              help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
-@click.option("--encoding", default=None, metavar="CODEC",
-              help="The text encoding of TEXT_FILE, such as latin-1 or cp1252.  [default: the model's, utf-8 "
-                   "unless it was trained with another]")
-def tag(text_file, checkpoint_path, output_format, errors, encoding):
-    """Tag each token of TEXT_FILE (or stdin, "-") with a trained tagger.
-
-    Reads plain lines (their characters at char level, their words at word
-    level) or JSON Lines with "tokens" (its own output reads back); blank
-    lines are skipped. Writes one JSON object per sequence with its tokens,
-    their tags and each tag's probability, or with --format conll a
-    token<TAB>tag<TAB>probability line per token and a blank line after each
-    sequence. Tokens the model never saw count as unknown.
-
-    \b
-    Examples:
-      charrnn tag sentences.txt -c checkpoints/ner
-      echo "Harry met Hermione" | charrnn tag --format conll
-    """
-    model = api.load(checkpoint_path)
-    results = model.tag_file(text_file, errors, encoding)
-    out = sys.stdout
-    try:
-        for result in results:
-            out.write(result.as_json() + "\n" if output_format == "jsonl" else result.as_conll(shown))
-        out.flush()
-    except BrokenPipeError:  # `charrnn tag | head`: not an error
-        to_devnull(sys.stdout)
 
 
 # ---------------------------------------------------------------- annotate

@@ -116,7 +116,7 @@ class CaseTask(Task):
         x, _, mask = batches.line_batch(ids, offsets, np.arange(len(lines)), model.vocab.bos, model.vocab.eos)
         logits = model_logits(model.params, model.config, x)
         for line, tags in zip(lines, logits.argmax(axis=2)):
-            yield line + "\t" + "".join(str(t) for t in tags[1 : len(line) + 1])  # each character's tag
+            yield line + "\t" + "".join(str(t) for t in tags[1 : len(line) + 1]) + "\n"  # each character's tag
 
     def validation_loss(self, run):
         n = len(run.val_offsets) - 1
@@ -166,7 +166,7 @@ def test_a_third_task_trains_end_to_end_with_only_its_module_and_a_registration_
         loaded.classify("a")
     # its own command, through the API and as the command line builds it from the task
     (tmp_path / "in.txt").write_text("Abc dEf\nmno\n")
-    lines = list(loaded.run_command("case", tmp_path / "in.txt"))
+    lines = "".join(loaded.run_command("case", tmp_path / "in.txt")).splitlines()
     assert [line.split("\t")[0] for line in lines] == ["Abc dEf", "mno"]
     assert lines[1] == "mno\t000" and len(lines[0].split("\t")[1]) == 7
     cli._task_command("case", CaseTask.command_lines.__doc__, CaseTask.command_options)

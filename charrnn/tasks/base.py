@@ -98,6 +98,8 @@ class CommandOption:
     type: type          # int, float, str
     default: object
     help: str
+    flag: str = ""      # the flag's words where they are not the name's (output_format: --format)
+    choices: tuple = ()  # the values it takes, where they are few
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ class Task:
         return type(self).command_lines is not Task.command_lines
 
     def command_lines(self, model, path, errors: str, encoding, shown, **options):
-        """The lines the task's own command prints for the input at path ("-": standard input), read with
+        """The text the task's own command prints, a piece at a time (each piece ends its own lines), for
+        the input at path ("-": standard input), read with
         errors and encoding (None: the model's), of an api.Model whose methods it calls; shown: the front
         end's escape of a name read from the model file; options: its command_options by name. Checks come
         before the first line. Its docstring, in a task that defines it, is the command's help."""

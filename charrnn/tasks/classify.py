@@ -250,7 +250,7 @@ class Classifier(Task):
         texts = model.read_lines(path, errors, encoding)
         ranked = model.classify(texts, top_k=top_k)
         for text, pairs in zip(texts, ranked):
-            yield "\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}"
+            yield "\t".join(f"{shown(label)}\t{p:.4f}" for label, p in pairs) + f"\t{text}\n"
 
     def classify(self, params, config, vocab, labels, texts: list[str], top_k: int | None) -> list:
         """For each text, (label, probability) pairs, most likely first (top_k of them; None: all)."""

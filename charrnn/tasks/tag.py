@@ -26,7 +26,7 @@ from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, op
 from ..files import atomic, corpus, tagged
 from ..files.layout import DATA_DIR
 from ..step import distributed, parallel
-from .base import Batch, Task, TaskData, summed_over_ranks
+from .base import Batch, CommandOption, Task, TaskData, summed_over_ranks
 from .lm import heldout_lines
 
 TAGS_FILE = "tags.json"  # in DATA_DIR: the tag names in id order
@@ -117,6 +117,9 @@ class Tagger(Task):
     model_options = ("bidirectional",)
     methods = ("tag", "evaluate", "annotate")
     command = "tag"
+    command_options = (CommandOption("output_format", str, "jsonl", "One JSON object per sequence (tokens, tags, "
+                                     "probs), or CoNLL columns (token, tag, probability).", flag="format",
+                                     choices=("jsonl", "conll")),)
     files = ("train_tags.npy", "val_tags.npy", TAGS_FILE)
 
     # ------------------------------------------------------------ options
@@ -303,6 +306,24 @@ class Tagger(Task):
         return lines
 
     # ------------------------------------------------------------ a trained model's own commands
+
+    def command_lines(self, model, path, errors: str, encoding, shown, output_format: str = "jsonl"):
+        """Tag each token of TEXT_FILE (or stdin, "-") with a trained tagger.
+
+        Reads plain lines (their characters at char level, their words at word
+        level) or JSON Lines with "tokens" (its own output reads back); blank
+        lines are skipped. Writes one JSON object per sequence with its tokens,
+        their tags and each tag's probability, or with --format conll a
+        token<TAB>tag<TAB>probability line per token and a blank line after each
+        sequence. Tokens the model never saw count as unknown.
+
+        \b
+        Examples:
+          charrnn tag sentences.txt -c checkpoints/ner
+          echo "Harry met Hermione" | charrnn tag --format conll
+        """
+        for result in model.tag_file(path, errors, encoding):
+            yield result.as_json() + "\n" if output_format == "jsonl" else result.as_conll(shown)
 
     def tag(self, params, config, vocab, names, sequences) -> list[Tagged]:
         """Each token list's most likely tags and their probabilities (a token the vocabulary lacks is UNK)."""
