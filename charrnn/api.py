@@ -651,10 +651,10 @@ def under_mpi() -> bool:
     return distributed.active()
 
 
-def error_once(text: str) -> str:
-    """What this process prints of its error text: all of it, except under MPI where an error that every
-    rank hits is printed by rank 0 alone (distributed.MPIGroup.error_once; it waits a few seconds to know)."""
-    return distributed.world().error_once(text) if distributed.active() else text
+def error_once(text: str, say) -> None:
+    """Tell this process's error text through say(text): all of it, except under MPI where an error that
+    every rank hits is told by rank 0 alone (distributed.MPIGroup.error_once; it waits a few seconds to know)."""
+    (distributed.world() if distributed.active() else distributed.Solo()).error_once(text, say)
 
 
 def _stop_strings(stop) -> tuple:

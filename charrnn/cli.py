@@ -851,8 +851,11 @@ def _once_per_job():
         yield
     finally:
         held, sys.stderr = sys.stderr.getvalue(), real
-        real.write(api.error_once(held))
-        real.flush()
+
+        def say(text):  # said at once: mpiexec may end this rank as soon as another one leaves
+            real.write(text)
+            real.flush()
+        api.error_once(held, say)
 
 
 # What the out-of-memory error suggests, per command: the options that set how much a command holds.

@@ -100,9 +100,9 @@ class Solo:
     def broadcast_text(self, text: str | None) -> str:
         return text
 
-    def error_once(self, text: str, wait: float = ERROR_WAIT) -> str:
-        """What this failing process prints of its error text: here, all of it."""
-        return text
+    def error_once(self, text: str, say, wait: float = ERROR_WAIT) -> None:
+        """Tell this failing process's error text through say(text): here, all of it at once."""
+        say(text)
 
 
 class MPIGroup(Solo):
@@ -224,14 +224,16 @@ class MPIGroup(Solo):
         return buf.tobytes().decode("utf-8")
 
 
-    def error_once(self, text: str, wait: float = ERROR_WAIT) -> str:
-        """What this failing rank prints of its error text, so that an error every rank hits is printed once.
+    def error_once(self, text: str, say, wait: float = ERROR_WAIT) -> None:
+        """Tell this failing rank's error text through say(text), so that an error every rank hits is told once.
 
         A failing rank other than 0 sends its text to rank 0 and waits up to `wait` seconds to hear that
-        rank 0 has it: then it prints nothing; if not (rank 0 did not fail, and waits in a collective for
-        this rank), it prints its own. A failing rank 0 takes the others' texts for up to `wait` seconds
-        (until every rank's has come) and prints its own and each different one once. Plain sends of the
-        UTF-8 bytes (nothing pickled) that nothing else uses, so any collective in flight is untouched.
+        rank 0 has it: then it says nothing; if not (rank 0 did not fail, and waits in a collective for
+        this rank), it says its own. A failing rank 0 says its own text at once, then takes the others'
+        for up to `wait` seconds (until every rank's has come), says each different one, and only then
+        answers that it has it: a rank that hears the answer leaves, and mpiexec then ends the job, so
+        whatever rank 0 is to say is said before any answer goes out. Plain sends of the UTF-8 bytes
+        (nothing pickled) that nothing else uses, so any collective in flight is untouched.
         """
         from mpi4py import MPI
 
@@ -242,22 +244,24 @@ class MPIGroup(Solo):
             request = self.comm.Irecv(heard, source=0, tag=_HEARD_TAG)
             while not request.Test():
                 if time.monotonic() > deadline:
-                    return text  # rank 0 did not fail alike: this rank's error is its own to tell
+                    say(text)  # rank 0 did not fail alike: this rank's error is its own to tell
+                    return
                 time.sleep(0.01)
-            return ""
+            return
+        say(text)
         texts, status = [text], MPI.Status()
         for _ in range(self.size - 1):
             while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status):
                 if time.monotonic() > deadline:
-                    return "".join(texts)
+                    return
                 time.sleep(0.01)
             data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             self.comm.Recv(data, source=status.Get_source(), tag=_ERROR_TAG)
-            self.comm.Send(np.ones(1, np.uint8), dest=status.Get_source(), tag=_HEARD_TAG)
             other = data.tobytes().decode("utf-8", errors="replace")
             if other not in texts:
                 texts.append(other)
-        return "".join(texts)
+                say(other)
+            self.comm.Send(np.ones(1, np.uint8), dest=status.Get_source(), tag=_HEARD_TAG)
 
 
 _world = None
