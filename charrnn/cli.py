@@ -25,7 +25,7 @@ import click
 from . import __version__, api
 from . import errors as errors_module
 from .constants import (BEST_FILE, CELLS, DTYPES, LEVELS, MAX_CHARS, MODES, NONFINITE, OPTIMIZERS, POOLS,
-                        SCHEDULES, TASKS, TASKS_HELP, TASK_COMMANDS, TEXT_ERRORS, TRAIN_DEFAULTS)
+                        PRECISIONS, SCHEDULES, TASKS, TASKS_HELP, TASK_COMMANDS, TEXT_ERRORS, TRAIN_DEFAULTS)
 from .errors import CharRNNError, ConfigError
 from .progress import TrainingView, info, shown, to_devnull
 
@@ -144,6 +144,10 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Dropout on each layer's output (training only)." + AUTO)
 @option("--dtype", type=click.Choice(DTYPES), group=MODEL,
         help="Floating-point precision.")
+@option("--precision", type=click.Choice(PRECISIONS), group=MODEL,
+        help="The matrix products' inputs: float32, or bf16 (bfloat16 inputs, float32 sums; the weights, optimizer, "
+             "gates and loss stay float32). A saved setting: the same numbers on any machine, fast where the CPU "
+             "has AVX512-BF16.")
 @option("--bidirectional", is_flag=True, group=MODEL,
         help="Classifier or tagger: every layer also reads the line right to left.")
 @option("--pool", type=click.Choice(POOLS), group=MODEL,

@@ -7,7 +7,7 @@ nothing of the library but this, the API and the errors (tests/test_cli_thin.py 
 
 from .core.cells import CELLS
 from .core.classifier import POOLS
-from .core.model import DTYPES
+from .core.model import DTYPES, PRECISIONS
 from .core.optim import OPTIMIZERS, SCHEDULES
 from .data.vocab import LEVELS
 from .files.config import DEFAULTS as TRAIN_DEFAULTS, MODES, NONFINITE
@@ -23,5 +23,5 @@ TASK_COMMANDS = tuple((task.command, task.command_lines.__doc__, task.command_op
                       for task in _REGISTERED.values() if task.own_command)
 
 __all__ = ["BEST_FILE", "CELLS", "DTYPES", "LEVELS", "MAX_CHARS", "MODES",
-           "NONFINITE", "OPTIMIZERS", "POOLS", "SCHEDULES", "TASKS", "TASKS_HELP", "TASK_COMMANDS",
+           "NONFINITE", "OPTIMIZERS", "POOLS", "PRECISIONS", "SCHEDULES", "TASKS", "TASKS_HELP", "TASK_COMMANDS",
            "TEXT_ERRORS", "TRAIN_DEFAULTS"]

@@ -28,8 +28,8 @@ ALL_PATHS = [path for path in sorted(PACKAGE.rglob("*.py")) if path.stem != "__i
 PATHS = {path.stem: path for path in ALL_PATHS}
 MODULES = {name: ast.parse(path.read_text(encoding="utf-8"), filename=str(path)) for name, path in PATHS.items()}
 FOLDER = {name: "" if path.parent == PACKAGE else path.parent.name for name, path in PATHS.items()}
-CORE = ("cells", "kernels", "gemm", "loss", "model", "optim")
-COMPILED = {"kernels": {"numba"}, "gemm": {"numba", "llvmlite"}}
+CORE = ("cells", "kernels", "gemm", "bf16", "loss", "model", "optim")
+COMPILED = {"kernels": {"numba"}, "gemm": {"numba", "llvmlite"}, "bf16": {"numba"}}
 PURE_STDLIB = {"__future__", "math", "functools", "dataclasses", "typing", "threading", "warnings", "os"}  # model reads one environment variable
 FILE_CALLS = {"open", "save", "savez", "load", "fromfile", "tofile", "memmap", "replace", "rename", "remove",
               "unlink", "mkdir", "makedirs", "rmdir", "write_file", "write_files"}
@@ -76,7 +76,7 @@ def called_names(tree):
 @pytest.mark.parametrize("name", CORE)
 def test_the_math_core_imports_only_numpy_and_touches_no_files(name):
     ours, theirs = imports(MODULES[name])
-    assert ours <= {"cells", "kernels", "gemm", "loss", "errors"}, f"{name} imports charrnn.{sorted(ours)}"
+    assert ours <= {"cells", "kernels", "gemm", "bf16", "loss", "errors"}, f"{name} imports charrnn.{sorted(ours)}"
     allowed = PURE_STDLIB | {"numpy"} | COMPILED.get(name, set())
     assert theirs <= allowed, f"{name} imports {sorted(theirs - allowed)}"
     touching = FILE_CALLS & set(called_names(MODULES[name]))

@@ -38,6 +38,7 @@ CONFIGS = [
     ("lstm-stream-dropout", "stream", dict(cell="lstm", layers=2, dropout=0.25),
      dict(optim="adam", schedule="cosine", warmup=2)),
     ("gru-stream", "stream", dict(cell="gru", dtype="float64"), dict(optim="rmsprop", clip_value=0.5)),
+    ("lstm-stream-bf16", "stream", dict(cell="lstm", layers=2, precision="bf16"), dict(optim="adam")),
     ("gru-lines-dropout", "lines", dict(cell="gru", layers=2, dropout=0.3), dict(optim="adagrad", lr=0.05)),
     ("peephole-classify-bidirectional", "classify", dict(cell="peephole", layers=2, bidirectional=True, dropout=0.2),
      dict(optim="adam", task="classify")),

@@ -42,7 +42,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from . import gemm
+from . import bf16, gemm
 
 _JIT = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
 
@@ -273,32 +273,55 @@ def simple_gru_backward_step(dh_rec, dh_direct, dh_out, h_prev, act, da):
 _PACK_MIN_STEPS = 4
 
 
+class Bf16Reference(NamedTuple):
+    """The step product's operand where bf16.py's tiles cannot run: bf16.reference by w, the same bits."""
+
+    w: np.ndarray
+
+
 def product(x, w, out):
-    """out = x @ w: NumPy's product, for a w that is an array (the loops run as Python)."""
-    np.matmul(x, w, out=out)
+    """out = x @ w: NumPy's product for a w that is an array, bf16's reference for a Bf16Reference
+    (the loops run as Python)."""
+    if isinstance(w, Bf16Reference):
+        out[...] = bf16.reference(x, w.w)
+    else:
+        np.matmul(x, w, out=out)
 
 
 @overload(product, jit_options=_JIT)
 def _product_overload(x, w, out):
+    if isinstance(w, types.BaseTuple) and len(w) == 2:  # bf16's packed operand (panels, tiles)
+        def bf16_product(x, w, out):
+            rows = np.empty((x.shape[0], 2 * w[0].shape[1]), np.uint16)
+            bf16.round_rows(x, rows)
+            bf16.compiled_matmul(rows, w[0], out, w[1])
+        return bf16_product
     if isinstance(w, types.BaseTuple):  # gemm's packed operand (panels, nr, mr, tiles): the loops compiled
         return lambda x, w, out: gemm.compiled_matmul(x, w[0], out, w[1], w[2], w[3])
     return None
 
 
-def _packed(w, steps):
-    """(panels, NR, MR, microkernels) to multiply by w with gemm.py, or None for NumPy's matmul:
-    float64, short chunks and machines without the microkernel."""
+def _packed(w, steps, precision="float32"):
+    """The packed operand to multiply by w in compiled loops, or None for the loops run as Python:
+    - bf16: (panels, tiles) for bf16.py's tiles, at any length (None where the CPU has none);
+    - float32: (panels, NR, MR, microkernels) for gemm.py's (None for float64, short chunks and
+      machines without the microkernel, which use NumPy's matmul)."""
+    if precision == "bf16":
+        tiles = bf16.microkernels()
+        return None if tiles is None else (bf16.pack(w), tiles.tiles)
     if w.dtype == np.float32 and steps >= _PACK_MIN_STEPS and gemm.available():
         return (gemm.pack(w), *gemm.microkernels())
     return None
 
 
-def _runner(loop, w, steps):
-    """loop(operand, *args): compiled with gemm's packed w when _packed allows, else as Python with w itself."""
-    packed = _packed(w, steps)
+def _runner(loop, w, steps, precision="float32"):
+    """loop(operand, *args): compiled with the packed w when _packed allows, else as Python with w itself
+    (bf16: wrapped in Bf16Reference)."""
+    packed = _packed(w, steps, precision)
     if packed is not None:
         return lambda *args: loop(packed, *args)
-    return lambda *args: loop.py_func(w, *args)
+    operand = Bf16Reference(w) if precision == "bf16" else w
+    return lambda *args: loop.py_func(operand, *args)
 
 
 # Forward loops: w multiplies h (W_hh transposed, (H, G*H)); hs (T+1, B, H) has h0 in hs[0] and
@@ -395,9 +418,10 @@ class Chunk(NamedTuple):
     tanh_cs: np.ndarray | None = None  # (T, B, H): tanh of each new cell state (lstm, peephole)
     hns: np.ndarray | None = None     # (T, B, H): W_hn h + b_hn (gru)
     extra: tuple = ()                 # the cell's EXTRA parameters
+    precision: str = "float32"        # the products' precision (model.PRECISIONS)
 
 
-def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=()):
+def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=(), precision="float32"):
     """Run one layer's recurrence over a chunk; the same contract as cells.sequence_forward.
 
     - keep: False when no backward pass follows (sampling, scoring): step
@@ -405,6 +429,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     - W_hh_t: W_hh transposed and contiguous (H, G*H), when the caller has it
       (BLAS multiplies it about a fifth faster than the transposed view)
     - extra: the cell's EXTRA parameters (cells.EXTRA), a tuple of (H,) arrays
+    - precision: "bf16" takes the step products with bfloat16 inputs (bf16.py), the backward's too
     Returns (hs (T, B, H), state, cache): cache is a Chunk, or None when keep is False.
     """
     if cell not in _FORWARD:
@@ -413,7 +438,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     H = W_hh.shape[1]
     dtype = xp.dtype
     W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
-    run = _runner(_FORWARD[cell], W_hh_t, T)
+    run = _runner(_FORWARD[cell], W_hh_t, T, precision)
     hs = np.empty((T + 1, B, H), dtype)
     hs[0] = state0[0]
     hh = np.empty((B, GH), dtype)
@@ -435,7 +460,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     state = (hs[T].copy(),) if cs is None else (hs[T].copy(), cs[T if keep else T % 2].copy())
     if not keep:
         return hs[1:], state, None
-    return hs[1:], state, Chunk(cell, W_hh, hs, act, cs, tanh_cs, hns, tuple(extra))
+    return hs[1:], state, Chunk(cell, W_hh, hs, act, cs, tanh_cs, hns, tuple(extra), precision)
 
 
 def sequence_backward(d_hs, d_state, cache: Chunk):
@@ -445,7 +470,7 @@ def sequence_backward(d_hs, d_state, cache: Chunk):
     GH = cache.W_hh.shape[0]
     dtype = d_hs.dtype
     d_hs = np.ascontiguousarray(d_hs, dtype=dtype)
-    run = _runner(_BACKWARD[cell], cache.W_hh, T)
+    run = _runner(_BACKWARD[cell], cache.W_hh, T, cache.precision)
 
     def given(j):  # the final state's gradient, a fresh array that the loop overwrites
         return np.zeros((B, H), dtype) if d_state is None else np.array(d_state[j], dtype=dtype)
@@ -476,7 +501,9 @@ def sequence_backward(d_hs, d_state, cache: Chunk):
         dh_rec += dh_direct
         d_state0 = (dh_rec,)
     d_hp_flat = d_hp.reshape(T * B, GH)
-    grads = {"W_hh": d_hp_flat.T @ hs[:-1].reshape(T * B, H), "b_hh": d_hp_flat.sum(axis=0), **grads}
+    h_flat = hs[:-1].reshape(T * B, H)
+    d_W_hh = bf16.matmul(d_hp_flat.T, h_flat) if cache.precision == "bf16" else d_hp_flat.T @ h_flat
+    grads = {"W_hh": d_W_hh, "b_hh": d_hp_flat.sum(axis=0), **grads}
     return d_xp, d_state0, grads
 
 

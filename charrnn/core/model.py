@@ -30,6 +30,9 @@ from .cells import CELLS, EXTRA, GATES, STATES
 from ..errors import ConfigError, option
 
 DTYPES = ("float32", "float64")
+# "bf16": the matrix products take bfloat16 inputs with float32 accumulation (core/bf16.py); the weights,
+# the optimizer's state, the gate math, the loss and clipping stay float32
+PRECISIONS = ("float32", "bf16")
 KERNELS = ("numba", "numpy")  # CHARRNN_KERNELS: the compiled kernels (default) or the NumPy reference
 
 
@@ -46,6 +49,7 @@ class ModelConfig:
     classes: int = 0                   # C: a classifier over C labels (charrnn/core/classifier.py); 0: a language model
     bidirectional: bool = False        # classifier: each layer also reads right to left
     pool: str = "mean"                 # classifier: pool the top outputs over time by "mean" or the "last" state
+    precision: str = "float32"         # the matrix products' inputs: "float32", or "bf16" (see PRECISIONS)
 
     def __post_init__(self):
         for name in self.__dataclass_fields__:  # NumPy scalars (np.int64(8)) count as the numbers they hold
@@ -71,6 +75,11 @@ class ModelConfig:
                               "language model reads left to right, and a right-to-left pass would see the character it must predict")
         if self.pool not in ("mean", "last"):
             raise ConfigError(f"{option('pool')} must be mean or last, got {self.pool!r:.40}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{option('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r:.40}")
+        if self.precision == "bf16" and (self.dtype != "float32" or self.classes):
+            raise ConfigError(f"{option('precision', 'bf16')} is for float32 language models, not "
+                              + ("classifiers or taggers" if self.classes else option("dtype", self.dtype)))
 
     @property
     def gates(self) -> int:
@@ -91,6 +100,15 @@ class ModelConfig:
             return cls(**data)
         except TypeError as exc:
             raise ConfigError(f"bad model config: {exc}") from None
+
+
+def matmul(a: np.ndarray, b: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """a @ b in the model's precision: NumPy's product, or bfloat16 inputs with float32 accumulation."""
+    if config.precision == "bf16":
+        from . import bf16
+
+        return bf16.matmul(a, b)
+    return a @ b
 
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -217,7 +235,7 @@ def prepare(params, config, *, table: bool = True) -> Weights:
     w_hh = tuple(params[f"rnn.weight_hh_l{k}"] for k in range(L))
     lookup = None
     if table and V * G * H * np.dtype(config.dtype).itemsize <= _TABLE_BYTES:
-        lookup = params["embedding.weight"] @ w_ih[0].T  # (V, G*H)
+        lookup = matmul(params["embedding.weight"], w_ih[0].T, config)  # (V, G*H)
         lookup += b_ih[0]
     return Weights(
         config=config, embedding=params["embedding.weight"], table=lookup, w_ih=w_ih, b_ih=b_ih, w_hh=w_hh,
@@ -251,6 +269,8 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, ta
       empty when keep is False
     """
     config, rec = weights.config, recurrence()
+    if config.precision != "float32" and rec is cells:
+        raise ConfigError(f"{option('precision', config.precision)} needs the compiled kernels: unset CHARRNN_KERNELS")
     T, B = tokens_tm.shape
     dtype = np.dtype(config.dtype)
     p = config.dropout if dropout_rng is not None else 0.0
@@ -260,12 +280,12 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, ta
             xp = weights.table[tokens_tm]  # (T, B, G*H): a row gather
         else:
             below = weights.embedding[tokens_tm.reshape(-1)] if k == 0 else x.reshape(T * B, -1)
-            xp = below @ weights.w_ih[k].T  # (T*B, G*H): one product for the chunk
+            xp = matmul(below, weights.w_ih[k].T, config)  # (T*B, G*H): one product for the chunk
             xp += weights.b_ih[k]
             xp = xp.reshape(T, B, -1)
         hs, layer_state, rec_cache = rec.sequence_forward(
             config.cell, xp, tuple(s[k] for s in state), weights.w_hh[k], weights.b_hh[k],
-            keep=keep, W_hh_t=weights.w_hh_t[k], extra=weights.extra[k])
+            keep=keep, W_hh_t=weights.w_hh_t[k], extra=weights.extra[k], **_precision(config))
         del xp  # free the projection before the next layer makes its own
         for acc, s in zip(final, layer_state):
             acc.append(s)
@@ -274,6 +294,11 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, ta
             layers.append(Layer(x, rec_cache, drop))
         x = hs if drop is None else hs * drop  # (T, B, H)
     return x, tuple(np.stack(acc) for acc in final), layers
+
+
+def _precision(config) -> dict:
+    """The recurrence's precision keyword: only where it is not float32 (cells.py takes none)."""
+    return {} if config.precision == "float32" else {"precision": config.precision}
 
 
 def _dropout_mask(shape, p, rng, dtype):
@@ -318,7 +343,7 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
     x, final_state, layers = walk(weights, tokens_tm, state, keep=True, dropout_rng=dropout_rng, table=table)
 
     top = x.reshape(T * B, config.hidden)
-    logits = top @ weights.head_w_t  # (T*B, V)
+    logits = matmul(top, weights.head_w_t, config)  # (T*B, V)
     logits += params["head.bias"]
     cache = {"inputs": inputs, "layers": layers, "top": top, "B": B, "T": T, "nll_sum": 0.0, "count": 0}
     if want_logits:
@@ -368,9 +393,9 @@ def backward(params, config, cache, d_state=None, count=None):
     grads = {}
 
     d_logits = softmax_nll_backward(cache.pop("probs"), tgt, count, weight)  # (T*B, V), in place
-    grads["head.weight"] = d_logits.T @ cache["top"]  # (V, H)
+    grads["head.weight"] = matmul(d_logits.T, cache["top"], config)  # (V, H)
     grads["head.bias"] = d_logits.sum(axis=0)  # (V,)
-    d_x = (d_logits @ params["head.weight"]).reshape(T, B, H)  # (T, B, H)
+    d_x = matmul(d_logits, params["head.weight"], config).reshape(T, B, H)  # (T, B, H)
 
     d_state0 = [[None] * config.layers for _ in range(STATES[config.cell])]
     for k in range(config.layers - 1, -1, -1):
@@ -390,8 +415,8 @@ def backward(params, config, cache, d_state=None, count=None):
         grads[f"rnn.bias_ih_l{k}"] = d_xp_flat.sum(axis=0) if config.cell == "gru" else g["b_hh"].copy()
         W_ih = params[f"rnn.weight_ih_l{k}"]
         if k > 0:
-            grads[f"rnn.weight_ih_l{k}"] = d_xp_flat.T @ layer.x.reshape(T * B, H)  # (G*H, H)
-            d_x = (d_xp_flat @ W_ih).reshape(T, B, H)  # (T, B, H)
+            grads[f"rnn.weight_ih_l{k}"] = matmul(d_xp_flat.T, layer.x.reshape(T * B, H), config)  # (G*H, H)
+            d_x = matmul(d_xp_flat, W_ih, config).reshape(T, B, H)  # (T, B, H)
         else:
             tokens = cache["inputs"].T.reshape(-1)  # (T*B,)
             grads["rnn.weight_ih_l0"], grads["embedding.weight"] = _embedding_backward(
@@ -426,8 +451,8 @@ def _embedding_backward(params, config, tokens, d_xp_flat):
         d_table = np.zeros((config.vocab_size, d_xp_flat.shape[1]), dtype=d_xp_flat.dtype)  # (V, G*H)
         for start, stop in zip(bounds[:-1], bounds[1:]):
             rows[start:stop].sum(axis=0, out=d_table[sorted_tokens[start]])
-        return d_table.T @ emb, d_table @ W  # (G*H, E), (V, E)
-    d_W = d_xp_flat.T @ emb[tokens]  # (G*H, E)
+        return matmul(d_table.T, emb, config), matmul(d_table, W, config)  # (G*H, E), (V, E)
+    d_W = matmul(d_xp_flat.T, emb[tokens], config)  # (G*H, E)
     d_emb = np.zeros_like(emb)
-    np.add.at(d_emb, tokens, d_xp_flat @ W)  # rows (T*B, E) added to their tokens
+    np.add.at(d_emb, tokens, matmul(d_xp_flat, W, config))  # rows (T*B, E) added to their tokens
     return d_W, d_emb

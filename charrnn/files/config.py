@@ -236,7 +236,7 @@ AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
 AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
 # The model options of a training request (ModelConfig's fields that a user sets); the rest are TrainConfig's.
-MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool")
+MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool", "precision")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "min_lr_ratio")
 # A word-level run's min_count unless given: the words seen once become <unk>, so the model learns <unk>
 # (with 1 it never would, and every unseen word of new text, its own held-out split's too, is scored blind)

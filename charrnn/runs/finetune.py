@@ -45,6 +45,7 @@ def init_model_options(base: ModelConfig, given: dict) -> dict:
     options = {key: value for key, value in base.to_dict().items()
                if key not in ("vocab_size", "classes", "dropout")}
     options["dropout"] = given.get("dropout")
+    options["precision"] = given.get("precision") or base.precision  # how to train, not what the model is
     return options
 
 

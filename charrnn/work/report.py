@@ -38,7 +38,8 @@ def describe(params, config, vocab, meta: dict, model_file: str, task) -> list[t
     kind = task.model_details(config, meta)
     rows = [
         ("model", f"{config.cell} {config.layers} x {config.hidden}, embedding {config.embed}, "
-                  f"dropout {config.dropout}, {config.dtype}{kind}"),
+                  f"dropout {config.dropout}, {config.dtype}"
+                  f"{', bf16 products' if config.precision == 'bf16' else ''}{kind}"),
         ("parameters", f"{n_params:,}"),
         ("torch.nn", torch_loadable(config, task)),
         ("vocabulary", f"{vocab.size} {vocab.level} tokens (eos {vocab.eos}, unk {vocab.unk}, bos {vocab.bos})"),
