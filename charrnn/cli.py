@@ -176,7 +176,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
              "batches are still drawn afresh each epoch from the seed); --no-buckets: shuffled lines.")
 @option("--threads", type=int, group=OPTIM,
         help="Cut each batch into this many row blocks, one thread each. A setting, not a count of cores: "
-             "the same value gives the same numbers on any machine.")
+             "the same value gives the same numbers on any machine.  [default: blocks of at least 32 rows, "
+             "at most 2: 1 below a batch of 64]")
 @option("--max-steps", type=int, group=OUTPUT, help="Stop after this many steps.  [default: no limit]")
 @option("--max-epochs", type=float, group=OUTPUT, help="Stop after this many passes over the data.  [default: no limit]")
 @option("--max-time", type=str, metavar="DURATION", group=OUTPUT,

@@ -233,7 +233,7 @@ NOMINAL_CHARS_PER_SEC = {64: 150_000, 128: 40_000, 256: 13_000, 512: 4_000}
 # A starting learning rate per optimizer, for batches of 16 to 32 streams.
 AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
-AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every")
+AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every", "threads")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
 # The model options of a training request (ModelConfig's fields that a user sets); the rest are TrainConfig's.
 MODEL_KEYS = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bidirectional", "pool", "precision")
@@ -251,6 +251,11 @@ def _defaults() -> dict:
     return {**model, **train, **dict.fromkeys(AUTO_KEYS), "min_count": None, "errors": DEFAULT_ERRORS}
 
 
+# Row blocks (--threads) of at least this many rows: at batch 16, one block of 16 rows trained faster than
+# two of 8 (88 against 114 ms a step, LSTM 2x256, Sapphire Rapids: issue 24); at 64, two blocks of 32 rows
+# (parallel.py). Fewer rows leave the step product too small to pay for a second thread.
+MIN_BLOCK_ROWS = 32
+MAX_AUTO_THREADS = 2
 MIN_WINDOWS = 4  # stream mode: a small text still makes at least this many batches per pass
 # The automatic evaluation cadence (auto_eval_every): this many evaluations a pass over the data, and at
 # least EVALS_PER_BUDGET over the budget and one every EVAL_SECONDS of a time budget, at most every
@@ -284,6 +289,13 @@ def auto_eval_every(steps_per_pass: float, tokens_per_step: float, val_tokens: i
         every = min(every, EVAL_SECONDS * steps_per_sec)
     cost_floor = EVAL_TOKEN_COST * val_tokens / (EVAL_SHARE * max(tokens_per_step, 1))
     return int(max(1, math.ceil(min(max(every, cost_floor), EVAL_MAX_STEPS))))
+
+
+def auto_threads(batch_size: int, ranks: int = 1) -> int:
+    """The row blocks a fresh run cuts each rank's share of a batch into, when --threads is not given:
+    blocks of at least MIN_BLOCK_ROWS rows, at most MAX_AUTO_THREADS of them, at least one. Saved with the
+    run's settings, so its numbers never depend on the machine (runs saved before: their own value)."""
+    return max(1, min(MAX_AUTO_THREADS, (batch_size // max(ranks, 1)) // MIN_BLOCK_ROWS))
 
 
 def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", chars_per_sec: float | None = None,
@@ -347,7 +359,8 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
                                  speed / per_step if speed else None)
     return {"layers": layers, "hidden": hidden, "embed": embed, "dropout": dropout,
             "batch_size": batch, "seq_len": seq_len, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
-            "warmup": warmup, "eval_every": eval_every, "passes": passes, "speed": speed,
+            "warmup": warmup, "eval_every": eval_every, "threads": tconfig.threads or auto_threads(batch, ranks),
+            "passes": passes, "speed": speed,
             "speed_measured": speed is not None and chars_per_sec is not None}
 
 
@@ -385,6 +398,9 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     """
     open_keys = [k for k in AUTO_KEYS
                  if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
+    if open_keys == ["threads"]:  # the row blocks follow the batch given: nothing to say
+        tconfig.threads = auto_threads(tconfig.batch_size, ranks)
+        return None
     if not open_keys:
         return None
     share = 1.0 if val_text is not None else 1 - tconfig.val_frac
@@ -412,7 +428,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             if "eval_every" in open_keys:
                 tconfig.eval_every = measured["eval_every"]
             auto = measured
-    return {"keys": open_keys, "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
+    return {"keys": [k for k in open_keys if k != "threads"], "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
             "speed_measured": auto["speed_measured"]}
 
 
