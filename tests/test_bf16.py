@@ -140,3 +140,27 @@ def test_forcing_the_reference(monkeypatch):
     forced = bf16.matmul(a, w)
     monkeypatch.delenv("CHARRNN_BF16_REFERENCE")
     assert np.array_equal(forced, bf16.matmul(a, w)) and np.array_equal(forced, bf16.reference(a, w))
+
+
+def test_pack_lays_out_pairs_of_the_rounded_weight_whatever_its_strides():
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((9, 45)).astype(np.float32)
+    w[0, 0], w[1, 1], w[2, 2] = 1e-40, np.nan, np.float32(3.3895314e38)
+    rounded = bf16.round_bf16(w)
+    for operand in (w, np.asfortranarray(w), np.ascontiguousarray(w.T).T):
+        panels = bf16.pack(operand)
+        assert panels.shape == (2, 5, bf16.NR, 2)
+        for k in range(10):
+            for n in range(2 * bf16.NR):
+                want = rounded[k, n] if k < 9 and n < 45 else 0  # zeros past K and N
+                assert panels[n // bf16.NR, k // 2, n % bf16.NR, k % 2] == want
+
+
+@tiles_only
+def test_transposed_operands_give_the_bits_of_contiguous_ones():
+    rng = np.random.default_rng(12)
+    a_t = rng.standard_normal((40, 13)).astype(np.float32)  # a = a_t.T, (13, 40), as a gradient's d.T
+    w_t = rng.standard_normal((50, 40)).astype(np.float32)  # w = w_t.T, (40, 50), as W_ih.T
+    got = bf16.matmul(a_t.T, w_t.T)
+    want = bf16.reference(np.ascontiguousarray(a_t.T), np.ascontiguousarray(w_t.T))
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -97,28 +97,58 @@ def reference(a: np.ndarray, w: np.ndarray, c: np.ndarray | None = None) -> np.n
 
 
 def pack(w: np.ndarray) -> np.ndarray:
-    """w (K, N) float32 -> bfloat16 panels (P, K2/2, NR, 2) uint16 (see the module docstring)."""
+    """w (K, N) float32, any strides -> bfloat16 panels (P, K2/2, NR, 2) uint16 (see the module docstring)."""
     K, N = w.shape
-    K2, P = K + K % 2, -(-N // NR)
-    full = np.zeros((K2, P * NR), np.uint16)
-    full[:K, :N] = round_bf16(w)
-    return np.ascontiguousarray(full.reshape(K2 // 2, 2, P, NR).transpose(2, 0, 3, 1))
+    panels = np.zeros((-(-N // NR), (K + K % 2) // 2, NR, 2), np.uint16)
+    _pack_into(np.asarray(w, np.float32), panels)
+    return panels
+
+
+@numba.njit(nogil=True, cache=True)
+def _round1(x, cell, bits):
+    """One float32's bfloat16 bits by round_bf16's rule (cell, bits: a float32 scratch and its uint32 view)."""
+    cell[0] = x
+    u = bits[0]
+    if (u & 0x7F800000) == 0:
+        u &= 0x80000000
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 0x40)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+@numba.njit(nogil=True, cache=True)
+def _pack_into(w, panels):
+    """panels[n // NR, k // 2, n % NR, k % 2] = the bfloat16 of w[k, n], in one pass that reads w along
+    its smaller stride (a transposed weight is read row by row of the original)."""
+    K, N = w.shape
+    cell = np.empty(1, np.float32)
+    bits = cell.view(np.uint32)
+    if w.strides[0] <= w.strides[1]:
+        for n in range(N):
+            for k in range(K):
+                panels[n // NR, k // 2, n % NR, k % 2] = _round1(w[k, n], cell, bits)
+    else:
+        for k in range(K):
+            for n in range(N):
+                panels[n // NR, k // 2, n % NR, k % 2] = _round1(w[k, n], cell, bits)
 
 
 @numba.njit(nogil=True, cache=True)
 def round_rows(x, out):
-    """out (M, K2) uint16 = round_bf16(x (M, K) float32), zero in a padding column: compiled, for the time loops."""
+    """out (M, K2) uint16 = round_bf16(x (M, K) float32, any strides), zero in a padding column: compiled,
+    for the time loops and matmul."""
     M, K = x.shape
-    bits = x.view(np.uint32)  # x C-contiguous
-    for i in range(M):
+    cell = np.empty(1, np.float32)
+    bits = cell.view(np.uint32)
+    if x.strides[0] < x.strides[1]:  # a transposed operand: read along its columns
         for k in range(K):
-            u = bits[i, k]
-            if (u & 0x7F800000) == 0:
-                u &= 0x80000000
-            if (u & 0x7FFFFFFF) > 0x7F800000:
-                out[i, k] = np.uint16((u >> 16) | 0x40)
-            else:
-                out[i, k] = np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+            for i in range(M):
+                out[i, k] = _round1(x[i, k], cell, bits)
+    else:
+        for i in range(M):
+            for k in range(K):
+                out[i, k] = _round1(x[i, k], cell, bits)
+    for i in range(M):
         for k in range(K, out.shape[1]):
             out[i, k] = 0
 
@@ -273,7 +303,7 @@ def matmul(a: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, *, packe
     """a (M, K) @ w (K, N) with bfloat16 inputs and float32 accumulation: the tiles where the CPU has them,
     else the reference, the same bits. packed: pack(w), when the caller keeps it; tiles: the compiled
     tiles to use, None for the reference, True (default) for microkernels()."""
-    a = np.ascontiguousarray(a, np.float32)
+    a = np.asarray(a, np.float32)  # any strides: round_rows reads a transposed operand as it lies
     M, K = a.shape
     N = w.shape[1]
     if tiles is True:
