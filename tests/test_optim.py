@@ -367,3 +367,12 @@ def test_schedule_errors():
         optim.learning_rate(0, 1.0, warmup=-2)
     with pytest.raises(ConfigError):
         optim.learning_rate(5, 1.0, "cosine", 0, 10, min_ratio=1.5)
+
+
+def test_the_global_norm_is_the_exact_norm_rounded_within_a_few_ulps():
+    """Against math.fsum of the exact float64 squares (float32 squares are exact in float64)."""
+    rng = np.random.default_rng(7)
+    grads = {f"g{i}": (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(np.float32)
+             for i, n in enumerate((1, 7, 1000, 100_003))}
+    exact = math.sqrt(math.fsum(float(v) ** 2 for g in grads.values() for v in g.astype(np.float64)))
+    assert optim.clip_grad_norm(grads, None) == pytest.approx(exact, rel=1e-14)

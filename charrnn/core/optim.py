@@ -368,13 +368,16 @@ def _global_norm(grads: dict) -> float:
     """L2 norm over all arrays, accumulated in float64.
 
     float32 squares cannot overflow float64; a float64 gradient past 1e154 gives
-    inf, which the caller treats as a non-finite step.
+    inf, which the caller treats as a non-finite step. Each array's squares are
+    summed by NumPy's own (pairwise) sum on this thread, not BLAS's dot: that
+    split its sum over OpenBLAS's threads, whose count could change the bits,
+    and waking them cost a sixth of a small model's step on a busy machine
+    (py-spy, issue 24).
     """
     total = 0.0
     with np.errstate(over="ignore"):
         for g in grads.values():
-            x = np.ravel(g).astype(np.float64, copy=False)
-            total += float(np.dot(x, x))
+            total += float(np.square(np.ravel(g), dtype=np.float64).sum())
     return math.sqrt(total)
 
 
