@@ -131,6 +131,13 @@ def test_every_tile_is_one_vdpbf16ps_per_row_and_vector():
     assert code.count("vdpbf16ps") == sum(2 * rows for rows in range(1, bf16.MR + 1))
 
 
+def test_a_cpu_with_avx512_bf16_builds_the_tiles():
+    """Where the CPU has AVX512-BF16 the tiles must compile (a skip there would hide a broken kernel)."""
+    if not bf16.host_has():
+        pytest.skip("this CPU has no AVX512-BF16")
+    assert bf16.build().tiles and bf16.microkernels() == bf16.build()
+
+
 def test_forcing_the_reference(monkeypatch):
     rng = np.random.default_rng(9)
     a = rng.standard_normal((4, 10)).astype(np.float32)

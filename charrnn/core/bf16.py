@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -180,9 +181,15 @@ def build() -> gemm.Microkernels:
 
 @functools.cache
 def _tiles_or_none():
+    """The tiles, or None: expected on a CPU without AVX512-BF16; on one with it, LLVM rejected them, which
+    warns once (bf16 products then run the reference, with the same bits, slowly)."""
+    if not host_has():
+        return None
     try:
-        return build() if host_has() else None
-    except gemm.MicrokernelError:
+        return build()
+    except gemm.MicrokernelError as exc:
+        warnings.warn(f"the bf16 tiles are unavailable: {exc}; bf16 products run the NumPy reference (the same "
+                      f"numbers, much slower)", RuntimeWarning, stacklevel=4)
         return None
 
 
