@@ -97,3 +97,12 @@ def test_a_classifier_refuses_bf16():
     with pytest.raises(Exception, match="precision"):
         ModelConfig(vocab_size=10, precision="fp8")
     assert ModelConfig(vocab_size=10).precision == "float32"
+
+
+def test_fine_tuning_keeps_the_model_s_precision_unless_given(corpus_file, tmp_path):
+    train(corpus_file, tmp_path / "base", "--precision", "bf16")
+    for out, extra, want in (("kept", [], "bf16"), ("changed", ["--precision", "float32"], "float32")):
+        result = invoke(["train", corpus_file, "--init-from", tmp_path / "base", "--out", tmp_path / out,
+                         "--max-steps", "1", "--eval-every", "1", "-q", *extra])
+        assert result.exit_code == 0, result.stderr
+        assert models.load_checkpoint(tmp_path / out)[1].precision == want
