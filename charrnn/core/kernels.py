@@ -1,7 +1,8 @@
 """The recurrent cells fused and compiled with numba: the fast path beside cells.py.
 
 Each time step is one product (`h @ W_hh.T`: in float32 gemm.py's, with
-W_hh packed once per chunk, else NumPy's BLAS) and one compiled loop that
+W_hh packed once per chunk, else NumPy's BLAS; under --precision bf16, bf16.py's
+tiles or its reference) and one compiled loop that
 does all of the step's elementwise work in a single pass over the gates:
 where NumPy makes a dozen passes, each reading and writing (B, G*H) arrays,
 this loop reads each gate once. The
