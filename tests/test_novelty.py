@@ -224,3 +224,54 @@ def test_building_the_index_of_16_million_tokens_holds_a_constant_not_the_sort(t
     assert grew < 64 << 20, f"building the index grew the peak resident set by {grew / 2**20:.0f} MB"
     index = corpus.load_ids(tmp_path / "index.npy")
     assert len(index) == n + 8
+
+
+@pytest.mark.parametrize("run_lines", [1, 3, 50])
+def test_the_spilled_line_index_is_the_in_memory_one(tmp_path, monkeypatch, run_lines):
+    from charrnn.runs import models
+    monkeypatch.setattr(models, "RUN_TOKENS", run_lines)
+    rng = np.random.default_rng(run_lines)
+    vocab = Vocab(SPECIAL_TOKENS + tuple("abc"), "char")
+    lines = ["".join(rng.choice(list("abc"), int(rng.integers(0, 5)))) for _ in range(120)]  # many duplicates
+    ids, offsets = corpus.encode_lines(vocab, lines)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    index = models.line_index(ids, offsets, str(spill))
+    memory = novelty.LineIndex(ids, offsets)
+    assert np.array_equal(index.hashes, memory.hashes) and np.array_equal(index.order, memory.order)
+    for probe in set(lines) | {"abca", "cccc", "bbbbbb"}:
+        assert (vocab.encode(probe) in index) == (probe in lines)
+
+
+_LINES = """
+import sys, numpy as np
+from charrnn.files import corpus
+from charrnn.runs import models
+def peak():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+ids, offsets = corpus.load_ids(sys.argv[1]), corpus.load_ids(sys.argv[2])
+models.RUN_TOKENS = 1 << 18
+before = peak()
+index = models.line_index(ids, offsets, sys.argv[3])
+print(peak() - before, len(index.hashes))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_the_line_index_of_4_million_lines_holds_a_constant_not_16_bytes_a_line(tmp_path):
+    """The in-memory index held a hash and a line number (16 bytes) a line, and as much again while sorting:
+    263 MB here; spilled, a run of 2**18 lines and the merge's blocks, plus the mapped files, within 64 MB."""
+    import subprocess
+    import sys
+    n = 1 << 22
+    lengths = np.random.default_rng(0).integers(1, 4, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    corpus.save_ids(tmp_path / "ids.npy", (np.arange(offsets[-1]) % 7 + 3).astype(np.uint8))
+    corpus.save_ids(tmp_path / "offsets.npy", offsets)
+    del offsets, lengths
+    (tmp_path / "spill").mkdir()
+    out = subprocess.run([sys.executable, "-c", _LINES, tmp_path / "ids.npy", tmp_path / "offsets.npy",
+                          tmp_path / "spill"], capture_output=True, text=True, timeout=600, check=True).stdout.split()
+    assert int(out[1]) == n
+    assert int(out[0]) < 64 << 20, f"the line index grew the peak resident set by {int(out[0]) / 2**20:.0f} MB"

@@ -1,7 +1,8 @@
 """Is a sample new or copied? Indexes over a run's stored training ids (`charrnn sample --novelty`).
 
 Nothing here scans the training text per sample; each index is built once:
-- lines mode, `LineIndex`: a 64-bit polynomial hash of every line, sorted; a
+- lines mode, `LineIndex`: a 64-bit polynomial hash of every line, sorted (in
+  memory, or by models.line_index from `line_hash_runs` merged on disk); a
   sample line is looked up by binary search and confirmed by comparing ids.
 - stream mode, `StreamIndex`: every training position sorted by the next k
   tokens packed into one integer, ties by position (`gram_order` in memory;
@@ -58,23 +59,39 @@ def _line_hashes(ids, offsets) -> np.ndarray:
 class LineIndex:
     """The lines of a split (ids + offsets as a run stores them), for asking whether a line is one of them."""
 
-    def __init__(self, ids, offsets):
+    def __init__(self, ids, offsets, hashes=None, order=None):
+        """- hashes, order: the sorted line hashes and the lines in that order, as line_hash_runs and
+          merge_sorted make them on disk (memory-mapped); None: computed here, in memory"""
         self.ids = ids
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        hashes = _line_hashes(ids, self.offsets)
-        self.order = np.argsort(hashes, kind="stable")
-        self.hashes = hashes[self.order]
+        self.offsets = offsets
+        if hashes is None:
+            hashes = _line_hashes(ids, offsets)
+            order = np.argsort(hashes, kind="stable")
+            hashes = hashes[order]
+        self.order, self.hashes = order, hashes
 
     def __contains__(self, line) -> bool:
         """line: (n,) token ids of one line, no BOS or EOS."""
         line = np.asarray(line)
         (h,) = _line_hashes(line, [0, len(line)])
         lo, hi = np.searchsorted(self.hashes, h, side="left"), np.searchsorted(self.hashes, h, side="right")
-        for i in self.order[lo:hi]:  # equal hashes: confirm by the ids (a collision is not a copy)
-            a, b = self.offsets[i], self.offsets[i + 1]
+        for i in np.asarray(self.order[lo:hi], dtype=np.int64):  # equal hashes: confirm by the ids (a
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])             # collision is not a copy)
             if b - a == len(line) and np.array_equal(self.ids[a:b], line):
                 return True
         return False
+
+
+def line_hash_runs(ids, offsets, run_lines: int):
+    """Yield (hashes, lines) of each run of run_lines lines: their hashes sorted, with the line numbers in
+    that order (ties by line number), for merge_sorted; one run's lines in memory at a time."""
+    n = len(offsets) - 1
+    for start in range(0, n, run_lines):
+        stop = min(n, start + run_lines)
+        part = np.asarray(offsets[start : stop + 1], dtype=np.int64)
+        hashes = _line_hashes(ids, part)
+        order = np.argsort(hashes, kind="stable")
+        yield hashes[order], order + start
 
 
 # ---------------------------------------------------------------- stream mode: the longest verbatim stretch
@@ -128,9 +145,19 @@ def sorted_run(ids, start: int, stop: int, bits: int, k: int) -> np.ndarray:
 
 def merge_runs(ids, runs, bits: int, k: int, budget: int = 1 << 22):
     """Merge sorted runs of positions (as sorted_run makes them, in position order: each run's positions
-    below the next run's) into one order by (key, position); yields the order a block at a time.
+    below the next run's) into one order by (packed key, position); yields the order a block at a time
+    (merge_sorted, with each position's key packed again from ids)."""
+    for _, positions in merge_sorted(runs, lambda r, lo, hi, part: keys_at(ids, part, bits, k), budget):
+        yield positions
+
+
+def merge_sorted(runs, keys_of, budget: int = 1 << 22):
+    """Merge sorted runs of positions (each sorted by (key, position), each run's positions below the next
+    run's) into one order by (key, position); yields (keys, positions) a block at a time.
 
     - runs: sequences of positions (memory-mapped files: only a block of each is read at a time)
+    - keys_of(r, lo, hi, positions): the keys of run r's positions lo:hi (packed again, or read from a
+      file of the run's sorted keys)
     - budget: positions held at once over all runs (with their keys, 16 bytes each): the memory is this
       constant, whatever the number and length of the runs
     Each step takes from every run what is at most the smallest last (key, position) read among the runs
@@ -144,8 +171,8 @@ def merge_runs(ids, runs, bits: int, k: int, budget: int = 1 << 22):
 
     def refill(r):
         part = np.asarray(runs[r][read[r] : read[r] + block], dtype=np.int64)
+        held_pos[r], held_key[r] = part, keys_of(r, read[r], read[r] + len(part), part)
         read[r] += len(part)
-        held_pos[r], held_key[r] = part, keys_at(ids, part, bits, k)
 
     for r in range(len(runs)):
         refill(r)
@@ -167,8 +194,9 @@ def merge_runs(ids, runs, bits: int, k: int, budget: int = 1 << 22):
             held_pos[r], held_key[r] = held_pos[r][take:], held_key[r][take:]
             if not len(held_pos[r]) and read[r] < len(runs[r]):
                 refill(r)
-        positions = np.concatenate(pos_parts)
-        yield positions[np.argsort(np.concatenate(key_parts), kind="stable")]
+        keys = np.concatenate(key_parts)
+        order = np.argsort(keys, kind="stable")
+        yield keys[order], np.concatenate(pos_parts)[order]
 
 
 def gram_order(ids) -> np.ndarray:

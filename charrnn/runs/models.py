@@ -194,10 +194,60 @@ def build_stream_index(ids, path: str, spill: str, digest: bytes) -> None:
         raise CorpusError(f"{path}: cannot write the novelty index: {e.strerror or e}") from None
 
 
+def line_index(ids, offsets, spill: str):
+    """A novelty.LineIndex of the lines (ids, offsets) whose sorted hashes and order are built by an external
+    merge sort in the folder spill (runs of RUN_TOKENS lines) and memory-mapped from there: a constant plus
+    the mapped files, not 16 bytes a line in memory."""
+    n = len(offsets) - 1
+    dtype = novelty.order_dtype(n)
+    hash_runs, line_runs = [], []
+    for number, (hashes, order) in enumerate(novelty.line_hash_runs(ids, offsets, RUN_TOKENS)):
+        base = os.path.join(spill, f"{len(os.listdir(spill))}-")
+        corpus.save_ids(base + "hashes.npy", hashes)
+        corpus.save_ids(base + "lines.npy", order.astype(dtype))
+        hash_runs.append(corpus.load_ids(base + "hashes.npy"))
+        line_runs.append(corpus.load_ids(base + "lines.npy"))
+        corpus.release_pages(ids)
+        corpus.release_pages(offsets)
+    merged = {}
+    for which, out_dtype in (("hashes", np.uint64), ("lines", dtype)):
+        path = os.path.join(spill, f"{len(os.listdir(spill))}-{which}.npy")
+
+        def write(f, which=which, out_dtype=out_dtype):
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(out_dtype)),
+                                                     "fortran_order": False, "shape": (n,)})
+            for keys, lines in novelty.merge_sorted(line_runs, lambda r, lo, hi, part: np.asarray(hash_runs[r][lo:hi]),
+                                                    RUN_TOKENS):
+                f.write((keys if which == "hashes" else lines).astype(out_dtype).tobytes())
+                for run in (*hash_runs, *line_runs):
+                    corpus.release_pages(run)
+        try:
+            atomic.write_file(path, write)
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot write the novelty index: {e.strerror or e}") from None
+        merged[which] = corpus.load_ids(path) if n else np.zeros(0, dtype=out_dtype)
+    return novelty.LineIndex(ids, offsets, merged["hashes"], merged["lines"])
+
+
+def _spilled(directory, build):
+    """build(spill folder), the folder a temp one in the run's data/ (else the system's: a read-only run),
+    removed afterwards: what build mapped from it stays mapped."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=".lines_index.", suffix=".tmp", dir=data_dir(directory)) as spill:
+            return build(spill)
+    except (OSError, CorpusError):
+        spill = tempfile.mkdtemp(prefix="charrnn-index-")
+        try:
+            return build(spill)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+
+
 def novelty_index(model_file: str, lines: bool):
     """The index that tells how new a sample of the model in model_file is; returns (index, built now).
 
-    - lines: (LineIndex of the training lines, LineIndex of the validation lines or None)
+    - lines: (LineIndex of the training lines, LineIndex of the validation lines or None), each built for
+      this call by an external merge sort of its line hashes (line_index), in bounded memory
     - stream: a novelty.StreamIndex, read from data/train_index.npy or built and stored there (where the
       run directory cannot be written, it is built in a temp folder for this call only). The stored index
       starts with the sha256 of the training ids it indexes: ids that changed, whatever their length,
@@ -218,10 +268,10 @@ def novelty_index(model_file: str, lines: bool):
         try:
             val = read_split(directory, "val", True)
             corpus.check_offsets(val[1], len(val[0]), data_path(directory, "val_offsets.npy"))
-            val_index = novelty.LineIndex(*val)
         except CharRNNError:
-            val_index = None
-        return (novelty.LineIndex(ids, offsets), val_index), True
+            val = None
+        return _spilled(directory, lambda spill: (line_index(ids, offsets, spill),
+                                                  None if val is None else line_index(*val, spill))), True
     path = data_path(directory, NOVELTY_INDEX)
     digest = ids_digest(ids)
     order = _stored_order(path, ids, digest)
