@@ -49,6 +49,7 @@ LATENCY_BYTES = 160 * 1024
 MIN_CHUNK = 4096
 _RING_TAG = 28
 _ERROR_TAG, _HEARD_TAG = 29, 30
+_HEARD, _ALL_FAILED = 1, 2  # rank 0's answer to a failing rank: it has the text; and every rank failed
 # How long a failing rank waits to hear whether rank 0 fails alike (and rank 0 for the others' errors): ranks
 # that hit the same error reach it within the spread of their start-ups, which this easily covers
 ERROR_WAIT = 3.0
@@ -227,18 +228,19 @@ class MPIGroup(Solo):
     def error_once(self, text: str, say, wait: float = ERROR_WAIT) -> None:
         """Tell this failing rank's error text through say(text), so that an error every rank hits is told once.
 
-        A failing rank other than 0 sends its text to rank 0 and waits up to `wait` seconds to hear that
-        rank 0 has it: then it says nothing; if not (rank 0 did not fail, and waits in a collective for
-        this rank), it says its own. A failing rank 0 says its own text at once, then takes the others'
-        for up to `wait` seconds (until every rank's has come), says each different one, and only then
-        answers that it has it: a rank that hears the answer leaves, and mpiexec then ends the job, so
-        whatever rank 0 is to say is said before any answer goes out. Plain sends of the UTF-8 bytes
-        (nothing pickled) that nothing else uses, so any collective in flight is untouched.
+        A failing rank other than 0 sends its text to rank 0 and waits (up to twice `wait` seconds) to hear
+        that rank 0 has it: then it says nothing; if not (rank 0 did not fail, and waits in a collective for
+        this rank), it says its own. A failing rank 0 says its own text at once, then takes the others' for
+        up to `wait` seconds (until every rank's has come) and says each different one; only then does it
+        answer the ranks it heard from. When every rank failed, all of them then meet at a barrier, so that
+        they leave together: a rank that left while another was still at work would have mpiexec kill that
+        one, and the job's exit status would be the kill's (9), not the error's. Plain sends of the UTF-8
+        bytes (nothing pickled) that nothing else uses, so any collective in flight is untouched.
         """
         from mpi4py import MPI
 
-        deadline = time.monotonic() + wait
         if self.rank != 0:
+            deadline = time.monotonic() + 2 * wait
             self.comm.Isend(np.frombuffer(text.encode("utf-8"), np.uint8), dest=0, tag=_ERROR_TAG)
             heard = np.zeros(1, np.uint8)
             request = self.comm.Irecv(heard, source=0, tag=_HEARD_TAG)
@@ -247,21 +249,28 @@ class MPIGroup(Solo):
                     say(text)  # rank 0 did not fail alike: this rank's error is its own to tell
                     return
                 time.sleep(0.01)
+            if heard[0] == _ALL_FAILED:
+                self.comm.Barrier()
             return
+        deadline = time.monotonic() + wait
         say(text)
-        texts, status = [text], MPI.Status()
-        for _ in range(self.size - 1):
-            while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status):
-                if time.monotonic() > deadline:
-                    return
+        texts, senders, status = [text], [], MPI.Status()
+        while len(senders) < self.size - 1 and time.monotonic() <= deadline:
+            if not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_ERROR_TAG, status=status):
                 time.sleep(0.01)
+                continue
             data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             self.comm.Recv(data, source=status.Get_source(), tag=_ERROR_TAG)
+            senders.append(status.Get_source())
             other = data.tobytes().decode("utf-8", errors="replace")
             if other not in texts:
                 texts.append(other)
                 say(other)
-            self.comm.Send(np.ones(1, np.uint8), dest=status.Get_source(), tag=_HEARD_TAG)
+        answer = _ALL_FAILED if len(senders) == self.size - 1 else _HEARD
+        for sender in senders:
+            self.comm.Send(np.full(1, answer, np.uint8), dest=sender, tag=_HEARD_TAG)
+        if answer == _ALL_FAILED:
+            self.comm.Barrier()
 
 
 _world = None
