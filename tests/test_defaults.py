@@ -16,7 +16,7 @@ from charrnn.constants import TRAIN_DEFAULTS
 from charrnn.core.model import ModelConfig
 from charrnn.errors import ConfigError
 from charrnn.files import checkpoint, layout
-from charrnn.files.config import AUTO_KEYS, DEFAULTS, TrainConfig
+from charrnn.files.config import AUTO_KEYS, DEFAULTS, TrainConfig, auto_threads
 from charrnn.runs.request import TrainingRequest
 from tiny_runs import invoke, stream_text
 
@@ -66,7 +66,8 @@ def test_a_fresh_run_saves_the_defaults_it_was_not_given(tmp_path):
     for name, value in DEFAULTS.items():
         if name in given or name == "errors":
             continue
-        expected = 1 if name == "min_count" else value  # a character-level run: 1
+        # chosen at the start: a character-level run's min_count is 1, the row blocks follow the batch
+        expected = {"min_count": 1, "threads": auto_threads(given["batch_size"])}.get(name, value)
         assert saved[name] == expected, name
 
 
