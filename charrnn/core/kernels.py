@@ -302,23 +302,24 @@ def _product_overload(x, w, out):
     return None
 
 
-def _packed(w, steps, precision="float32"):
+def _packed(w, steps, precision="float32", panels=None):
     """The packed operand to multiply by w in compiled loops, or None for the loops run as Python:
     - bf16: (panels, tiles) for bf16.py's tiles, at any length (None where the CPU has none);
     - float32: (panels, NR, MR, microkernels) for gemm.py's (None for float64, short chunks and
-      machines without the microkernel, which use NumPy's matmul)."""
+      machines without the microkernel, which use NumPy's matmul).
+    panels: bf16.pack(w) when the caller has it."""
     if precision == "bf16":
         tiles = bf16.microkernels()
-        return None if tiles is None else (bf16.pack(w), tiles.tiles)
+        return None if tiles is None else (bf16.pack(w) if panels is None else panels, tiles.tiles)
     if w.dtype == np.float32 and steps >= _PACK_MIN_STEPS and gemm.available():
         return (gemm.pack(w), *gemm.microkernels())
     return None
 
 
-def _runner(loop, w, steps, precision="float32"):
+def _runner(loop, w, steps, precision="float32", panels=None):
     """loop(operand, *args): compiled with the packed w when _packed allows, else as Python with w itself
     (bf16: wrapped in Bf16Reference)."""
-    packed = _packed(w, steps, precision)
+    packed = _packed(w, steps, precision, panels)
     if packed is not None:
         return lambda *args: loop(packed, *args)
     operand = Bf16Reference(w) if precision == "bf16" else w
@@ -422,7 +423,8 @@ class Chunk(NamedTuple):
     precision: str = "float32"        # the products' precision (model.PRECISIONS)
 
 
-def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=(), precision="float32"):
+def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, extra=(), precision="float32",
+                     packed=None):
     """Run one layer's recurrence over a chunk; the same contract as cells.sequence_forward.
 
     - keep: False when no backward pass follows (sampling, scoring): step
@@ -430,7 +432,8 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     - W_hh_t: W_hh transposed and contiguous (H, G*H), when the caller has it
       (BLAS multiplies it about a fifth faster than the transposed view)
     - extra: the cell's EXTRA parameters (cells.EXTRA), a tuple of (H,) arrays
-    - precision: "bf16" takes the step products with bfloat16 inputs (bf16.py), the backward's too
+    - precision: "bf16" takes the step products with bfloat16 inputs (bf16.py), the backward's too;
+      packed: bf16.pack(W_hh_t), when the caller has it (model.Weights.bf16)
     Returns (hs (T, B, H), state, cache): cache is a Chunk, or None when keep is False.
     """
     if cell not in _FORWARD:
@@ -439,7 +442,7 @@ def sequence_forward(cell, xp, state0, W_hh, b_hh, *, keep=True, W_hh_t=None, ex
     H = W_hh.shape[1]
     dtype = xp.dtype
     W_hh_t = np.ascontiguousarray(W_hh.T) if W_hh_t is None else W_hh_t
-    run = _runner(_FORWARD[cell], W_hh_t, T, precision)
+    run = _runner(_FORWARD[cell], W_hh_t, T, precision, packed)
     hs = np.empty((T + 1, B, H), dtype)
     hs[0] = state0[0]
     hh = np.empty((B, GH), dtype)

@@ -76,7 +76,8 @@ class ModelConfig:
         if self.pool not in ("mean", "last"):
             raise ConfigError(f"{option('pool')} must be mean or last, got {self.pool!r:.40}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"{option('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r:.40}")
+            raise ConfigError(f"{option('precision')} must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r:.40}")
         if self.precision == "bf16" and (self.dtype != "float32" or self.classes):
             raise ConfigError(f"{option('precision', 'bf16')} is for float32 language models, not "
                               + ("classifiers or taggers" if self.classes else option("dtype", self.dtype)))
@@ -102,12 +103,13 @@ class ModelConfig:
             raise ConfigError(f"bad model config: {exc}") from None
 
 
-def matmul(a: np.ndarray, b: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """a @ b in the model's precision: NumPy's product, or bfloat16 inputs with float32 accumulation."""
+def matmul(a: np.ndarray, b: np.ndarray, config: ModelConfig, packed: np.ndarray | None = None) -> np.ndarray:
+    """a @ b in the model's precision: NumPy's product, or bfloat16 inputs with float32 accumulation
+    (packed: bf16.pack(b), when the caller has it: Weights.bf16)."""
     if config.precision == "bf16":
         from . import bf16
 
-        return bf16.matmul(a, b)
+        return bf16.matmul(a, b, packed=packed)
     return a @ b
 
 
@@ -219,6 +221,8 @@ class Weights:
     head_w_t: np.ndarray           # head.weight transposed, contiguous (H, V)
     head_b: np.ndarray             # (V,)
     extra: tuple = ()              # per layer: the cell's EXTRA parameters, a tuple of (H,) arrays
+    bf16: dict | None = None       # --precision bf16: the forward products' weights packed once (bf16.pack):
+                                   # "w_ih{k}" (W_ih.T), "w_hh_t{k}", "head"; None in float32
 
 
 def prepare(params, config, *, table: bool = True) -> Weights:
@@ -237,12 +241,22 @@ def prepare(params, config, *, table: bool = True) -> Weights:
     if table and V * G * H * np.dtype(config.dtype).itemsize <= _TABLE_BYTES:
         lookup = matmul(params["embedding.weight"], w_ih[0].T, config)  # (V, G*H)
         lookup += b_ih[0]
+    w_hh_t = tuple(np.ascontiguousarray(w.T) for w in w_hh)
+    head_w_t = np.ascontiguousarray(params["head.weight"].T)
+    packed = None
+    if config.precision == "bf16":  # once, not per product: sampling's single steps would repack every token
+        from . import bf16
+
+        packed = {"head": bf16.pack(head_w_t)}
+        for k in range(L):
+            packed[f"w_ih{k}"] = bf16.pack(w_ih[k].T)
+            packed[f"w_hh_t{k}"] = bf16.pack(w_hh_t[k])
     return Weights(
         config=config, embedding=params["embedding.weight"], table=lookup, w_ih=w_ih, b_ih=b_ih, w_hh=w_hh,
-        w_hh_t=tuple(np.ascontiguousarray(w.T) for w in w_hh),
-        b_hh=tuple(params[f"rnn.bias_hh_l{k}"] for k in range(L)),
-        head_w_t=np.ascontiguousarray(params["head.weight"].T), head_b=params["head.bias"],
-        extra=tuple(tuple(params[f"rnn.weight_{n}_l{k}"] for n in EXTRA[config.cell]) for k in range(L)))
+        w_hh_t=w_hh_t, b_hh=tuple(params[f"rnn.bias_hh_l{k}"] for k in range(L)),
+        head_w_t=head_w_t, head_b=params["head.bias"],
+        extra=tuple(tuple(params[f"rnn.weight_{n}_l{k}"] for n in EXTRA[config.cell]) for k in range(L)),
+        bf16=packed)
 
 
 class Layer(NamedTuple):
@@ -280,12 +294,12 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, ta
             xp = weights.table[tokens_tm]  # (T, B, G*H): a row gather
         else:
             below = weights.embedding[tokens_tm.reshape(-1)] if k == 0 else x.reshape(T * B, -1)
-            xp = matmul(below, weights.w_ih[k].T, config)  # (T*B, G*H): one product for the chunk
+            xp = matmul(below, weights.w_ih[k].T, config, bf16_operand(weights, f"w_ih{k}"))  # (T*B, G*H): one product
             xp += weights.b_ih[k]
             xp = xp.reshape(T, B, -1)
         hs, layer_state, rec_cache = rec.sequence_forward(
             config.cell, xp, tuple(s[k] for s in state), weights.w_hh[k], weights.b_hh[k],
-            keep=keep, W_hh_t=weights.w_hh_t[k], extra=weights.extra[k], **_precision(config))
+            keep=keep, W_hh_t=weights.w_hh_t[k], extra=weights.extra[k], **_precision(weights, k))
         del xp  # free the projection before the next layer makes its own
         for acc, s in zip(final, layer_state):
             acc.append(s)
@@ -296,9 +310,18 @@ def walk(weights: Weights, tokens_tm, state, *, keep: bool, dropout_rng=None, ta
     return x, tuple(np.stack(acc) for acc in final), layers
 
 
-def _precision(config) -> dict:
-    """The recurrence's precision keyword: only where it is not float32 (cells.py takes none)."""
-    return {} if config.precision == "float32" else {"precision": config.precision}
+def _precision(weights, k: int) -> dict:
+    """The recurrence's precision keywords (and layer k's packed W_hh.T): only where it is not float32
+    (cells.py takes none)."""
+    config = weights.config
+    if config.precision == "float32":
+        return {}
+    return {"precision": config.precision, "packed": bf16_operand(weights, f"w_hh_t{k}")}
+
+
+def bf16_operand(weights, name: str):
+    """The packed bf16 operand `name` of weights.bf16, or None (float32, or weights without it)."""
+    return None if weights.bf16 is None else weights.bf16.get(name)
 
 
 def _dropout_mask(shape, p, rng, dtype):
@@ -343,7 +366,7 @@ def forward(params, config, inputs, targets=None, mask=None, state=None, *,
     x, final_state, layers = walk(weights, tokens_tm, state, keep=True, dropout_rng=dropout_rng, table=table)
 
     top = x.reshape(T * B, config.hidden)
-    logits = matmul(top, weights.head_w_t, config)  # (T*B, V)
+    logits = matmul(top, weights.head_w_t, config, bf16_operand(weights, "head"))  # (T*B, V)
     logits += params["head.bias"]
     cache = {"inputs": inputs, "layers": layers, "top": top, "B": B, "T": T, "nll_sum": 0.0, "count": 0}
     if want_logits:

@@ -25,7 +25,7 @@ def step(weights: Weights, tokens, state):
     Returns (logits (B, V), new state tuple of (L, B, H) arrays).
     """
     top, state, _ = model.walk(weights, np.asarray(tokens)[None, :], state, keep=False)
-    logits = model.matmul(top[0], weights.head_w_t, weights.config)  # (B, V)
+    logits = model.matmul(top[0], weights.head_w_t, weights.config, model.bf16_operand(weights, "head"))  # (B, V)
     logits += weights.head_b
     return logits, state
 
@@ -49,7 +49,8 @@ def score_chunk(weights: Weights, inputs, targets, mask=None, state=None):
     if state is None:
         state = model.zero_state(config, B)
     top, state, _ = model.walk(weights, np.ascontiguousarray(inputs.T), state, keep=False)
-    logits = model.matmul(top.reshape(T * B, -1), weights.head_w_t, weights.config)  # (T*B, V), time-major rows
+    logits = model.matmul(top.reshape(T * B, -1), weights.head_w_t, weights.config,
+                          model.bf16_operand(weights, "head"))  # (T*B, V), time-major rows
     logits += weights.head_b
     tgt = targets.T.reshape(-1)  # (T*B,)
     _, nll = loss.softmax_nll(logits, tgt, probs=False)  # (T*B,)
