@@ -77,10 +77,17 @@ def prepare(params, config, shape, parts: int):
     """The weights laid out once (model.prepare) for every block of a step's chunks of at most
     shape = (B, T) tokens, cut into `parts` row blocks: layer 0's table is built when the largest
     block uses it, and each block uses it as it would alone (model.forward), so the bits are those of
-    a block that prepared its own."""
+    a block that prepared its own.
+
+    With parts > 1 the BLAS is held to one thread here too, as the blocks hold it: the table's product
+    then has a block's bits, and OpenBLAS starts no threads of its own, which would go on spinning for a
+    while after it and take the cores from the blocks (that cost a quarter of a step on two cores)."""
     B, T = shape
     rows = max((s.stop - s.start for s in row_blocks(B, parts)), default=0)
-    return model.prepare(params, config, table=model.uses_table(config, rows * T))
+    if parts == 1:
+        return model.prepare(params, config, table=model.uses_table(config, rows * T))
+    with blas.limited(1):
+        return model.prepare(params, config, table=model.uses_table(config, rows * T))
 
 
 def loss_and_grads(params, config, inputs, targets, mask, state, *, count: int, rngs=None, parts: int = 1,
