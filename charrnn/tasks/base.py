@@ -347,3 +347,27 @@ def summed_over_ranks(params: dict, group, nll: float, grads: dict, total: int):
         at += n
     nll = float(group.sum_in_rank_order(np.array([nll], np.float64))[0])
     return (nll / total if total else 0.0), out
+
+
+CONFUSIONS_SHOWN = 20  # eval with too many kinds for a confusion table: its most frequent mistakes
+
+
+def confusion_lines(names: list, result: dict, kind: str, dense_limit: int) -> list:
+    """What eval prints of a confusion matrix: a table, rows the true kind and columns the predicted one;
+    or, where result["confusion"] is None (more kinds than dense_limit, whose C x C cells would be mostly
+    zeros), the CONFUSIONS_SHOWN most frequent mistakes from result["pairs"] (true id, predicted id, count).
+
+    - names: the kinds' printable names, in id order; kind: what one is called ("label", "tag")
+    Returns the lines, without line ends.
+    """
+    if result["confusion"] is None:
+        mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
+        listed = mistakes[:CONFUSIONS_SHOWN]
+        return [f"confusion: {len(names):,} {kind}s are too many for a table (it is printed for up to "
+                f"{dense_limit}; {option('as_json')} gives every non-zero cell as \"pairs\"); "
+                f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:"] + \
+            [f"  {count:>8,}  {names[true]} -> {names[predicted]}" for true, predicted, count in listed]
+    width = max(max(len(n) for n in names), max(len(f"{c:,}") for row in result["confusion"] for c in row))
+    return [f"confusion (rows: true {kind}, columns: predicted)",
+            " " * width + "  " + "  ".join(f"{n:>{width}}" for n in names)] + \
+        [f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row) for name, row in zip(names, result["confusion"])]

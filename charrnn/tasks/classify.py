@@ -22,7 +22,7 @@ from ..files import corpus, textfile
 from ..files.layout import DATA_DIR, LABELS_FILE
 from ..files.modelmeta import checked_labels
 from ..step import distributed, parallel
-from .base import Batch, CommandOption, Task, TaskData, summed_over_ranks
+from .base import Batch, CommandOption, Task, TaskData, confusion_lines, summed_over_ranks
 from .lm import heldout_lines  # a classifier scores the same share of the held-out lines as a language model
 
 
@@ -216,20 +216,7 @@ class Classifier(Task):
                  f"accuracy  {result['accuracy']:.4f}",
                  f"macro-F1  {result['macro_f1']:.4f}",
                  f"loss      {result['loss']:.4f} nats/line"]
-        if result["confusion"] is None:  # too many labels for a table: its C x C cells would be mostly zeros
-            mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
-            listed = mistakes[:CONFUSIONS_SHOWN]
-            lines.append(f"confusion: {len(labels):,} labels are too many for a table (it is printed for up to "
-                         f"{classifier.DENSE_CONFUSION_LABELS}; {option('as_json')} gives every non-zero cell as \"pairs\"); "
-                         f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
-            lines += [f"  {count:>8,}  {labels[true]} -> {labels[predicted]}" for true, predicted, count in listed]
-            return lines
-        lines.append("confusion (rows: true label, columns: predicted)")
-        width = max(max(len(n) for n in labels), max(len(f"{c:,}") for row in result["confusion"] for c in row))
-        lines.append(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in labels))
-        lines += [f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row)
-                  for name, row in zip(labels, result["confusion"])]
-        return lines
+        return lines + confusion_lines(labels, result, "label", classifier.DENSE_CONFUSION_LABELS)
 
     # ------------------------------------------------------------ a trained model's own commands
 
@@ -287,7 +274,6 @@ class Classifier(Task):
         return tags
 
 
-CONFUSIONS_SHOWN = 20  # eval of a classifier with too many labels for a table: its most frequent mistakes
 
 
 # ---------------------------------------------------------------- scoring a trained classifier

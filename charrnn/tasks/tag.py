@@ -26,7 +26,7 @@ from ..errors import CharRNNError, CheckpointError, ConfigError, CorpusError, op
 from ..files import atomic, corpus, tagged
 from ..files.layout import DATA_DIR
 from ..step import distributed, parallel
-from .base import Batch, CommandOption, Task, TaskData, summed_over_ranks
+from .base import Batch, CommandOption, Task, TaskData, confusion_lines, summed_over_ranks
 from .lm import heldout_lines
 
 TAGS_FILE = "tags.json"  # in DATA_DIR: the tag names in id order
@@ -290,20 +290,7 @@ class Tagger(Task):
         lines += [f"{name:>{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:9,}"
                   for name, r in rows]
         names = [shown(n) for n in result["labels"]]
-        if result["confusion"] is None:
-            mistakes = sorted((p for p in result["pairs"] if p[0] != p[1]), key=lambda p: (-p[2], p[0], p[1]))
-            listed = mistakes[:CONFUSIONS_SHOWN]
-            lines.append(f"confusion: {len(names):,} tags are too many for a table (it is printed for up to "
-                         f"{tagger.DENSE_CONFUSION_TAGS}; {option('as_json')} gives every non-zero cell as \"pairs\"); "
-                         f"the {len(listed)} most frequent of {len(mistakes):,} kinds of mistake:")
-            lines += [f"  {count:>8,}  {names[true]} -> {names[predicted]}" for true, predicted, count in listed]
-            return lines
-        lines.append("confusion (rows: true tag, columns: predicted)")
-        width = max(max(len(n) for n in names), max(len(f"{c:,}") for row in result["confusion"] for c in row))
-        lines.append(" " * width + "  " + "  ".join(f"{n:>{width}}" for n in names))
-        lines += [f"{name:>{width}}  " + "  ".join(f"{c:>{width},}" for c in row)
-                  for name, row in zip(names, result["confusion"])]
-        return lines
+        return lines + confusion_lines(names, result, "tag", tagger.DENSE_CONFUSION_TAGS)
 
     # ------------------------------------------------------------ a trained model's own commands
 
@@ -420,7 +407,6 @@ class Tagger(Task):
         return {**tagger.metrics(probs.argmax(axis=1), true, offsets, list(names), probs), "labels": list(names)}
 
 
-CONFUSIONS_SHOWN = 20  # eval of a tagger with too many tags for a table: its most frequent mistakes
 
 
 def _first_line(text: str) -> str:
