@@ -240,23 +240,7 @@ def _tile_ir(rows: int) -> str:
     c: float32, ldc elements apart; the masks say which columns of the two vectors lie inside c.
     """
     vec, width = f"<{WIDTH} x float>", WIDTH
-    acc = [(r, v) for r in range(rows) for v in range(2)]
-    out = [f"define void @tile{rows}(ptr %a, i64 %lda, ptr %w, i64 %Q, ptr %c, i64 %ldc, "
-           f"i32 %m0, i32 %m1, i32 %accumulate) #0 {{", "entry:"]
-    for v in range(2):
-        out += [f"  %mt{v} = trunc i32 %m{v} to i{width}", f"  %mask{v} = bitcast i{width} %mt{v} to <{width} x i1>"]
-    out.append("  %add = icmp ne i32 %accumulate, 0")
-    for r, v in acc:
-        out += [f"  %co{r}_{v} = mul i64 %ldc, {r}", f"  %cq{r}_{v} = add i64 %co{r}_{v}, {v * width}",
-                f"  %cp{r}_{v} = getelementptr float, ptr %c, i64 %cq{r}_{v}",
-                f"  %old{r}_{v} = call {vec} @llvm.masked.load.v{width}f32.p0(ptr %cp{r}_{v}, i32 4, "
-                f"<{width} x i1> %mask{v}, {vec} zeroinitializer)",
-                f"  %init{r}_{v} = select i1 %add, {vec} %old{r}_{v}, {vec} zeroinitializer"]
-    for r in range(rows):
-        out.append(f"  %ro{r} = mul i64 %lda, {r}")
-    out += ["  br label %loop", "loop:", "  %q = phi i64 [0, %entry], [%q1, %loop]"]
-    for r, v in acc:
-        out.append(f"  %s{r}_{v} = phi {vec} [%init{r}_{v}, %entry], [%n{r}_{v}, %loop]")
+    out = gemm.tile_entry(rows, width, "q")
     out += [f"  %wo0 = mul i64 %q, {2 * NR}", f"  %wo1 = add i64 %wo0, {2 * width}"]
     for v in range(2):
         out += [f"  %wp{v} = getelementptr i16, ptr %w, i64 %wo{v}",
@@ -272,13 +256,7 @@ def _tile_ir(rows: int) -> str:
         for v in range(2):
             out.append(f"  %n{r}_{v} = call {vec} @llvm.x86.avx512bf16.dpbf16ps.512({vec} %s{r}_{v}, "
                        f"<32 x bfloat> %af{r}, <32 x bfloat> %w{v})")
-    out += ["  %q1 = add i64 %q, 1", "  %more = icmp ult i64 %q1, %Q", "  br i1 %more, label %loop, label %done",
-            "done:"]
-    for r, v in acc:
-        out.append(f"  call void @llvm.masked.store.v{width}f32.p0({vec} %n{r}_{v}, ptr %cp{r}_{v}, i32 4, "
-                   f"<{width} x i1> %mask{v})")
-    out += ["  ret void", "}"]
-    return "\n".join(out)
+    return "\n".join(out + gemm.tile_exit(rows, width, "q"))
 
 
 @numba.njit(nogil=True, cache=True)

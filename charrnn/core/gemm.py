@@ -201,8 +201,29 @@ def _tile_ir(rows: int, width: int) -> str:
     a[r, k], broadcast; the 2 * rows accumulators stay in registers over k.
     """
     vec, nr = f"<{width} x float>", 2 * width
+    out = tile_entry(rows, width, "k")
+    out += [f"  %wo0 = mul i64 %k, {nr}", f"  %wo1 = add i64 %wo0, {width}"]
+    for v in range(2):
+        out += [f"  %wp{v} = getelementptr float, ptr %w, i64 %wo{v}", f"  %w{v} = load {vec}, ptr %wp{v}, align 4"]
+    for r in range(rows):
+        out += [f"  %ao{r} = add i64 %ro{r}, %k", f"  %ap{r} = getelementptr float, ptr %a, i64 %ao{r}",
+                f"  %as{r} = load float, ptr %ap{r}, align 4",
+                f"  %ai{r} = insertelement {vec} poison, float %as{r}, i32 0",
+                f"  %ab{r} = shufflevector {vec} %ai{r}, {vec} poison, <{width} x i32> zeroinitializer"]
+        for v in range(2):
+            out.append(f"  %n{r}_{v} = call {vec} @llvm.fma.v{width}f32({vec} %ab{r}, {vec} %w{v}, {vec} %s{r}_{v})")
+    return "\n".join(out + tile_exit(rows, width, "k"))
+
+
+def tile_entry(rows: int, width: int, k: str) -> list:
+    """The IR lines a tile{rows} function starts with, up to its loop's body: its signature (a, lda, w, the
+    loop's count (k upper-cased), c, ldc, mask0, mask1, accumulate), the column masks, the 2 * rows
+    accumulators (%s{r}_{v}, from zero or from c itself), each row's offset (%ro{r}) and the loop variable %{k}.
+    The body computes %n{r}_{v} from %s{r}_{v}; tile_exit closes the loop and stores them. bf16.py's tiles
+    share this frame."""
+    vec, count = f"<{width} x float>", k.upper()
     acc = [(r, v) for r in range(rows) for v in range(2)]
-    out = [f"define void @tile{rows}(ptr %a, i64 %lda, ptr %w, i64 %K, ptr %c, i64 %ldc, "
+    out = [f"define void @tile{rows}(ptr %a, i64 %lda, ptr %w, i64 %{count}, ptr %c, i64 %ldc, "
            f"i32 %m0, i32 %m1, i32 %accumulate) #0 {{", "entry:"]
     for v in range(2):
         out += [f"  %mt{v} = trunc i32 %m{v} to i{width}", f"  %mask{v} = bitcast i{width} %mt{v} to <{width} x i1>"]
@@ -215,26 +236,23 @@ def _tile_ir(rows: int, width: int) -> str:
                 f"  %init{r}_{v} = select i1 %add, {vec} %old{r}_{v}, {vec} zeroinitializer"]
     for r in range(rows):
         out.append(f"  %ro{r} = mul i64 %lda, {r}")
-    out += ["  br label %loop", "loop:", "  %k = phi i64 [0, %entry], [%k1, %loop]"]
+    out += ["  br label %loop", "loop:", f"  %{k} = phi i64 [0, %entry], [%{k}1, %loop]"]
     for r, v in acc:
         out.append(f"  %s{r}_{v} = phi {vec} [%init{r}_{v}, %entry], [%n{r}_{v}, %loop]")
-    out += [f"  %wo0 = mul i64 %k, {nr}", f"  %wo1 = add i64 %wo0, {width}"]
-    for v in range(2):
-        out += [f"  %wp{v} = getelementptr float, ptr %w, i64 %wo{v}", f"  %w{v} = load {vec}, ptr %wp{v}, align 4"]
+    return out
+
+
+def tile_exit(rows: int, width: int, k: str) -> list:
+    """The IR lines that end a tile{rows} function tile_entry began: the loop's next turn or its end, and the
+    accumulators stored through the column masks."""
+    vec = f"<{width} x float>"
+    out = [f"  %{k}1 = add i64 %{k}, 1", f"  %more = icmp ult i64 %{k}1, %{k.upper()}",
+           "  br i1 %more, label %loop, label %done", "done:"]
     for r in range(rows):
-        out += [f"  %ao{r} = add i64 %ro{r}, %k", f"  %ap{r} = getelementptr float, ptr %a, i64 %ao{r}",
-                f"  %as{r} = load float, ptr %ap{r}, align 4",
-                f"  %ai{r} = insertelement {vec} poison, float %as{r}, i32 0",
-                f"  %ab{r} = shufflevector {vec} %ai{r}, {vec} poison, <{width} x i32> zeroinitializer"]
         for v in range(2):
-            out.append(f"  %n{r}_{v} = call {vec} @llvm.fma.v{width}f32({vec} %ab{r}, {vec} %w{v}, {vec} %s{r}_{v})")
-    out += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K", "  br i1 %more, label %loop, label %done",
-            "done:"]
-    for r, v in acc:
-        out.append(f"  call void @llvm.masked.store.v{width}f32.p0({vec} %n{r}_{v}, ptr %cp{r}_{v}, i32 4, "
-                   f"<{width} x i1> %mask{v})")
-    out += ["  ret void", "}"]
-    return "\n".join(out)
+            out.append(f"  call void @llvm.masked.store.v{width}f32.p0({vec} %n{r}_{v}, ptr %cp{r}_{v}, i32 4, "
+                       f"<{width} x i1> %mask{v})")
+    return out + ["  ret void", "}"]
 
 
 def available() -> bool:
