@@ -196,10 +196,7 @@ class LanguageModel(Task):
     name = "lm"
     noun = "a language model"
     summary = "a language model"
-    unit = "token"
-    modes = ("stream", "lines")
-    levels = ("char", "word")
-    fine_tunes = True
+    fine_tunes = True  # unit, modes and levels: the contract's (a token; stream or lines; char or word)
     methods = ("sample", "score", "annotate")
     command = "sample"
     chunked = True

@@ -111,9 +111,7 @@ class Tagger(Task):
     name = "tag"
     noun = "a tagger"
     summary = "a tagger of tokens (JSON Lines or CoNLL columns)"
-    unit = "token"
-    modes = ("lines",)
-    levels = ("char", "word")
+    modes = ("lines",)  # unit and levels: the contract's (a token; char or word)
     model_options = ("bidirectional",)
     methods = ("tag", "evaluate", "annotate")
     command = "tag"
