@@ -5,7 +5,14 @@ weights chosen by hand, plus a few endings that given names often have; every
 line is distinct and lowercase. Nothing is downloaded and no list of real
 names is copied: the same seed gives the same file, byte for byte.
 
+Invented names have a low entropy that a small model reaches in a minute, so
+they cannot show what a longer budget buys. `--real` writes real ones instead:
+the ASCII given names and family names of every locale of the Faker package
+(installed separately, a benchmark's dependency, never charrnn's), lowercase,
+distinct and sorted, then shuffled by the seed.
+
     python bench/names.py > names.txt                       # 30,000 lines
+    python bench/names.py --real > realnames.txt            # about 29,000 real names (pip install faker)
     charrnn train names.txt --mode lines --max-time 2m      # docs/performance.md, "Names"
     python bench/names.py --report checkpoints/names        # best val loss, and the evaluations without a new best
 """
@@ -79,18 +86,38 @@ def report(run_dir: str) -> str:
             f"with {streak} evaluations since the best; longest stretch without a new best before it: {longest}")
 
 
+def real_names(seed: int = 0) -> list[str]:
+    """The distinct ASCII given and family names of Faker's locales, lowercase, in an order shuffled by seed."""
+    import importlib
+    import faker
+    folder = os.path.join(os.path.dirname(faker.__file__), "providers", "person")
+    found = set()
+    for locale in sorted(os.listdir(folder)):
+        if locale.startswith("_") or locale.endswith(".py"):
+            continue
+        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        for attr in ("first_names", "first_names_male", "first_names_female", "first_names_nonbinary", "last_names"):
+            table = getattr(provider, attr, None)
+            if isinstance(table, (list, tuple, dict)):  # a dict weighs its names; some locales compute them
+                found.update(n.strip().lower() for n in table if n.strip().isalpha() and n.strip().isascii())
+    ordered = sorted(found)
+    random.Random(seed).shuffle(ordered)
+    return ordered
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=30_000, help="distinct names to write (default 30,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="-", help="file to write (default: stdout)")
     parser.add_argument("--report", nargs="+", metavar="RUN_DIR", help="summarize trained runs instead")
+    parser.add_argument("--real", action="store_true", help="real names from the Faker package (--lines ignored)")
     args = parser.parse_args(argv)
     if args.report:
         for run_dir in args.report:
             print(report(run_dir))
         return
-    text = "\n".join(names(args.lines, args.seed)) + "\n"
+    text = "\n".join(real_names(args.seed) if args.real else names(args.lines, args.seed)) + "\n"
     if args.out == "-":
         sys.stdout.write(text)
     else:
