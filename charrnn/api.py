@@ -974,8 +974,8 @@ def _follow(group, overrides, emit, stop) -> str:
     return directory
 
 
-def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:
-    """Tokens per second of training steps for the chosen settings (see train.measure_speed)."""
+def _shape(text, tconfig: TrainConfig) -> tuple[int, float | None]:
+    """(the vocabulary size the text gives, lines mode's mean tokens a line with its end token, else None)."""
     level = tconfig.level
     if isinstance(text, textfile.TextFile):  # the same numbers, from the scan
         scan = textfile.scan(text, level, tconfig.mode)
@@ -987,17 +987,26 @@ def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | No
         lines = corpus.split_lines(text) if tconfig.mode == "lines" else None
         line_length = count_tokens("\n".join(lines), level) / len(lines) + 1 if lines else None  # + the end token
     vocab_size = distinct + 3 if level == "char" else min(distinct, tconfig.max_vocab or 1 << 62) + 3
+    return max(vocab_size, 4), line_length
+
+
+def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:
+    """Tokens per second of training steps for these settings (see train.measure_speed). A bidirectional
+    stack runs every layer twice: half the speed of the one-directional model measured."""
+    vocab_size, line_length = _shape(text, tconfig)
+    both = bool(model_options.get("bidirectional"))
     try:
-        config = ModelConfig(vocab_size=max(vocab_size, 4), **model_options)
+        config = ModelConfig(vocab_size=vocab_size, **{**model_options, "bidirectional": False})
     except ConfigError:
         return None  # a bad option: start_run reports it
-    return training.measure_speed(config, tconfig, line_length)
+    return training.measure_speed(config, tconfig, line_length) / (2 if both else 1)
 
 
 def _settings_line(text, val_text, tconfig, model_options, ranks: int = 1) -> str | None:
     """Choose the model size, dropout and schedule the user left open (a batch the MPI ranks divide);
     returns a line saying what."""
-    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure, ranks=ranks)
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure,
+                                vocab_size=_shape(text, tconfig)[0], ranks=ranks)
     if chosen is None:
         return None
     values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"

@@ -232,6 +232,17 @@ SCHEDULE_KEYS = ("lr", "schedule", "warmup")
 NOMINAL_CHARS_PER_SEC = {64: 150_000, 128: 40_000, 256: 13_000, 512: 4_000}
 # A starting learning rate per optimizer, for batches of 16 to 32 streams.
 AUTO_LR = {"adagrad": 0.1, "adam": 5e-3, "rmsprop": 2e-3, "sgd": 0.5}
+# A time budget's model size (budget_size): the largest of AUTO_SIZES (layers, hidden) for which, at its
+# measured speed, the budget buys at least TOKENS_PER_PARAM training tokens per parameter and MIN_STEPS
+# steps, and that has at most PARAMS_PER_TOKEN parameters per training token. bench/budget.py's sweep
+# (bench/data/budget.jsonl, docs/performance.md) brackets each: 2 x 512 lost with 0.09 tokens a parameter
+# and won with 0.47; lost with 453 steps and won with 2,110 (2 x 256 won with 1,556); won with 17
+# parameters a token. 2 x 384 is not a choice: it lost to 2 x 256 or 2 x 512 at every budget it ran.
+# tests/test_auto_settings.py holds the rule to the sweep.
+AUTO_SIZES = ((1, 64), (2, 128), (2, 256), (2, 512))
+TOKENS_PER_PARAM = 0.4
+MIN_STEPS = 1250
+PARAMS_PER_TOKEN = 20.0
 AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
 AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every", "threads")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
@@ -384,13 +395,15 @@ def count_tokens(text: str, level: str) -> int:
 
 
 def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, model_options: dict,
-                       measure=None, ranks: int = 1) -> dict | None:
+                       measure=None, vocab_size: int | None = None, ranks: int = 1) -> dict | None:
     """Choose the AUTO_KEYS the user left open (None) in tconfig and model_options, in place.
 
     - text, val_text: the corpus and the separate validation text (None: val_frac is held out)
     - measure: optional function(model_options, tconfig, text) -> tokens per second of training steps for
-      the chosen settings; called when a time budget bounds the run and the dropout is open (it depends
-      on the passes the budget buys); without it the passes come from NOMINAL_CHARS_PER_SEC
+      those settings, or None; called when a time budget bounds the run and the dropout is open (it depends
+      on the passes the budget buys), and for the model size when it is open (budget_size); without it the
+      passes come from NOMINAL_CHARS_PER_SEC and the size from the corpus alone
+    - vocab_size: the vocabulary the model will have (for its parameter count; None: the size is the corpus's)
     - ranks: the MPI ranks the run trains on; an automatic batch size is a multiple of it
     Returns None when nothing was open, else {"keys": the keys chosen, "n_tokens": the training
     tokens they were chosen for, "passes": the passes over them the budget buys, "speed" and
@@ -420,7 +433,13 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
         else:
             setattr(tconfig, key, auto[key])
     if measure is not None and tconfig.max_time is not None and "dropout" in open_keys:
-        speed = measure(model_options, tconfig, text)
+        if "layers" in open_keys and "hidden" in open_keys and vocab_size is not None:
+            per_step = tconfig.batch_size * (tconfig.seq_len if tconfig.mode == "stream" else
+                                             n_tokens / max(n_lines or 1, 1))
+            speed = budget_size(n_tokens, per_step, tconfig, model_options,
+                                lambda options: measure(options, tconfig, text), vocab_size)
+        else:
+            speed = measure(model_options, tconfig, text)
         if speed:
             measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines,
                                      val_tokens=val_tokens, ranks=ranks)
@@ -430,6 +449,54 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             auto = measured
     return {"keys": [k for k in open_keys if k != "threads"], "n_tokens": n_tokens, "passes": auto["passes"], "speed": auto["speed"],
             "speed_measured": auto["speed_measured"]}
+
+
+def count_params(model_options: dict, vocab_size: int) -> int:
+    """The parameters of a model with these options (ModelConfig's fields) and vocabulary (a bidirectional
+    model counted with a head as wide as the vocabulary: its task's labels are not known here)."""
+    from ..core.model import param_shapes
+    options = {k: v for k, v in model_options.items() if v is not None}
+    if options.get("bidirectional"):
+        options.setdefault("classes", max(vocab_size, 4))
+    config = ModelConfig(vocab_size=max(vocab_size, 4), **options)
+    return int(sum(np.prod(shape) for shape in param_shapes(config).values()))
+
+
+def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, model_options: dict, measure,
+                vocab_size: int) -> float | None:
+    """Choose a time-bounded run's layers and hidden size from AUTO_SIZES, in model_options, by what its
+    budget buys; returns the chosen model's measured tokens per second (None: not measured).
+
+    The largest size, no larger than the data allows (PARAMS_PER_TOKEN parameters per training token),
+    whose budget buys TOKENS_PER_PARAM training tokens per parameter and MIN_STEPS steps at its measured
+    speed (measure: function(model_options) -> tokens per second, or None); the smallest allowed size
+    when none does.
+    The budget is the tighter of tconfig's time and its step or pass limits (tokens_per_step: what a
+    step trains on). Larger sizes are
+    measured first, and none after the first that fits: a few steps each."""
+    fits, speed = [], None
+    for layers, hidden in AUTO_SIZES:
+        options = {**model_options, "layers": layers, "hidden": hidden}
+        try:
+            params = count_params(options, vocab_size)
+        except ConfigError:
+            return measure(model_options)  # a bad option: start_run reports it
+        if not fits or params <= PARAMS_PER_TOKEN * n_tokens:
+            fits.append((options, params))
+    for options, params in reversed(fits):
+        speed = measure(options)
+        if speed is None:
+            return None  # a setting measure_speed cannot run: keep the corpus's size
+        tokens = speed * tconfig.max_time
+        if tconfig.max_epochs is not None:
+            tokens = min(tokens, tconfig.max_epochs * n_tokens)
+        if tconfig.max_steps is not None:
+            tokens = min(tokens, tconfig.max_steps * tokens_per_step)
+        enough = tokens >= TOKENS_PER_PARAM * params and tokens >= MIN_STEPS * tokens_per_step
+        if enough or options is fits[0][0]:
+            model_options.update(layers=options["layers"], hidden=options["hidden"])
+            return speed
+    return speed
 
 
 # What a fresh run uses for each option of a training request not given, by its Python name: the one
