@@ -15,6 +15,8 @@ from tiny_runs import invoke
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 PYTORCH_PAGE = open(os.path.join(ROOT, "docs", "pytorch.md"), encoding="utf-8").read()
+# the manual's pages (docs/ also holds the figures they show)
+DOC_PAGES = [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]
 
 
 def section_code(title, lang):
@@ -29,8 +31,7 @@ def anchors(text):
 
 
 def test_every_relative_link_in_readme_and_docs_reaches_a_file_and_heading():
-    pages = ["README.md", "ARCHITECTURE.md", "corpora/README.md"] + \
-        [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    pages = ["README.md", "ARCHITECTURE.md", "corpora/README.md"] + DOC_PAGES
     checked = 0
     for page in pages:
         text = open(os.path.join(ROOT, page), encoding="utf-8").read()
@@ -150,7 +151,7 @@ def test_every_test_a_guarantee_names_exists():
 def command_examples():
     """(page, argv after `charrnn`) of every charrnn command in README's and docs' sh and text blocks."""
     import shlex
-    pages = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))]
+    pages = ["README.md"] + DOC_PAGES
     for page in pages:
         text = open(os.path.join(ROOT, page), encoding="utf-8").read()
         for block in re.findall(r"```(?:sh|text)\n(.*?)```", text, re.S):
