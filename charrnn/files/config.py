@@ -15,7 +15,7 @@ import numpy as np
 
 from . import corpus
 from ..core import optim
-from ..core.model import ModelConfig
+from ..core.model import ModelConfig, param_shapes
 from ..errors import ConfigError, option
 
 MODES = ("stream", "lines")
@@ -349,18 +349,17 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
     elif tconfig.batch_size is None:
         batch = _multiple(batch if n_lines is None else min(batch, max(1, n_lines // MIN_WINDOWS)), ranks)
     budgets, speed = [], None
+    per_step = _tokens_per_step(tconfig.mode, batch, seq_len, n, n_lines)
     if tconfig.max_time is not None:
         speed = chars_per_sec or NOMINAL_CHARS_PER_SEC[hidden]
         budgets.append(speed * tconfig.max_time / n)
     if tconfig.max_epochs is not None:
         budgets.append(tconfig.max_epochs)
     if tconfig.max_steps is not None:
-        per_step = batch * seq_len if tconfig.mode == "stream" else batch * n / max(n_lines or 1, 1)
         budgets.append(tconfig.max_steps * per_step / n)
     passes = min(budgets) if budgets else 1.0
     dropout = 0.0 if passes < 3 else 0.1 if passes < 8 else 0.2
     warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
-    per_step = batch * seq_len if tconfig.mode == "stream" else batch * n / max(n_lines or 1, 1)
     steps_per_pass = max(1.0, n / per_step)
     if val_tokens is None:
         val_tokens = int(n * tconfig.val_frac / max(1 - tconfig.val_frac, 1e-9))
@@ -373,6 +372,11 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
             "warmup": warmup, "eval_every": eval_every, "threads": tconfig.threads or auto_threads(batch, ranks),
             "passes": passes, "speed": speed,
             "speed_measured": speed is not None and chars_per_sec is not None}
+
+
+def _tokens_per_step(mode: str, batch: int, seq_len: int, n_tokens: int, n_lines: int | None) -> float:
+    """The tokens a step trains on: batch windows of seq_len (stream), or batch lines of the mean length."""
+    return batch * seq_len if mode == "stream" else batch * n_tokens / max(n_lines or 1, 1)
 
 
 def _multiple(batch: int, ranks: int) -> int:
@@ -434,8 +438,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             setattr(tconfig, key, auto[key])
     if measure is not None and tconfig.max_time is not None and "dropout" in open_keys:
         if "layers" in open_keys and "hidden" in open_keys and vocab_size is not None:
-            per_step = tconfig.batch_size * (tconfig.seq_len if tconfig.mode == "stream" else
-                                             n_tokens / max(n_lines or 1, 1))
+            per_step = _tokens_per_step(tconfig.mode, tconfig.batch_size, tconfig.seq_len, n_tokens, n_lines)
             speed = budget_size(n_tokens, per_step, tconfig, model_options,
                                 lambda options: measure(options, tconfig, text), vocab_size)
         else:
@@ -454,7 +457,6 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
 def count_params(model_options: dict, vocab_size: int) -> int:
     """The parameters of a model with these options (ModelConfig's fields) and vocabulary (a bidirectional
     model counted with a head as wide as the vocabulary: its task's labels are not known here)."""
-    from ..core.model import param_shapes
     options = {k: v for k, v in model_options.items() if v is not None}
     if options.get("bidirectional"):
         options.setdefault("classes", max(vocab_size, 4))
@@ -472,9 +474,8 @@ def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, mod
     speed (measure: function(model_options) -> tokens per second, or None); the smallest allowed size
     when none does.
     The budget is the tighter of tconfig's time and its step or pass limits (tokens_per_step: what a
-    step trains on). Larger sizes are
-    measured first, and none after the first that fits: a few steps each."""
-    fits, speed = [], None
+    step trains on). Larger sizes are measured first, and none after the first that fits: a few steps each."""
+    fits = []
     for layers, hidden in AUTO_SIZES:
         options = {**model_options, "layers": layers, "hidden": hidden}
         try:
@@ -483,7 +484,7 @@ def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, mod
             return measure(model_options)  # a bad option: start_run reports it
         if not fits or params <= PARAMS_PER_TOKEN * n_tokens:
             fits.append((options, params))
-    for options, params in reversed(fits):
+    for options, params in reversed(fits):  # the smallest allowed last: taken whatever it buys
         speed = measure(options)
         if speed is None:
             return None  # a setting measure_speed cannot run: keep the corpus's size
@@ -492,11 +493,9 @@ def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, mod
             tokens = min(tokens, tconfig.max_epochs * n_tokens)
         if tconfig.max_steps is not None:
             tokens = min(tokens, tconfig.max_steps * tokens_per_step)
-        enough = tokens >= TOKENS_PER_PARAM * params and tokens >= MIN_STEPS * tokens_per_step
-        if enough or options is fits[0][0]:
+        if options is fits[0][0] or tokens >= max(TOKENS_PER_PARAM * params, MIN_STEPS * tokens_per_step):
             model_options.update(layers=options["layers"], hidden=options["hidden"])
             return speed
-    return speed
 
 
 # What a fresh run uses for each option of a training request not given, by its Python name: the one
