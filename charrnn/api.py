@@ -14,6 +14,7 @@ message the CLI prints. Nothing here prints.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -990,10 +991,10 @@ def _shape(text, tconfig: TrainConfig) -> tuple[int, float | None]:
     return max(vocab_size, 4), line_length
 
 
-def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | None:
-    """Tokens per second of training steps for these settings (see train.measure_speed). A bidirectional
-    stack runs every layer twice: half the speed of the one-directional model measured."""
-    vocab_size, line_length = _shape(text, tconfig)
+def _measure(model_options: dict, tconfig: TrainConfig, vocab_size: int, line_length: float | None) -> float | None:
+    """Tokens per second of training steps for these settings and the text's shape (_shape; see
+    train.measure_speed). A bidirectional stack runs every layer twice: half the speed of the
+    one-directional model measured."""
     both = bool(model_options.get("bidirectional"))
     try:
         config = ModelConfig(vocab_size=vocab_size, **{**model_options, "bidirectional": False})
@@ -1005,8 +1006,12 @@ def _measure(model_options: dict, tconfig: TrainConfig, text: str) -> float | No
 def _settings_line(text, val_text, tconfig, model_options, ranks: int = 1) -> str | None:
     """Choose the model size, dropout and schedule the user left open (a batch the MPI ranks divide);
     returns a line saying what."""
-    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=_measure,
-                                vocab_size=_shape(text, tconfig)[0], ranks=ranks)
+    shape = functools.cache(lambda: _shape(text, tconfig))  # once a run, and only under a time budget
+
+    def measure(options, tc, _text):
+        return _measure(options, tc, *shape())
+    chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=measure, ranks=ranks,
+                                vocab_size=shape()[0] if tconfig.max_time is not None else None)
     if chosen is None:
         return None
     values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
