@@ -1008,7 +1008,7 @@ def _settings_line(text, val_text, tconfig, model_options, ranks: int = 1) -> st
     returns a line saying what."""
     shape = functools.cache(lambda: _shape(text, tconfig))  # once a run, and only under a time budget
 
-    def measure(options, tc, _text):
+    def measure(options, tc):
         return _measure(options, tc, *shape())
     chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=measure, ranks=ranks,
                                 vocab_size=shape()[0] if tconfig.max_time is not None else None)

@@ -119,7 +119,7 @@ def test_a_step_or_pass_limit_bounds_the_size_as_time_does():
 def test_a_given_size_is_kept_and_only_measured(tmp_path):
     calls = []
 
-    def measure(options, tconfig, text):
+    def measure(options, tconfig):
         calls.append((options["layers"], options["hidden"]))
         return 10_000.0
     text = "abcdefgh " * 30_000

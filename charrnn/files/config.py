@@ -348,16 +348,10 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
             seq_len = max(1, (n - 1) // batch)  # a text too short for 8: the windows it can make
     elif tconfig.batch_size is None:
         batch = _multiple(batch if n_lines is None else min(batch, max(1, n_lines // MIN_WINDOWS)), ranks)
-    budgets, speed = [], None
     per_step = _tokens_per_step(tconfig.mode, batch, seq_len, n, n_lines)
-    if tconfig.max_time is not None:
-        speed = chars_per_sec or NOMINAL_CHARS_PER_SEC[hidden]
-        budgets.append(speed * tconfig.max_time / n)
-    if tconfig.max_epochs is not None:
-        budgets.append(tconfig.max_epochs)
-    if tconfig.max_steps is not None:
-        budgets.append(tconfig.max_steps * per_step / n)
-    passes = min(budgets) if budgets else 1.0
+    speed = None if tconfig.max_time is None else chars_per_sec or NOMINAL_CHARS_PER_SEC[hidden]
+    budget = _budget_tokens(tconfig, n, per_step, speed)
+    passes = 1.0 if budget is None else budget / n
     dropout = 0.0 if passes < 3 else 0.1 if passes < 8 else 0.2
     warmup = 50 if tconfig.max_steps is None else min(50, tconfig.max_steps // 10)
     steps_per_pass = max(1.0, n / per_step)
@@ -365,13 +359,27 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
         val_tokens = int(n * tconfig.val_frac / max(1 - tconfig.val_frac, 1e-9))
     if tconfig.eval_tokens is not None:
         val_tokens = min(val_tokens, tconfig.eval_tokens)
-    eval_every = auto_eval_every(steps_per_pass, per_step, val_tokens, passes * steps_per_pass if budgets else None,
+    budget_steps = None if budget is None else passes * steps_per_pass
+    eval_every = auto_eval_every(steps_per_pass, per_step, val_tokens, budget_steps,
                                  speed / per_step if speed else None)
     return {"layers": layers, "hidden": hidden, "embed": embed, "dropout": dropout,
             "batch_size": batch, "seq_len": seq_len, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
             "warmup": warmup, "eval_every": eval_every, "threads": tconfig.threads or auto_threads(batch, ranks),
             "passes": passes, "speed": speed,
             "speed_measured": speed is not None and chars_per_sec is not None}
+
+
+def _budget_tokens(tconfig: TrainConfig, n_tokens: int, tokens_per_step: float, speed: float | None) -> float | None:
+    """The training tokens the run's budget buys: the tightest of its time (at speed tokens per second),
+    passes over n_tokens and steps of tokens_per_step; None when no budget bounds it."""
+    budgets = []
+    if tconfig.max_time is not None:
+        budgets.append(speed * tconfig.max_time)
+    if tconfig.max_epochs is not None:
+        budgets.append(tconfig.max_epochs * n_tokens)
+    if tconfig.max_steps is not None:
+        budgets.append(tconfig.max_steps * tokens_per_step)
+    return min(budgets) if budgets else None
 
 
 def _tokens_per_step(mode: str, batch: int, seq_len: int, n_tokens: int, n_lines: int | None) -> float:
@@ -403,7 +411,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     """Choose the AUTO_KEYS the user left open (None) in tconfig and model_options, in place.
 
     - text, val_text: the corpus and the separate validation text (None: val_frac is held out)
-    - measure: optional function(model_options, tconfig, text) -> tokens per second of training steps for
+    - measure: optional function(model_options, tconfig) -> tokens per second of training steps on this text for
       those settings, or None; called when a time budget bounds the run and the dropout is open (it depends
       on the passes the budget buys), and for the model size when it is open (budget_size); without it the
       passes come from NOMINAL_CHARS_PER_SEC and the size from the corpus alone
@@ -440,9 +448,9 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
         if "layers" in open_keys and "hidden" in open_keys and vocab_size is not None:
             per_step = _tokens_per_step(tconfig.mode, tconfig.batch_size, tconfig.seq_len, n_tokens, n_lines)
             speed = budget_size(n_tokens, per_step, tconfig, model_options,
-                                lambda options: measure(options, tconfig, text), vocab_size)
+                                lambda options: measure(options, tconfig), vocab_size)
         else:
-            speed = measure(model_options, tconfig, text)
+            speed = measure(model_options, tconfig)
         if speed:
             measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines,
                                      val_tokens=val_tokens, ranks=ranks)
@@ -488,11 +496,7 @@ def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, mod
         speed = measure(options)
         if speed is None:
             return None  # a setting measure_speed cannot run: keep the corpus's size
-        tokens = speed * tconfig.max_time
-        if tconfig.max_epochs is not None:
-            tokens = min(tokens, tconfig.max_epochs * n_tokens)
-        if tconfig.max_steps is not None:
-            tokens = min(tokens, tconfig.max_steps * tokens_per_step)
+        tokens = _budget_tokens(tconfig, n_tokens, tokens_per_step, speed)
         if options is fits[0][0] or tokens >= max(TOKENS_PER_PARAM * params, MIN_STEPS * tokens_per_step):
             model_options.update(layers=options["layers"], hidden=options["hidden"])
             return speed
