@@ -37,6 +37,9 @@ import time
 from common import CORPUS, REPO, _machine_cpu_seconds, wait_for_quiet  # this directory is on sys.path
 
 DATA = os.path.join(REPO, "bench", "data", "budget.jsonl")
+# a size's extras after LAYERSxHIDDEN (or auto): a letter, then the option's value
+OPTIONS = {"b": "--batch-size", "d": "--dropout", "l": "--lr", "s": "--seq-len", "t": "--threads",
+           "o": "--optim", "p": "--precision"}
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
@@ -87,12 +90,12 @@ def run_point(corpus: str, lines: bool, minutes: float, size: str, work: str) ->
     cmd = [sys.executable, "-m", "charrnn", "train", *([corpus_path(corpus)] if corpus_path(corpus) else []),
            "--max-time", f"{minutes:g}m",
            "--out", run_dir, *(["--mode", "lines"] if lines else [])]
-    if size != "auto":
-        shape, *extras = size.split("/")
+    shape, *extras = size.split("/")
+    if shape != "auto":
         layers, hidden = shape.split("x")
         cmd += ["--layers", layers, "--hidden", hidden]
-        for extra in extras:  # b64: --batch-size 64; d0.3: --dropout 0.3
-            cmd += [{"b": "--batch-size", "d": "--dropout"}[extra[0]], extra[1:]]
+    for extra in extras:  # b64: --batch-size 64; d0.3: --dropout 0.3; pbf16: --precision bf16 ...
+        cmd += [OPTIONS[extra[0]], extra[1:]]
     wait_for_quiet()
     load_before = os.getloadavg()[0]
     machine_before, ours_before = _machine_cpu_seconds(), _cpu_seconds()
@@ -110,9 +113,9 @@ def run_point(corpus: str, lines: bool, minutes: float, size: str, work: str) ->
     best = min(evals, key=lambda r: r["val_loss"])
     from charrnn.files import checkpoint
     _, meta = checkpoint.load_state(run_dir)
-    settings = {k: meta.get("model", {}).get(k) for k in ("layers", "hidden", "embed", "dropout")}
-    settings.update({k: meta.get("train", {}).get(k) for k in ("batch_size", "seq_len", "lr", "eval_every",
-                                                                "threads", "patience")})
+    settings = {k: meta.get("model", {}).get(k) for k in ("layers", "hidden", "embed", "dropout", "precision")}
+    settings.update({k: meta.get("train", {}).get(k) for k in ("batch_size", "seq_len", "optim", "lr", "schedule",
+                                                                "eval_every", "threads", "patience")})
     last = records[-1]
     return {"corpus": name, "mode": "lines" if lines else "stream", "minutes": minutes, "size": size,
             "n_tokens": int(settings_line.group(1).replace(",", "")) if settings_line else None,
@@ -191,8 +194,9 @@ def main(argv=None) -> None:
                         "(no file: the built-in corpus `charrnn train` takes)")
     parser.add_argument("--lines", action="store_true", help="train in lines mode (a names list)")
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0])
-    parser.add_argument("--sizes", nargs="+", default=["auto"], help="LAYERSxHIDDEN, then /bBATCH or /dDROPOUT to set those too "
-                        "(2x256/b64/d0.3), or auto (the defaults)")
+    parser.add_argument("--sizes", nargs="+", default=["auto"], help="LAYERSxHIDDEN or auto (the defaults), then "
+                        "/bBATCH /dDROPOUT /lLR /sSEQ_LEN /tTHREADS /oOPTIM /pPRECISION to set those too "
+                        "(2x256/b64/d0.3, auto/pbf16)")
     parser.add_argument("--work", default="/tmp/charrnn-budget", help="where the runs are written")
     parser.add_argument("--data", default=DATA, help="the records file to append to")
     parser.add_argument("--table", action="store_true", help="print the recorded points and exit")
