@@ -146,16 +146,27 @@ def read_records(path: str = DATA) -> list[dict]:
 
 def table(records: list[dict]) -> str:
     """The records as a Markdown table, by corpus, budget and size."""
-    rows = ["| corpus | budget | size, batch | dropout | best val loss | steps | passes | ended | tokens/s | load | others' CPU |",
+    rows = ["| corpus | budget | size, batch, precision | dropout | best val loss | steps | passes | ended | tokens/s | load | others' CPU |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["corpus"], r["minutes"], r["size"])):
         s = r["settings"]
-        size = f"{s['layers']}x{s['hidden']} b{s['batch_size']}" + (" (auto)" if r["size"] == "auto" else "")
+        size = f"{s['layers']}x{s['hidden']} b{s['batch_size']} {s.get('precision') or 'float32'}" + \
+            (" (auto)" if r["size"] == "auto" else "")
         ended = f"early, {r['elapsed'] / 60:.1f} min" if r["stopped_early"] else "budget"
         rows.append(f"| {r['corpus']} | {r['minutes']:g} min | {size} | {s['dropout']} | {r['best_val_loss']:.4f} "
                     f"| {r['steps']:,} | {r['passes']:.1f} | {ended} | {r['tokens_per_sec']:,} "
                     f"| {r['load_before']}-{r['load_after']} | {_share(r)} |")
     return "\n".join(rows)
+
+
+def latest_defaults(records: list[dict]) -> list[dict]:
+    """The defaults' own runs ("auto"), the latest at each corpus, mode and budget: the defaults change,
+    and the ladder is what the current ones buy."""
+    latest = {}
+    for r in records:  # in the order they were recorded
+        if r["size"] == "auto":
+            latest[r["corpus"], r["mode"], r["minutes"]] = r
+    return list(latest.values())
 
 
 def _share(record: dict) -> str:
@@ -172,8 +183,9 @@ def plot(records: list[dict], out: str) -> None:
     corpora = sorted(c for c in {r["corpus"] for r in records} if len({r["minutes"] for r in records
                                                                         if r["corpus"] == c}) > 1)
     fig, axes = plt.subplots(1, len(corpora), figsize=(5.5 * len(corpora), 4), squeeze=False)
+    records = [r for r in records if r["size"] != "auto"] + latest_defaults(records)
     for ax, corpus in zip(axes[0], corpora):
-        for size in sorted({r["size"] for r in records if r["corpus"] == corpus}):
+        for size in sorted({r["size"] for r in records if r["corpus"] == corpus and "/" not in r["size"]}):
             points = sorted((r["minutes"], r["best_val_loss"]) for r in records
                             if r["corpus"] == corpus and r["size"] == size)
             xs, ys = zip(*points)
@@ -200,13 +212,14 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="/tmp/charrnn-budget", help="where the runs are written")
     parser.add_argument("--data", default=DATA, help="the records file to append to")
     parser.add_argument("--table", action="store_true", help="print the recorded points and exit")
-    parser.add_argument("--ladder", action="store_true", help="with --table: only the defaults' own runs")
+    parser.add_argument("--ladder", action="store_true", help="with --table: only the defaults' own runs "
+                        "(the latest at each corpus and budget)")
     parser.add_argument("--plot", metavar="PNG", help="draw the recorded points and exit")
     args = parser.parse_args(argv)
     if args.table or args.plot:
         records = read_records(args.data)
         if args.ladder:
-            records = [r for r in records if r["size"] == "auto"]
+            records = latest_defaults(records)
         if args.plot:
             plot(records, args.plot)
         print(table(records))
