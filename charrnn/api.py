@@ -28,10 +28,10 @@ from .runs import models, prepare, rundir, runlog
 from .runs.request import TrainingRequest
 from .tasks import registry as tasks
 from .work import loop as training
-from .files.config import (DEFAULTS, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
+from .files.config import (AUTO_MODEL_KEYS, DEFAULTS, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
                            fill_auto_settings, parse_duration)
 from .errors import CharRNNError, ConfigError, CorpusError, option
-from .core.model import ModelConfig
+from .core.model import ModelConfig, fast_precision
 from .work.evaluate import Score, json_safe
 from .tasks.lm import mostly_unseen
 
@@ -1011,10 +1011,11 @@ def _settings_line(text, val_text, tconfig, model_options, ranks: int = 1) -> st
     def measure(options, tc):
         return _measure(options, tc, *shape())
     chosen = fill_auto_settings(text, val_text, tconfig, model_options, measure=measure, ranks=ranks,
-                                vocab_size=shape()[0] if tconfig.max_time is not None else None)
+                                vocab_size=shape()[0] if tconfig.max_time is not None else None,
+                                precision=lambda: fast_precision() if tasks.get(tconfig.task).bf16 else "float32")
     if chosen is None:
         return None
-    values = ", ".join(f"{k} {model_options[k] if k in model_options else getattr(tconfig, k)}"
+    values = ", ".join(f"{k} {model_options[k] if k in AUTO_MODEL_KEYS else getattr(tconfig, k)}"
                        for k in chosen["keys"])
     unit = "characters" if tconfig.level == "char" else "word-level tokens"
     if chosen["speed"] is None:

@@ -147,7 +147,7 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--precision", type=click.Choice(PRECISIONS), group=MODEL,
         help="The matrix products' inputs: float32, or bf16 (bfloat16 inputs, float32 sums; the weights, optimizer, "
              "gates and loss stay float32). A saved setting: the same numbers on any machine, fast where the CPU "
-             "has AVX512-BF16.")
+             "has AVX512-BF16.  [default: bf16 for a language model where the CPU has AVX512-BF16, else float32]")
 @option("--bidirectional", is_flag=True, group=MODEL,
         help="Classifier or tagger: every layer also reads the line right to left.")
 @option("--pool", type=click.Choice(POOLS), group=MODEL,

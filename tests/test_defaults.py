@@ -13,6 +13,7 @@ import pytest
 import charrnn
 from charrnn import cli
 from charrnn.constants import TRAIN_DEFAULTS
+from charrnn.core import bf16
 from charrnn.core.model import ModelConfig
 from charrnn.errors import ConfigError
 from charrnn.files import checkpoint, layout
@@ -66,8 +67,10 @@ def test_a_fresh_run_saves_the_defaults_it_was_not_given(tmp_path):
     for name, value in DEFAULTS.items():
         if name in given or name == "errors":
             continue
-        # chosen at the start: a character-level run's min_count is 1, the row blocks follow the batch
-        expected = {"min_count": 1, "threads": auto_threads(given["batch_size"])}.get(name, value)
+        # chosen at the start: a character-level run's min_count is 1, the row blocks follow the batch, the
+        # products' precision follows the machine (bf16 where it runs the tiles)
+        expected = {"min_count": 1, "threads": auto_threads(given["batch_size"]),
+                    "precision": "bf16" if bf16.host_has() else "float32"}.get(name, value)
         assert saved[name] == expected, name
 
 

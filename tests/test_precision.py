@@ -6,6 +6,8 @@
 - It is really used: the weights differ from float32's, and the recurrence's outputs stay within the
   bound bfloat16 inputs allow of float32's.
 - The precision is saved with the model (info says so), and what it cannot serve is a one-line error.
+- A fresh language model in float32 takes bf16 where this CPU runs its tiles (the compiled kernels and
+  AVX512-BF16), float32 elsewhere, for other tasks and dtypes, and wherever the user says so.
 (Resuming a bf16 run bit for bit is one of tests/test_resume.py's configs.)
 """
 
@@ -13,13 +15,16 @@ import numpy as np
 import pytest
 
 from charrnn.core.model import ModelConfig
+from charrnn.files.config import TrainConfig, fill_auto_settings
 from charrnn.runs import models
 from tiny_runs import TINY, compiled, invoke
 
 bf16 = compiled("bf16")
 kernels = compiled("kernels")
 
-RUN = [*TINY, "--max-steps", "6", "--eval-every", "3", "--seed", "3"]
+# the precision open: each test gives its own (TINY's float32 is for the other tests)
+RUN = [*TINY[:TINY.index("--precision")], *TINY[TINY.index("--precision") + 2:], "--max-steps", "6", "--eval-every",
+       "3", "--seed", "3"]
 
 
 def train(corpus_file, out, *extra):
@@ -40,7 +45,7 @@ def test_a_bf16_run_has_the_same_bits_on_the_tiles_and_on_the_reference(corpus_f
     monkeypatch.delenv("CHARRNN_BF16_REFERENCE")
     assert invoke(["sample", "-c", tmp_path / "fast", "-n", "30", "--seed", "1"]).stdout == sampled.stdout
     assert invoke(["eval", "-c", tmp_path / "fast"]).stdout == scored.stdout
-    f32, config32, *_ = train(corpus_file, tmp_path / "f32")
+    f32, config32, *_ = train(corpus_file, tmp_path / "f32", "--precision", "float32")
     assert config32.precision == "float32"
     assert any(fast[k].tobytes() != f32[k].tobytes() for k in fast)  # the products really were bf16's
     assert "bf16 products" in invoke(["info", "-c", tmp_path / "fast"]).stdout
@@ -106,3 +111,38 @@ def test_fine_tuning_keeps_the_model_s_precision_unless_given(corpus_file, tmp_p
                          "--max-steps", "1", "--eval-every", "1", "-q", *extra])
         assert result.exit_code == 0, result.stderr
         assert models.load_checkpoint(tmp_path / out)[1].precision == want
+
+
+def test_a_fresh_language_model_takes_bf16_where_the_cpu_runs_its_tiles(corpus_file, tmp_path, monkeypatch):
+    assert train(corpus_file, tmp_path / "fresh")[1].precision == ("bf16" if bf16.host_has() else "float32")
+    assert train(corpus_file, tmp_path / "given", "--precision", "float32")[1].precision == "float32"
+    monkeypatch.setenv("CHARRNN_BF16_REFERENCE", "1")  # as on a CPU without AVX512-BF16: bf16 would be slow
+    assert train(corpus_file, tmp_path / "reference")[1].precision == "float32"
+    monkeypatch.delenv("CHARRNN_BF16_REFERENCE")
+    from charrnn.core import cells, model
+
+    monkeypatch.setattr(model, "recurrence", lambda: cells)  # as CHARRNN_KERNELS=numpy chooses: bf16 needs
+    assert train(corpus_file, tmp_path / "numpy")[1].precision == "float32"  # the compiled recurrence
+
+
+def test_a_classifier_left_to_the_defaults_stays_float32(tmp_path):
+    corpus = tmp_path / "labelled.txt"
+    corpus.write_text("".join(f"{'ab'[i % 2]}\t{'xyz' * (i % 5 + 1)}\n" for i in range(60)))
+    result = invoke(["train", corpus, "--task", "classify", "--out", tmp_path / "run", *RUN])
+    assert result.exit_code == 0, result.stderr
+    assert models.load_checkpoint(tmp_path / "run")[1].precision == "float32"
+
+
+@pytest.mark.parametrize("options,want", [({}, "bf16"), ({"dtype": "float64"}, "float32"),
+                                          ({"precision": "float32"}, "float32")])
+def test_the_machine_is_asked_for_the_precision_only_when_it_is_open_and_the_model_float32(options, want):
+    asked = []
+
+    def machine():
+        asked.append(True)
+        return "bf16"
+    model_options = {"layers": None, "hidden": None, "embed": None, "dropout": None, "precision": None,
+                     "dtype": "float32", **options}
+    fill_auto_settings("abc " * 500, None, TrainConfig(max_steps=10), model_options, precision=machine)
+    assert model_options["precision"] == want
+    assert asked == ([True] if not options else [])

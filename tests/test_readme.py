@@ -60,7 +60,8 @@ def test_pytorch_snippet_loads_a_checkpoint_and_samples(tmp_path, mode):
     run = tmp_path / "checkpoints" / "shakespeare"
     code, _, err = invoke(["train", tmp_path / "c.txt", "--mode", mode, "--hidden", "16", "--embed", "8",
                            "--layers", "2", "--batch-size", "4", "--seq-len", "16", "--max-steps", "5",
-                           "--out", run, "-q"])  # the checkpoint the snippet loads; cli.main in this process
+                           "--precision", "float32", "--out", run, "-q"])  # the checkpoint the snippet loads
+    # (float32: PyTorch's products; a bf16 model's differ by bfloat16 rounding, docs/pytorch.md)
     assert code == 0, err
 
     code = re.search(r"```python\n(.*?)```", PYTORCH_PAGE, re.S).group(1)
@@ -105,7 +106,9 @@ def test_python_api_example_runs(tmp_path, capsys):
     assert f"perplexity {s.perplexity:.2f}" in out
     rows = namespace["rows"]
     assert len(rows) == s.tokens and f"rank {rows[0].rank}" in out
-    assert -np.mean([r.logprob for r in rows]) == pytest.approx(s.loss, abs=1e-6)
+    # annotate runs the weights in float64 (work/annotate.py): eval's float32 rounding, or a bf16 model's
+    bf16 = checkpoint.load_model(tmp_path / "checkpoints/mine/best.safetensors")[1].precision == "bf16"
+    assert -np.mean([r.logprob for r in rows]) == pytest.approx(s.loss, abs=1e-3 if bf16 else 1e-6)
     assert namespace["states"].shape == (len("The quick brown fox"), 32)
 
 

@@ -107,8 +107,8 @@ def test_auto_batch_and_sequence_length_fit_any_stream_length(n):
     B, T = auto["batch_size"], auto["seq_len"]
     windows = batches.stream_windows(n, B, T)  # raises when the text is too short for one batch
     assert windows >= MIN_WINDOWS or (B == 1 and T == 8)
-    if n >= 100 * 16 * MIN_WINDOWS + 1:
-        assert (B, T) == (16 if n < 5_000_000 else 32, 100)  # large texts keep the tuned defaults
+    if n >= 100 * 32 * MIN_WINDOWS + 1:
+        assert (B, T) == (32, 100)  # large texts keep the tuned defaults
     # a user's batch or length is kept, and the other adapts to it
     assert auto_settings(n, TrainConfig(batch_size=4, seq_len=None, max_steps=1))["batch_size"] == 4
     assert auto_settings(n, TrainConfig(batch_size=None, seq_len=50, max_steps=1))["seq_len"] == 50
@@ -145,7 +145,7 @@ def test_the_pass_estimate_uses_the_speed_it_is_given():
     # lines mode: a step budget buys batch lines per step, not batch x seq_len tokens
     lines = auto_settings(8_000, TrainConfig(mode="lines", batch_size=None, seq_len=None, max_steps=100),
                           n_lines=1_000)
-    assert lines["passes"] == pytest.approx(100 * 16 / 1_000)
+    assert lines["passes"] == pytest.approx(100 * 32 / 1_000)
 
 
 def test_measured_speed_is_a_positive_rate():

@@ -243,7 +243,7 @@ AUTO_SIZES = ((1, 64), (2, 128), (2, 256), (2, 512))
 TOKENS_PER_PARAM = 0.4
 MIN_STEPS = 1250
 PARAMS_PER_TOKEN = 20.0
-AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout")
+AUTO_MODEL_KEYS = ("layers", "hidden", "embed", "dropout", "precision")
 AUTO_TRAIN_KEYS = ("batch_size", "seq_len", "lr", "schedule", "warmup", "eval_every", "threads")
 AUTO_KEYS = AUTO_MODEL_KEYS + AUTO_TRAIN_KEYS
 # The model options of a training request (ModelConfig's fields that a user sets); the rest are TrainConfig's.
@@ -263,9 +263,10 @@ def _defaults() -> dict:
 
 
 # Row blocks (--threads) of at least this many rows: at batch 16, one block of 16 rows trained faster than
-# two of 8 (88 against 114 ms a step, LSTM 2x256, Sapphire Rapids: issue 24); at 64, two blocks of 32 rows
-# (parallel.py). Fewer rows leave the step product too small to pay for a second thread.
-MIN_BLOCK_ROWS = 32
+# two of 8 (88 against 114 ms a step, LSTM 2x256, Sapphire Rapids: issue 24); at batch 32, two blocks of 16
+# trained 1.4x faster than one of 32 (33.4 against 23.8 thousand chars/s, LSTM 2x256, Zen 4:
+# bench/data/budget.jsonl). Fewer rows leave the step product too small to pay for a second thread.
+MIN_BLOCK_ROWS = 16
 MAX_AUTO_THREADS = 2
 MIN_WINDOWS = 4  # stream mode: a small text still makes at least this many batches per pass
 # The automatic evaluation cadence (auto_eval_every): this many evaluations a pass over the data, and at
@@ -310,14 +311,19 @@ def auto_threads(batch_size: int, ranks: int = 1) -> int:
 
 
 def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", chars_per_sec: float | None = None,
-                  n_lines: int | None = None, val_tokens: int | None = None, ranks: int = 1) -> dict:
+                  n_lines: int | None = None, val_tokens: int | None = None, ranks: int = 1,
+                  precision: str = "float32") -> dict:
     """Model size, batch, sequence length, learning rate, dropout and schedule for n_tokens and the budget.
 
-    Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU
-    (bench/quality.py): small batches take more steps per second of data.
+    Tuned on tinyshakespeare for validation loss per minute of a 2-core CPU (bench/budget.py's sweep,
+    bench/data/budget.jsonl).
     - hidden: 64 (one layer) below 20 thousand tokens, 128 below 200 thousand,
-      256 below 5 million, else 512 (two layers from 20 thousand)
-    - batch: 16 streams below 5 million tokens, else 32; seq_len 100; in stream
+      256 below 5 million, else 512 (two layers from 20 thousand); under a time budget budget_size
+      replaces these by what the measured speed buys
+    - precision: as given (fill_auto_settings: bf16 for a float32 language model where the CPU runs
+      the bf16 tiles, model.fast_precision; else float32)
+    - batch: 32 streams (at 2 minutes on tinyshakespeare, in two row blocks, 16 and 64 trained no better
+      in float32 and worse in bf16); seq_len 100; in stream
       mode both shrink (seq_len to no less than 8 first, then the batch) until
       the text makes MIN_WINDOWS batches; in lines mode at most a quarter of the lines;
       then down to a multiple of `ranks`, the MPI ranks that split it (at least one row each)
@@ -337,7 +343,7 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
     hidden = 64 if small else 128 if n < 200_000 else 256 if n < 5_000_000 else 512
     layers = 1 if small else 2
     embed = (32 if small else 64) if level == "char" else (64 if small else 128)
-    batch = tconfig.batch_size or (16 if n < 5_000_000 else 32)
+    batch = tconfig.batch_size or 32
     seq_len = tconfig.seq_len or 100
     if tconfig.mode == "stream":
         if tconfig.seq_len is None:
@@ -363,6 +369,7 @@ def auto_settings(n_tokens: int, tconfig: TrainConfig, level: str = "char", char
     eval_every = auto_eval_every(steps_per_pass, per_step, val_tokens, budget_steps,
                                  speed / per_step if speed else None)
     return {"layers": layers, "hidden": hidden, "embed": embed, "dropout": dropout,
+            "precision": precision,
             "batch_size": batch, "seq_len": seq_len, "lr": AUTO_LR.get(tconfig.optim, 2e-3), "schedule": "cosine",
             "warmup": warmup, "eval_every": eval_every, "threads": tconfig.threads or auto_threads(batch, ranks),
             "passes": passes, "speed": speed,
@@ -407,7 +414,8 @@ def count_tokens(text: str, level: str) -> int:
 
 
 def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, model_options: dict,
-                       measure=None, vocab_size: int | None = None, ranks: int = 1) -> dict | None:
+                       measure=None, vocab_size: int | None = None, ranks: int = 1,
+                       precision=lambda: "float32") -> dict | None:
     """Choose the AUTO_KEYS the user left open (None) in tconfig and model_options, in place.
 
     - text, val_text: the corpus and the separate validation text (None: val_frac is held out)
@@ -417,12 +425,14 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
       passes come from NOMINAL_CHARS_PER_SEC and the size from the corpus alone
     - vocab_size: the vocabulary the model will have (for its parameter count; None: the size is the corpus's)
     - ranks: the MPI ranks the run trains on; an automatic batch size is a multiple of it
+    - precision: function() -> the products' precision a float32 model takes on this machine (the api:
+      model.fast_precision for a task whose model takes bf16, else float32), called only when it is open
     Returns None when nothing was open, else {"keys": the keys chosen, "n_tokens": the training
     tokens they were chosen for, "passes": the passes over them the budget buys, "speed" and
     "speed_measured": the tokens per second that estimate assumed (None: no time budget)}.
     """
     open_keys = [k for k in AUTO_KEYS
-                 if (model_options.get(k) if k in model_options else getattr(tconfig, k)) is None]
+                 if (model_options.get(k) if k in AUTO_MODEL_KEYS else getattr(tconfig, k)) is None]
     if open_keys == ["threads"]:  # the row blocks follow the batch given: nothing to say
         tconfig.threads = auto_threads(tconfig.batch_size, ranks)
         return None
@@ -438,9 +448,12 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
     val_tokens = None if val_text is None else _tokens_of(val_text, tconfig)
     n_tokens = int(n_tokens * share)
     n_lines = int(n_lines * share) if tconfig.mode == "lines" else None
-    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines, val_tokens=val_tokens, ranks=ranks)
+    float32 = (model_options.get("dtype") or "float32") == "float32"  # bf16 products are for float32 models
+    fast = precision() if "precision" in open_keys and float32 else "float32"
+    auto = auto_settings(n_tokens, tconfig, tconfig.level, n_lines=n_lines, val_tokens=val_tokens, ranks=ranks,
+                         precision=fast)
     for key in open_keys:
-        if key in model_options:
+        if key in AUTO_MODEL_KEYS:
             model_options[key] = auto[key]
         else:
             setattr(tconfig, key, auto[key])
@@ -453,7 +466,7 @@ def fill_auto_settings(text: str, val_text: str | None, tconfig: TrainConfig, mo
             speed = measure(model_options, tconfig)
         if speed:
             measured = auto_settings(n_tokens, tconfig, tconfig.level, chars_per_sec=speed, n_lines=n_lines,
-                                     val_tokens=val_tokens, ranks=ranks)
+                                     val_tokens=val_tokens, ranks=ranks, precision=fast)
             model_options["dropout"] = measured["dropout"]
             if "eval_every" in open_keys:
                 tconfig.eval_every = measured["eval_every"]

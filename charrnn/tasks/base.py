@@ -127,6 +127,7 @@ class Task:
     - modes, levels: the data modes and token levels it reads (a task that reads one mode has it by default)
     - model_options: the ModelConfig options only this task has (others must leave them at their defaults)
     - fine_tunes: whether a run of it can start from a trained model (`--init-from`)
+    - bf16: whether its model takes `--precision bf16` (then its default where the CPU runs it fast)
     - methods: the methods of api.Model its models offer (`sample`, `score`, `annotate`; `classify`,
       `evaluate`); command: its own command (`charrnn sample`, `charrnn classify`)
     - command_options: the options of its own command where the command line builds it from the task
@@ -143,6 +144,7 @@ class Task:
     levels = ("char", "word")
     model_options: tuple = ()
     fine_tunes = False
+    bf16 = False
     methods: tuple = ()
     command = ""
     command_options: tuple = ()

@@ -197,6 +197,7 @@ class LanguageModel(Task):
     noun = "a language model"
     summary = "a language model"
     fine_tunes = True  # unit, modes and levels: the contract's (a token; stream or lines; char or word)
+    bf16 = True
     methods = ("sample", "score", "annotate")
     command = "sample"
     chunked = True

@@ -16,7 +16,11 @@ so the numbers shown are the stored model's own function, with no rounding of
 our own on top. For a float64 model that is eval's arithmetic (the mean
 surprisal equals eval's loss to rounding, ~1e-15). A float32 model is scored
 by eval in float32, so the two differ by eval's float32 rounding: about 1e-7
-nats on tests/test_annotate.py's models, inside the 1e-6 the test pins.
+nats on tests/test_annotate.py's models, inside the 1e-6 the test pins. A
+bf16 model (`--precision bf16`) is scored by eval with its products' inputs
+rounded to bfloat16; here its float32 weights run unrounded, and the two
+differ by that rounding: 5e-5 nats on README's Python example, inside the
+1e-3 tests/test_readme.py pins.
 The cost is small: a 5,000-character text is 5,000 small NumPy steps per layer.
 
 Memory: the steps run a chunk at a time (CHUNK steps, every layer, each
