@@ -5,7 +5,7 @@ model size given (--layers, --hidden) or left to the automatic settings ("auto")
 left to them (dropout, batch, schedule and evaluation cadence follow the passes the budget buys). Each
 result is appended, one JSON object a line, to bench/data/budget.jsonl with the machine it ran on, its
 load average, the settings the run chose, its steps, passes and speed, and why it ended. The automatic
-size (files/config.py, AUTO_SIZES and MIN_PASSES) is chosen from these records, and
+size (files/config.py: AUTO_SIZES, TOKENS_PER_PARAM, MIN_STEPS, PARAMS_PER_TOKEN) is chosen from these records, and
 tests/test_auto_settings.py holds the rule to them.
 
     python bench/names.py --out /tmp/names.txt

@@ -53,7 +53,9 @@ def sweep_points():
         for line in f:
             r = json.loads(line)
             s = r["settings"]
-            if "/" not in r["size"]:  # not a batch or dropout of the sweep's own choosing
+            # the sweep ran batch 16 in float32 (the defaults then); its own choices of batch, dropout or
+            # precision ("/" in the size) and the later defaults' runs (batch 32, bf16) are not its points
+            if "/" not in r["size"] and s["batch_size"] == 16 and s.get("precision") in (None, "float32"):
                 runs[r["corpus"], r["mode"], r["minutes"]][s["layers"], s["hidden"]].append(
                     (r["best_val_loss"], r["tokens_per_sec"], r["n_tokens"], r["passes"] * r["n_tokens"] / r["steps"]))
     return {key: {size: tuple(sum(v) / len(v) for v in zip(*found)) for size, found in sizes.items()}
