@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -81,12 +82,21 @@ def compiled(name: str):
 
 
 def read_log(run_dir) -> list[dict]:
-    """The records of RUN_DIR/log.jsonl, read by runlog.read_log; every non-blank line must be one."""
+    """The records of RUN_DIR/log.jsonl, read by runlog.read_log; every non-blank line must be one, but
+    for a last line the trainer is still writing. Both counts come from one snapshot of the file: a
+    trainer that goes on writing would otherwise add lines between the two reads."""
     path = os.path.join(run_dir, layout.LOG_FILE)
-    records = runlog.read_log(path)
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    assert len(records) == len(lines), f"{path}: {len(lines) - len(records)} line(s) are not step records"
+    with open(path, "rb") as f:
+        data = f.read()
+    with tempfile.TemporaryDirectory() as folder:
+        snapshot = os.path.join(folder, layout.LOG_FILE)
+        with open(snapshot, "wb") as f:
+            f.write(data)
+        records = runlog.read_log(snapshot)
+    lines = [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]  # complete lines
+    torn = len(data.rstrip(b"\n")) > 0 and not data.endswith(b"\n")  # a last line being written
+    assert len(records) in ((len(lines), len(lines) + 1) if torn else (len(lines),)), \
+        f"{path}: {len(lines) - len(records)} line(s) are not step records"
     return records
 
 
