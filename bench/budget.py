@@ -186,11 +186,12 @@ def plot(records: list[dict], out: str) -> None:
     records = [r for r in records if r["size"] != "auto"] + latest_defaults(records)
     for ax, corpus in zip(axes[0], corpora):
         for size in sorted({r["size"] for r in records if r["corpus"] == corpus and "/" not in r["size"]}):
-            points = sorted((r["minutes"], r["best_val_loss"]) for r in records
-                            if r["corpus"] == corpus and r["size"] == size)
-            xs, ys = zip(*points)
+            runs = [r for r in records if r["corpus"] == corpus and r["size"] == size]
+            xs, ys = zip(*sorted((r["minutes"], r["best_val_loss"]) for r in runs))
+            s = runs[0]["settings"]
             ax.plot(xs, ys, marker="o", linewidth=3 if size == "auto" else 1,
-                    label="defaults" if size == "auto" else size)
+                    label="defaults now" if size == "auto" else
+                    f"{size}, batch {s['batch_size']}, {s.get('precision') or 'float32'}")
         ax.set_xticks(sorted({r["minutes"] for r in records if r["corpus"] == corpus}))
         ax.set_xlabel("budget (minutes, --max-time)")
         ax.set_ylabel("best validation loss (nats/token)")
