@@ -28,8 +28,8 @@ from .runs import models, prepare, rundir, runlog
 from .runs.request import TrainingRequest
 from .tasks import registry as tasks
 from .work import loop as training
-from .files.config import (AUTO_MODEL_KEYS, DEFAULTS, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed, count_tokens,
-                           fill_auto_settings, parse_duration)
+from .files.config import (AUTO_MODEL_KEYS, DEFAULTS, SCHEDULE_KEYS, TrainConfig, check_integer, check_seed,
+                           count_tokens, fill_auto_settings, parse_duration)
 from .errors import CharRNNError, ConfigError, CorpusError, option
 from .core.model import ModelConfig, fast_precision
 from .work.evaluate import Score, json_safe
