@@ -107,8 +107,9 @@ def run_point(corpus: str, lines: bool, minutes: float, size: str, work: str) ->
     foreign = (_machine_cpu_seconds() - machine_before) - (_cpu_seconds() - ours_before)
     sys.stderr.write(done.stderr)
     settings_line = re.search(r"Settings for ([\d,]+) ", done.stderr)  # the training tokens the rule saw
-    with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    from charrnn.files import layout
+    from charrnn.runs import runlog
+    records = runlog.read_log(os.path.join(run_dir, layout.LOG_FILE))
     evals = [r for r in records if r.get("val_loss") is not None]
     best = min(evals, key=lambda r: r["val_loss"])
     from charrnn.files import checkpoint

@@ -15,7 +15,6 @@ where the machine sets them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,9 @@ import time
 
 from budget import machine  # this directory is on sys.path
 from common import CORPUS, wait_for_quiet
+
+from charrnn.files import layout
+from charrnn.runs import runlog
 
 
 def train(corpus: str, steps: int, precision: str, extra: list[str], work: str) -> dict:
@@ -39,11 +41,11 @@ def train(corpus: str, steps: int, precision: str, extra: list[str], work: str) 
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    with open(os.path.join(out, "log.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = runlog.read_log(os.path.join(out, layout.LOG_FILE))
     best = min((r for r in records if r.get("val_loss") is not None), key=lambda r: r["val_loss"])
     return {"precision": precision, "best_val_loss": round(best["val_loss"], 4), "best_step": best["step"],
-            "steps": records[-1]["step"], "seconds": round(seconds, 1), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+            "steps": records[-1]["step"], "seconds": round(seconds, 1), "load_before": round(load, 2),
+            "load_after": round(os.getloadavg()[0], 2)}
 
 
 def main(argv=None) -> None:

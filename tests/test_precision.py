@@ -17,14 +17,13 @@ import pytest
 from charrnn.core.model import ModelConfig
 from charrnn.files.config import TrainConfig, fill_auto_settings
 from charrnn.runs import models
-from tiny_runs import TINY, compiled, invoke
+from tiny_runs import TINY, compiled, invoke, without
 
 bf16 = compiled("bf16")
 kernels = compiled("kernels")
 
 # the precision open: each test gives its own (TINY's float32 is for the other tests)
-RUN = [*TINY[:TINY.index("--precision")], *TINY[TINY.index("--precision") + 2:], "--max-steps", "6", "--eval-every",
-       "3", "--seed", "3"]
+RUN = [*without(TINY, "--precision"), "--max-steps", "6", "--eval-every", "3", "--seed", "3"]
 
 
 def train(corpus_file, out, *extra):

@@ -6,18 +6,13 @@ import pytest
 
 from charrnn.files import checkpoint
 from charrnn.files.config import auto_threads
-from tiny_runs import TINY, invoke, stream_text
+from tiny_runs import TINY, invoke, stream_text, without
 
 
 @pytest.mark.parametrize("batch,ranks,blocks", [(1, 1, 1), (16, 1, 1), (31, 1, 1), (32, 1, 2), (64, 1, 2),
                                                 (1024, 1, 2), (32, 2, 1), (63, 2, 1), (64, 2, 2)])
 def test_blocks_of_at_least_16_rows_at_most_two(batch, ranks, blocks):
     assert auto_threads(batch, ranks) == blocks
-
-
-def without(args, name):
-    i = args.index(name)
-    return args[:i] + args[i + 2:]
 
 
 @pytest.mark.parametrize("extra,saved", [(["--batch-size", "16"], 1), (["--batch-size", "32"], 2),

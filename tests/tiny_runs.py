@@ -81,6 +81,12 @@ def compiled(name: str):
         without_kernels(f"charrnn.core.{name} does not import ({type(exc).__name__}: {exc})")
 
 
+def without(args: list, name: str) -> list:
+    """args with the option `name` and its value left out (the first time it appears)."""
+    i = args.index(name)
+    return args[:i] + args[i + 2:]
+
+
 def read_log(run_dir) -> list[dict]:
     """The records of RUN_DIR/log.jsonl, read by runlog.read_log; every non-blank line must be one, but
     for a last line the trainer is still writing. Both counts come from one snapshot of the file: a
