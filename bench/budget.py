@@ -39,7 +39,7 @@ from common import CORPUS, REPO, _machine_cpu_seconds, wait_for_quiet  # this di
 DATA = os.path.join(REPO, "bench", "data", "budget.jsonl")
 # a size's extras after LAYERSxHIDDEN (or auto): a letter, then the option's value
 OPTIONS = {"b": "--batch-size", "d": "--dropout", "l": "--lr", "s": "--seq-len", "t": "--threads",
-           "o": "--optim", "p": "--precision"}
+           "o": "--optim", "p": "--precision", "e": "--patience"}  # e0: no early stopping
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
@@ -85,7 +85,7 @@ def run_point(corpus: str, lines: bool, minutes: float, size: str, work: str) ->
     """Train one point; returns its record (see the module docstring)."""
     name = "python-reference" if corpus_path(corpus) is None else \
         os.path.splitext(os.path.basename(corpus_path(corpus)))[0]
-    run_dir = os.path.join(work, f"{name}-{size}-{minutes:g}m")
+    run_dir = os.path.join(work, f"{name}-{size.replace('/', '_')}-{minutes:g}m")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "charrnn", "train", *([corpus_path(corpus)] if corpus_path(corpus) else []),
            "--max-time", f"{minutes:g}m",

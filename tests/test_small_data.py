@@ -66,6 +66,30 @@ def test_early_stopping_ends_an_overfitting_run_and_keeps_the_best(tmp_path):
     assert min(v for _, v in vals_off) == best  # and it never did better afterwards
 
 
+def test_early_stopping_waits_for_half_the_learning_rate_decay(tmp_path):
+    """With a cosine schedule a run stops early only once the rate has come half way down to its floor:
+    before then, a plateau may be the noise of a high rate that the decay still takes away."""
+    events = list(tr.train(overfitting_run(tmp_path / "r", schedule="cosine")))
+    end = events[-1]
+    steps = {e["step"]: e for e in events if e["event"] == "step"}
+    vals = [(e["step"], e["val_loss"]) for e in events if e["event"] == "eval"]
+    best_step, best = min(vals, key=lambda sv: sv[1])
+    assert end["reason"] == "early_stop" and end["best_val"] == best and end["step"] < 40
+    half = 0.01 + 0.5 * (0.1 - 0.01)  # the peak 0.1, the cosine floor 0.1 * min_lr_ratio
+    next_lr = {s: steps[s + 1]["lr"] if s + 1 in steps else tr.optim.learning_rate(s, 0.1, "cosine", 0, 40, 0.1)
+               for s, _ in vals}
+    # the rule, replayed: the first evaluation that is the third in a row without a new best, with the next
+    # step's rate half way down or lower; patience alone would have stopped at the first such evaluation
+    since, best_so_far, impatient, stop = 0, math.inf, None, None
+    for s, v in vals:
+        since, best_so_far = (0, v) if v < best_so_far else (since + 1, best_so_far)
+        if since >= 3:
+            impatient = impatient or s
+            if next_lr[s] <= half:
+                stop = stop or s
+    assert end["step"] == stop and impatient < stop
+
+
 def test_early_stop_in_the_summary_and_on_resume(tmp_path):
     (tmp_path / "train.txt").write_text(TRAIN)
     (tmp_path / "val.txt").write_text(VAL)
