@@ -14,7 +14,7 @@ vocabulary grows as real text's does, and measures every path a large corpus tak
   file), how far the peak resident set grew, the vocabulary reached (word level: the distinct words
   the counts kept, and the vocabulary's size);
 - whole runs, `charrnn train FILE --max-steps 10` of a tiny model: char stream, word stream (no
-  --max-vocab: the default), char lines; then `sample --novelty` on the char stream run (its index
+  --max-vocab: the default cap, 10,000 words), char lines; then `sample --novelty` on the char stream run (its index
   built: the external sort);
 - the read-whole paths that remain or were removed: `eval FILE` and `annotate FILE --max-chars 2000`
   with the char model; a classifier's labelled file (`label<TAB>line`, `--task classify`) and a
@@ -206,7 +206,7 @@ def run_rows(root: str, corpora: dict, mb: int, paths: set) -> list[tuple]:
         for name, extra in (("word stream", ["--level", "word"]), ("char lines", ["--mode", "lines"])):
             run = os.path.join(root, "run-other")
             seconds, peak, _ = measure("cli", ["train", path, "--out", run, *extra, *TINY], root)
-            rows.append((f"train {name}", mb, seconds, peak, "no --max-vocab" if "word" in name else ""))
+            rows.append((f"train {name}", mb, seconds, peak, "default --max-vocab" if "word" in name else ""))
             shutil.rmtree(run, ignore_errors=True)
     if "novelty" in paths:
         args = ["sample", "-c", char_run, "-n", "3", "--length", "200", "--seed", "1", "--novelty"]

@@ -129,8 +129,9 @@ AUTO = "  [default: auto, from the corpus size and budget]"
 @option("--min-count", type=int, group=DATA,
         help="Tokens seen fewer times become UNK.  [default: 1; 2 at word level, so that the model learns <unk> "
              "from the words seen once]")
-@option("--max-vocab", type=int, group=DATA, help="Keep only the most frequent tokens.  [default: no limit; word level "
-        "counts at most 1,048,576 distinct words, the rarest dropped past that]")
+@option("--max-vocab", type=int, group=DATA, help="Keep only the most frequent tokens, the rest UNK.  [default: "
+        "10,000 at word level, else no limit; word level counts at most 1,048,576 distinct words, the rarest "
+        "dropped past that]")
 @option("--errors", type=click.Choice(TEXT_ERRORS), group=DATA,
         help="Invalid UTF-8: stop with an error, or replace the bad bytes.")
 @option("--encoding", metavar="CODEC", group=DATA,
@@ -186,8 +187,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
         help="Evaluate and save every N steps.  [default: auto, a quarter of a pass over the data, at least 10 "
              "times in the budget and once a minute, as often as keeps evaluation to about a tenth of the time]")
 @option("--patience", type=int, group=OUTPUT,
-        help="Stop after this many evaluations in a row without a new best validation loss, keeping the best "
-             "(0: never stop early).")
+        help="Stop after this many evaluations in a row without a new best validation loss, keeping the best, "
+             "once the learning rate is half way down its schedule (0: never stop early).")
 @option("--keep", type=int, metavar="N", group=OUTPUT,
         help="Keep the model files of the N best evaluations in RUN/snapshots, named by step and validation "
              "loss (sample and eval take them with -c).  [default: 0, none]")

@@ -112,7 +112,7 @@ class TrainingView:
             info(f"Run directory: {shown(run.directory)}\n"
                  f"Model: {run.config.cell} {run.config.layers}x{run.config.hidden}"
                  f"{run.task.model_summary(run.config)}, "
-                 f"{event['params']:,} parameters, vocabulary {event['vocab']}, "
+                 f"{event['params']:,} parameters, vocabulary {event['vocab']}{_capped(run)}, "
                  f"{event['train_tokens']:,} training and {event['val_tokens']:,} validation tokens", quiet)
             self.speed_key = "chars/s" if run.vocab.level == "char" else "tokens/s"
             if self.show_bar:
@@ -238,3 +238,14 @@ def next_steps(event: dict, run, quiet: bool) -> None:
         return
     c = f"-c {shlex.quote(run.directory)}"
     info(f"Next: {run.task.next_line(c)}", quiet)
+
+
+def _capped(run) -> str:
+    """What the start line adds when --max-vocab bounded a fresh vocabulary: the most frequent tokens kept
+    (at word level by default: config.WORD_MAX_VOCAB), the rest <unk>."""
+    from .data.vocab import SPECIAL_TOKENS
+    cap = run.tconfig.max_vocab
+    if cap is None or run.origin is not None or run.vocab.size - len(SPECIAL_TOKENS) < cap:
+        return ""
+    unit = "words" if run.vocab.level == "word" else "tokens"
+    return f" (the {cap:,} most frequent {unit}, the rest <unk>: --max-vocab)"

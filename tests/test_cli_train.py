@@ -453,6 +453,26 @@ def test_word_level_trains_samples_and_evaluates(tmp_path, corpus_file):
     assert score["tokens"] > 0 and math.isfinite(score["loss"])
 
 
+def test_word_level_keeps_the_most_frequent_words_and_says_so(tmp_path):
+    """A word vocabulary is capped (10,000 by default: config.WORD_MAX_VOCAB): the most frequent words are
+    kept, the rest are <unk>, and the start line says the cap dropped words."""
+    # word k of 30 appears 31 - k times (and twice at least: min_count 2 keeps them all)
+    words = [f"w{k:02d}" for k in range(30) for _ in range(32 - k)]
+    rng = np.random.default_rng(0)
+    (tmp_path / "c.txt").write_text(" ".join(rng.permutation(words)) + "\n")
+    out = tmp_path / "run"
+    result = train_ok(tmp_path / "c.txt", "--level", "word", "--max-vocab", 11, "--max-steps", 2, "--out", out)
+    _, _, meta = checkpoint.load_model(out / "model.safetensors")
+    assert list(meta["tokens"][3:]) == [" ", *(f"w{k:02d}" for k in range(10))]  # the space: the commonest
+    assert "(the 11 most frequent words, the rest <unk>: --max-vocab)" in result.stderr
+    # under the cap, nothing is said
+    result = train_ok(tmp_path / "c.txt", "--level", "word", "--max-steps", 2, "--out", tmp_path / "all")
+    _, _, meta = checkpoint.load_model(tmp_path / "all" / "model.safetensors")
+    assert sum(t.startswith("w") for t in meta["tokens"]) == 30 and "most frequent" not in result.stderr
+    _, state = checkpoint.load_state(tmp_path / "all")
+    assert state["train"]["max_vocab"] == 10_000  # the default, saved with the run
+
+
 @pytest.mark.parametrize("optimizer, extra", [
     ("adam", ["--dtype", "float64", "--weight-decay", "0.01"]),
     ("adagrad", ["--clip-value", "5", "--lr", "0.1", "--cell", "rnn"]),

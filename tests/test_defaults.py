@@ -100,6 +100,9 @@ def test_a_request_is_refused_before_anything_is_read(options, message):
 def test_a_request_fills_the_defaults_and_the_budget():
     request = TrainingRequest.check(options={"level": "word"})
     assert request.tconfig.min_count == 2 and request.tconfig.max_time == 300.0
+    assert request.tconfig.max_vocab == 10_000  # a word vocabulary that does not grow with the text
+    assert TrainingRequest.check(options={}).tconfig.max_vocab is None  # characters: no cap
+    assert TrainingRequest.check(options={"level": "word", "max_vocab": 50_000}).tconfig.max_vocab == 50_000
     assert {k: getattr(request.tconfig, k) for k in ("batch_size", "lr", "eval_every")} == dict.fromkeys(
         ("batch_size", "lr", "eval_every"))
     assert request.model == {k: DEFAULTS[k] for k in request.model}

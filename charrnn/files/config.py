@@ -252,6 +252,12 @@ TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "min_lr_rati
 # A word-level run's min_count unless given: the words seen once become <unk>, so the model learns <unk>
 # (with 1 it never would, and every unseen word of new text, its own held-out split's too, is scored blind)
 WORD_MIN_COUNT = 2
+# A word-level run's max_vocab unless given: the most frequent words kept, the rest <unk>. Without a cap a
+# large corpus's vocabulary grows with it (new words keep appearing), and with it the embedding, the
+# softmax head and their optimizer state: on a 1 GB text, hundreds of thousands of words and gigabytes.
+# At 10,000 words the head of a 512-unit model (5 million products a token) costs about what its two LSTM
+# layers do (4 million), as in the 10,000-word vocabulary of the usual word-level benchmarks.
+WORD_MAX_VOCAB = 10_000
 DEFAULT_MAX_TIME = 300.0  # seconds: the budget of a fresh run given none
 DEFAULT_ERRORS = "strict"  # invalid bytes in a corpus: an error (corpus.TEXT_ERRORS)
 
@@ -259,7 +265,8 @@ DEFAULT_ERRORS = "strict"  # invalid bytes in a corpus: an error (corpus.TEXT_ER
 def _defaults() -> dict:
     model = {f.name: f.default for f in fields(ModelConfig) if f.name in MODEL_KEYS}
     train = {f.name: f.default for f in fields(TrainConfig) if f.name in TRAIN_KEYS}
-    return {**model, **train, **dict.fromkeys(AUTO_KEYS), "min_count": None, "errors": DEFAULT_ERRORS}
+    return {**model, **train, **dict.fromkeys(AUTO_KEYS), "min_count": None, "max_vocab": None,
+            "errors": DEFAULT_ERRORS}
 
 
 # Row blocks (--threads) of at least this many rows: at batch 16, one block of 16 rows trained faster than
@@ -519,6 +526,7 @@ def budget_size(n_tokens: int, tokens_per_step: float, tconfig: TrainConfig, mod
 # What a fresh run uses for each option of a training request not given, by its Python name: the one
 # table of defaults (`charrnn train --help` shows it). ModelConfig's and TrainConfig's own field defaults,
 # except None where the value is chosen when the run starts: the AUTO_KEYS from the corpus size and the
-# budget (auto_settings), min_count by the level (1, or WORD_MIN_COUNT at word level), and the budget
+# budget (auto_settings), min_count and max_vocab by the level (1 and no limit, or WORD_MIN_COUNT and
+# WORD_MAX_VOCAB at word level), and the budget
 # (DEFAULT_MAX_TIME when none is given).
 DEFAULTS = _defaults()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..core.model import ModelConfig
 from ..files import corpora
 from ..files.config import (DEFAULT_MAX_TIME, DEFAULTS, MODEL_KEYS, RESUMABLE, SCHEDULE_KEYS, TRAIN_KEYS,
-                            WORD_MIN_COUNT, TrainConfig, parse_duration)
+                            WORD_MAX_VOCAB, WORD_MIN_COUNT, TrainConfig, parse_duration)
 from ..errors import ConfigError, option
 from ..tasks import registry as tasks
 from ..tasks.base import Task
@@ -126,6 +126,8 @@ class TrainingRequest:
                                  "min_count": options.get("min_count", DEFAULTS["min_count"])})
         if tconfig.min_count is None:
             tconfig.min_count = WORD_MIN_COUNT if level == "word" else 1
+        if tconfig.max_vocab is None and level == "word":
+            tconfig.max_vocab = WORD_MAX_VOCAB
         if not self.given_budget:
             tconfig.max_time = DEFAULT_MAX_TIME
         tconfig.check(partial=True)
