@@ -74,11 +74,13 @@ def without_kernels(why: str):
 
 
 def compiled(name: str):
-    """The compiled module charrnn.core.<name> (kernels, gemm), or without_kernels(why it does not import)."""
+    """The compiled module charrnn.core.<name> (kernels, gemm), or charrnn.<name> for a dotted name
+    (data.wordsplit), or without_kernels(why it does not import)."""
+    module = f"charrnn.{name}" if "." in name else f"charrnn.core.{name}"
     try:
-        return importlib.import_module(f"charrnn.core.{name}")
+        return importlib.import_module(module)
     except Exception as exc:  # numba or llvmlite missing, or broken on this machine
-        without_kernels(f"charrnn.core.{name} does not import ({type(exc).__name__}: {exc})")
+        without_kernels(f"{module} does not import ({type(exc).__name__}: {exc})")
 
 
 def without(args: list, name: str) -> list:

@@ -15,6 +15,8 @@ decodes to U+FFFD (the replacement character), so lost text stays visible.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections import Counter
 from itertools import repeat
@@ -62,6 +64,41 @@ def tokenize(text: str, level: str) -> list[str]:
     if level == "char":
         return list(text)
     return WORD_PATTERN.findall(text)
+
+
+def distinct_tokens(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The word-level tokens of piece, by their distinct values: (the distinct tokens in order of first
+    appearance, (d,) int64 how many times each appears, (n,) int64 each of piece's n tokens' index among
+    them, so that [distinct[i] for i in inverse] == tokenize(piece, "word")). Compiled (wordsplit.py)
+    unless CHARRNN_KERNELS=numpy or numba cannot load; distinct_tokens_reference defines it."""
+    fast = _word_kernels()
+    return distinct_tokens_reference(piece) if fast is None else fast.distinct_tokens(piece)
+
+
+def distinct_tokens_reference(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """distinct_tokens by WORD_PATTERN and a dictionary: the reference."""
+    index: dict = {}
+    inverse = np.fromiter((index.setdefault(t, len(index)) for t in WORD_PATTERN.findall(piece)), dtype=np.int64)
+    return list(index), np.bincount(inverse, minlength=len(index)).astype(np.int64), inverse
+
+
+def distinct_words(piece: str) -> list[str]:
+    """The distinct words of piece.split() in order of first appearance (compiled as distinct_tokens is)."""
+    fast = _word_kernels()
+    return list(dict.fromkeys(piece.split())) if fast is None else fast.distinct_words(piece)
+
+
+@functools.cache
+def _word_kernels():
+    """The compiled word splitter (wordsplit.py), or None: CHARRNN_KERNELS=numpy, or numba does not load
+    (training then says so once: model.recurrence)."""
+    if os.environ.get("CHARRNN_KERNELS", "numba").strip().lower() == "numpy":
+        return None
+    try:
+        from . import wordsplit
+    except Exception:  # numba missing, or broken on this machine: the reference gives the same tokens
+        return None
+    return wordsplit
 
 
 def _check_level(level, error) -> None:
@@ -204,8 +241,8 @@ class Vocab:
             return out
         get, parts = self._index.get, []
         for piece in _chunks(text, "word"):
-            toks = WORD_PATTERN.findall(piece)
-            parts.append(np.fromiter(map(get, toks, repeat(UNK)), dtype=self.dtype, count=len(toks)))
+            tokens, _, inverse = distinct_tokens(piece)  # each distinct token looked up once
+            parts.append(np.fromiter(map(get, tokens, repeat(UNK)), dtype=self.dtype, count=len(tokens))[inverse])
         return np.concatenate(parts) if parts else np.empty(0, dtype=self.dtype)
 
     def decode(self, ids) -> str:

@@ -48,7 +48,8 @@ from . import atomic, corpus, layout
 from ..data import batches
 from .config import TrainConfig
 from ..errors import ConfigError, CorpusError, option
-from ..data.vocab import WORD_PATTERN, Vocab, _codepoints, extend_from_counts, vocab_from_counts
+from ..data.vocab import (WORD_PATTERN, Vocab, _codepoints, distinct_tokens, distinct_words, extend_from_counts,
+                          vocab_from_counts)
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
@@ -545,13 +546,14 @@ class _Counts:
             else:
                 self.hist[: c.size] += c
             return len(piece)
-        toks = WORD_PATTERN.findall(piece)
+        tokens, counts, inverse = distinct_tokens(piece)
+        counted = dict(zip(tokens, counts.tolist()))
         if sign > 0:
-            self.words.update(toks)
+            self.words.update(counted)
             self.bound()
         else:
-            self.words.subtract(toks)
-        return len(toks)
+            self.words.subtract(counted)
+        return inverse.size
 
     def bound(self) -> None:
         """Past WORD_TABLE distinct words, drop the rarest: keep the words counted more often than the count
@@ -674,7 +676,7 @@ def _scan_stream(tf: TextFile, level: str) -> Scan:
         s.n_chars += len(piece)
         s.n_tokens += n
         if level == "word":
-            words.update(piece.split())
+            words.update(distinct_words(piece))
     s.distinct = len(words.seen) if level == "word" else int(np.count_nonzero(s.counts.hist))
     return s
 

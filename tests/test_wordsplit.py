@@ -1,0 +1,74 @@
+"""The compiled word splitter (charrnn/data/wordsplit.py) against its reference, WORD_PATTERN.
+
+What goes in: text with every kind of character the pattern tells apart (word characters of any script,
+digits, "_", the newline, "\\r", Unicode spaces, punctuation, lone surrogates). What must come out: the
+distinct tokens in order of first appearance, their counts and each token's index among them, exactly as
+vocab.distinct_tokens_reference gives them; and str.split()'s distinct words.
+"""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from charrnn.data import vocab
+from charrnn.data.vocab import WORD_PATTERN
+from tiny_runs import compiled
+
+wordsplit = compiled("data.wordsplit")
+
+EVERY = "".join(map(chr, range(0x110000)))
+
+
+def same_as_reference(text: str) -> None:
+    tokens, counts, inverse = wordsplit.distinct_tokens(text)
+    ref_tokens, ref_counts, ref_inverse = vocab.distinct_tokens_reference(text)
+    assert tokens == ref_tokens
+    assert counts.tolist() == ref_counts.tolist() and inverse.tolist() == ref_inverse.tolist()
+    assert [tokens[i] for i in inverse.tolist()] == WORD_PATTERN.findall(text)
+    assert wordsplit.distinct_words(text) == list(dict.fromkeys(text.split()))
+
+
+def test_every_code_point_is_split_as_the_pattern_splits_it():
+    same_as_reference(EVERY)  # in order: each class boundary between neighbouring code points
+    rng = np.random.default_rng(0)
+    codes = rng.permutation(0x110000)
+    # shuffled, in runs of one to five: every class met beside every other, and runs of each
+    cuts = np.cumsum(rng.integers(1, 6, 0x110000 // 2))
+    shuffled = "".join(map(chr, codes.tolist()))
+    same_as_reference(shuffled)
+    same_as_reference(" ".join(shuffled[a:b] for a, b in zip(cuts[:-1:7].tolist(), cuts[1::7].tolist())))
+
+
+ALPHABET = st.sampled_from(list("ab_Z09 \t\n\r.,'-") + ["é", "ß", "漢", "²", "\u0301", "\u00a0", "\u2003",
+                                                          "\x1c", "\x85", "\u2028", "\ud800", "\U0001f600"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=ALPHABET, max_size=8), max_size=60))
+def test_random_text_splits_as_the_reference(words):
+    same_as_reference("".join(words))
+
+
+def test_a_text_of_many_distinct_tokens_grows_the_table_and_keeps_them_apart():
+    # 50,000 distinct words (the table doubles from 4,096 slots), each twice, in two orders
+    words = [f"w{k}" for k in range(50_000)]
+    rng = np.random.default_rng(1)
+    text = " ".join(words + [words[i] for i in rng.permutation(50_000).tolist()])
+    same_as_reference(text)
+    tokens, counts, _ = wordsplit.distinct_tokens(text)
+    assert len(tokens) == 50_001 and counts[tokens.index("w49999")] == 2  # and the space
+
+
+def test_the_kernels_choice_gives_the_reference_under_charrnn_kernels_numpy(monkeypatch):
+    text = "Hello, world!\n  héllo_world 42 ²\n"
+    vocab._word_kernels.cache_clear()
+    try:
+        monkeypatch.setenv("CHARRNN_KERNELS", "numpy")
+        assert vocab._word_kernels() is None
+        reference = vocab.distinct_tokens(text)
+        vocab._word_kernels.cache_clear()
+        monkeypatch.delenv("CHARRNN_KERNELS")
+        assert vocab._word_kernels() is wordsplit
+        fast = vocab.distinct_tokens(text)
+        assert fast[0] == reference[0] and (fast[1] == reference[1]).all() and (fast[2] == reference[2]).all()
+    finally:
+        vocab._word_kernels.cache_clear()
