@@ -243,9 +243,8 @@ def next_steps(event: dict, run, quiet: bool) -> None:
 def _capped(run) -> str:
     """What the start line adds when --max-vocab bounded a fresh vocabulary: the most frequent tokens kept
     (at word level by default: config.WORD_MAX_VOCAB), the rest <unk>."""
-    from .data.vocab import SPECIAL_TOKENS
     cap = run.tconfig.max_vocab
-    if cap is None or run.origin is not None or run.vocab.size - len(SPECIAL_TOKENS) < cap:
+    if cap is None or run.origin is not None or run.vocab.size - len(run.vocab.special) < cap:
         return ""
     unit = "words" if run.vocab.level == "word" else "tokens"
     return f" (the {cap:,} most frequent {unit}, the rest <unk>: --max-vocab)"

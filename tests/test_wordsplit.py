@@ -19,12 +19,12 @@ EVERY = "".join(map(chr, range(0x110000)))
 
 
 def same_as_reference(text: str) -> None:
-    tokens, counts, inverse = wordsplit.distinct_tokens(text)
+    tokens, counts, inverse = wordsplit.distinct_tokens(text, vocab._codepoints(text))
     ref_tokens, ref_counts, ref_inverse = vocab.distinct_tokens_reference(text)
     assert tokens == ref_tokens
     assert counts.tolist() == ref_counts.tolist() and inverse.tolist() == ref_inverse.tolist()
     assert [tokens[i] for i in inverse.tolist()] == WORD_PATTERN.findall(text)
-    assert wordsplit.distinct_words(text) == list(dict.fromkeys(text.split()))
+    assert wordsplit.distinct_words(text, vocab._codepoints(text)) == list(dict.fromkeys(text.split()))
 
 
 def test_every_code_point_is_split_as_the_pattern_splits_it():
@@ -54,7 +54,7 @@ def test_a_text_of_many_distinct_tokens_grows_the_table_and_keeps_them_apart():
     rng = np.random.default_rng(1)
     text = " ".join(words + [words[i] for i in rng.permutation(50_000).tolist()])
     same_as_reference(text)
-    tokens, counts, _ = wordsplit.distinct_tokens(text)
+    tokens, counts, _ = wordsplit.distinct_tokens(text, vocab._codepoints(text))
     assert len(tokens) == 50_001 and counts[tokens.index("w49999")] == 2  # and the space
 
 
@@ -72,3 +72,27 @@ def test_the_kernels_choice_gives_the_reference_under_charrnn_kernels_numpy(monk
         assert fast[0] == reference[0] and (fast[1] == reference[1]).all() and (fast[2] == reference[2]).all()
     finally:
         vocab._word_kernels.cache_clear()
+
+
+LINE = st.text(alphabet=st.sampled_from(list("ab_Z0 \t.,'") + ["é", "²", "\u2003", "\x85", "\ud800"]), max_size=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(LINE, max_size=12), newline_in=st.integers(-1, 11))
+def test_word_lines_encode_and_count_as_each_line_split_alone(lines, newline_in):
+    """Lines mode splits a block of lines as one text joined by newlines, then leaves the joins out: the ids,
+    the offsets and the counts must be those of each line split by WORD_PATTERN on its own (a line that holds
+    a newline itself, possible through the API, is encoded line by line)."""
+    from collections import Counter
+    from charrnn.files import corpus, textfile
+    if 0 <= newline_in < len(lines):
+        lines[newline_in] += "\nx y"
+    known = vocab.build_vocab(" ".join(lines[::2]) + " a b", "word")  # some tokens unknown: UNK
+    ids, offsets = corpus.encode_lines(known, lines)
+    alone = [known.encode_tokens(WORD_PATTERN.findall(line)) for line in lines]
+    assert offsets.tolist() == [0, *np.cumsum([a.size for a in alone]).tolist()]
+    assert ids.dtype == known.dtype and ids.tolist() == [i for a in alone for i in a.tolist()]
+    if all("\n" not in line for line in lines) and all(lines):  # what pass 1 sees: non-empty lines
+        counted, per_line = textfile._line_tokens(lines)
+        assert counted == Counter(t for line in lines for t in WORD_PATTERN.findall(line))
+        assert per_line.tolist() == [a.size for a in alone]

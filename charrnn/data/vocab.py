@@ -72,7 +72,7 @@ def distinct_tokens(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     them, so that [distinct[i] for i in inverse] == tokenize(piece, "word")). Compiled (wordsplit.py)
     unless CHARRNN_KERNELS=numpy or numba cannot load; distinct_tokens_reference defines it."""
     fast = _word_kernels()
-    return distinct_tokens_reference(piece) if fast is None else fast.distinct_tokens(piece)
+    return distinct_tokens_reference(piece) if fast is None else fast.distinct_tokens(piece, _codepoints(piece))
 
 
 def distinct_tokens_reference(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -85,7 +85,7 @@ def distinct_tokens_reference(piece: str) -> tuple[list[str], np.ndarray, np.nda
 def distinct_words(piece: str) -> list[str]:
     """The distinct words of piece.split() in order of first appearance (compiled as distinct_tokens is)."""
     fast = _word_kernels()
-    return list(dict.fromkeys(piece.split())) if fast is None else fast.distinct_words(piece)
+    return list(dict.fromkeys(piece.split())) if fast is None else fast.distinct_words(piece, _codepoints(piece))
 
 
 @functools.cache

@@ -24,8 +24,6 @@ import re
 import numba
 import numpy as np
 
-from .vocab import _codepoints
-
 WORD, NEWLINE, SPACE, OTHER = 0, 1, 2, 3
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 _FNV_OFFSET = np.uint64(14695981039346656037)
@@ -146,18 +144,18 @@ def _distinct(cps, starts, ends):
     return first[:m], counts[:m], inverse
 
 
-def distinct_tokens(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def distinct_tokens(piece: str, cps: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
     """vocab.distinct_tokens, compiled: (the distinct tokens in order of first appearance, (d,) int64 how
-    many times each appears, (n,) int64 each of the n tokens' index among them)."""
-    cps = _codepoints(piece)
+    many times each appears, (n,) int64 each of the n tokens' index among them). cps: the piece's code
+    points (vocab._codepoints)."""
     starts, ends = _token_spans(cps, classes())
     first, counts, inverse = _distinct(cps, starts, ends)
     return [piece[a:b] for a, b in zip(starts[first].tolist(), ends[first].tolist())], counts, inverse
 
 
-def distinct_words(piece: str) -> list[str]:
-    """vocab.distinct_words, compiled: the distinct words of piece.split(), in order of first appearance."""
-    cps = _codepoints(piece)
+def distinct_words(piece: str, cps: np.ndarray) -> list[str]:
+    """vocab.distinct_words, compiled: the distinct words of piece.split(), in order of first appearance
+    (cps: as distinct_tokens)."""
     starts, ends = _word_spans(cps, classes())
     first, _, _ = _distinct(cps, starts, ends)
     return [piece[a:b] for a, b in zip(starts[first].tolist(), ends[first].tolist())]

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import atomic
 from ..errors import ConfigError, CorpusError, option
-from ..data.vocab import Vocab
+from ..data.vocab import Vocab, distinct_tokens
 
 TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
 DEFAULT_ENCODING = "utf-8"
@@ -560,9 +560,22 @@ def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray
         # One token per character: encode all lines in one vectorized call.
         offsets[1:] = np.cumsum([len(line) for line in lines])
         return vocab.encode("".join(lines)), offsets
-    encoded = [vocab.encode(line) for line in lines]
-    offsets[1:] = np.cumsum([e.size for e in encoded])
-    ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=vocab.dtype)
+    joined = "\n".join(lines)
+    if not lines or joined.count("\n") != len(lines) - 1:  # a line of its own newlines: each on its own
+        encoded = [vocab.encode(line) for line in lines]
+        offsets[1:] = np.cumsum([e.size for e in encoded])
+        ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=vocab.dtype)
+        return ids.astype(vocab.dtype, copy=False), offsets
+    # word level: the lines split as one text joined by "\n"s, whose tokens are then left out, each
+    # distinct token looked up once
+    tokens, _, inverse = distinct_tokens(joined)
+    ids = vocab.encode_tokens(tokens)[inverse]
+    if "\n" in tokens:
+        joins = inverse == tokens.index("\n")
+        ids = ids[~joins]
+        offsets[1:] = np.cumsum(np.diff(np.concatenate([[-1], np.flatnonzero(joins), [inverse.size]])) - 1)
+    else:
+        offsets[1:] = inverse.size
     return ids.astype(vocab.dtype, copy=False), offsets
 
 

@@ -759,6 +759,19 @@ def _parsed(tf: TextFile, s: Scan, text: str, lines: list, numbered: int):
     return [line[k:] for line, k in zip(lines, skips)], skips, codes, good
 
 
+def _line_tokens(lines: list[str]) -> tuple[dict, np.ndarray]:
+    """The word-level tokens of lines (each non-empty, without a newline), split as one text joined by
+    "\n"s whose own tokens are left out: ({token: times seen}, each line's number of tokens)."""
+    if not lines:
+        return {}, np.zeros(0, dtype=np.int64)
+    tokens, n, inverse = distinct_tokens("\n".join(lines))
+    counted = dict(zip(tokens, n.tolist()))
+    if counted.pop("\n", None) is None:  # one line
+        return counted, np.array([inverse.size], dtype=np.int64)
+    joins = np.flatnonzero(inverse == tokens.index("\n"))
+    return counted, np.diff(np.concatenate([[-1], joins, [inverse.size]])) - 1
+
+
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level), digest=_Digest())
     words = _Seen()
@@ -800,13 +813,10 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 if lines:
                     s.counts.add("".join(lines))
             else:
-                toks = [WORD_PATTERN.findall(line) for line in lines]
-                rows[:, 2] = [len(t) for t in toks]
-                for t in toks:
-                    s.counts.words.update(t)
+                counted, rows[:, 2] = _line_tokens(lines)
+                s.counts.words.update(counted)
                 s.counts.bound()
-                for line in lines:
-                    words.update(line.split())
+                words.update(distinct_words("\n".join(lines)))
                 s.n_tokens += int(rows[:, 2].sum()) + spaces + text.count("\n")
             out.write(rows.tobytes())
             s.n_lines += len(lines)
@@ -1116,8 +1126,7 @@ def _lines(train: TextFile, val: TextFile | None, tc: TrainConfig, make: _VocabM
             if level == "char":
                 counts.add("".join(lines), -1)
             else:
-                for line in lines:
-                    counts.words.subtract(WORD_PATTERN.findall(line))
+                counts.words.subtract(_line_tokens(lines)[0])
     vocab = make(counts.as_dict(), lines=sizes["train"][0])
 
     files = {}
