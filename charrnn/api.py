@@ -32,6 +32,7 @@ from .files.config import (AUTO_MODEL_KEYS, DEFAULTS, SCHEDULE_KEYS, TrainConfig
                            count_tokens, fill_auto_settings, parse_duration)
 from .errors import CharRNNError, ConfigError, CorpusError, option
 from .core.model import ModelConfig, fast_precision
+from .data.vocab import WORD_PATTERN
 from .work.evaluate import Score, json_safe
 from .tasks.lm import mostly_unseen
 
@@ -984,7 +985,7 @@ def _shape(text, tconfig: TrainConfig) -> tuple[int, float | None]:
         if scan.n_lines:
             line_length = (scan.line_tokens + scan.n_lines - 1) / scan.n_lines + 1
     else:
-        distinct = len(set(text)) if level == "char" else len(set(text.split()))
+        distinct = len(set(text)) if level == "char" else len(set(WORD_PATTERN.findall(text)))  # as the scan
         lines = corpus.split_lines(text) if tconfig.mode == "lines" else None
         line_length = count_tokens("\n".join(lines), level) / len(lines) + 1 if lines else None  # + the end token
     vocab_size = distinct + 3 if level == "char" else min(distinct, tconfig.max_vocab or 1 << 62) + 3

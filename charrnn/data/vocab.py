@@ -82,12 +82,6 @@ def distinct_tokens_reference(piece: str) -> tuple[list[str], np.ndarray, np.nda
     return list(index), np.bincount(inverse, minlength=len(index)).astype(np.int64), inverse
 
 
-def distinct_words(piece: str) -> list[str]:
-    """The distinct words of piece.split() in order of first appearance (compiled as distinct_tokens is)."""
-    fast = _word_kernels()
-    return list(dict.fromkeys(piece.split())) if fast is None else fast.distinct_words(piece, _codepoints(piece))
-
-
 @functools.cache
 def _word_kernels():
     """The compiled word splitter (wordsplit.py), or None: CHARRNN_KERNELS=numpy, or numba does not load

@@ -7,13 +7,12 @@ Python makes a string of each distinct token only: the caller counts and looks u
 
 - Every code point's class (a word character, the newline, other whitespace, anything else) comes from a
   table built once (`classes`) by running the regular expressions WORD_PATTERN is made of over every code
-  point, so the tokens are WORD_PATTERN.findall's by construction; the whitespace is `\\s`, which is also
-  what str.split() splits at.
+  point, so the tokens are WORD_PATTERN.findall's by construction.
 - Two tokens are the same token only when their code points are equal: the hash only finds the candidate,
   so a collision can never merge two words.
 - Nothing depends on threads or timing: one pass, in the text's order.
 
-tests/test_wordsplit.py holds both functions to the reference on random and on every code point.
+tests/test_wordsplit.py holds it to the reference on random text and on every code point.
 """
 
 from __future__ import annotations
@@ -57,29 +56,6 @@ def _token_spans(cps, table):
         if kind == WORD or kind == SPACE:
             while j < n and table[cps[j]] == kind:
                 j += 1
-        starts[k] = i
-        ends[k] = j
-        k += 1
-        i = j
-    return starts[:k], ends[:k]
-
-
-@numba.njit(**_JIT)
-def _word_spans(cps, table):
-    """(starts, ends) of str.split()'s words: the runs of code points that are not whitespace."""
-    n = cps.size
-    starts = np.empty(n // 2 + 1, dtype=np.int64)
-    ends = np.empty(n // 2 + 1, dtype=np.int64)
-    k = 0
-    i = 0
-    while i < n:
-        kind = table[cps[i]]
-        if kind == NEWLINE or kind == SPACE:
-            i += 1
-            continue
-        j = i + 1
-        while j < n and table[cps[j]] != NEWLINE and table[cps[j]] != SPACE:
-            j += 1
         starts[k] = i
         ends[k] = j
         k += 1
@@ -151,11 +127,3 @@ def distinct_tokens(piece: str, cps: np.ndarray) -> tuple[list[str], np.ndarray,
     starts, ends = _token_spans(cps, classes())
     first, counts, inverse = _distinct(cps, starts, ends)
     return [piece[a:b] for a, b in zip(starts[first].tolist(), ends[first].tolist())], counts, inverse
-
-
-def distinct_words(piece: str, cps: np.ndarray) -> list[str]:
-    """vocab.distinct_words, compiled: the distinct words of piece.split(), in order of first appearance
-    (cps: as distinct_tokens)."""
-    starts, ends = _word_spans(cps, classes())
-    first, _, _ = _distinct(cps, starts, ends)
-    return [piece[a:b] for a, b in zip(starts[first].tolist(), ends[first].tolist())]

@@ -48,8 +48,7 @@ from . import atomic, corpus, layout
 from ..data import batches
 from .config import TrainConfig
 from ..errors import ConfigError, CorpusError, option
-from ..data.vocab import (WORD_PATTERN, Vocab, _codepoints, distinct_tokens, distinct_words, extend_from_counts,
-                          vocab_from_counts)
+from ..data.vocab import WORD_PATTERN, Vocab, _codepoints, distinct_tokens, extend_from_counts, vocab_from_counts
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
@@ -608,18 +607,6 @@ def check_unchanged(tf: TextFile, s: Scan) -> None:
         raise CorpusError(f"{tf}: the file changed while it was being prepared; run again")
 
 
-class _Seen:
-    """The distinct words met (the speed estimate's vocabulary), up to WORD_TABLE of them: beyond, the
-    estimate's vocabulary is at least that (the counts keep fewer words: see _Counts.bound)."""
-
-    def __init__(self):
-        self.seen = set()
-
-    def update(self, words) -> None:
-        if len(self.seen) <= WORD_TABLE:
-            self.seen.update(words)
-
-
 # ---------------------------------------------------------------- pass 1: the scan
 
 
@@ -628,8 +615,8 @@ class Scan:
     """What pass 1 learned of a file at one level and mode.
 
     - n_chars, n_tokens: of the whole text (config.count_tokens)
-    - distinct: len(set(text)) at char level, len(set(text.split())) at word level (the speed estimate's
-      vocabulary)
+    - distinct: how many distinct tokens the whole text holds, as build_vocab counts them (the speed
+      estimate's vocabulary; at word level at most what the counts keep: see _Counts.bound)
     - counts: the tokens' counts: the whole text (stream mode) or the kept lines (lines mode)
     - stream mode: pieces, [(origin, first character, tokens)] of each piece
     - lines mode: n_lines (corpus.split_lines; with a line parser, the examples), index (n_lines, COLUMNS)
@@ -669,15 +656,12 @@ def scan(tf: TextFile, level: str, mode: str) -> Scan:
 
 def _scan_stream(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "stream", counts=_Counts(level), digest=_Digest())
-    words = _Seen()
     for origin, piece in _pieces(_blocks(tf, digest=s.digest), level, _limit(tf)):
         n = s.counts.add(piece)
         s.pieces.append((origin, s.n_chars, n))
         s.n_chars += len(piece)
         s.n_tokens += n
-        if level == "word":
-            words.update(distinct_words(piece))
-    s.distinct = len(words.seen) if level == "word" else int(np.count_nonzero(s.counts.hist))
+    s.distinct = len(s.counts.words) if level == "word" else int(np.count_nonzero(s.counts.hist))
     return s
 
 
@@ -774,7 +758,6 @@ def _line_tokens(lines: list[str]) -> tuple[dict, np.ndarray]:
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
     s = Scan(level, "lines", counts=_Counts(level), digest=_Digest())
-    words = _Seen()
     numbered = 0  # lines of the text before this chunk ("\n"s)
     out = tempfile.TemporaryFile(prefix="charrnn-lines-")
     try:
@@ -816,7 +799,6 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                 counted, rows[:, 2] = _line_tokens(lines)
                 s.counts.words.update(counted)
                 s.counts.bound()
-                words.update(distinct_words("\n".join(lines)))
                 s.n_tokens += int(rows[:, 2].sum()) + spaces + text.count("\n")
             out.write(rows.tobytes())
             s.n_lines += len(lines)
@@ -825,9 +807,7 @@ def _scan_lines(tf: TextFile, level: str) -> Scan:
                             max(map(len, lines), default=0))
         if level == "char":
             s.n_tokens = s.n_chars
-            s.distinct = len(seen_tokens(tf, "char", "lines", s))  # set(text)
-        else:
-            s.distinct = len(words.seen.union(*(p.split() for p in s.prefixes)))
+        s.distinct = len(seen_tokens(tf, level, "lines", s))  # build_vocab's tokens of the whole text
         out.flush()
         s.index = np.memmap(out, dtype=np.int64, mode="r", shape=(s.n_lines, COLUMNS)) if s.n_lines else \
             np.zeros((0, COLUMNS), dtype=np.int64)
