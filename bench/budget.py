@@ -39,7 +39,8 @@ from common import CORPUS, REPO, _machine_cpu_seconds, wait_for_quiet  # this di
 DATA = os.path.join(REPO, "bench", "data", "budget.jsonl")
 # a size's extras after LAYERSxHIDDEN (or auto): a letter, then the option's value
 OPTIONS = {"b": "--batch-size", "d": "--dropout", "l": "--lr", "s": "--seq-len", "t": "--threads",
-           "o": "--optim", "p": "--precision", "e": "--patience"}  # e0: no early stopping
+           "o": "--optim", "p": "--precision", "e": "--patience",  # e0: no early stopping
+           "m": "--max-epochs"}  # m8: at most 8 passes, beside the time budget
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
@@ -209,7 +210,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lines", action="store_true", help="train in lines mode (a names list)")
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0])
     parser.add_argument("--sizes", nargs="+", default=["auto"], help="LAYERSxHIDDEN or auto (the defaults), then "
-                        "/bBATCH /dDROPOUT /lLR /sSEQ_LEN /tTHREADS /oOPTIM /pPRECISION to set those too "
+                        "/bBATCH /dDROPOUT /lLR /sSEQ_LEN /tTHREADS /oOPTIM /pPRECISION /ePATIENCE /mMAX_EPOCHS to set those too "
                         "(2x256/b64/d0.3, auto/pbf16)")
     parser.add_argument("--work", default="/tmp/charrnn-budget", help="where the runs are written")
     parser.add_argument("--data", default=DATA, help="the records file to append to")

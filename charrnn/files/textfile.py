@@ -1020,7 +1020,8 @@ def _split_counts(tf: TextFile, s: Scan, cut: int):
         if pos < cut:
             n_train += counts.add(piece[: cut - pos])  # ... give way to those of text[:cut]
         if pos + len(piece) > cut:
-            n_val += len(_tokens(piece[max(0, cut - pos):], s.level))
+            rest = piece[max(0, cut - pos):]
+            n_val += len(rest) if s.level == "char" else distinct_tokens(rest)[2].size
         pos += len(piece)
     return counts, n_train, n_val, first
 
