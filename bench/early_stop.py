@@ -4,8 +4,9 @@ A benchmark's analysis, not a test. Train once with `--patience 0`, so the run g
 log holds every evaluation; then replay on that log each rule a run could have stopped by:
 
 - patience alone (charrnn before): stop after P evaluations in a row without a new best;
-- patience once the learning rate is half way down (charrnn now: loop.EARLY_STOP_DECAY): the same, but
-  only at an evaluation whose step's rate is at most half way from the peak to the cosine floor.
+- patience once the learning rate is half way down (charrnn now: loop.EARLY_STOP_DECAY and
+  loop.OVERFIT): the same, but only at an evaluation whose step's rate is at most half way from the peak
+  to the cosine floor, or whose loss is more than 3% above the best.
 
 For each: the step and minute it stops at, the best validation loss it kept, and how far that is above the
 best the whole run reached. The replay uses each evaluation's logged rate (the step's), where the loop
@@ -34,14 +35,15 @@ def evaluations(run_dir: str) -> list[dict]:
 
 
 def replay(evals: list[dict], patience: int, wait_for: float | None = None, peak: float | None = None,
-           floor: float | None = None) -> dict:
+           floor: float | None = None, overfit: float = math.inf) -> dict:
     """Where a run with these evaluations stops early: after `patience` in a row without a new best, and
-    (wait_for not None) only where the rate is at most floor + wait_for * (peak - floor). Returns the
-    stopping evaluation (the last one when none stops it) and the best before it."""
+    (wait_for not None) only where the rate is at most floor + wait_for * (peak - floor) or the loss above
+    overfit times the best. Returns the stopping evaluation (the last one when none stops it) and the best
+    before it."""
     best, since = math.inf, 0
     for e in evals:
         best, since = (e["val_loss"], 0) if e["val_loss"] < best else (best, since + 1)
-        decayed = wait_for is None or e["lr"] <= floor + wait_for * (peak - floor)
+        decayed = wait_for is None or e["lr"] <= floor + wait_for * (peak - floor) or e["val_loss"] > overfit * best
         if since >= patience and decayed:
             return {"step": e["step"], "elapsed": e["elapsed"], "best": best, "stopped": True}
     last = evals[-1]
@@ -53,6 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("runs", nargs="+", help="run directories trained with --patience 0")
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--decay", type=float, default=0.5, help="the share of the decay to wait for")
+    parser.add_argument("--overfit", type=float, default=1.03, help="a loss this many times the best stops at once")
     args = parser.parse_args(argv)
     print("| run | rule | stops at step | minute | best kept | above the run's best |")
     print("|---|---|---|---|---|---|")
@@ -65,8 +68,8 @@ def main(argv=None) -> None:
         overall = min(e["val_loss"] for e in evals)
         name = os.path.basename(os.path.normpath(run_dir))
         for rule, result in (("patience alone", replay(evals, args.patience)),
-                             (f"patience, rate {args.decay:g} down", replay(evals, args.patience, args.decay,
-                                                                            peak, floor)),
+                             (f"patience, rate {args.decay:g} down or loss {args.overfit:g}x best",
+                              replay(evals, args.patience, args.decay, peak, floor, args.overfit)),
                              ("no early stop", replay(evals, 10**9))):
             ended = "" if result["stopped"] else " (the log's end)"
             print(f"| {name} | {rule} | {result['step']:,}{ended} | {result['elapsed'] / 60:.1f} "

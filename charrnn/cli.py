@@ -188,7 +188,8 @@ AUTO = "  [default: auto, from the corpus size and budget]"
              "times in the budget and once a minute, as often as keeps evaluation to about a tenth of the time]")
 @option("--patience", type=int, group=OUTPUT,
         help="Stop after this many evaluations in a row without a new best validation loss, keeping the best, "
-             "once the learning rate is half way down its schedule (0: never stop early).")
+             "once the learning rate is half way down its schedule or the loss is 3% above the best (0: never stop "
+             "early).")
 @option("--keep", type=int, metavar="N", group=OUTPUT,
         help="Keep the model files of the N best evaluations in RUN/snapshots, named by step and validation "
              "loss (sample and eval take them with -c).  [default: 0, none]")

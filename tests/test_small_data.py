@@ -66,9 +66,12 @@ def test_early_stopping_ends_an_overfitting_run_and_keeps_the_best(tmp_path):
     assert min(v for _, v in vals_off) == best  # and it never did better afterwards
 
 
-def test_early_stopping_waits_for_half_the_learning_rate_decay(tmp_path):
+def test_early_stopping_waits_for_half_the_learning_rate_decay(tmp_path, monkeypatch):
     """With a cosine schedule a run stops early only once the rate has come half way down to its floor:
-    before then, a plateau may be the noise of a high rate that the decay still takes away."""
+    before then, a plateau may be the noise of a high rate that the decay still takes away. (This tiny run
+    overfits fast, past the 3% rise that stops a run at once: that clause is off here, so that the wait
+    shows; test_the_early_stopping_rule has both.)"""
+    monkeypatch.setattr(tr, "OVERFIT", math.inf)
     events = list(tr.train(overfitting_run(tmp_path / "r", schedule="cosine")))
     end = events[-1]
     steps = {e["step"]: e for e in events if e["event"] == "step"}
@@ -79,15 +82,36 @@ def test_early_stopping_waits_for_half_the_learning_rate_decay(tmp_path):
     next_lr = {s: steps[s + 1]["lr"] if s + 1 in steps else tr.optim.learning_rate(s, 0.1, "cosine", 0, 40, 0.1)
                for s, _ in vals}
     # the rule, replayed: the first evaluation that is the third in a row without a new best, with the next
-    # step's rate half way down or lower; patience alone would have stopped at the first such evaluation
+    # step's rate half way down or lower, or the loss 3% above the best; patience alone would have stopped
+    # at the first such evaluation
     since, best_so_far, impatient, stop = 0, math.inf, None, None
     for s, v in vals:
         since, best_so_far = (0, v) if v < best_so_far else (since + 1, best_so_far)
         if since >= 3:
             impatient = impatient or s
-            if next_lr[s] <= half:
+            if next_lr[s] <= half or v > tr.OVERFIT * best_so_far:
                 stop = stop or s
     assert end["step"] == stop and impatient < stop
+
+
+def test_the_early_stopping_rule():
+    """Patience, then either the rate half way down its schedule or the loss 3% above the best."""
+    from types import SimpleNamespace
+    from charrnn.files.config import TrainConfig
+
+    def stops(step=10, since=3, last=1.0, **settings):
+        tconfig = TrainConfig(**{"patience": 3, "schedule": "cosine", "warmup": 0, "lr": 0.1, **settings})
+        run = SimpleNamespace(tconfig=tconfig, evals_since_best=since, step=step, schedule_start=0,
+                              schedule_since=None, schedule_steps=100, best_val=1.0, last_val=last)
+        return tr._stopped_early(run)
+
+    assert not stops()  # a plateau at a high rate: the decay may still find a new best
+    assert not stops(last=1.029) and stops(last=1.031)  # a rise past 3%: only overfitting
+    assert not stops(step=49) and stops(step=51)  # the cosine's rate passes half way at step 50
+    assert not stops(step=51, since=2) and stops(since=4, step=51)  # patience first
+    assert stops(schedule="constant")  # nothing to wait for
+    assert not stops(step=10, warmup=20, last=2.0) and stops(step=20, warmup=20, last=2.0)  # not while warming up
+    assert not stops(last=None)  # a run resumed from a state saved before the last loss was kept
 
 
 def test_early_stop_in_the_summary_and_on_resume(tmp_path):

@@ -70,6 +70,7 @@ class Run:
     best_val: float = math.inf
     best_step: int | None = None       # the step of the best validation loss
     evals_since_best: int = 0          # evaluations in a row without a new best (early stopping counts them)
+    last_val: float | None = None      # the last validation loss (early stopping compares it with the best)
     elapsed: float = 0.0               # wall seconds spent training, over all sessions
     schedule_steps: int | None = None  # total steps the cosine schedule spans
     schedule_since: tuple | None = None  # (step, progress) where a resume re-aimed the cosine (optim.cosine_progress)
@@ -310,10 +311,10 @@ _PROGRESS = {"step": ("count", False), "skipped": ("count", False), "log_count":
              "elapsed": ("number", False), "log_sum": ("number", False), "best_val": ("number", True),
              "best_step": ("count", True), "evals_since_best": ("count", False),
              "schedule_since_step": ("count", True), "schedule_since_progress": ("number", True),
-             "schedule_start": ("count", False)}
+             "schedule_start": ("count", False), "last_val": ("number", True)}
 # the value of a counter that older state files do not hold
 _PROGRESS_ADDED = {"log_bytes": 0, "best_step": None, "evals_since_best": 0, "schedule_since_step": None,
-                   "schedule_since_progress": None, "schedule_start": 0}
+                   "schedule_since_progress": None, "schedule_start": 0, "last_val": None}
 
 
 def _checked_progress(progress, where: str) -> dict:
@@ -398,7 +399,7 @@ def save_checkpoint(run: Run, best: bool = False, val_loss: float | None = None)
         arrays.update({f"carry/{i}": s for i, s in enumerate(run.carry)})
     progress = {key: getattr(run, key) for key in
                 ("step", "elapsed", "schedule_steps", "skipped", "log_sum", "log_count", "log_bytes", "best_step",
-                 "evals_since_best", "schedule_start")}
+                 "evals_since_best", "schedule_start", "last_val")}
     progress["best_val"] = None if math.isinf(run.best_val) else run.best_val
     progress["schedule_since_step"], progress["schedule_since_progress"] = run.schedule_since or (None, None)
     meta = {"model": run.config.to_dict(), "train": asdict(run.tconfig), "vocab": run.vocab.to_dict(),
