@@ -75,6 +75,21 @@ def distinct_tokens(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     return distinct_tokens_reference(piece) if fast is None else fast.distinct_tokens(piece, _codepoints(piece))
 
 
+def distinct_line_tokens(lines: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """distinct_tokens of lines (none holding a newline) split as one text joined by newlines, the joins
+    left out: (the distinct tokens, their counts (a "\n" that only joins counts 0), the lines' tokens'
+    indices among them back to back, (len(lines),) each line's number of tokens). One split for a block of
+    lines, where a split per line cost a call each."""
+    tokens, counts, inverse = distinct_tokens("\n".join(lines))
+    if "\n" not in tokens:
+        return tokens, counts, inverse, np.full(min(len(lines), 1), inverse.size, dtype=np.int64)
+    joins = inverse == tokens.index("\n")
+    counts = counts.copy()
+    counts[tokens.index("\n")] = 0
+    per_line = np.diff(np.concatenate([[-1], np.flatnonzero(joins), [inverse.size]])) - 1
+    return tokens, counts, inverse[~joins], per_line
+
+
 def distinct_tokens_reference(piece: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """distinct_tokens by WORD_PATTERN and a dictionary: the reference."""
     index: dict = {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import atomic
 from ..errors import ConfigError, CorpusError, option
-from ..data.vocab import Vocab, distinct_tokens
+from ..data.vocab import Vocab, distinct_line_tokens
 
 TEXT_ERRORS = ("strict", "replace")  # what invalid UTF-8 does: an error, or U+FFFD
 DEFAULT_ENCODING = "utf-8"
@@ -560,23 +560,14 @@ def encode_lines(vocab: Vocab, lines: list[str]) -> tuple[np.ndarray, np.ndarray
         # One token per character: encode all lines in one vectorized call.
         offsets[1:] = np.cumsum([len(line) for line in lines])
         return vocab.encode("".join(lines)), offsets
-    joined = "\n".join(lines)
-    if not lines or joined.count("\n") != len(lines) - 1:  # a line of its own newlines: each on its own
+    if not lines or any("\n" in line for line in lines):  # a line of its own newlines: each on its own
         encoded = [vocab.encode(line) for line in lines]
         offsets[1:] = np.cumsum([e.size for e in encoded])
         ids = np.concatenate(encoded) if encoded else np.empty(0, dtype=vocab.dtype)
         return ids.astype(vocab.dtype, copy=False), offsets
-    # word level: the lines split as one text joined by "\n"s, whose tokens are then left out, each
-    # distinct token looked up once
-    tokens, _, inverse = distinct_tokens(joined)
-    ids = vocab.encode_tokens(tokens)[inverse]
-    if "\n" in tokens:
-        joins = inverse == tokens.index("\n")
-        ids = ids[~joins]
-        offsets[1:] = np.cumsum(np.diff(np.concatenate([[-1], np.flatnonzero(joins), [inverse.size]])) - 1)
-    else:
-        offsets[1:] = inverse.size
-    return ids.astype(vocab.dtype, copy=False), offsets
+    tokens, _, inverse, per_line = distinct_line_tokens(lines)  # each distinct token looked up once
+    offsets[1:] = np.cumsum(per_line)
+    return vocab.encode_tokens(tokens)[inverse].astype(vocab.dtype, copy=False), offsets
 
 
 def check_offsets(offsets: np.ndarray, n_ids: int, name: str = "offsets", min_lines: int = 0) -> None:

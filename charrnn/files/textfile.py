@@ -48,7 +48,8 @@ from . import atomic, corpus, layout
 from ..data import batches
 from .config import TrainConfig
 from ..errors import ConfigError, CorpusError, option
-from ..data.vocab import WORD_PATTERN, Vocab, _codepoints, distinct_tokens, extend_from_counts, vocab_from_counts
+from ..data.vocab import (WORD_PATTERN, Vocab, _codepoints, distinct_line_tokens, distinct_tokens, extend_from_counts,
+                          vocab_from_counts)
 
 CHUNK_BYTES = 1 << 20  # bytes read at a time: bounds every temporary (a few times this), and fits in cache
 _BOM = corpus._BOM
@@ -744,16 +745,10 @@ def _parsed(tf: TextFile, s: Scan, text: str, lines: list, numbered: int):
 
 
 def _line_tokens(lines: list[str]) -> tuple[dict, np.ndarray]:
-    """The word-level tokens of lines (each non-empty, without a newline), split as one text joined by
-    "\n"s whose own tokens are left out: ({token: times seen}, each line's number of tokens)."""
-    if not lines:
-        return {}, np.zeros(0, dtype=np.int64)
-    tokens, n, inverse = distinct_tokens("\n".join(lines))
-    counted = dict(zip(tokens, n.tolist()))
-    if counted.pop("\n", None) is None:  # one line
-        return counted, np.array([inverse.size], dtype=np.int64)
-    joins = np.flatnonzero(inverse == tokens.index("\n"))
-    return counted, np.diff(np.concatenate([[-1], joins, [inverse.size]])) - 1
+    """The word-level tokens of lines (each non-empty, without a newline): ({token: times seen}, each
+    line's number of tokens)."""
+    tokens, counts, _, per_line = distinct_line_tokens(lines)
+    return {t: n for t, n in zip(tokens, counts.tolist()) if n}, per_line
 
 
 def _scan_lines(tf: TextFile, level: str) -> Scan:
