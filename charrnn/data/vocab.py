@@ -224,8 +224,7 @@ class Vocab:
 
     def encode_tokens(self, tokens) -> np.ndarray:
         """(n,) ids of n tokens taken whole (a tagger's words: never split), UNK for a token not in the vocabulary."""
-        index = self._index
-        return np.fromiter((index.get(t, UNK) for t in tokens), dtype=self.dtype, count=len(tokens))
+        return np.fromiter(map(self._index.get, tokens, repeat(UNK)), dtype=self.dtype, count=len(tokens))
 
     def encode(self, text: str) -> np.ndarray:
         """Map text to ids; tokens not in the vocabulary become UNK.
@@ -248,10 +247,10 @@ class Vocab:
                 np.take(table, np.minimum(cps, np.uint32(last)), out=out[pos : pos + cps.size])
                 pos += cps.size
             return out
-        get, parts = self._index.get, []
+        parts = []
         for piece in _chunks(text, "word"):
             tokens, _, inverse = distinct_tokens(piece)  # each distinct token looked up once
-            parts.append(np.fromiter(map(get, tokens, repeat(UNK)), dtype=self.dtype, count=len(tokens))[inverse])
+            parts.append(self.encode_tokens(tokens)[inverse])
         return np.concatenate(parts) if parts else np.empty(0, dtype=self.dtype)
 
     def decode(self, ids) -> str:
